@@ -1,1 +1,42 @@
-//! placeholder
+//! The ClawDeploy edge: a Pingora `ProxyHttp` that routes every request by its `Host` to a user's
+//! instance, the in-process control plane, or an operator route, from an in-memory table.
+//!
+//! - [`routes`]: the route table (host → [`Route`]).
+//! - [`edge`]: the request path as Pingora phases.
+//! - [`upgrade`]: WebSocket handshake checks.
+//! - [`responses`]: errors and redirects the edge answers itself.
+//! - [`drain`]: graceful shutdown that waits for in-flight requests.
+
+pub mod drain;
+pub mod edge;
+pub mod responses;
+pub mod routes;
+pub mod upgrade;
+
+use std::sync::Arc;
+
+use pingora::server::configuration::ServerConf;
+use pingora::services::listening::Service;
+
+pub use drain::{Drain, DrainingShutdown};
+pub use edge::{EdgeProxy, EdgeSettings};
+pub use routes::{InstanceState, Resolution, Route, RouteError, RouteKind, RouteTable};
+
+/// The edge's listeners. Plain HTTP now; the TLS listener is added beside it.
+#[derive(Debug, Clone)]
+pub struct Listeners {
+    pub http: Vec<String>,
+}
+
+/// Builds the Pingora service for `edge` on `listeners`.
+pub fn edge_service(
+    conf: &Arc<ServerConf>,
+    edge: EdgeProxy,
+    listeners: &Listeners,
+) -> Service<pingora::proxy::HttpProxy<EdgeProxy>> {
+    let mut service = pingora::proxy::http_proxy_service_with_name(conf, edge, "clawdeploy edge");
+    for addr in &listeners.http {
+        service.add_tcp(addr);
+    }
+    service
+}

@@ -1,0 +1,506 @@
+//! The edge's request path, as Pingora phases:
+//!
+//! `request_filter`: request id → header limits → Host → route lookup → state check → upgrade check;
+//! `upstream_peer`: the route's address with timeouts for plain HTTP or WebSocket;
+//! `upstream_request_filter`: forwarding headers overwritten, client identity headers stripped;
+//! `fail_to_proxy`: upstream failures become a 502 page that names the state; `logging`: access log.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use http::header;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use clawdeploy_config::{normalize_host, ServerConfig};
+
+use crate::drain::{Drain, InflightGuard};
+use crate::responses::{write_error, write_redirect, EdgeError};
+use crate::routes::{InstanceState, Resolution, Route, RouteKind, RouteTable};
+use crate::upgrade::{check_upgrade, Upgrade};
+
+/// Request headers a client may not set: the edge is the only source of forwarding and identity
+/// information its upstreams see. Prefixes are matched case-insensitively (header names are lower case).
+const STRIPPED_PREFIXES: [&str; 3] = ["x-forwarded-", "x-auth-request-", "x-clawdeploy-"];
+const STRIPPED_HEADERS: [&str; 8] = [
+    "forwarded",
+    "x-real-ip",
+    "x-remote-user",
+    "remote-user",
+    "x-user",
+    "x-user-id",
+    "x-authenticated-user",
+    "x-client-ip",
+];
+
+/// Timeouts and limits of the request path, from `[server]`.
+#[derive(Debug, Clone)]
+pub struct EdgeSettings {
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub ws_idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub access_log: bool,
+}
+
+impl From<&ServerConfig> for EdgeSettings {
+    fn from(s: &ServerConfig) -> Self {
+        Self {
+            connect_timeout: Duration::from_millis(s.connect_timeout_ms),
+            read_timeout: Duration::from_secs(s.read_timeout_secs),
+            ws_idle_timeout: Duration::from_secs(s.ws_idle_timeout_secs),
+            max_header_bytes: s.max_header_bytes,
+            access_log: s.access_log,
+        }
+    }
+}
+
+/// The edge proxy: one per process, shared by every worker thread.
+pub struct EdgeProxy {
+    routes: Arc<RouteTable>,
+    settings: EdgeSettings,
+    drain: Arc<Drain>,
+    request_ids: RequestIds,
+}
+
+impl EdgeProxy {
+    pub fn new(routes: Arc<RouteTable>, settings: EdgeSettings, drain: Arc<Drain>) -> Self {
+        Self {
+            routes,
+            settings,
+            drain,
+            request_ids: RequestIds::new(),
+        }
+    }
+}
+
+/// Per-request state.
+pub struct EdgeCtx {
+    started: Instant,
+    request_id: String,
+    /// The `Host` header as sent (for `X-Forwarded-Host` and redirects).
+    raw_host: String,
+    /// Normalised host, the route table key.
+    host: String,
+    route: Option<Route>,
+    websocket: bool,
+    _inflight: InflightGuard,
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = EdgeCtx;
+
+    fn new_ctx(&self) -> EdgeCtx {
+        EdgeCtx {
+            started: Instant::now(),
+            request_id: String::new(),
+            raw_host: String::new(),
+            host: String::new(),
+            route: None,
+            websocket: false,
+            _inflight: self.drain.enter(),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut EdgeCtx) -> Result<bool> {
+        ctx.request_id = self.request_ids.take_or_generate(session.req_header());
+        if self.drain.is_draining() {
+            session.set_keepalive(None);
+        }
+        match self.route_request(session, ctx) {
+            Ok(Routed::Proxy) => Ok(false),
+            Ok(Routed::RedirectToApp) => {
+                let location = self.app_url(session, ctx);
+                write_redirect(session, &location, &ctx.request_id).await?;
+                Ok(true)
+            }
+            Err(error) => {
+                write_error(session, &error, &ctx.request_id).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut EdgeCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "no route selected"))?;
+        let mut peer = HttpPeer::new(route.upstream, false, String::new());
+        let options = &mut peer.options;
+        options.connection_timeout = Some(self.settings.connect_timeout);
+        options.total_connection_timeout = Some(self.settings.connect_timeout);
+        options.idle_timeout = Some(Duration::from_secs(60));
+        if ctx.websocket {
+            // Long-lived gateway sessions must not hit the plain-HTTP read timeout (pingora#255):
+            // both sides get the WebSocket idle timeout instead.
+            options.read_timeout = Some(self.settings.ws_idle_timeout);
+            options.write_timeout = Some(self.settings.ws_idle_timeout);
+            session.set_read_timeout(Some(self.settings.ws_idle_timeout));
+        } else {
+            options.read_timeout = Some(self.settings.read_timeout);
+            options.write_timeout = Some(self.settings.read_timeout);
+        }
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut EdgeCtx,
+    ) -> Result<()> {
+        let stripped: Vec<String> = upstream
+            .headers
+            .keys()
+            .map(|name| name.as_str())
+            .filter(|name| {
+                STRIPPED_PREFIXES.iter().any(|p| name.starts_with(p))
+                    || STRIPPED_HEADERS.contains(name)
+            })
+            .map(str::to_string)
+            .collect();
+        for name in stripped {
+            upstream.remove_header(&name);
+        }
+        let client_ip = client_ip(session)
+            .map(|ip| ip.to_string())
+            .unwrap_or_default();
+        let proto = if is_tls(session) { "https" } else { "http" };
+        upstream.insert_header("x-forwarded-for", &client_ip)?;
+        upstream.insert_header("x-real-ip", &client_ip)?;
+        upstream.insert_header("x-forwarded-proto", proto)?;
+        upstream.insert_header("x-forwarded-host", &ctx.raw_host)?;
+        upstream.insert_header("x-request-id", &ctx.request_id)?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut EdgeCtx,
+    ) -> Result<()> {
+        resp.insert_header("x-request-id", &ctx.request_id)?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut EdgeCtx,
+    ) -> FailToProxy {
+        let error = match self.describe_failure(e, ctx) {
+            Some(error) if session.response_written().is_none() => error,
+            // The connection is gone or a response has started: nothing more can be sent.
+            _ => {
+                return FailToProxy {
+                    error_code: 0,
+                    can_reuse_downstream: false,
+                }
+            }
+        };
+        if let Err(write_err) = write_error(session, &error, &ctx.request_id).await {
+            tracing::debug!(request_id = %ctx.request_id, "cannot write error response: {write_err}");
+        }
+        FailToProxy {
+            error_code: error.status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut EdgeCtx) {
+        if !self.settings.access_log {
+            return;
+        }
+        let req = session.req_header();
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        tracing::info!(
+            target: "access",
+            request_id = %ctx.request_id,
+            client = %client_ip(session).map(|ip| ip.to_string()).unwrap_or_default(),
+            method = %req.method,
+            host = %ctx.host,
+            path = %req.uri.path(),
+            status,
+            kind = ctx.route.as_ref().map_or("none", |r| r.kind.as_str()),
+            websocket = ctx.websocket,
+            duration_ms = ctx.started.elapsed().as_millis() as u64,
+            error = e.map(|e| e.etype().as_str()),
+        );
+    }
+}
+
+enum Routed {
+    Proxy,
+    RedirectToApp,
+}
+
+impl EdgeProxy {
+    /// Validates the request and picks its route, or says why not.
+    fn route_request(&self, session: &mut Session, ctx: &mut EdgeCtx) -> Result<Routed, EdgeError> {
+        let req = session.req_header();
+        let header_bytes: usize = req
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum();
+        if header_bytes + req.uri.to_string().len() > self.settings.max_header_bytes {
+            return Err(EdgeError::new(
+                431,
+                "HEADERS_TOO_LARGE",
+                format!(
+                    "The request line and headers are larger than the {} bytes this edge accepts; send fewer or smaller headers.",
+                    self.settings.max_header_bytes
+                ),
+            ));
+        }
+        let mut hosts = req.headers.get_all(header::HOST).iter();
+        let raw_host = match (hosts.next(), hosts.next()) {
+            (Some(host), None) => host.to_str().ok().map(str::to_string),
+            (Some(_), Some(_)) => {
+                return Err(EdgeError::new(
+                    400,
+                    "DUPLICATE_HOST",
+                    "The request has more than one Host header; send exactly one.",
+                ))
+            }
+            (None, _) => req.uri.authority().map(|a| a.as_str().to_string()),
+        };
+        let Some(raw_host) = raw_host else {
+            return Err(EdgeError::new(
+                400,
+                "MISSING_HOST",
+                format!(
+                    "The request has no Host header; send Host: <name>.{}",
+                    self.routes.base_domain()
+                ),
+            ));
+        };
+        let Some(host) = normalize_host(&raw_host) else {
+            return Err(EdgeError::new(
+                400,
+                "INVALID_HOST",
+                "The Host header is not a valid host name; send a DNS name, optionally with a port.",
+            ));
+        };
+        ctx.raw_host = raw_host;
+        ctx.host = host;
+
+        let route = match self.routes.resolve(&ctx.host) {
+            Resolution::Route(route) => route,
+            Resolution::RedirectToApp => return Ok(Routed::RedirectToApp),
+            Resolution::Unknown => {
+                return Err(EdgeError::new(
+                    404,
+                    "UNKNOWN_HOST",
+                    format!(
+                        "Nothing is served at {}. Check the address, or create an instance at {}.",
+                        ctx.host,
+                        self.routes.app_domain()
+                    ),
+                ))
+            }
+        };
+        if let Some(error) = state_error(&route, &ctx.host) {
+            return Err(error);
+        }
+        match check_upgrade(session.req_header()) {
+            Ok(Upgrade::WebSocket) => ctx.websocket = true,
+            Ok(Upgrade::None) => {
+                // An upgrade we do not proxy (e.g. h2c) is ignored: the request goes on as HTTP/1.1.
+                session.req_header_mut().remove_header(&header::UPGRADE);
+            }
+            Err(refused) => {
+                let mut error =
+                    EdgeError::new(refused.status, "BAD_UPGRADE_REQUEST", refused.message);
+                if refused.status == 426 {
+                    error = error.header("sec-websocket-version", "13");
+                }
+                return Err(error);
+            }
+        }
+        ctx.route = Some(route);
+        Ok(Routed::Proxy)
+    }
+
+    /// `<scheme>://<app_domain>[:port]<path>` for the bare base domain's redirect.
+    fn app_url(&self, session: &Session, ctx: &EdgeCtx) -> String {
+        let scheme = if is_tls(session) { "https" } else { "http" };
+        let port = ctx
+            .raw_host
+            .rsplit_once(':')
+            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+            .map_or("", |(_, p)| p);
+        let path = session
+            .req_header()
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str());
+        let app = self.routes.app_domain();
+        if port.is_empty() {
+            format!("{scheme}://{app}{path}")
+        } else {
+            format!("{scheme}://{app}:{port}{path}")
+        }
+    }
+
+    /// The error page for a failed proxy attempt, or `None` when nothing should be written.
+    fn describe_failure(&self, e: &Error, ctx: &EdgeCtx) -> Option<EdgeError> {
+        if let ErrorType::HTTPStatus(code) = e.etype() {
+            return Some(EdgeError::new(
+                *code,
+                "EDGE_ERROR",
+                format!("The request failed with status {code}."),
+            ));
+        }
+        match e.esource() {
+            ErrorSource::Upstream => {
+                let (status, code, what) = match e.etype() {
+                    ErrorType::ConnectTimedout => (
+                        502,
+                        "UPSTREAM_UNAVAILABLE",
+                        format!(
+                            "did not accept a connection within {} ms",
+                            self.settings.connect_timeout.as_millis()
+                        ),
+                    ),
+                    ErrorType::ConnectRefused => (
+                        502,
+                        "UPSTREAM_UNAVAILABLE",
+                        "refused the connection".to_string(),
+                    ),
+                    ErrorType::ReadTimedout | ErrorType::WriteTimedout => (
+                        504,
+                        "UPSTREAM_TIMEOUT",
+                        format!(
+                            "did not answer within {} s",
+                            self.settings.read_timeout.as_secs()
+                        ),
+                    ),
+                    other => (
+                        502,
+                        "UPSTREAM_UNAVAILABLE",
+                        format!("failed ({})", other.as_str()),
+                    ),
+                };
+                let who = match ctx.route.as_ref() {
+                    Some(Route {
+                        kind: RouteKind::Instance,
+                        state,
+                        ..
+                    }) => {
+                        format!("The instance at {} (state: {})", ctx.host, state.as_str())
+                    }
+                    Some(Route {
+                        kind: RouteKind::ControlPlane,
+                        ..
+                    }) => "The ClawDeploy control plane".to_string(),
+                    Some(Route {
+                        kind: RouteKind::Operator,
+                        ..
+                    })
+                    | None => format!("The service behind {}", ctx.host),
+                };
+                Some(EdgeError::new(status, code, format!("{who} {what}. Retry in a few seconds; if this persists, contact the operator.")))
+            }
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => None,
+                _ => Some(EdgeError::new(
+                    400,
+                    "BAD_REQUEST",
+                    "The request could not be read; check its framing and headers.",
+                )),
+            },
+            ErrorSource::Internal | ErrorSource::Unset => Some(EdgeError::new(
+                500,
+                "EDGE_ERROR",
+                "The edge failed to handle this request; retry, and report it if it persists.",
+            )),
+        }
+    }
+}
+
+/// A route that exists but must not be proxied right now.
+fn state_error(route: &Route, host: &str) -> Option<EdgeError> {
+    let message = match route.state {
+        InstanceState::Running => return None,
+        InstanceState::Queued => {
+            return Some(
+                EdgeError::new(503, "INSTANCE_QUEUED", format!("The instance at {host} is waiting for capacity; it starts as soon as room frees."))
+                    .retry_after(10),
+            )
+        }
+        InstanceState::Provisioning | InstanceState::Starting => {
+            return Some(
+                EdgeError::new(503, "INSTANCE_STARTING", format!("The instance at {host} is starting; retry in a few seconds."))
+                    .retry_after(2),
+            )
+        }
+        InstanceState::Stopped => ("INSTANCE_STOPPED", format!("The instance at {host} is stopped. Its owner can start it from the dashboard.")),
+        InstanceState::Crashed => (
+            "INSTANCE_CRASHED",
+            format!("The instance at {host} has crashed and is being looked at; its owner can restart it from the dashboard."),
+        ),
+        InstanceState::Deleting => ("INSTANCE_DELETING", format!("The instance at {host} is being deleted.")),
+    };
+    Some(EdgeError::new(503, message.0, message.1))
+}
+
+fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(SocketAddr::ip)
+}
+
+fn is_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
+}
+
+/// Request ids: the client's when it is a sane token, else a process-unique one.
+struct RequestIds {
+    prefix: u64,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        use std::hash::BuildHasher;
+        // RandomState is seeded from the OS: a cheap per-process random prefix.
+        let prefix = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+        Self {
+            prefix,
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn take_or_generate(&self, req: &RequestHeader) -> String {
+        if let Some(id) = req
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+        {
+            if (1..=128).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+            {
+                return id.to_string();
+            }
+        }
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}{n:08x}", self.prefix)
+    }
+}

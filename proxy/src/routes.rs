@@ -1,0 +1,327 @@
+//! The in-memory route table: normalised host → where its traffic goes.
+//!
+//! A lookup is two hash-map reads at most and never touches the database; writers (the admin API,
+//! later the pool manager and the change broadcast) replace single entries, which the next request
+//! sees. Nothing holds a map guard across an `.await`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use serde::Serialize;
+
+use clawdeploy_config::{normalize_host, validate_hostname};
+
+/// Who serves a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteKind {
+    /// A user's OpenClaw container.
+    Instance,
+    /// The in-process control API and dashboard.
+    ControlPlane,
+    /// A public route an operator set in config or through the admin API.
+    Operator,
+}
+
+impl RouteKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Instance => "instance",
+            Self::ControlPlane => "control_plane",
+            Self::Operator => "operator",
+        }
+    }
+}
+
+/// Instance status: one list for the API, the store and routing. Only `Running` is proxied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    Queued,
+    Provisioning,
+    Starting,
+    Running,
+    Stopped,
+    Crashed,
+    Deleting,
+}
+
+impl InstanceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Provisioning => "provisioning",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Stopped => "stopped",
+            Self::Crashed => "crashed",
+            Self::Deleting => "deleting",
+        }
+    }
+}
+
+/// Where one host's traffic goes. Cheap to clone: the per-request copy is an `Arc` increment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Route {
+    pub instance_id: Option<Arc<str>>,
+    pub upstream: SocketAddr,
+    pub kind: RouteKind,
+    pub state: InstanceState,
+}
+
+impl Route {
+    /// A public route with a fixed upstream, always `running`.
+    pub fn operator(upstream: SocketAddr) -> Self {
+        Self {
+            instance_id: None,
+            upstream,
+            kind: RouteKind::Operator,
+            state: InstanceState::Running,
+        }
+    }
+}
+
+/// What a request's host resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    Route(Route),
+    /// The bare base domain: redirect to the dashboard.
+    RedirectToApp,
+    /// No route: answered 404 by the edge, never forwarded.
+    Unknown,
+}
+
+/// Why a route cannot be written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("{0:?} is not a valid host name: use a DNS name such as status.example.com")]
+    InvalidHost(String),
+    #[error("{0} is served by the edge itself and cannot be routed elsewhere")]
+    ReservedHost(String),
+    #[error("{0} is not an operator route; instance routes are managed through the instance API")]
+    NotOperatorRoute(String),
+}
+
+/// One row of [`RouteTable::list`].
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteEntry {
+    pub host: String,
+    #[serde(flatten)]
+    pub route: Route,
+}
+
+/// Host → route, for exact hosts (custom domains, operator routes, the app domain) and for
+/// `<label>.<base_domain>` instance subdomains.
+#[derive(Debug)]
+pub struct RouteTable {
+    base_domain: String,
+    app_domain: String,
+    /// Suffix `.<base_domain>`, kept to avoid a format per lookup.
+    base_suffix: String,
+    hosts: DashMap<String, Route>,
+    subdomains: DashMap<String, Route>,
+}
+
+impl RouteTable {
+    pub fn new(base_domain: &str, app_domain: &str) -> Self {
+        Self {
+            base_domain: base_domain.to_string(),
+            app_domain: app_domain.to_string(),
+            base_suffix: format!(".{base_domain}"),
+            hosts: DashMap::new(),
+            subdomains: DashMap::new(),
+        }
+    }
+
+    pub fn base_domain(&self) -> &str {
+        &self.base_domain
+    }
+
+    pub fn app_domain(&self) -> &str {
+        &self.app_domain
+    }
+
+    /// Resolves a normalised host: exact host first (custom domains, operator routes, the app
+    /// domain), then `<label>.<base_domain>`.
+    pub fn resolve(&self, host: &str) -> Resolution {
+        if let Some(route) = self.hosts.get(host) {
+            return Resolution::Route(route.value().clone());
+        }
+        if host == self.base_domain {
+            return Resolution::RedirectToApp;
+        }
+        if let Some(label) = host.strip_suffix(&self.base_suffix) {
+            if !label.contains('.') {
+                if let Some(route) = self.subdomains.get(label) {
+                    return Resolution::Route(route.value().clone());
+                }
+            }
+        }
+        Resolution::Unknown
+    }
+
+    /// Points the app domain at the in-process control API.
+    pub fn set_control_plane(&self, upstream: SocketAddr) {
+        let route = Route {
+            instance_id: None,
+            upstream,
+            kind: RouteKind::ControlPlane,
+            state: InstanceState::Running,
+        };
+        self.hosts.insert(self.app_domain.clone(), route);
+    }
+
+    /// Normalises and checks a host an operator wants to route.
+    pub fn operator_host(&self, raw: &str) -> Result<String, RouteError> {
+        let host = normalize_host(raw)
+            .filter(|h| validate_hostname(h).is_ok())
+            .ok_or_else(|| RouteError::InvalidHost(raw.to_string()))?;
+        if host == self.base_domain || host == self.app_domain {
+            return Err(RouteError::ReservedHost(host));
+        }
+        Ok(host)
+    }
+
+    /// Inserts or replaces an operator route; returns whether it was new.
+    pub fn upsert_operator(
+        &self,
+        raw_host: &str,
+        upstream: SocketAddr,
+    ) -> Result<(String, bool), RouteError> {
+        let host = self.operator_host(raw_host)?;
+        if let Some(existing) = self.hosts.get(&host) {
+            if existing.kind != RouteKind::Operator {
+                return Err(RouteError::NotOperatorRoute(host));
+            }
+        }
+        let created = self
+            .hosts
+            .insert(host.clone(), Route::operator(upstream))
+            .is_none();
+        Ok((host, created))
+    }
+
+    /// Removes an operator route; `Ok(None)` when there was none.
+    pub fn remove_operator(&self, raw_host: &str) -> Result<Option<Route>, RouteError> {
+        let host = self.operator_host(raw_host)?;
+        match self
+            .hosts
+            .remove_if(&host, |_, route| route.kind == RouteKind::Operator)
+        {
+            Some((_, route)) => Ok(Some(route)),
+            None if self.hosts.contains_key(&host) => Err(RouteError::NotOperatorRoute(host)),
+            None => Ok(None),
+        }
+    }
+
+    /// Inserts or replaces the route of an instance subdomain (`<label>.<base_domain>`).
+    pub fn upsert_subdomain(&self, label: &str, route: Route) {
+        self.subdomains.insert(label.to_ascii_lowercase(), route);
+    }
+
+    /// Removes an instance subdomain's route.
+    pub fn remove_subdomain(&self, label: &str) -> Option<Route> {
+        self.subdomains
+            .remove(&label.to_ascii_lowercase())
+            .map(|(_, r)| r)
+    }
+
+    /// Every route, sorted by host.
+    pub fn list(&self) -> Vec<RouteEntry> {
+        let mut entries: Vec<RouteEntry> = self
+            .hosts
+            .iter()
+            .map(|e| RouteEntry {
+                host: e.key().clone(),
+                route: e.value().clone(),
+            })
+            .chain(self.subdomains.iter().map(|e| RouteEntry {
+                host: format!("{}{}", e.key(), self.base_suffix),
+                route: e.value().clone(),
+            }))
+            .collect();
+        entries.sort_by(|a, b| a.host.cmp(&b.host));
+        entries
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn exact_host_wins_over_subdomain() {
+        let table = RouteTable::new("example.com", "app.example.com");
+        let instance = Route {
+            instance_id: Some("i1".into()),
+            upstream: addr(1),
+            kind: RouteKind::Instance,
+            state: InstanceState::Running,
+        };
+        table.upsert_subdomain("alice", instance.clone());
+        assert_eq!(
+            table.resolve("alice.example.com"),
+            Resolution::Route(instance)
+        );
+        table.upsert_operator("alice.example.com", addr(2)).unwrap();
+        assert_eq!(
+            table.resolve("alice.example.com"),
+            Resolution::Route(Route::operator(addr(2)))
+        );
+    }
+
+    #[test]
+    fn only_one_label_deep_under_the_base_domain() {
+        let table = RouteTable::new("example.com", "app.example.com");
+        table.upsert_subdomain("alice", Route::operator(addr(1)));
+        assert_eq!(table.resolve("x.alice.example.com"), Resolution::Unknown);
+        assert_eq!(table.resolve("aliceexample.com"), Resolution::Unknown);
+        assert_eq!(table.resolve("example.com"), Resolution::RedirectToApp);
+        assert_eq!(
+            table.resolve("app.example.com"),
+            Resolution::Unknown,
+            "no control plane set yet"
+        );
+    }
+
+    #[test]
+    fn operator_routes_cannot_take_reserved_or_instance_hosts() {
+        let table = RouteTable::new("example.com", "app.example.com");
+        table.set_control_plane(addr(9));
+        assert_eq!(
+            table.upsert_operator("App.Example.com.", addr(1)),
+            Err(RouteError::ReservedHost("app.example.com".into()))
+        );
+        assert_eq!(
+            table.upsert_operator("example.com", addr(1)),
+            Err(RouteError::ReservedHost("example.com".into()))
+        );
+        assert!(matches!(
+            table.upsert_operator("bad host", addr(1)),
+            Err(RouteError::InvalidHost(_))
+        ));
+        assert!(matches!(
+            table.upsert_operator("127.0.0.1", addr(1)),
+            Err(RouteError::InvalidHost(_))
+        ));
+        assert_eq!(
+            table.upsert_operator("Status.Example.org:80", addr(1)),
+            Ok(("status.example.org".into(), true))
+        );
+        assert_eq!(
+            table.upsert_operator("status.example.org", addr(2)),
+            Ok(("status.example.org".into(), false))
+        );
+        assert_eq!(
+            table.remove_operator("status.example.org"),
+            Ok(Some(Route::operator(addr(2))))
+        );
+        assert_eq!(table.remove_operator("status.example.org"), Ok(None));
+    }
+}
