@@ -141,7 +141,9 @@ fn sqlite_path(url: &str) -> Result<(Option<PathBuf>, Option<&str>)> {
         None => (rest, None),
     };
     if path.is_empty() {
-        return Err(StoreError::InvalidUrl("sqlite URL without a file path".into()));
+        return Err(StoreError::InvalidUrl(
+            "sqlite URL without a file path".into(),
+        ));
     }
     if path == ":memory:" || query.is_some_and(|q| q.split('&').any(|kv| kv == "mode=memory")) {
         return Ok((None, query));
@@ -168,7 +170,8 @@ impl Store {
                     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                         std::fs::create_dir_all(dir)?;
                     }
-                    let has_mode = query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("mode=")));
+                    let has_mode =
+                        query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("mode=")));
                     if !has_mode {
                         url.push(if query.is_some() { '&' } else { '?' });
                         url.push_str("mode=rwc");

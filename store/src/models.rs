@@ -110,7 +110,9 @@ impl std::str::FromStr for EmailTokenPurpose {
         match s {
             "verify" => Ok(EmailTokenPurpose::Verify),
             "reset" => Ok(EmailTokenPurpose::Reset),
-            other => Err(StoreError::Invalid(format!("email token purpose {other:?}"))),
+            other => Err(StoreError::Invalid(format!(
+                "email token purpose {other:?}"
+            ))),
         }
     }
 }

@@ -321,7 +321,10 @@ mod tests {
         let sealed = kr.seal_str("sk-secret-value-1234").unwrap();
         assert!(sealed.starts_with("v1:k1:"));
         assert!(!sealed.contains("secret"));
-        assert_eq!(kr.open_str(&sealed).unwrap().as_str(), "sk-secret-value-1234");
+        assert_eq!(
+            kr.open_str(&sealed).unwrap().as_str(),
+            "sk-secret-value-1234"
+        );
         // Nonces differ.
         assert_ne!(sealed, kr.seal_str("sk-secret-value-1234").unwrap());
     }
@@ -368,9 +371,18 @@ mod tests {
 
     #[test]
     fn keys_and_ids_validated() {
-        assert!(matches!(Keyring::new("k", &[0u8; 16]), Err(SecretError::BadKey)));
-        assert!(matches!(Keyring::new("a:b", &key(1)), Err(SecretError::BadKeyId)));
-        assert!(matches!(Keyring::new("", &key(1)), Err(SecretError::BadKeyId)));
+        assert!(matches!(
+            Keyring::new("k", &[0u8; 16]),
+            Err(SecretError::BadKey)
+        ));
+        assert!(matches!(
+            Keyring::new("a:b", &key(1)),
+            Err(SecretError::BadKeyId)
+        ));
+        assert!(matches!(
+            Keyring::new("", &key(1)),
+            Err(SecretError::BadKeyId)
+        ));
         let b64 = generate_key_base64().unwrap();
         let kr = Keyring::from_base64("gen", &b64).unwrap();
         assert_eq!(kr.current_id(), "gen");
@@ -401,7 +413,10 @@ mod tests {
         );
         let (tok, hash) = new_token().unwrap();
         assert_eq!(hash, TokenHash::of(&tok));
-        assert_eq!(TokenHash::from_hex(&sha256_hex("abc").to_uppercase()).unwrap(), TokenHash::of("abc"));
+        assert_eq!(
+            TokenHash::from_hex(&sha256_hex("abc").to_uppercase()).unwrap(),
+            TokenHash::of("abc")
+        );
         assert!(TokenHash::from_hex("xyz").is_err());
     }
 }

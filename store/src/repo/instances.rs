@@ -1,0 +1,239 @@
+//! Instances: the records behind the edge's route table.
+
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::error::{conflict_or, Conflict, Result, StoreError};
+use crate::models::*;
+use crate::time::now_ms;
+use crate::{id_str, parse_col, uuid_col, Store};
+
+pub(crate) const INSTANCE_COLS: &str = "id, user_id, subdomain, status, tier, node_id, node_ip, \
+    container_id, container_ip, upstream, soul_md, timezone, created_at, updated_at, last_active_at";
+
+pub(crate) fn instance_from_row(row: &AnyRow) -> Result<Instance> {
+    Ok(Instance {
+        id: uuid_col(row, "id")?,
+        user_id: uuid_col(row, "user_id")?,
+        subdomain: row.try_get("subdomain")?,
+        status: parse_col(row, "status")?,
+        tier: row.try_get("tier")?,
+        node_id: row.try_get("node_id")?,
+        node_ip: row.try_get("node_ip")?,
+        container_id: row.try_get("container_id")?,
+        container_ip: row.try_get("container_ip")?,
+        upstream: row.try_get("upstream")?,
+        soul_md: row.try_get("soul_md")?,
+        timezone: row.try_get("timezone")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        last_active_at: row.try_get("last_active_at")?,
+    })
+}
+
+/// Subdomains are compared case-insensitively: stored trimmed and lower case.
+pub fn normalize_subdomain(sub: &str) -> String {
+    sub.trim().to_ascii_lowercase()
+}
+
+impl Store {
+    /// Creates an instance. A taken subdomain (any case) → `Conflict(Subdomain)`; an unknown
+    /// user → `NotFound("user")`. How many instances a user may have is the API's rule.
+    pub async fn create_instance(&self, new: &NewInstance<'_>) -> Result<Instance> {
+        let now = now_ms();
+        let sql = format!(
+            "INSERT INTO instances (id, user_id, subdomain, status, tier, soul_md, timezone, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
+             RETURNING {INSTANCE_COLS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(id_str(Uuid::new_v4()))
+            .bind(id_str(new.user_id))
+            .bind(normalize_subdomain(new.subdomain))
+            .bind(new.status.as_str())
+            .bind(new.tier)
+            .bind(new.soul_md)
+            .bind(new.timezone)
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| match &e {
+                sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+                    StoreError::NotFound("user")
+                }
+                _ => conflict_or(e, Conflict::Subdomain),
+            })?;
+        instance_from_row(&row)
+    }
+
+    /// An instance by id.
+    pub async fn get_instance(&self, id: Uuid) -> Result<Option<Instance>> {
+        let sql = format!("SELECT {INSTANCE_COLS} FROM instances WHERE id = $1");
+        let row = sqlx::query(&sql)
+            .bind(id_str(id))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(instance_from_row).transpose()
+    }
+
+    /// A user's first (oldest) instance — the one on free and pro.
+    pub async fn get_instance_by_user(&self, user_id: Uuid) -> Result<Option<Instance>> {
+        Ok(self
+            .list_instances_by_user(user_id)
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// All of a user's instances, oldest first.
+    pub async fn list_instances_by_user(&self, user_id: Uuid) -> Result<Vec<Instance>> {
+        let sql = format!(
+            "SELECT {INSTANCE_COLS} FROM instances WHERE user_id = $1 ORDER BY created_at, id"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(id_str(user_id))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(instance_from_row).collect()
+    }
+
+    /// An instance by subdomain (any case).
+    pub async fn get_instance_by_subdomain(&self, subdomain: &str) -> Result<Option<Instance>> {
+        let sql = format!("SELECT {INSTANCE_COLS} FROM instances WHERE subdomain = $1");
+        let row = sqlx::query(&sql)
+            .bind(normalize_subdomain(subdomain))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(instance_from_row).transpose()
+    }
+
+    /// True when the subdomain (any case) is taken.
+    pub async fn subdomain_taken(&self, subdomain: &str) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM instances WHERE subdomain = $1")
+            .bind(normalize_subdomain(subdomain))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// Every instance (to build the edge's route table at start), by subdomain.
+    pub async fn list_instances(&self) -> Result<Vec<Instance>> {
+        let sql = format!("SELECT {INSTANCE_COLS} FROM instances ORDER BY subdomain");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(instance_from_row).collect()
+    }
+
+    /// Instances with one of the given statuses.
+    pub async fn list_instances_by_status(&self, status: InstanceStatus) -> Result<Vec<Instance>> {
+        let sql = format!(
+            "SELECT {INSTANCE_COLS} FROM instances WHERE status = $1 ORDER BY created_at, id"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(status.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(instance_from_row).collect()
+    }
+
+    async fn update_instance(
+        &self,
+        id: Uuid,
+        set: &str,
+        binds: Vec<Option<String>>,
+    ) -> Result<Instance> {
+        // `set` uses $3.. for `binds`; $1 is the id, $2 the time.
+        let sql = format!(
+            "UPDATE instances SET {set}, updated_at = $2 WHERE id = $1 RETURNING {INSTANCE_COLS}"
+        );
+        let mut q = sqlx::query(&sql).bind(id_str(id)).bind(now_ms());
+        for b in binds {
+            q = q.bind(b);
+        }
+        match q.fetch_optional(&self.pool).await? {
+            Some(row) => instance_from_row(&row),
+            None => Err(StoreError::NotFound("instance")),
+        }
+    }
+
+    /// Sets the status.
+    pub async fn update_instance_status(
+        &self,
+        id: Uuid,
+        status: InstanceStatus,
+    ) -> Result<Instance> {
+        self.update_instance(id, "status = $3", vec![Some(status.as_str().to_owned())])
+            .await
+    }
+
+    /// Sets where the instance runs and the address the edge proxies to.
+    pub async fn set_instance_placement(&self, id: Uuid, p: &Placement<'_>) -> Result<Instance> {
+        let own = |v: Option<&str>| v.map(str::to_owned);
+        self.update_instance(
+            id,
+            "node_id = $3, node_ip = $4, container_id = $5, container_ip = $6, upstream = $7",
+            vec![
+                own(p.node_id),
+                own(p.node_ip),
+                own(p.container_id),
+                own(p.container_ip),
+                own(p.upstream),
+            ],
+        )
+        .await
+    }
+
+    /// Sets only the upstream address (`host:port`), or clears it.
+    pub async fn update_instance_upstream(
+        &self,
+        id: Uuid,
+        upstream: Option<&str>,
+    ) -> Result<Instance> {
+        self.update_instance(id, "upstream = $3", vec![upstream.map(str::to_owned)])
+            .await
+    }
+
+    /// Sets or clears SOUL.md.
+    pub async fn update_instance_soul(&self, id: Uuid, soul_md: Option<&str>) -> Result<Instance> {
+        self.update_instance(id, "soul_md = $3", vec![soul_md.map(str::to_owned)])
+            .await
+    }
+
+    /// Sets or clears the instance's timezone (IANA name).
+    pub async fn update_instance_timezone(
+        &self,
+        id: Uuid,
+        timezone: Option<&str>,
+    ) -> Result<Instance> {
+        self.update_instance(id, "timezone = $3", vec![timezone.map(str::to_owned)])
+            .await
+    }
+
+    /// Sets the tier (resources follow in the pool).
+    pub async fn update_instance_tier(&self, id: Uuid, tier: &str) -> Result<Instance> {
+        self.update_instance(id, "tier = $3", vec![Some(tier.to_owned())])
+            .await
+    }
+
+    /// Records activity (not on the hot path: the meters batch this).
+    pub async fn touch_instance(&self, id: Uuid, at: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE instances SET last_active_at = $2 WHERE id = $1 \
+             AND (last_active_at IS NULL OR last_active_at < $2)",
+        )
+        .bind(id_str(id))
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes an instance record (and its skills and usage); false when absent.
+    pub async fn delete_instance(&self, id: Uuid) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM instances WHERE id = $1")
+            .bind(id_str(id))
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+}
