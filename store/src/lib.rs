@@ -222,6 +222,12 @@ impl Store {
         self.backend
     }
 
+    /// The underlying pool, for queries this crate does not offer (use the portable
+    /// dialect described in the crate docs).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     /// Closes the pool (waits for connections to be returned).
     pub async fn close(&self) {
         self.pool.close().await;
