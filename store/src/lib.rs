@@ -36,6 +36,16 @@
 //!
 //! The route table of the edge is loaded with [`Store::list_instances`]; nothing on the
 //! request path reads the database.
+//!
+//! Migrations are append-only: never edit an applied file (sqlx checks its checksum), add
+//! `0002_*.sql` to both directories and a line to `MIGRATIONS` in this file.
+//!
+//! ## Tests
+//!
+//! `cargo test -p clawdeploy-store` runs every repository test against a temporary SQLite
+//! file, and also against PostgreSQL when `CLAWDEPLOY_TEST_POSTGRES_URL` is set (each test in
+//! its own schema): `CLAWDEPLOY_TEST_POSTGRES_URL=$(scripts/start-postgres.sh) cargo test -p
+//! clawdeploy-store`.
 
 pub mod error;
 pub mod models;
@@ -55,6 +65,8 @@ use uuid::Uuid;
 
 pub use error::{Conflict, Result, SecretError, StoreError};
 pub use models::*;
+pub use repo::accounts::normalize_email;
+pub use repo::instances::normalize_subdomain;
 pub use secrets::{Keyring, TokenHash};
 pub use zeroize::Zeroizing;
 

@@ -114,6 +114,12 @@ impl Keyring {
         Ok(())
     }
 
+    /// [`Keyring::add_previous`] with the key as base64.
+    pub fn add_previous_base64(&mut self, id: &str, key_b64: &str) -> Result<(), SecretError> {
+        let key = decode_key(key_b64)?;
+        self.add_previous(id, &key)
+    }
+
     /// Makes `key` under `id` the current key (used for sealing from now on); previous keys
     /// stay available for opening.
     pub fn rotate_to(&mut self, id: &str, key: &[u8]) -> Result<(), SecretError> {

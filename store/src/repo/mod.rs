@@ -1,8 +1,8 @@
 //! Repository methods, one module per area, all as inherent methods of [`crate::Store`].
 
-mod accounts;
+pub(crate) mod accounts;
 mod api_keys;
 mod auth;
 mod export;
-mod instances;
+pub(crate) mod instances;
 mod ops;
