@@ -1,0 +1,202 @@
+//! The process as operators run it: config checking, environment overrides, graceful shutdown.
+
+use std::process::Command;
+
+use crate::support::*;
+
+fn clawdeploy(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_clawdeploy"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run clawdeploy")
+}
+
+#[test]
+fn check_config_prints_the_effective_config_with_secrets_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[server]\nbase_domain = \"example.com\"\nadmin_token = \"very-secret-admin-token\"\n",
+    )
+    .unwrap();
+    let out = clawdeploy(
+        &["check-config", "--config", path.to_str().unwrap()],
+        &[("CLAWDEPLOY_SERVER__HTTP_LISTEN", "0.0.0.0:80")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = String::from_utf8(out.stdout).unwrap();
+    assert!(shown.contains("base_domain = \"example.com\""), "{shown}");
+    assert!(shown.contains("http_listen = \"0.0.0.0:80\""), "{shown}");
+    assert!(!shown.contains("very-secret"), "{shown}");
+
+    let embedded = clawdeploy(&["check-config"], &[]);
+    assert!(embedded.status.success());
+    assert!(String::from_utf8(embedded.stdout)
+        .unwrap()
+        .contains("http_listen = \"127.0.0.1:8080\""));
+}
+
+#[test]
+fn check_config_names_each_bad_key_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "[server]\nhttp_listen = \"everywhere\"\n\n[[routes]]\nhost = \"s.example.org\"\nupstream = \"db:5432\"\n").unwrap();
+    let out = clawdeploy(
+        &["check-config", "--config", path.to_str().unwrap()],
+        &[("CLAWDEPLOY_SERVER__GRACE_PERIOD_SECS", "soon")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("CLAWDEPLOY_SERVER__GRACE_PERIOD_SECS") && err.contains("whole number"),
+        "{err}"
+    );
+
+    let out = clawdeploy(&["check-config", "--config", path.to_str().unwrap()], &[]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("server.http_listen = \"everywhere\""), "{err}");
+    assert!(err.contains("routes[0].upstream = \"db:5432\""), "{err}");
+    assert!(err.contains("IP address and port"), "{err}");
+
+    let missing = clawdeploy(
+        &["check-config", "--config", "/nonexistent/clawdeploy.toml"],
+        &[],
+    );
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8(missing.stderr)
+        .unwrap()
+        .contains("/nonexistent/clawdeploy.toml"));
+}
+
+#[tokio::test]
+async fn serve_refuses_an_invalid_config_at_start() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_clawdeploy"))
+        .args(["serve"])
+        .env("CLAWDEPLOY_SERVER__BASE_DOMAIN", "Not A Domain")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("server.base_domain"));
+}
+
+#[tokio::test]
+async fn environment_overrides_reach_the_running_server() {
+    let edge = EdgeBuilder::new()
+        .env(
+            "CLAWDEPLOY_SERVER__ADMIN_TOKEN",
+            "token-from-the-environment",
+        )
+        .start()
+        .await;
+    assert_eq!(
+        edge.admin("GET", "/admin/routes", Some(ADMIN_TOKEN), None)
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        edge.admin(
+            "GET",
+            "/admin/routes",
+            Some("token-from-the-environment"),
+            None
+        )
+        .await
+        .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish_then_exits() {
+    let a = HttpUpstream::start("a").await;
+    let mut edge = EdgeBuilder::new()
+        .route("a.example.org", a.addr)
+        .start()
+        .await;
+    let addr = edge.addr;
+    let in_flight = tokio::spawn(async move {
+        try_send(addr, get_request("a.example.org", "/hold").as_bytes()).await
+    });
+    a.wait_held().await;
+
+    edge.signal(libc::SIGTERM);
+    // While draining, the edge still answers and says it is not ready for new work.
+    let ready = edge.get(APP_DOMAIN, "/readyz").await;
+    assert_eq!(
+        (ready.status, ready.json()["status"].as_str()),
+        (503, Some("draining"))
+    );
+    assert!(
+        edge.child.try_wait().unwrap().is_none(),
+        "exited while a request was in flight"
+    );
+
+    a.release();
+    let resp = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request completed");
+    assert_eq!(
+        (resp.status, resp.json()["path"].as_str()),
+        (200, Some("/hold"))
+    );
+    let status = tokio::time::timeout(PATIENCE, edge.child.wait())
+        .await
+        .expect("exited after draining")
+        .unwrap();
+    assert!(status.success(), "{status}\n{}", edge.log_text());
+}
+
+#[tokio::test]
+async fn sigterm_with_nothing_in_flight_exits_at_once() {
+    let mut edge = EdgeBuilder::new()
+        .server("grace_period_secs = 600")
+        .start()
+        .await;
+    edge.signal(libc::SIGTERM);
+    let status = tokio::time::timeout(PATIENCE, edge.child.wait())
+        .await
+        .expect("exited promptly")
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn json_logs_carry_one_access_line_per_request() {
+    let edge = EdgeBuilder::new()
+        .server("log_format = \"json\"")
+        .start()
+        .await;
+    let resp = edge.send(format!("GET /healthz?token=secret HTTP/1.1\r\nHost: {APP_DOMAIN}\r\nX-Request-Id: trace-me\r\nConnection: close\r\n\r\n").as_bytes()).await;
+    assert_eq!(resp.status, 200);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let line = loop {
+        let log = edge.log_text();
+        if let Some(line) = log.lines().find(|l| l.contains("trace-me")) {
+            break line.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access line:\n{log}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let entry: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(entry["target"], "access");
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["path"], "/healthz");
+    assert!(
+        !line.contains("secret"),
+        "query strings are not logged: {line}"
+    );
+}
