@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian 12 machine (as root): installs and starts every
+# package and service the tests need, then runs every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+# The 1,000-WebSocket test needs a few thousand file descriptors across test and edge processes.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+# Store and control-plane tests also run against a real PostgreSQL.
+CLAWDEPLOY_TEST_POSTGRES_URL="$(scripts/start-postgres.sh)"
+export CLAWDEPLOY_TEST_POSTGRES_URL
+
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --no-fail-fast "$@"
+else
+    cargo test --workspace --no-fail-fast "$@"
+fi
