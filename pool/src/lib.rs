@@ -1,1 +1,10 @@
-//! placeholder
+//! Instances: the lifecycle behind the [`Runtime`] trait, with a hardened Docker implementation
+//! ([`docker`]) and a local-process one for machines without Docker ([`process`]).
+
+pub mod docker;
+pub mod process;
+pub mod runtime;
+
+pub use docker::{DockerOptions, DockerRuntime};
+pub use process::ProcessRuntime;
+pub use runtime::{ConfigFile, InstanceRef, InstanceSpec, Inspection, Resources, RunState, Runtime, RuntimeError, RuntimeEvent};

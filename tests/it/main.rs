@@ -3,5 +3,6 @@
 mod bad_input;
 mod lifecycle;
 mod routing;
+mod runtime;
 mod support;
 mod websocket;

@@ -1,0 +1,414 @@
+//! The Docker runtime, over bollard 0.21 (API negotiated down to what the engine speaks, e.g. 1.41).
+//!
+//! Every container is hardened: a non-root user, read-only root filesystem, all capabilities
+//! dropped, `no-new-privileges`, Docker's default seccomp profile, never privileged, a pids limit,
+//! CPU and memory from the tier, `--init`, a size-limited `/tmp` tmpfs and a named volume of its own
+//! at `/data`. Everything it creates carries the `clawdeploy.managed=true` label, and instances
+//! join one dedicated bridge network with inter-container traffic off.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::models::{
+    ContainerCreateBody, ContainerUpdateBody, HostConfig, Mount, MountTmpfsOptions, MountType, NetworkCreateRequest,
+    PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
+    ListNetworksOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, RestartContainerOptionsBuilder,
+    StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use tokio::sync::broadcast;
+
+use crate::runtime::{
+    non_root_user, safe_relative_path, ConfigFile, InstanceRef, InstanceSpec, Inspection, Resources, RunState, Runtime,
+    RuntimeError, RuntimeEvent,
+};
+
+/// Label on everything the platform creates.
+pub const MANAGED_LABEL: &str = "clawdeploy.managed";
+/// Label holding the instance name.
+pub const NAME_LABEL: &str = "clawdeploy.instance";
+/// Where the instance's own volume is mounted.
+pub const DATA_DIR: &str = "/data";
+/// Size of the in-container `/tmp` (counted against the memory limit).
+const TMP_BYTES: i64 = 64 << 20;
+
+#[derive(Debug, Clone)]
+pub struct DockerOptions {
+    /// The dedicated bridge network instances join.
+    pub network: String,
+    /// Publish the instance port on 127.0.0.1 (an ephemeral port) and report that address; for
+    /// tests and single-host setups where the edge is not on the instance network.
+    pub publish_loopback: bool,
+}
+
+impl Default for DockerOptions {
+    fn default() -> Self {
+        Self { network: "clawdeploy-instances".into(), publish_loopback: false }
+    }
+}
+
+pub struct DockerRuntime {
+    docker: Docker,
+    options: DockerOptions,
+    events: broadcast::Sender<RuntimeEvent>,
+}
+
+impl DockerRuntime {
+    /// Connects to the local engine, negotiates the API version, creates the instance network if
+    /// missing and starts following lifecycle events. Call it on the runtime that will use it.
+    pub async fn connect(options: DockerOptions) -> Result<Self, RuntimeError> {
+        let docker = Docker::connect_with_socket_defaults()
+            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?
+            .negotiate_version()
+            .await
+            .map_err(|e| RuntimeError::Unavailable(format!("no Docker engine answers on its socket: {e}")))?;
+        let runtime = Self { docker, options, events: broadcast::channel(1024).0 };
+        runtime.ensure_network().await?;
+        tokio::spawn(follow_events(runtime.docker.clone(), runtime.events.clone()));
+        Ok(runtime)
+    }
+
+    /// The engine client, for checks beyond the trait (tests inspect hardening with it).
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    pub fn network(&self) -> &str {
+        &self.options.network
+    }
+
+    /// Whether a network with exactly our name exists (`name` filters match substrings).
+    async fn network_exists(&self) -> Result<bool, RuntimeError> {
+        let filters = HashMap::from([("name", vec![self.options.network.clone()])]);
+        let networks = self.docker.list_networks(Some(ListNetworksOptionsBuilder::default().filters(&filters).build())).await?;
+        Ok(networks.iter().any(|n| n.name.as_deref() == Some(self.options.network.as_str())))
+    }
+
+    async fn ensure_network(&self) -> Result<(), RuntimeError> {
+        if self.network_exists().await? {
+            return Ok(());
+        }
+        // Docker accepts duplicate network names, after which the name is ambiguous: processes on
+        // this host take a file lock so only one creates it.
+        let lock_path = std::env::temp_dir().join(format!("clawdeploy-network-{}.lock", self.options.network));
+        let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+            let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(lock_path)?;
+            file.lock()?;
+            Ok(file)
+        })
+        .await
+        .map_err(|e| RuntimeError::Unavailable(e.to_string()))??;
+        if !self.network_exists().await? {
+            let request = NetworkCreateRequest {
+                name: self.options.network.clone(),
+                driver: Some("bridge".into()),
+                labels: Some(HashMap::from([(MANAGED_LABEL.to_string(), "true".to_string())])),
+                // Instances never talk to each other.
+                options: Some(HashMap::from([(
+                    "com.docker.network.bridge.enable_icc".to_string(),
+                    "false".to_string(),
+                )])),
+                ..Default::default()
+            };
+            self.docker.create_network(request).await?;
+        }
+        drop(lock);
+        Ok(())
+    }
+
+    fn volume_name(name: &str) -> String {
+        format!("{name}-data")
+    }
+}
+
+fn host_config(spec: &InstanceSpec, options: &DockerOptions) -> HostConfig {
+    let port_key = format!("{}/tcp", spec.port);
+    HostConfig {
+        memory: Some((spec.resources.memory_mb as i64) << 20),
+        memory_swap: Some((spec.resources.memory_mb as i64) << 20),
+        nano_cpus: Some((spec.resources.cpus * 1e9) as i64),
+        pids_limit: Some(spec.resources.pids),
+        readonly_rootfs: Some(true),
+        cap_drop: Some(vec!["ALL".into()]),
+        security_opt: Some(vec!["no-new-privileges:true".into()]),
+        privileged: Some(false),
+        init: Some(true),
+        network_mode: Some(options.network.clone()),
+        restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
+        mounts: Some(vec![
+            Mount {
+                target: Some(DATA_DIR.into()),
+                source: Some(DockerRuntime::volume_name(&spec.name)),
+                typ: Some(MountType::VOLUME),
+                ..Default::default()
+            },
+            Mount {
+                target: Some("/tmp".into()),
+                typ: Some(MountType::TMPFS),
+                tmpfs_options: Some(MountTmpfsOptions { size_bytes: Some(TMP_BYTES), mode: Some(0o1777), ..Default::default() }),
+                ..Default::default()
+            },
+        ]),
+        port_bindings: options.publish_loopback.then(|| {
+            HashMap::from([(
+                port_key,
+                Some(vec![PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(String::new()) }]),
+            )])
+        }),
+        ..Default::default()
+    }
+}
+
+#[async_trait]
+impl Runtime for DockerRuntime {
+    fn kind(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn create(&self, spec: &InstanceSpec) -> Result<InstanceRef, RuntimeError> {
+        non_root_user(&spec.user)?;
+        let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
+        labels.insert(MANAGED_LABEL.into(), "true".into());
+        labels.insert(NAME_LABEL.into(), spec.name.clone());
+        self.docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(Self::volume_name(&spec.name)),
+                labels: Some(labels.clone()),
+                ..Default::default()
+            })
+            .await?;
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            user: Some(spec.user.clone()),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            exposed_ports: Some(vec![format!("{}/tcp", spec.port)]),
+            labels: Some(labels),
+            stop_timeout: Some(5),
+            host_config: Some(host_config(spec, &self.options)),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(Some(CreateContainerOptionsBuilder::default().name(&spec.name).build()), body)
+            .await;
+        match created {
+            Ok(created) => Ok(InstanceRef { id: created.id, name: spec.name.clone() }),
+            Err(e) => {
+                // Leave nothing behind on failure.
+                let _ = self.docker.remove_volume(&Self::volume_name(&spec.name), None::<bollard::query_parameters::RemoveVolumeOptions>).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        self.docker.start_container(id, None).await.map_err(|e| not_found(e, id))
+    }
+
+    async fn assign(&self, id: &str, files: &[ConfigFile]) -> Result<(), RuntimeError> {
+        let inspected = self.docker.inspect_container(id, None::<InspectContainerOptions>).await.map_err(|e| not_found(e, id))?;
+        let user = inspected.config.and_then(|c| c.user).unwrap_or_default();
+        let mut ids = user.split(':').map(|p| p.parse::<u64>().unwrap_or(65534));
+        let uid = ids.next().unwrap_or(65534);
+        let gid = ids.next().unwrap_or(uid);
+        let archive = tar_archive(files, uid, gid)?;
+        self.docker
+            .upload_to_container(
+                id,
+                Some(UploadToContainerOptionsBuilder::default().path(DATA_DIR).build()),
+                bollard::body_full(archive.into()),
+            )
+            .await
+            .map_err(|e| not_found(e, id))
+    }
+
+    async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
+        match self.docker.stop_container(id, Some(StopContainerOptionsBuilder::default().t(5).build())).await {
+            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
+            Err(e) => Err(not_found(e, id)),
+        }
+    }
+
+    async fn restart(&self, id: &str) -> Result<(), RuntimeError> {
+        self.docker
+            .restart_container(id, Some(RestartContainerOptionsBuilder::default().t(5).build()))
+            .await
+            .map_err(|e| not_found(e, id))
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let name = self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .ok()
+            .and_then(|c| c.config.and_then(|c| c.labels).and_then(|l| l.get(NAME_LABEL).cloned()));
+        match self.docker.remove_container(id, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await {
+            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if let Some(name) = name {
+            match self
+                .docker
+                .remove_volume(&Self::volume_name(&name), Some(RemoveVolumeOptionsBuilder::default().force(true).build()))
+                .await
+            {
+                Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    async fn inspect(&self, id: &str) -> Result<Inspection, RuntimeError> {
+        let inspected = match self.docker.inspect_container(id, None::<InspectContainerOptions>).await {
+            Ok(inspected) => inspected,
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                return Ok(Inspection { state: RunState::Missing, address: None })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let state = inspected.state.unwrap_or_default();
+        let run_state = if state.running == Some(true) {
+            RunState::Running
+        } else if state.started_at.as_deref().is_none_or(|s| s.starts_with("0001-")) {
+            RunState::Created
+        } else {
+            RunState::Exited { code: state.exit_code, oom_killed: state.oom_killed == Some(true) }
+        };
+        let port = inspected
+            .config
+            .and_then(|c| c.exposed_ports)
+            .and_then(|ports| ports.first().and_then(|p| p.split('/').next()).and_then(|p| p.parse::<u16>().ok()));
+        let settings = inspected.network_settings.unwrap_or_default();
+        let address = if run_state != RunState::Running {
+            None
+        } else if self.options.publish_loopback {
+            port.and_then(|port| {
+                let bindings = settings.ports.as_ref()?.get(&format!("{port}/tcp"))?.as_ref()?;
+                let host_port = bindings.first()?.host_port.as_ref()?.parse::<u16>().ok()?;
+                Some(SocketAddr::from(([127, 0, 0, 1], host_port)))
+            })
+        } else {
+            let ip = settings
+                .networks
+                .as_ref()
+                .and_then(|n| n.get(&self.options.network))
+                .and_then(|e| e.ip_address.as_ref())
+                .and_then(|ip| ip.parse::<IpAddr>().ok());
+            ip.zip(port).map(|(ip, port)| SocketAddr::new(ip, port))
+        };
+        Ok(Inspection { state: run_state, address })
+    }
+
+    async fn update_resources(&self, id: &str, resources: &Resources) -> Result<(), RuntimeError> {
+        let bytes = (resources.memory_mb as i64) << 20;
+        let update = ContainerUpdateBody {
+            memory: Some(bytes),
+            memory_swap: Some(bytes),
+            nano_cpus: Some((resources.cpus * 1e9) as i64),
+            pids_limit: Some(resources.pids),
+            ..Default::default()
+        };
+        self.docker.update_container(id, update).await.map_err(|e| not_found(e, id))
+    }
+
+    async fn list(&self) -> Result<Vec<InstanceRef>, RuntimeError> {
+        let filters = HashMap::from([("label", vec![format!("{MANAGED_LABEL}=true")])]);
+        let containers = self
+            .docker
+            .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
+            .await?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|c| {
+                let name = c.labels.as_ref()?.get(NAME_LABEL)?.clone();
+                Some(InstanceRef { id: c.id?, name })
+            })
+            .collect())
+    }
+
+    fn events(&self) -> broadcast::Receiver<RuntimeEvent> {
+        self.events.subscribe()
+    }
+}
+
+fn not_found(e: bollard::errors::Error, id: &str) -> RuntimeError {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { status_code: 404, .. } => RuntimeError::NotFound(id.to_string()),
+        e => e.into(),
+    }
+}
+
+/// A tar of `files` (with their parent directories), owned by the instance's user.
+fn tar_archive(files: &[ConfigFile], uid: u64, gid: u64) -> Result<Vec<u8>, RuntimeError> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut dirs = std::collections::BTreeSet::new();
+    for file in files {
+        let path = safe_relative_path(&file.path)?;
+        let mut parent = String::new();
+        for part in path.split('/').rev().skip(1).collect::<Vec<_>>().into_iter().rev() {
+            parent = if parent.is_empty() { part.to_string() } else { format!("{parent}/{part}") };
+            if dirs.insert(parent.clone()) {
+                let mut header = tar::Header::new_gnu();
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_mode(0o750);
+                header.set_uid(uid);
+                header.set_gid(gid);
+                header.set_size(0);
+                builder.append_data(&mut header, format!("{parent}/"), std::io::empty())?;
+            }
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o640);
+        header.set_uid(uid);
+        header.set_gid(gid);
+        header.set_size(file.contents.len() as u64);
+        builder.append_data(&mut header, path, file.contents.as_slice())?;
+    }
+    Ok(builder.into_inner()?)
+}
+
+/// Forwards the engine's start/die/oom events for platform containers, reconnecting after gaps
+/// from the last event seen so none is lost while the stream was down.
+async fn follow_events(docker: Docker, events: broadcast::Sender<RuntimeEvent>) {
+    let mut since: Option<String> = None;
+    loop {
+        let filters = HashMap::from([
+            ("type", vec!["container".to_string()]),
+            ("event", vec!["start".into(), "die".into(), "oom".into()]),
+            ("label", vec![format!("{MANAGED_LABEL}=true")]),
+        ]);
+        let mut builder = EventsOptionsBuilder::default().filters(&filters);
+        if let Some(since) = &since {
+            builder = builder.since(since);
+        }
+        let mut stream = docker.events(Some(builder.build()));
+        while let Some(event) = stream.next().await {
+            let Ok(event) = event else { break };
+            if let Some(time) = event.time {
+                since = Some(time.to_string());
+            }
+            let Some(actor) = event.actor else { continue };
+            let Some(id) = actor.id else { continue };
+            let attributes = actor.attributes.unwrap_or_default();
+            let forwarded = match event.action.as_deref() {
+                Some("start") => RuntimeEvent::Started { id },
+                Some("die") => RuntimeEvent::Died { id, exit_code: attributes.get("exitCode").and_then(|c| c.parse().ok()) },
+                Some("oom") => RuntimeEvent::OutOfMemory { id },
+                _ => continue,
+            };
+            // No receiver yet is fine: nobody is watching.
+            let _ = events.send(forwarded);
+        }
+        tracing::warn!("docker event stream ended; reconnecting");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

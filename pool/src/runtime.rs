@@ -1,0 +1,156 @@
+//! The instance lifecycle behind one trait, so the pool manager does not care whether an instance
+//! is a Docker container or a local process (or, later, a Kubernetes pod).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+/// CPU, memory and process limits of one instance, from its tier.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resources {
+    pub memory_mb: u64,
+    /// CPUs, e.g. 0.5.
+    pub cpus: f64,
+    /// Most processes and threads the instance may run.
+    pub pids: i64,
+}
+
+/// What to create.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    /// Unique name, also the base of its data volume's name.
+    pub name: String,
+    /// Docker image, or the program the process runtime runs.
+    pub image: String,
+    /// `uid:gid` to run as; never root.
+    pub user: String,
+    /// The port the instance serves inside (the gateway's 18789).
+    pub port: u16,
+    pub resources: Resources,
+    /// Extra labels (Docker) or tags, beside the platform's own.
+    pub labels: BTreeMap<String, String>,
+    pub env: Vec<(String, String)>,
+}
+
+/// A file written into an instance's data directory at assignment (config, SOUL.md, ...).
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    /// Relative to the data directory, `/`-separated, no `..`.
+    pub path: String,
+    pub contents: Vec<u8>,
+}
+
+/// A created instance, as the runtime knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRef {
+    /// The runtime's id (container id, or the name for processes).
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunState {
+    Created,
+    Running,
+    Exited { code: Option<i64>, oom_killed: bool },
+    Missing,
+}
+
+/// State and the address the edge reaches the instance at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    pub state: RunState,
+    pub address: Option<SocketAddr>,
+}
+
+/// Lifecycle events, as the runtime reports them (Docker's arrive within ~50-200 ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeEvent {
+    Started { id: String },
+    Died { id: String, exit_code: Option<i64> },
+    OutOfMemory { id: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("instance {0} does not exist")]
+    NotFound(String),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("container runtime unavailable: {0}")]
+    Unavailable(String),
+    #[error("docker: {0}")]
+    Docker(#[from] bollard::errors::Error),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// One instance lifecycle, implemented by each runtime.
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// `docker`, `process`, ...
+    fn kind(&self) -> &'static str;
+    /// Creates a stopped instance with its own empty data volume.
+    async fn create(&self, spec: &InstanceSpec) -> Result<InstanceRef, RuntimeError>;
+    async fn start(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Injects a user's config into a running (or stopped) instance: files in its data directory.
+    async fn assign(&self, id: &str, files: &[ConfigFile]) -> Result<(), RuntimeError>;
+    async fn stop(&self, id: &str) -> Result<(), RuntimeError>;
+    async fn restart(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Removes the instance and its data.
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+    async fn inspect(&self, id: &str) -> Result<Inspection, RuntimeError>;
+    /// Applies new limits to a running instance, without a restart where the runtime can.
+    async fn update_resources(&self, id: &str, resources: &Resources) -> Result<(), RuntimeError>;
+    /// Every instance this runtime manages for the platform (for reconciling after a restart).
+    async fn list(&self) -> Result<Vec<InstanceRef>, RuntimeError>;
+    /// Lifecycle events from now on.
+    fn events(&self) -> broadcast::Receiver<RuntimeEvent>;
+}
+
+/// Checks a config file path: relative, no `..`, no empty parts.
+pub(crate) fn safe_relative_path(path: &str) -> Result<&str, RuntimeError> {
+    let ok = !path.is_empty()
+        && !path.starts_with('/')
+        && path.split('/').all(|part| !part.is_empty() && part != "." && part != "..");
+    if ok {
+        Ok(path)
+    } else {
+        Err(RuntimeError::Refused(format!("config file path {path:?} must be relative, without '..'")))
+    }
+}
+
+/// Checks that a `uid:gid` is not root.
+pub(crate) fn non_root_user(user: &str) -> Result<(), RuntimeError> {
+    let uid = user.split(':').next().unwrap_or_default();
+    if uid.is_empty() || uid == "0" || uid == "root" {
+        Err(RuntimeError::Refused(format!("instances never run as root (user {user:?})")))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_paths_stay_inside_the_data_dir() {
+        assert!(safe_relative_path("config.json").is_ok());
+        assert!(safe_relative_path("workspace/SOUL.md").is_ok());
+        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a//b", "./a"] {
+            assert!(safe_relative_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn root_is_refused() {
+        assert!(non_root_user("65534:65534").is_ok());
+        assert!(non_root_user("1000").is_ok());
+        for bad in ["", "0", "0:0", "root", "root:root"] {
+            assert!(non_root_user(bad).is_err(), "{bad}");
+        }
+    }
+}
