@@ -25,6 +25,7 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
 
+use crate::egress::NetworkInfo;
 use crate::runtime::{
     non_root_user, safe_relative_path, ConfigFile, InstanceRef, InstanceSpec, Inspection, Resources, RunState, Runtime,
     RuntimeError, RuntimeEvent,
@@ -82,6 +83,19 @@ impl DockerRuntime {
 
     pub fn network(&self) -> &str {
         &self.options.network
+    }
+
+    /// The instance network's id, host bridge interface and subnet (for the egress rules).
+    pub async fn network_info(&self) -> Result<NetworkInfo, RuntimeError> {
+        let network = self.docker.inspect_network(&self.options.network, None).await?;
+        let id = network.id.unwrap_or_default();
+        let bridge = network
+            .options
+            .as_ref()
+            .and_then(|o| o.get("com.docker.network.bridge.name").cloned())
+            .unwrap_or_else(|| format!("br-{}", id.chars().take(12).collect::<String>()));
+        let subnet = network.ipam.and_then(|i| i.config).and_then(|c| c.into_iter().find_map(|c| c.subnet));
+        Ok(NetworkInfo { id, bridge, subnet })
     }
 
     /// Whether a network with exactly our name exists (`name` filters match substrings).

@@ -1,10 +1,13 @@
 //! Instances: the lifecycle behind the [`Runtime`] trait, with a hardened Docker implementation
-//! ([`docker`]) and a local-process one for machines without Docker ([`process`]).
+//! ([`docker`]) and a local-process one for machines without Docker ([`process`]), and the
+//! instance network's egress rules ([`egress`]).
 
 pub mod docker;
+pub mod egress;
 pub mod process;
 pub mod runtime;
 
 pub use docker::{DockerOptions, DockerRuntime};
+pub use egress::{EgressRules, NetworkInfo};
 pub use process::ProcessRuntime;
 pub use runtime::{ConfigFile, InstanceRef, InstanceSpec, Inspection, Resources, RunState, Runtime, RuntimeError, RuntimeEvent};

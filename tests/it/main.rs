@@ -1,6 +1,7 @@
 //! Black-box tests of the `clawdeploy` binary: one test binary, so Pingora is linked once.
 
 mod bad_input;
+mod egress;
 mod lifecycle;
 mod routing;
 mod runtime;

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::support::*;
 
 /// The fixture image `scripts/build-fixture-image.sh` builds (scripts/test.sh runs it).
-fn fixture_image() -> String {
+pub fn fixture_image_name() -> String {
     std::env::var("CLAWDEPLOY_FIXTURE_IMAGE").unwrap_or_else(|_| "clawdeploy-fixture:test".into())
 }
 
@@ -57,7 +57,7 @@ async fn docker_runtime() -> DockerRuntime {
 }
 
 /// Polls `GET /readyz` at the instance until it answers 200.
-async fn wait_ready(runtime: &dyn Runtime, id: &str) -> SocketAddr {
+pub async fn wait_ready(runtime: &dyn Runtime, id: &str) -> SocketAddr {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let inspection = runtime.inspect(id).await.expect("inspect");
@@ -175,7 +175,7 @@ async fn lifecycle(runtime: &dyn Runtime, image: String) {
 #[tokio::test]
 async fn docker_lifecycle() {
     let runtime = docker_runtime().await;
-    lifecycle(&runtime, fixture_image()).await;
+    lifecycle(&runtime, fixture_image_name()).await;
 }
 
 #[tokio::test]
@@ -189,7 +189,7 @@ async fn process_lifecycle() {
 async fn docker_containers_are_hardened() {
     let runtime = docker_runtime().await;
     let name = unique_name("hardened");
-    let created = runtime.create(&spec(&name, fixture_image(), 96)).await.unwrap();
+    let created = runtime.create(&spec(&name, fixture_image_name(), 96)).await.unwrap();
     let inspected = runtime.docker().inspect_container(&created.id, None).await.unwrap();
     let host = inspected.host_config.clone().unwrap();
     let config = inspected.config.clone().unwrap();
@@ -220,7 +220,7 @@ async fn docker_containers_are_hardened() {
 #[tokio::test]
 async fn docker_reports_out_of_memory_kills() {
     let runtime = docker_runtime().await;
-    let created = runtime.create(&spec(&unique_name("oom"), fixture_image(), 32)).await.unwrap();
+    let created = runtime.create(&spec(&unique_name("oom"), fixture_image_name(), 32)).await.unwrap();
     runtime.start(&created.id).await.unwrap();
     let addr = wait_ready(&runtime, &created.id).await;
     let mut events = runtime.events();
@@ -234,7 +234,7 @@ async fn docker_reports_out_of_memory_kills() {
 #[tokio::test]
 async fn runtimes_refuse_root_and_escaping_config_paths() {
     let runtime = docker_runtime().await;
-    let mut root = spec(&unique_name("root"), fixture_image(), 64);
+    let mut root = spec(&unique_name("root"), fixture_image_name(), 64);
     root.user = "0:0".into();
     assert!(runtime.create(&root).await.is_err());
 
