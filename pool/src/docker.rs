@@ -12,14 +12,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::models::{
-    ContainerCreateBody, ContainerUpdateBody, HostConfig, Mount, MountTmpfsOptions, MountType, NetworkCreateRequest,
-    PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
+    ContainerCreateBody, ContainerUpdateBody, HostConfig, Mount, MountTmpfsOptions, MountType,
+    NetworkCreateRequest, PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
-    ListNetworksOptionsBuilder,
-    RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, RestartContainerOptionsBuilder,
-    StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions,
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveVolumeOptionsBuilder, RestartContainerOptionsBuilder, StopContainerOptionsBuilder,
+    UploadToContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -27,8 +27,8 @@ use tokio::sync::broadcast;
 
 use crate::egress::NetworkInfo;
 use crate::runtime::{
-    non_root_user, safe_relative_path, ConfigFile, InstanceRef, InstanceSpec, Inspection, Resources, RunState, Runtime,
-    RuntimeError, RuntimeEvent,
+    non_root_user, safe_relative_path, ConfigFile, Inspection, InstanceRef, InstanceSpec,
+    Resources, RunState, Runtime, RuntimeError, RuntimeEvent,
 };
 
 /// Label on everything the platform creates.
@@ -51,7 +51,10 @@ pub struct DockerOptions {
 
 impl Default for DockerOptions {
     fn default() -> Self {
-        Self { network: "clawdeploy-instances".into(), publish_loopback: false }
+        Self {
+            network: "clawdeploy-instances".into(),
+            publish_loopback: false,
+        }
     }
 }
 
@@ -69,10 +72,19 @@ impl DockerRuntime {
             .map_err(|e| RuntimeError::Unavailable(e.to_string()))?
             .negotiate_version()
             .await
-            .map_err(|e| RuntimeError::Unavailable(format!("no Docker engine answers on its socket: {e}")))?;
-        let runtime = Self { docker, options, events: broadcast::channel(1024).0 };
+            .map_err(|e| {
+                RuntimeError::Unavailable(format!("no Docker engine answers on its socket: {e}"))
+            })?;
+        let runtime = Self {
+            docker,
+            options,
+            events: broadcast::channel(1024).0,
+        };
         runtime.ensure_network().await?;
-        tokio::spawn(follow_events(runtime.docker.clone(), runtime.events.clone()));
+        tokio::spawn(follow_events(
+            runtime.docker.clone(),
+            runtime.events.clone(),
+        ));
         Ok(runtime)
     }
 
@@ -87,22 +99,37 @@ impl DockerRuntime {
 
     /// The instance network's id, host bridge interface and subnet (for the egress rules).
     pub async fn network_info(&self) -> Result<NetworkInfo, RuntimeError> {
-        let network = self.docker.inspect_network(&self.options.network, None).await?;
+        let network = self
+            .docker
+            .inspect_network(&self.options.network, None)
+            .await?;
         let id = network.id.unwrap_or_default();
         let bridge = network
             .options
             .as_ref()
             .and_then(|o| o.get("com.docker.network.bridge.name").cloned())
             .unwrap_or_else(|| format!("br-{}", id.chars().take(12).collect::<String>()));
-        let subnet = network.ipam.and_then(|i| i.config).and_then(|c| c.into_iter().find_map(|c| c.subnet));
+        let subnet = network
+            .ipam
+            .and_then(|i| i.config)
+            .and_then(|c| c.into_iter().find_map(|c| c.subnet));
         Ok(NetworkInfo { id, bridge, subnet })
     }
 
     /// Whether a network with exactly our name exists (`name` filters match substrings).
     async fn network_exists(&self) -> Result<bool, RuntimeError> {
         let filters = HashMap::from([("name", vec![self.options.network.clone()])]);
-        let networks = self.docker.list_networks(Some(ListNetworksOptionsBuilder::default().filters(&filters).build())).await?;
-        Ok(networks.iter().any(|n| n.name.as_deref() == Some(self.options.network.as_str())))
+        let networks = self
+            .docker
+            .list_networks(Some(
+                ListNetworksOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await?;
+        Ok(networks
+            .iter()
+            .any(|n| n.name.as_deref() == Some(self.options.network.as_str())))
     }
 
     async fn ensure_network(&self) -> Result<(), RuntimeError> {
@@ -111,9 +138,14 @@ impl DockerRuntime {
         }
         // Docker accepts duplicate network names, after which the name is ambiguous: processes on
         // this host take a file lock so only one creates it.
-        let lock_path = std::env::temp_dir().join(format!("clawdeploy-network-{}.lock", self.options.network));
+        let lock_path =
+            std::env::temp_dir().join(format!("clawdeploy-network-{}.lock", self.options.network));
         let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
-            let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(lock_path)?;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(lock_path)?;
             file.lock()?;
             Ok(file)
         })
@@ -123,7 +155,10 @@ impl DockerRuntime {
             let request = NetworkCreateRequest {
                 name: self.options.network.clone(),
                 driver: Some("bridge".into()),
-                labels: Some(HashMap::from([(MANAGED_LABEL.to_string(), "true".to_string())])),
+                labels: Some(HashMap::from([(
+                    MANAGED_LABEL.to_string(),
+                    "true".to_string(),
+                )])),
                 // Instances never talk to each other.
                 options: Some(HashMap::from([(
                     "com.docker.network.bridge.enable_icc".to_string(),
@@ -155,7 +190,10 @@ fn host_config(spec: &InstanceSpec, options: &DockerOptions) -> HostConfig {
         privileged: Some(false),
         init: Some(true),
         network_mode: Some(options.network.clone()),
-        restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
+        restart_policy: Some(RestartPolicy {
+            name: Some(RestartPolicyNameEnum::NO),
+            maximum_retry_count: None,
+        }),
         mounts: Some(vec![
             Mount {
                 target: Some(DATA_DIR.into()),
@@ -166,14 +204,21 @@ fn host_config(spec: &InstanceSpec, options: &DockerOptions) -> HostConfig {
             Mount {
                 target: Some("/tmp".into()),
                 typ: Some(MountType::TMPFS),
-                tmpfs_options: Some(MountTmpfsOptions { size_bytes: Some(TMP_BYTES), mode: Some(0o1777), ..Default::default() }),
+                tmpfs_options: Some(MountTmpfsOptions {
+                    size_bytes: Some(TMP_BYTES),
+                    mode: Some(0o1777),
+                    ..Default::default()
+                }),
                 ..Default::default()
             },
         ]),
         port_bindings: options.publish_loopback.then(|| {
             HashMap::from([(
                 port_key,
-                Some(vec![PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(String::new()) }]),
+                Some(vec![PortBinding {
+                    host_ip: Some("127.0.0.1".into()),
+                    host_port: Some(String::new()),
+                }]),
             )])
         }),
         ..Default::default()
@@ -210,24 +255,47 @@ impl Runtime for DockerRuntime {
         };
         let created = self
             .docker
-            .create_container(Some(CreateContainerOptionsBuilder::default().name(&spec.name).build()), body)
+            .create_container(
+                Some(
+                    CreateContainerOptionsBuilder::default()
+                        .name(&spec.name)
+                        .build(),
+                ),
+                body,
+            )
             .await;
         match created {
-            Ok(created) => Ok(InstanceRef { id: created.id, name: spec.name.clone() }),
+            Ok(created) => Ok(InstanceRef {
+                id: created.id,
+                name: spec.name.clone(),
+            }),
             Err(e) => {
                 // Leave nothing behind on failure.
-                let _ = self.docker.remove_volume(&Self::volume_name(&spec.name), None::<bollard::query_parameters::RemoveVolumeOptions>).await;
+                let _ = self
+                    .docker
+                    .remove_volume(
+                        &Self::volume_name(&spec.name),
+                        None::<bollard::query_parameters::RemoveVolumeOptions>,
+                    )
+                    .await;
                 Err(e.into())
             }
         }
     }
 
     async fn start(&self, id: &str) -> Result<(), RuntimeError> {
-        self.docker.start_container(id, None).await.map_err(|e| not_found(e, id))
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(|e| not_found(e, id))
     }
 
     async fn assign(&self, id: &str, files: &[ConfigFile]) -> Result<(), RuntimeError> {
-        let inspected = self.docker.inspect_container(id, None::<InspectContainerOptions>).await.map_err(|e| not_found(e, id))?;
+        let inspected = self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| not_found(e, id))?;
         let user = inspected.config.and_then(|c| c.user).unwrap_or_default();
         let mut ids = user.split(':').map(|p| p.parse::<u64>().unwrap_or(65534));
         let uid = ids.next().unwrap_or(65534);
@@ -236,7 +304,11 @@ impl Runtime for DockerRuntime {
         self.docker
             .upload_to_container(
                 id,
-                Some(UploadToContainerOptionsBuilder::default().path(DATA_DIR).build()),
+                Some(
+                    UploadToContainerOptionsBuilder::default()
+                        .path(DATA_DIR)
+                        .build(),
+                ),
                 bollard::body_full(archive.into()),
             )
             .await
@@ -244,15 +316,28 @@ impl Runtime for DockerRuntime {
     }
 
     async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
-        match self.docker.stop_container(id, Some(StopContainerOptionsBuilder::default().t(5).build())).await {
-            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
+        match self
+            .docker
+            .stop_container(
+                id,
+                Some(StopContainerOptionsBuilder::default().t(5).build()),
+            )
+            .await
+        {
+            Ok(())
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
             Err(e) => Err(not_found(e, id)),
         }
     }
 
     async fn restart(&self, id: &str) -> Result<(), RuntimeError> {
         self.docker
-            .restart_container(id, Some(RestartContainerOptionsBuilder::default().t(5).build()))
+            .restart_container(
+                id,
+                Some(RestartContainerOptionsBuilder::default().t(5).build()),
+            )
             .await
             .map_err(|e| not_found(e, id))
     }
@@ -263,18 +348,38 @@ impl Runtime for DockerRuntime {
             .inspect_container(id, None::<InspectContainerOptions>)
             .await
             .ok()
-            .and_then(|c| c.config.and_then(|c| c.labels).and_then(|l| l.get(NAME_LABEL).cloned()));
-        match self.docker.remove_container(id, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await {
-            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+            .and_then(|c| {
+                c.config
+                    .and_then(|c| c.labels)
+                    .and_then(|l| l.get(NAME_LABEL).cloned())
+            });
+        match self
+            .docker
+            .remove_container(
+                id,
+                Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+            )
+            .await
+        {
+            Ok(())
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
             Err(e) => return Err(e.into()),
         }
         if let Some(name) = name {
             match self
                 .docker
-                .remove_volume(&Self::volume_name(&name), Some(RemoveVolumeOptionsBuilder::default().force(true).build()))
+                .remove_volume(
+                    &Self::volume_name(&name),
+                    Some(RemoveVolumeOptionsBuilder::default().force(true).build()),
+                )
                 .await
             {
-                Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+                Ok(())
+                | Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -282,31 +387,56 @@ impl Runtime for DockerRuntime {
     }
 
     async fn inspect(&self, id: &str) -> Result<Inspection, RuntimeError> {
-        let inspected = match self.docker.inspect_container(id, None::<InspectContainerOptions>).await {
+        let inspected = match self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+        {
             Ok(inspected) => inspected,
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
-                return Ok(Inspection { state: RunState::Missing, address: None })
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {
+                return Ok(Inspection {
+                    state: RunState::Missing,
+                    address: None,
+                })
             }
             Err(e) => return Err(e.into()),
         };
         let state = inspected.state.unwrap_or_default();
         let run_state = if state.running == Some(true) {
             RunState::Running
-        } else if state.started_at.as_deref().is_none_or(|s| s.starts_with("0001-")) {
+        } else if state
+            .started_at
+            .as_deref()
+            .is_none_or(|s| s.starts_with("0001-"))
+        {
             RunState::Created
         } else {
-            RunState::Exited { code: state.exit_code, oom_killed: state.oom_killed == Some(true) }
+            RunState::Exited {
+                code: state.exit_code,
+                oom_killed: state.oom_killed == Some(true),
+            }
         };
         let port = inspected
             .config
             .and_then(|c| c.exposed_ports)
-            .and_then(|ports| ports.first().and_then(|p| p.split('/').next()).and_then(|p| p.parse::<u16>().ok()));
+            .and_then(|ports| {
+                ports
+                    .first()
+                    .and_then(|p| p.split('/').next())
+                    .and_then(|p| p.parse::<u16>().ok())
+            });
         let settings = inspected.network_settings.unwrap_or_default();
         let address = if run_state != RunState::Running {
             None
         } else if self.options.publish_loopback {
             port.and_then(|port| {
-                let bindings = settings.ports.as_ref()?.get(&format!("{port}/tcp"))?.as_ref()?;
+                let bindings = settings
+                    .ports
+                    .as_ref()?
+                    .get(&format!("{port}/tcp"))?
+                    .as_ref()?;
                 let host_port = bindings.first()?.host_port.as_ref()?.parse::<u16>().ok()?;
                 Some(SocketAddr::from(([127, 0, 0, 1], host_port)))
             })
@@ -319,7 +449,10 @@ impl Runtime for DockerRuntime {
                 .and_then(|ip| ip.parse::<IpAddr>().ok());
             ip.zip(port).map(|(ip, port)| SocketAddr::new(ip, port))
         };
-        Ok(Inspection { state: run_state, address })
+        Ok(Inspection {
+            state: run_state,
+            address,
+        })
     }
 
     async fn update_resources(&self, id: &str, resources: &Resources) -> Result<(), RuntimeError> {
@@ -331,14 +464,22 @@ impl Runtime for DockerRuntime {
             pids_limit: Some(resources.pids),
             ..Default::default()
         };
-        self.docker.update_container(id, update).await.map_err(|e| not_found(e, id))
+        self.docker
+            .update_container(id, update)
+            .await
+            .map_err(|e| not_found(e, id))
     }
 
     async fn list(&self) -> Result<Vec<InstanceRef>, RuntimeError> {
         let filters = HashMap::from([("label", vec![format!("{MANAGED_LABEL}=true")])]);
         let containers = self
             .docker
-            .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
             .await?;
         Ok(containers
             .into_iter()
@@ -356,7 +497,9 @@ impl Runtime for DockerRuntime {
 
 fn not_found(e: bollard::errors::Error, id: &str) -> RuntimeError {
     match e {
-        bollard::errors::Error::DockerResponseServerError { status_code: 404, .. } => RuntimeError::NotFound(id.to_string()),
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        } => RuntimeError::NotFound(id.to_string()),
         e => e.into(),
     }
 }
@@ -368,8 +511,19 @@ fn tar_archive(files: &[ConfigFile], uid: u64, gid: u64) -> Result<Vec<u8>, Runt
     for file in files {
         let path = safe_relative_path(&file.path)?;
         let mut parent = String::new();
-        for part in path.split('/').rev().skip(1).collect::<Vec<_>>().into_iter().rev() {
-            parent = if parent.is_empty() { part.to_string() } else { format!("{parent}/{part}") };
+        for part in path
+            .split('/')
+            .rev()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
+            parent = if parent.is_empty() {
+                part.to_string()
+            } else {
+                format!("{parent}/{part}")
+            };
             if dirs.insert(parent.clone()) {
                 let mut header = tar::Header::new_gnu();
                 header.set_entry_type(tar::EntryType::Directory);
@@ -415,7 +569,10 @@ async fn follow_events(docker: Docker, events: broadcast::Sender<RuntimeEvent>) 
             let attributes = actor.attributes.unwrap_or_default();
             let forwarded = match event.action.as_deref() {
                 Some("start") => RuntimeEvent::Started { id },
-                Some("die") => RuntimeEvent::Died { id, exit_code: attributes.get("exitCode").and_then(|c| c.parse().ok()) },
+                Some("die") => RuntimeEvent::Died {
+                    id,
+                    exit_code: attributes.get("exitCode").and_then(|c| c.parse().ok()),
+                },
                 Some("oom") => RuntimeEvent::OutOfMemory { id },
                 _ => continue,
             };

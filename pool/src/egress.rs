@@ -73,13 +73,21 @@ impl EgressRules {
     pub fn chain_rules(&self) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
         let args = |s: &str| s.split_whitespace().map(str::to_string).collect::<Vec<_>>();
         let allowed = |addr: &SocketAddr, verdict: &str| {
-            args(&format!("-p tcp -d {} --dport {} -j {verdict}", addr.ip(), addr.port()))
+            args(&format!(
+                "-p tcp -d {} --dport {} -j {verdict}",
+                addr.ip(),
+                addr.port()
+            ))
         };
         let mut forward = vec![args("-m conntrack --ctstate ESTABLISHED,RELATED -j RETURN")];
         forward.extend(self.allow.iter().map(|a| allowed(a, "RETURN")));
         for range in BLOCKED_RANGES {
-            forward.push(args(&format!("-d {range} -p tcp -j REJECT --reject-with tcp-reset")));
-            forward.push(args(&format!("-d {range} -j REJECT --reject-with icmp-port-unreachable")));
+            forward.push(args(&format!(
+                "-d {range} -p tcp -j REJECT --reject-with tcp-reset"
+            )));
+            forward.push(args(&format!(
+                "-d {range} -j REJECT --reject-with icmp-port-unreachable"
+            )));
         }
         forward.push(args("-j RETURN"));
 
@@ -106,8 +114,14 @@ impl EgressRules {
         }
         // DOCKER-USER exists once Docker has started; create it if this host has none yet.
         let _ = iptables(&["-N", "DOCKER-USER"]).await;
-        for (parent, chain) in [("DOCKER-USER", &self.forward_chain), ("INPUT", &self.input_chain)] {
-            if iptables(&["-C", parent, "-i", &self.bridge, "-j", chain]).await.is_err() {
+        for (parent, chain) in [
+            ("DOCKER-USER", &self.forward_chain),
+            ("INPUT", &self.input_chain),
+        ] {
+            if iptables(&["-C", parent, "-i", &self.bridge, "-j", chain])
+                .await
+                .is_err()
+            {
                 iptables(&["-I", parent, "1", "-i", &self.bridge, "-j", chain]).await?;
             }
         }
@@ -117,8 +131,14 @@ impl EgressRules {
 
     /// Removes both chains and their jumps.
     pub async fn remove(&self) -> Result<(), RuntimeError> {
-        for (parent, chain) in [("DOCKER-USER", &self.forward_chain), ("INPUT", &self.input_chain)] {
-            while iptables(&["-D", parent, "-i", &self.bridge, "-j", chain]).await.is_ok() {}
+        for (parent, chain) in [
+            ("DOCKER-USER", &self.forward_chain),
+            ("INPUT", &self.input_chain),
+        ] {
+            while iptables(&["-D", parent, "-i", &self.bridge, "-j", chain])
+                .await
+                .is_ok()
+            {}
             let _ = iptables(&["-F", chain]).await;
             let _ = iptables(&["-X", chain]).await;
         }
@@ -132,7 +152,11 @@ pub async fn list_chain(chain: &str) -> Result<String, RuntimeError> {
 }
 
 async fn iptables(args: &[&str]) -> Result<String, RuntimeError> {
-    let output = Command::new("iptables").arg("-w").args(args).output().await?;
+    let output = Command::new("iptables")
+        .arg("-w")
+        .args(args)
+        .output()
+        .await?;
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {

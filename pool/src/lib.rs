@@ -10,4 +10,7 @@ pub mod runtime;
 pub use docker::{DockerOptions, DockerRuntime};
 pub use egress::{EgressRules, NetworkInfo};
 pub use process::ProcessRuntime;
-pub use runtime::{ConfigFile, InstanceRef, InstanceSpec, Inspection, Resources, RunState, Runtime, RuntimeError, RuntimeEvent};
+pub use runtime::{
+    ConfigFile, Inspection, InstanceRef, InstanceSpec, Resources, RunState, Runtime, RuntimeError,
+    RuntimeEvent,
+};

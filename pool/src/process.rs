@@ -15,8 +15,8 @@ use tokio::process::Command;
 use tokio::sync::{broadcast, oneshot};
 
 use crate::runtime::{
-    safe_relative_path, ConfigFile, InstanceRef, InstanceSpec, Inspection, Resources, RunState, Runtime, RuntimeError,
-    RuntimeEvent,
+    safe_relative_path, ConfigFile, Inspection, InstanceRef, InstanceSpec, Resources, RunState,
+    Runtime, RuntimeError, RuntimeEvent,
 };
 
 struct Process {
@@ -38,17 +38,29 @@ impl ProcessRuntime {
     /// Instances keep their data under `base_dir/<name>`.
     pub fn new(base_dir: impl Into<PathBuf>) -> Self {
         tracing::warn!("process runtime: instances run as plain local processes, NOT isolated; development only");
-        Self { base_dir: base_dir.into(), processes: Arc::default(), events: broadcast::channel(1024).0 }
+        Self {
+            base_dir: base_dir.into(),
+            processes: Arc::default(),
+            events: broadcast::channel(1024).0,
+        }
     }
 
     fn with<T>(&self, id: &str, f: impl FnOnce(&mut Process) -> T) -> Result<T, RuntimeError> {
-        let mut processes = self.processes.lock().map_err(|_| RuntimeError::Unavailable("process table poisoned".into()))?;
-        processes.get_mut(id).map(f).ok_or_else(|| RuntimeError::NotFound(id.to_string()))
+        let mut processes = self
+            .processes
+            .lock()
+            .map_err(|_| RuntimeError::Unavailable("process table poisoned".into()))?;
+        processes
+            .get_mut(id)
+            .map(f)
+            .ok_or_else(|| RuntimeError::NotFound(id.to_string()))
     }
 }
 
 fn free_loopback_port() -> Result<u16, RuntimeError> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 #[async_trait]
@@ -60,13 +72,28 @@ impl Runtime for ProcessRuntime {
     async fn create(&self, spec: &InstanceSpec) -> Result<InstanceRef, RuntimeError> {
         let data_dir = self.base_dir.join(&spec.name);
         tokio::fs::create_dir_all(&data_dir).await?;
-        let process = Process { spec: spec.clone(), port: 0, data_dir, kill: None, state: RunState::Created };
-        let mut processes = self.processes.lock().map_err(|_| RuntimeError::Unavailable("process table poisoned".into()))?;
+        let process = Process {
+            spec: spec.clone(),
+            port: 0,
+            data_dir,
+            kill: None,
+            state: RunState::Created,
+        };
+        let mut processes = self
+            .processes
+            .lock()
+            .map_err(|_| RuntimeError::Unavailable("process table poisoned".into()))?;
         if processes.contains_key(&spec.name) {
-            return Err(RuntimeError::Refused(format!("an instance named {} exists", spec.name)));
+            return Err(RuntimeError::Refused(format!(
+                "an instance named {} exists",
+                spec.name
+            )));
         }
         processes.insert(spec.name.clone(), process);
-        Ok(InstanceRef { id: spec.name.clone(), name: spec.name.clone() })
+        Ok(InstanceRef {
+            id: spec.name.clone(),
+            name: spec.name.clone(),
+        })
     }
 
     async fn start(&self, id: &str) -> Result<(), RuntimeError> {
@@ -86,7 +113,9 @@ impl Runtime for ProcessRuntime {
             p.kill = Some(kill_tx);
             p.state = RunState::Running;
         })?;
-        let _ = self.events.send(RuntimeEvent::Started { id: id.to_string() });
+        let _ = self
+            .events
+            .send(RuntimeEvent::Started { id: id.to_string() });
         let (processes, events, id) = (self.processes.clone(), self.events.clone(), id.to_string());
         tokio::spawn(async move {
             let status = tokio::select! {
@@ -100,10 +129,16 @@ impl Runtime for ProcessRuntime {
             if let Ok(mut processes) = processes.lock() {
                 if let Some(p) = processes.get_mut(&id) {
                     p.kill = None;
-                    p.state = RunState::Exited { code, oom_killed: false };
+                    p.state = RunState::Exited {
+                        code,
+                        oom_killed: false,
+                    };
                 }
             }
-            let _ = events.send(RuntimeEvent::Died { id, exit_code: code });
+            let _ = events.send(RuntimeEvent::Died {
+                id,
+                exit_code: code,
+            });
         });
         Ok(())
     }
@@ -125,7 +160,9 @@ impl Runtime for ProcessRuntime {
 
     async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
         let mut events = self.events.subscribe();
-        let Some(kill) = self.with(id, |p| p.kill.take())? else { return Ok(()) };
+        let Some(kill) = self.with(id, |p| p.kill.take())? else {
+            return Ok(());
+        };
         let _ = kill.send(());
         // Wait for the exit to be recorded.
         while let Ok(event) = events.recv().await {
@@ -148,13 +185,15 @@ impl Runtime for ProcessRuntime {
         self.stop(id).await?;
         let removed = self.processes.lock().ok().and_then(|mut p| p.remove(id));
         if let Some(process) = removed {
-            tokio::fs::remove_dir_all(&process.data_dir).await.or_else(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })?;
+            tokio::fs::remove_dir_all(&process.data_dir)
+                .await
+                .or_else(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })?;
         }
         Ok(())
     }
@@ -162,23 +201,39 @@ impl Runtime for ProcessRuntime {
     async fn inspect(&self, id: &str) -> Result<Inspection, RuntimeError> {
         match self.with(id, |p| (p.state.clone(), p.port)) {
             Ok((state, port)) => {
-                let address = (state == RunState::Running).then(|| SocketAddr::from(([127, 0, 0, 1], port)));
+                let address =
+                    (state == RunState::Running).then(|| SocketAddr::from(([127, 0, 0, 1], port)));
                 Ok(Inspection { state, address })
             }
-            Err(RuntimeError::NotFound(_)) => Ok(Inspection { state: RunState::Missing, address: None }),
+            Err(RuntimeError::NotFound(_)) => Ok(Inspection {
+                state: RunState::Missing,
+                address: None,
+            }),
             Err(e) => Err(e),
         }
     }
 
     async fn update_resources(&self, id: &str, resources: &Resources) -> Result<(), RuntimeError> {
         self.with(id, |p| p.spec.resources = resources.clone())?;
-        tracing::debug!(id, "process runtime: resource limits are recorded, not enforced");
+        tracing::debug!(
+            id,
+            "process runtime: resource limits are recorded, not enforced"
+        );
         Ok(())
     }
 
     async fn list(&self) -> Result<Vec<InstanceRef>, RuntimeError> {
-        let processes = self.processes.lock().map_err(|_| RuntimeError::Unavailable("process table poisoned".into()))?;
-        Ok(processes.keys().map(|name| InstanceRef { id: name.clone(), name: name.clone() }).collect())
+        let processes = self
+            .processes
+            .lock()
+            .map_err(|_| RuntimeError::Unavailable("process table poisoned".into()))?;
+        Ok(processes
+            .keys()
+            .map(|name| InstanceRef {
+                id: name.clone(),
+                name: name.clone(),
+            })
+            .collect())
     }
 
     fn events(&self) -> broadcast::Receiver<RuntimeEvent> {

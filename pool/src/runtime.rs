@@ -114,11 +114,15 @@ pub trait Runtime: Send + Sync + 'static {
 pub(crate) fn safe_relative_path(path: &str) -> Result<&str, RuntimeError> {
     let ok = !path.is_empty()
         && !path.starts_with('/')
-        && path.split('/').all(|part| !part.is_empty() && part != "." && part != "..");
+        && path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..");
     if ok {
         Ok(path)
     } else {
-        Err(RuntimeError::Refused(format!("config file path {path:?} must be relative, without '..'")))
+        Err(RuntimeError::Refused(format!(
+            "config file path {path:?} must be relative, without '..'"
+        )))
     }
 }
 
@@ -126,7 +130,9 @@ pub(crate) fn safe_relative_path(path: &str) -> Result<&str, RuntimeError> {
 pub(crate) fn non_root_user(user: &str) -> Result<(), RuntimeError> {
     let uid = user.split(':').next().unwrap_or_default();
     if uid.is_empty() || uid == "0" || uid == "root" {
-        Err(RuntimeError::Refused(format!("instances never run as root (user {user:?})")))
+        Err(RuntimeError::Refused(format!(
+            "instances never run as root (user {user:?})"
+        )))
     } else {
         Ok(())
     }

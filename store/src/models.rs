@@ -361,3 +361,52 @@ pub struct AdminToken {
     pub revoked_at: Option<i64>,
     pub last_used_at: Option<i64>,
 }
+
+/// Where a warm-pool member is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolMemberState {
+    /// Being created and started; not yet ready.
+    Creating,
+    /// Running, ready, unclaimed.
+    Idle,
+    /// Serving an instance.
+    Claimed,
+}
+
+impl PoolMemberState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Creating => "creating",
+            Self::Idle => "idle",
+            Self::Claimed => "claimed",
+        }
+    }
+}
+
+impl std::str::FromStr for PoolMemberState {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "creating" => Ok(Self::Creating),
+            "idle" => Ok(Self::Idle),
+            "claimed" => Ok(Self::Claimed),
+            other => Err(StoreError::Corrupt(format!("pool member state {other:?}"))),
+        }
+    }
+}
+
+/// One warm-pool member (a container or process the pool created).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolMember {
+    pub id: Uuid,
+    pub node_id: String,
+    pub name: String,
+    pub runtime_id: Option<String>,
+    pub state: PoolMemberState,
+    pub upstream: Option<String>,
+    pub instance_id: Option<Uuid>,
+    pub created_at: i64,
+}

@@ -126,6 +126,7 @@ both!(
     account_deletion,
     export_has_no_secrets,
     concurrent_writers,
+    pool_claims_are_exclusive,
 );
 
 fn keyring() -> Keyring {
@@ -1257,4 +1258,88 @@ async fn sqlite_in_memory() {
     store.migrate().await.unwrap();
     let u = user(&store, "mem@example.com").await;
     assert!(store.get_user(u.id).await.unwrap().is_some());
+}
+
+async fn pool_claims_are_exclusive(db: &Db) {
+    let s = &db.store;
+    let mut members = Vec::new();
+    for n in 0..5 {
+        let m = s
+            .insert_pool_member("node-a", &format!("member-{n}"))
+            .await
+            .unwrap();
+        assert_eq!(m.state, PoolMemberState::Creating);
+        s.set_pool_member_runtime_id(m.id, &format!("rt-{n}"))
+            .await
+            .unwrap();
+        s.mark_pool_member_idle(m.id, &format!("127.0.0.1:{}", 9000 + n))
+            .await
+            .unwrap();
+        members.push(m.id);
+    }
+    // A member of another node is never claimed here.
+    let other = s.insert_pool_member("node-b", "member-b").await.unwrap();
+    s.mark_pool_member_idle(other.id, "127.0.0.1:9999")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.count_pool_members("node-a", PoolMemberState::Idle)
+            .await
+            .unwrap(),
+        5
+    );
+
+    let mut instances = Vec::new();
+    for n in 0..8 {
+        let u = user(s, &format!("claim{n}@example.com")).await;
+        instances.push(
+            s.create_instance(&new_instance(u.id, &format!("claim-{n}")))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let claims: Vec<_> = instances
+        .iter()
+        .map(|&instance| {
+            let store = s.clone();
+            tokio::spawn(async move { store.claim_pool_member("node-a", instance).await.unwrap() })
+        })
+        .collect();
+    let mut won = Vec::new();
+    for claim in claims {
+        if let Some(member) = claim.await.unwrap() {
+            assert_eq!(member.state, PoolMemberState::Claimed);
+            assert!(member.runtime_id.is_some() && member.upstream.is_some());
+            won.push(member.id);
+        }
+    }
+    won.sort();
+    won.dedup();
+    assert_eq!(won.len(), 5, "each idle member claimed exactly once");
+    assert_eq!(
+        s.count_pool_members("node-a", PoolMemberState::Idle)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.count_pool_members("node-b", PoolMemberState::Idle)
+            .await
+            .unwrap(),
+        1
+    );
+
+    let claimed = s.pool_member_for_instance(instances[0]).await.unwrap();
+    if let Some(member) = claimed {
+        s.set_pool_member_upstream(member.id, "127.0.0.1:7000")
+            .await
+            .unwrap();
+        assert!(s.delete_pool_member(member.id).await.unwrap());
+    }
+    assert_eq!(
+        s.list_pool_members("node-a").await.unwrap().len(),
+        4,
+        "the deleted member is gone"
+    );
 }
