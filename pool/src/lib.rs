@@ -2,13 +2,20 @@
 //! ([`docker`]) and a local-process one for machines without Docker ([`process`]), and the
 //! instance network's egress rules ([`egress`]).
 
+pub mod changes;
 pub mod docker;
 pub mod egress;
+pub mod instance_config;
+pub mod manager;
 pub mod process;
+pub mod ready;
+pub mod routing;
 pub mod runtime;
 
 pub use docker::{DockerOptions, DockerRuntime};
 pub use egress::{EgressRules, NetworkInfo};
+pub use instance_config::FixtureConfig;
+pub use manager::{Assigned, InstanceConfig, NodeStatus, PoolError, PoolManager, PoolSettings};
 pub use process::ProcessRuntime;
 pub use runtime::{
     ConfigFile, Inspection, InstanceRef, InstanceSpec, Resources, RunState, Runtime, RuntimeError,

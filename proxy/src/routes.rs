@@ -228,6 +228,11 @@ impl RouteTable {
             .map(|(_, r)| r)
     }
 
+    /// The labels of every instance subdomain.
+    pub fn subdomain_labels(&self) -> Vec<String> {
+        self.subdomains.iter().map(|e| e.key().clone()).collect()
+    }
+
     /// Every route, sorted by host.
     pub fn list(&self) -> Vec<RouteEntry> {
         let mut entries: Vec<RouteEntry> = self

@@ -3,6 +3,7 @@
 mod bad_input;
 mod egress;
 mod lifecycle;
+mod pool;
 mod routing;
 mod runtime;
 mod support;

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clawdeploy_pool::{
-    ConfigFile, DockerOptions, DockerRuntime, InstanceSpec, ProcessRuntime, Resources, RunState, Runtime, RuntimeEvent,
+    ConfigFile, DockerOptions, DockerRuntime, InstanceSpec, ProcessRuntime, Resources, RunState,
+    Runtime, RuntimeEvent,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -26,7 +27,10 @@ pub fn fixture_bin() -> String {
     }
     // target/<profile>/deps/it-<hash> → target/<profile>/clawdeploy-fixture
     let exe = std::env::current_exe().expect("test executable path");
-    let path = exe.parent().and_then(|deps| deps.parent()).map(|dir| dir.join("clawdeploy-fixture"));
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("clawdeploy-fixture"));
     match path {
         Some(path) if path.exists() => path.to_string_lossy().into_owned(),
         _ => panic!("the fixture binary is not built: run `cargo build -p clawdeploy-fixture` (scripts/test.sh does)"),
@@ -35,7 +39,11 @@ pub fn fixture_bin() -> String {
 
 fn unique_name(prefix: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
-    format!("cdtest-{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "cdtest-{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 fn spec(name: &str, image: String, memory_mb: u64) -> InstanceSpec {
@@ -44,16 +52,23 @@ fn spec(name: &str, image: String, memory_mb: u64) -> InstanceSpec {
         image,
         user: "65534:65534".into(),
         port: 18789,
-        resources: Resources { memory_mb, cpus: 0.5, pids: 64 },
+        resources: Resources {
+            memory_mb,
+            cpus: 0.5,
+            pids: 64,
+        },
         labels: BTreeMap::from([("clawdeploy.test".to_string(), "true".to_string())]),
         env: vec![],
     }
 }
 
 async fn docker_runtime() -> DockerRuntime {
-    DockerRuntime::connect(DockerOptions { network: "clawdeploy-test".into(), publish_loopback: true })
-        .await
-        .expect("a Docker Engine answers (scripts/start-docker.sh starts one)")
+    DockerRuntime::connect(DockerOptions {
+        network: "clawdeploy-test".into(),
+        publish_loopback: true,
+    })
+    .await
+    .expect("a Docker Engine answers (scripts/start-docker.sh starts one)")
 }
 
 /// Polls `GET /readyz` at the instance until it answers 200.
@@ -68,15 +83,34 @@ pub async fn wait_ready(runtime: &dyn Runtime, id: &str) -> SocketAddr {
                 }
             }
         }
-        assert!(Instant::now() < deadline, "instance {id} not ready: {inspection:?}");
+        assert!(
+            Instant::now() < deadline,
+            "instance {id} not ready: {inspection:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// One chat turn straight to the instance: challenge, connect, chat.send, final event text.
 pub async fn chat_directly(addr: SocketAddr, message: &str) -> String {
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect to instance");
-    let (mut ws, _) = tokio_tungstenite::client_async("ws://instance/", tcp).await.expect("handshake");
+    chat_as(addr, None, message).await
+}
+
+/// [`chat_directly`] with the trusted-proxy user header the edge would set.
+pub async fn chat_as(addr: SocketAddr, user: Option<&str>, message: &str) -> String {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to instance");
+    let mut request = "ws://instance/".into_client_request().expect("request");
+    if let Some(user) = user {
+        request
+            .headers_mut()
+            .insert("x-forwarded-user", user.parse().expect("header value"));
+    }
+    let (mut ws, _) = tokio_tungstenite::client_async(request, tcp)
+        .await
+        .expect("handshake");
     chat_turn(&mut ws, message).await
 }
 
@@ -86,18 +120,25 @@ pub async fn chat_turn(ws: &mut WebSocket, message: &str) -> String {
     assert_eq!(challenge["event"], "connect.challenge", "{challenge}");
     let connect = serde_json::json!({"type":"req","id":"c1","method":"connect","params":{"minProtocol":4,"maxProtocol":4,
         "client":{"id":"gateway-client","version":"test","platform":"linux","mode":"backend"},"role":"operator","scopes":["operator.write"]}});
-    ws.send(Message::text(connect.to_string())).await.expect("send connect");
+    ws.send(Message::text(connect.to_string()))
+        .await
+        .expect("send connect");
     let hello = next_json(ws).await;
     assert_eq!(hello["ok"], true, "{hello}");
     let send = serde_json::json!({"type":"req","id":"m1","method":"chat.send","params":{"sessionKey":"agent:main:main","message": message,"idempotencyKey":"k1"}});
-    ws.send(Message::text(send.to_string())).await.expect("send chat");
+    ws.send(Message::text(send.to_string()))
+        .await
+        .expect("send chat");
     loop {
         let frame = next_json(ws).await;
         if frame["type"] == "res" {
             assert_eq!(frame["ok"], true, "{frame}");
         }
         if frame["event"] == "chat" && frame["payload"]["state"] == "final" {
-            return frame["payload"]["message"]["content"][0]["text"].as_str().unwrap_or_default().to_string();
+            return frame["payload"]["message"]["content"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
         }
     }
 }
@@ -112,7 +153,10 @@ async fn next_json(ws: &mut WebSocket) -> serde_json::Value {
     }
 }
 
-async fn wait_event(events: &mut tokio::sync::broadcast::Receiver<RuntimeEvent>, want: impl Fn(&RuntimeEvent) -> bool) -> RuntimeEvent {
+async fn wait_event(
+    events: &mut tokio::sync::broadcast::Receiver<RuntimeEvent>,
+    want: impl Fn(&RuntimeEvent) -> bool,
+) -> RuntimeEvent {
     tokio::time::timeout(PATIENCE, async {
         loop {
             match events.recv().await {
@@ -129,8 +173,14 @@ async fn wait_event(events: &mut tokio::sync::broadcast::Receiver<RuntimeEvent>,
 /// The lifecycle every runtime must get right.
 async fn lifecycle(runtime: &dyn Runtime, image: String) {
     let name = unique_name(runtime.kind());
-    let created = runtime.create(&spec(&name, image, 128)).await.expect("create");
-    assert_eq!(runtime.inspect(&created.id).await.unwrap().state, RunState::Created);
+    let created = runtime
+        .create(&spec(&name, image, 128))
+        .await
+        .expect("create");
+    assert_eq!(
+        runtime.inspect(&created.id).await.unwrap().state,
+        RunState::Created
+    );
 
     runtime.start(&created.id).await.expect("start");
     let addr = wait_ready(runtime, &created.id).await;
@@ -139,36 +189,90 @@ async fn lifecycle(runtime: &dyn Runtime, image: String) {
     // Assignment: the user's config lands in the running instance, no restart.
     let config = br#"{"owner":"alice","soul":"Be brief.\nAlways."}"#.to_vec();
     runtime
-        .assign(&created.id, &[ConfigFile { path: "config.json".into(), contents: config }, ConfigFile {
-            path: "workspace/SOUL.md".into(),
-            contents: b"Be brief.".to_vec(),
-        }])
+        .assign(
+            &created.id,
+            &[
+                ConfigFile {
+                    path: "config.json".into(),
+                    contents: config,
+                },
+                ConfigFile {
+                    path: "workspace/SOUL.md".into(),
+                    contents: b"Be brief.".to_vec(),
+                },
+            ],
+        )
         .await
         .expect("assign");
-    assert_eq!(try_send(addr, get_request("i", "/config").as_bytes()).await.unwrap().json()["owner"], "alice");
+    assert_eq!(
+        try_send(addr, get_request("i", "/config").as_bytes())
+            .await
+            .unwrap()
+            .json()["owner"],
+        "alice"
+    );
     assert_eq!(chat_directly(addr, "hi").await, "[Be brief.] echo: hi");
-    runtime.update_resources(&created.id, &Resources { memory_mb: 256, cpus: 1.0, pids: 128 }).await.expect("update");
+    runtime
+        .update_resources(
+            &created.id,
+            &Resources {
+                memory_mb: 256,
+                cpus: 1.0,
+                pids: 128,
+            },
+        )
+        .await
+        .expect("update");
 
     // A restart keeps the data; the address may move and inspect follows it.
     runtime.restart(&created.id).await.expect("restart");
     let addr = wait_ready(runtime, &created.id).await;
-    assert_eq!(try_send(addr, get_request("i", "/config").as_bytes()).await.unwrap().json()["owner"], "alice");
+    assert_eq!(
+        try_send(addr, get_request("i", "/config").as_bytes())
+            .await
+            .unwrap()
+            .json()["owner"],
+        "alice"
+    );
 
     // A crash is reported as an event with its exit code.
     let mut events = runtime.events();
-    let _ = try_send(addr, b"POST /crash HTTP/1.1\r\nHost: i\r\nContent-Length: 0\r\n\r\n").await;
-    let died = wait_event(&mut events, |e| matches!(e, RuntimeEvent::Died { id, .. } if *id == created.id)).await;
-    assert_eq!(died, RuntimeEvent::Died { id: created.id.clone(), exit_code: Some(3) });
-    assert!(matches!(runtime.inspect(&created.id).await.unwrap().state, RunState::Exited { code: Some(3), .. }));
+    let _ = try_send(
+        addr,
+        b"POST /crash HTTP/1.1\r\nHost: i\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    let died = wait_event(
+        &mut events,
+        |e| matches!(e, RuntimeEvent::Died { id, .. } if *id == created.id),
+    )
+    .await;
+    assert_eq!(
+        died,
+        RuntimeEvent::Died {
+            id: created.id.clone(),
+            exit_code: Some(3)
+        }
+    );
+    assert!(matches!(
+        runtime.inspect(&created.id).await.unwrap().state,
+        RunState::Exited { code: Some(3), .. }
+    ));
 
     runtime.start(&created.id).await.expect("start again");
     wait_ready(runtime, &created.id).await;
     runtime.stop(&created.id).await.expect("stop");
-    assert!(matches!(runtime.inspect(&created.id).await.unwrap().state, RunState::Exited { .. }));
+    assert!(matches!(
+        runtime.inspect(&created.id).await.unwrap().state,
+        RunState::Exited { .. }
+    ));
     assert!(runtime.list().await.unwrap().iter().any(|i| i.name == name));
 
     runtime.remove(&created.id).await.expect("remove");
-    assert_eq!(runtime.inspect(&created.id).await.unwrap().state, RunState::Missing);
+    assert_eq!(
+        runtime.inspect(&created.id).await.unwrap().state,
+        RunState::Missing
+    );
     assert!(!runtime.list().await.unwrap().iter().any(|i| i.name == name));
 }
 
@@ -189,45 +293,102 @@ async fn process_lifecycle() {
 async fn docker_containers_are_hardened() {
     let runtime = docker_runtime().await;
     let name = unique_name("hardened");
-    let created = runtime.create(&spec(&name, fixture_image_name(), 96)).await.unwrap();
-    let inspected = runtime.docker().inspect_container(&created.id, None).await.unwrap();
+    let created = runtime
+        .create(&spec(&name, fixture_image_name(), 96))
+        .await
+        .unwrap();
+    let inspected = runtime
+        .docker()
+        .inspect_container(&created.id, None)
+        .await
+        .unwrap();
     let host = inspected.host_config.clone().unwrap();
     let config = inspected.config.clone().unwrap();
     assert_eq!(config.user.as_deref(), Some("65534:65534"));
     assert_eq!(host.readonly_rootfs, Some(true));
     assert_eq!(host.cap_drop, Some(vec!["ALL".to_string()]));
-    assert_eq!(host.security_opt, Some(vec!["no-new-privileges:true".to_string()]));
+    assert_eq!(
+        host.security_opt,
+        Some(vec!["no-new-privileges:true".to_string()])
+    );
     assert_eq!(host.privileged, Some(false));
     assert_eq!(host.pids_limit, Some(64));
     assert_eq!(host.memory, Some(96 << 20));
-    assert_eq!(host.memory_swap, Some(96 << 20), "no swap beyond the memory limit");
+    assert_eq!(
+        host.memory_swap,
+        Some(96 << 20),
+        "no swap beyond the memory limit"
+    );
     assert_eq!(host.nano_cpus, Some(500_000_000));
     assert_eq!(host.network_mode.as_deref(), Some("clawdeploy-test"));
     let labels = config.labels.unwrap();
-    assert_eq!(labels.get("clawdeploy.managed").map(String::as_str), Some("true"));
+    assert_eq!(
+        labels.get("clawdeploy.managed").map(String::as_str),
+        Some("true")
+    );
     assert_eq!(labels.get("clawdeploy.instance"), Some(&name));
     // Published only on loopback.
     let bindings = host.port_bindings.unwrap();
-    assert!(bindings.values().flatten().flatten().all(|b| b.host_ip.as_deref() == Some("127.0.0.1")));
+    assert!(bindings
+        .values()
+        .flatten()
+        .flatten()
+        .all(|b| b.host_ip.as_deref() == Some("127.0.0.1")));
     // Seccomp stays Docker's default: no unconfined override.
-    assert!(!host.security_opt.unwrap_or_default().iter().any(|o| o.contains("seccomp")));
+    assert!(!host
+        .security_opt
+        .unwrap_or_default()
+        .iter()
+        .any(|o| o.contains("seccomp")));
     // The instance network keeps instances apart.
-    let network = runtime.docker().inspect_network("clawdeploy-test", None).await.unwrap();
-    assert_eq!(network.options.unwrap_or_default().get("com.docker.network.bridge.enable_icc").map(String::as_str), Some("false"));
+    let network = runtime
+        .docker()
+        .inspect_network("clawdeploy-test", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        network
+            .options
+            .unwrap_or_default()
+            .get("com.docker.network.bridge.enable_icc")
+            .map(String::as_str),
+        Some("false")
+    );
     runtime.remove(&created.id).await.unwrap();
 }
 
 #[tokio::test]
 async fn docker_reports_out_of_memory_kills() {
     let runtime = docker_runtime().await;
-    let created = runtime.create(&spec(&unique_name("oom"), fixture_image_name(), 32)).await.unwrap();
+    let created = runtime
+        .create(&spec(&unique_name("oom"), fixture_image_name(), 32))
+        .await
+        .unwrap();
     runtime.start(&created.id).await.unwrap();
     let addr = wait_ready(&runtime, &created.id).await;
     let mut events = runtime.events();
-    let _ = try_send(addr, b"POST /oom HTTP/1.1\r\nHost: i\r\nContent-Length: 0\r\n\r\n").await;
-    wait_event(&mut events, |e| matches!(e, RuntimeEvent::OutOfMemory { id } if *id == created.id)).await;
-    wait_event(&mut events, |e| matches!(e, RuntimeEvent::Died { id, .. } if *id == created.id)).await;
-    assert_eq!(runtime.inspect(&created.id).await.unwrap().state, RunState::Exited { code: Some(137), oom_killed: true });
+    let _ = try_send(
+        addr,
+        b"POST /oom HTTP/1.1\r\nHost: i\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    wait_event(
+        &mut events,
+        |e| matches!(e, RuntimeEvent::OutOfMemory { id } if *id == created.id),
+    )
+    .await;
+    wait_event(
+        &mut events,
+        |e| matches!(e, RuntimeEvent::Died { id, .. } if *id == created.id),
+    )
+    .await;
+    assert_eq!(
+        runtime.inspect(&created.id).await.unwrap().state,
+        RunState::Exited {
+            code: Some(137),
+            oom_killed: true
+        }
+    );
     runtime.remove(&created.id).await.unwrap();
 }
 
@@ -240,8 +401,14 @@ async fn runtimes_refuse_root_and_escaping_config_paths() {
 
     let dir = tempfile::tempdir().unwrap();
     let process = ProcessRuntime::new(dir.path());
-    let created = process.create(&spec(&unique_name("paths"), fixture_bin(), 64)).await.unwrap();
-    let escape = ConfigFile { path: "../outside".into(), contents: b"x".to_vec() };
+    let created = process
+        .create(&spec(&unique_name("paths"), fixture_bin(), 64))
+        .await
+        .unwrap();
+    let escape = ConfigFile {
+        path: "../outside".into(),
+        contents: b"x".to_vec(),
+    };
     assert!(process.assign(&created.id, &[escape]).await.is_err());
     assert!(!dir.path().join("outside").exists());
     process.remove(&created.id).await.unwrap();
@@ -251,23 +418,38 @@ async fn runtimes_refuse_root_and_escaping_config_paths() {
 async fn fixture_speaks_the_gateway_subset_directly() {
     let dir = tempfile::tempdir().unwrap();
     let runtime = ProcessRuntime::new(dir.path());
-    let created = runtime.create(&spec(&unique_name("proto"), fixture_bin(), 64)).await.unwrap();
+    let created = runtime
+        .create(&spec(&unique_name("proto"), fixture_bin(), 64))
+        .await
+        .unwrap();
     runtime.start(&created.id).await.unwrap();
     let addr = wait_ready(&runtime, &created.id).await;
     // With trusted-proxy configured, a connect without the owner's user header is refused.
     runtime
-        .assign(&created.id, &[ConfigFile {
-            path: "config.json".into(),
-            contents: br#"{"owner":"alice","userHeader":"x-forwarded-user"}"#.to_vec(),
-        }])
+        .assign(
+            &created.id,
+            &[ConfigFile {
+                path: "config.json".into(),
+                contents: br#"{"owner":"alice","userHeader":"x-forwarded-user"}"#.to_vec(),
+            }],
+        )
         .await
         .unwrap();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async("ws://instance/", tcp).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async("ws://instance/", tcp)
+        .await
+        .unwrap();
     let _challenge = next_json(&mut ws).await;
-    ws.send(Message::text(r#"{"type":"req","id":"c1","method":"connect","params":{}}"#)).await.unwrap();
+    ws.send(Message::text(
+        r#"{"type":"req","id":"c1","method":"connect","params":{}}"#,
+    ))
+    .await
+    .unwrap();
     let refused = next_json(&mut ws).await;
     assert_eq!(refused["ok"], false, "{refused}");
-    assert!(matches!(ws.next().await, Some(Ok(Message::Close(_))) | None | Some(Err(_))));
+    assert!(matches!(
+        ws.next().await,
+        Some(Ok(Message::Close(_))) | None | Some(Err(_))
+    ));
     runtime.remove(&created.id).await.unwrap();
 }

@@ -1,0 +1,674 @@
+//! The pool manager (PRD §4.4, made faster): keeps MIN..MAX ready idle instances per node, hands
+//! one to a signup in milliseconds (claim in the database, inject config, set resources, route),
+//! and heals instances that die.
+//!
+//! - Refill: every tick and at once after each claim, up to the node's capacity, a few at a time.
+//! - Assignment: an atomic claim in the store; no idle member → create on demand while capacity
+//!   allows (`provisioning`, then `running`), else the instance waits as `queued` and is served
+//!   first when room frees.
+//! - Healing: runtime `die`/`oom` events and failed `/readyz` checks restart an instance (its
+//!   route shows `starting` meanwhile) with exponential backoff; a crash loop ends as `crashed`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{Notify, Semaphore};
+use uuid::Uuid;
+
+use clawdeploy_store::{
+    Instance, InstanceStatus, Placement, PoolMember, PoolMemberState, Store, StoreError,
+};
+
+use crate::changes::{Change, ChangeBus};
+use crate::ready::wait_ready;
+use crate::runtime::{
+    ConfigFile, InstanceSpec, Resources, RunState, Runtime, RuntimeError, RuntimeEvent,
+};
+
+/// How a node's pool behaves.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub node_id: String,
+    pub min_idle: usize,
+    pub max_idle: usize,
+    pub tick: Duration,
+    /// Most instances this node runs (idle, being created and assigned), from its memory.
+    pub capacity: usize,
+    /// Instances created at once (refill and on-demand): the signup throttle.
+    pub create_concurrency: usize,
+    pub image: String,
+    pub user: String,
+    pub port: u16,
+    pub idle_resources: Resources,
+    pub ready_timeout: Duration,
+    pub labels: BTreeMap<String, String>,
+    pub env: Vec<(String, String)>,
+}
+
+/// Turns an instance record into what its container needs: files and resources. The control
+/// plane knows users' settings; the pool only applies them.
+#[async_trait::async_trait]
+pub trait InstanceConfig: Send + Sync + 'static {
+    async fn files(&self, instance: &Instance) -> Result<Vec<ConfigFile>, PoolError>;
+    fn resources(&self, tier: &str) -> Resources;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("instance {0} is not ready: {1}")]
+    NotReady(String, String),
+    #[error("config: {0}")]
+    Config(String),
+}
+
+/// What an assignment achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Assigned {
+    /// Routed and serving.
+    Running(SocketAddr),
+    /// Being created on demand; flips to running when ready.
+    Provisioning,
+    /// The node is full; waits for room.
+    Queued,
+}
+
+/// The node as `/admin/nodes` shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    pub node_id: String,
+    pub runtime: &'static str,
+    pub capacity: usize,
+    pub idle: usize,
+    pub creating: usize,
+    pub assigned: usize,
+    pub queued: usize,
+}
+
+/// Restart bookkeeping per instance, for backoff and crash-loop detection.
+#[derive(Debug, Default, Clone)]
+struct Restarts {
+    recent: Vec<Instant>,
+}
+
+const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(600);
+const CRASH_LOOP_LIMIT: usize = 5;
+
+pub struct PoolManager {
+    runtime: Arc<dyn Runtime>,
+    store: Store,
+    bus: Arc<ChangeBus>,
+    config: Arc<dyn InstanceConfig>,
+    settings: PoolSettings,
+    refill: Notify,
+    creating: Semaphore,
+    restarts: Mutex<HashMap<Uuid, Restarts>>,
+    /// Instances being healed, so an event and a health check do not restart one twice.
+    healing: Mutex<std::collections::HashSet<Uuid>>,
+}
+
+impl PoolManager {
+    pub fn new(
+        runtime: Arc<dyn Runtime>,
+        store: Store,
+        bus: Arc<ChangeBus>,
+        config: Arc<dyn InstanceConfig>,
+        settings: PoolSettings,
+    ) -> Arc<Self> {
+        let creating = Semaphore::new(settings.create_concurrency.max(1));
+        Arc::new(Self {
+            runtime,
+            store,
+            bus,
+            config,
+            settings,
+            refill: Notify::new(),
+            creating,
+            restarts: Mutex::default(),
+            healing: Mutex::default(),
+        })
+    }
+
+    pub fn settings(&self) -> &PoolSettings {
+        &self.settings
+    }
+
+    /// Runs until `shutdown`: reconcile, then refill/health on every tick or claim, and heal on
+    /// runtime events.
+    pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut events = self.runtime.events();
+        if let Err(e) = self.reconcile().await {
+            tracing::error!("pool reconcile failed: {e}");
+        }
+        let mut tick = tokio::time::interval(self.settings.tick);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {
+                    self.check_health().await;
+                    self.maintain().await;
+                }
+                _ = self.refill.notified() => self.maintain().await,
+                event = events.recv() => match event {
+                    Ok(RuntimeEvent::Died { id, exit_code }) => self.clone().on_died(id, exit_code).await,
+                    Ok(RuntimeEvent::OutOfMemory { id }) => tracing::warn!(runtime_id = %id, "instance killed: out of memory"),
+                    Ok(RuntimeEvent::Started { .. }) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "runtime events lagged; checking every instance");
+                        self.check_health().await;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+
+    /// Asks for an immediate refill (after a claim).
+    pub fn wake(&self) {
+        self.refill.notify_one();
+    }
+
+    pub async fn node_status(&self) -> Result<NodeStatus, PoolError> {
+        let members = self.store.list_pool_members(&self.settings.node_id).await?;
+        let count = |state| members.iter().filter(|m| m.state == state).count();
+        let queued = self
+            .store
+            .list_instances_by_status(InstanceStatus::Queued)
+            .await?
+            .len();
+        Ok(NodeStatus {
+            node_id: self.settings.node_id.clone(),
+            runtime: self.runtime.kind(),
+            capacity: self.settings.capacity,
+            idle: count(PoolMemberState::Idle),
+            creating: count(PoolMemberState::Creating),
+            assigned: count(PoolMemberState::Claimed),
+            queued,
+        })
+    }
+
+    /// Gives `instance` a running container: a warm one when there is one.
+    pub async fn assign(self: &Arc<Self>, instance: &Instance) -> Result<Assigned, PoolError> {
+        let files = self.config.files(instance).await?;
+        let resources = self.config.resources(&instance.tier);
+        while let Some(member) = self
+            .store
+            .claim_pool_member(&self.settings.node_id, instance.id)
+            .await?
+        {
+            self.wake();
+            match self.hand_over(instance, &member, &files, &resources).await {
+                Ok(addr) => return Ok(Assigned::Running(addr)),
+                Err(e) => {
+                    // A member that cannot take the config is discarded; try the next one.
+                    tracing::warn!(member = %member.name, "claimed member failed at hand-over: {e}");
+                    self.discard(&member).await;
+                }
+            }
+        }
+        if self.total_members().await? < self.settings.capacity {
+            self.set_status(instance, InstanceStatus::Provisioning)
+                .await?;
+            let (pool, instance) = (self.clone(), instance.clone());
+            tokio::spawn(async move { pool.provision(instance).await });
+            Ok(Assigned::Provisioning)
+        } else {
+            tracing::info!(instance = %instance.id, capacity = self.settings.capacity, "node full: instance queued");
+            self.set_status(instance, InstanceStatus::Queued).await?;
+            Ok(Assigned::Queued)
+        }
+    }
+
+    /// Injects config and resources into a claimed member and routes the instance to it.
+    async fn hand_over(
+        &self,
+        instance: &Instance,
+        member: &PoolMember,
+        files: &[ConfigFile],
+        resources: &Resources,
+    ) -> Result<SocketAddr, PoolError> {
+        let runtime_id = member
+            .runtime_id
+            .as_deref()
+            .ok_or_else(|| PoolError::NotReady(member.name.clone(), "no runtime id".into()))?;
+        self.runtime.assign(runtime_id, files).await?;
+        self.runtime.update_resources(runtime_id, resources).await?;
+        let addr = match member
+            .upstream
+            .as_deref()
+            .and_then(|u| u.parse::<SocketAddr>().ok())
+        {
+            Some(addr) => addr,
+            None => self.address_of(runtime_id).await?,
+        };
+        self.place(instance, runtime_id, addr, InstanceStatus::Running)
+            .await?;
+        Ok(addr)
+    }
+
+    /// Creates a container for `instance` on demand (pool empty), then routes it.
+    async fn provision(self: Arc<Self>, instance: Instance) {
+        let result = async {
+            let files = self.config.files(&instance).await?;
+            let resources = self.config.resources(&instance.tier);
+            // The new member joins the idle pool; claim one (a concurrent signup may take it,
+            // then the next one is made).
+            for _ in 0..3 {
+                self.create_member().await?;
+                if let Some(member) = self
+                    .store
+                    .claim_pool_member(&self.settings.node_id, instance.id)
+                    .await?
+                {
+                    return self.hand_over(&instance, &member, &files, &resources).await;
+                }
+            }
+            Err(PoolError::NotReady(
+                instance.subdomain.clone(),
+                "every new container was taken".into(),
+            ))
+        }
+        .await;
+        match result {
+            Ok(addr) => {
+                tracing::info!(instance = %instance.id, %addr, "instance provisioned on demand")
+            }
+            Err(e) => {
+                tracing::error!(instance = %instance.id, "on-demand provisioning failed: {e}");
+                let _ = self.set_status(&instance, InstanceStatus::Crashed).await;
+            }
+        }
+    }
+
+    /// Creates, starts and readies one member; it is `idle` when this returns.
+    async fn create_member(&self) -> Result<PoolMember, PoolError> {
+        let _permit = self
+            .creating
+            .acquire()
+            .await
+            .map_err(|_| PoolError::Config("pool shut down".into()))?;
+        let name = format!("cd-{}-{}", self.settings.node_id, Uuid::new_v4().simple());
+        let member = self
+            .store
+            .insert_pool_member(&self.settings.node_id, &name)
+            .await?;
+        let result = async {
+            let spec = InstanceSpec {
+                name: name.clone(),
+                image: self.settings.image.clone(),
+                user: self.settings.user.clone(),
+                port: self.settings.port,
+                resources: self.settings.idle_resources.clone(),
+                labels: self.settings.labels.clone(),
+                env: self.settings.env.clone(),
+            };
+            let created = self.runtime.create(&spec).await?;
+            self.store
+                .set_pool_member_runtime_id(member.id, &created.id)
+                .await?;
+            self.runtime.start(&created.id).await?;
+            let addr = self.address_of(&created.id).await?;
+            wait_ready(addr, self.settings.ready_timeout)
+                .await
+                .map_err(|e| PoolError::NotReady(name.clone(), e))?;
+            self.store
+                .mark_pool_member_idle(member.id, &addr.to_string())
+                .await?;
+            Ok::<_, PoolError>((created.id, addr))
+        }
+        .await;
+        match result {
+            Ok((runtime_id, addr)) => Ok(PoolMember {
+                runtime_id: Some(runtime_id),
+                upstream: Some(addr.to_string()),
+                state: PoolMemberState::Idle,
+                ..member
+            }),
+            Err(e) => {
+                let member = self
+                    .store
+                    .list_pool_members(&self.settings.node_id)
+                    .await?
+                    .into_iter()
+                    .find(|m| m.id == member.id);
+                if let Some(member) = member {
+                    self.discard(&member).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn address_of(&self, runtime_id: &str) -> Result<SocketAddr, PoolError> {
+        let inspection = self.runtime.inspect(runtime_id).await?;
+        inspection.address.ok_or_else(|| {
+            PoolError::NotReady(
+                runtime_id.to_string(),
+                format!("no address ({:?})", inspection.state),
+            )
+        })
+    }
+
+    async fn total_members(&self) -> Result<usize, PoolError> {
+        Ok(self
+            .store
+            .list_pool_members(&self.settings.node_id)
+            .await?
+            .len())
+    }
+
+    /// Records where an instance runs and routes it, here and on every edge node.
+    async fn place(
+        &self,
+        instance: &Instance,
+        runtime_id: &str,
+        addr: SocketAddr,
+        status: InstanceStatus,
+    ) -> Result<(), PoolError> {
+        let upstream = addr.to_string();
+        let ip = addr.ip().to_string();
+        self.store
+            .set_instance_placement(
+                instance.id,
+                &Placement {
+                    node_id: Some(&self.settings.node_id),
+                    node_ip: None,
+                    container_id: Some(runtime_id),
+                    container_ip: Some(&ip),
+                    upstream: Some(&upstream),
+                },
+            )
+            .await?;
+        self.set_status(instance, status).await
+    }
+
+    async fn set_status(
+        &self,
+        instance: &Instance,
+        status: InstanceStatus,
+    ) -> Result<(), PoolError> {
+        self.store
+            .update_instance_status(instance.id, status)
+            .await?;
+        self.bus
+            .publish(Change::Instance {
+                id: instance.id,
+                subdomain: instance.subdomain.clone(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a member and its container or process.
+    async fn discard(&self, member: &PoolMember) {
+        if let Some(runtime_id) = &member.runtime_id {
+            if let Err(e) = self.runtime.remove(runtime_id).await {
+                tracing::warn!(member = %member.name, "cannot remove: {e}");
+            }
+        }
+        let _ = self.store.delete_pool_member(member.id).await;
+    }
+
+    /// Releases an instance's container (instance deleted or cancelled after its grace).
+    pub async fn release(&self, instance_id: Uuid) -> Result<(), PoolError> {
+        if let Some(member) = self.store.pool_member_for_instance(instance_id).await? {
+            self.discard(&member).await;
+        }
+        self.wake();
+        Ok(())
+    }
+
+    /// Restarts an instance's container (API restart, or healing), re-routing to its new address.
+    pub async fn restart(&self, instance: &Instance) -> Result<SocketAddr, PoolError> {
+        let member = self
+            .store
+            .pool_member_for_instance(instance.id)
+            .await?
+            .ok_or_else(|| {
+                PoolError::NotReady(instance.subdomain.clone(), "no container assigned".into())
+            })?;
+        let runtime_id = member.runtime_id.clone().unwrap_or_default();
+        self.set_status(instance, InstanceStatus::Starting).await?;
+        match self.runtime.inspect(&runtime_id).await?.state {
+            RunState::Running => self.runtime.restart(&runtime_id).await?,
+            RunState::Missing => {
+                return Err(PoolError::NotReady(
+                    instance.subdomain.clone(),
+                    "container is gone".into(),
+                ))
+            }
+            _ => self.runtime.start(&runtime_id).await?,
+        }
+        let addr = self.address_of(&runtime_id).await?;
+        wait_ready(addr, self.settings.ready_timeout)
+            .await
+            .map_err(|e| PoolError::NotReady(instance.subdomain.clone(), e))?;
+        self.store
+            .set_pool_member_upstream(member.id, &addr.to_string())
+            .await?;
+        self.place(instance, &runtime_id, addr, InstanceStatus::Running)
+            .await?;
+        Ok(addr)
+    }
+
+    /// Fills the pool to `min_idle` (within capacity), trims it to `max_idle`, serves the queue.
+    async fn maintain(self: &Arc<Self>) {
+        let result = async {
+            let members = self.store.list_pool_members(&self.settings.node_id).await?;
+            let idle: Vec<&PoolMember> = members
+                .iter()
+                .filter(|m| m.state == PoolMemberState::Idle)
+                .collect();
+            let creating = members
+                .iter()
+                .filter(|m| m.state == PoolMemberState::Creating)
+                .count();
+            let room = self.settings.capacity.saturating_sub(members.len());
+
+            // Queued instances first: they are people waiting.
+            let mut queued = self
+                .store
+                .list_instances_by_status(InstanceStatus::Queued)
+                .await?;
+            queued.sort_by_key(|i| i.created_at);
+            let mut room = room;
+            for instance in queued {
+                if let Some(member) = self
+                    .store
+                    .claim_pool_member(&self.settings.node_id, instance.id)
+                    .await?
+                {
+                    let files = self.config.files(&instance).await?;
+                    let resources = self.config.resources(&instance.tier);
+                    if let Err(e) = self.hand_over(&instance, &member, &files, &resources).await {
+                        tracing::warn!("queued instance hand-over failed: {e}");
+                        self.discard(&member).await;
+                    }
+                } else if room > 0 {
+                    room -= 1;
+                    self.set_status(&instance, InstanceStatus::Provisioning)
+                        .await?;
+                    tokio::spawn(self.clone().provision(instance));
+                }
+            }
+
+            let wanted = self
+                .settings
+                .min_idle
+                .saturating_sub(idle.len() + creating)
+                .min(room);
+            for _ in 0..wanted {
+                let pool = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = pool.create_member().await {
+                        tracing::warn!("pool refill failed: {e}");
+                    }
+                });
+            }
+            for member in idle.iter().skip(self.settings.max_idle) {
+                self.discard(member).await;
+            }
+            Ok::<_, PoolError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!("pool maintenance failed: {e}");
+        }
+    }
+
+    /// `/readyz` of every idle member and running instance; failures are healed.
+    async fn check_health(self: &Arc<Self>) {
+        let Ok(members) = self.store.list_pool_members(&self.settings.node_id).await else {
+            return;
+        };
+        for member in members {
+            let Some(addr) = member
+                .upstream
+                .as_deref()
+                .and_then(|u| u.parse::<SocketAddr>().ok())
+            else {
+                continue;
+            };
+            if member.state == PoolMemberState::Creating
+                || wait_ready(addr, Duration::from_secs(2)).await.is_ok()
+            {
+                continue;
+            }
+            match (member.state, member.instance_id) {
+                (PoolMemberState::Claimed, Some(instance_id)) => {
+                    tracing::warn!(instance = %instance_id, "instance failed its health check");
+                    tokio::spawn(self.clone().heal(instance_id));
+                }
+                _ => {
+                    tracing::warn!(member = %member.name, "idle member failed its health check; replacing it");
+                    self.discard(&member).await;
+                    self.wake();
+                }
+            }
+        }
+    }
+
+    async fn on_died(self: Arc<Self>, runtime_id: String, exit_code: Option<i64>) {
+        let Ok(members) = self.store.list_pool_members(&self.settings.node_id).await else {
+            return;
+        };
+        let Some(member) = members
+            .into_iter()
+            .find(|m| m.runtime_id.as_deref() == Some(runtime_id.as_str()))
+        else {
+            return;
+        };
+        match (member.state, member.instance_id) {
+            (PoolMemberState::Claimed, Some(instance_id)) => {
+                tracing::warn!(instance = %instance_id, ?exit_code, "instance died; restarting it");
+                tokio::spawn(self.heal(instance_id));
+            }
+            (PoolMemberState::Idle, _) => {
+                tracing::warn!(member = %member.name, ?exit_code, "idle member died; replacing it");
+                self.discard(&member).await;
+                self.wake();
+            }
+            // A member still being created is handled by its creator.
+            _ => {}
+        }
+    }
+
+    /// Restarts a dead or unhealthy instance with exponential backoff; a crash loop ends as
+    /// `crashed` (its owner can restart it).
+    async fn heal(self: Arc<Self>, instance_id: Uuid) {
+        if !self
+            .healing
+            .lock()
+            .map(|mut h| h.insert(instance_id))
+            .unwrap_or(false)
+        {
+            return;
+        }
+        let attempts = {
+            let mut restarts = self.restarts.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = restarts.entry(instance_id).or_default();
+            entry.recent.retain(|t| t.elapsed() < CRASH_LOOP_WINDOW);
+            entry.recent.push(Instant::now());
+            entry.recent.len()
+        };
+        let outcome = async {
+            let Some(instance) = self.store.get_instance(instance_id).await? else { return Ok(()) };
+            if matches!(instance.status, InstanceStatus::Stopped | InstanceStatus::Deleting) {
+                return Ok(());
+            }
+            if attempts > CRASH_LOOP_LIMIT {
+                tracing::error!(instance = %instance_id, "crash loop: giving up until its owner restarts it");
+                return self.set_status(&instance, InstanceStatus::Crashed).await;
+            }
+            // 0 s, 1 s, 2 s, 4 s, 8 s between attempts.
+            let backoff = Duration::from_secs(if attempts <= 1 { 0 } else { 1 << (attempts - 2).min(4) });
+            self.set_status(&instance, InstanceStatus::Starting).await?;
+            tokio::time::sleep(backoff).await;
+            self.restart(&instance).await.map(|addr| tracing::info!(instance = %instance_id, %addr, "instance healed"))
+        }
+        .await;
+        if let Err(e) = outcome {
+            tracing::error!(instance = %instance_id, "healing failed: {e}");
+            if let Ok(Some(instance)) = self.store.get_instance(instance_id).await {
+                let _ = self.set_status(&instance, InstanceStatus::Crashed).await;
+            }
+        }
+        if let Ok(mut healing) = self.healing.lock() {
+            healing.remove(&instance_id);
+        }
+    }
+
+    /// After a restart of the edge: members whose container is gone are dropped (their instances
+    /// re-provisioned), containers nobody knows are removed.
+    async fn reconcile(self: &Arc<Self>) -> Result<(), PoolError> {
+        let members = self.store.list_pool_members(&self.settings.node_id).await?;
+        let known: std::collections::HashSet<String> = members
+            .iter()
+            .filter_map(|m| m.runtime_id.clone())
+            .collect();
+        for orphan in self.runtime.list().await? {
+            if !known.contains(&orphan.id)
+                && orphan
+                    .name
+                    .starts_with(&format!("cd-{}-", self.settings.node_id))
+            {
+                tracing::info!(name = %orphan.name, "removing an instance container no pool member owns");
+                let _ = self.runtime.remove(&orphan.id).await;
+            }
+        }
+        for member in members {
+            let state = match &member.runtime_id {
+                Some(id) => self.runtime.inspect(id).await?.state,
+                None => RunState::Missing,
+            };
+            match (state, member.state, member.instance_id) {
+                (RunState::Missing, _, Some(instance_id))
+                | (RunState::Created, _, Some(instance_id)) => {
+                    let _ = self.store.delete_pool_member(member.id).await;
+                    if let Some(instance) = self.store.get_instance(instance_id).await? {
+                        tracing::warn!(instance = %instance_id, "instance container lost; provisioning a new one");
+                        self.set_status(&instance, InstanceStatus::Provisioning)
+                            .await?;
+                        tokio::spawn(self.clone().provision(instance));
+                    }
+                }
+                (RunState::Missing, _, None) | (_, PoolMemberState::Creating, None) => {
+                    self.discard(&member).await
+                }
+                (RunState::Exited { .. }, PoolMemberState::Claimed, Some(instance_id)) => {
+                    tokio::spawn(self.clone().heal(instance_id));
+                }
+                (RunState::Exited { .. }, _, None) => self.discard(&member).await,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,98 @@
+//! Keeps the edge's in-memory route table in step with the instances in the store: a full load
+//! at start and after every gap, then one reload per changed instance. Nothing here runs per
+//! request.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use clawdeploy_proxy::{InstanceState, Route, RouteKind, RouteTable};
+use clawdeploy_store::{Instance, InstanceStatus, Store, StoreError};
+
+use crate::changes::Change;
+
+/// The route an instance record implies. The upstream of a not-yet-placed instance is a
+/// placeholder: only `running` routes are ever proxied.
+pub fn route_for(instance: &Instance) -> Route {
+    let state = match instance.status {
+        InstanceStatus::Queued => InstanceState::Queued,
+        InstanceStatus::Provisioning => InstanceState::Provisioning,
+        InstanceStatus::Starting => InstanceState::Starting,
+        InstanceStatus::Running => InstanceState::Running,
+        InstanceStatus::Stopped => InstanceState::Stopped,
+        InstanceStatus::Crashed => InstanceState::Crashed,
+        InstanceStatus::Deleting => InstanceState::Deleting,
+    };
+    let upstream = instance
+        .upstream
+        .as_deref()
+        .and_then(|u| u.parse::<SocketAddr>().ok());
+    // Running without a usable address cannot be proxied: show it as starting.
+    let state = if state == InstanceState::Running && upstream.is_none() {
+        InstanceState::Starting
+    } else {
+        state
+    };
+    Route {
+        instance_id: Some(Arc::from(instance.id.to_string())),
+        upstream: upstream.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+        kind: RouteKind::Instance,
+        state,
+    }
+}
+
+/// Loads every instance route, dropping subdomains that no longer exist. Returns the count.
+pub async fn load_all(store: &Store, routes: &RouteTable) -> Result<usize, StoreError> {
+    let instances = store.list_instances().await?;
+    let live: HashSet<&str> = instances.iter().map(|i| i.subdomain.as_str()).collect();
+    for label in routes.subdomain_labels() {
+        if !live.contains(label.as_str()) {
+            routes.remove_subdomain(&label);
+        }
+    }
+    for instance in &instances {
+        routes.upsert_subdomain(&instance.subdomain, route_for(instance));
+    }
+    Ok(instances.len())
+}
+
+/// Applies one change to the route table.
+pub async fn apply(store: &Store, routes: &RouteTable, change: &Change) -> Result<(), StoreError> {
+    match change {
+        Change::Instance { id, subdomain } => match store.get_instance(*id).await? {
+            Some(instance) => {
+                if instance.subdomain != *subdomain {
+                    routes.remove_subdomain(subdomain);
+                }
+                routes.upsert_subdomain(&instance.subdomain, route_for(&instance));
+            }
+            None => {
+                routes.remove_subdomain(subdomain);
+            }
+        },
+        Change::Resync => {
+            load_all(store, routes).await?;
+        }
+        Change::SessionRevoked { .. } => {}
+    }
+    Ok(())
+}
+
+/// Follows the change broadcast until it closes, applying each change to `routes`.
+pub async fn follow(
+    store: Store,
+    routes: Arc<RouteTable>,
+    mut changes: tokio::sync::broadcast::Receiver<Change>,
+) {
+    loop {
+        let change = match changes.recv().await {
+            Ok(change) => change,
+            // Fell behind: some changes were dropped, so reload everything.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Change::Resync,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        if let Err(e) = apply(&store, &routes, &change).await {
+            tracing::warn!(?change, "cannot apply a route change: {e}");
+        }
+    }
+}
