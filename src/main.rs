@@ -102,6 +102,7 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         routes.clone(),
         EdgeSettings::from(server_config),
         drain.clone(),
+        Arc::new(clawdeploy_proxy::DenyAll),
     );
     let listeners = Listeners {
         http: vec![server_config.http_listen.clone()],

@@ -20,6 +20,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use clawdeploy_config::{normalize_host, ServerConfig};
 
 use crate::drain::{Drain, InflightGuard};
+use crate::identity::{bearer_token, Identity, Rejection, TokenVerifier};
 use crate::responses::{write_error, write_redirect, EdgeError};
 use crate::routes::{InstanceState, Resolution, Route, RouteKind, RouteTable};
 use crate::upgrade::{check_upgrade, Upgrade};
@@ -60,20 +61,30 @@ impl From<&ServerConfig> for EdgeSettings {
     }
 }
 
+/// The header OpenClaw's trusted-proxy mode reads the authenticated user from.
+pub const USER_HEADER: &str = "x-forwarded-user";
+
 /// The edge proxy: one per process, shared by every worker thread.
 pub struct EdgeProxy {
     routes: Arc<RouteTable>,
     settings: EdgeSettings,
     drain: Arc<Drain>,
+    verifier: Arc<dyn TokenVerifier>,
     request_ids: RequestIds,
 }
 
 impl EdgeProxy {
-    pub fn new(routes: Arc<RouteTable>, settings: EdgeSettings, drain: Arc<Drain>) -> Self {
+    pub fn new(
+        routes: Arc<RouteTable>,
+        settings: EdgeSettings,
+        drain: Arc<Drain>,
+        verifier: Arc<dyn TokenVerifier>,
+    ) -> Self {
         Self {
             routes,
             settings,
             drain,
+            verifier,
             request_ids: RequestIds::new(),
         }
     }
@@ -88,6 +99,8 @@ pub struct EdgeCtx {
     /// Normalised host, the route table key.
     host: String,
     route: Option<Route>,
+    /// The owner, on an instance host.
+    identity: Option<Identity>,
     websocket: bool,
     _inflight: InflightGuard,
 }
@@ -103,6 +116,7 @@ impl ProxyHttp for EdgeProxy {
             raw_host: String::new(),
             host: String::new(),
             route: None,
+            identity: None,
             websocket: false,
             _inflight: self.drain.enter(),
         }
@@ -182,6 +196,22 @@ impl ProxyHttp for EdgeProxy {
         upstream.insert_header("x-forwarded-proto", proto)?;
         upstream.insert_header("x-forwarded-host", &ctx.raw_host)?;
         upstream.insert_header("x-request-id", &ctx.request_id)?;
+        if let Some(identity) = &ctx.identity {
+            // The container sees who the owner is, never the platform's credentials.
+            upstream.remove_header(&header::AUTHORIZATION);
+            upstream.remove_header(&header::COOKIE);
+            upstream.insert_header(USER_HEADER, &*identity.user_id)?;
+            // The PRD's gatewayUrl is `/ws`; the gateway serves its WebSocket at `/`.
+            if upstream.uri.path() == "/ws" {
+                let target = match upstream.uri.query() {
+                    Some(query) => format!("/?{query}"),
+                    None => "/".to_string(),
+                };
+                if let Ok(uri) = target.parse::<http::Uri>() {
+                    upstream.set_uri(uri);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -313,6 +343,9 @@ impl EdgeProxy {
                 ))
             }
         };
+        if route.kind == RouteKind::Instance {
+            ctx.identity = Some(self.owner_only(session.req_header(), &route)?);
+        }
         if let Some(error) = state_error(&route, &ctx.host) {
             return Err(error);
         }
@@ -333,6 +366,24 @@ impl EdgeProxy {
         }
         ctx.route = Some(route);
         Ok(Routed::Proxy)
+    }
+
+    /// Instance hosts admit only their owner's valid token: 401 without one, 403 for another user.
+    fn owner_only(&self, req: &RequestHeader, route: &Route) -> Result<Identity, EdgeError> {
+        let unauthorized = |rejection: Rejection| {
+            EdgeError::new(401, "UNAUTHORIZED", rejection.message())
+                .header("www-authenticate", "Bearer")
+        };
+        let token = bearer_token(req).ok_or_else(|| unauthorized(Rejection::Missing))?;
+        let identity = self.verifier.verify(token).map_err(unauthorized)?;
+        if route.owner_id.as_deref() != Some(&*identity.user_id) {
+            return Err(EdgeError::new(
+                403,
+                "FORBIDDEN",
+                "This instance belongs to another account.",
+            ));
+        }
+        Ok(identity)
     }
 
     /// `<scheme>://<app_domain>[:port]<path>` for the bare base domain's redirect.

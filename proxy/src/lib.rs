@@ -3,12 +3,14 @@
 //!
 //! - [`routes`]: the route table (host → [`Route`]).
 //! - [`edge`]: the request path as Pingora phases.
+//! - [`identity`]: instance hosts admit only their owner's token, checked in memory.
 //! - [`upgrade`]: WebSocket handshake checks.
 //! - [`responses`]: errors and redirects the edge answers itself.
 //! - [`drain`]: graceful shutdown that waits for in-flight requests.
 
 pub mod drain;
 pub mod edge;
+pub mod identity;
 pub mod responses;
 pub mod routes;
 pub mod upgrade;
@@ -20,6 +22,7 @@ use pingora::services::listening::Service;
 
 pub use drain::{Drain, DrainingShutdown};
 pub use edge::{EdgeProxy, EdgeSettings};
+pub use identity::{DenyAll, Identity, Rejection, TokenVerifier};
 pub use routes::{InstanceState, Resolution, Route, RouteError, RouteKind, RouteTable};
 
 /// The edge's listeners. Plain HTTP now; the TLS listener is added beside it.

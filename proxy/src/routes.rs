@@ -66,6 +66,8 @@ impl InstanceState {
 #[serde(rename_all = "camelCase")]
 pub struct Route {
     pub instance_id: Option<Arc<str>>,
+    /// The user an instance belongs to: only they get through.
+    pub owner_id: Option<Arc<str>>,
     pub upstream: SocketAddr,
     pub kind: RouteKind,
     pub state: InstanceState,
@@ -76,6 +78,7 @@ impl Route {
     pub fn operator(upstream: SocketAddr) -> Self {
         Self {
             instance_id: None,
+            owner_id: None,
             upstream,
             kind: RouteKind::Operator,
             state: InstanceState::Running,
@@ -166,6 +169,7 @@ impl RouteTable {
     pub fn set_control_plane(&self, upstream: SocketAddr) {
         let route = Route {
             instance_id: None,
+            owner_id: None,
             upstream,
             kind: RouteKind::ControlPlane,
             state: InstanceState::Running,
@@ -265,6 +269,7 @@ mod tests {
         let table = RouteTable::new("example.com", "app.example.com");
         let instance = Route {
             instance_id: Some("i1".into()),
+            owner_id: None,
             upstream: addr(1),
             kind: RouteKind::Instance,
             state: InstanceState::Running,

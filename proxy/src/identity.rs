@@ -1,0 +1,78 @@
+//! Who a request is from, checked in memory at the edge: instance hosts are private to their
+//! owner. The proxy only asks a [`TokenVerifier`]; the control plane implements it (signature,
+//! expiry and a revocation set fed by the change broadcast), so no request reads the database.
+
+use std::sync::Arc;
+
+use http::header;
+use pingora::http::RequestHeader;
+
+/// An authenticated user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user_id: Arc<str>,
+}
+
+/// Why a credential was not accepted (said to the client, so it knows what to fix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    Missing,
+    Invalid,
+    Expired,
+    Revoked,
+}
+
+impl Rejection {
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::Missing => "This instance is private: send Authorization: Bearer <token> with the token from logging in.",
+            Self::Invalid => "The token is not valid; log in again for a new one.",
+            Self::Expired => "The token has expired; refresh it or log in again.",
+            Self::Revoked => "The session of this token has ended (logout or password change); log in again.",
+        }
+    }
+}
+
+/// Checks a bearer token; implemented by the control plane.
+pub trait TokenVerifier: Send + Sync + 'static {
+    fn verify(&self, token: &str) -> Result<Identity, Rejection>;
+}
+
+/// Refuses everything: instance hosts stay closed when no verifier is wired.
+pub struct DenyAll;
+
+impl TokenVerifier for DenyAll {
+    fn verify(&self, _token: &str) -> Result<Identity, Rejection> {
+        Err(Rejection::Invalid)
+    }
+}
+
+/// The bearer token of a request, if it has one.
+pub fn bearer_token(req: &RequestHeader) -> Option<&str> {
+    let value = req.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_are_read_from_authorization() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        assert_eq!(bearer_token(&req), None);
+        req.insert_header("authorization", "Bearer abc.def")
+            .unwrap();
+        assert_eq!(bearer_token(&req), Some("abc.def"));
+        req.insert_header("authorization", "bearer  xyz ").unwrap();
+        assert_eq!(bearer_token(&req), Some("xyz"));
+        req.insert_header("authorization", "Basic abc").unwrap();
+        assert_eq!(bearer_token(&req), None);
+        req.insert_header("authorization", "Bearer ").unwrap();
+        assert_eq!(bearer_token(&req), None);
+    }
+}
