@@ -112,12 +112,20 @@ impl std::fmt::Debug for Store {
 }
 
 /// (version, description, SQLite DDL, PostgreSQL DDL)
-const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../migrations/sqlite/0001_init.sql"),
-    include_str!("../migrations/postgres/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../migrations/sqlite/0001_init.sql"),
+        include_str!("../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "outbox",
+        include_str!("../migrations/sqlite/0002_outbox.sql"),
+        include_str!("../migrations/postgres/0002_outbox.sql"),
+    ),
+];
 
 fn migrator(backend: Backend) -> Migrator {
     let migrations = MIGRATIONS

@@ -361,3 +361,14 @@ pub struct AdminToken {
     pub revoked_at: Option<i64>,
     pub last_used_at: Option<i64>,
 }
+
+/// A mail kept in the outbox (no SMTP relay configured).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboxMail {
+    pub id: i64,
+    pub to: String,
+    pub subject: String,
+    pub body: String,
+    pub created_at: i64,
+}

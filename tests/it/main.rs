@@ -1,7 +1,13 @@
 //! Black-box tests of the `clawdeploy` binary: one test binary, so Pingora is linked once.
 
+mod account;
+mod admin_api;
+mod auth;
 mod bad_input;
+mod instances;
 mod lifecycle;
+mod mail;
+mod openapi;
 mod routing;
 mod support;
 mod websocket;

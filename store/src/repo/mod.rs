@@ -6,3 +6,4 @@ mod auth;
 mod export;
 pub(crate) mod instances;
 mod ops;
+pub(crate) mod outbox;
