@@ -1,7 +1,8 @@
 //! `clawdeploy`: the one binary of a ClawDeploy edge node.
 //!
 //! `serve` wires the crates into one Pingora server: the edge proxy on the public listeners and the
-//! control API as a background service behind it. `check-config` validates and prints the config.
+//! control API as a background service behind it. `check-config` validates and prints the config;
+//! `migrate` applies database migrations; `admin` manages operator credentials.
 
 mod secrets;
 
@@ -14,9 +15,10 @@ use clap::{Parser, Subcommand};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 
-use clawdeploy_config::{Config, LogFormat};
-use clawdeploy_control_api::{ApiState, ControlApiService};
+use clawdeploy_config::{mask_url_password, Config, LogFormat};
+use clawdeploy_control_api::{ApiContext, ControlApiService, SessionVerifier};
 use clawdeploy_proxy::{Drain, DrainingShutdown, EdgeProxy, EdgeSettings, Listeners, RouteTable};
+use clawdeploy_store::{Keyring, Role, Store, StoreOptions};
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +44,30 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Apply the database migrations (`serve` also does this at start).
+    Migrate {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Operator credentials.
+    Admin {
+        #[arg(long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create a named admin token: printed once, only its hash is stored.
+    CreateToken { name: String },
+    /// Revoke the active admin token with this name.
+    RevokeToken { name: String },
+    /// Give the user with this email the operator role (admin pages with a normal login).
+    Grant { email: String },
+    /// Take the operator role away.
+    Revoke { email: String },
 }
 
 fn main() {
@@ -49,6 +75,8 @@ fn main() {
     let result = match cli.command {
         Command::Serve { config } => serve(config),
         Command::CheckConfig { config } => check_config(config),
+        Command::Migrate { config } => migrate(config),
+        Command::Admin { config, command } => admin(config, command),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -62,6 +90,97 @@ fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A small runtime for one-off database work outside `serve`.
+fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime")?;
+    Ok(rt.block_on(f))
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let url = config.database_url();
+    let store = Store::open_with(&url, store_options(config))
+        .await
+        .with_context(|| format!("opening the database {}", mask_url_password(&url)))?;
+    store.migrate().await.context("applying migrations")?;
+    Ok(store)
+}
+
+fn store_options(config: &Config) -> StoreOptions {
+    StoreOptions {
+        max_connections: (config.database.max_connections > 0)
+            .then_some(config.database.max_connections),
+        ..StoreOptions::default()
+    }
+}
+
+fn migrate(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(path.as_deref())?;
+    block_on(async {
+        let store = open_store(&config).await?;
+        store.close().await;
+        anyhow::Ok(())
+    })??;
+    println!(
+        "migrations applied to {}",
+        mask_url_password(&config.database_url())
+    );
+    Ok(())
+}
+
+fn admin(path: Option<PathBuf>, command: AdminCommand) -> anyhow::Result<()> {
+    let config = Config::load(path.as_deref())?;
+    block_on(async {
+        let store = open_store(&config).await?;
+        let result = match command {
+            AdminCommand::CreateToken { name } => {
+                let name = name.trim();
+                anyhow::ensure!(
+                    !name.is_empty() && name.len() <= 64,
+                    "the token name must be 1 to 64 characters"
+                );
+                let (token, hash) = clawdeploy_store::secrets::new_token()?;
+                store.create_admin_token(name, &hash).await.map_err(|e| {
+                    if e.is_conflict(clawdeploy_store::Conflict::AdminTokenName) {
+                        anyhow::anyhow!(
+                            "an active admin token is already named {name:?}; revoke it first"
+                        )
+                    } else {
+                        e.into()
+                    }
+                })?;
+                eprintln!("admin token {name:?} created; it is shown only now, keep it safe:");
+                println!("{token}");
+                Ok(())
+            }
+            AdminCommand::RevokeToken { name } => {
+                anyhow::ensure!(
+                    store.revoke_admin_token(&name).await?,
+                    "no active admin token is named {name:?}"
+                );
+                println!("admin token {name:?} revoked");
+                Ok(())
+            }
+            AdminCommand::Grant { email } => set_role(&store, &email, Role::Operator).await,
+            AdminCommand::Revoke { email } => set_role(&store, &email, Role::User).await,
+        };
+        store.close().await;
+        result
+    })?
+}
+
+async fn set_role(store: &Store, email: &str, role: Role) -> anyhow::Result<()> {
+    let user = store
+        .get_user_by_email(email)
+        .await?
+        .with_context(|| format!("no user has the email {email:?}"))?;
+    store.set_user_role(user.id, role).await?;
+    println!("{} now has the {} role", user.email, role.as_str());
+    Ok(())
+}
+
 /// Runs the server until a signal stops it. Never inside a tokio runtime: Pingora owns its runtimes.
 fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     let mut config = Config::load(path.as_deref())?;
@@ -71,6 +190,35 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
             secrets::load_or_generate(&config.server.data_dir, "admin_token")?;
         tracing::info!(path = %config.server.data_dir.join("admin_token").display(), "admin token kept in the data dir");
     }
+    let data_dir = config.server.data_dir.clone();
+    if config.secrets.jwt_key.is_empty() {
+        config.secrets.jwt_key = secrets::load_or_generate(&data_dir, "jwt_key")?;
+        tracing::info!(path = %data_dir.join("jwt_key").display(), "JWT signing key kept in the data dir");
+    }
+    if config.secrets.master_key.is_empty() {
+        config.secrets.master_key =
+            secrets::load_or_generate_with(&data_dir, "master_key", || {
+                Ok(clawdeploy_store::secrets::generate_key_base64()?.to_string())
+            })?;
+        tracing::info!(path = %data_dir.join("master_key").display(), "master key kept in the data dir");
+    }
+    let mut keyring =
+        Keyring::from_base64(&config.secrets.master_key_id, &config.secrets.master_key)
+            .context("secrets.master_key")?;
+    for (id, key) in config.secrets.previous_keys().unwrap_or_default() {
+        keyring
+            .add_previous_base64(&id, &key)
+            .with_context(|| format!("secrets.previous_master_keys: key {id:?}"))?;
+    }
+
+    // Migrations and the route table's instances, on a runtime that is dropped before Pingora
+    // starts its own (a pool is bound to the runtime that made it, so the API opens its own).
+    let instances = block_on(async {
+        let store = open_store(&config).await?;
+        let instances = store.list_instances().await?;
+        store.close().await;
+        anyhow::Ok(instances)
+    })??;
     let server_config = &config.server;
 
     let routes = Arc::new(RouteTable::new(
@@ -81,6 +229,13 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         let upstream = route.upstream.parse().context("validated upstream")?;
         routes.upsert_operator(&route.host, upstream)?;
     }
+    for inst in &instances {
+        routes.upsert_subdomain(&inst.subdomain, clawdeploy_pool::routing::route_for(inst));
+    }
+    tracing::info!(
+        instances = instances.len(),
+        "route table loaded from the store"
+    );
     // The control API listens on an ephemeral loopback port that only the edge routes to.
     let control_listener =
         std::net::TcpListener::bind("127.0.0.1:0").context("binding the control API listener")?;
@@ -98,11 +253,13 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    // Instance hosts admit only their owner: tokens checked in memory, revocations broadcast.
+    let verifier = SessionVerifier::new(config.secrets.jwt_key.as_bytes().to_vec());
     let edge = EdgeProxy::new(
         routes.clone(),
         EdgeSettings::from(server_config),
         drain.clone(),
-        Arc::new(clawdeploy_proxy::DenyAll),
+        verifier.clone(),
     );
     let listeners = Listeners {
         http: vec![server_config.http_listen.clone()],
@@ -113,23 +270,34 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         &listeners,
     ));
 
-    let api_state = ApiState {
-        routes: routes.clone(),
-        admin_token: config.server.admin_token.as_str().into(),
-        drain: drain.clone(),
-    };
-    let api = ControlApiService::new(control_listener, clawdeploy_control_api::router(api_state));
+    let database_url = config.database_url();
+    let options = store_options(&config);
+    let http_listen = server_config.http_listen.clone();
+    let base_domain = server_config.base_domain.clone();
+    let grace = Duration::from_secs(server_config.grace_period_secs);
+    let admin_token = config.server.admin_token.clone();
+    let jwt_key = config.secrets.jwt_key.as_bytes().to_vec();
+    let ctx = ApiContext::new(config, admin_token, jwt_key, keyring).context("[smtp]")?;
+    tracing::info!(mail = ctx.mailer.kind(), "outgoing mail");
+    let api = ControlApiService::new(
+        control_listener,
+        database_url,
+        options,
+        routes.clone(),
+        drain.clone(),
+        Arc::new(ctx),
+        verifier,
+    );
     let mut api_service = pingora::services::background::background_service("control api", api);
     api_service.threads = Some(2);
     server.add_service(api_service);
 
     tracing::info!(
-        http = %server_config.http_listen,
+        http = %http_listen,
         app = %format!("http://{}", routes.app_domain()),
-        base_domain = %server_config.base_domain,
+        base_domain = %base_domain,
         "clawdeploy serving"
     );
-    let grace = Duration::from_secs(server_config.grace_period_secs);
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainingShutdown { drain, grace }),
     });

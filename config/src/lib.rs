@@ -6,6 +6,7 @@
 //! names the key, the bad value and what is allowed. Every key is documented in the README.
 
 pub mod hostname;
+pub mod instances;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use hostname::{normalize_host, validate_hostname, HostnameError};
+pub use instances::{PoolConfig, RuntimeConfig, RuntimeKind};
 
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "CLAWDEPLOY_";
@@ -25,6 +27,18 @@ pub const MASK: &str = "********";
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
+    /// `[database]`: where accounts and instances are stored.
+    pub database: DatabaseConfig,
+    /// `[secrets]`: JWT signing key, master key for provider keys, password hashing.
+    pub secrets: SecretsConfig,
+    /// `[smtp]`: outgoing mail; an empty host keeps mail in the outbox.
+    pub smtp: SmtpConfig,
+    /// `[limits]`: login throttling and account grace periods.
+    pub limits: LimitsConfig,
+    /// `[runtime]`: where instances run.
+    pub runtime: RuntimeConfig,
+    /// `[pool]`: warm instances per node.
+    pub pool: PoolConfig,
     /// Static operator routes: public hosts proxied to fixed upstreams.
     pub routes: Vec<RouteConfig>,
 }
@@ -108,6 +122,180 @@ impl ServerConfig {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// `[database]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` or `postgres://USER:PASS@HOST/DB`; empty means `sqlite://<data_dir>/clawdeploy.db`.
+    pub url: String,
+    /// Pool size; 0 means the store's default (8 for SQLite, 10 for PostgreSQL).
+    pub max_connections: u32,
+}
+
+/// `[secrets]`. Empty keys are generated on first start into the data dir (mode 0600).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// HS256 signing key of access tokens, at least 32 characters; empty → `<data_dir>/jwt_key`.
+    pub jwt_key: String,
+    /// Base64 of 32 random bytes (AES-256-GCM) sealing provider keys and MFA secrets;
+    /// empty → `<data_dir>/master_key`.
+    pub master_key: String,
+    /// Id recorded with every value sealed under `master_key`.
+    pub master_key_id: String,
+    /// Older master keys that can still open values: `id:base64,id:base64`.
+    pub previous_master_keys: String,
+    /// bcrypt cost of password hashes (the PRD asks for 12).
+    pub bcrypt_cost: u32,
+}
+
+impl Default for SecretsConfig {
+    fn default() -> Self {
+        Self {
+            jwt_key: String::new(),
+            master_key: String::new(),
+            master_key_id: "k1".into(),
+            previous_master_keys: String::new(),
+            bcrypt_cost: 12,
+        }
+    }
+}
+
+impl SecretsConfig {
+    /// `previous_master_keys` as (id, base64 key) pairs; `None` when malformed.
+    pub fn previous_keys(&self) -> Option<Vec<(String, String)>> {
+        self.previous_master_keys
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (id, key) = p.split_once(':')?;
+                let ok_id = !id.is_empty()
+                    && id.len() <= 32
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                (ok_id && !key.is_empty()).then(|| (id.to_string(), key.to_string()))
+            })
+            .collect()
+    }
+}
+
+/// `[smtp]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// SMTP relay host (IP or name); empty keeps outgoing mail in the outbox (`GET /admin/outbox`).
+    pub host: String,
+    pub port: u16,
+    /// Optional SMTP AUTH credentials.
+    pub username: String,
+    pub password: String,
+    /// Sender, e.g. `ClawDeploy <no-reply@example.com>`; empty → `ClawDeploy <no-reply@<app domain>>`.
+    pub from: String,
+    /// How long to wait for the relay.
+    pub timeout_secs: u64,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            host: String::new(),
+            port: 25,
+            username: String::new(),
+            password: String::new(),
+            from: String::new(),
+            timeout_secs: 10,
+        }
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Failed logins of one account within `login_window_secs` before its logins are refused.
+    pub login_failures_per_account: u32,
+    /// Failed logins from one IP address within `login_window_secs` before its logins are refused.
+    pub login_failures_per_ip: u32,
+    /// The throttling window.
+    pub login_window_secs: u64,
+    /// Days an unverified account's instance keeps running.
+    pub unverified_grace_days: u32,
+    /// Days between an account deletion request and the deletion.
+    pub deletion_grace_days: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            login_failures_per_account: 5,
+            login_failures_per_ip: 20,
+            login_window_secs: 900,
+            unverified_grace_days: 7,
+            deletion_grace_days: 30,
+        }
+    }
+}
+
+impl Config {
+    /// The database URL: `database.url`, or the SQLite file under the data dir.
+    pub fn database_url(&self) -> String {
+        if self.database.url.is_empty() {
+            format!(
+                "sqlite://{}",
+                self.server.data_dir.join("clawdeploy.db").display()
+            )
+        } else {
+            self.database.url.clone()
+        }
+    }
+
+    /// The origin (scheme, host and port) under which the edge serves `host`, e.g.
+    /// `http://app.localhost:8080`. Only the plain HTTP listener exists so far, so the scheme is
+    /// `http` and the port is the listener's (omitted when 80).
+    pub fn public_origin(&self, host: &str) -> String {
+        let port = self
+            .server
+            .http_listen
+            .parse::<SocketAddr>()
+            .map(|a| a.port())
+            .unwrap_or(80);
+        if port == 80 {
+            format!("http://{host}")
+        } else {
+            format!("http://{host}:{port}")
+        }
+    }
+
+    /// The WebSocket origin matching [`Config::public_origin`] (`ws://` while only plain HTTP is served).
+    pub fn public_ws_origin(&self, host: &str) -> String {
+        let origin = self.public_origin(host);
+        match origin.strip_prefix("https://") {
+            Some(rest) => format!("wss://{rest}"),
+            None => format!("ws://{}", origin.trim_start_matches("http://")),
+        }
+    }
+}
+
+/// Masks the password of a URL such as `postgres://user:pass@host/db`.
+pub fn mask_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:{MASK}@{host}{path}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
 }
 
 /// One `[[routes]]` table.
@@ -303,6 +491,129 @@ impl Config {
             &s.upstream_keepalive_pool_size,
             "1 to 1000000",
         );
+        let db_url = &self.database.url;
+        check(
+            db_url.is_empty()
+                || (db_url.starts_with("sqlite:") && db_url.len() > "sqlite://".len())
+                || db_url.starts_with("postgres://")
+                || db_url.starts_with("postgresql://"),
+            "database.url",
+            &mask_url_password(db_url),
+            "sqlite://PATH, postgres://USER:PASSWORD@HOST:PORT/DB, or empty for sqlite://<data_dir>/clawdeploy.db",
+        );
+        check(
+            self.database.max_connections <= 1000,
+            "database.max_connections",
+            &self.database.max_connections,
+            "0 (the default: 8 for SQLite, 10 for PostgreSQL) to 1000",
+        );
+        let sec = &self.secrets;
+        check(
+            sec.jwt_key.is_empty() || sec.jwt_key.len() >= 32,
+            "secrets.jwt_key",
+            &MASK,
+            "at least 32 characters, or empty to generate one into <data_dir>/jwt_key",
+        );
+        check(
+            sec.master_key.is_empty() || is_base64_key(&sec.master_key),
+            "secrets.master_key",
+            &MASK,
+            "base64 of exactly 32 random bytes (e.g. `openssl rand -base64 32`), or empty to generate one into <data_dir>/master_key",
+        );
+        let id_ok = |id: &str| {
+            !id.is_empty()
+                && id.len() <= 32
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        check(
+            id_ok(&sec.master_key_id),
+            "secrets.master_key_id",
+            &sec.master_key_id,
+            "1 to 32 characters of A-Z a-z 0-9 _ -",
+        );
+        match sec.previous_keys() {
+            Some(keys) => check(
+                keys.iter()
+                    .all(|(id, key)| is_base64_key(key) && *id != sec.master_key_id),
+                "secrets.previous_master_keys",
+                &MASK,
+                "comma-separated id:base64 pairs of 32-byte keys, ids other than secrets.master_key_id",
+            ),
+            None => check(
+                false,
+                "secrets.previous_master_keys",
+                &MASK,
+                "comma-separated id:base64 pairs, such as old1:BASE64,old2:BASE64",
+            ),
+        }
+        check(
+            (4..=16).contains(&sec.bcrypt_cost),
+            "secrets.bcrypt_cost",
+            &sec.bcrypt_cost,
+            "4 to 16 (12 in production, as the PRD asks; lower only for tests)",
+        );
+        let smtp = &self.smtp;
+        if !smtp.host.is_empty() {
+            check(
+                smtp.host.parse::<std::net::IpAddr>().is_ok()
+                    || validate_hostname(&smtp.host).is_ok(),
+                "smtp.host",
+                &smtp.host,
+                "an IP address or DNS name of the SMTP relay, or empty to keep mail in the outbox",
+            );
+            check(smtp.port != 0, "smtp.port", &smtp.port, "1 to 65535");
+        }
+        check(
+            smtp.username.is_empty() == smtp.password.is_empty(),
+            "smtp.username",
+            &smtp.username,
+            "set together with smtp.password (both or neither)",
+        );
+        check(
+            smtp.from.is_empty() || is_mailbox(&smtp.from),
+            "smtp.from",
+            &smtp.from,
+            "an address such as no-reply@example.com or ClawDeploy <no-reply@example.com>",
+        );
+        check(
+            (1..=300).contains(&smtp.timeout_secs),
+            "smtp.timeout_secs",
+            &smtp.timeout_secs,
+            "1 to 300 seconds",
+        );
+        let lim = &self.limits;
+        check(
+            (1..=1000).contains(&lim.login_failures_per_account),
+            "limits.login_failures_per_account",
+            &lim.login_failures_per_account,
+            "1 to 1000",
+        );
+        check(
+            (1..=100_000).contains(&lim.login_failures_per_ip),
+            "limits.login_failures_per_ip",
+            &lim.login_failures_per_ip,
+            "1 to 100000",
+        );
+        check(
+            (1..=86_400).contains(&lim.login_window_secs),
+            "limits.login_window_secs",
+            &lim.login_window_secs,
+            "1 to 86400 seconds",
+        );
+        check(
+            (1..=365).contains(&lim.unverified_grace_days),
+            "limits.unverified_grace_days",
+            &lim.unverified_grace_days,
+            "1 to 365 days",
+        );
+        check(
+            (1..=365).contains(&lim.deletion_grace_days),
+            "limits.deletion_grace_days",
+            &lim.deletion_grace_days,
+            "1 to 365 days",
+        );
         let app_domain = s.app_domain();
         let mut seen = std::collections::HashSet::new();
         for (i, route) in self.routes.iter().enumerate() {
@@ -336,6 +647,7 @@ impl Config {
                 "an IP address and port such as 127.0.0.1:9001 (host names are not resolved)",
             );
         }
+        instances::validate(&self.runtime, &self.pool, &mut check);
         if issues.is_empty() {
             Ok(())
         } else {
@@ -346,10 +658,45 @@ impl Config {
     /// The effective configuration as TOML, with secrets replaced by [`MASK`].
     pub fn to_masked_toml(&self) -> String {
         let mut shown = self.clone();
-        if !shown.server.admin_token.is_empty() {
-            shown.server.admin_token = MASK.into();
+        for secret in [
+            &mut shown.server.admin_token,
+            &mut shown.secrets.jwt_key,
+            &mut shown.secrets.master_key,
+            &mut shown.secrets.previous_master_keys,
+            &mut shown.smtp.password,
+        ] {
+            if !secret.is_empty() {
+                *secret = MASK.into();
+            }
         }
+        shown.database.url = mask_url_password(&shown.database.url);
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+}
+
+/// True for base64 (standard or URL-safe, padding optional) of exactly 32 bytes.
+fn is_base64_key(s: &str) -> bool {
+    let t = s.trim().trim_end_matches('=');
+    let valid = t
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"+/-_".contains(&b));
+    valid && t.len() == 43
+}
+
+/// A bare address or `Name <address>`, loosely checked.
+fn is_mailbox(s: &str) -> bool {
+    let addr = match (s.find('<'), s.strip_suffix('>')) {
+        (Some(i), Some(rest)) => &rest[i + 1..],
+        (None, None) => s,
+        _ => return false,
+    };
+    match addr.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !local.contains(char::is_whitespace)
+                && validate_hostname(domain).is_ok()
+        }
+        None => false,
     }
 }
 
@@ -517,6 +864,65 @@ mod tests {
     fn unknown_keys_are_refused() {
         let err = load("[server]\nhttp_lsten = \"127.0.0.1:1\"\n", &[]).unwrap_err();
         assert!(err.to_string().contains("http_lsten"), "{err}");
+    }
+
+    #[test]
+    fn new_sections_validate_and_override() {
+        let config = load(
+            "",
+            &[
+                ("CLAWDEPLOY_DATABASE__URL", "postgres://u:pw@127.0.0.1/db"),
+                ("CLAWDEPLOY_LIMITS__LOGIN_FAILURES_PER_ACCOUNT", "3"),
+                ("CLAWDEPLOY_SMTP__HOST", "127.0.0.1"),
+                ("CLAWDEPLOY_SMTP__PORT", "2525"),
+                ("CLAWDEPLOY_SECRETS__BCRYPT_COST", "4"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.database_url(), "postgres://u:pw@127.0.0.1/db");
+        assert_eq!(config.limits.login_failures_per_account, 3);
+        assert_eq!(config.smtp.port, 2525);
+        assert_eq!(config.secrets.bcrypt_cost, 4);
+        let shown = config.to_masked_toml();
+        assert!(!shown.contains(":pw@"), "{shown}");
+
+        let default = load("", &[]).unwrap();
+        assert_eq!(default.database_url(), "sqlite://data/clawdeploy.db");
+        assert_eq!(
+            default.public_origin("app.localhost"),
+            "http://app.localhost:8080"
+        );
+        assert_eq!(
+            default.public_ws_origin("a.localhost"),
+            "ws://a.localhost:8080"
+        );
+
+        let found = issues(load(
+            "[database]\nurl = \"mysql://x\"\n[secrets]\njwt_key = \"short\"\nmaster_key = \"nope\"\n\
+             previous_master_keys = \"broken\"\nbcrypt_cost = 40\n[smtp]\nfrom = \"not an address\"\n\
+             [limits]\nlogin_window_secs = 0\n",
+            &[],
+        ));
+        let keys: Vec<&str> = found.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "database.url",
+                "secrets.jwt_key",
+                "secrets.master_key",
+                "secrets.previous_master_keys",
+                "secrets.bcrypt_cost",
+                "smtp.from",
+                "limits.login_window_secs"
+            ]
+        );
+        assert!(found.iter().all(|i| !i.value.contains("short")));
+        assert!(load(
+            "[secrets]\nmaster_key = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"\n\
+             previous_master_keys = \"old:BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB=\"\n",
+            &[]
+        )
+        .is_ok());
     }
 
     #[test]

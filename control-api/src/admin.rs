@@ -1,30 +1,26 @@
-//! `/admin`: operator endpoints, authenticated by the bootstrap admin token.
+//! `/admin`: operator endpoints: routes, nodes, instances, users and tiers, the mail outbox.
 
 use std::net::SocketAddr;
 
+use axum::extract::Query;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
+use serde_json::{json, Value};
+
+use clawdeploy_store::time::rfc3339;
+use clawdeploy_store::{InstanceStatus, Role, TokenHash};
 
 use clawdeploy_proxy::routes::{RouteEntry, RouteError};
 
 use crate::error::ApiError;
 use crate::ApiState;
 
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/admin/routes", get(list_routes))
-        .route(
-            "/admin/routes/{host}",
-            get(get_route).put(upsert_route).delete(delete_route),
-        )
-}
-
-/// Proof that the request carries a valid admin token.
+/// Proof that the request carries an operator credential: the config's bootstrap `admin_token`,
+/// a named admin token from the store (by hash), or a user login holding the operator role.
 pub struct Admin;
 
 impl FromRequestParts<ApiState> for Admin {
@@ -50,16 +46,35 @@ impl FromRequestParts<ApiState> for Admin {
                 "The Authorization header must be of the form: Bearer <admin token>.",
             ));
         };
-        if constant_time_eq(token.as_bytes(), state.admin_token.as_bytes()) {
-            Ok(Admin)
-        } else {
-            tracing::warn!(target: "security", "admin request with an invalid token");
-            Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "FORBIDDEN",
-                "The admin token is not valid.",
-            ))
+        if constant_time_eq(token.as_bytes(), state.ctx.admin_token.as_bytes()) {
+            return Ok(Admin);
         }
+        if token.matches('.').count() == 2 {
+            // A user's access token: operators may use their normal login.
+            return match crate::auth::authenticate(state, token).await {
+                Ok(auth) if auth.user.role == Role::Operator => Ok(Admin),
+                Ok(_) => Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "FORBIDDEN",
+                    "This account does not have the operator role.",
+                )),
+                Err(e) => Err(e),
+            };
+        }
+        if state
+            .store
+            .find_admin_token_by_hash(&TokenHash::of(token))
+            .await?
+            .is_some()
+        {
+            return Ok(Admin);
+        }
+        tracing::warn!(target: "security", "admin request with an invalid token");
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            "The admin token is not valid.",
+        ))
     }
 }
 
@@ -68,11 +83,224 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn list_routes(_: Admin, State(state): State<ApiState>) -> Json<serde_json::Value> {
+pub async fn list_routes(_: Admin, State(state): State<ApiState>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "routes": state.routes.list() }))
 }
 
-async fn get_route(
+/// This node, from the config and the route table; container figures come with the pool.
+pub async fn nodes(_: Admin, State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let config = &state.ctx.config;
+    let ip = config
+        .server
+        .http_listen
+        .parse::<SocketAddr>()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    let mut by_state = serde_json::Map::new();
+    let mut instance_routes = 0;
+    for entry in state.routes.list() {
+        if entry.route.kind == clawdeploy_proxy::RouteKind::Instance {
+            instance_routes += 1;
+            let key = entry.route.state.as_str();
+            let n = by_state.get(key).and_then(Value::as_u64).unwrap_or(0);
+            by_state.insert(key.into(), json!(n + 1));
+        }
+    }
+    let database = match state.store.ping().await {
+        Ok(()) => "ok",
+        Err(e) => {
+            tracing::warn!("database ping failed: {e}");
+            "unreachable"
+        }
+    };
+    let status = if state.drain.is_draining() {
+        "draining"
+    } else if database != "ok" {
+        "degraded"
+    } else {
+        "healthy"
+    };
+    Ok(Json(json!({
+        "nodes": [{
+            "id": hostname(),
+            "ip": ip,
+            "listen": config.server.http_listen,
+            "status": status,
+            "database": database,
+            "routes": { "instances": instance_routes, "byState": by_state },
+            "containers": null,
+            "pending": "Container figures (total, idle, assigned) come with the pool issue; several nodes with PostgreSQL's change broadcast.",
+        }]
+    })))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstancesQuery {
+    #[serde(default)]
+    status: Option<String>,
+}
+
+pub async fn instances(
+    _: Admin,
+    State(state): State<ApiState>,
+    query: Result<Query<InstancesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query?;
+    let list = match q.status.as_deref() {
+        Some(s) => {
+            let status: InstanceStatus = s.parse().map_err(|_| {
+                ApiError::invalid(
+                    "status",
+                    "INVALID_STATUS",
+                    "one of queued, provisioning, starting, running, stopped, crashed, deleting",
+                )
+            })?;
+            state.store.list_instances_by_status(status).await?
+        }
+        None => state.store.list_instances().await?,
+    };
+    let list: Vec<Value> = list
+        .iter()
+        .map(|inst| {
+            let mut v = crate::instances::instance_json(&state, inst);
+            v["userId"] = json!(inst.user_id);
+            v["nodeId"] = json!(inst.node_id);
+            v["upstream"] = json!(inst.upstream);
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "instances": list })))
+}
+
+pub async fn migrate_instance(_: Admin) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "NOT_IMPLEMENTED",
+        "Moving an instance between nodes is not supported yet: it needs the pool manager and several edge nodes (pool issue).",
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsersQuery {
+    #[serde(default)]
+    limit: Option<i64>,
+    #[serde(default)]
+    offset: Option<i64>,
+}
+
+pub async fn users(
+    _: Admin,
+    State(state): State<ApiState>,
+    query: Result<Query<UsersQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query?;
+    let users = state
+        .store
+        .list_users(
+            q.limit.unwrap_or(100).clamp(1, 1000),
+            q.offset.unwrap_or(0).max(0),
+        )
+        .await?;
+    let users: Vec<Value> = users.iter().map(crate::auth::user_json).collect();
+    Ok(Json(json!({ "users": users })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierBody {
+    tier: String,
+}
+
+/// The tiers, lowest first.
+pub const TIERS: [&str; 3] = ["free", "pro", "team"];
+
+pub async fn set_tier(
+    _: Admin,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    body: Result<Json<TierBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(b) = body?;
+    let id = uuid::Uuid::parse_str(&id)
+        .map_err(|_| ApiError::invalid("id", "INVALID_ID", "not a user id (UUID)"))?;
+    let Some(new) = TIERS.iter().position(|t| *t == b.tier) else {
+        return Err(ApiError::invalid(
+            "tier",
+            "INVALID_TIER",
+            format!("{:?} is not a tier; use free, pro or team", b.tier),
+        ));
+    };
+    let Some(user) = state.store.get_user(id).await? else {
+        return Err(ApiError::not_found("There is no user with this id."));
+    };
+    let old = TIERS.iter().position(|t| *t == user.tier).unwrap_or(0);
+    if new > old && !user.email_verified() {
+        return Err(ApiError::conflict(
+            "EMAIL_NOT_VERIFIED",
+            "An unverified account cannot be upgraded; the user must verify their email first.",
+        ));
+    }
+    state.store.set_user_tier(id, TIERS[new]).await?;
+    let mut updated = Vec::new();
+    for inst in state.store.list_instances_by_user(id).await? {
+        let inst = state
+            .store
+            .update_instance_tier(inst.id, TIERS[new])
+            .await?;
+        updated.push(crate::instances::instance_json(&state, &inst));
+    }
+    let user = state
+        .store
+        .get_user(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("There is no user with this id."))?;
+    tracing::info!(user = %id, tier = TIERS[new], "tier changed by an operator");
+    Ok(Json(json!({
+        "user": crate::auth::user_json(&user),
+        "instances": updated,
+        "pending": "Records updated; container resources follow the tier once the pool issue lands, message quotas once metering does.",
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxQuery {
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    limit: Option<i64>,
+}
+
+/// Mails kept because no SMTP relay is configured, newest first.
+pub async fn outbox(
+    _: Admin,
+    State(state): State<ApiState>,
+    query: Result<Query<OutboxQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query?;
+    let to = q.to.as_deref().map(clawdeploy_store::normalize_email);
+    let mails = state
+        .store
+        .list_outbox(to.as_deref(), q.limit.unwrap_or(50).clamp(1, 500))
+        .await?;
+    let mails: Vec<Value> = mails
+        .iter()
+        .map(|m| json!({ "id": m.id, "to": m.to, "subject": m.subject, "body": m.body, "at": rfc3339(m.created_at) }))
+        .collect();
+    Ok(Json(
+        json!({ "mode": state.ctx.mailer.kind(), "mails": mails }),
+    ))
+}
+
+pub async fn get_route(
     _: Admin,
     State(state): State<ApiState>,
     Path(host): Path<String>,
@@ -89,11 +317,11 @@ async fn get_route(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct UpsertRoute {
+pub struct UpsertRoute {
     upstream: String,
 }
 
-async fn upsert_route(
+pub async fn upsert_route(
     _: Admin,
     State(state): State<ApiState>,
     Path(host): Path<String>,
@@ -124,7 +352,7 @@ async fn upsert_route(
     Ok((status, Json(entry)))
 }
 
-async fn delete_route(
+pub async fn delete_route(
     _: Admin,
     State(state): State<ApiState>,
     Path(host): Path<String>,

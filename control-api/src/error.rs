@@ -1,15 +1,21 @@
 //! The API's error shape: `{"error":{"code":"SNAKE_CASE","message":"..."}}` with the right status.
 
-use axum::extract::rejection::JsonRejection;
-use axum::http::{header, StatusCode};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+
+use clawdeploy_store::StoreError;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Extra members of the `error` object (e.g. `field`, `suggestion`).
+    pub extra: Vec<(&'static str, serde_json::Value)>,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -18,24 +24,94 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            extra: Vec::new(),
+            retry_after: None,
         }
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
     }
+
+    /// A 422 about one request field; the field is named in the message and in `error.field`.
+    pub fn invalid(field: &str, code: &'static str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+            format!("{field}: {message}"),
+        )
+        .with("field", serde_json::Value::String(field.to_string()))
+    }
+
+    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, code, message)
+    }
+
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, code, message)
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+
+    /// An internal failure: logged with its cause, answered without it.
+    pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
+        tracing::error!("{context}: {err}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL",
+            "Something went wrong on our side; try again shortly.",
+        )
+    }
+
+    pub fn with(mut self, key: &'static str, value: serde_json::Value) -> Self {
+        self.extra.push((key, value));
+        self
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => {
+                ApiError::not_found(format!("The {what} does not exist."))
+            }
+            StoreError::Database(sqlx::Error::PoolTimedOut) => {
+                let mut err = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "DATABASE_BUSY",
+                    "The database is busy; try again in a moment.",
+                );
+                err.retry_after = Some(1);
+                err
+            }
+            other => ApiError::internal("store", other),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body =
-            Json(serde_json::json!({ "error": { "code": self.code, "message": self.message } }));
+        let mut error = serde_json::Map::new();
+        error.insert("code".into(), self.code.into());
+        error.insert("message".into(), self.message.into());
+        for (k, v) in self.extra {
+            error.insert(k.into(), v);
+        }
+        let body = Json(serde_json::json!({ "error": error }));
         let mut response = (self.status, body).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer"),
             );
+        }
+        if let Some(secs) = self.retry_after {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
         }
         response
     }
@@ -59,6 +135,16 @@ impl From<JsonRejection> for ApiError {
                 "{}: send a JSON body with Content-Type: application/json",
                 rejection.body_text()
             ),
+        )
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_QUERY",
+            rejection.body_text(),
         )
     }
 }

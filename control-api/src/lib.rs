@@ -1,49 +1,167 @@
 //! The control API: an axum app for `/api`, `/admin` and health, run inside the edge process as a
 //! Pingora background service on an internal loopback listener. Clients reach it only through the
 //! edge, at the app domain.
+//!
+//! Every endpoint is declared once, in [`openapi::endpoints`]: the router and the OpenAPI document
+//! at `/api/openapi.json` are both built from that list, so they cannot disagree.
 
+pub mod account;
 pub mod admin;
+pub mod auth;
+pub mod crypto;
+pub mod edge_auth;
 pub mod error;
+pub mod instances;
+pub mod mail;
+pub mod openapi;
+pub mod throttle;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
 use axum::{Json, Router};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use clawdeploy_config::Config;
+use clawdeploy_pool::changes::{Change, ChangeBus};
+use clawdeploy_pool::PoolManager;
 use clawdeploy_proxy::{Drain, RouteTable};
+use clawdeploy_store::{Keyring, Store, StoreOptions, Zeroizing};
 
+pub use edge_auth::SessionVerifier;
 pub use error::ApiError;
+
+/// Secrets and settings the handlers share; built once at start.
+pub struct ApiContext {
+    pub config: Config,
+    /// The bootstrap operator credential (`server.admin_token`, or the generated one).
+    pub admin_token: Zeroizing<String>,
+    pub jwt_key: Zeroizing<Vec<u8>>,
+    pub keyring: Keyring,
+    pub mailer: mail::Mailer,
+    pub throttle: throttle::Throttle,
+    /// Bounds concurrent bcrypt work to the CPUs, so a signup spike queues instead of thrashing.
+    pub hashing: tokio::sync::Semaphore,
+    /// A bcrypt hash compared against when an email is unknown, so timing does not reveal it.
+    pub dummy_hash: tokio::sync::OnceCell<String>,
+}
+
+impl ApiContext {
+    pub fn new(
+        config: Config,
+        admin_token: String,
+        jwt_key: Vec<u8>,
+        keyring: Keyring,
+    ) -> Result<Self, mail::MailError> {
+        let from = if config.smtp.from.is_empty() {
+            format!("ClawDeploy <no-reply@{}>", config.server.app_domain())
+        } else {
+            config.smtp.from.clone()
+        };
+        let mailer = mail::Mailer::new(&config.smtp, &from)?;
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Ok(Self {
+            throttle: throttle::Throttle::new(Duration::from_secs(config.limits.login_window_secs)),
+            config,
+            admin_token: Zeroizing::new(admin_token),
+            jwt_key: Zeroizing::new(jwt_key),
+            keyring,
+            mailer,
+            hashing: tokio::sync::Semaphore::new(cpus),
+            dummy_hash: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// `http://app.<base>:<port>`: where links in mails point.
+    pub fn app_origin(&self) -> String {
+        self.config.public_origin(&self.config.server.app_domain())
+    }
+}
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct ApiState {
     pub routes: Arc<RouteTable>,
-    pub admin_token: Arc<str>,
     pub drain: Arc<Drain>,
+    pub store: Store,
+    pub ctx: Arc<ApiContext>,
+    /// Route changes and revocations to every edge node.
+    pub bus: Arc<ChangeBus>,
+    /// The node's instance pool; `None` when `runtime.kind = "none"`.
+    pub pool: Option<Arc<PoolManager>>,
+    /// The edge's in-memory token check, told of revocations at once.
+    pub verifier: Arc<SessionVerifier>,
 }
 
-/// The whole API.
+impl ApiState {
+    /// Tells this edge at once, and every other through the broadcast, that sessions ended.
+    pub async fn revoked(&self, sessions: &[uuid::Uuid]) {
+        for &session_id in sessions {
+            self.verifier.revoke(session_id);
+            if let Err(e) = self
+                .bus
+                .publish(Change::SessionRevoked { session_id })
+                .await
+            {
+                tracing::error!("cannot broadcast a session revocation: {e}");
+            }
+        }
+    }
+
+    /// Routes an instance as its record says, here at once and on every other edge node.
+    pub async fn route_changed(&self, instance: &clawdeploy_store::Instance) {
+        self.routes.upsert_subdomain(
+            &instance.subdomain,
+            clawdeploy_pool::routing::route_for(instance),
+        );
+        self.broadcast_instance(instance.id, &instance.subdomain)
+            .await;
+    }
+
+    /// Broadcasts that an instance changed or is gone (the other nodes reload it).
+    pub async fn broadcast_instance(&self, id: uuid::Uuid, subdomain: &str) {
+        let change = Change::Instance {
+            id,
+            subdomain: subdomain.to_string(),
+        };
+        if let Err(e) = self.bus.publish(change).await {
+            tracing::error!("cannot broadcast a route change: {e}");
+        }
+    }
+}
+
+/// The whole API, built from [`openapi::endpoints`].
 pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .merge(admin::routes())
+    let mut router = Router::new();
+    let mut by_path: Vec<(&'static str, axum::routing::MethodRouter<ApiState>)> = Vec::new();
+    for (spec, handler) in openapi::endpoints() {
+        match by_path.iter_mut().find(|(p, _)| *p == spec.path) {
+            Some((_, existing)) => {
+                let merged = std::mem::take(existing).merge(handler);
+                *existing = merged;
+            }
+            None => by_path.push((spec.path, handler)),
+        }
+    }
+    for (path, handler) in by_path {
+        router = router.route(path, handler);
+    }
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
-async fn healthz() -> Json<serde_json::Value> {
+pub(crate) async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
 /// Ready while serving; 503 once draining, so a load balancer stops sending new work.
-async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<serde_json::Value>) {
+pub(crate) async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<serde_json::Value>) {
     if state.drain.is_draining() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -70,17 +188,36 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// The API as a Pingora background service on a listener bound before the server starts (so its
-/// address, possibly an ephemeral port, is known to the route table).
+/// address, possibly an ephemeral port, is known to the route table). The database pool is
+/// opened here, on the service's own runtime: tokio I/O belongs to the runtime that created it.
 pub struct ControlApiService {
     listener: Mutex<Option<std::net::TcpListener>>,
-    router: Router,
+    database_url: String,
+    store_options: StoreOptions,
+    routes: Arc<RouteTable>,
+    drain: Arc<Drain>,
+    ctx: Arc<ApiContext>,
+    verifier: Arc<SessionVerifier>,
 }
 
 impl ControlApiService {
-    pub fn new(listener: std::net::TcpListener, router: Router) -> Self {
+    pub fn new(
+        listener: std::net::TcpListener,
+        database_url: String,
+        store_options: StoreOptions,
+        routes: Arc<RouteTable>,
+        drain: Arc<Drain>,
+        ctx: Arc<ApiContext>,
+        verifier: Arc<SessionVerifier>,
+    ) -> Self {
         Self {
             listener: Mutex::new(Some(listener)),
-            router,
+            database_url,
+            store_options,
+            routes,
+            drain,
+            ctx,
+            verifier,
         }
     }
 }
@@ -92,6 +229,13 @@ impl BackgroundService for ControlApiService {
             tracing::error!("control API started twice");
             return;
         };
+        let store = match Store::open_with(&self.database_url, self.store_options.clone()).await {
+            Ok(store) => store,
+            Err(e) => {
+                tracing::error!("control API cannot open the database: {e}");
+                return;
+            }
+        };
         let listener = match listener
             .set_nonblocking(true)
             .and_then(|()| tokio::net::TcpListener::from_std(listener))
@@ -102,11 +246,54 @@ impl BackgroundService for ControlApiService {
                 return;
             }
         };
-        let serve = axum::serve(listener, self.router.clone()).with_graceful_shutdown(async move {
+        // The change broadcast, the route table and the revoked sessions follow the store; the
+        // pool runs here too, on this service's runtime.
+        let bus = ChangeBus::new(store.clone(), &self.database_url);
+        tokio::spawn(bus.clone().listen(shutdown.clone()));
+        tokio::spawn(clawdeploy_pool::routing::follow(
+            store.clone(),
+            self.routes.clone(),
+            bus.subscribe(),
+        ));
+        if let Err(e) = self.verifier.reload(&store).await {
+            tracing::error!("cannot load revoked sessions: {e}");
+        }
+        tokio::spawn(self.verifier.clone().follow(store.clone(), bus.subscribe()));
+        let pool = match clawdeploy_pool::setup::pool_from_config(
+            &self.ctx.config,
+            store.clone(),
+            bus.clone(),
+        )
+        .await
+        {
+            Ok(pool) => pool,
+            Err(e) => {
+                tracing::error!(
+                    "the instance runtime is unavailable, instances will not start: {e}"
+                );
+                None
+            }
+        };
+        if let Some(pool) = &pool {
+            tokio::spawn(pool.clone().run(shutdown.clone()));
+        }
+        let state = ApiState {
+            routes: self.routes.clone(),
+            drain: self.drain.clone(),
+            store: store.clone(),
+            ctx: self.ctx.clone(),
+            bus,
+            pool,
+            verifier: self.verifier.clone(),
+        };
+        let sweeper = tokio::spawn(account::sweep_forever(state.clone()));
+        let serve = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
             let _ = shutdown.changed().await;
         });
         if let Err(e) = serve.await {
             tracing::error!("control API stopped: {e}");
         }
+        sweeper.abort();
+        store.close().await;
     }
 }

@@ -11,6 +11,7 @@ pub mod process;
 pub mod ready;
 pub mod routing;
 pub mod runtime;
+pub mod setup;
 
 pub use docker::{DockerOptions, DockerRuntime};
 pub use egress::{EgressRules, NetworkInfo};

@@ -425,6 +425,20 @@ impl PoolManager {
         Ok(())
     }
 
+    /// Writes an instance's config again (settings changed); its runtime reads it without a restart.
+    /// False when the instance has no container yet (it gets the new config when assigned).
+    pub async fn reconfigure(&self, instance: &Instance) -> Result<bool, PoolError> {
+        let Some(member) = self.store.pool_member_for_instance(instance.id).await? else {
+            return Ok(false);
+        };
+        let Some(runtime_id) = member.runtime_id else {
+            return Ok(false);
+        };
+        let files = self.config.files(instance).await?;
+        self.runtime.assign(&runtime_id, &files).await?;
+        Ok(true)
+    }
+
     /// Restarts an instance's container (API restart, or healing), re-routing to its new address.
     pub async fn restart(&self, instance: &Instance) -> Result<SocketAddr, PoolError> {
         let member = self

@@ -120,6 +120,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/postgres/0001_init.sql"),
     ),
     (
+        2,
+        "outbox",
+        include_str!("../migrations/sqlite/0002_outbox.sql"),
+        include_str!("../migrations/postgres/0002_outbox.sql"),
+    ),
+    (
         10,
         "pool",
         include_str!("../migrations/sqlite/0010_pool.sql"),

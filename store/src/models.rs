@@ -410,3 +410,14 @@ pub struct PoolMember {
     pub instance_id: Option<Uuid>,
     pub created_at: i64,
 }
+
+/// A mail kept in the outbox (no SMTP relay configured).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboxMail {
+    pub id: i64,
+    pub to: String,
+    pub subject: String,
+    pub body: String,
+    pub created_at: i64,
+}

@@ -1,8 +1,14 @@
 //! Black-box tests of the `clawdeploy` binary: one test binary, so Pingora is linked once.
 
+mod account;
+mod admin_api;
+mod auth;
 mod bad_input;
 mod egress;
+mod instances;
 mod lifecycle;
+mod mail;
+mod openapi;
 mod pool;
 mod routing;
 mod runtime;

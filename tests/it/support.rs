@@ -24,6 +24,10 @@ use tokio_tungstenite::tungstenite::Message;
 pub const BASE_DOMAIN: &str = "clawdeploy.test";
 pub const APP_DOMAIN: &str = "app.clawdeploy.test";
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+/// The JWT signing key of test edges, so tests can forge tokens (expired, tampered, alg:none).
+pub const JWT_KEY: &str = "test-jwt-signing-key-0123456789abcdef0123456789";
+/// The master key of test edges (base64 of 32 bytes).
+pub const MASTER_KEY: &str = "dGVzdC1tYXN0ZXIta2V5LTAxMjM0NTY3ODlhYmNkZWY=";
 
 /// How long a test waits for something that should happen promptly before failing.
 pub const PATIENCE: Duration = Duration::from_secs(20);
@@ -57,6 +61,65 @@ pub struct EdgeBuilder {
     server_lines: Vec<String>,
     routes: Vec<(String, String)>,
     env: Vec<(String, String)>,
+    /// Extra sections, e.g. ("limits", "login_failures_per_account = 3").
+    sections: Vec<(String, String)>,
+    database_url: Option<String>,
+    bcrypt_cost: Option<u32>,
+}
+
+/// Which database a test runs against.
+#[derive(Debug, Clone)]
+pub enum Db {
+    /// A file in the edge's own data dir.
+    Sqlite,
+    /// A fresh database on the test PostgreSQL server.
+    Postgres(String),
+}
+
+impl Db {
+    /// A fresh PostgreSQL database when `CLAWDEPLOY_TEST_POSTGRES_URL` is set (the role has
+    /// CREATEDB), else `None`.
+    pub async fn postgres() -> Option<Db> {
+        use sqlx::Connection;
+        let base = std::env::var("CLAWDEPLOY_TEST_POSTGRES_URL").ok()?;
+        let name = format!("cdtest_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&base)
+            .await
+            .expect("connect to the test PostgreSQL");
+        sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("create a test database");
+        conn.close().await.ok();
+        let (prefix, _) = base.rsplit_once('/').expect("database URL with a path");
+        Some(Db::Postgres(format!("{prefix}/{name}")))
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Db::Postgres(_))
+    }
+}
+
+/// Runs `async fn name(db: Db)` once on SQLite and once on PostgreSQL (skipped, with a note,
+/// when `CLAWDEPLOY_TEST_POSTGRES_URL` is unset; `scripts/test.sh` always sets it).
+#[macro_export]
+macro_rules! both_dbs {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$name($crate::support::Db::Sqlite).await
+                }
+                #[tokio::test]
+                async fn postgres() {
+                    match $crate::support::Db::postgres().await {
+                        Some(db) => super::$name(db).await,
+                        None => eprintln!("CLAWDEPLOY_TEST_POSTGRES_URL unset: PostgreSQL variant skipped"),
+                    }
+                }
+            }
+        )*
+    };
 }
 
 impl EdgeBuilder {
@@ -81,6 +144,32 @@ impl EdgeBuilder {
         self
     }
 
+    /// A line in another section, e.g. `.section("limits", "login_window_secs = 60")`.
+    pub fn section(mut self, section: &str, line: &str) -> Self {
+        self.sections.push((section.to_string(), line.to_string()));
+        self
+    }
+
+    /// The database: SQLite in the data dir, or a PostgreSQL URL.
+    pub fn db(mut self, db: &Db) -> Self {
+        if let Db::Postgres(url) = db {
+            self.database_url = Some(url.clone());
+        }
+        self
+    }
+
+    /// An explicit database URL (e.g. a SQLite file shared by two edges in turn).
+    pub fn database_url(mut self, url: &str) -> Self {
+        self.database_url = Some(url.to_string());
+        self
+    }
+
+    /// bcrypt cost; tests default to 4 (the minimum) for speed, production uses 12.
+    pub fn bcrypt_cost(mut self, cost: u32) -> Self {
+        self.bcrypt_cost = Some(cost);
+        self
+    }
+
     pub async fn start(self) -> Edge {
         raise_fd_limit();
         let dir = tempfile::tempdir().expect("temp dir");
@@ -93,6 +182,25 @@ impl EdgeBuilder {
         for line in &self.server_lines {
             toml.push_str(line);
             toml.push('\n');
+        }
+        if let Some(url) = &self.database_url {
+            toml.push_str(&format!("\n[database]\nurl = \"{url}\"\n"));
+        }
+        toml.push_str(&format!(
+            "\n[secrets]\njwt_key = \"{JWT_KEY}\"\nmaster_key = \"{MASTER_KEY}\"\nbcrypt_cost = {}\n",
+            self.bcrypt_cost.unwrap_or(4)
+        ));
+        let mut sections: Vec<&str> = self.sections.iter().map(|(s, _)| s.as_str()).collect();
+        sections.sort_unstable();
+        sections.dedup();
+        for section in sections {
+            toml.push_str(&format!("\n[{section}]\n"));
+            for (s, line) in &self.sections {
+                if s == section {
+                    toml.push_str(line);
+                    toml.push('\n');
+                }
+            }
         }
         for (host, upstream) in &self.routes {
             toml.push_str(&format!(
@@ -117,6 +225,7 @@ impl EdgeBuilder {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             log,
+            config,
             _dir: dir,
         };
         edge.wait_ready().await;
@@ -129,6 +238,7 @@ pub struct Edge {
     pub child: Child,
     pub addr: SocketAddr,
     log: PathBuf,
+    config: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -156,6 +266,96 @@ impl Edge {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The config file the edge runs with (for CLI subcommands against the same database).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
+    }
+
+    /// The edge's data dir.
+    pub fn data_dir(&self) -> PathBuf {
+        self._dir.path().join("data")
+    }
+
+    /// Runs `clawdeploy <args> --config <this edge's config>`; (exit code, stdout, stderr).
+    pub async fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_clawdeploy"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .await
+            .expect("run clawdeploy");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// A JSON API call on the app domain (`token` as `Authorization: Bearer`).
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> Response {
+        let body = body.map(|b| b.to_string());
+        self.admin(method, path, token, body.as_deref()).await
+    }
+
+    /// Registers a user; (access token, refresh token, user id).
+    pub async fn register(&self, email: &str, password: &str) -> (String, String, String) {
+        let resp = self
+            .api(
+                "POST",
+                "/api/auth/register",
+                None,
+                Some(serde_json::json!({ "email": email, "password": password, "name": "Test User" })),
+            )
+            .await;
+        assert_eq!(resp.status, 201, "register {email}: {}", resp.text());
+        let j = resp.json();
+        (
+            j["token"].as_str().expect("token").to_string(),
+            j["refreshToken"].as_str().expect("refresh").to_string(),
+            j["user"]["id"].as_str().expect("id").to_string(),
+        )
+    }
+
+    /// Logs in; the response.
+    pub async fn login(&self, email: &str, password: &str) -> Response {
+        self.api(
+            "POST",
+            "/api/auth/login",
+            None,
+            Some(serde_json::json!({ "email": email, "password": password })),
+        )
+        .await
+    }
+
+    /// The newest outbox mail to `to` (`GET /admin/outbox`).
+    pub async fn last_mail(&self, to: &str) -> serde_json::Value {
+        let resp = self
+            .admin(
+                "GET",
+                &format!("/admin/outbox?to={to}"),
+                Some(ADMIN_TOKEN),
+                None,
+            )
+            .await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        resp.json()["mails"][0].clone()
+    }
+
+    /// Follows a link from a mail (`http://host:port/path?query`) through this edge.
+    pub async fn follow(&self, link: &str) -> Response {
+        let rest = link.strip_prefix("http://").expect("http link");
+        let (host_port, path) = rest.split_at(rest.find('/').expect("path in link"));
+        let host = host_port.split(':').next().unwrap_or(host_port);
+        self.get(host, path).await
     }
 
     pub fn log_text(&self) -> String {
@@ -448,4 +648,69 @@ pub async fn next_message(ws: &mut WebSocket) -> Message {
         .expect("a WebSocket message in time")
         .expect("the WebSocket is open")
         .expect("a valid WebSocket message")
+}
+
+/// The first `http://...` link in a text.
+pub fn find_link(text: &str) -> String {
+    let start = text.find("http://").expect("a link in the mail");
+    text[start..]
+        .split_whitespace()
+        .next()
+        .expect("link")
+        .to_string()
+}
+
+/// The token query parameter of a link.
+pub fn link_token(link: &str) -> String {
+    link.split("token=")
+        .nth(1)
+        .expect("token= in link")
+        .to_string()
+}
+
+/// An HS256 JWT with any header and claims, signed with `key` (for forging test tokens).
+pub fn forge_jwt(key: &[u8], header: &serde_json::Value, claims: &serde_json::Value) -> String {
+    use base64::Engine as _;
+    use hmac::Mac;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let input = format!(
+        "{}.{}",
+        b64.encode(header.to_string()),
+        b64.encode(claims.to_string())
+    );
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("key");
+    mac.update(input.as_bytes());
+    format!("{input}.{}", b64.encode(mac.finalize().into_bytes()))
+}
+
+/// The claims part of a JWT, decoded.
+pub fn jwt_claims(token: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let part = token.split('.').nth(1).expect("claims");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .expect("base64");
+    serde_json::from_slice(&bytes).expect("json claims")
+}
+
+/// The current TOTP code of a base32 secret (RFC 6238: SHA-1, 6 digits, 30 s).
+pub fn totp_now(secret_b32: &str) -> String {
+    use hmac::Mac;
+    let secret = data_encoding::BASE32_NOPAD
+        .decode(secret_b32.as_bytes())
+        .expect("base32 secret");
+    let step = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs()
+        / 30;
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(&secret).expect("key");
+    mac.update(&step.to_be_bytes());
+    let d = mac.finalize().into_bytes();
+    let o = usize::from(d[19] & 0x0f);
+    let bin = (u32::from(d[o]) & 0x7f) << 24
+        | u32::from(d[o + 1]) << 16
+        | u32::from(d[o + 2]) << 8
+        | u32::from(d[o + 3]);
+    format!("{:06}", bin % 1_000_000)
 }

@@ -376,6 +376,23 @@ impl Store {
         }
     }
 
+    /// Looks up an email token without consuming it, whatever its state.
+    pub async fn peek_email_token(
+        &self,
+        token: &TokenHash,
+        purpose: EmailTokenPurpose,
+    ) -> Result<Option<EmailToken>> {
+        let sql = format!(
+            "SELECT {EMAIL_TOKEN_COLS} FROM email_tokens WHERE token_hash = $1 AND purpose = $2"
+        );
+        let row = sqlx::query(&sql)
+            .bind(token.as_str())
+            .bind(purpose.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(email_token_from_row).transpose()
+    }
+
     /// Marks all unused tokens of a purpose for a user as used (e.g. after a reset, or when
     /// sending a new verification link); returns how many.
     pub async fn invalidate_email_tokens(

@@ -6,4 +6,6 @@ mod auth;
 mod export;
 pub(crate) mod instances;
 mod ops;
+pub(crate) mod outbox;
 mod pool;
+mod revocations;

@@ -1,0 +1,193 @@
+//! `[runtime]` and `[pool]`: where instances run and how many are kept warm.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Which runtime runs instances.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// No runtime: instances are recorded and routed, and stay `provisioning`.
+    None,
+    /// Hardened containers on the local Docker Engine.
+    Docker,
+    /// Local child processes: NOT isolated, development only.
+    Process,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    pub kind: RuntimeKind,
+    /// Docker image, or the program the process runtime runs.
+    pub image: String,
+    /// `uid:gid` instances run as; never root.
+    pub user: String,
+    /// The port the instance serves inside (the OpenClaw gateway's).
+    pub port: u16,
+    /// The dedicated Docker network instances join.
+    pub docker_network: String,
+    /// Publish instance ports on 127.0.0.1 and route there (tests, single-host setups where the
+    /// edge cannot reach the instance network).
+    pub publish_loopback: bool,
+    /// Install the instance network's egress rules (iptables; Docker only, needs root).
+    pub egress_rules: bool,
+    /// `IP:port` instances may reach besides the internet (the edge's LLM endpoint); empty for none.
+    pub llm_endpoint: String,
+    /// Where the process runtime keeps instance data; empty means `<server.data_dir>/instances`.
+    pub process_dir: PathBuf,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            kind: RuntimeKind::None,
+            image: String::new(),
+            user: "1000:1000".into(),
+            port: 18789,
+            docker_network: "clawdeploy-instances".into(),
+            publish_loopback: false,
+            egress_rules: true,
+            llm_endpoint: String::new(),
+            process_dir: PathBuf::new(),
+        }
+    }
+}
+
+/// `[pool]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolConfig {
+    /// This node's id in the store; empty means the host name.
+    pub node_id: String,
+    /// Idle instances kept ready.
+    pub min_idle: usize,
+    /// Idle instances beyond this are removed.
+    pub max_idle: usize,
+    /// Health checks and refills run this often (and at once after every claim).
+    pub tick_secs: u64,
+    /// Most instances on this node; 0 means 80% of its memory divided by `memory_mb`.
+    pub capacity: usize,
+    /// Instances created at once: the signup throttle.
+    pub create_concurrency: usize,
+    /// How long a new instance may take to answer `/readyz`.
+    pub ready_timeout_secs: u64,
+    /// Memory per instance (OpenClaw needs ~825 MiB at ready, ~1 GiB after a few turns).
+    pub memory_mb: u64,
+    pub cpus: f64,
+    /// Most processes and threads per instance.
+    pub pids: i64,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            node_id: String::new(),
+            min_idle: 5,
+            max_idle: 20,
+            tick_secs: 30,
+            capacity: 0,
+            create_concurrency: 4,
+            ready_timeout_secs: 60,
+            memory_mb: 2048,
+            cpus: 1.0,
+            pids: 512,
+        }
+    }
+}
+
+impl PoolConfig {
+    /// The node's instance budget: `capacity`, or 80% of `mem_total_mb` over `memory_mb`.
+    pub fn capacity_for(&self, mem_total_mb: u64) -> usize {
+        if self.capacity > 0 {
+            self.capacity
+        } else {
+            (mem_total_mb * 8 / 10 / self.memory_mb.max(1)) as usize
+        }
+    }
+}
+
+/// Checks both sections; pushes (key, value, allowed) for each problem.
+pub(crate) fn validate(
+    runtime: &RuntimeConfig,
+    pool: &PoolConfig,
+    issue: &mut dyn FnMut(bool, &str, &dyn std::fmt::Display, &str),
+) {
+    issue(
+        runtime.kind == RuntimeKind::None || !runtime.image.is_empty(),
+        "runtime.image",
+        &runtime.image,
+        "a Docker image (docker) or a program path (process) when runtime.kind is not none",
+    );
+    let uid = runtime.user.split(':').next().unwrap_or_default();
+    issue(
+        !uid.is_empty() && uid != "0" && uid != "root",
+        "runtime.user",
+        &runtime.user,
+        "a non-root uid:gid such as 1000:1000",
+    );
+    issue(
+        runtime.port > 0,
+        "runtime.port",
+        &runtime.port,
+        "1 to 65535",
+    );
+    issue(
+        !runtime.docker_network.is_empty(),
+        "runtime.docker_network",
+        &runtime.docker_network,
+        "a Docker network name",
+    );
+    issue(
+        runtime.llm_endpoint.is_empty()
+            || runtime.llm_endpoint.parse::<std::net::SocketAddr>().is_ok(),
+        "runtime.llm_endpoint",
+        &runtime.llm_endpoint,
+        "an IP address and port, or empty",
+    );
+    issue(
+        pool.min_idle <= pool.max_idle,
+        "pool.min_idle",
+        &pool.min_idle,
+        "at most pool.max_idle",
+    );
+    issue(
+        pool.max_idle <= 1000,
+        "pool.max_idle",
+        &pool.max_idle,
+        "0 to 1000",
+    );
+    issue(
+        (1..=3600).contains(&pool.tick_secs),
+        "pool.tick_secs",
+        &pool.tick_secs,
+        "1 to 3600 seconds",
+    );
+    issue(
+        (1..=64).contains(&pool.create_concurrency),
+        "pool.create_concurrency",
+        &pool.create_concurrency,
+        "1 to 64",
+    );
+    issue(
+        (1..=3600).contains(&pool.ready_timeout_secs),
+        "pool.ready_timeout_secs",
+        &pool.ready_timeout_secs,
+        "1 to 3600 seconds",
+    );
+    issue(
+        pool.memory_mb >= 16,
+        "pool.memory_mb",
+        &pool.memory_mb,
+        "at least 16 (OpenClaw needs about 2048)",
+    );
+    issue(
+        pool.cpus > 0.0 && pool.cpus <= 64.0,
+        "pool.cpus",
+        &pool.cpus,
+        "more than 0, at most 64",
+    );
+    issue(pool.pids >= 16, "pool.pids", &pool.pids, "at least 16");
+}

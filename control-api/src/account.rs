@@ -1,0 +1,436 @@
+//! `/api/account`: profile, password, provider API keys (sealed, shown masked), security log,
+//! data export, deletion with a grace period; plus the background sweep of account policies.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use clawdeploy_store::time::{now_ms, rfc3339, DAY_MS};
+use clawdeploy_store::{EmailTokenPurpose, ProfileUpdate, StoreError};
+
+use crate::auth::{self, AuthUser, Client};
+use crate::crypto;
+use crate::error::ApiError;
+use crate::ApiState;
+
+type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+/// Providers whose keys users can store.
+pub const PROVIDERS: [&str; 4] = ["openai", "anthropic", "google", "custom"];
+
+/// An IANA zone name such as `Europe/Berlin`, or `UTC` (the shape is checked, not the database).
+pub fn check_timezone(field: &str, tz: &str) -> Result<(), ApiError> {
+    let ok = !tz.is_empty()
+        && tz.len() <= 64
+        && tz.split('/').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_+-".contains(&b))
+        })
+        && tz.as_bytes()[0].is_ascii_uppercase();
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            field,
+            "INVALID_TIMEZONE",
+            format!("{tz:?} is not a time zone name such as UTC or Europe/Berlin"),
+        ))
+    }
+}
+
+/// Checks a provider key and stores it sealed. `field` names it in errors.
+pub(crate) async fn set_provider_key(
+    state: &ApiState,
+    user_id: uuid::Uuid,
+    field: &str,
+    provider: &str,
+    key: &str,
+    base_url: Option<&str>,
+) -> Result<clawdeploy_store::ApiKey, ApiError> {
+    if !PROVIDERS.contains(&provider) {
+        return Err(ApiError::invalid(
+            field,
+            "INVALID_PROVIDER",
+            format!(
+                "unknown provider {provider:?}; use one of {}",
+                PROVIDERS.join(", ")
+            ),
+        ));
+    }
+    let key = key.trim();
+    if key.len() < 8 || key.len() > 512 || key.contains(char::is_whitespace) {
+        return Err(ApiError::invalid(
+            field,
+            "INVALID_API_KEY",
+            "an API key is 8 to 512 characters without spaces",
+        ));
+    }
+    match (provider, base_url) {
+        ("custom", None) => return Err(ApiError::invalid(
+            "baseUrl",
+            "INVALID_BASE_URL",
+            "a custom provider needs the endpoint's baseUrl, such as https://llm.example.com/v1",
+        )),
+        (_, Some(url))
+            if !(url.starts_with("https://") || url.starts_with("http://"))
+                || url.len() > 2048
+                || url.contains(char::is_whitespace) =>
+        {
+            return Err(ApiError::invalid(
+                "baseUrl",
+                "INVALID_BASE_URL",
+                "must be an http:// or https:// URL",
+            ))
+        }
+        _ => {}
+    }
+    Ok(state
+        .store
+        .upsert_api_key(user_id, provider, base_url, key, &state.ctx.keyring)
+        .await?)
+}
+
+pub async fn me(auth: AuthUser) -> Json<Value> {
+    Json(json!({ "user": auth::user_json(&auth.user) }))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProfileBody {
+    #[serde(default)]
+    name: Option<Option<String>>,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    timezone: Option<String>,
+    #[serde(default)]
+    avatar_url: Option<Option<String>>,
+}
+
+pub async fn update_profile(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    client: Client,
+    body: JsonBody<ProfileBody>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(b) = body?;
+    if let Some(email) = &b.email {
+        if !crypto::check_email(email) {
+            return Err(ApiError::invalid(
+                "email",
+                "INVALID_EMAIL",
+                format!("{email:?} is not a valid email address"),
+            ));
+        }
+    }
+    if let Some(Some(name)) = &b.name {
+        if name.chars().count() > 100 {
+            return Err(ApiError::invalid(
+                "name",
+                "INVALID_NAME",
+                "at most 100 characters",
+            ));
+        }
+    }
+    if let Some(tz) = &b.timezone {
+        check_timezone("timezone", tz)?;
+    }
+    if let Some(Some(url)) = &b.avatar_url {
+        if !url.starts_with("https://") || url.len() > 2048 || url.contains(char::is_whitespace) {
+            return Err(ApiError::invalid(
+                "avatarUrl",
+                "INVALID_URL",
+                "must be an https:// URL",
+            ));
+        }
+    }
+    let update = ProfileUpdate {
+        name: b.name.as_ref().map(|n| n.as_deref().map(str::trim)),
+        email: b.email.as_deref(),
+        timezone: b.timezone.as_deref(),
+        avatar_url: b.avatar_url.as_ref().map(|u| u.as_deref()),
+    };
+    let user = state
+        .store
+        .update_profile(auth.user.id, &update)
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict(_) => ApiError::conflict(
+                "EMAIL_TAKEN",
+                "email: another account already uses this address.",
+            )
+            .with("field", json!("email")),
+            other => other.into(),
+        })?;
+    let mut sent = None;
+    if user.email != auth.user.email {
+        auth::log_event(&state, Some(user.id), "email_changed", &client, None).await;
+        state
+            .store
+            .invalidate_email_tokens(user.id, EmailTokenPurpose::Verify)
+            .await?;
+        sent = Some(auth::send_link(&state, &user, &user.email, EmailTokenPurpose::Verify).await);
+    }
+    let mut body = json!({ "user": auth::user_json(&user) });
+    if let Some(sent) = sent {
+        body["verificationEmailSent"] = json!(sent);
+    }
+    Ok(Json(body))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PasswordBody {
+    current_password: String,
+    new_password: String,
+}
+
+/// Changes the password and ends every other session.
+pub async fn change_password(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    client: Client,
+    body: JsonBody<PasswordBody>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(b) = body?;
+    if !auth::verify_password(&state, &b.current_password, &auth.user.password_hash).await? {
+        return Err(ApiError::invalid(
+            "currentPassword",
+            "INVALID_CREDENTIALS",
+            "the current password is wrong",
+        ));
+    }
+    if let Err(why) = crypto::check_password(&b.new_password, &auth.user.email) {
+        return Err(ApiError::invalid("newPassword", "WEAK_PASSWORD", why));
+    }
+    let hash = auth::hash_password(&state, &b.new_password).await?;
+    state
+        .store
+        .update_password_hash(auth.user.id, &hash)
+        .await?;
+    let revoked = state
+        .store
+        .revoke_all_sessions(auth.user.id, Some(auth.session.id))
+        .await?;
+    state.revoked(&revoked).await;
+    auth::log_event(
+        &state,
+        Some(auth.user.id),
+        "password_changed",
+        &client,
+        None,
+    )
+    .await;
+    Ok(Json(json!({
+        "message": "Password changed; your other sessions were logged out.",
+        "sessionsRevoked": revoked.len(),
+    })))
+}
+
+pub async fn list_api_keys(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+) -> Result<Json<Value>, ApiError> {
+    let keys = state.store.list_api_keys(auth.user.id).await?;
+    Ok(Json(json!({ "apiKeys": keys })))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApiKeyBody {
+    key: String,
+    #[serde(default)]
+    base_url: Option<String>,
+}
+
+pub async fn put_api_key(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    client: Client,
+    Path(provider): Path<String>,
+    body: JsonBody<ApiKeyBody>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(b) = body?;
+    let provider = provider.to_ascii_lowercase();
+    let key = set_provider_key(
+        &state,
+        auth.user.id,
+        "key",
+        &provider,
+        &b.key,
+        b.base_url.as_deref(),
+    )
+    .await?;
+    auth::log_event(
+        &state,
+        Some(auth.user.id),
+        "api_key_set",
+        &client,
+        Some(&provider),
+    )
+    .await;
+    Ok(Json(json!({ "apiKey": key })))
+}
+
+pub async fn delete_api_key(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    client: Client,
+    Path(provider): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let provider = provider.to_ascii_lowercase();
+    if !state.store.delete_api_key(auth.user.id, &provider).await? {
+        return Err(ApiError::not_found(format!("There is no {provider} key.")));
+    }
+    auth::log_event(
+        &state,
+        Some(auth.user.id),
+        "api_key_deleted",
+        &client,
+        Some(&provider),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LogQuery {
+    #[serde(default)]
+    limit: Option<i64>,
+    #[serde(default)]
+    before: Option<i64>,
+}
+
+pub async fn security_log(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 200);
+    let events = state
+        .store
+        .list_security_events(auth.user.id, limit, q.before)
+        .await?;
+    let events: Vec<Value> = events
+        .iter()
+        .map(|e| {
+            json!({
+                "id": e.id,
+                "event": e.event,
+                "ip": e.ip,
+                "userAgent": e.user_agent,
+                "detail": e.detail,
+                "at": rfc3339(e.created_at),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "events": events })))
+}
+
+pub async fn export(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    client: Client,
+) -> Result<Json<Value>, ApiError> {
+    let data = state.store.export_user(auth.user.id).await?;
+    auth::log_event(&state, Some(auth.user.id), "data_exported", &client, None).await;
+    Ok(Json(data))
+}
+
+fn deletion_json(state: &ApiState, requested_at: i64) -> Value {
+    let days = i64::from(state.ctx.config.limits.deletion_grace_days);
+    json!({
+        "deletionRequestedAt": rfc3339(requested_at),
+        "deletionScheduledAt": rfc3339(requested_at + days * DAY_MS),
+        "message": format!("The account and its instance will be deleted after {days} days; POST /api/account/restore before then to keep it."),
+    })
+}
+
+pub async fn request_deletion(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    client: Client,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let at = state.store.request_account_deletion(auth.user.id).await?;
+    auth::log_event(
+        &state,
+        Some(auth.user.id),
+        "deletion_requested",
+        &client,
+        None,
+    )
+    .await;
+    Ok((StatusCode::ACCEPTED, Json(deletion_json(&state, at))))
+}
+
+pub async fn restore(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    client: Client,
+) -> Result<Json<Value>, ApiError> {
+    if !state.store.cancel_account_deletion(auth.user.id).await? {
+        return Err(ApiError::conflict(
+            "NO_DELETION_PENDING",
+            "No deletion of this account is pending.",
+        ));
+    }
+    auth::log_event(
+        &state,
+        Some(auth.user.id),
+        "deletion_cancelled",
+        &client,
+        None,
+    )
+    .await;
+    Ok(Json(json!({ "restored": true })))
+}
+
+/// One pass of the account policies: deletes accounts past their grace period (and their
+/// routes), and stops instances of accounts unverified past `unverified_grace_days`.
+pub async fn sweep(state: &ApiState) -> Result<(), StoreError> {
+    let limits = &state.ctx.config.limits;
+    let now = now_ms();
+    let due = now - i64::from(limits.deletion_grace_days) * DAY_MS;
+    for user in state.store.users_due_for_deletion(due).await? {
+        for inst in state.store.list_instances_by_user(user.id).await? {
+            state.routes.remove_subdomain(&inst.subdomain);
+            if let Some(pool) = &state.pool {
+                if let Err(e) = pool.release(inst.id).await {
+                    tracing::error!(instance = %inst.id, "cannot remove the container: {e}");
+                }
+            }
+            state.broadcast_instance(inst.id, &inst.subdomain).await;
+        }
+        state.store.delete_user(user.id).await?;
+        tracing::info!(user = %user.id, "account deleted after its grace period");
+    }
+    let unverified = now - i64::from(limits.unverified_grace_days) * DAY_MS;
+    for inst in state.store.stop_unverified_instances(unverified).await? {
+        state.route_changed(&inst).await;
+        tracing::info!(instance = %inst.id, "instance stopped: account email unverified");
+    }
+    Ok(())
+}
+
+/// Runs [`sweep`] at start and then hourly.
+pub async fn sweep_forever(state: ApiState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        if let Err(e) = sweep(&state).await {
+            tracing::warn!("account sweep failed: {e}");
+        }
+    }
+}
+
+/// Key → value map of provider keys in request bodies (`{"openai": "sk-..."}`).
+pub type KeyMap = BTreeMap<String, Option<String>>;

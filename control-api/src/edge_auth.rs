@@ -1,0 +1,81 @@
+//! The edge's check of access tokens on instance hosts, in memory: the HS256 signature and expiry
+//! of the JWT, then a set of revoked sessions kept current by the change broadcast (loaded at start
+//! and after every gap). No request reads the database.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use uuid::Uuid;
+
+use clawdeploy_pool::changes::Change;
+use clawdeploy_proxy::{Identity, Rejection, TokenVerifier};
+use clawdeploy_store::{Store, StoreError, Zeroizing};
+
+use crate::crypto::{verify_jwt, JwtError};
+
+pub struct SessionVerifier {
+    jwt_key: Zeroizing<Vec<u8>>,
+    /// Revoked session id → its expiry (unix ms), after which its tokens are expired anyway.
+    revoked: DashMap<Uuid, i64>,
+}
+
+impl SessionVerifier {
+    pub fn new(jwt_key: Vec<u8>) -> Arc<Self> {
+        Arc::new(Self {
+            jwt_key: Zeroizing::new(jwt_key),
+            revoked: DashMap::new(),
+        })
+    }
+
+    pub fn revoke(&self, session_id: Uuid) {
+        // Tokens live at most 7 days; keep the entry that long.
+        let until = clawdeploy_store::time::now_ms() + crate::crypto::ACCESS_TTL_SECS * 1000;
+        self.revoked.insert(session_id, until);
+    }
+
+    /// Reloads the revoked set from the store (at start and after a gap in the broadcast).
+    pub async fn reload(&self, store: &Store) -> Result<(), StoreError> {
+        let now = clawdeploy_store::time::now_ms();
+        self.revoked.retain(|_, until| *until > now);
+        for (id, until) in store.list_revoked_sessions().await? {
+            self.revoked.insert(id, until);
+        }
+        Ok(())
+    }
+
+    /// Follows the change broadcast: revocations and resyncs.
+    pub async fn follow(
+        self: Arc<Self>,
+        store: Store,
+        mut changes: tokio::sync::broadcast::Receiver<Change>,
+    ) {
+        loop {
+            match changes.recv().await {
+                Ok(Change::SessionRevoked { session_id }) => self.revoke(session_id),
+                Ok(Change::Resync) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    if let Err(e) = self.reload(&store).await {
+                        tracing::warn!("cannot reload revoked sessions: {e}");
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+impl TokenVerifier for SessionVerifier {
+    fn verify(&self, token: &str) -> Result<Identity, Rejection> {
+        let now = clawdeploy_store::time::now_ms() / 1000;
+        let claims = verify_jwt(&self.jwt_key, token, now).map_err(|e| match e {
+            JwtError::Expired => Rejection::Expired,
+            _ => Rejection::Invalid,
+        })?;
+        if self.revoked.contains_key(&claims.sid) {
+            return Err(Rejection::Revoked);
+        }
+        Ok(Identity {
+            user_id: Arc::from(claims.sub.to_string()),
+        })
+    }
+}

@@ -1,0 +1,586 @@
+//! `/api/instances`: one OpenClaw instance per user (free and pro), its subdomain, settings and
+//! lifecycle. Until the pool issue lands, nothing runs the container: an instance stays
+//! `provisioning` in the store and its route answers 503 (`starting`), and responses say so.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use clawdeploy_pool::Assigned;
+use clawdeploy_proxy::{Resolution, RouteKind};
+use clawdeploy_store::time::rfc3339;
+use clawdeploy_store::{Instance, InstanceStatus, NewInstance, StoreError};
+
+use crate::account::{self, KeyMap};
+use crate::auth::{self, AuthUser, Client};
+use crate::error::ApiError;
+use crate::ApiState;
+
+type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+/// Subdomains never given to instances.
+pub const RESERVED: &[&str] = &[
+    "app",
+    "api",
+    "admin",
+    "www",
+    "mail",
+    "smtp",
+    "imap",
+    "pop",
+    "ftp",
+    "ns1",
+    "ns2",
+    "dns",
+    "status",
+    "docs",
+    "help",
+    "support",
+    "billing",
+    "dashboard",
+    "static",
+    "assets",
+    "cdn",
+    "ws",
+    "metrics",
+    "auth",
+    "login",
+    "signup",
+    "root",
+    "localhost",
+    "webmail",
+    "blog",
+];
+
+/// What is not wired yet, said in responses.
+pub const PENDING_RUNTIME: &str = "No container runtime is configured (runtime.kind = \"none\"): \
+    the instance stays provisioning and its address answers 503 until a runtime assigns a container.";
+
+/// Tiers allowed one instance per user.
+fn single_instance_tier(tier: &str) -> bool {
+    matches!(tier, "free" | "pro")
+}
+
+/// An RFC 1123 label of 3–63 characters: lower-case letters, digits and inner hyphens.
+pub fn check_label(label: &str) -> Result<(), String> {
+    if !(3..=63).contains(&label.len()) {
+        return Err("must be 3 to 63 characters long".into());
+    }
+    if !label
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err("may contain only letters a-z, digits and hyphens".into());
+    }
+    if label.starts_with('-') || label.ends_with('-') {
+        return Err("must not start or end with a hyphen".into());
+    }
+    if label.len() >= 4 && &label[2..4] == "--" {
+        return Err(
+            "must not have hyphens in the third and fourth positions (reserved for IDNs)".into(),
+        );
+    }
+    Ok(())
+}
+
+fn random_hex4() -> Result<String, ApiError> {
+    let mut b = [0u8; 2];
+    getrandom::getrandom(&mut b).map_err(|e| ApiError::internal("random", e))?;
+    Ok(format!("{:02x}{:02x}", b[0], b[1]))
+}
+
+/// A label from a name or an email's local part, e.g. "John Doe" → "john-doe".
+fn base_label(source: &str) -> String {
+    let mut out = String::new();
+    for c in source.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            out.push(c);
+        } else if !out.ends_with('-') && !out.is_empty() {
+            out.push('-');
+        }
+        if out.len() >= 40 {
+            break;
+        }
+    }
+    let out = out.trim_matches('-').to_string();
+    if out.len() < 3 || RESERVED.contains(&out.as_str()) {
+        "claw".into()
+    } else {
+        out
+    }
+}
+
+fn is_reserved(state: &ApiState, label: &str) -> bool {
+    if RESERVED.contains(&label) {
+        return true;
+    }
+    // A host the edge already routes exactly (operator route, app domain) is not available.
+    let host = format!("{label}.{}", state.routes.base_domain());
+    host == state.routes.app_domain()
+        || matches!(state.routes.resolve(&host), Resolution::Route(r) if r.kind != RouteKind::Instance)
+}
+
+async fn free_suggestion(state: &ApiState, base: &str) -> Result<String, ApiError> {
+    let base: String = base.chars().take(58).collect();
+    let base = base.trim_end_matches('-');
+    for _ in 0..20 {
+        let candidate = format!("{base}-{}", random_hex4()?);
+        if !is_reserved(state, &candidate) && !state.store.subdomain_taken(&candidate).await? {
+            return Ok(candidate);
+        }
+    }
+    Err(ApiError::internal("subdomain", "no free suggestion found"))
+}
+
+async fn taken_error(state: &ApiState, label: &str) -> ApiError {
+    match free_suggestion(state, label).await {
+        Ok(s) => ApiError::conflict(
+            "SUBDOMAIN_TAKEN",
+            format!("subdomain: {label:?} is already taken; {s:?} is free."),
+        )
+        .with("field", json!("subdomain"))
+        .with("suggestion", json!(s)),
+        Err(e) => e,
+    }
+}
+
+/// The public view of an instance.
+pub fn instance_json(state: &ApiState, inst: &Instance) -> Value {
+    let host = format!("{}.{}", inst.subdomain, state.routes.base_domain());
+    let config = &state.ctx.config;
+    json!({
+        "id": inst.id,
+        "subdomain": inst.subdomain,
+        "url": config.public_origin(&host),
+        "gatewayUrl": format!("{}/ws", config.public_ws_origin(&host)),
+        "status": inst.status,
+        "tier": inst.tier,
+        "timezone": inst.timezone,
+        "soulMd": inst.soul_md,
+        "createdAt": rfc3339(inst.created_at),
+        "updatedAt": rfc3339(inst.updated_at),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateBody {
+    #[serde(default)]
+    subdomain: Option<String>,
+    #[serde(default)]
+    api_keys: Option<KeyMap>,
+    #[serde(default)]
+    soul_md: Option<String>,
+    #[serde(default)]
+    timezone: Option<String>,
+}
+
+fn check_soul(soul: &str) -> Result<(), ApiError> {
+    if soul.len() > 64 * 1024 {
+        return Err(ApiError::invalid("soulMd", "TOO_LARGE", "at most 64 KiB"));
+    }
+    Ok(())
+}
+
+fn check_key_map(keys: &KeyMap) -> Result<(), ApiError> {
+    for provider in keys.keys() {
+        if !["openai", "anthropic", "google"].contains(&provider.as_str()) {
+            return Err(ApiError::invalid(
+                &format!("apiKeys.{provider}"),
+                "INVALID_PROVIDER",
+                "use openai, anthropic or google here; a custom endpoint is set with PUT /api/account/api-keys/custom",
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn apply_keys(
+    state: &ApiState,
+    auth: &AuthUser,
+    client: &Client,
+    keys: &KeyMap,
+) -> Result<(), ApiError> {
+    for (provider, key) in keys {
+        let field = format!("apiKeys.{provider}");
+        match key {
+            Some(key) => {
+                account::set_provider_key(state, auth.user.id, &field, provider, key, None).await?;
+                auth::log_event(
+                    state,
+                    Some(auth.user.id),
+                    "api_key_set",
+                    client,
+                    Some(provider),
+                )
+                .await;
+            }
+            None => {
+                if state.store.delete_api_key(auth.user.id, provider).await? {
+                    auth::log_event(
+                        state,
+                        Some(auth.user.id),
+                        "api_key_deleted",
+                        client,
+                        Some(provider),
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn create(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    client: Client,
+    body: JsonBody<CreateBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(b) = body?;
+    let user = &auth.user;
+    if single_instance_tier(&user.tier)
+        && !state
+            .store
+            .list_instances_by_user(user.id)
+            .await?
+            .is_empty()
+    {
+        return Err(ApiError::conflict(
+            "INSTANCE_EXISTS",
+            format!("The {} tier includes one instance and you already have it: see GET /api/instances/me.", user.tier),
+        ));
+    }
+    if let Some(keys) = &b.api_keys {
+        check_key_map(keys)?;
+    }
+    if let Some(soul) = &b.soul_md {
+        check_soul(soul)?;
+    }
+    if let Some(tz) = &b.timezone {
+        account::check_timezone("timezone", tz)?;
+    }
+    let requested = b
+        .subdomain
+        .as_deref()
+        .map(|s| s.trim().to_ascii_lowercase());
+    let label = match &requested {
+        Some(label) => {
+            if let Err(why) = check_label(label) {
+                return Err(ApiError::invalid("subdomain", "INVALID_SUBDOMAIN", why));
+            }
+            if is_reserved(&state, label) {
+                let suggestion = free_suggestion(&state, label).await?;
+                return Err(ApiError::invalid(
+                    "subdomain",
+                    "SUBDOMAIN_RESERVED",
+                    format!("{label:?} is reserved; {suggestion:?} is free"),
+                )
+                .with("suggestion", json!(suggestion)));
+            }
+            if state.store.subdomain_taken(label).await? {
+                return Err(taken_error(&state, label).await);
+            }
+            label.clone()
+        }
+        None => {
+            let source = user
+                .name
+                .clone()
+                .unwrap_or_else(|| user.email.split('@').next().unwrap_or("claw").to_string());
+            free_suggestion(&state, &base_label(&source)).await?
+        }
+    };
+    let inst = state
+        .store
+        .create_instance(&NewInstance {
+            user_id: user.id,
+            subdomain: &label,
+            tier: &user.tier,
+            status: InstanceStatus::Provisioning,
+            soul_md: b.soul_md.as_deref(),
+            timezone: b.timezone.as_deref().or(Some(user.timezone.as_str())),
+        })
+        .await;
+    let inst = match inst {
+        Ok(inst) => inst,
+        Err(StoreError::Conflict(_)) => return Err(taken_error(&state, &label).await),
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(keys) = &b.api_keys {
+        if let Err(e) = apply_keys(&state, &auth, &client, keys).await {
+            // Keep create atomic from the client's view.
+            let _ = state.store.delete_instance(inst.id).await;
+            return Err(e);
+        }
+    }
+    // The route exists at once (503 with Retry-After until a container runs), then the pool hands
+    // over a warm container: the instance is usually running when this returns.
+    state.route_changed(&inst).await;
+    let assigned = match &state.pool {
+        Some(pool) => match pool.assign(&inst).await {
+            Ok(assigned) => Some(assigned),
+            Err(e) => {
+                tracing::error!(instance = %inst.id, "assignment failed: {e}");
+                None
+            }
+        },
+        None => None,
+    };
+    let inst = state.store.get_instance(inst.id).await?.unwrap_or(inst);
+    auth::log_event(
+        &state,
+        Some(user.id),
+        "instance_created",
+        &client,
+        Some(&inst.subdomain),
+    )
+    .await;
+    tracing::info!(instance = %inst.id, subdomain = %inst.subdomain, status = inst.status.as_str(), "instance created");
+    let mut body = json!({ "instance": instance_json(&state, &inst) });
+    match assigned {
+        Some(Assigned::Running(_)) => {}
+        Some(Assigned::Provisioning) => {
+            body["message"] = json!("No warm instance was free: a new one is being created; it answers within a minute.");
+        }
+        Some(Assigned::Queued) => {
+            body["message"] = json!("This node is at capacity: your instance is queued and starts as soon as room frees.");
+        }
+        None if state.pool.is_some() => {
+            body["message"] = json!(
+                "The instance could not be started; retry with POST /api/instances/me/restart."
+            );
+        }
+        None => body["pending"] = json!(PENDING_RUNTIME),
+    }
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+async fn my_instance(state: &ApiState, auth: &AuthUser) -> Result<Instance, ApiError> {
+    state
+        .store
+        .list_instances_by_user(auth.user.id)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            ApiError::not_found("You have no instance yet: create one with POST /api/instances.")
+        })
+}
+
+pub async fn get_me(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+) -> Result<Json<Value>, ApiError> {
+    let inst = my_instance(&state, &auth).await?;
+    let usage = state.store.usage_this_month(inst.id).await?;
+    let mut view = instance_json(&state, &inst);
+    view["usage"] = json!({
+        "messagesThisMonth": usage.messages,
+        "tokensThisMonth": usage.tokens,
+        "pending": "Usage is counted once metering lands (metering issue); until then it stays 0.",
+    });
+    let keys = state.store.list_api_keys(auth.user.id).await?;
+    view["apiKeys"] = json!(keys);
+    Ok(Json(json!({ "instance": view })))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PatchBody {
+    #[serde(default)]
+    api_keys: Option<KeyMap>,
+    #[serde(default)]
+    soul_md: Option<Option<String>>,
+    #[serde(default)]
+    timezone: Option<String>,
+}
+
+pub async fn patch_me(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    client: Client,
+    body: JsonBody<PatchBody>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(b) = body?;
+    let mut inst = my_instance(&state, &auth).await?;
+    if b.api_keys.is_none() && b.soul_md.is_none() && b.timezone.is_none() {
+        return Err(ApiError::invalid(
+            "body",
+            "NOTHING_TO_UPDATE",
+            "send at least one of apiKeys, soulMd, timezone",
+        ));
+    }
+    if let Some(keys) = &b.api_keys {
+        check_key_map(keys)?;
+    }
+    if let Some(Some(soul)) = &b.soul_md {
+        check_soul(soul)?;
+    }
+    if let Some(tz) = &b.timezone {
+        account::check_timezone("timezone", tz)?;
+    }
+    let mut restart = false;
+    let mut changed = Vec::new();
+    if let Some(keys) = &b.api_keys {
+        apply_keys(&state, &auth, &client, keys).await?;
+        changed.push("apiKeys");
+    }
+    if let Some(soul) = &b.soul_md {
+        inst = state
+            .store
+            .update_instance_soul(inst.id, soul.as_deref())
+            .await?;
+        restart = true;
+        changed.push("soulMd");
+    }
+    if let Some(tz) = &b.timezone {
+        inst = state
+            .store
+            .update_instance_timezone(inst.id, Some(tz))
+            .await?;
+        restart = true;
+        changed.push("timezone");
+    }
+    if restart {
+        if let Some(pool) = &state.pool {
+            // The new config is written into the running instance, which reads it on its next
+            // turn: no restart.
+            restart = !pool
+                .reconfigure(&inst)
+                .await
+                .map_err(|e| ApiError::internal("updating the instance's config", e))?;
+        }
+    }
+    let message = if restart {
+        "Instance updated, restart required: SOUL.md and the time zone are read when OpenClaw starts."
+    } else if changed.iter().any(|c| *c != "apiKeys") {
+        "Instance updated: the new settings apply from the next message, no restart needed."
+    } else {
+        "Instance updated; no restart needed: the edge injects provider keys into each LLM request."
+    };
+    Ok(Json(json!({
+        "message": message,
+        "restartRequired": restart,
+        "changed": changed,
+        "instance": instance_json(&state, &inst),
+    })))
+}
+
+pub async fn restart(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    client: Client,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let inst = my_instance(&state, &auth).await?;
+    let grace =
+        i64::from(state.ctx.config.limits.unverified_grace_days) * clawdeploy_store::time::DAY_MS;
+    if !auth.user.email_verified()
+        && clawdeploy_store::time::now_ms() - auth.user.created_at > grace
+    {
+        return Err(ApiError::forbidden(
+            "EMAIL_NOT_VERIFIED",
+            "Verify your email address to start this instance again (see POST /api/auth/resend-verification).",
+        ));
+    }
+    let inst = match inst.status {
+        InstanceStatus::Running | InstanceStatus::Stopped | InstanceStatus::Crashed => {
+            let inst = state
+                .store
+                .update_instance_status(inst.id, InstanceStatus::Starting)
+                .await?;
+            state.route_changed(&inst).await;
+            inst
+        }
+        _ => inst,
+    };
+    if let Some(pool) = state.pool.clone() {
+        let target = inst.clone();
+        // Readiness can take a while: the response says `starting`, the route flips when ready.
+        tokio::spawn(async move {
+            let result = match pool.restart(&target).await {
+                Err(clawdeploy_pool::PoolError::NotReady(..)) => {
+                    pool.assign(&target).await.map(|_| ())
+                }
+                other => other.map(|_| ()),
+            };
+            if let Err(e) = result {
+                tracing::error!(instance = %target.id, "restart failed: {e}");
+            }
+        });
+    }
+    auth::log_event(
+        &state,
+        Some(auth.user.id),
+        "instance_restart",
+        &client,
+        None,
+    )
+    .await;
+    let mut body = json!({
+        "message": "Restart requested: the instance answers again within seconds.",
+        "instance": instance_json(&state, &inst),
+    });
+    if state.pool.is_none() {
+        body["pending"] = json!(PENDING_RUNTIME);
+    }
+    Ok((StatusCode::ACCEPTED, Json(body)))
+}
+
+pub async fn delete_me(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    client: Client,
+) -> Result<Json<Value>, ApiError> {
+    let inst = my_instance(&state, &auth).await?;
+    state.routes.remove_subdomain(&inst.subdomain);
+    if let Some(pool) = &state.pool {
+        pool.release(inst.id)
+            .await
+            .map_err(|e| ApiError::internal("removing the instance's container", e))?;
+    }
+    state.store.delete_instance(inst.id).await?;
+    state.broadcast_instance(inst.id, &inst.subdomain).await;
+    auth::log_event(
+        &state,
+        Some(auth.user.id),
+        "instance_deleted",
+        &client,
+        Some(&inst.subdomain),
+    )
+    .await;
+    tracing::info!(instance = %inst.id, "instance deleted");
+    Ok(Json(json!({
+        "deleted": true,
+        "subdomain": inst.subdomain,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels() {
+        assert!(check_label("john").is_ok());
+        assert!(check_label("a1-b2").is_ok());
+        for bad in [
+            "ab",
+            "-abc",
+            "abc-",
+            "a_b",
+            "ABC",
+            "xn--abc",
+            &"a".repeat(64),
+        ] {
+            assert!(check_label(bad).is_err(), "{bad}");
+        }
+        assert_eq!(base_label("John Doe"), "john-doe");
+        assert_eq!(base_label("x"), "claw");
+        assert_eq!(base_label("admin"), "claw");
+    }
+}

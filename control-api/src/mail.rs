@@ -1,0 +1,96 @@
+//! Outgoing mail: through an SMTP relay (lettre), or kept in the outbox when none is configured.
+
+use std::time::Duration;
+
+use lettre::message::header::ContentType;
+use lettre::message::Mailbox;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+use clawdeploy_config::SmtpConfig;
+use clawdeploy_store::Store;
+
+pub enum Mailer {
+    /// No relay: mails go to the `outbox` table (`GET /admin/outbox`).
+    Outbox,
+    Smtp {
+        transport: AsyncSmtpTransport<Tokio1Executor>,
+        from: Mailbox,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MailError {
+    #[error("bad address: {0}")]
+    Address(String),
+    #[error("building the message: {0}")]
+    Build(String),
+    #[error("SMTP: {0}")]
+    Smtp(String),
+    #[error("outbox: {0}")]
+    Outbox(#[from] clawdeploy_store::StoreError),
+}
+
+impl Mailer {
+    /// The mailer for a config; `from` is the resolved sender.
+    pub fn new(smtp: &SmtpConfig, from: &str) -> Result<Mailer, MailError> {
+        if smtp.host.is_empty() {
+            return Ok(Mailer::Outbox);
+        }
+        let from: Mailbox = from
+            .parse()
+            .map_err(|e| MailError::Address(format!("{from}: {e}")))?;
+        // Plain SMTP (no TLS): meant for a relay on loopback or a private network.
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
+            .port(smtp.port)
+            .timeout(Some(Duration::from_secs(smtp.timeout_secs)));
+        if !smtp.username.is_empty() {
+            builder = builder.credentials(Credentials::new(
+                smtp.username.clone(),
+                smtp.password.clone(),
+            ));
+        }
+        Ok(Mailer::Smtp {
+            transport: builder.build(),
+            from,
+        })
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Mailer::Outbox => "outbox",
+            Mailer::Smtp { .. } => "smtp",
+        }
+    }
+
+    /// Sends a plain-text mail (or keeps it in the outbox).
+    pub async fn send(
+        &self,
+        store: &Store,
+        to: &str,
+        subject: &str,
+        body: &str,
+    ) -> Result<(), MailError> {
+        match self {
+            Mailer::Outbox => {
+                store.push_outbox(to, subject, body).await?;
+                Ok(())
+            }
+            Mailer::Smtp { transport, from } => {
+                let to: Mailbox = to.parse().map_err(|e| MailError::Address(format!("{e}")))?;
+                let message = Message::builder()
+                    .from(from.clone())
+                    .to(to)
+                    .subject(subject)
+                    .header(ContentType::TEXT_PLAIN)
+                    .body(body.to_string())
+                    .map_err(|e| MailError::Build(e.to_string()))?;
+                transport
+                    .send(message)
+                    .await
+                    .map_err(|e| MailError::Smtp(e.to_string()))?;
+                Ok(())
+            }
+        }
+    }
+}
