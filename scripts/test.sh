@@ -13,6 +13,15 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 CLAWDEPLOY_TEST_POSTGRES_URL="$(scripts/start-postgres.sh)"
 export CLAWDEPLOY_TEST_POSTGRES_URL
 
+# Instance runtime tests run against a real Docker Engine with the locally built fixture image
+# (a test program speaking a subset of the gateway protocol; not OpenClaw) and its binary.
+scripts/start-docker.sh
+docker ps -aq --filter label=clawdeploy.test=true | xargs -r docker rm -f >/dev/null
+docker volume ls -q --filter label=clawdeploy.test=true | xargs -r docker volume rm >/dev/null
+CLAWDEPLOY_FIXTURE_IMAGE="$(scripts/build-fixture-image.sh)"
+export CLAWDEPLOY_FIXTURE_IMAGE
+cargo build --quiet -p clawdeploy-fixture
+
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast "$@"
 else

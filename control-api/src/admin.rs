@@ -120,18 +120,38 @@ pub async fn nodes(_: Admin, State(state): State<ApiState>) -> Result<Json<Value
     } else {
         "healthy"
     };
-    Ok(Json(json!({
-        "nodes": [{
-            "id": hostname(),
-            "ip": ip,
-            "listen": config.server.http_listen,
-            "status": status,
-            "database": database,
-            "routes": { "instances": instance_routes, "byState": by_state },
-            "containers": null,
-            "pending": "Container figures (total, idle, assigned) come with the pool issue; several nodes with PostgreSQL's change broadcast.",
-        }]
-    })))
+    let mut node = json!({
+        "id": hostname(),
+        "ip": ip,
+        "listen": config.server.http_listen,
+        "status": status,
+        "database": database,
+        "routes": { "instances": instance_routes, "byState": by_state },
+    });
+    match &state.pool {
+        Some(pool) => {
+            let pool_status = pool
+                .node_status()
+                .await
+                .map_err(|e| ApiError::internal("reading the pool", e))?;
+            node["id"] = json!(pool_status.node_id);
+            node["runtime"] = json!(pool_status.runtime);
+            node["containers"] = json!({
+                "total": pool_status.idle + pool_status.creating + pool_status.assigned,
+                "idle": pool_status.idle,
+                "creating": pool_status.creating,
+                "assigned": pool_status.assigned,
+                "capacity": pool_status.capacity,
+                "queued": pool_status.queued,
+            });
+        }
+        None => {
+            node["runtime"] = json!("none");
+            node["containers"] = Value::Null;
+            node["pending"] = json!(crate::instances::PENDING_RUNTIME);
+        }
+    }
+    Ok(Json(json!({ "nodes": [node] })))
 }
 
 fn hostname() -> String {

@@ -332,6 +332,10 @@ pub async fn create(
         None => None,
     };
     let inst = state.store.get_instance(inst.id).await?.unwrap_or(inst);
+    // This edge routes the outcome before answering, so the next request gets through.
+    state
+        .routes
+        .upsert_subdomain(&inst.subdomain, clawdeploy_pool::routing::route_for(&inst));
     auth::log_event(
         &state,
         Some(user.id),

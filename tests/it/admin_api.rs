@@ -100,7 +100,7 @@ async fn nodes_instances_tiers_and_migrate(db: Db) {
     assert_eq!(node["status"], "healthy");
     assert_eq!(node["ip"], "127.0.0.1");
     assert_eq!(node["routes"]["instances"], 1);
-    assert!(node["pending"].as_str().unwrap().contains("pool"));
+    assert!(node["pending"].as_str().unwrap().contains("runtime"));
 
     let list = edge
         .admin("GET", "/admin/instances", Some(ADMIN_TOKEN), None)

@@ -40,11 +40,18 @@ async fn create_with_requested_subdomain_routes_at_once(db: Db) {
         inst["gatewayUrl"],
         format!("ws://john.{BASE_DOMAIN}:{port}/ws")
     );
-    assert!(resp.json()["pending"].as_str().unwrap().contains("pool"));
+    assert!(resp.json()["pending"].as_str().unwrap().contains("runtime"));
     assert!(!resp.text().contains("abcdefghijklmnop1234"));
 
     // The route exists at once and answers 503 with Retry-After until a container runs.
-    let routed = edge.get(&format!("john.{BASE_DOMAIN}"), "/").await;
+    // Instance hosts are private: nothing without the owner's token.
+    assert_eq!(
+        edge.get(&format!("john.{BASE_DOMAIN}"), "/").await.status,
+        401
+    );
+    let routed = edge
+        .get_as(&format!("john.{BASE_DOMAIN}"), "/", &token)
+        .await;
     assert_eq!(routed.status, 503, "{}", routed.text());
     assert!(routed.header("retry-after").is_some());
     let routes = edge
@@ -58,7 +65,7 @@ async fn create_with_requested_subdomain_routes_at_once(db: Db) {
         .cloned()
         .expect("instance route");
     assert_eq!(entry["kind"], "instance");
-    assert_eq!(entry["state"], "starting");
+    assert_eq!(entry["state"], "provisioning");
     assert_eq!(entry["instanceId"], inst["id"]);
 
     let me = edge
@@ -310,7 +317,9 @@ async fn routes_are_loaded_from_the_store_at_start() {
         assert_eq!(resp.status, 201);
     }
     let edge = EdgeBuilder::new().database_url(&url).start().await;
-    let routed = edge.get(&format!("persist.{BASE_DOMAIN}"), "/").await;
+    let routed = edge
+        .get_as(&format!("persist.{BASE_DOMAIN}"), "/", &token)
+        .await;
     assert_eq!(
         routed.status,
         503,

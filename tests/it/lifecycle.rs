@@ -130,8 +130,16 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits() {
     a.wait_held().await;
 
     edge.signal(libc::SIGTERM);
-    // While draining, the edge still answers and says it is not ready for new work.
-    let ready = edge.get(APP_DOMAIN, "/readyz").await;
+    // While draining, the edge still answers and says it is not ready for new work (the signal
+    // is handled asynchronously, so poll until the drain has begun).
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let ready = loop {
+        let ready = edge.get(APP_DOMAIN, "/readyz").await;
+        if ready.status == 503 || std::time::Instant::now() > deadline {
+            break ready;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
     assert_eq!(
         (ready.status, ready.json()["status"].as_str()),
         (503, Some("draining"))

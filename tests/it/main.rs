@@ -5,6 +5,7 @@ mod admin_api;
 mod auth;
 mod bad_input;
 mod egress;
+mod instance_access;
 mod instances;
 mod lifecycle;
 mod mail;

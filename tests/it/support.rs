@@ -363,6 +363,12 @@ impl Edge {
     }
 
     /// `GET path` with `Host: host`.
+    /// `GET path` at `host` with `Authorization: Bearer token`.
+    pub async fn get_as(&self, host: &str, path: &str, token: &str) -> Response {
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
+        self.send(raw.as_bytes()).await
+    }
+
     pub async fn get(&self, host: &str, path: &str) -> Response {
         self.send(get_request(host, path).as_bytes()).await
     }

@@ -1,0 +1,331 @@
+//! Signup to first reply through the real edge, and owner-only access to instance hosts, tested
+//! from the attacker's side. Instances are the protocol-speaking test fixture (not OpenClaw) run by
+//! the process runtime, and by Docker in one test.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::SinkExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::runtime::{chat_turn, fixture_bin, fixture_image_name};
+use crate::support::*;
+
+const PW: &str = "correct horse battery staple 9";
+
+fn node_id() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "e{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// An edge whose pool runs the fixture as local processes (or in Docker).
+fn edge_with_pool(docker: bool, min_idle: usize) -> EdgeBuilder {
+    let (kind, image) = if docker {
+        ("docker", fixture_image_name())
+    } else {
+        ("process", fixture_bin())
+    };
+    let mut builder = EdgeBuilder::new()
+        .section("runtime", &format!("kind = \"{kind}\""))
+        .section("runtime", &format!("image = \"{image}\""))
+        .section("runtime", "user = \"65534:65534\"")
+        .section("pool", &format!("node_id = \"{}\"", node_id()))
+        .section("pool", &format!("min_idle = {min_idle}"))
+        .section("pool", "capacity = 20")
+        .section("pool", "memory_mb = 64");
+    if docker {
+        builder = builder
+            .section("runtime", "docker_network = \"clawdeploy-test\"")
+            .section("runtime", "publish_loopback = true")
+            .section("runtime", "egress_rules = false");
+    }
+    builder
+}
+
+/// Waits until the node reports `n` idle instances.
+async fn wait_idle(edge: &Edge, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let nodes = edge
+            .admin("GET", "/admin/nodes", Some(ADMIN_TOKEN), None)
+            .await
+            .json();
+        if nodes["nodes"][0]["containers"]["idle"]
+            .as_u64()
+            .unwrap_or(0)
+            >= n
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pool not filled: {nodes}\n{}",
+            edge.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Creates an instance and waits until it is routed as running; (subdomain, upstream).
+async fn running_instance(edge: &Edge, token: &str, subdomain: &str) -> (String, SocketAddr) {
+    let resp = edge
+        .api(
+            "POST",
+            "/api/instances",
+            Some(token),
+            Some(json!({ "subdomain": subdomain })),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let routes = edge
+            .admin("GET", "/admin/routes", Some(ADMIN_TOKEN), None)
+            .await
+            .json();
+        let route = routes["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["host"] == format!("{subdomain}.{BASE_DOMAIN}"))
+            .cloned();
+        if let Some(route) = route.filter(|r| r["state"] == "running") {
+            return (
+                format!("{subdomain}.{BASE_DOMAIN}"),
+                route["upstream"].as_str().unwrap().parse().unwrap(),
+            );
+        }
+        assert!(Instant::now() < deadline, "instance never ran: {routes}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Requests the fixture has seen, asked directly (not through the edge).
+async fn fixture_requests(upstream: SocketAddr) -> u64 {
+    let stats = try_send(upstream, get_request("i", "/stats").as_bytes())
+        .await
+        .unwrap()
+        .json();
+    // Minus this /stats request itself.
+    stats["requests"].as_u64().unwrap() - 1
+}
+
+async fn gateway(
+    edge: &Edge,
+    host: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Result<WebSocket, u16> {
+    let tcp = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    let mut request = format!("ws://{host}{path}").into_client_request().unwrap();
+    if let Some(token) = token {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    match tokio_tungstenite::client_async(request, tcp).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("handshake: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signup_to_first_reply_through_the_edge_with_a_warm_pool() {
+    let edge = edge_with_pool(false, 1).start().await;
+    wait_idle(&edge, 1).await;
+    let (token, _, _) = edge.register("alice@example.com", PW).await;
+    let resp = edge
+        .api(
+            "POST",
+            "/api/instances",
+            Some(&token),
+            Some(json!({ "subdomain": "alice" })),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    // A warm instance was handed over: running when the signup call returns.
+    assert_eq!(
+        resp.json()["instance"]["status"],
+        "running",
+        "{}",
+        resp.text()
+    );
+    assert!(resp.json()["pending"].is_null());
+
+    let mut ws = gateway(&edge, &format!("alice.{BASE_DOMAIN}"), "/ws", Some(&token))
+        .await
+        .expect("owner gets through");
+    assert_eq!(chat_turn(&mut ws, "hello").await, "echo: hello");
+    ws.close(None).await.ok();
+
+    // GET /api/instances/me says running too, and the pool refills.
+    let me = edge
+        .api("GET", "/api/instances/me", Some(&token), None)
+        .await
+        .json();
+    assert_eq!(me["instance"]["status"], "running");
+    wait_idle(&edge, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signup_on_docker_reaches_a_hardened_container_through_the_edge() {
+    let edge = edge_with_pool(true, 1).start().await;
+    wait_idle(&edge, 1).await;
+    let (token, _, _) = edge.register("dora@example.com", PW).await;
+    let (host, _) = running_instance(&edge, &token, "dora").await;
+    let mut ws = gateway(&edge, &host, "/ws", Some(&token))
+        .await
+        .expect("owner gets through");
+    assert_eq!(
+        chat_turn(&mut ws, "in a container").await,
+        "echo: in a container"
+    );
+    // Deleting the instance removes its container.
+    assert_eq!(
+        edge.api("DELETE", "/api/instances/me", Some(&token), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(edge.get_as(&host, "/", &token).await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_owner_reaches_an_instance_and_the_container_sees_nothing_else() {
+    let edge = edge_with_pool(false, 0).start().await;
+    let (alice, _, alice_id) = edge.register("owner@example.com", PW).await;
+    let (mallory, _, _) = edge.register("mallory@example.com", PW).await;
+    let (host, upstream) = running_instance(&edge, &alice, "owned").await;
+    let seen = fixture_requests(upstream).await;
+
+    // No token, a garbage token, a token signed with another key, another user's token.
+    assert_eq!(edge.get(&host, "/whoami").await.status, 401);
+    assert_eq!(edge.get_as(&host, "/whoami", "not-a-jwt").await.status, 401);
+    let forged = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIwMDAwMDAwMC0wMDAwLTAwMDAtMDAwMC0wMDAwMDAwMDAwMDAiLCJzaWQiOiIwMDAwMDAwMC0wMDAwLTAwMDAtMDAwMC0wMDAwMDAwMDAwMDAiLCJpYXQiOjAsImV4cCI6OTk5OTk5OTk5OX0.c2lnbmF0dXJl";
+    assert_eq!(edge.get_as(&host, "/whoami", forged).await.status, 401);
+    let other = edge.get_as(&host, "/whoami", &mallory).await;
+    assert_eq!(
+        (other.status, other.error_code().as_str()),
+        (403, "FORBIDDEN")
+    );
+    // Nor over WebSocket, at /ws or at /.
+    assert_eq!(gateway(&edge, &host, "/ws", None).await.err(), Some(401));
+    assert_eq!(
+        gateway(&edge, &host, "/", Some(&mallory)).await.err(),
+        Some(403)
+    );
+    // A forged identity header with another user's token changes nothing.
+    let spoof = format!(
+        "GET /whoami HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {mallory}\r\nX-Forwarded-User: {alice_id}\r\nConnection: close\r\n\r\n"
+    );
+    assert_eq!(edge.send(spoof.as_bytes()).await.status, 403);
+    // Only the previous /stats call was added.
+    assert_eq!(
+        fixture_requests(upstream).await,
+        seen + 1,
+        "a refused request reached the container"
+    );
+
+    // The owner's request arrives with the edge's identity header, not the client's, and without
+    // the platform's credentials.
+    let own = format!(
+        "GET /whoami HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {alice}\r\nX-Forwarded-User: admin\r\nCookie: session=platform\r\nConnection: close\r\n\r\n"
+    );
+    let whoami = edge.send(own.as_bytes()).await;
+    assert_eq!(whoami.status, 200, "{}", whoami.text());
+    let headers = &whoami.json()["headers"];
+    assert_eq!(headers["x-forwarded-user"], alice_id);
+    assert!(
+        headers.get("authorization").is_none(),
+        "the platform token reached the container: {headers}"
+    );
+    assert!(
+        headers.get("cookie").is_none(),
+        "platform cookies reached the container: {headers}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_revokes_the_token_at_the_edge_at_once() {
+    let edge = edge_with_pool(false, 0).start().await;
+    let (token, _, _) = edge.register("leaving@example.com", PW).await;
+    let (host, _) = running_instance(&edge, &token, "leaving").await;
+    assert_eq!(edge.get_as(&host, "/healthz", &token).await.status, 200);
+    assert_eq!(
+        edge.api("POST", "/api/auth/logout", Some(&token), None)
+            .await
+            .status,
+        204
+    );
+    let after = edge.get_as(&host, "/healthz", &token).await;
+    assert_eq!(after.status, 401);
+    assert!(
+        after.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ended"),
+        "{}",
+        after.text()
+    );
+}
+
+/// Two edge processes sharing PostgreSQL: an instance created through one is served by the other,
+/// and a logout through one is refused by the other, through the change broadcast.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_edge_serves_route_changes_and_revocations_of_the_first() {
+    let Some(Db::Postgres(url)) = Db::postgres().await else {
+        panic!("CLAWDEPLOY_TEST_POSTGRES_URL is required (scripts/test.sh sets it)");
+    };
+    let first = edge_with_pool(false, 0).database_url(&url).start().await;
+    let second = EdgeBuilder::new().database_url(&url).start().await;
+    let (token, _, _) = first.register("shared@example.com", PW).await;
+    let (host, _) = running_instance(&first, &token, "shared").await;
+
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let resp = second.get_as(&host, "/healthz", &token).await;
+        if resp.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second edge never routed the instance: {} {}",
+            resp.status,
+            resp.text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    assert_eq!(
+        first
+            .api("POST", "/api/auth/logout", Some(&token), None)
+            .await
+            .status,
+        204
+    );
+    let deadline = Instant::now() + PATIENCE;
+    while second.get_as(&host, "/healthz", &token).await.status != 401 {
+        assert!(
+            Instant::now() < deadline,
+            "the second edge still accepts a revoked token"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The owner's messages still work after logging in again, on both edges.
+    let login = first.login("shared@example.com", PW).await.json();
+    let token = login["token"].as_str().unwrap().to_string();
+    let mut ws = gateway(&second, &host, "/ws", Some(&token))
+        .await
+        .expect("owner through the second edge");
+    let text = chat_turn(&mut ws, "via the second edge").await;
+    assert_eq!(text, "echo: via the second edge");
+    let _ = ws.send(Message::Close(None)).await;
+}
