@@ -720,3 +720,64 @@ pub fn totp_now(secret_b32: &str) -> String {
         | u32::from(d[o + 3]);
     format!("{:06}", bin % 1_000_000)
 }
+
+/// The fixture image `scripts/build-fixture-image.sh` builds (scripts/test.sh runs it).
+pub fn fixture_image_name() -> String {
+    std::env::var("CLAWDEPLOY_FIXTURE_IMAGE").unwrap_or_else(|_| "clawdeploy-fixture:test".into())
+}
+
+/// The fixture binary (`cargo build -p clawdeploy-fixture`; scripts/test.sh builds it).
+pub fn fixture_bin() -> String {
+    if let Ok(path) = std::env::var("CLAWDEPLOY_FIXTURE_BIN") {
+        return path;
+    }
+    // target/<profile>/deps/it-<hash> → target/<profile>/clawdeploy-fixture
+    let exe = std::env::current_exe().expect("test executable path");
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("clawdeploy-fixture"));
+    match path {
+        Some(path) if path.exists() => path.to_string_lossy().into_owned(),
+        _ => panic!("the fixture binary is not built: run `cargo build -p clawdeploy-fixture` (scripts/test.sh does)"),
+    }
+}
+
+/// The gateway protocol subset, as a client: returns the text of the final chat event.
+pub async fn chat_turn(ws: &mut WebSocket, message: &str) -> String {
+    let challenge = next_json(ws).await;
+    assert_eq!(challenge["event"], "connect.challenge", "{challenge}");
+    let connect = serde_json::json!({"type":"req","id":"c1","method":"connect","params":{"minProtocol":4,"maxProtocol":4,
+        "client":{"id":"gateway-client","version":"test","platform":"linux","mode":"backend"},"role":"operator","scopes":["operator.write"]}});
+    ws.send(Message::text(connect.to_string()))
+        .await
+        .expect("send connect");
+    let hello = next_json(ws).await;
+    assert_eq!(hello["ok"], true, "{hello}");
+    let send = serde_json::json!({"type":"req","id":"m1","method":"chat.send","params":{"sessionKey":"agent:main:main","message": message,"idempotencyKey":"k1"}});
+    ws.send(Message::text(send.to_string()))
+        .await
+        .expect("send chat");
+    loop {
+        let frame = next_json(ws).await;
+        if frame["type"] == "res" {
+            assert_eq!(frame["ok"], true, "{frame}");
+        }
+        if frame["event"] == "chat" && frame["payload"]["state"] == "final" {
+            return frame["payload"]["message"]["content"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+        }
+    }
+}
+
+pub async fn next_json(ws: &mut WebSocket) -> serde_json::Value {
+    loop {
+        match next_message(ws).await {
+            Message::Text(text) => return serde_json::from_str(text.as_str()).expect("JSON frame"),
+            Message::Close(frame) => panic!("closed: {frame:?}"),
+            _ => continue,
+        }
+    }
+}
