@@ -215,6 +215,18 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     // starts its own (a pool is bound to the runtime that made it, so the API opens its own).
     let instances = block_on(async {
         let store = open_store(&config).await?;
+        // After a master-key rotation, secrets sealed under an older key move to the current one.
+        let resealed = store
+            .reseal_secrets(&keyring)
+            .await
+            .context("re-sealing secrets")?;
+        if resealed > 0 {
+            tracing::info!(
+                resealed,
+                key_id = keyring.current_id(),
+                "secrets re-sealed under the current master key"
+            );
+        }
         let instances = store.list_instances().await?;
         store.close().await;
         anyhow::Ok(instances)

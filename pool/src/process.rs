@@ -99,14 +99,26 @@ impl Runtime for ProcessRuntime {
     async fn start(&self, id: &str) -> Result<(), RuntimeError> {
         let port = free_loopback_port()?;
         let (spec, data_dir) = self.with(id, |p| (p.spec.clone(), p.data_dir.clone()))?;
-        let mut child = Command::new(&spec.image)
+        let mut command = Command::new(&spec.image);
+        command
             .envs(spec.env.iter().cloned())
             .env("PORT", port.to_string())
             .env("BIND", "127.0.0.1")
             .env("DATA_DIR", &data_dir)
             .current_dir(&data_dir)
-            .kill_on_drop(true)
-            .spawn()?;
+            .kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe; the closure only asks the kernel to kill the child
+        // when the edge process dies, so instances never outlive it (even after a SIGKILL).
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let mut child = command.spawn()?;
         let (kill_tx, kill_rx) = oneshot::channel();
         self.with(id, |p| {
             p.port = port;

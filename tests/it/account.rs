@@ -282,3 +282,63 @@ async fn export_and_deletion_with_undo(db: Db) {
     assert!(me.json()["user"]["deletionRequestedAt"].is_null());
     assert_eq!(me.json()["user"]["id"], id.as_str());
 }
+
+/// A master-key rotation: restarted with a new current key and the old one as previous, the edge
+/// re-seals stored provider keys under the new key, and they still open.
+#[tokio::test]
+async fn provider_keys_are_resealed_after_a_master_key_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("rotation.db");
+    let url = format!("sqlite://{}", db.display());
+    let token = {
+        let edge = EdgeBuilder::new().database_url(&url).start().await;
+        let (token, _, _) = edge.register("rotate@example.com", PW).await;
+        let put = edge
+            .api(
+                "PUT",
+                "/api/account/api-keys/openai",
+                Some(&token),
+                Some(json!({ "key": "sk-rotate-abcdefghijkl1234" })),
+            )
+            .await;
+        assert_eq!(put.status, 200, "{}", put.text());
+        token
+    };
+    let sealed = || async {
+        let conn = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let row: (String,) = sqlx::query_as("SELECT key_encrypted FROM api_keys")
+            .fetch_one(&conn)
+            .await
+            .unwrap();
+        conn.close().await;
+        row.0
+    };
+    assert!(
+        sealed().await.starts_with("v1:k1:"),
+        "sealed under the first key"
+    );
+
+    let new_key = "bmV3LW1hc3Rlci1rZXktMDEyMzQ1Njc4OWFiY2RlZmc=";
+    let edge = EdgeBuilder::new()
+        .database_url(&url)
+        .env("CLAWDEPLOY_SECRETS__MASTER_KEY_ID", "k2")
+        .env("CLAWDEPLOY_SECRETS__MASTER_KEY", new_key)
+        .env(
+            "CLAWDEPLOY_SECRETS__PREVIOUS_MASTER_KEYS",
+            &format!("k1:{MASTER_KEY}"),
+        )
+        .start()
+        .await;
+    let resealed = sealed().await;
+    assert!(resealed.starts_with("v1:k2:"), "not re-sealed: {resealed}");
+    assert!(!resealed.contains("sk-rotate"));
+    let keys = edge
+        .api("GET", "/api/account/api-keys", Some(&token), None)
+        .await;
+    assert_eq!(keys.status, 200, "{}", keys.text());
+    assert!(
+        keys.text().contains("1234"),
+        "the masked key still shows: {}",
+        keys.text()
+    );
+}
