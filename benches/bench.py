@@ -418,6 +418,11 @@ def joined(rs, key, fmt):
     return ", ".join(fmt.format(r[key]) for r in rs)
 
 
+def cpu_per_req(r):
+    n = r.get("requests") or r.get("messages") or 0
+    return r["cpu_s"] * 1e6 / n if n else 0
+
+
 def med(values):
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -452,8 +457,8 @@ def http_table(res, header_unit="req/s"):
     base = med([r["rps"] for r in runs.get("nginx", [])])
     base_p99 = med([r["p99"] for r in runs.get("nginx", [])])
     lines = [
-        f"| target | {header_unit} (median) | all runs | p50 ms | p99 ms | p99.9 ms | CPU s | peak RSS MiB | errors | ratio to nginx ({header_unit}) | p99 vs nginx |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| target | {header_unit} (median) | all runs | p50 ms | p99 ms | p99.9 ms | CPU s | CPU µs per request | peak RSS MiB | errors | ratio to nginx ({header_unit}) | p99 vs nginx |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t, rs in runs.items():
         if not rs:
@@ -463,10 +468,12 @@ def http_table(res, header_unit="req/s"):
         lines.append(
             f"| {t} | {rps:,.0f} | {joined(rs, 'rps', '{:,.0f}')} | {fmt_ms(med([r['p50'] for r in rs]))} | "
             f"{fmt_ms(p99)} | {fmt_ms(med([r['p999'] for r in rs]))} | {med([r['cpu_s'] for r in rs]):.2f} | "
+            f"{med([cpu_per_req(r) for r in rs]):.1f} | "
             f"{med([r['peak_rss_kib'] for r in rs]) / 1024:.1f} | {sum(r.get('errors', 0) for r in rs)} | "
             f"{ratio(rps, base)} | {ratio(p99, base_p99)} |"
         )
-    return "\n".join(lines)
+    loads = "; ".join(f"{t}: {', '.join(r.get('load', '?').split()[0] for r in rs)}" for t, rs in runs.items() if rs)
+    return "\n".join(lines) + f"\n\n1-minute load average before each run: {loads}.\n"
 
 
 def write_result(outdir, date, tag, scenario, title, body, meta):
@@ -558,6 +565,22 @@ def main():
                         r.setdefault("errors", 0)
                 write_result(args.out, date, args.tag, sc, res["title"], http_table(res, "messages/s"),
                              meta_common.replace("wrk `-t1", "benchtool ws-echo (one thread") + f"Load average before: {la}.\n\n" + machine_info())
+            elif sc.startswith("profile"):
+                # profile[:TARGET]: perf record of one proxy under the keep-alive load (not a result table).
+                t = sc.partition(":")[2] or "clawdeploy"
+                svc = services[t]
+                run_wrk(PORTS[t], "/20b.txt", warm, conns)
+                pid = svc.pids()[-1] if t == "nginx" else svc.proc.pid
+                data = os.path.join(args.out, f"perf-{t}.data")
+                stat = subprocess.Popen(["perf", "stat", "-e", "task-clock,context-switches,cpu-migrations,"
+                                         "instructions,cycles", "-p", str(pid), "-o",
+                                         os.path.join(args.out, f"perf-stat-{t}.txt"), "--", "sleep", str(secs)])
+                rec = subprocess.Popen(["perf", "record", "-F", "2999", "-g", "-p", str(pid), "-o", data,
+                                        "--", "sleep", str(secs)], stderr=subprocess.DEVNULL)
+                r = run_wrk(PORTS[t], "/20b.txt", secs, conns)
+                stat.wait()
+                rec.wait()
+                log(f"profile {t}: {r['rps']:.0f} req/s ({r['requests']} requests); perf data in {data}")
             elif sc == "routes":
                 res = scenario_routes(services, args.reps, warm, secs, conns, args.routes)
                 raw["scenarios"][sc] = res
@@ -611,7 +634,8 @@ def summary(raw, outdir, date, suffix):
                     cells.append("–")
                     continue
                 rps = med([r["rps"] for r in rs])
-                cells.append(f"{rps:,.0f} ({ratio(rps, base)}), p99 {fmt_ms(med([r['p99'] for r in rs]))} ms")
+                cells.append(f"{rps:,.0f} ({ratio(rps, base)}), p99 {fmt_ms(med([r['p99'] for r in rs]))} ms, "
+                             f"{med([cpu_per_req(r) for r in rs]):.0f} µs CPU/req")
             unit = "msg/s" if sc == "ws-echo" else "req/s"
             rows.append(f"| {res['title']} ({unit}) | " + " | ".join(cells) + " |")
         elif sc == "ws-idle":
