@@ -29,6 +29,7 @@ PORTS = {
     "nginx": 18101,
     "haproxy": 18102,
     "caddy": 18103,
+    "clawdeploy-before": 18104,  # --baseline BIN: an earlier build, for before/after runs
 }
 ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
 APP_HOST = "app.edge.test"
@@ -177,7 +178,7 @@ def render(template, run, out_name):
     return path
 
 
-def make_services(run, clawdeploy_bin, benchtool_bin):
+def make_services(run, clawdeploy_bin, benchtool_bin, baseline_bin=None):
     www = os.path.join(run, "www")
     os.makedirs(www, exist_ok=True)
     for name, size in (("20b.txt", 20), ("1k.txt", 1024), ("64k.txt", 65536)):
@@ -192,7 +193,17 @@ def make_services(run, clawdeploy_bin, benchtool_bin):
     ca = render("Caddyfile", run, "caddy.Caddyfile")
     cd = render("clawdeploy.toml", run, "clawdeploy.toml")
     go_env = {"GOMAXPROCS": "1", "HOME": run, "XDG_DATA_HOME": run, "XDG_CONFIG_HOME": run}
-    return {
+    extra = {}
+    if baseline_bin:
+        cb = render("clawdeploy.toml", run, "clawdeploy-before.toml")
+        with open(cb) as f:
+            text = f.read().replace("clawdeploy-data", "clawdeploy-before-data")
+        with open(cb, "w") as f:
+            f.write(text)
+        extra["clawdeploy-before"] = Service(
+            "clawdeploy-before", [baseline_bin, "serve", "--config", cb], run, {"RUST_LOG": "warn"}
+        )
+    return extra | {
         "upstream": Service("upstream", ["nginx", "-p", run, "-c", up], run),
         "ws": Service("ws", [benchtool_bin, "echo-server", f"127.0.0.1:{PORTS['ws']}"], run),
         "clawdeploy": Service(
@@ -493,6 +504,7 @@ def main():
     ap.add_argument("--scenarios", default="http-keepalive,http-close,http-1k,http-64k,ws-idle,ws-echo,routes")
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--baseline", help="an earlier clawdeploy binary, run as target clawdeploy-before")
     ap.add_argument("--tag", default="", help="suffix of the result files, e.g. 'after'")
     ap.add_argument("--ws-conns", type=int, default=8000)
     ap.add_argument("--routes", type=int, default=100000)
@@ -506,11 +518,11 @@ def main():
     run = f"/tmp/clawbench-{os.getpid()}"
     os.makedirs(run, exist_ok=True)
     date = datetime.date.today().isoformat()
-    services = make_services(run, args.clawdeploy, args.benchtool)
+    services = make_services(run, args.clawdeploy, args.benchtool, args.baseline)
     raw = {"date": date, "quick": args.quick, "loadavg_start": loadavg(), "scenarios": {}}
     started = time.time()
     try:
-        for name in ["upstream", "ws"] + [t for t in PROXIES if t in targets]:
+        for name in ["upstream", "ws"] + [t for t in PROXIES + ["clawdeploy-before"] if t in targets]:
             services[name].start()
         for t in targets:
             status, body = http_get(target_port(t), HTTP_HOST)
@@ -564,7 +576,7 @@ def main():
                     for r in rs:
                         r.setdefault("errors", 0)
                 write_result(args.out, date, args.tag, sc, res["title"], http_table(res, "messages/s"),
-                             meta_common.replace("wrk `-t1", "benchtool ws-echo (one thread") + f"Load average before: {la}.\n\n" + machine_info())
+                             meta_common.replace(f"wrk `-t1 -c{conns}`", f"`benchtool ws-echo` (one thread, {conns} connections)") + f"Load average before: {la}.\n\n" + machine_info())
             elif sc.startswith("profile"):
                 # profile[:TARGET]: perf record of one proxy under the keep-alive load (not a result table).
                 t = sc.partition(":")[2] or "clawdeploy"
@@ -575,7 +587,7 @@ def main():
                 stat = subprocess.Popen(["perf", "stat", "-e", "task-clock,context-switches,cpu-migrations,"
                                          "instructions,cycles", "-p", str(pid), "-o",
                                          os.path.join(args.out, f"perf-stat-{t}.txt"), "--", "sleep", str(secs)])
-                rec = subprocess.Popen(["perf", "record", "-F", "2999", "-g", "-p", str(pid), "-o", data,
+                rec = subprocess.Popen(["perf", "record", "-F", "499", "--call-graph", "dwarf,32768", "-p", str(pid), "-o", data,
                                         "--", "sleep", str(secs)], stderr=subprocess.DEVNULL)
                 r = run_wrk(PORTS[t], "/20b.txt", secs, conns)
                 stat.wait()
