@@ -5,7 +5,7 @@
 #
 # Installs wrk, nginx, haproxy and caddy from Debian, builds clawdeploy (release) and benches/benchtool,
 # then runs benches/bench.py, which writes benches/results/<date>-<scenario>.md. Everything listens on
-# 127.0.0.1 only. Run as root on the 2-core Debian 12 machine; takes about 20 min (--quick: about 8).
+# 127.0.0.1 only. Run as root on the 2-core Debian 12 machine; takes about 20 min (--quick: about 14).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
