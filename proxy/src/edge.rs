@@ -11,11 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use http::header;
+use http::{header, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::{Error, ErrorSource, ErrorType, Result};
+use pingora::{Error, ErrorSource, ErrorType, OrErr, Result};
 
 use clawdeploy_config::{normalize_host, ServerConfig};
 
@@ -122,6 +123,10 @@ impl ProxyHttp for EdgeProxy {
         }
     }
 
+    /// No downstream modules. Pingora's default adds a response-compression module at level 0
+    /// (disabled), which still cost a context allocation and a call per phase on every request.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut EdgeCtx) -> Result<bool> {
         ctx.request_id = self.request_ids.take_or_generate(session.req_header());
         if self.drain.is_draining() {
@@ -187,12 +192,19 @@ impl ProxyHttp for EdgeProxy {
         for name in stripped {
             upstream.remove_header(&name);
         }
-        let client_ip = client_ip(session)
-            .map(|ip| ip.to_string())
-            .unwrap_or_default();
-        let proto = if is_tls(session) { "https" } else { "http" };
-        upstream.insert_header("x-forwarded-for", &client_ip)?;
-        upstream.insert_header("x-real-ip", &client_ip)?;
+        // One value for both headers; `HeaderValue`s share their bytes when cloned.
+        let client_ip = match client_ip(session) {
+            Some(ip) => HeaderValue::try_from(ip.to_string())
+                .explain_err(ErrorType::InvalidHTTPHeader, |_| "client address")?,
+            None => HeaderValue::from_static(""),
+        };
+        let proto = if is_tls(session) {
+            HeaderValue::from_static("https")
+        } else {
+            HeaderValue::from_static("http")
+        };
+        upstream.insert_header("x-forwarded-for", client_ip.clone())?;
+        upstream.insert_header("x-real-ip", client_ip)?;
         upstream.insert_header("x-forwarded-proto", proto)?;
         upstream.insert_header("x-forwarded-host", &ctx.raw_host)?;
         upstream.insert_header("x-request-id", &ctx.request_id)?;
@@ -286,7 +298,7 @@ impl EdgeProxy {
             .iter()
             .map(|(n, v)| n.as_str().len() + v.len() + 4)
             .sum();
-        if header_bytes + req.uri.to_string().len() > self.settings.max_header_bytes {
+        if header_bytes + display_len(&req.uri) > self.settings.max_header_bytes {
             return Err(EdgeError::new(
                 431,
                 "HEADERS_TOO_LARGE",
@@ -509,6 +521,20 @@ fn state_error(route: &Route, host: &str) -> Option<EdgeError> {
     Some(EdgeError::new(503, message.0, message.1))
 }
 
+/// The length of `value`'s `Display` form, counted without building the string.
+fn display_len(value: &impl std::fmt::Display) -> usize {
+    struct Counter(usize);
+    impl std::fmt::Write for Counter {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0 += s.len();
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    let _ = std::fmt::write(&mut counter, format_args!("{value}"));
+    counter.0
+}
+
 fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
     session
         .client_addr()
@@ -552,6 +578,48 @@ impl RequestIds {
             }
         }
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}{n:08x}", self.prefix)
+        // Same text as `format!("{:016x}{n:08x}", prefix)`, without the formatting machinery.
+        let mut id = String::with_capacity(32);
+        push_hex(&mut id, self.prefix, 16);
+        push_hex(&mut id, n, 8);
+        id
+    }
+}
+
+/// Appends `value` in lower-case hex, zero-padded to at least `width` digits.
+fn push_hex(out: &mut String, value: u64, width: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (64 - value.leading_zeros() as usize).div_ceil(4).max(width);
+    for i in (0..digits).rev() {
+        out.push(HEX[((value >> (i * 4)) & 0xf) as usize] as char);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_request_ids_match_the_formatted_ones() {
+        for (prefix, n) in [
+            (0u64, 0u64),
+            (1, 1),
+            (u64::MAX, u64::MAX),
+            (0xdead_beef, 0xffff_ffff),
+            (0x0123_4567_89ab_cdef, 0x1_0000_0000),
+        ] {
+            let mut id = String::new();
+            push_hex(&mut id, prefix, 16);
+            push_hex(&mut id, n, 8);
+            assert_eq!(id, format!("{prefix:016x}{n:08x}"));
+        }
+    }
+
+    #[test]
+    fn display_len_counts_without_allocating_the_string() {
+        for uri in ["/", "/a?b=c", "http://example.com:8080/x?y", "*"] {
+            let uri: http::Uri = uri.parse().unwrap();
+            assert_eq!(display_len(&uri), uri.to_string().len());
+        }
     }
 }
