@@ -416,6 +416,11 @@ pub async fn sweep(state: &ApiState) -> Result<(), StoreError> {
     let unverified = now - i64::from(limits.unverified_grace_days) * DAY_MS;
     for inst in state.store.stop_unverified_instances(unverified).await? {
         state.route_changed(&inst).await;
+        if let Some(pool) = &state.pool {
+            if let Err(e) = pool.stop(&inst).await {
+                tracing::error!(instance = %inst.id, "cannot stop the container: {e}");
+            }
+        }
         tracing::info!(instance = %inst.id, "instance stopped: account email unverified");
     }
     Ok(())

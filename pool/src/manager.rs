@@ -425,6 +425,19 @@ impl PoolManager {
         Ok(())
     }
 
+    /// Stops an instance's container, keeping it and its data (the owner can restart it).
+    pub async fn stop(&self, instance: &Instance) -> Result<(), PoolError> {
+        if let Some(runtime_id) = self
+            .store
+            .pool_member_for_instance(instance.id)
+            .await?
+            .and_then(|m| m.runtime_id)
+        {
+            self.runtime.stop(&runtime_id).await?;
+        }
+        Ok(())
+    }
+
     /// Writes an instance's config again (settings changed); its runtime reads it without a restart.
     /// False when the instance has no container yet (it gets the new config when assigned).
     pub async fn reconfigure(&self, instance: &Instance) -> Result<bool, PoolError> {

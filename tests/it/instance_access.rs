@@ -27,6 +27,10 @@ fn node_id() -> String {
 
 /// An edge whose pool runs the fixture as local processes (or in Docker).
 fn edge_with_pool(docker: bool, min_idle: usize) -> EdgeBuilder {
+    edge_on_node(docker, min_idle, &node_id())
+}
+
+fn edge_on_node(docker: bool, min_idle: usize, node: &str) -> EdgeBuilder {
     let (kind, image) = if docker {
         ("docker", fixture_image_name())
     } else {
@@ -36,7 +40,7 @@ fn edge_with_pool(docker: bool, min_idle: usize) -> EdgeBuilder {
         .section("runtime", &format!("kind = \"{kind}\""))
         .section("runtime", &format!("image = \"{image}\""))
         .section("runtime", "user = \"65534:65534\"")
-        .section("pool", &format!("node_id = \"{}\"", node_id()))
+        .section("pool", &format!("node_id = \"{node}\""))
         .section("pool", &format!("min_idle = {min_idle}"))
         .section("pool", "capacity = 20")
         .section("pool", "memory_mb = 64");
@@ -328,4 +332,85 @@ async fn a_second_edge_serves_route_changes_and_revocations_of_the_first() {
     let text = chat_turn(&mut ws, "via the second edge").await;
     assert_eq!(text, "echo: via the second edge");
     let _ = ws.send(Message::Close(None)).await;
+}
+
+/// An account still unverified past its grace period has its instance stopped (container stopped,
+/// route answering "stopped") until it verifies and restarts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unverified_account_past_its_grace_is_stopped_until_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("grace.db").display());
+    let node = node_id();
+    let (token, host, mail) = {
+        let edge = edge_on_node(true, 0, &node)
+            .database_url(&url)
+            .start()
+            .await;
+        let (token, _, _) = edge.register("late@example.com", PW).await;
+        let (host, _) = running_instance(&edge, &token, "late").await;
+        assert_eq!(edge.get_as(&host, "/healthz", &token).await.status, 200);
+        (token, host, edge.last_mail("late@example.com").await)
+    };
+    // Eight days pass (the account's creation is moved back in the database); the same node
+    // restarts and its sweep at start stops the instance.
+    let db = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query("UPDATE users SET created_at = created_at - 8 * 86400000")
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    let edge = edge_on_node(true, 0, &node)
+        .database_url(&url)
+        .start()
+        .await;
+    let deadline = Instant::now() + PATIENCE;
+    let stopped = loop {
+        let resp = edge.get_as(&host, "/healthz", &token).await;
+        if resp.status == 503 || Instant::now() > deadline {
+            break resp;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        (stopped.status, stopped.error_code().as_str()),
+        (503, "INSTANCE_STOPPED"),
+        "{}",
+        stopped.text()
+    );
+    let restart = edge
+        .api("POST", "/api/instances/me/restart", Some(&token), None)
+        .await;
+    assert_eq!(
+        (restart.status, restart.error_code().as_str()),
+        (403, "EMAIL_NOT_VERIFIED")
+    );
+
+    let link = find_link(mail["body"].as_str().unwrap());
+    let verified = edge
+        .get(
+            APP_DOMAIN,
+            &format!("/api/auth/verify-email?token={}", link_token(&link)),
+        )
+        .await;
+    assert_eq!(verified.status, 200, "{}", verified.text());
+    assert_eq!(
+        edge.api("POST", "/api/instances/me/restart", Some(&token), None)
+            .await
+            .status,
+        202
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while edge.get_as(&host, "/healthz", &token).await.status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the instance did not come back after verification"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        edge.api("DELETE", "/api/instances/me", Some(&token), None)
+            .await
+            .status,
+        200
+    );
 }
