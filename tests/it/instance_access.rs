@@ -341,15 +341,20 @@ async fn an_unverified_account_past_its_grace_is_stopped_until_verified() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("grace.db").display());
     let node = node_id();
-    let (token, host, mail) = {
+    let (token, host, upstream, mail) = {
         let edge = edge_on_node(true, 0, &node)
             .database_url(&url)
             .start()
             .await;
         let (token, _, _) = edge.register("late@example.com", PW).await;
-        let (host, _) = running_instance(&edge, &token, "late").await;
+        let (host, upstream) = running_instance(&edge, &token, "late").await;
         assert_eq!(edge.get_as(&host, "/healthz", &token).await.status, 200);
-        (token, host, edge.last_mail("late@example.com").await)
+        (
+            token,
+            host,
+            upstream,
+            edge.last_mail("late@example.com").await,
+        )
     };
     // Eight days pass (the account's creation is moved back in the database); the same node
     // restarts and its sweep at start stops the instance.
@@ -376,6 +381,12 @@ async fn an_unverified_account_past_its_grace_is_stopped_until_verified() {
         (503, "INSTANCE_STOPPED"),
         "{}",
         stopped.text()
+    );
+    // The container itself is stopped, not just hidden.
+    let direct = try_send(upstream, get_request("i", "/readyz").as_bytes()).await;
+    assert!(
+        direct.map(|r| r.status != 200).unwrap_or(true),
+        "the container still serves"
     );
     let restart = edge
         .api("POST", "/api/instances/me/restart", Some(&token), None)
