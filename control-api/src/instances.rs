@@ -243,6 +243,9 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(b) = body?;
     let user = &auth.user;
+    // One creation at a time on this node, so two concurrent creates by one user cannot both pass
+    // the one-instance check (held only around the check and the insert).
+    let creating = state.ctx.instance_creation.lock().await;
     if single_instance_tier(&user.tier)
         && !state
             .store
@@ -306,6 +309,7 @@ pub async fn create(
             timezone: b.timezone.as_deref().or(Some(user.timezone.as_str())),
         })
         .await;
+    drop(creating);
     let inst = match inst {
         Ok(inst) => inst,
         Err(StoreError::Conflict(_)) => return Err(taken_error(&state, &label).await),

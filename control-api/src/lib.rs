@@ -48,6 +48,8 @@ pub struct ApiContext {
     pub hashing: tokio::sync::Semaphore,
     /// A bcrypt hash compared against when an email is unknown, so timing does not reveal it.
     pub dummy_hash: tokio::sync::OnceCell<String>,
+    /// Serialises the one-instance check and insert of `POST /api/instances` on this node.
+    pub instance_creation: tokio::sync::Mutex<()>,
 }
 
 impl ApiContext {
@@ -73,6 +75,7 @@ impl ApiContext {
             mailer,
             hashing: tokio::sync::Semaphore::new(cpus),
             dummy_hash: tokio::sync::OnceCell::new(),
+            instance_creation: tokio::sync::Mutex::new(()),
         })
     }
 

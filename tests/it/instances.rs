@@ -333,3 +333,31 @@ async fn routes_are_loaded_from_the_store_at_start() {
     assert_eq!(me.status, 200);
     assert_eq!(me.json()["instance"]["subdomain"], "persist");
 }
+
+/// Concurrent creates by one free user: exactly one instance, the others 409.
+#[tokio::test]
+async fn concurrent_creates_by_one_user_make_one_instance() {
+    let edge = std::sync::Arc::new(EdgeBuilder::new().start().await);
+    let (token, _, _) = edge.register("racer@example.com", PW).await;
+    let creates: Vec<_> = (0..6)
+        .map(|n| {
+            let (edge, token) = (edge.clone(), token.clone());
+            tokio::spawn(async move {
+                edge.api(
+                    "POST",
+                    "/api/instances",
+                    Some(&token),
+                    Some(json!({ "subdomain": format!("racer-{n}") })),
+                )
+                .await
+                .status
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for create in creates {
+        statuses.push(create.await.unwrap());
+    }
+    statuses.sort();
+    assert_eq!(statuses, [201, 409, 409, 409, 409, 409]);
+}
