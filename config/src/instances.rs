@@ -79,6 +79,11 @@ pub struct PoolConfig {
     pub cpus: f64,
     /// Most processes and threads per instance.
     pub pids: i64,
+    /// Days a deleted (cancelled) instance is kept, stopped with its data, before it is archived.
+    pub cancel_grace_days: u32,
+    /// Where archived instances' data (a tar of their data volume) and records go; empty means
+    /// `<server.data_dir>/archive`.
+    pub archive_dir: PathBuf,
 }
 
 impl Default for PoolConfig {
@@ -94,6 +99,8 @@ impl Default for PoolConfig {
             memory_mb: 2048,
             cpus: 1.0,
             pids: 512,
+            cancel_grace_days: 7,
+            archive_dir: PathBuf::new(),
         }
     }
 }
@@ -190,4 +197,10 @@ pub(crate) fn validate(
         "more than 0, at most 64",
     );
     issue(pool.pids >= 16, "pool.pids", &pool.pids, "at least 16");
+    issue(
+        pool.cancel_grace_days <= 365,
+        "pool.cancel_grace_days",
+        &pool.cancel_grace_days,
+        "0 to 365 days",
+    );
 }

@@ -423,7 +423,7 @@ pub async fn sweep(state: &ApiState) -> Result<(), StoreError> {
         }
         tracing::info!(instance = %inst.id, "instance stopped: account email unverified");
     }
-    Ok(())
+    crate::instances::archive_due(state).await
 }
 
 /// Runs [`sweep`] at start and then hourly.

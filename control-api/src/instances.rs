@@ -539,20 +539,29 @@ pub async fn restart(
     Ok((StatusCode::ACCEPTED, Json(body)))
 }
 
+/// Cancels the instance (PRD §4.4.3): it stops at once and is kept, with its data, for
+/// `pool.cancel_grace_days`; `POST /api/instances/me/restore` undoes it until then. After the grace
+/// period its data is exported to the archive and the container, route and record go away.
 pub async fn delete_me(
     State(state): State<ApiState>,
     auth: AuthUser,
     client: Client,
 ) -> Result<Json<Value>, ApiError> {
     let inst = my_instance(&state, &auth).await?;
-    state.routes.remove_subdomain(&inst.subdomain);
+    let inst = state.store.schedule_instance_deletion(inst.id).await?;
+    state.route_changed(&inst).await;
     if let Some(pool) = &state.pool {
-        pool.release(inst.id)
+        pool.stop(&inst)
             .await
-            .map_err(|e| ApiError::internal("removing the instance's container", e))?;
+            .map_err(|e| ApiError::internal("stopping the instance's container", e))?;
     }
-    state.store.delete_instance(inst.id).await?;
-    state.broadcast_instance(inst.id, &inst.subdomain).await;
+    let grace_days = state.ctx.config.pool.cancel_grace_days;
+    let requested = state
+        .store
+        .instance_deletion_requested_at(inst.id)
+        .await?
+        .unwrap_or_else(clawdeploy_store::time::now_ms);
+    let deletion_at = requested + i64::from(grace_days) * clawdeploy_store::time::DAY_MS;
     auth::log_event(
         &state,
         Some(auth.user.id),
@@ -561,11 +570,74 @@ pub async fn delete_me(
         Some(&inst.subdomain),
     )
     .await;
-    tracing::info!(instance = %inst.id, "instance deleted");
+    tracing::info!(instance = %inst.id, grace_days, "instance cancelled; archived after its grace period");
     Ok(Json(json!({
-        "deleted": true,
+        "deleted": false,
+        "scheduled": true,
         "subdomain": inst.subdomain,
+        "deletionAt": rfc3339(deletion_at),
+        "message": format!(
+            "Your instance is stopped and kept with its data for {grace_days} days, then exported to the archive and deleted. \
+             POST /api/instances/me/restore brings it back until then."
+        ),
+        "instance": instance_json(&state, &inst),
     })))
+}
+
+/// Undoes a cancellation within its grace period and starts the instance again.
+pub async fn restore_me(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    client: Client,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let inst = my_instance(&state, &auth).await?;
+    let Some(inst) = state.store.cancel_instance_deletion(inst.id).await? else {
+        return Err(ApiError::conflict(
+            "NOT_DELETING",
+            "This instance is not scheduled for deletion; there is nothing to restore.",
+        ));
+    };
+    state.route_changed(&inst).await;
+    auth::log_event(
+        &state,
+        Some(auth.user.id),
+        "instance_restored",
+        &client,
+        Some(&inst.subdomain),
+    )
+    .await;
+    restart(State(state), auth, client).await
+}
+
+/// Archives instances whose cancellation grace period is over: data exported, container, route
+/// and record removed. Part of the hourly sweep.
+pub async fn archive_due(state: &ApiState) -> Result<(), StoreError> {
+    let config = &state.ctx.config;
+    let before = clawdeploy_store::time::now_ms()
+        - i64::from(config.pool.cancel_grace_days) * clawdeploy_store::time::DAY_MS;
+    let archive_dir = if config.pool.archive_dir.as_os_str().is_empty() {
+        config.server.data_dir.join("archive")
+    } else {
+        config.pool.archive_dir.clone()
+    };
+    for inst in state.store.instances_due_for_archive(before).await? {
+        if let Some(pool) = &state.pool {
+            match pool.archive(&inst, &archive_dir).await {
+                Ok(path) => {
+                    tracing::info!(instance = %inst.id, archive = ?path, "instance archived")
+                }
+                Err(e) => {
+                    // Kept for the next sweep rather than losing its data.
+                    tracing::error!(instance = %inst.id, "cannot archive the instance: {e}");
+                    continue;
+                }
+            }
+        }
+        state.routes.remove_subdomain(&inst.subdomain);
+        state.store.delete_instance(inst.id).await?;
+        state.broadcast_instance(inst.id, &inst.subdomain).await;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

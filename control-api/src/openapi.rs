@@ -114,7 +114,10 @@ pub fn endpoints() -> Vec<(Spec, Handler)> {
             "Update API keys, SOUL.md, timezone",
             body: [("apiKeys", "object", false), ("soulMd", "string|null", false), ("timezone", "string", false)]),
         ep!(post "/api/instances/me/restart", instances::restart, "instances", User, 202 "Restart requested", "Restart your instance"),
-        ep!(delete "/api/instances/me", instances::delete_me, "instances", User, 200 "Deleted", "Delete your instance"),
+        ep!(delete "/api/instances/me", instances::delete_me, "instances", User, 200 "Stopped and scheduled for deletion after the grace period",
+            "Cancel your instance (kept stopped for the grace period, then archived)"),
+        ep!(post "/api/instances/me/restore", instances::restore_me, "instances", User, 202 "Restored and restarting",
+            "Undo a cancellation within its grace period"),
         // Admin
         ep!(get "/admin/routes", admin::list_routes, "admin", Admin, 200 "Every route", "The edge's route table"),
         ep!(get "/admin/routes/{host}", admin::get_route, "admin", Admin, 200 "The route", "One route"),

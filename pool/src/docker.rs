@@ -16,10 +16,10 @@ use bollard::models::{
     NetworkCreateRequest, PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions,
-    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder,
-    RemoveVolumeOptionsBuilder, RestartContainerOptionsBuilder, StopContainerOptionsBuilder,
-    UploadToContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder, EventsOptionsBuilder,
+    InspectContainerOptions, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, RestartContainerOptionsBuilder,
+    StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -468,6 +468,18 @@ impl Runtime for DockerRuntime {
             .update_container(id, update)
             .await
             .map_err(|e| not_found(e, id))
+    }
+
+    async fn export_data(&self, id: &str) -> Result<Vec<u8>, RuntimeError> {
+        let options = DownloadFromContainerOptionsBuilder::default()
+            .path(DATA_DIR)
+            .build();
+        let mut stream = self.docker.download_from_container(id, Some(options));
+        let mut archive = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            archive.extend_from_slice(&chunk.map_err(|e| not_found(e, id))?);
+        }
+        Ok(archive)
     }
 
     async fn list(&self) -> Result<Vec<InstanceRef>, RuntimeError> {

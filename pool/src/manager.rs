@@ -425,6 +425,39 @@ impl PoolManager {
         Ok(())
     }
 
+    /// Exports an instance's data to `archive_dir/<subdomain>-<id>.tar` (with its record beside it as
+    /// JSON), then removes its container and volume. Returns the archive's path, or `None` when the
+    /// instance never had a container.
+    pub async fn archive(
+        &self,
+        instance: &Instance,
+        archive_dir: &std::path::Path,
+    ) -> Result<Option<std::path::PathBuf>, PoolError> {
+        tokio::fs::create_dir_all(archive_dir)
+            .await
+            .map_err(RuntimeError::from)?;
+        let base = archive_dir.join(format!("{}-{}", instance.subdomain, instance.id));
+        let record =
+            serde_json::to_vec_pretty(instance).map_err(|e| PoolError::Config(e.to_string()))?;
+        tokio::fs::write(base.with_extension("json"), record)
+            .await
+            .map_err(RuntimeError::from)?;
+        let Some(member) = self.store.pool_member_for_instance(instance.id).await? else {
+            return Ok(None);
+        };
+        let Some(runtime_id) = member.runtime_id.clone() else {
+            return Ok(None);
+        };
+        let archive = self.runtime.export_data(&runtime_id).await?;
+        let path = base.with_extension("tar");
+        tokio::fs::write(&path, archive)
+            .await
+            .map_err(RuntimeError::from)?;
+        self.discard(&member).await;
+        self.wake();
+        Ok(Some(path))
+    }
+
     /// Stops an instance's container, keeping it and its data (the owner can restart it).
     pub async fn stop(&self, instance: &Instance) -> Result<(), PoolError> {
         if let Some(runtime_id) = self

@@ -234,6 +234,18 @@ impl Runtime for ProcessRuntime {
         Ok(())
     }
 
+    async fn export_data(&self, id: &str) -> Result<Vec<u8>, RuntimeError> {
+        let data_dir = self.with(id, |p| p.data_dir.clone())?;
+        tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            let mut builder = tar::Builder::new(Vec::new());
+            builder.append_dir_all("data", &data_dir)?;
+            builder.into_inner()
+        })
+        .await
+        .map_err(|e| RuntimeError::Unavailable(e.to_string()))?
+        .map_err(RuntimeError::from)
+    }
+
     async fn list(&self) -> Result<Vec<InstanceRef>, RuntimeError> {
         let processes = self
             .processes

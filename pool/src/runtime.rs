@@ -104,6 +104,8 @@ pub trait Runtime: Send + Sync + 'static {
     async fn inspect(&self, id: &str) -> Result<Inspection, RuntimeError>;
     /// Applies new limits to a running instance, without a restart where the runtime can.
     async fn update_resources(&self, id: &str, resources: &Resources) -> Result<(), RuntimeError>;
+    /// The instance's data directory as a tar archive (for the archive after a cancellation).
+    async fn export_data(&self, id: &str) -> Result<Vec<u8>, RuntimeError>;
     /// Every instance this runtime manages for the platform (for reconciling after a restart).
     async fn list(&self) -> Result<Vec<InstanceRef>, RuntimeError>;
     /// Lifecycle events from now on.

@@ -1330,13 +1330,19 @@ async fn pool_claims_are_exclusive(db: &Db) {
         1
     );
 
-    let claimed = s.pool_member_for_instance(instances[0]).await.unwrap();
-    if let Some(member) = claimed {
-        s.set_pool_member_upstream(member.id, "127.0.0.1:7000")
-            .await
-            .unwrap();
-        assert!(s.delete_pool_member(member.id).await.unwrap());
+    // Some instance won a member; it is found by its instance, moved, then removed.
+    let mut claimed = None;
+    for &instance in &instances {
+        if let Some(member) = s.pool_member_for_instance(instance).await.unwrap() {
+            claimed = Some(member);
+            break;
+        }
     }
+    let member = claimed.expect("a claimed member");
+    s.set_pool_member_upstream(member.id, "127.0.0.1:7000")
+        .await
+        .unwrap();
+    assert!(s.delete_pool_member(member.id).await.unwrap());
     assert_eq!(
         s.list_pool_members("node-a").await.unwrap().len(),
         4,

@@ -192,14 +192,14 @@ async fn signup_on_docker_reaches_a_hardened_container_through_the_edge() {
         chat_turn(&mut ws, "in a container").await,
         "echo: in a container"
     );
-    // Deleting the instance removes its container.
+    // Deleting the instance stops its container (kept for the grace period).
     assert_eq!(
         edge.api("DELETE", "/api/instances/me", Some(&token), None)
             .await
             .status,
         200
     );
-    assert_eq!(edge.get_as(&host, "/", &token).await.status, 404);
+    assert_eq!(edge.get_as(&host, "/", &token).await.status, 503);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -424,4 +424,91 @@ async fn an_unverified_account_past_its_grace_is_stopped_until_verified() {
             .status,
         200
     );
+}
+
+/// Cancellation (PRD §4.4.3): kept stopped with its data through the grace period, restorable;
+/// afterwards its data volume is exported to the archive and container, route and record go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_instance_is_archived_after_its_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("cancel.db").display());
+    let archive = dir.path().join("archive");
+    let node = node_id();
+    let edge_for = |node: &str| {
+        edge_on_node(true, 0, node)
+            .database_url(&url)
+            .section("pool", &format!("archive_dir = \"{}\"", archive.display()))
+    };
+    let (token, host, user_id) = {
+        let edge = edge_for(&node).start().await;
+        let (token, _, user_id) = edge.register("cancel@example.com", PW).await;
+        let (host, _) = running_instance(&edge, &token, "cancelme").await;
+        assert_eq!(
+            edge.api("DELETE", "/api/instances/me", Some(&token), None)
+                .await
+                .status,
+            200
+        );
+        (token, host, user_id)
+    };
+    // Eight days pass; the node restarts and its sweep archives the instance.
+    let db = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query("UPDATE instances SET deleted_at = deleted_at - 8 * 86400000")
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    let edge = edge_for(&node).start().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while edge
+        .api("GET", "/api/instances/me", Some(&token), None)
+        .await
+        .status
+        != 404
+    {
+        assert!(
+            Instant::now() < deadline,
+            "never archived:\n{}",
+            edge.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        edge.get_as(&host, "/", &token).await.status,
+        404,
+        "route left behind"
+    );
+    let files: Vec<_> = std::fs::read_dir(&archive)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let tar = files
+        .iter()
+        .find(|p| p.extension().is_some_and(|e| e == "tar"))
+        .expect("a data archive");
+    let bytes = std::fs::read(tar).unwrap();
+    let mut entries = tar::Archive::new(bytes.as_slice());
+    let mut config = String::new();
+    for entry in entries.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap().ends_with("config.json") {
+            std::io::Read::read_to_string(&mut entry, &mut config).unwrap();
+        }
+    }
+    assert!(
+        config.contains(&user_id),
+        "the archive holds the instance's data: {config:?}"
+    );
+    assert!(
+        files
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "json")),
+        "the record is archived"
+    );
+    // Its container and volume are gone.
+    let leftover = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("name=cd-{node}-")])
+        .output()
+        .unwrap();
+    assert!(leftover.stdout.is_empty(), "container left behind");
 }

@@ -272,29 +272,44 @@ async fn patch_restart_and_delete(db: Db) {
     assert_eq!(restart.status, 202, "{}", restart.text());
     assert!(restart.json()["pending"].is_string());
 
+    // Deleting cancels: stopped, kept for the grace period, restorable.
     let del = edge
         .api("DELETE", "/api/instances/me", Some(&token), None)
         .await;
     assert_eq!(del.status, 200, "{}", del.text());
+    assert_eq!(del.json()["scheduled"], true);
+    assert!(del.json()["deletionAt"].is_string());
+    let me = edge
+        .api("GET", "/api/instances/me", Some(&token), None)
+        .await;
+    assert_eq!(me.json()["instance"]["status"], "deleting");
+    let host = format!("patchme.{BASE_DOMAIN}");
+    let deleting = edge.get_as(&host, "/", &token).await;
     assert_eq!(
-        edge.api("GET", "/api/instances/me", Some(&token), None)
-            .await
-            .status,
-        404
+        (deleting.status, deleting.error_code().as_str()),
+        (503, "INSTANCE_DELETING")
     );
-    let gone = edge.get(&format!("patchme.{BASE_DOMAIN}"), "/").await;
-    assert_eq!(gone.status, 404);
-    assert_eq!(gone.error_code(), "UNKNOWN_HOST");
-    // The subdomain is free again.
+    // Another instance is refused meanwhile; restoring brings this one back.
     let again = edge
         .api(
             "POST",
             "/api/instances",
             Some(&token),
-            Some(json!({ "subdomain": "patchme" })),
+            Some(json!({ "subdomain": "other" })),
         )
         .await;
-    assert_eq!(again.status, 201);
+    assert_eq!(again.status, 409);
+    let restored = edge
+        .api("POST", "/api/instances/me/restore", Some(&token), None)
+        .await;
+    assert_eq!(restored.status, 202, "{}", restored.text());
+    let twice = edge
+        .api("POST", "/api/instances/me/restore", Some(&token), None)
+        .await;
+    assert_eq!(
+        (twice.status, twice.error_code().as_str()),
+        (409, "NOT_DELETING")
+    );
 }
 
 /// `serve` loads the route table from the instances table at start (and migrations are idempotent).

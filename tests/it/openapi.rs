@@ -76,6 +76,7 @@ async fn every_documented_operation_is_served_and_vice_versa() {
         ("PATCH", "/api/instances/me"),
         ("POST", "/api/instances/me/restart"),
         ("DELETE", "/api/instances/me"),
+        ("POST", "/api/instances/me/restore"),
         ("GET", "/admin/routes"),
         ("GET", "/admin/routes/{host}"),
         ("PUT", "/admin/routes/{host}"),

@@ -2,6 +2,7 @@
 
 pub(crate) mod accounts;
 mod api_keys;
+mod archive;
 mod auth;
 mod export;
 pub(crate) mod instances;
