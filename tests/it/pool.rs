@@ -342,3 +342,49 @@ async fn process_instance_killed_is_restarted_and_rerouted() {
     .await;
     h.cleanup().await;
 }
+
+/// An instance that keeps crashing is restarted with growing pauses, then left `crashed` (routed as
+/// crashed) until its owner restarts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_ends_as_crashed() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness(process(&dir), fixture_bin(), 0, 4, 64).await;
+    let (instance, _) = h.signup(0).await;
+    let mut addr = h.wait_running(&instance, None).await;
+    let started = Instant::now();
+    // Five restarts are healed (pauses 0, 1, 2, 4, 8 s); the sixth crash in ten minutes is a loop.
+    for _ in 0..5 {
+        let _ = try_send(
+            addr,
+            b"POST /crash HTTP/1.1\r\nHost: i\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await;
+        addr = h.wait_running(&instance, Some(addr)).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(14),
+        "restarts were not backed off: {:?}",
+        started.elapsed()
+    );
+    let _ = try_send(
+        addr,
+        b"POST /crash HTTP/1.1\r\nHost: i\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    let host = format!("{}.{BASE_DOMAIN}", instance.subdomain);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let record = h.store.get_instance(instance.id).await.unwrap().unwrap();
+        let routed = matches!(h.routes.resolve(&host), Resolution::Route(r) if r.state == InstanceState::Crashed);
+        if record.status == InstanceStatus::Crashed && routed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not marked crashed: {:?}",
+            record.status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    h.cleanup().await;
+}
