@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use support::*;
 
-const SIGNUPS: usize = 25;
+const SIGNUPS: usize = 30;
 /// The burst is as large as the warm pool, so every signup finds a warm instance.
 const BURST: usize = 10;
 const MIN_IDLE: u64 = 10;
