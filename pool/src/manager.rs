@@ -238,8 +238,13 @@ impl PoolManager {
             .runtime_id
             .as_deref()
             .ok_or_else(|| PoolError::NotReady(member.name.clone(), "no runtime id".into()))?;
-        self.runtime.assign(runtime_id, files).await?;
-        self.runtime.update_resources(runtime_id, resources).await?;
+        // Config and resources are independent: both Docker calls at once.
+        let (assigned, resized) = tokio::join!(
+            self.runtime.assign(runtime_id, files),
+            self.runtime.update_resources(runtime_id, resources)
+        );
+        assigned?;
+        resized?;
         let addr = match member
             .upstream
             .as_deref()
