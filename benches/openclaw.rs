@@ -125,10 +125,7 @@ async fn main() {
             .await;
         assert_eq!(resp.status, 201, "{}", resp.text());
         let host = format!("{sub}.{BASE_DOMAIN}");
-        let mut ws = gateway(&edge, &host, Some(&token), &[])
-            .await
-            .expect("owner gets through");
-        assert_eq!(connect(&mut ws).await.expect("connect")["ok"], true);
+        let (mut ws, _) = connect_owner(&edge, &host, &token).await;
         assert_eq!(chat(&mut ws, "hello").await, ANSWER);
         firsts.push(t.elapsed());
         eprintln!(

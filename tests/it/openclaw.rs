@@ -183,6 +183,23 @@ pub async fn gateway(
     }
 }
 
+/// One raw HTTP exchange with the edge from [`host_address`].
+pub async fn send_from_host(edge: SocketAddr, raw: &[u8]) -> Response {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::new(host_address(), 0))
+        .expect("bind client");
+    let mut tcp = socket.connect(edge).await.expect("connect to the edge");
+    tcp.write_all(raw).await.expect("write");
+    let mut bytes = Vec::new();
+    tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut bytes))
+        .await
+        .expect("a response in time")
+        .expect("read");
+    parse_response(&bytes).expect("HTTP response")
+}
+
 /// The next JSON frame, or `Err(close reason)`.
 pub async fn next_frame<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Result<Value, String>
 where
@@ -260,6 +277,30 @@ pub async fn chat(ws: &mut WebSocket, message: &str) -> String {
                 }
                 Some("error") | Some("aborted") => panic!("chat failed: {frame}"),
                 _ => {}
+            }
+        }
+    }
+}
+
+/// Connects the owner through the edge. The signup returns once the config is written; OpenClaw
+/// applies it (hot reload) within about a second, and refuses the owner until then, so this
+/// retries for up to 20 s, as a client reconnects.
+pub async fn connect_owner(edge: &Edge, host: &str, token: &str) -> (WebSocket, Value) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut ws = gateway(edge, host, Some(token), &[])
+            .await
+            .expect("the owner gets through the edge");
+        let hello = connect(&mut ws).await;
+        match hello {
+            Ok(hello) if hello["ok"] == true => return (ws, hello),
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the gateway keeps refusing its owner: {other:?}\n{}",
+                    edge.log_text()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
@@ -414,11 +455,7 @@ async fn openclaw_behind_the_edge_chats_refuses_strangers_and_reloads_its_soul()
         resp.text()
     );
     let host = format!("olivia.{BASE_DOMAIN}");
-    let mut ws = gateway(&edge, &host, Some(&token), &[])
-        .await
-        .expect("the owner gets through");
-    let hello = connect(&mut ws).await.expect("connect");
-    assert_eq!(hello["ok"], true, "{hello}");
+    let (mut ws, hello) = connect_owner(&edge, &host, &token).await;
     assert_eq!(
         hello["payload"]["auth"]["method"], "trusted-proxy",
         "{hello}"
@@ -442,8 +479,18 @@ async fn openclaw_behind_the_edge_chats_refuses_strangers_and_reloads_its_soul()
     );
 
     // Locked down: no admin scope (config writes refused), terminal off.
-    let patch = call(&mut ws, "p1", "config.get", json!({})).await;
+    let patch = call(
+        &mut ws,
+        "p1",
+        "config.patch",
+        json!({"raw":"{\"gateway\":{\"terminal\":{\"enabled\":true}}}"}),
+    )
+    .await;
     assert_eq!(patch["ok"], false, "{patch}");
+    assert!(
+        patch["error"].to_string().contains("operator.admin"),
+        "{patch}"
+    );
     let terminal = call(&mut ws, "t1", "terminal.open", json!({})).await;
     assert_eq!(terminal["ok"], false, "{terminal}");
     // The OpenAI-compatible HTTP endpoints are off, even for the owner.
@@ -452,7 +499,7 @@ async fn openclaw_behind_the_edge_chats_refuses_strangers_and_reloads_its_soul()
             "POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
              Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
         );
-        let resp = edge.send(raw.as_bytes()).await;
+        let resp = send_from_host(edge.addr, raw.as_bytes()).await;
         assert_eq!(resp.status, 404, "{path}: {}", resp.text());
     }
 
