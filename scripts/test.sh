@@ -22,6 +22,12 @@ CLAWDEPLOY_FIXTURE_IMAGE="$(scripts/build-fixture-image.sh)"
 export CLAWDEPLOY_FIXTURE_IMAGE
 cargo build --quiet -p clawdeploy-fixture
 
+# The real OpenClaw (tests/it/openclaw.rs): its image, built locally (Debian by debootstrap, Node
+# and OpenClaw from the npm registry, pinned). A few minutes on a fresh machine, seconds cached.
+echo "test.sh: building the OpenClaw image (progress below)" >&2
+CLAWDEPLOY_OPENCLAW_IMAGE="$(scripts/build-openclaw-image.sh)"
+export CLAWDEPLOY_OPENCLAW_IMAGE
+
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast "$@"
 else

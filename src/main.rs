@@ -56,6 +56,22 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// The OpenClaw instance image.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Build the OpenClaw image locally (Debian by debootstrap, Node and OpenClaw from the npm
+    /// registry, pinned), showing progress; cached steps make a second build fast.
+    Build {
+        /// Image tag.
+        #[arg(long, default_value = clawdeploy_pool::image::OPENCLAW_IMAGE)]
+        tag: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -77,6 +93,13 @@ fn main() {
         Command::CheckConfig { config } => check_config(config),
         Command::Migrate { config } => migrate(config),
         Command::Admin { config, command } => admin(config, command),
+        Command::Image {
+            command: ImageCommand::Build { tag },
+        } => block_on(clawdeploy_pool::image::build(Some(&tag))).and_then(|built| {
+            let built = built?;
+            println!("{built}");
+            Ok(())
+        }),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -16,12 +16,28 @@ pub enum RuntimeKind {
     Process,
 }
 
+/// What instances run: the config format the pool writes into them.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceConfigKind {
+    /// The real OpenClaw gateway (`clawdeploy image build`), with a locked-down tenant config.
+    OpenClaw,
+    /// The protocol-speaking test fixture (tests and benchmarks only).
+    Fixture,
+}
+
+/// The OpenClaw image `clawdeploy image build` makes, used when `runtime.image` is empty.
+pub const OPENCLAW_IMAGE: &str = "clawdeploy-openclaw:2026.9.6";
+
 /// `[runtime]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
     pub kind: RuntimeKind,
-    /// Docker image, or the program the process runtime runs.
+    /// `openclaw` (the default) or `fixture`.
+    pub config: InstanceConfigKind,
+    /// Docker image, or the program the process runtime runs; empty with `config = "openclaw"`
+    /// means [`OPENCLAW_IMAGE`].
     pub image: String,
     /// `uid:gid` instances run as; never root.
     pub user: String,
@@ -44,6 +60,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             kind: RuntimeKind::None,
+            config: InstanceConfigKind::OpenClaw,
             image: String::new(),
             user: "1000:1000".into(),
             port: 18789,
@@ -123,10 +140,12 @@ pub(crate) fn validate(
     issue: &mut dyn FnMut(bool, &str, &dyn std::fmt::Display, &str),
 ) {
     issue(
-        runtime.kind == RuntimeKind::None || !runtime.image.is_empty(),
+        runtime.kind == RuntimeKind::None
+            || !runtime.image.is_empty()
+            || (runtime.kind == RuntimeKind::Docker && runtime.config == InstanceConfigKind::OpenClaw),
         "runtime.image",
         &runtime.image,
-        "a Docker image (docker) or a program path (process) when runtime.kind is not none",
+        "a Docker image (docker; empty means the OpenClaw image with config = \"openclaw\") or a program path (process)",
     );
     let uid = runtime.user.split(':').next().unwrap_or_default();
     issue(

@@ -5,8 +5,10 @@
 pub mod changes;
 pub mod docker;
 pub mod egress;
+pub mod image;
 pub mod instance_config;
 pub mod manager;
+pub mod openclaw;
 pub mod process;
 pub mod ready;
 pub mod routing;
@@ -17,6 +19,7 @@ pub use docker::{DockerOptions, DockerRuntime};
 pub use egress::{EgressRules, NetworkInfo};
 pub use instance_config::FixtureConfig;
 pub use manager::{Assigned, InstanceConfig, NodeStatus, PoolError, PoolManager, PoolSettings};
+pub use openclaw::OpenClawConfig;
 pub use process::ProcessRuntime;
 pub use runtime::{
     ConfigFile, Inspection, InstanceRef, InstanceSpec, Resources, RunState, Runtime, RuntimeError,

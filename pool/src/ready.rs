@@ -6,13 +6,20 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// The client the probe names in `X-Forwarded-For`: a documentation address (RFC 5737). OpenClaw
+/// in trusted-proxy mode refuses every request from the proxy's address (the probe comes from
+/// there too) unless it names a non-loopback client (`proxy_attribution_required`), `/readyz`
+/// included.
+const PROBE_CLIENT: &str = "192.0.2.1";
+
 /// One `GET /readyz`; true on a 200.
 pub async fn probe(addr: SocketAddr) -> bool {
     let attempt = async {
         let mut tcp = TcpStream::connect(addr).await.ok()?;
-        tcp.write_all(b"GET /readyz HTTP/1.1\r\nHost: instance\r\nConnection: close\r\n\r\n")
-            .await
-            .ok()?;
+        let request = format!(
+            "GET /readyz HTTP/1.1\r\nHost: instance\r\nX-Forwarded-For: {PROBE_CLIENT}\r\nConnection: close\r\n\r\n"
+        );
+        tcp.write_all(request.as_bytes()).await.ok()?;
         let mut head = [0u8; 12];
         tcp.read_exact(&mut head).await.ok()?;
         Some(head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"))

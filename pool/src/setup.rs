@@ -6,12 +6,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use clawdeploy_config::instances::{InstanceConfigKind, OPENCLAW_IMAGE};
 use clawdeploy_config::{Config, RuntimeKind};
-use clawdeploy_store::Store;
+use clawdeploy_store::{Keyring, Store};
 
 use crate::changes::ChangeBus;
 use crate::instance_config::FixtureConfig;
-use crate::manager::{PoolError, PoolManager, PoolSettings};
+use crate::manager::{InstanceConfig, PoolError, PoolManager, PoolSettings};
+use crate::openclaw::OpenClawConfig;
 use crate::runtime::{Resources, Runtime};
 use crate::{DockerOptions, DockerRuntime, EgressRules, ProcessRuntime};
 
@@ -22,6 +24,8 @@ pub async fn pool_from_config(
     bus: Arc<ChangeBus>,
 ) -> Result<Option<Arc<PoolManager>>, PoolError> {
     let rt = &config.runtime;
+    // The addresses instances see the edge's connections come from.
+    let mut trusted_proxies = vec![];
     let runtime: Arc<dyn Runtime> = match rt.kind {
         RuntimeKind::None => return Ok(None),
         RuntimeKind::Docker => {
@@ -38,6 +42,7 @@ pub async fn pool_from_config(
                     return Err(e.into());
                 }
             }
+            trusted_proxies = network_gateways(&docker).await?;
             Arc::new(docker)
         }
         RuntimeKind::Process => {
@@ -46,8 +51,14 @@ pub async fn pool_from_config(
             } else {
                 rt.process_dir.clone()
             };
+            trusted_proxies = vec!["127.0.0.1".to_string()];
             Arc::new(ProcessRuntime::new(dir))
         }
+    };
+    let image = if rt.image.is_empty() && rt.config == InstanceConfigKind::OpenClaw {
+        OPENCLAW_IMAGE.to_string()
+    } else {
+        rt.image.clone()
     };
     let pool = &config.pool;
     let node_id = if pool.node_id.is_empty() {
@@ -60,20 +71,62 @@ pub async fn pool_from_config(
         cpus: pool.cpus,
         pids: pool.pids,
     };
-    let settings = PoolSettings {
+    let mut settings = PoolSettings {
         capacity: pool.capacity_for(mem_total_mb()),
         node_id: node_id.clone(),
         min_idle: pool.min_idle,
         max_idle: pool.max_idle,
         tick: Duration::from_secs(pool.tick_secs),
         create_concurrency: pool.create_concurrency,
-        image: rt.image.clone(),
+        image,
         user: rt.user.clone(),
         port: rt.port,
         idle_resources: resources.clone(),
         ready_timeout: Duration::from_secs(pool.ready_timeout_secs),
         labels: BTreeMap::from([("clawdeploy.node".to_string(), node_id)]),
         env: vec![],
+    };
+    let user_header = clawdeploy_proxy::edge::USER_HEADER.to_string();
+    let instance_config: Arc<dyn InstanceConfig> = match rt.config {
+        InstanceConfigKind::Fixture => Arc::new(FixtureConfig {
+            user_header,
+            resources,
+        }),
+        InstanceConfigKind::OpenClaw => {
+            if trusted_proxies.is_empty() {
+                return Err(PoolError::Config(format!(
+                    "the Docker network {:?} has no gateway address for OpenClaw to trust",
+                    rt.docker_network
+                )));
+            }
+            let keyring =
+                Keyring::from_base64(&config.secrets.master_key_id, &config.secrets.master_key)
+                    .map_err(|e| PoolError::Config(format!("secrets.master_key: {e}")))?;
+            let generator = OpenClawConfig {
+                user_header,
+                allow_loopback: rt.kind == RuntimeKind::Process,
+                trusted_proxies,
+                data_dir: if rt.kind == RuntimeKind::Docker {
+                    crate::docker::DATA_DIR.into()
+                } else {
+                    String::new()
+                },
+                port: rt.port,
+                origin_templates: vec![
+                    config.public_origin("{host}"),
+                    "https://{host}".to_string(),
+                ],
+                base_domain: config.server.base_domain.clone(),
+                resources,
+                keys: Some((store.clone(), keyring)),
+            };
+            // A warm instance boots on the idle config: locked down, nobody allowed.
+            settings.env.push((
+                "CLAWDEPLOY_IDLE_CONFIG".into(),
+                generator.idle_config().to_string(),
+            ));
+            Arc::new(generator)
+        }
     };
     tracing::info!(
         runtime = runtime.kind(),
@@ -82,12 +135,6 @@ pub async fn pool_from_config(
         min_idle = settings.min_idle,
         "instance pool configured"
     );
-    // Until the OpenClaw image and its config generator land, instances get the test fixture's
-    // config format (config.json with the owner and SOUL.md).
-    let instance_config = Arc::new(FixtureConfig {
-        user_header: clawdeploy_proxy::edge::USER_HEADER.into(),
-        resources,
-    });
     Ok(Some(PoolManager::new(
         runtime,
         store,
@@ -95,6 +142,24 @@ pub async fn pool_from_config(
         instance_config,
         settings,
     )))
+}
+
+/// The instance network's gateway addresses: where the edge's connections come from, as the
+/// containers see them (directly, or through Docker's loopback port publishing).
+async fn network_gateways(docker: &DockerRuntime) -> Result<Vec<String>, PoolError> {
+    let network = docker
+        .docker()
+        .inspect_network(docker.network(), None)
+        .await
+        .map_err(crate::runtime::RuntimeError::from)?;
+    Ok(network
+        .ipam
+        .and_then(|i| i.config)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|c| c.gateway)
+        .filter(|g| !g.is_empty())
+        .collect())
 }
 
 fn host_name() -> String {

@@ -38,6 +38,7 @@ fn edge_on_node(docker: bool, min_idle: usize, node: &str) -> EdgeBuilder {
     };
     let mut builder = EdgeBuilder::new()
         .section("runtime", &format!("kind = \"{kind}\""))
+        .section("runtime", "config = \"fixture\"")
         .section("runtime", &format!("image = \"{image}\""))
         .section("runtime", "user = \"65534:65534\"")
         .section("pool", &format!("node_id = \"{node}\""))

@@ -10,6 +10,7 @@ mod instances;
 mod lifecycle;
 mod mail;
 mod openapi;
+mod openclaw;
 mod pool;
 mod routing;
 mod runtime;

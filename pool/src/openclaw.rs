@@ -1,0 +1,405 @@
+//! The per-instance OpenClaw config (`openclaw.json` in the instance's data directory, which the
+//! image's `OPENCLAW_CONFIG_PATH` points at) and `workspace/SOUL.md`.
+//!
+//! Every instance gets a gateway locked down for a hosted tenant:
+//! - `trusted-proxy` auth trusting only the edge's address (the Docker network's gateway, as the
+//!   container sees the edge), the user header the edge sets, `allowUsers` = the owner's id and
+//!   device auto-approval for that owner only (no `operator.admin`);
+//! - `controlUi.allowedOrigins` = the instance's own origins;
+//! - the admin terminal and the OpenAI-compatible HTTP endpoints off, no channels, OpenClaw's own
+//!   update checks off (the image also sets `OPENCLAW_CONFIG_READONLY=1`,
+//!   `OPENCLAW_NO_AUTO_UPDATE=1` and `OPENCLAW_SKIP_CHANNELS=1`);
+//! - the providers the user configured (`PUT /api/account/api-keys/...`), the model, the time zone.
+//!
+//! Before assignment a warm instance boots on [`OpenClawConfig::idle_config`]: the same lockdown
+//! with an `allowUsers` entry no user id can match, so an unassigned gateway admits nobody.
+//! Assignment overwrites the file; OpenClaw applies trusted-proxy, model and origin changes live.
+
+use async_trait::async_trait;
+use serde_json::{json, Map, Value};
+
+use clawdeploy_store::{Instance, Keyring, Store};
+
+use crate::manager::{InstanceConfig, PoolError};
+use crate::runtime::{ConfigFile, Resources};
+
+/// The config file, relative to the data directory.
+pub const CONFIG_FILE: &str = "openclaw.json";
+/// SOUL.md, relative to the data directory (the workspace is `<data dir>/workspace`).
+pub const SOUL_FILE: &str = "workspace/SOUL.md";
+/// Never a user id (those are UUIDs): the only user an unassigned gateway "allows".
+pub const UNASSIGNED_USER: &str = "clawdeploy-unassigned";
+/// Scopes an owner's devices are auto-approved with: never `operator.admin`.
+pub const OWNER_SCOPES: [&str; 4] = [
+    "operator.read",
+    "operator.write",
+    "operator.approvals",
+    "operator.questions",
+];
+
+/// A provider key the user configured, opened for the instance's config.
+#[derive(Clone)]
+pub struct ProviderKey {
+    /// `openai`, `anthropic`, `google` or `custom`.
+    pub provider: String,
+    pub key: String,
+    pub base_url: Option<String>,
+}
+
+impl std::fmt::Debug for ProviderKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderKey")
+            .field("provider", &self.provider)
+            .field("key", &"<redacted>")
+            .field("base_url", &self.base_url)
+            .finish()
+    }
+}
+
+/// Generates OpenClaw's config for each instance.
+pub struct OpenClawConfig {
+    /// The header the edge sets with the authenticated user's id.
+    pub user_header: String,
+    /// The addresses the gateway sees the edge's connections come from (and nothing else).
+    pub trusted_proxies: Vec<String>,
+    /// Trust a loopback edge (process runtime only: the edge and the gateway share the host).
+    pub allow_loopback: bool,
+    /// The instance's data directory as the gateway sees it (`/data` in the image); empty when
+    /// it differs per instance (process runtime).
+    pub data_dir: String,
+    /// The gateway's port.
+    pub port: u16,
+    /// Origins of an instance host, with `{host}` for `<sub>.<base_domain>`.
+    pub origin_templates: Vec<String>,
+    pub base_domain: String,
+    pub resources: Resources,
+    /// Where users' provider keys are read from (none: instances get no provider).
+    pub keys: Option<(Store, Keyring)>,
+}
+
+impl OpenClawConfig {
+    /// The config a warm, unassigned instance boots on: locked down, nobody allowed.
+    pub fn idle_config(&self) -> Value {
+        self.gateway_config(UNASSIGNED_USER, &[], &[], None)
+    }
+
+    /// The full config for `owner` with `origins`, `providers` and `timezone`.
+    pub fn gateway_config(
+        &self,
+        owner: &str,
+        origins: &[String],
+        providers: &[ProviderKey],
+        timezone: Option<&str>,
+    ) -> Value {
+        let mut trusted_proxy = json!({
+            "userHeader": self.user_header,
+            "allowUsers": [owner],
+            "deviceAutoApprove": { "enabled": true, "scopes": OWNER_SCOPES },
+        });
+        if self.allow_loopback {
+            trusted_proxy["allowLoopback"] = json!(true);
+        }
+        // Without a data dir (process runtime) the gateway's OPENCLAW_WORKSPACE_DIR applies.
+        let mut defaults = json!({});
+        if !self.data_dir.is_empty() {
+            defaults["workspace"] = json!(format!("{}/workspace", self.data_dir));
+        }
+        if let Some(tz) = timezone.filter(|tz| !tz.is_empty()) {
+            defaults["userTimezone"] = json!(tz);
+        }
+        let mut config = json!({
+            "gateway": {
+                "mode": "local",
+                "port": self.port,
+                "bind": "lan",
+                "trustedProxies": self.trusted_proxies,
+                // Device-less clients (the gateway protocol's backend clients) get the owner's
+                // scopes for their session only; devices are auto-approved with the same.
+                "auth": {
+                    "mode": "trusted-proxy",
+                    "trustedProxy": trusted_proxy,
+                    "identityScopes": { owner: OWNER_SCOPES },
+                },
+                "controlUi": { "allowedOrigins": origins },
+                "terminal": { "enabled": false },
+                "http": { "endpoints": {
+                    "chatCompletions": { "enabled": false },
+                    "responses": { "enabled": false },
+                } },
+                "reload": { "mode": "hybrid" },
+            },
+            "update": { "checkOnStart": false, "auto": { "enabled": false } },
+            "agents": { "defaults": defaults },
+        });
+        let (models, env, primary) = provider_settings(providers);
+        if let Some(primary) = primary {
+            config["agents"]["defaults"]["model"] = json!({ "primary": primary });
+        }
+        if !models.is_empty() {
+            config["models"] = json!({ "mode": "merge", "providers": models });
+        }
+        if !env.is_empty() {
+            config["env"] = json!({ "vars": env });
+        }
+        config
+    }
+
+    /// The instance's origins: each template with its host.
+    pub fn origins(&self, instance: &Instance) -> Vec<String> {
+        let host = format!("{}.{}", instance.subdomain, self.base_domain);
+        self.origin_templates
+            .iter()
+            .map(|t| t.replace("{host}", &host))
+            .collect()
+    }
+
+    async fn provider_keys(&self, instance: &Instance) -> Result<Vec<ProviderKey>, PoolError> {
+        let Some((store, keyring)) = &self.keys else {
+            return Ok(vec![]);
+        };
+        let mut keys = Vec::new();
+        for key in store.list_api_keys(instance.user_id).await? {
+            if !key.is_active {
+                continue;
+            }
+            if let Some((plain, base_url)) = store
+                .open_api_key(instance.user_id, &key.provider, keyring)
+                .await?
+            {
+                keys.push(ProviderKey {
+                    provider: key.provider,
+                    key: plain.to_string(),
+                    base_url,
+                });
+            }
+        }
+        Ok(keys)
+    }
+}
+
+/// Default models per provider (the API has no model choice yet): `custom` is any
+/// OpenAI-compatible endpoint, asked for the model `default`.
+pub fn default_model(provider: &str) -> Option<&'static str> {
+    match provider {
+        "custom" => Some("custom/default"),
+        "openai" => Some("openai/gpt-5-mini"),
+        "anthropic" => Some("anthropic/claude-sonnet-4-5"),
+        "google" => Some("google/gemini-2.5-flash"),
+        _ => None,
+    }
+}
+
+/// `models.providers`, `env.vars` and the primary model for the user's keys. A custom endpoint
+/// wins the primary model, then OpenAI, Anthropic, Google.
+fn provider_settings(
+    providers: &[ProviderKey],
+) -> (Map<String, Value>, Map<String, Value>, Option<&'static str>) {
+    let mut models = Map::new();
+    let mut env = Map::new();
+    let mut primary = None;
+    for provider in ["custom", "openai", "anthropic", "google"] {
+        let Some(key) = providers.iter().find(|p| p.provider == provider) else {
+            continue;
+        };
+        let base_url = key.base_url.as_deref().filter(|u| !u.is_empty());
+        match (provider, base_url) {
+            ("custom", None) => continue, // a custom provider without an endpoint is unusable
+            ("custom", Some(url)) => {
+                models.insert(
+                    "custom".into(),
+                    json!({
+                        "baseUrl": url,
+                        "apiKey": key.key,
+                        "api": "openai-completions",
+                        "models": [{ "id": "default", "name": "Custom model" }],
+                    }),
+                );
+            }
+            (_, url) => {
+                let var = match provider {
+                    "openai" => "OPENAI_API_KEY",
+                    "anthropic" => "ANTHROPIC_API_KEY",
+                    _ => "GEMINI_API_KEY",
+                };
+                env.insert(var.into(), json!(key.key));
+                if let Some(url) = url {
+                    let api = match provider {
+                        "openai" => "openai-completions",
+                        "anthropic" => "anthropic-messages",
+                        _ => "google-generative-ai",
+                    };
+                    models.insert(
+                        provider.into(),
+                        json!({ "baseUrl": url, "apiKey": key.key, "api": api, "models": [] }),
+                    );
+                }
+            }
+        }
+        if primary.is_none() {
+            primary = default_model(provider);
+        }
+    }
+    (models, env, primary)
+}
+
+#[async_trait]
+impl InstanceConfig for OpenClawConfig {
+    async fn files(&self, instance: &Instance) -> Result<Vec<ConfigFile>, PoolError> {
+        let providers = self.provider_keys(instance).await?;
+        let config = self.gateway_config(
+            &instance.user_id.to_string(),
+            &self.origins(instance),
+            &providers,
+            instance.timezone.as_deref(),
+        );
+        let contents = serde_json::to_vec_pretty(&config)
+            .map_err(|e| PoolError::Config(format!("openclaw.json: {e}")))?;
+        let mut files = vec![ConfigFile {
+            path: CONFIG_FILE.into(),
+            contents,
+        }];
+        if let Some(soul) = &instance.soul_md {
+            files.push(ConfigFile {
+                path: SOUL_FILE.into(),
+                contents: soul.clone().into_bytes(),
+            });
+        }
+        Ok(files)
+    }
+
+    fn resources(&self, _tier: &str) -> Resources {
+        self.resources.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generator() -> OpenClawConfig {
+        OpenClawConfig {
+            user_header: "x-forwarded-user".into(),
+            trusted_proxies: vec!["172.18.0.1".into()],
+            allow_loopback: false,
+            data_dir: "/data".into(),
+            port: 18789,
+            origin_templates: vec!["http://{host}:8080".into(), "https://{host}".into()],
+            base_domain: "example.test".into(),
+            resources: Resources {
+                memory_mb: 2048,
+                cpus: 1.0,
+                pids: 512,
+            },
+            keys: None,
+        }
+    }
+
+    fn instance() -> Instance {
+        Instance {
+            id: uuid::Uuid::new_v4(),
+            user_id: uuid::Uuid::new_v4(),
+            subdomain: "alice".into(),
+            status: clawdeploy_store::InstanceStatus::Running,
+            tier: "free".into(),
+            node_id: None,
+            node_ip: None,
+            container_id: None,
+            container_ip: None,
+            upstream: None,
+            soul_md: Some("Be brief.".into()),
+            timezone: Some("Europe/Paris".into()),
+            created_at: 0,
+            updated_at: 0,
+            last_active_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_instance_gets_a_locked_down_trusted_proxy_gateway() {
+        let gen = generator();
+        let inst = instance();
+        let files = gen.files(&inst).await.unwrap();
+        assert_eq!(files[0].path, "openclaw.json");
+        let c: Value = serde_json::from_slice(&files[0].contents).unwrap();
+        let g = &c["gateway"];
+        assert_eq!(g["mode"], "local");
+        assert_eq!(g["bind"], "lan");
+        assert_eq!(g["trustedProxies"], json!(["172.18.0.1"]));
+        assert_eq!(g["auth"]["mode"], "trusted-proxy");
+        let tp = &g["auth"]["trustedProxy"];
+        assert_eq!(tp["userHeader"], "x-forwarded-user");
+        assert_eq!(tp["allowUsers"], json!([inst.user_id.to_string()]));
+        assert_eq!(tp["deviceAutoApprove"]["enabled"], true);
+        assert_eq!(
+            g["auth"]["identityScopes"][inst.user_id.to_string()],
+            json!(OWNER_SCOPES)
+        );
+        assert!(!tp["deviceAutoApprove"]["scopes"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("operator.admin")));
+        assert!(tp.get("allowLoopback").is_none());
+        assert_eq!(
+            g["controlUi"]["allowedOrigins"],
+            json!([
+                "http://alice.example.test:8080",
+                "https://alice.example.test"
+            ])
+        );
+        assert_eq!(g["terminal"]["enabled"], false);
+        assert_eq!(g["http"]["endpoints"]["chatCompletions"]["enabled"], false);
+        assert_eq!(g["http"]["endpoints"]["responses"]["enabled"], false);
+        assert_eq!(c["update"]["checkOnStart"], false);
+        assert!(c.get("channels").is_none());
+        assert_eq!(c["agents"]["defaults"]["workspace"], "/data/workspace");
+        assert_eq!(c["agents"]["defaults"]["userTimezone"], "Europe/Paris");
+        assert_eq!(files[1].path, "workspace/SOUL.md");
+        assert_eq!(files[1].contents, b"Be brief.");
+    }
+
+    #[test]
+    fn an_idle_gateway_admits_nobody() {
+        let c = generator().idle_config();
+        let users = &c["gateway"]["auth"]["trustedProxy"]["allowUsers"];
+        assert_eq!(users, &json!([UNASSIGNED_USER]));
+        assert!(uuid::Uuid::parse_str(UNASSIGNED_USER).is_err());
+        assert_eq!(c["gateway"]["controlUi"]["allowedOrigins"], json!([]));
+        assert!(c.get("models").is_none());
+    }
+
+    #[test]
+    fn providers_become_models_and_env() {
+        let keys = [
+            ProviderKey {
+                provider: "openai".into(),
+                key: "sk-openai".into(),
+                base_url: None,
+            },
+            ProviderKey {
+                provider: "custom".into(),
+                key: "sk-custom".into(),
+                base_url: Some("http://172.18.0.1:9000/v1".into()),
+            },
+        ];
+        let c = generator().gateway_config("u", &[], &keys, None);
+        let custom = &c["models"]["providers"]["custom"];
+        assert_eq!(custom["baseUrl"], "http://172.18.0.1:9000/v1");
+        assert_eq!(custom["apiKey"], "sk-custom");
+        assert_eq!(custom["api"], "openai-completions");
+        assert_eq!(
+            c["agents"]["defaults"]["model"]["primary"],
+            "custom/default"
+        );
+        assert_eq!(c["env"]["vars"]["OPENAI_API_KEY"], "sk-openai");
+        assert!(c["models"]["providers"].get("openai").is_none());
+        assert!(!format!("{:?}", keys[0]).contains("sk-openai"));
+    }
+
+    #[test]
+    fn a_process_gateway_trusts_the_loopback_edge() {
+        let mut gen = generator();
+        gen.allow_loopback = true;
+        let c = gen.idle_config();
+        assert_eq!(c["gateway"]["auth"]["trustedProxy"]["allowLoopback"], true);
+    }
+}

@@ -1,0 +1,580 @@
+//! The real OpenClaw behind the edge (slow: one OpenClaw container, about 1 GiB): the image
+//! `clawdeploy image build` makes, booted by the pool through the real binary, a fake
+//! OpenAI-compatible provider on the instance network's gateway address (the only host address
+//! the egress rules let instances reach), and the trusted-proxy wiring tested from both sides.
+//!
+//! scripts/test.sh builds the image first; without it the test builds it (minutes on a fresh
+//! machine, seconds when cached).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use clawdeploy_pool::{DockerOptions, DockerRuntime};
+
+use crate::support::*;
+
+const PW: &str = "correct horse battery staple 9";
+pub const NETWORK: &str = "clawdeploy-openclaw-test";
+pub const ANSWER: &str = "Hello from the fake provider.";
+/// OpenClaw's first turn prepares the workspace and can take several seconds on 2 vCPU.
+const TURN_PATIENCE: Duration = Duration::from_secs(90);
+
+/// The image under test: `CLAWDEPLOY_OPENCLAW_IMAGE`, else the default tag, built when missing.
+pub async fn openclaw_image() -> String {
+    let image = std::env::var("CLAWDEPLOY_OPENCLAW_IMAGE")
+        .unwrap_or_else(|_| clawdeploy_pool::image::OPENCLAW_IMAGE.to_string());
+    if !clawdeploy_pool::image::exists(&image).await {
+        eprintln!("openclaw: building {image} (clawdeploy image build)");
+        let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_clawdeploy"))
+            .args(["image", "build", "--tag", &image])
+            .status()
+            .await
+            .expect("run clawdeploy image build");
+        assert!(status.success(), "clawdeploy image build failed");
+    }
+    image
+}
+
+/// Removes what a test's pool left behind (containers and volumes carry the node label).
+pub struct Cleanup(pub String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let label = format!("label=clawdeploy.node={}", self.0);
+        let script = format!(
+            "docker ps -aq --filter {label} | xargs -r docker rm -f >/dev/null; \
+             docker volume ls -q --filter {label} | xargs -r docker volume rm >/dev/null"
+        );
+        let _ = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .status();
+    }
+}
+
+/// A fake OpenAI-compatible provider: streams [`ANSWER`] and keeps every request body.
+#[derive(Clone, Default)]
+pub struct FakeProvider {
+    requests: Arc<Mutex<Vec<Value>>>,
+}
+
+impl FakeProvider {
+    pub async fn start(ip: IpAddr) -> (Self, SocketAddr) {
+        let provider = Self::default();
+        let listener = TcpListener::bind((ip, 0))
+            .await
+            .expect("bind fake provider");
+        let addr = listener.local_addr().expect("fake provider address");
+        let app = Router::new()
+            .route("/v1/models", get(models))
+            .route("/v1/chat/completions", post(completions))
+            .with_state(provider.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (provider, addr)
+    }
+
+    pub fn requests(&self) -> Vec<Value> {
+        self.requests.lock().expect("requests").clone()
+    }
+
+    /// The system prompt of the last completion request.
+    pub fn last_system_prompt(&self) -> String {
+        let requests = self.requests();
+        let last = requests.last().expect("the provider was called");
+        last["messages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["role"] == "system" || m["role"] == "developer")
+            .map(|m| m["content"].to_string())
+            .collect()
+    }
+}
+
+async fn models() -> Json<Value> {
+    Json(json!({"object":"list","data":[{"id":"default","object":"model"}]}))
+}
+
+async fn completions(State(p): State<FakeProvider>, Json(body): Json<Value>) -> impl IntoResponse {
+    let stream = body["stream"] == true;
+    p.requests.lock().expect("requests").push(body);
+    if !stream {
+        return (
+            [(header::CONTENT_TYPE, "application/json")],
+            json!({"id":"c1","object":"chat.completion","created":0,"model":"default",
+                "choices":[{"index":0,"message":{"role":"assistant","content":ANSWER},"finish_reason":"stop"}],
+                "usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}})
+            .to_string(),
+        );
+    }
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id":"c1","object":"chat.completion.chunk","created":0,"model":"default",
+            "choices":[{"index":0,"delta":delta,"finish_reason":finish}],
+            "usage": if finish.is_null() { Value::Null } else { json!({"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}) }})
+    };
+    let body = format!(
+        "data: {}\n\ndata: {}\n\ndata: [DONE]\n\n",
+        chunk(json!({"role":"assistant","content":ANSWER}), Value::Null),
+        chunk(json!({}), json!("stop"))
+    );
+    ([(header::CONTENT_TYPE, "text/event-stream")], body)
+}
+
+/// A non-loopback address of this host (OpenClaw refuses proxied clients named as loopback,
+/// so test clients reach the loopback edge from this address).
+pub fn host_address() -> IpAddr {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp socket");
+    socket
+        .connect("203.0.113.1:9")
+        .expect("a default route to pick a source address");
+    let ip = socket.local_addr().expect("local address").ip();
+    assert!(
+        !ip.is_loopback() && !ip.is_unspecified(),
+        "no non-loopback address: {ip}"
+    );
+    ip
+}
+
+/// Opens `/ws` on `host` through the edge, from a non-loopback address, with extra headers.
+pub async fn gateway(
+    edge: &Edge,
+    host: &str,
+    token: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Result<WebSocket, u16> {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::new(host_address(), 0))
+        .expect("bind client");
+    let tcp = socket
+        .connect(edge.addr)
+        .await
+        .expect("connect to the edge");
+    let mut request = format!("ws://{host}/ws")
+        .into_client_request()
+        .expect("request");
+    if let Some(token) = token {
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+    }
+    for (name, value) in extra {
+        request.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+            value.parse().expect("value"),
+        );
+    }
+    match tokio_tungstenite::client_async(request, tcp).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("handshake: {e}"),
+    }
+}
+
+/// One raw HTTP exchange with the edge from [`host_address`].
+pub async fn send_from_host(edge: SocketAddr, raw: &[u8]) -> Response {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::new(host_address(), 0))
+        .expect("bind client");
+    let mut tcp = socket.connect(edge).await.expect("connect to the edge");
+    tcp.write_all(raw).await.expect("write");
+    let mut bytes = Vec::new();
+    tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut bytes))
+        .await
+        .expect("a response in time")
+        .expect("read");
+    parse_response(&bytes).expect("HTTP response")
+}
+
+/// The next JSON frame, or `Err(close reason)`.
+pub async fn next_frame<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Result<Value, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let message = tokio::time::timeout(TURN_PATIENCE, ws.next())
+            .await
+            .expect("a frame in time");
+        match message {
+            Some(Ok(Message::Text(text))) => {
+                return Ok(serde_json::from_str(text.as_str()).expect("JSON frame"))
+            }
+            Some(Ok(Message::Close(frame))) => return Err(format!("closed: {frame:?}")),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(format!("error: {e}")),
+            None => return Err("ended".into()),
+        }
+    }
+}
+
+/// The handshake as a backend client: the `connect` response (ok or not).
+pub async fn connect<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Result<Value, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let challenge = next_frame(ws).await?;
+    assert_eq!(challenge["event"], "connect.challenge", "{challenge}");
+    let connect = json!({"type":"req","id":"c1","method":"connect","params":{"minProtocol":4,"maxProtocol":4,
+        "client":{"id":"gateway-client","version":"test","platform":"linux","mode":"backend"},
+        "role":"operator","scopes":["operator.read","operator.write"]}});
+    ws.send(Message::text(connect.to_string()))
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        let frame = next_frame(ws).await?;
+        if frame["id"] == "c1" {
+            return Ok(frame);
+        }
+    }
+}
+
+/// One request on a connected gateway; its response.
+pub async fn call(ws: &mut WebSocket, id: &str, method: &str, params: Value) -> Value {
+    let req = json!({"type":"req","id":id,"method":method,"params":params});
+    ws.send(Message::text(req.to_string())).await.expect("send");
+    loop {
+        let frame = next_frame(ws).await.expect("a response");
+        if frame["id"] == id {
+            return frame;
+        }
+    }
+}
+
+/// A `chat.send` turn: the final chat event's text.
+pub async fn chat(ws: &mut WebSocket, message: &str) -> String {
+    let id = uuid::Uuid::new_v4().to_string();
+    let req = json!({"type":"req","id":id,"method":"chat.send","params":{"sessionKey":"agent:main:main",
+        "message":message,"idempotencyKey":uuid::Uuid::new_v4().to_string()}});
+    ws.send(Message::text(req.to_string())).await.expect("send");
+    loop {
+        let frame = next_frame(ws).await.expect("chat frames");
+        if frame["id"] == id.as_str() {
+            assert_eq!(frame["ok"], true, "chat.send refused: {frame}");
+        }
+        if frame["event"] == "chat" {
+            match frame["payload"]["state"].as_str() {
+                Some("final") => {
+                    return frame["payload"]["message"]["content"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|c| c["text"].as_str())
+                        .collect()
+                }
+                Some("error") | Some("aborted") => panic!("chat failed: {frame}"),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Connects the owner through the edge. The signup returns once the config is written; OpenClaw
+/// applies it (hot reload) within about a second, and refuses the owner until then, so this
+/// retries for up to 20 s, as a client reconnects.
+pub async fn connect_owner(edge: &Edge, host: &str, token: &str) -> (WebSocket, Value) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut ws = gateway(edge, host, Some(token), &[])
+            .await
+            .expect("the owner gets through the edge");
+        let hello = connect(&mut ws).await;
+        match hello {
+            Ok(hello) if hello["ok"] == true => return (ws, hello),
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the gateway keeps refusing its owner: {other:?}\n{}",
+                    edge.log_text()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Connects straight to the container (not through the edge) with `headers`; the connect answer.
+pub async fn direct(upstream: SocketAddr, headers: &[(&str, &str)]) -> Result<Value, String> {
+    let tcp = tokio::net::TcpStream::connect(upstream)
+        .await
+        .expect("connect");
+    let mut request = format!("ws://{upstream}/")
+        .into_client_request()
+        .expect("request");
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+            value.parse().expect("value"),
+        );
+    }
+    match tokio_tungstenite::client_async(request, tcp).await {
+        Ok((mut ws, _)) => connect(&mut ws).await,
+        Err(e) => Err(format!("handshake refused: {e}")),
+    }
+}
+
+pub async fn wait_idle(edge: &Edge, n: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let nodes = edge
+            .admin("GET", "/admin/nodes", Some(ADMIN_TOKEN), None)
+            .await
+            .json();
+        if nodes["nodes"][0]["containers"]["idle"]
+            .as_u64()
+            .unwrap_or(0)
+            >= n
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "OpenClaw pool not ready: {nodes}\n{}",
+            edge.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub fn upstream_of(edge: &Edge, routes: &Value, host: &str) -> SocketAddr {
+    routes["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["host"] == host)
+        .and_then(|r| r["upstream"].as_str()?.parse().ok())
+        .unwrap_or_else(|| panic!("no route for {host}: {routes}\n{}", edge.log_text()))
+}
+
+/// The fake provider on the instance network's gateway address (the host as instances see it);
+/// the network is created first when missing.
+pub async fn provider_on_instance_network() -> (FakeProvider, SocketAddr) {
+    let docker = DockerRuntime::connect(DockerOptions {
+        network: NETWORK.into(),
+        publish_loopback: true,
+    })
+    .await
+    .expect("Docker engine (scripts/start-docker.sh)");
+    let network = docker
+        .docker()
+        .inspect_network(NETWORK, None)
+        .await
+        .expect("instance network");
+    let gateway_ip: IpAddr = network
+        .ipam
+        .and_then(|i| i.config)
+        .and_then(|c| c.into_iter().find_map(|c| c.gateway))
+        .and_then(|g| g.parse().ok())
+        .expect("network gateway address");
+    FakeProvider::start(gateway_ip).await
+}
+
+/// An edge whose pool runs OpenClaw in Docker, with the egress rules on and the fake provider
+/// as the one host endpoint instances may reach.
+pub fn openclaw_edge(
+    image: &str,
+    node_id: &str,
+    provider: SocketAddr,
+    min_idle: usize,
+    capacity: usize,
+) -> EdgeBuilder {
+    EdgeBuilder::new()
+        .section("runtime", "kind = \"docker\"")
+        .section("runtime", "config = \"openclaw\"")
+        .section("runtime", &format!("image = \"{image}\""))
+        .section("runtime", &format!("docker_network = \"{NETWORK}\""))
+        .section("runtime", "publish_loopback = true")
+        .section("runtime", "egress_rules = true")
+        .section("runtime", &format!("llm_endpoint = \"{provider}\""))
+        .section("pool", &format!("node_id = \"{node_id}\""))
+        .section("pool", &format!("min_idle = {min_idle}"))
+        .section("pool", &format!("capacity = {capacity}"))
+        .section("pool", "ready_timeout_secs = 240")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openclaw_behind_the_edge_chats_refuses_strangers_and_reloads_its_soul() {
+    let image = openclaw_image().await;
+    let (provider, provider_addr) = provider_on_instance_network().await;
+    let node_id = format!("octest{}", std::process::id());
+    let _cleanup = Cleanup(node_id.clone());
+    let edge = openclaw_edge(&image, &node_id, provider_addr, 1, 1)
+        .start()
+        .await;
+    let boot = Instant::now();
+    wait_idle(&edge, 1, Duration::from_secs(300)).await;
+    eprintln!(
+        "openclaw: warm instance ready after {:.1} s",
+        boot.elapsed().as_secs_f64()
+    );
+
+    let (token, _, _) = edge.register("olivia@example.com", PW).await;
+    let (bob_token, _, _) = edge.register("bob@example.com", PW).await;
+    let bob_id = jwt_claims(&bob_token)["sub"]
+        .as_str()
+        .expect("sub")
+        .to_string();
+    let key = edge
+        .api(
+            "PUT",
+            "/api/account/api-keys/custom",
+            Some(&token),
+            Some(json!({"key":"sk-test-olivia","baseUrl":format!("http://{provider_addr}/v1")})),
+        )
+        .await;
+    assert_eq!(key.status, 200, "{}", key.text());
+
+    // Signup to first reply, through the edge at /ws.
+    let signup = Instant::now();
+    let resp = edge
+        .api(
+            "POST",
+            "/api/instances",
+            Some(&token),
+            Some(json!({"subdomain":"olivia","soulMd":"SOUL-MARKER-ONE: answer briefly."})),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    assert_eq!(
+        resp.json()["instance"]["status"],
+        "running",
+        "{}",
+        resp.text()
+    );
+    let host = format!("olivia.{BASE_DOMAIN}");
+    let (mut ws, hello) = connect_owner(&edge, &host, &token).await;
+    assert_eq!(
+        hello["payload"]["auth"]["method"], "trusted-proxy",
+        "{hello}"
+    );
+    let scopes = hello["payload"]["auth"]["scopes"].to_string();
+    assert!(
+        scopes.contains("operator.write") && !scopes.contains("operator.admin"),
+        "{scopes}"
+    );
+    assert_eq!(chat(&mut ws, "hello").await, ANSWER);
+    eprintln!(
+        "openclaw: signup to first reply {:.2} s",
+        signup.elapsed().as_secs_f64()
+    );
+    // The provider got the user's key and the SOUL.md.
+    let first = provider.requests();
+    assert!(!first.is_empty());
+    assert!(
+        provider.last_system_prompt().contains("SOUL-MARKER-ONE"),
+        "SOUL.md not in the system prompt"
+    );
+
+    // Locked down: no admin scope (config writes refused), terminal off.
+    let patch = call(
+        &mut ws,
+        "p1",
+        "config.patch",
+        json!({"raw":"{\"gateway\":{\"terminal\":{\"enabled\":true}}}"}),
+    )
+    .await;
+    assert_eq!(patch["ok"], false, "{patch}");
+    assert!(
+        patch["error"].to_string().contains("operator.admin"),
+        "{patch}"
+    );
+    let terminal = call(&mut ws, "t1", "terminal.open", json!({})).await;
+    assert_eq!(terminal["ok"], false, "{terminal}");
+    // The OpenAI-compatible HTTP endpoints are off, even for the owner.
+    for path in ["/v1/chat/completions", "/v1/responses"] {
+        let raw = format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        );
+        let resp = send_from_host(edge.addr, raw.as_bytes()).await;
+        assert_eq!(resp.status, 404, "{path}: {}", resp.text());
+    }
+
+    // A SOUL.md change reaches the next turn, without a restart.
+    let patched = edge
+        .api(
+            "PATCH",
+            "/api/instances/me",
+            Some(&token),
+            Some(json!({"soulMd":"SOUL-MARKER-TWO: answer in one word."})),
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{}", patched.text());
+    assert_eq!(
+        patched.json()["restartRequired"],
+        false,
+        "{}",
+        patched.text()
+    );
+    assert_eq!(chat(&mut ws, "again").await, ANSWER);
+    let prompt = provider.last_system_prompt();
+    assert!(prompt.contains("SOUL-MARKER-TWO"), "new SOUL.md not used");
+    assert!(
+        !prompt.contains("SOUL-MARKER-ONE"),
+        "old SOUL.md still used"
+    );
+    ws.close(None).await.ok();
+
+    // A forged identity header never reaches the gateway: the edge overwrites it with the
+    // owner's id (had Bob's id reached it, allowUsers would refuse the connection).
+    let mut ws = gateway(
+        &edge,
+        &host,
+        Some(&token),
+        &[("x-forwarded-user", &bob_id), ("x-remote-user", &bob_id)],
+    )
+    .await
+    .expect("the owner gets through");
+    assert_eq!(connect(&mut ws).await.expect("connect")["ok"], true);
+    ws.close(None).await.ok();
+    // Without the owner's token the edge refuses, whatever identity headers the client sends.
+    assert!(gateway(&edge, &host, None, &[("x-forwarded-user", "x")])
+        .await
+        .is_err());
+    assert!(
+        gateway(&edge, &host, Some(&bob_token), &[("x-forwarded-user", "x")])
+            .await
+            .is_err()
+    );
+
+    // Straight to the container (from the trusted address, as any host process could), the
+    // gateway itself refuses connections without the owner's identity.
+    let routes = edge
+        .admin("GET", "/admin/routes", Some(ADMIN_TOKEN), None)
+        .await
+        .json();
+    let upstream = upstream_of(&edge, &routes, &host);
+    let xff = ("x-forwarded-for", "192.0.2.1");
+    for headers in [
+        vec![],
+        vec![xff],
+        vec![xff, ("x-forwarded-user", bob_id.as_str())],
+    ] {
+        let answer = direct(upstream, &headers).await;
+        assert!(
+            answer.as_ref().map_or(true, |a| a["ok"] != true),
+            "gateway admitted {headers:?}: {answer:?}"
+        );
+    }
+
+    // Deleting the instance removes its container.
+    assert_eq!(
+        edge.api("DELETE", "/api/instances/me", Some(&token), None)
+            .await
+            .status,
+        200
+    );
+}
