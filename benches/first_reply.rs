@@ -98,6 +98,7 @@ async fn main() {
     let node = format!("bench{}", std::process::id());
     let edge = EdgeBuilder::new()
         .section("runtime", "kind = \"docker\"")
+        .section("runtime", "config = \"fixture\"")
         .section("runtime", &format!("image = \"{}\"", fixture_image_name()))
         .section("runtime", "user = \"65534:65534\"")
         .section("runtime", "docker_network = \"clawdeploy-bench\"")

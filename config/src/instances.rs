@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 pub enum RuntimeKind {
     /// No runtime: instances are recorded and routed, and stay `provisioning`.
     None,
+    /// Docker when a Docker Engine answers (and, for OpenClaw, its image is built), else none:
+    /// the embedded default.
+    Auto,
     /// Hardened containers on the local Docker Engine.
     Docker,
     /// Local child processes: NOT isolated, development only.
@@ -59,7 +62,7 @@ pub struct RuntimeConfig {
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
-            kind: RuntimeKind::None,
+            kind: RuntimeKind::Auto,
             config: InstanceConfigKind::OpenClaw,
             image: String::new(),
             user: "1000:1000".into(),
@@ -142,7 +145,8 @@ pub(crate) fn validate(
     issue(
         runtime.kind == RuntimeKind::None
             || !runtime.image.is_empty()
-            || (runtime.kind == RuntimeKind::Docker && runtime.config == InstanceConfigKind::OpenClaw),
+            || (matches!(runtime.kind, RuntimeKind::Docker | RuntimeKind::Auto)
+                && runtime.config == InstanceConfigKind::OpenClaw),
         "runtime.image",
         &runtime.image,
         "a Docker image (docker; empty means the OpenClaw image with config = \"openclaw\") or a program path (process)",

@@ -26,14 +26,38 @@ pub async fn pool_from_config(
     let rt = &config.runtime;
     // The addresses instances see the edge's connections come from.
     let mut trusted_proxies = vec![];
+    let image = if rt.image.is_empty() && rt.config == InstanceConfigKind::OpenClaw {
+        OPENCLAW_IMAGE.to_string()
+    } else {
+        rt.image.clone()
+    };
     let runtime: Arc<dyn Runtime> = match rt.kind {
         RuntimeKind::None => return Ok(None),
-        RuntimeKind::Docker => {
-            let docker = DockerRuntime::connect(DockerOptions {
+        RuntimeKind::Auto | RuntimeKind::Docker => {
+            let connected = DockerRuntime::connect(DockerOptions {
                 network: rt.docker_network.clone(),
                 publish_loopback: rt.publish_loopback,
             })
-            .await?;
+            .await;
+            let docker = match (connected, rt.kind) {
+                (Ok(docker), _) => docker,
+                (Err(e), RuntimeKind::Auto) => {
+                    tracing::warn!(
+                        "no Docker Engine answers ({e}): instances are recorded but not started. Start Docker \
+                         and run `clawdeploy image build`, or set [runtime] kind"
+                    );
+                    return Ok(None);
+                }
+                (Err(e), _) => return Err(e.into()),
+            };
+            if rt.kind == RuntimeKind::Auto && docker.docker().inspect_image(&image).await.is_err()
+            {
+                tracing::warn!(
+                    %image,
+                    "the instance image is not built: instances are recorded but not started. Run `clawdeploy image build`"
+                );
+                return Ok(None);
+            }
             if rt.egress_rules {
                 let allow = rt.llm_endpoint.parse().ok().into_iter().collect();
                 let rules = EgressRules::new(&docker.network_info().await?, allow);
@@ -54,11 +78,6 @@ pub async fn pool_from_config(
             trusted_proxies = vec!["127.0.0.1".to_string()];
             Arc::new(ProcessRuntime::new(dir))
         }
-    };
-    let image = if rt.image.is_empty() && rt.config == InstanceConfigKind::OpenClaw {
-        OPENCLAW_IMAGE.to_string()
-    } else {
-        rt.image.clone()
     };
     let pool = &config.pool;
     let node_id = if pool.node_id.is_empty() {
@@ -106,7 +125,7 @@ pub async fn pool_from_config(
                 user_header,
                 allow_loopback: rt.kind == RuntimeKind::Process,
                 trusted_proxies,
-                data_dir: if rt.kind == RuntimeKind::Docker {
+                data_dir: if rt.kind != RuntimeKind::Process {
                     crate::docker::DATA_DIR.into()
                 } else {
                     String::new()

@@ -190,12 +190,21 @@ impl EdgeBuilder {
             "\n[secrets]\njwt_key = \"{JWT_KEY}\"\nmaster_key = \"{MASTER_KEY}\"\nbcrypt_cost = {}\n",
             self.bcrypt_cost.unwrap_or(4)
         ));
-        let mut sections: Vec<&str> = self.sections.iter().map(|(s, _)| s.as_str()).collect();
+        // Test edges start no instances unless a test asks for a runtime (the embedded default,
+        // `auto`, would use this machine's Docker Engine).
+        let mut section_lines = self.sections.clone();
+        if !section_lines
+            .iter()
+            .any(|(s, l)| s == "runtime" && l.trim_start().starts_with("kind"))
+        {
+            section_lines.push(("runtime".into(), "kind = \"none\"".into()));
+        }
+        let mut sections: Vec<&str> = section_lines.iter().map(|(s, _)| s.as_str()).collect();
         sections.sort_unstable();
         sections.dedup();
         for section in sections {
             toml.push_str(&format!("\n[{section}]\n"));
-            for (s, line) in &self.sections {
+            for (s, line) in &section_lines {
                 if s == section {
                     toml.push_str(line);
                     toml.push('\n');
