@@ -197,6 +197,18 @@ pub struct SmtpConfig {
     pub from: String,
     /// How long to wait for the relay.
     pub timeout_secs: u64,
+    /// `starttls` (upgrade the connection; port 587 usually), `tls` (TLS from the start; 465), or
+    /// `none` (plain SMTP: only to a relay on this host, and never with credentials elsewhere).
+    pub tls: SmtpTls,
+}
+
+/// How the SMTP connection is protected.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    Starttls,
+    Tls,
+    None,
 }
 
 impl Default for SmtpConfig {
@@ -208,6 +220,7 @@ impl Default for SmtpConfig {
             password: String::new(),
             from: String::new(),
             timeout_secs: 10,
+            tls: SmtpTls::Starttls,
         }
     }
 }
@@ -565,6 +578,17 @@ impl Config {
             );
             check(smtp.port != 0, "smtp.port", &smtp.port, "1 to 65535");
         }
+        let loopback_relay = smtp.host == "localhost"
+            || smtp
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        check(
+            smtp.tls != SmtpTls::None || smtp.username.is_empty() || loopback_relay,
+            "smtp.tls",
+            &"none",
+            "starttls or tls when smtp.username is set: credentials are never sent in plain text to another host",
+        );
         check(
             smtp.username.is_empty() == smtp.password.is_empty(),
             "smtp.username",
@@ -935,5 +959,22 @@ mod tests {
         let shown = config.to_masked_toml();
         assert!(!shown.contains("super-secret"));
         assert!(shown.contains(MASK));
+    }
+
+    #[test]
+    fn smtp_credentials_never_travel_in_plain_text_to_another_host() {
+        let plain = "[smtp]\nhost = \"mail.example.com\"\nusername = \"u\"\npassword = \"p\"\ntls = \"none\"\n";
+        let found = issues(load(plain, &[]));
+        assert!(found.iter().any(|i| i.key == "smtp.tls"), "{found:?}");
+        let loopback =
+            "[smtp]\nhost = \"127.0.0.1\"\nusername = \"u\"\npassword = \"p\"\ntls = \"none\"\n";
+        assert!(load(loopback, &[]).is_ok());
+        let starttls =
+            "[smtp]\nhost = \"mail.example.com\"\nport = 587\nusername = \"u\"\npassword = \"p\"\n";
+        assert_eq!(
+            load(starttls, &[]).unwrap().smtp.tls,
+            SmtpTls::Starttls,
+            "STARTTLS by default"
+        );
     }
 }

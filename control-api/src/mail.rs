@@ -7,14 +7,15 @@ use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
-use clawdeploy_config::SmtpConfig;
+use clawdeploy_config::{SmtpConfig, SmtpTls};
 use clawdeploy_store::Store;
 
 pub enum Mailer {
     /// No relay: mails go to the `outbox` table (`GET /admin/outbox`).
     Outbox,
     Smtp {
-        transport: AsyncSmtpTransport<Tokio1Executor>,
+        // Boxed: the TLS-capable transport is large, and mailers are built once.
+        transport: Box<AsyncSmtpTransport<Tokio1Executor>>,
         from: Mailbox,
     },
 }
@@ -40,8 +41,17 @@ impl Mailer {
         let from: Mailbox = from
             .parse()
             .map_err(|e| MailError::Address(format!("{from}: {e}")))?;
-        // Plain SMTP (no TLS): meant for a relay on loopback or a private network.
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
+        let builder = match smtp.tls {
+            SmtpTls::Starttls => {
+                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&smtp.host)
+                    .map_err(|e| MailError::Address(format!("smtp.host {}: {e}", smtp.host)))?
+            }
+            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&smtp.host)
+                .map_err(|e| MailError::Address(format!("smtp.host {}: {e}", smtp.host)))?,
+            // Plain SMTP: a relay on this host (validation refuses credentials elsewhere).
+            SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host),
+        };
+        let mut builder = builder
             .port(smtp.port)
             .timeout(Some(Duration::from_secs(smtp.timeout_secs)));
         if !smtp.username.is_empty() {
@@ -51,7 +61,7 @@ impl Mailer {
             ));
         }
         Ok(Mailer::Smtp {
-            transport: builder.build(),
+            transport: Box::new(builder.build()),
             from,
         })
     }

@@ -107,6 +107,7 @@ async fn verification_and_reset_mails_arrive_over_smtp_and_links_work(db: Db) {
     let edge = EdgeBuilder::new()
         .db(&db)
         .section("smtp", "host = \"127.0.0.1\"")
+        .section("smtp", "tls = \"none\"")
         .section("smtp", &format!("port = {}", smtp.port))
         .section("smtp", "from = \"ClawDeploy <no-reply@clawdeploy.test>\"")
         .start()
