@@ -383,12 +383,15 @@ async fn an_unverified_account_past_its_grace_is_stopped_until_verified() {
         "{}",
         stopped.text()
     );
-    // The container itself is stopped, not just hidden.
-    let direct = try_send(upstream, get_request("i", "/readyz").as_bytes()).await;
-    assert!(
-        direct.map(|r| r.status != 200).unwrap_or(true),
-        "the container still serves"
-    );
+    // The container itself is stopped, not just hidden (the stop follows the route change).
+    let deadline = Instant::now() + PATIENCE;
+    while try_send(upstream, get_request("i", "/readyz").as_bytes())
+        .await
+        .is_ok_and(|r| r.status == 200)
+    {
+        assert!(Instant::now() < deadline, "the container still serves");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let restart = edge
         .api("POST", "/api/instances/me/restart", Some(&token), None)
         .await;
