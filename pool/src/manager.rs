@@ -23,7 +23,7 @@ use clawdeploy_store::{
 };
 
 use crate::changes::{Change, ChangeBus};
-use crate::ready::wait_ready;
+use crate::ready::{wait_ready, wait_ready_as};
 use crate::runtime::{
     ConfigFile, InstanceSpec, Resources, RunState, Runtime, RuntimeError, RuntimeEvent,
 };
@@ -54,6 +54,11 @@ pub struct PoolSettings {
 pub trait InstanceConfig: Send + Sync + 'static {
     async fn files(&self, instance: &Instance) -> Result<Vec<ConfigFile>, PoolError>;
     fn resources(&self, tier: &str) -> Resources;
+    /// A path that answers 200 to the owner (named in the trusted-proxy user header) only once the
+    /// instance has applied the owner's config; `None` when the config applies at once.
+    fn owner_ready_path(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -253,6 +258,13 @@ impl PoolManager {
             Some(addr) => addr,
             None => self.address_of(runtime_id).await?,
         };
+        // Routed as running only once the instance admits its owner, so the first connect works.
+        if let Some(path) = self.config.owner_ready_path() {
+            let owner = instance.user_id.to_string();
+            wait_ready_as(addr, path, &owner, self.settings.ready_timeout)
+                .await
+                .map_err(|e| PoolError::NotReady(instance.subdomain.clone(), e))?;
+        }
         self.place(instance, runtime_id, addr, InstanceStatus::Running)
             .await?;
         Ok(addr)

@@ -270,6 +270,12 @@ impl InstanceConfig for OpenClawConfig {
     fn resources(&self, _tier: &str) -> Resources {
         self.resources.clone()
     }
+
+    /// Served behind the gateway's HTTP auth: 200 for the owner once the hot reload has applied
+    /// the owner's config (the idle config admits nobody).
+    fn owner_ready_path(&self) -> Option<&'static str> {
+        Some("/control-ui-config.json")
+    }
 }
 
 #[cfg(test)]

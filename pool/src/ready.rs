@@ -14,10 +14,18 @@ const PROBE_CLIENT: &str = "192.0.2.1";
 
 /// One `GET /readyz`; true on a 200.
 pub async fn probe(addr: SocketAddr) -> bool {
+    probe_path(addr, "/readyz", None).await
+}
+
+/// One `GET path`, naming `user` in the trusted-proxy user header when given; true on a 200.
+async fn probe_path(addr: SocketAddr, path: &str, user: Option<&str>) -> bool {
     let attempt = async {
         let mut tcp = TcpStream::connect(addr).await.ok()?;
+        let user_line = user
+            .map(|u| format!("x-forwarded-user: {u}\r\n"))
+            .unwrap_or_default();
         let request = format!(
-            "GET /readyz HTTP/1.1\r\nHost: instance\r\nX-Forwarded-For: {PROBE_CLIENT}\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: instance\r\nX-Forwarded-For: {PROBE_CLIENT}\r\n{user_line}Connection: close\r\n\r\n"
         );
         tcp.write_all(request.as_bytes()).await.ok()?;
         let mut head = [0u8; 12];
@@ -42,6 +50,30 @@ pub async fn wait_ready(addr: SocketAddr, timeout: Duration) -> Result<(), Strin
         if started.elapsed() >= timeout {
             return Err(format!(
                 "{addr}/readyz did not answer 200 within {} ms",
+                timeout.as_millis()
+            ));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// Polls `path` as `user` until it answers 200 or `timeout` passes.
+pub async fn wait_ready_as(
+    addr: SocketAddr,
+    path: &str,
+    user: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if probe_path(addr, path, Some(user)).await {
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            return Err(format!(
+                "{addr}{path} did not admit the owner within {} ms",
                 timeout.as_millis()
             ));
         }

@@ -282,27 +282,19 @@ pub async fn chat(ws: &mut WebSocket, message: &str) -> String {
     }
 }
 
-/// Connects the owner through the edge. The signup returns once the config is written; OpenClaw
-/// applies it (hot reload) within about a second, and refuses the owner until then, so this
-/// retries for up to 20 s, as a client reconnects.
+/// Connects the owner through the edge. The pool routes an instance as running only once the
+/// gateway admits its owner (the hot reload has applied the owner's config), so the first attempt
+/// must succeed.
 pub async fn connect_owner(edge: &Edge, host: &str, token: &str) -> (WebSocket, Value) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut ws = gateway(edge, host, Some(token), &[])
-            .await
-            .expect("the owner gets through the edge");
-        let hello = connect(&mut ws).await;
-        match hello {
-            Ok(hello) if hello["ok"] == true => return (ws, hello),
-            other => {
-                assert!(
-                    Instant::now() < deadline,
-                    "the gateway keeps refusing its owner: {other:?}\n{}",
-                    edge.log_text()
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+    let mut ws = gateway(edge, host, Some(token), &[])
+        .await
+        .expect("the owner gets through the edge");
+    match connect(&mut ws).await {
+        Ok(hello) if hello["ok"] == true => (ws, hello),
+        other => panic!(
+            "the gateway refused its owner: {other:?}\n{}",
+            edge.log_text()
+        ),
     }
 }
 
