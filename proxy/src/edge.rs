@@ -62,6 +62,9 @@ impl From<&ServerConfig> for EdgeSettings {
     }
 }
 
+/// How a client on the edge's own machine is named to instances (see `upstream_request_filter`).
+pub const LOCAL_CLIENT: &str = "192.0.2.1";
+
 /// The header OpenClaw's trusted-proxy mode reads the authenticated user from.
 pub const USER_HEADER: &str = "x-forwarded-user";
 
@@ -194,6 +197,12 @@ impl ProxyHttp for EdgeProxy {
         }
         // One value for both headers; `HeaderValue`s share their bytes when cloned.
         let client_ip = match client_ip(session) {
+            // OpenClaw's trusted-proxy mode refuses a proxied client named as loopback; a browser
+            // on the edge's own machine (the embedded default) is named by a documentation
+            // address instead (RFC 5737) on instance hosts.
+            Some(ip) if ip.is_loopback() && ctx.identity.is_some() => {
+                HeaderValue::from_static(LOCAL_CLIENT)
+            }
             Some(ip) => HeaderValue::try_from(ip.to_string())
                 .explain_err(ErrorType::InvalidHTTPHeader, |_| "client address")?,
             None => HeaderValue::from_static(""),

@@ -248,6 +248,9 @@ async fn only_the_owner_reaches_an_instance_and_the_container_sees_nothing_else(
     assert_eq!(whoami.status, 200, "{}", whoami.text());
     let headers = &whoami.json()["headers"];
     assert_eq!(headers["x-forwarded-user"], alice_id);
+    // A client on the edge's own machine is named by a documentation address (OpenClaw refuses
+    // proxied loopback clients).
+    assert_eq!(headers["x-forwarded-for"], "192.0.2.1");
     assert!(
         headers.get("authorization").is_none(),
         "the platform token reached the container: {headers}"

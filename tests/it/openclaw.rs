@@ -458,6 +458,27 @@ async fn openclaw_behind_the_edge_chats_refuses_strangers_and_reloads_its_soul()
         "{scopes}"
     );
     assert_eq!(chat(&mut ws, "hello").await, ANSWER);
+    // A browser on the edge's own machine (the embedded default) gets through too.
+    {
+        let tcp = tokio::net::TcpStream::connect(edge.addr)
+            .await
+            .expect("loopback connect");
+        let mut request = format!("ws://{host}/ws")
+            .into_client_request()
+            .expect("request");
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        let (mut local, _) = tokio_tungstenite::client_async(request, tcp)
+            .await
+            .expect("the owner gets through from loopback");
+        let hello = connect(&mut local).await;
+        assert!(
+            matches!(&hello, Ok(h) if h["ok"] == true),
+            "loopback owner refused: {hello:?}"
+        );
+    }
     eprintln!(
         "openclaw: signup to first reply {:.2} s",
         signup.elapsed().as_secs_f64()
