@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo build --release --bin clawdeploy
 if scripts/start-docker.sh; then
-    cargo run --quiet --release --bin clawdeploy -- image build
+    cargo run --quiet --release --bin clawdeploy -- image build \
+        || echo "run.sh: the OpenClaw image could not be built; instances will not start (see above)" >&2
 else
     echo "run.sh: no Docker Engine; instances will not start (see README, [runtime])" >&2
 fi
