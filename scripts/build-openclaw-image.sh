@@ -9,13 +9,20 @@
 # and Docker's layer cache, so a second build takes seconds. Progress goes to stderr; the image
 # name is printed on stdout.
 #
-# Usage: scripts/build-openclaw-image.sh [IMAGE]   (default clawdeploy-openclaw:$OPENCLAW_VERSION)
+# Usage: scripts/build-openclaw-image.sh [--host-only] [IMAGE]   (default clawdeploy-openclaw:$OPENCLAW_VERSION)
+# --host-only, or no Docker engine: only steps 2 (Node and OpenClaw in the cache), for the process
+# runtime; nothing is printed on stdout.
 set -euo pipefail
 
 NODE_VERSION="${NODE_VERSION:-24.21.0}"
 OPENCLAW_VERSION="${OPENCLAW_VERSION:-2026.9.6}"
 SUITE="${DEBIAN_SUITE:-bookworm}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+HOST_ONLY=""
+if [ "${1:-}" = "--host-only" ]; then
+    HOST_ONLY=1
+    shift
+fi
 IMAGE="${1:-clawdeploy-openclaw:$OPENCLAW_VERSION}"
 CACHE="${CLAWDEPLOY_IMAGE_CACHE:-/var/cache/clawdeploy/openclaw-image}"
 BASE_IMAGE="clawdeploy-debian:$SUITE-minbase"
@@ -24,36 +31,10 @@ START=$SECONDS
 step() { printf '[image %3ds] %s\n' "$((SECONDS - START))" "$*" >&2; }
 
 mkdir -p "$CACHE"
-command -v docker >/dev/null || { step "docker is not installed (scripts/start-docker.sh)"; exit 1; }
-docker info >/dev/null 2>&1 || { step "no Docker engine answers (scripts/start-docker.sh starts one)"; exit 1; }
-
-# 1. Debian root filesystem.
-if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
-    step "base $BASE_IMAGE: cached"
-else
-    rootfs_tar="$CACHE/rootfs-$SUITE-minbase.tar"
-    if [ ! -s "$rootfs_tar" ]; then
-        if ! command -v debootstrap >/dev/null 2>&1; then
-            step "installing debootstrap"
-            export DEBIAN_FRONTEND=noninteractive
-            apt-get install -y -qq debootstrap >&2 \
-                || { apt-get update -qq >&2 && apt-get install -y -qq debootstrap >&2; }
-        fi
-        rootfs="$(mktemp -d "$CACHE/rootfs.XXXXXX")"
-        step "debootstrap --variant=minbase $SUITE from $MIRROR (about 30-60 s)"
-        debootstrap --variant=minbase --include=ca-certificates "$SUITE" "$rootfs" "$MIRROR" \
-            | while IFS= read -r line; do
-                case "$line" in I:\ Retrieving* | I:\ Validating*) ;; *) step "  $line" ;; esac
-            done
-        rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs"/tmp/*
-        tar -C "$rootfs" --numeric-owner -cf "$rootfs_tar.part" .
-        mv "$rootfs_tar.part" "$rootfs_tar"
-        rm -rf "$rootfs"
-    fi
-    step "docker import $rootfs_tar as $BASE_IMAGE"
-    docker import --change 'CMD ["/bin/bash"]' "$rootfs_tar" "$BASE_IMAGE" >/dev/null
+if [ -z "$HOST_ONLY" ] && ! docker info >/dev/null 2>&1; then
+    step "no Docker engine answers: installing OpenClaw for the process runtime only"
+    HOST_ONLY=1
 fi
-
 # 2. Node and OpenClaw from the npm registry, pinned.
 node_dir="$CACHE/node-$NODE_VERSION"
 if [ -x "$node_dir/bin/node" ]; then
@@ -84,6 +65,44 @@ else
 fi
 version="$(PATH="$node_dir/bin:$PATH" "$oc_dir/node_modules/.bin/openclaw" --version 2>/dev/null || true)"
 step "openclaw --version: $version"
+
+# Without a Docker engine (or with --host-only) only Node and OpenClaw are installed here: the
+# process runtime runs them directly (scripts/openclaw-process.sh; development only).
+if [ -n "$HOST_ONLY" ]; then
+    step "installed for the process runtime: $node_dir, $oc_dir"
+    exit 0
+fi
+
+command -v docker >/dev/null || { step "docker is not installed (scripts/start-docker.sh)"; exit 1; }
+docker info >/dev/null 2>&1 || { step "no Docker engine answers (scripts/start-docker.sh starts one)"; exit 1; }
+
+# 1. Debian root filesystem.
+if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+    step "base $BASE_IMAGE: cached"
+else
+    rootfs_tar="$CACHE/rootfs-$SUITE-minbase.tar"
+    if [ ! -s "$rootfs_tar" ]; then
+        if ! command -v debootstrap >/dev/null 2>&1; then
+            step "installing debootstrap"
+            export DEBIAN_FRONTEND=noninteractive
+            apt-get install -y -qq debootstrap >&2 \
+                || { apt-get update -qq >&2 && apt-get install -y -qq debootstrap >&2; }
+        fi
+        rootfs="$(mktemp -d "$CACHE/rootfs.XXXXXX")"
+        step "debootstrap --variant=minbase $SUITE from $MIRROR (about 30-60 s)"
+        debootstrap --variant=minbase --include=ca-certificates "$SUITE" "$rootfs" "$MIRROR" \
+            | while IFS= read -r line; do
+                case "$line" in I:\ Retrieving* | I:\ Validating*) ;; *) step "  $line" ;; esac
+            done
+        rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs"/tmp/*
+        tar -C "$rootfs" --numeric-owner -cf "$rootfs_tar.part" .
+        mv "$rootfs_tar.part" "$rootfs_tar"
+        rm -rf "$rootfs"
+    fi
+    step "docker import $rootfs_tar as $BASE_IMAGE"
+    docker import --change 'CMD ["/bin/bash"]' "$rootfs_tar" "$BASE_IMAGE" >/dev/null
+fi
+
 
 # 3. The image. The context is hard links into the cache (no copy), so Docker's layer cache hits.
 ctx="$CACHE/context"

@@ -95,11 +95,16 @@ fn main() {
         Command::Admin { config, command } => admin(config, command),
         Command::Image {
             command: ImageCommand::Build { tag },
-        } => block_on(clawdeploy_pool::image::build(Some(&tag))).and_then(|built| {
-            let built = built?;
-            println!("{built}");
-            Ok(())
-        }),
+        } => block_on(async {
+            let built = clawdeploy_pool::image::build(Some(&tag)).await?;
+            if clawdeploy_pool::image::exists(&built).await {
+                println!("{built}");
+            } else {
+                eprintln!("no Docker Engine: OpenClaw is installed for the process runtime only (development)");
+            }
+            anyhow::Ok(())
+        })
+        .and_then(|built| built),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -145,11 +145,10 @@ pub(crate) fn validate(
     issue(
         runtime.kind == RuntimeKind::None
             || !runtime.image.is_empty()
-            || (matches!(runtime.kind, RuntimeKind::Docker | RuntimeKind::Auto)
-                && runtime.config == InstanceConfigKind::OpenClaw),
+            || runtime.config == InstanceConfigKind::OpenClaw,
         "runtime.image",
         &runtime.image,
-        "a Docker image (docker; empty means the OpenClaw image with config = \"openclaw\") or a program path (process)",
+        "a Docker image (docker) or a program path (process); empty only with config = \"openclaw\" (its image, or its launcher for processes)",
     );
     let uid = runtime.user.split(':').next().unwrap_or_default();
     issue(

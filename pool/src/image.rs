@@ -13,6 +13,37 @@ pub use clawdeploy_config::instances::OPENCLAW_IMAGE;
 /// The build script, as shipped in the repository.
 pub const BUILD_SCRIPT: &str = include_str!("../../scripts/build-openclaw-image.sh");
 
+/// The process runtime's launcher for OpenClaw, as shipped in the repository.
+pub const PROCESS_LAUNCHER: &str = include_str!("../../scripts/openclaw-process.sh");
+
+/// The cache the build script installs Node and OpenClaw into.
+pub fn cache_dir() -> std::path::PathBuf {
+    std::env::var_os("CLAWDEPLOY_IMAGE_CACHE")
+        .map(Into::into)
+        .unwrap_or_else(|| "/var/cache/clawdeploy/openclaw-image".into())
+}
+
+/// Whether the pinned Node and OpenClaw are installed for the process runtime.
+pub fn host_install_ready() -> bool {
+    let cache = cache_dir();
+    cache.join(format!("node-{NODE_VERSION}/bin/node")).exists()
+        && cache
+            .join(format!(
+                "openclaw-{OPENCLAW_VERSION}/node_modules/.bin/openclaw"
+            ))
+            .exists()
+}
+
+/// Writes the launcher into `dir` (mode 0755) and returns its path.
+pub fn write_launcher(dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("openclaw-process.sh");
+    std::fs::write(&path, PROCESS_LAUNCHER)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(path)
+}
+
 /// Pinned versions (the script's defaults).
 pub const NODE_VERSION: &str = "24.21.0";
 pub const OPENCLAW_VERSION: &str = "2026.9.6";

@@ -26,38 +26,66 @@ pub async fn pool_from_config(
     let rt = &config.runtime;
     // The addresses instances see the edge's connections come from.
     let mut trusted_proxies = vec![];
-    let image = if rt.image.is_empty() && rt.config == InstanceConfigKind::OpenClaw {
+    let openclaw = rt.config == InstanceConfigKind::OpenClaw;
+    let docker_image = if rt.image.is_empty() && openclaw {
         OPENCLAW_IMAGE.to_string()
     } else {
         rt.image.clone()
     };
-    let runtime: Arc<dyn Runtime> = match rt.kind {
+    let connect = || {
+        DockerRuntime::connect(DockerOptions {
+            network: rt.docker_network.clone(),
+            publish_loopback: rt.publish_loopback,
+        })
+    };
+    // `auto`: Docker with the image when both are there, else OpenClaw as local processes when
+    // it is installed, else nothing (said in the log).
+    let (kind, docker) = match rt.kind {
         RuntimeKind::None => return Ok(None),
-        RuntimeKind::Auto | RuntimeKind::Docker => {
-            let connected = DockerRuntime::connect(DockerOptions {
-                network: rt.docker_network.clone(),
-                publish_loopback: rt.publish_loopback,
-            })
-            .await;
-            let docker = match (connected, rt.kind) {
-                (Ok(docker), _) => docker,
-                (Err(e), RuntimeKind::Auto) => {
+        RuntimeKind::Docker => (RuntimeKind::Docker, Some(connect().await?)),
+        RuntimeKind::Process => (RuntimeKind::Process, None),
+        RuntimeKind::Auto => {
+            let connected = connect().await;
+            let image_built = match &connected {
+                Ok(docker) => docker.docker().inspect_image(&docker_image).await.is_ok(),
+                Err(_) => false,
+            };
+            match connected {
+                Ok(docker) if image_built => (RuntimeKind::Docker, Some(docker)),
+                _ if openclaw && crate::image::host_install_ready() => {
                     tracing::warn!(
-                        "no Docker Engine answers ({e}): instances are recorded but not started. Start Docker \
-                         and run `clawdeploy image build`, or set [runtime] kind"
+                        "no Docker Engine with the OpenClaw image: OpenClaw runs as local processes, \
+                         NOT isolated; development only"
+                    );
+                    (RuntimeKind::Process, None)
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "no Docker Engine answers ({e}): instances are recorded but not started. Run \
+                         `clawdeploy image build` (with Docker for containers), or set [runtime] kind"
                     );
                     return Ok(None);
                 }
-                (Err(e), _) => return Err(e.into()),
-            };
-            if rt.kind == RuntimeKind::Auto && docker.docker().inspect_image(&image).await.is_err()
-            {
-                tracing::warn!(
-                    %image,
-                    "the instance image is not built: instances are recorded but not started. Run `clawdeploy image build`"
-                );
-                return Ok(None);
+                Ok(_) => {
+                    tracing::warn!(
+                        image = %docker_image,
+                        "the instance image is not built: instances are recorded but not started. Run `clawdeploy image build`"
+                    );
+                    return Ok(None);
+                }
             }
+        }
+    };
+    let image = match kind {
+        RuntimeKind::Process if rt.image.is_empty() && openclaw => {
+            let launcher = crate::image::write_launcher(&config.server.data_dir.join("bin"))
+                .map_err(crate::RuntimeError::from)?;
+            launcher.to_string_lossy().into_owned()
+        }
+        _ => docker_image,
+    };
+    let runtime: Arc<dyn Runtime> = match docker {
+        Some(docker) => {
             if rt.egress_rules {
                 let allow = rt.llm_endpoint.parse().ok().into_iter().collect();
                 let rules = EgressRules::new(&docker.network_info().await?, allow);
@@ -69,7 +97,7 @@ pub async fn pool_from_config(
             trusted_proxies = network_gateways(&docker).await?;
             Arc::new(docker)
         }
-        RuntimeKind::Process => {
+        None => {
             let dir = if rt.process_dir.as_os_str().is_empty() {
                 config.server.data_dir.join("instances")
             } else {
@@ -123,9 +151,9 @@ pub async fn pool_from_config(
                     .map_err(|e| PoolError::Config(format!("secrets.master_key: {e}")))?;
             let generator = OpenClawConfig {
                 user_header,
-                allow_loopback: rt.kind == RuntimeKind::Process,
+                allow_loopback: kind == RuntimeKind::Process,
                 trusted_proxies,
-                data_dir: if rt.kind != RuntimeKind::Process {
+                data_dir: if kind != RuntimeKind::Process {
                     crate::docker::DATA_DIR.into()
                 } else {
                     String::new()

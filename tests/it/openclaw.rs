@@ -591,3 +591,62 @@ async fn openclaw_behind_the_edge_chats_refuses_strangers_and_reloads_its_soul()
         200
     );
 }
+
+/// Without Docker, the process runtime runs the same pinned OpenClaw directly with its pinned Node
+/// (development only, not isolated): signup and a chat through the edge work the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openclaw_as_a_local_process_chats_through_the_edge() {
+    if !clawdeploy_pool::image::host_install_ready() {
+        // `clawdeploy image build` installs Node and OpenClaw in its cache on the way.
+        openclaw_image().await;
+    }
+    assert!(
+        clawdeploy_pool::image::host_install_ready(),
+        "OpenClaw not installed for the process runtime"
+    );
+    let (provider, provider_addr) = FakeProvider::start(IpAddr::from([127, 0, 0, 1])).await;
+    let edge = EdgeBuilder::new()
+        .section("runtime", "kind = \"process\"")
+        .section("runtime", "config = \"openclaw\"")
+        .section(
+            "pool",
+            &format!("node_id = \"ocproc{}\"", std::process::id()),
+        )
+        .section("pool", "min_idle = 1")
+        .section("pool", "capacity = 2")
+        .section("pool", "ready_timeout_secs = 240")
+        .start()
+        .await;
+    wait_idle(&edge, 1, Duration::from_secs(300)).await;
+    let (token, _, _) = edge.register("local@example.com", PW).await;
+    let key = edge
+        .api(
+            "PUT",
+            "/api/account/api-keys/custom",
+            Some(&token),
+            Some(json!({"key":"sk-test-local","baseUrl":format!("http://{provider_addr}/v1")})),
+        )
+        .await;
+    assert_eq!(key.status, 200, "{}", key.text());
+    let resp = edge
+        .api(
+            "POST",
+            "/api/instances",
+            Some(&token),
+            Some(json!({"subdomain":"local"})),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    assert_eq!(
+        resp.json()["instance"]["status"],
+        "running",
+        "{}",
+        resp.text()
+    );
+    let (mut ws, _) = connect_owner(&edge, &format!("local.{BASE_DOMAIN}"), &token).await;
+    assert_eq!(chat(&mut ws, "hello").await, ANSWER);
+    assert!(
+        !provider.requests().is_empty(),
+        "the provider was not asked"
+    );
+}
