@@ -54,30 +54,6 @@ fn edge_on_node(docker: bool, min_idle: usize, node: &str) -> EdgeBuilder {
     builder
 }
 
-/// Waits until the node reports `n` idle instances.
-async fn wait_idle(edge: &Edge, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let nodes = edge
-            .admin("GET", "/admin/nodes", Some(ADMIN_TOKEN), None)
-            .await
-            .json();
-        if nodes["nodes"][0]["containers"]["idle"]
-            .as_u64()
-            .unwrap_or(0)
-            >= n
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pool not filled: {nodes}\n{}",
-            edge.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Creates an instance and waits until it is routed as running; (subdomain, upstream).
 async fn running_instance(edge: &Edge, token: &str, subdomain: &str) -> (String, SocketAddr) {
     let resp = edge
@@ -145,7 +121,7 @@ async fn gateway(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signup_to_first_reply_through_the_edge_with_a_warm_pool() {
     let edge = edge_with_pool(false, 1).start().await;
-    wait_idle(&edge, 1).await;
+    wait_idle(&edge, 1, Duration::from_secs(60)).await;
     let (token, _, _) = edge.register("alice@example.com", PW).await;
     let resp = edge
         .api(
@@ -177,13 +153,13 @@ async fn signup_to_first_reply_through_the_edge_with_a_warm_pool() {
         .await
         .json();
     assert_eq!(me["instance"]["status"], "running");
-    wait_idle(&edge, 1).await;
+    wait_idle(&edge, 1, Duration::from_secs(60)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signup_on_docker_reaches_a_hardened_container_through_the_edge() {
     let edge = edge_with_pool(true, 1).start().await;
-    wait_idle(&edge, 1).await;
+    wait_idle(&edge, 1, Duration::from_secs(60)).await;
     let (token, _, _) = edge.register("dora@example.com", PW).await;
     let (host, _) = running_instance(&edge, &token, "dora").await;
     let mut ws = gateway(&edge, &host, "/ws", Some(&token))

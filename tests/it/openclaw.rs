@@ -8,7 +8,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::header;
@@ -318,29 +318,6 @@ pub async fn direct(upstream: SocketAddr, headers: &[(&str, &str)]) -> Result<Va
     }
 }
 
-pub async fn wait_idle(edge: &Edge, n: u64, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let nodes = edge
-            .admin("GET", "/admin/nodes", Some(ADMIN_TOKEN), None)
-            .await
-            .json();
-        if nodes["nodes"][0]["containers"]["idle"]
-            .as_u64()
-            .unwrap_or(0)
-            >= n
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "OpenClaw pool not ready: {nodes}\n{}",
-            edge.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 pub fn upstream_of(edge: &Edge, routes: &Value, host: &str) -> SocketAddr {
     routes["routes"]
         .as_array()
@@ -406,7 +383,7 @@ async fn openclaw_behind_the_edge_chats_refuses_strangers_and_reloads_its_soul()
     let edge = openclaw_edge(&image, &node_id, provider_addr, 1, 1)
         .start()
         .await;
-    let boot = Instant::now();
+    let boot = std::time::Instant::now();
     wait_idle(&edge, 1, Duration::from_secs(300)).await;
     eprintln!(
         "openclaw: warm instance ready after {:.1} s",
@@ -430,7 +407,7 @@ async fn openclaw_behind_the_edge_chats_refuses_strangers_and_reloads_its_soul()
     assert_eq!(key.status, 200, "{}", key.text());
 
     // Signup to first reply, through the edge at /ws.
-    let signup = Instant::now();
+    let signup = std::time::Instant::now();
     let resp = edge
         .api(
             "POST",

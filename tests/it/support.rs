@@ -790,3 +790,27 @@ pub async fn next_json(ws: &mut WebSocket) -> serde_json::Value {
         }
     }
 }
+
+/// Waits until the edge's node reports at least `n` idle instances (`GET /admin/nodes`).
+pub async fn wait_idle(edge: &Edge, n: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let nodes = edge
+            .admin("GET", "/admin/nodes", Some(ADMIN_TOKEN), None)
+            .await
+            .json();
+        if nodes["nodes"][0]["containers"]["idle"]
+            .as_u64()
+            .unwrap_or(0)
+            >= n
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pool not filled: {nodes}\n{}",
+            edge.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
