@@ -620,8 +620,17 @@ impl PoolManager {
             }
             match (member.state, member.instance_id) {
                 (PoolMemberState::Claimed, Some(instance_id)) => {
-                    tracing::warn!(instance = %instance_id, "instance failed its health check");
-                    tokio::spawn(self.clone().heal(instance_id));
+                    // Only an instance still running at the probed address is unhealthy: one
+                    // being restarted (after a die event) is `starting` or has moved.
+                    let upstream = addr.to_string();
+                    let current = self.store.get_instance(instance_id).await.ok().flatten();
+                    if current.is_some_and(|i| {
+                        i.status == InstanceStatus::Running
+                            && i.upstream.as_deref() == Some(upstream.as_str())
+                    }) {
+                        tracing::warn!(instance = %instance_id, "instance failed its health check");
+                        tokio::spawn(self.clone().heal(instance_id));
+                    }
                 }
                 _ => {
                     tracing::warn!(member = %member.name, "idle member failed its health check; replacing it");
@@ -668,18 +677,26 @@ impl PoolManager {
         {
             return;
         }
-        let attempts = {
-            let mut restarts = self.restarts.lock().unwrap_or_else(|e| e.into_inner());
-            let entry = restarts.entry(instance_id).or_default();
-            entry.recent.retain(|t| t.elapsed() < CRASH_LOOP_WINDOW);
-            entry.recent.push(Instant::now());
-            entry.recent.len()
-        };
         let outcome = async {
             let Some(instance) = self.store.get_instance(instance_id).await? else { return Ok(()) };
-            if matches!(instance.status, InstanceStatus::Stopped | InstanceStatus::Deleting) {
+            // Stopped on purpose, or being (re)started right now (its own `die` event comes here
+            // too): nothing to heal.
+            if matches!(instance.status, InstanceStatus::Stopped | InstanceStatus::Deleting | InstanceStatus::Starting) {
                 return Ok(());
             }
+            // A late event or check about an instance that is serving again.
+            if let Some(addr) = instance.upstream.as_deref().and_then(|u| u.parse::<SocketAddr>().ok()) {
+                if crate::ready::probe(addr).await {
+                    return Ok(());
+                }
+            }
+            let attempts = {
+                let mut restarts = self.restarts.lock().unwrap_or_else(|e| e.into_inner());
+                let entry = restarts.entry(instance_id).or_default();
+                entry.recent.retain(|t| t.elapsed() < CRASH_LOOP_WINDOW);
+                entry.recent.push(Instant::now());
+                entry.recent.len()
+            };
             if attempts > CRASH_LOOP_LIMIT {
                 tracing::error!(instance = %instance_id, "crash loop: giving up until its owner restarts it");
                 return self.set_status(&instance, InstanceStatus::Crashed).await;
