@@ -11,6 +11,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::openclaw::Cleanup;
 use crate::runtime::{chat_turn, fixture_bin, fixture_image_name};
 use crate::support::*;
 
@@ -158,7 +159,9 @@ async fn signup_to_first_reply_through_the_edge_with_a_warm_pool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signup_on_docker_reaches_a_hardened_container_through_the_edge() {
-    let edge = edge_with_pool(true, 1).start().await;
+    let node = node_id();
+    let _cleanup = Cleanup(node.clone());
+    let edge = edge_on_node(true, 1, &node).start().await;
     wait_idle(&edge, 1, Duration::from_secs(60)).await;
     let (token, _, _) = edge.register("dora@example.com", PW).await;
     let (host, _) = running_instance(&edge, &token, "dora").await;
@@ -321,6 +324,7 @@ async fn an_unverified_account_past_its_grace_is_stopped_until_verified() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("grace.db").display());
     let node = node_id();
+    let _cleanup = Cleanup(node.clone());
     let (token, host, upstream, mail) = {
         let edge = edge_on_node(true, 0, &node)
             .database_url(&url)
@@ -417,6 +421,7 @@ async fn a_cancelled_instance_is_archived_after_its_grace_period() {
     let url = format!("sqlite://{}", dir.path().join("cancel.db").display());
     let archive = dir.path().join("archive");
     let node = node_id();
+    let _cleanup = Cleanup(node.clone());
     let edge_for = |node: &str| {
         edge_on_node(true, 0, node)
             .database_url(&url)
