@@ -121,7 +121,7 @@ pub async fn nodes(_: Admin, State(state): State<ApiState>) -> Result<Json<Value
         "healthy"
     };
     let mut node = json!({
-        "id": hostname(),
+        "id": clawdeploy_pool::setup::host_name(),
         "ip": ip,
         "listen": config.server.http_listen,
         "status": status,
@@ -152,12 +152,6 @@ pub async fn nodes(_: Admin, State(state): State<ApiState>) -> Result<Json<Value
         }
     }
     Ok(Json(json!({ "nodes": [node] })))
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
 }
 
 #[derive(Deserialize)]

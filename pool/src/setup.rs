@@ -209,7 +209,8 @@ async fn network_gateways(docker: &DockerRuntime) -> Result<Vec<String>, PoolErr
         .collect())
 }
 
-fn host_name() -> String {
+/// This machine's host name (the default node id).
+pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
