@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # python3-aiosmtpd: the real SMTP server the mail tests send verification and reset links to.
-scripts/install-deps.sh python3-aiosmtpd
+# chromium + chromium-driver: the dashboard's browser tests (tests/it/dashboard.rs).
+scripts/install-deps.sh python3-aiosmtpd chromium chromium-driver
 # The 1,000-WebSocket test needs a few thousand file descriptors across test and edge processes.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 

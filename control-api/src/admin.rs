@@ -154,7 +154,7 @@ pub async fn nodes(_: Admin, State(state): State<ApiState>) -> Result<Json<Value
     Ok(Json(json!({ "nodes": [node] })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct InstancesQuery {
     #[serde(default)]

@@ -62,8 +62,8 @@ pub struct AuthUser {
     pub session: Session,
 }
 
-pub(crate) fn bearer(parts: &Parts) -> Result<&str, ApiError> {
-    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+fn bearer_of(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(ApiError::unauthorized(
             "UNAUTHORIZED",
             "This endpoint needs a login: send Authorization: Bearer <token>.",
@@ -108,12 +108,87 @@ pub(crate) async fn authenticate(state: &ApiState, token: &str) -> Result<AuthUs
     Ok(AuthUser { user, session })
 }
 
+/// The dashboard's session cookie: the access token, HttpOnly, host-only on the app domain.
+pub const SESSION_COOKIE: &str = "cd_session";
+/// Header a cookie-authenticated state-changing call must carry. A page on another origin cannot
+/// add it without a CORS preflight, which this API never grants, so a forged form post fails.
+pub const CSRF_HEADER: &str = "x-csrf-protection";
+
+/// The value of the dashboard's session cookie, if the request carries one.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.trim())
+        .filter(|v| !v.is_empty())
+}
+
+/// The request's access token: `Authorization: Bearer`, else the dashboard's session cookie
+/// (which needs [`CSRF_HEADER`] on anything but GET and HEAD).
+pub(crate) fn request_token<'a>(
+    method: &axum::http::Method,
+    headers: &'a HeaderMap,
+) -> Result<&'a str, ApiError> {
+    if headers.contains_key(header::AUTHORIZATION) {
+        return bearer_of(headers);
+    }
+    let Some(token) = session_cookie(headers) else {
+        return bearer_of(headers);
+    };
+    let safe = method == axum::http::Method::GET || method == axum::http::Method::HEAD;
+    if !safe && !headers.contains_key(CSRF_HEADER) {
+        return Err(ApiError::forbidden(
+            "CSRF_HEADER_MISSING",
+            "A call authenticated by the dashboard's cookie must send the X-CSRF-Protection header (the dashboard's pages do); API clients send Authorization: Bearer <token> instead.",
+        ));
+    }
+    Ok(token)
+}
+
+/// `Set-Cookie` for the dashboard session; `Secure` when the client came over HTTPS.
+pub fn session_set_cookie(token: &str, headers: &HeaderMap) -> String {
+    let secure = headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes() == b"https");
+    format!(
+        "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={ACCESS_TTL_SECS}{}",
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// `Set-Cookie` that removes the dashboard session.
+pub fn session_clear_cookie() -> String {
+    format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0")
+}
+
 impl FromRequestParts<ApiState> for AuthUser {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
-        let token = bearer(parts)?;
+        let token = request_token(&parts.method, &parts.headers)?;
         authenticate(state, token).await
     }
+}
+
+/// `POST /api/auth/browser-session`: turns the caller's access token into the dashboard's
+/// HttpOnly session cookie, so pages and the chat WebSocket authenticate without script access to
+/// the token.
+pub async fn browser_session(
+    State(state): State<ApiState>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    let token = request_token(&method, &headers)?;
+    let auth = authenticate(&state, token).await?;
+    let cookie = session_set_cookie(token, &headers);
+    Ok((
+        StatusCode::OK,
+        [(header::SET_COOKIE, cookie)],
+        Json(json!({ "user": user_json(&auth.user) })),
+    ))
 }
 
 /// The public view of a user.
@@ -547,11 +622,14 @@ pub async fn logout(
     State(state): State<ApiState>,
     auth: AuthUser,
     client: Client,
-) -> Result<StatusCode, ApiError> {
+) -> Result<impl IntoResponse, ApiError> {
     state.store.revoke_session(auth.session.id).await?;
     state.revoked(&[auth.session.id]).await;
     log_event(&state, Some(auth.user.id), "logout", &client, None).await;
-    Ok(StatusCode::NO_CONTENT)
+    Ok((
+        StatusCode::NO_CONTENT,
+        [(header::SET_COOKIE, session_clear_cookie())],
+    ))
 }
 
 #[derive(Deserialize)]

@@ -368,7 +368,39 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
-async fn my_instance(state: &ApiState, auth: &AuthUser) -> Result<Instance, ApiError> {
+/// `GET /api/subdomains/{label}`: whether a subdomain can be had, for the signup page's live
+/// check. The same checks as [`create`]; a taken or reserved label comes with a free suggestion.
+pub async fn subdomain_availability(
+    State(state): State<ApiState>,
+    axum::extract::Path(label): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let label = label.trim().to_ascii_lowercase();
+    let host = format!("{label}.{}", state.routes.base_domain());
+    if let Err(why) = check_label(&label) {
+        return Ok(Json(json!({
+            "subdomain": label, "available": false, "reason": "invalid",
+            "message": format!("A subdomain {why}."),
+        })));
+    }
+    let (reason, message) = if is_reserved(&state, &label) {
+        ("reserved", format!("{host} is reserved."))
+    } else if state.store.subdomain_taken(&label).await? {
+        ("taken", format!("{host} is already taken."))
+    } else {
+        return Ok(Json(json!({
+            "subdomain": label, "available": true, "host": host,
+            "message": format!("{host} is available."),
+        })));
+    };
+    let suggestion = free_suggestion(&state, &label).await?;
+    Ok(Json(json!({
+        "subdomain": label, "available": false, "reason": reason,
+        "message": format!("{message} {suggestion}.{} is free.", state.routes.base_domain()),
+        "suggestion": suggestion,
+    })))
+}
+
+pub(crate) async fn my_instance(state: &ApiState, auth: &AuthUser) -> Result<Instance, ApiError> {
     state
         .store
         .list_instances_by_user(auth.user.id)

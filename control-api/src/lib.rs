@@ -8,12 +8,14 @@
 pub mod account;
 pub mod admin;
 pub mod auth;
+pub mod chat;
 pub mod crypto;
 pub mod edge_auth;
 pub mod error;
 pub mod instances;
 pub mod mail;
 pub mod openapi;
+pub mod pages;
 pub mod throttle;
 
 use std::sync::{Arc, Mutex};
@@ -154,6 +156,7 @@ pub fn router(state: ApiState) -> Router {
         router = router.route(path, handler);
     }
     router
+        .merge(pages::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -178,8 +181,21 @@ pub(crate) async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<s
     }
 }
 
-async fn not_found() -> ApiError {
+async fn not_found(
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if pages::wants_html(&headers, &uri) {
+        return pages::error_page(
+            StatusCode::NOT_FOUND,
+            "Page not found",
+            "There is no page at this address. Check the link, or go to your dashboard.",
+            None,
+        );
+    }
     ApiError::not_found("No such endpoint; the API is described at /api/openapi.json.")
+        .into_response()
 }
 
 async fn method_not_allowed() -> ApiError {

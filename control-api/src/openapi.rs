@@ -5,7 +5,7 @@ use axum::routing::{delete, get, patch, post, put, MethodRouter};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use crate::{account, admin, auth, instances, ApiState};
+use crate::{account, admin, auth, chat, instances, ApiState};
 
 /// Who may call an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +82,8 @@ pub fn endpoints() -> Vec<(Spec, Handler)> {
         ep!(post "/api/auth/reset-password", auth::reset_password, "auth", Public, 200 "Password changed, every session ended",
             "Set a new password with the mailed token",
             body: [("token", "string", true), ("password", "string", true)]),
+        ep!(post "/api/auth/browser-session", auth::browser_session, "auth", User, 200 "The user; Set-Cookie carries the dashboard session (HttpOnly, SameSite=Lax)",
+            "Turn an access token into the dashboard's session cookie; cookie-authenticated calls other than GET must send X-CSRF-Protection"),
         ep!(post "/api/auth/mfa/setup", auth::mfa_setup, "auth", User, 200 "A TOTP secret and otpauth URL", "Start TOTP setup"),
         ep!(post "/api/auth/mfa/enable", auth::mfa_enable, "auth", User, 200 "MFA on, with one-time recovery codes",
             "Turn TOTP on by proving a code", body: [("secret", "string", true), ("code", "string", true)]),
@@ -109,6 +111,10 @@ pub fn endpoints() -> Vec<(Spec, Handler)> {
         ep!(post "/api/instances", instances::create, "instances", User, 201 "The instance (provisioning) and what is pending",
             "Create your instance; a requested subdomain is used as given when free",
             body: [("subdomain", "string", false), ("apiKeys", "object", false), ("soulMd", "string", false), ("timezone", "string", false)]),
+        ep!(get "/api/subdomains/{label}", instances::subdomain_availability, "instances", Public, 200 "available, and when not: reason (invalid, reserved, taken), message and a free suggestion",
+            "Whether a subdomain can be had (the signup page's live check)"),
+        ep!(get "/api/instances/me/chat", chat::chat, "instances", User, 101 "WebSocket: the instance gateway's frames, plus bridge.ready, bridge.error and bridge.closed events",
+            "The dashboard's chat: a WebSocket bridged through the edge to your instance's gateway under your identity (same owner check and metering); cookie or bearer auth, browser Origin must be the app domain"),
         ep!(get "/api/instances/me", instances::get_me, "instances", User, 200 "Your instance with this month's usage", "Your instance"),
         ep!(patch "/api/instances/me", instances::patch_me, "instances", User, 200 "Updated; says whether a restart is needed",
             "Update API keys, SOUL.md, timezone",

@@ -1,0 +1,311 @@
+//! `GET /api/instances/me/chat`: the dashboard's chat WebSocket. The browser authenticates with
+//! its session cookie (or a bearer token); this end connects to the user's instance gateway
+//! *through the edge* as a backend client under the user's identity, so the browser needs no
+//! OpenClaw device pairing and every frame passes the edge's owner check and metering exactly as a
+//! direct client's would.
+//!
+//! To the browser the bridge speaks the gateway's own frames (`req`/`res`/`event`), plus three
+//! events of its own: `bridge.ready` (the gateway accepted the connection; payload has `hello`),
+//! `bridge.error` (`{code, message}`, then the socket closes) and `bridge.closed`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame, Role};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use clawdeploy_store::InstanceStatus;
+
+use crate::auth::{self, AuthUser};
+use crate::error::ApiError;
+use crate::ApiState;
+
+/// How long the gateway may take to challenge and admit the bridge.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Largest frame accepted from the browser (a chat message, not a file upload).
+const MAX_BROWSER_FRAME: usize = 1024 * 1024;
+
+fn bad_upgrade(message: &str) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "WEBSOCKET_REQUIRED", message)
+}
+
+/// The host part of an `Origin` (`http://app.example.com:8080` → `app.example.com`).
+fn origin_host(origin: &str) -> Option<&str> {
+    let rest = origin.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    Some(match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    })
+}
+
+/// The `Sec-WebSocket-Accept` of a key (RFC 6455 §4.2.2).
+fn accept_key(key: &[u8]) -> String {
+    use base64::Engine as _;
+    use sha1::{Digest, Sha1};
+    let mut sha = Sha1::new();
+    sha.update(key);
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+}
+
+/// Where this process's edge listens, as seen from here.
+fn edge_addr(state: &ApiState) -> Option<SocketAddr> {
+    let mut addr: SocketAddr = state.ctx.config.server.http_listen.parse().ok()?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+    Some(addr)
+}
+
+pub async fn chat(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    mut request: Request,
+) -> Result<Response, ApiError> {
+    let headers = request.headers();
+    if request.method() != Method::GET
+        || !headers
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+    {
+        return Err(bad_upgrade(
+            "This endpoint is a WebSocket: connect with GET and Upgrade: websocket.",
+        ));
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err(bad_upgrade("Sec-WebSocket-Key is missing."));
+    };
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return Err(bad_upgrade("Only WebSocket version 13 is supported."));
+    }
+    // A page on another site must not open a socket with this user's cookie.
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let app = state.ctx.config.server.app_domain();
+        let same = origin
+            .to_str()
+            .ok()
+            .and_then(origin_host)
+            .is_some_and(|h| h.eq_ignore_ascii_case(&app));
+        if !same {
+            return Err(ApiError::forbidden(
+                "ORIGIN_NOT_ALLOWED",
+                format!("The chat WebSocket accepts connections from {app} only."),
+            ));
+        }
+    }
+    let token = auth::request_token(request.method(), request.headers())?.to_string();
+    let accept = accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!("chat upgrade failed: {e}");
+                return;
+            }
+        };
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(MAX_BROWSER_FRAME))
+            .max_frame_size(Some(MAX_BROWSER_FRAME));
+        let browser = WebSocketStream::from_raw_socket(
+            hyper_util::rt::TokioIo::new(upgraded),
+            Role::Server,
+            Some(config),
+        )
+        .await;
+        bridge(state, auth, token, browser).await;
+    });
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let h = response.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    Ok(response)
+}
+
+type Browser = WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+type Gateway = WebSocketStream<tokio::net::TcpStream>;
+
+async fn fail(browser: &mut Browser, code: &str, message: &str) {
+    let event =
+        json!({"type":"event","event":"bridge.error","payload":{"code":code,"message":message}});
+    let _ = browser.send(Message::text(event.to_string())).await;
+    let _ = browser
+        .send(Message::Close(Some(CloseFrame {
+            code: CloseCode::Again,
+            reason: code.to_string().into(),
+        })))
+        .await;
+}
+
+async fn bridge(state: ApiState, auth: AuthUser, token: String, mut browser: Browser) {
+    let inst = match crate::instances::my_instance(&state, &auth).await {
+        Ok(inst) => inst,
+        Err(e) => return fail(&mut browser, "NO_INSTANCE", &e.message).await,
+    };
+    if inst.status != InstanceStatus::Running {
+        let message = match inst.status {
+            InstanceStatus::Stopped | InstanceStatus::Crashed => format!(
+                "Your instance is {}: restart it from Settings to chat.",
+                inst.status.as_str()
+            ),
+            _ => format!(
+                "Your instance is {}; the chat connects as soon as it runs.",
+                inst.status.as_str()
+            ),
+        };
+        return fail(&mut browser, "INSTANCE_NOT_RUNNING", &message).await;
+    }
+    let host = format!("{}.{}", inst.subdomain, state.routes.base_domain());
+    let mut gateway = match connect_gateway(&state, &host, &token).await {
+        Ok((gateway, hello)) => {
+            let ready = json!({"type":"event","event":"bridge.ready","payload":{"instance":inst.subdomain,"hello":hello}});
+            if browser
+                .send(Message::text(ready.to_string()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            gateway
+        }
+        Err(why) => {
+            tracing::warn!(instance = %inst.id, "chat bridge cannot reach the gateway: {why}");
+            return fail(&mut browser, "GATEWAY_UNAVAILABLE", &format!("Your instance's gateway did not accept the chat connection ({why}); retrying shortly.")).await;
+        }
+    };
+    tracing::debug!(instance = %inst.id, "chat bridge open");
+    loop {
+        tokio::select! {
+            from_browser = browser.next() => match from_browser {
+                Some(Ok(Message::Text(text))) => {
+                    if gateway.send(Message::Text(text)).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                    let _ = gateway.close(None).await;
+                    return;
+                }
+                // Pings are answered by the library; binary frames are not part of the protocol.
+                Some(Ok(_)) => {}
+            },
+            from_gateway = gateway.next() => match from_gateway {
+                Some(Ok(Message::Text(text))) => {
+                    if browser.send(Message::Text(text)).await.is_err() {
+                        let _ = gateway.close(None).await;
+                        return;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    let closed = json!({"type":"event","event":"bridge.closed","payload":{"message":"The instance closed the connection; reconnecting."}});
+    let _ = browser.send(Message::text(closed.to_string())).await;
+    let _ = browser.close(None).await;
+}
+
+/// Opens the gateway at `host` through this node's edge with the user's token, and completes the
+/// `connect.challenge` → `connect` → `hello-ok` handshake as a backend client.
+async fn connect_gateway(
+    state: &ApiState,
+    host: &str,
+    token: &str,
+) -> Result<(Gateway, Value), String> {
+    let addr = edge_addr(state).ok_or("the edge's listen address is not an IP:port")?;
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("edge unreachable: {e}"))?;
+        let mut request = format!("ws://{host}/ws")
+            .into_client_request()
+            .map_err(|e| e.to_string())?;
+        let bearer = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| e.to_string())?;
+        request.headers_mut().insert(header::AUTHORIZATION, bearer);
+        let (mut ws, _) = tokio_tungstenite::client_async(request, tcp)
+            .await
+            .map_err(|e| match e {
+                tokio_tungstenite::tungstenite::Error::Http(resp) => {
+                    format!("the edge answered {}", resp.status())
+                }
+                other => other.to_string(),
+            })?;
+        let connect = json!({"type":"req","id":"bridge-connect","method":"connect","params":{
+            "minProtocol":4,"maxProtocol":4,
+            "client":{"id":"gateway-client","version":env!("CARGO_PKG_VERSION"),"platform":"clawdeploy-dashboard","mode":"backend"},
+            "role":"operator","scopes":["operator.read","operator.write"]}});
+        let mut sent = false;
+        while let Some(frame) = ws.next().await {
+            let text = match frame.map_err(|e| e.to_string())? {
+                Message::Text(text) => text,
+                Message::Close(frame) => {
+                    return Err(format!(
+                        "closed: {}",
+                        frame.map(|f| f.reason.to_string()).unwrap_or_default()
+                    ))
+                }
+                _ => continue,
+            };
+            let frame: Value = serde_json::from_str(text.as_str()).map_err(|e| e.to_string())?;
+            if !sent && frame["event"] == "connect.challenge" {
+                ws.send(Message::text(connect.to_string()))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                sent = true;
+            } else if frame["id"] == "bridge-connect" {
+                if frame["ok"] == true {
+                    return Ok((ws, frame["payload"].clone()));
+                }
+                return Err(frame["error"]["message"]
+                    .as_str()
+                    .unwrap_or("connect refused")
+                    .to_string());
+            }
+        }
+        Err("the gateway closed during the handshake".to_string())
+    })
+    .await
+    .map_err(|_| "the gateway did not answer in time".to_string())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_key_matches_rfc_6455_example() {
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn origin_hosts() {
+        assert_eq!(
+            origin_host("http://app.example.com:8080"),
+            Some("app.example.com")
+        );
+        assert_eq!(
+            origin_host("https://app.example.com"),
+            Some("app.example.com")
+        );
+        assert_eq!(origin_host("null"), None);
+    }
+}

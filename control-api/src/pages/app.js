@@ -1,0 +1,492 @@
+// ClawDeploy dashboard script: forms call the JSON API, the chat panel talks to
+// /api/instances/me/chat. One file, no build step, no inline handlers (CSP-friendly).
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+
+class ApiError extends Error {
+  constructor(status, error) {
+    super((error && error.message) || `Request failed (${status})`);
+    this.status = status;
+    this.code = (error && error.code) || "HTTP_" + status;
+    this.field = error && error.field;
+    this.suggestion = error && error.suggestion;
+  }
+}
+
+// Cookie-authenticated calls carry the CSRF header; `token` (right after signup or login) is
+// sent as a bearer token instead.
+async function api(method, path, body, token) {
+  const headers = { "X-CSRF-Protection": "1", "Accept": "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (token) headers["Authorization"] = "Bearer " + token;
+  let resp;
+  try {
+    resp = await fetch(path, { method, headers, credentials: "same-origin",
+      body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch (e) {
+    throw new ApiError(0, { code: "NETWORK", message: "The server could not be reached; check your connection and try again." });
+  }
+  if (resp.status === 204) return {};
+  let data = {};
+  try { data = await resp.json(); } catch (e) { data = {}; }
+  if (!resp.ok) throw new ApiError(resp.status, data.error);
+  return data;
+}
+
+function clearErrors(form) {
+  form.querySelectorAll("[aria-invalid]").forEach((el) => el.removeAttribute("aria-invalid"));
+  form.querySelectorAll(".field-error").forEach((el) => { el.textContent = ""; });
+  const formError = form.querySelector(".form-error");
+  if (formError) formError.textContent = "";
+}
+
+// Shows an API error next to the field it names (error.field), else in the form's alert.
+function showError(form, err, alertEl) {
+  const field = err.field && err.field.split(".")[0];
+  const input = field && form.querySelector(`[data-field="${field}"]`);
+  if (input) {
+    input.setAttribute("aria-invalid", "true");
+    const slot = document.getElementById(input.id + "-error");
+    if (slot) { slot.textContent = err.message; input.focus(); return; }
+    input.focus();
+  }
+  const target = alertEl || form.querySelector(".form-error");
+  if (target) target.textContent = err.message;
+}
+
+function randomId() {
+  const b = new Uint8Array(16);
+  crypto.getRandomValues(b);
+  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+}
+
+function debounce(fn, ms) {
+  let t;
+  return (...args) => { clearTimeout(t); t = setTimeout(() => fn(...args), ms); };
+}
+
+// --- live subdomain check (signup and create) ---
+function subdomainCheck() {
+  const input = $("#subdomain");
+  const status = $("#subdomain-status");
+  if (!input || !status) return;
+  let seq = 0;
+  const check = debounce(async () => {
+    const label = input.value.trim().toLowerCase();
+    const mine = ++seq;
+    if (!label) { status.textContent = ""; return; }
+    try {
+      const r = await api("GET", "/api/subdomains/" + encodeURIComponent(label));
+      if (mine !== seq) return;
+      status.textContent = r.message;
+      status.className = "hint " + (r.available ? "ok" : "bad");
+      if (r.suggestion) {
+        const b = document.createElement("button");
+        b.type = "button"; b.className = "link"; b.textContent = `Use ${r.suggestion}`;
+        b.addEventListener("click", () => { input.value = r.suggestion; check(); input.focus(); });
+        status.append(" ", b);
+      }
+    } catch (e) {
+      if (mine === seq) { status.textContent = e.message; status.className = "hint bad"; }
+    }
+  }, 200);
+  input.addEventListener("input", check);
+  if (input.value) check();
+}
+
+// --- signup ---
+function signupPage() {
+  subdomainCheck();
+  const form = $("#signup-form");
+  const progress = $("#form-progress");
+  const button = $("#deploy");
+  let token = null; // kept if the account was created but the instance was not
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    clearErrors(form);
+    button.disabled = true;
+    try {
+      if (!token) {
+        progress.textContent = "Creating your account…";
+        const reg = await api("POST", "/api/auth/register", {
+          email: form.email.value.trim(), password: form.password.value,
+          timezone: Intl.DateTimeFormat().resolvedOptions().timeZone || undefined,
+        });
+        token = reg.token;
+        await api("POST", "/api/auth/browser-session", undefined, token);
+      }
+      progress.textContent = "Deploying your instance…";
+      const keys = {}; keys[form.provider.value] = form.apiKey.value.trim();
+      await api("POST", "/api/instances", { subdomain: form.subdomain.value.trim().toLowerCase(), apiKeys: keys }, token);
+      progress.textContent = "Ready. Opening your dashboard…";
+      window.location.assign("/dashboard");
+    } catch (err) {
+      progress.textContent = "";
+      if (err.field === "timezone") { err.field = null; }
+      showError(form, err);
+      button.disabled = false;
+    }
+  });
+}
+
+// --- login (with MFA) ---
+function loginPage() {
+  const form = $("#login-form");
+  const mfaField = $("#mfa-field");
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    clearErrors(form);
+    const body = { email: form.email.value.trim(), password: form.password.value };
+    if (!mfaField.hidden && form.mfaCode.value.trim()) body.mfaCode = form.mfaCode.value.trim();
+    try {
+      const r = await api("POST", "/api/auth/login", body);
+      await api("POST", "/api/auth/browser-session", undefined, r.token);
+      window.location.assign("/login/continue?next=" + encodeURIComponent(form.dataset.next || ""));
+    } catch (err) {
+      if (err.code === "MFA_REQUIRED") {
+        mfaField.hidden = false;
+        form.mfaCode.focus();
+        form.querySelector(".form-error").textContent = "Enter the code from your authenticator app.";
+        return;
+      }
+      showError(form, err);
+    }
+  });
+}
+
+// --- dashboard: progress and chat ---
+const STEP = { queued: 1, provisioning: 2, starting: 3, running: 4 };
+const STATUS_TEXT = {
+  queued: "Waiting for capacity: your instance starts as soon as room frees on this node.",
+  provisioning: "Preparing your instance…", starting: "Starting OpenClaw…", running: "Running",
+  stopped: "Stopped. Restart it from Settings to chat again.",
+  crashed: "Crashed. Restart it from Settings.", deleting: "Cancelled: restore it from Settings.",
+};
+
+function dashboardPage() {
+  const create = $("#create-form");
+  if (create) {
+    subdomainCheck();
+    create.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      clearErrors(create);
+      try {
+        await api("POST", "/api/instances", { subdomain: create.subdomain.value.trim().toLowerCase() });
+        window.location.reload();
+      } catch (err) { showError(create, err); }
+    });
+    return;
+  }
+  const box = $("#instance");
+  if (!box) return;
+  const chat = new ChatPanel();
+  const setStatus = (status) => {
+    box.dataset.status = status;
+    const text = $("#status-text");
+    text.textContent = STATUS_TEXT[status] || status;
+    text.className = "status status-" + status;
+    const step = STEP[status] || 0;
+    $("#progress-bar").value = step;
+    $("#progress-bar").textContent = `${step} of 4`;
+    document.querySelectorAll(".steps li").forEach((li) => li.classList.toggle("done", Number(li.dataset.step) <= step));
+    $("#progress").hidden = status === "running" || step === 0;
+  };
+  setStatus(box.dataset.status);
+  if (box.dataset.status === "running") { chat.start(); return; }
+  // No blank waits: poll until the instance runs, then connect the chat.
+  const poll = async () => {
+    try {
+      const r = await api("GET", "/api/instances/me");
+      setStatus(r.instance.status);
+      if (r.instance.status === "running") { chat.start(); return; }
+    } catch (e) { $("#chat-status").textContent = e.message; }
+    setTimeout(poll, 700);
+  };
+  setTimeout(poll, 300);
+}
+
+class ChatPanel {
+  constructor() {
+    this.log = $("#chat-log");
+    this.status = $("#chat-status");
+    this.form = $("#chat-form");
+    this.input = $("#chat-input");
+    this.send = $("#chat-send");
+    this.ws = null;
+    this.ready = false;
+    this.delay = 500;
+    this.pending = new Map(); // request id -> handler
+    this.runs = new Map(); // runId -> <li>
+    this.form.addEventListener("submit", (ev) => { ev.preventDefault(); this.submit(); });
+    this.input.addEventListener("keydown", (ev) => {
+      if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); this.submit(); }
+    });
+  }
+
+  start() {
+    if (this.ws) return;
+    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    this.status.textContent = "Connecting…";
+    const ws = new WebSocket(scheme + location.host + "/api/instances/me/chat");
+    this.ws = ws;
+    ws.addEventListener("message", (ev) => {
+      let frame;
+      try { frame = JSON.parse(ev.data); } catch (e) { return; }
+      this.onFrame(frame);
+    });
+    ws.addEventListener("close", () => {
+      this.ws = null;
+      this.setReady(false);
+      // Reconnects by itself, backing off to 10 s.
+      this.status.textContent = this.lastError ? `${this.lastError} Reconnecting…` : "Disconnected. Reconnecting…";
+      setTimeout(() => this.start(), this.delay);
+      this.delay = Math.min(this.delay * 2, 10000);
+    });
+  }
+
+  setReady(ready) {
+    this.ready = ready;
+    this.send.disabled = !ready;
+  }
+
+  add(role, text) {
+    const li = document.createElement("li");
+    li.className = role;
+    li.textContent = text;
+    this.log.append(li);
+    this.log.scrollTop = this.log.scrollHeight;
+    return li;
+  }
+
+  request(method, params, onResponse) {
+    const id = randomId();
+    if (onResponse) this.pending.set(id, onResponse);
+    this.ws.send(JSON.stringify({ type: "req", id, method, params }));
+    return id;
+  }
+
+  submit() {
+    const text = this.input.value.trim();
+    if (!text || !this.ready) return;
+    this.input.value = "";
+    this.add("user", text);
+    const li = this.add("assistant pending", "…");
+    this.request("chat.send", { sessionKey: "agent:main:main", message: text, idempotencyKey: randomId() }, (res) => {
+      if (res.ok) {
+        const runId = res.payload && res.payload.runId;
+        if (runId && !this.runs.has(runId)) this.runs.set(runId, li);
+        li.dataset.run = runId || "";
+        return;
+      }
+      this.showRefusal(li, res.error || {});
+    });
+  }
+
+  showRefusal(li, error) {
+    li.className = "error";
+    li.textContent = error.message || "The message was refused.";
+    if (error.code === "QUOTA_EXCEEDED") {
+      const details = error.details || {};
+      const a = document.createElement("a");
+      a.href = details.upgradeUrl || "/settings";
+      a.textContent = "Upgrade your plan";
+      li.append(" ", a);
+    }
+  }
+
+  textOf(message) {
+    if (!message) return "";
+    if (typeof message.content === "string") return message.content;
+    return (message.content || []).filter((c) => typeof c.text === "string").map((c) => c.text).join("");
+  }
+
+  onFrame(frame) {
+    if (frame.type === "res") {
+      const handler = this.pending.get(frame.id);
+      if (handler) { this.pending.delete(frame.id); handler(frame); }
+      return;
+    }
+    if (frame.type !== "event") return;
+    const p = frame.payload || {};
+    switch (frame.event) {
+      case "bridge.ready":
+        this.lastError = null;
+        this.delay = 500;
+        this.status.textContent = `Connected to ${p.instance}.`;
+        this.setReady(true);
+        this.loadPanels();
+        break;
+      case "bridge.error":
+        this.lastError = p.message;
+        this.status.textContent = p.message;
+        break;
+      case "bridge.closed":
+        this.lastError = p.message;
+        break;
+      case "chat": {
+        if (p.sessionKey && p.sessionKey !== "agent:main:main") return;
+        let li = this.runs.get(p.runId);
+        if (!li) {
+          li = this.log.querySelector("li.pending") || this.add("assistant", "");
+          this.runs.set(p.runId, li);
+        }
+        if (p.state === "delta" || p.state === "final") {
+          const text = this.textOf(p.message);
+          if (text) li.textContent = text;
+          if (p.state === "final") { li.className = "assistant final"; this.runs.delete(p.runId); }
+        } else if (p.state === "error" || p.state === "aborted") {
+          li.className = "error";
+          li.textContent = p.errorMessage || "The assistant could not answer.";
+        }
+        this.log.scrollTop = this.log.scrollHeight;
+        break;
+      }
+      default:
+        break;
+    }
+  }
+
+  loadPanels() {
+    this.request("skills.status", {}, (res) => {
+      const el = $("#skills");
+      if (!res.ok) { el.textContent = "This instance does not report its skills."; return; }
+      const skills = (res.payload && (res.payload.skills || res.payload.entries)) || [];
+      el.textContent = "";
+      if (!skills.length) { el.textContent = "No skills reported."; return; }
+      const ul = document.createElement("ul");
+      skills.slice(0, 50).forEach((s) => {
+        const li = document.createElement("li");
+        li.textContent = (s.name || s.key || "skill") + (s.eligible === false || s.disabled ? " (off)" : "");
+        ul.append(li);
+      });
+      el.append(ul);
+    });
+    this.request("sessions.list", {}, (res) => {
+      const el = $("#sessions");
+      if (!res.ok) { el.textContent = "This instance does not report its sessions."; return; }
+      const sessions = (res.payload && res.payload.sessions) || [];
+      el.textContent = "";
+      if (!sessions.length) { el.textContent = "No sessions yet."; return; }
+      const ul = document.createElement("ul");
+      sessions.slice(0, 50).forEach((s) => {
+        const li = document.createElement("li");
+        li.textContent = s.key || s.sessionKey || "session";
+        ul.append(li);
+      });
+      el.append(ul);
+    });
+  }
+}
+
+// --- settings ---
+function settingsPage() {
+  const result = (id, text) => { const el = $(id); if (el) el.textContent = text; };
+  const soul = $("#soul-form");
+  if (soul) soul.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    clearErrors(soul);
+    result("#soul-result", "Saving…");
+    try {
+      const r = await api("PATCH", "/api/instances/me", { soulMd: soul.soulMd.value });
+      result("#soul-result", r.message);
+    } catch (err) { result("#soul-result", ""); showError(soul, err, $("#soul-error")); }
+  });
+  const prefs = $("#prefs-form");
+  if (prefs) prefs.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    clearErrors(prefs);
+    try {
+      const tz = prefs.timezone.value.trim();
+      await api("PATCH", "/api/account", { timezone: tz });
+      let msg = "Saved.";
+      if ($("#soul-form")) msg = (await api("PATCH", "/api/instances/me", { timezone: tz })).message;
+      result("#prefs-result", msg);
+    } catch (err) { showError(prefs, err, $("#prefs-error")); }
+  });
+  const restart = $("#restart");
+  if (restart) restart.addEventListener("click", async () => {
+    restart.disabled = true;
+    try { result("#instance-result", (await api("POST", "/api/instances/me/restart")).message); }
+    catch (err) { result("#instance-error", err.message); }
+    restart.disabled = false;
+  });
+  const keyForm = $("#key-form");
+  if (keyForm) keyForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    clearErrors(keyForm);
+    const body = { key: keyForm.key.value.trim() };
+    if (keyForm.baseUrl.value.trim()) body.baseUrl = keyForm.baseUrl.value.trim();
+    try {
+      await api("PUT", "/api/account/api-keys/" + keyForm.provider.value, body);
+      window.location.reload();
+    } catch (err) { showError(keyForm, err, $("#key-error")); }
+  });
+  document.querySelectorAll("[data-delete-key]").forEach((b) => b.addEventListener("click", async () => {
+    try { await api("DELETE", "/api/account/api-keys/" + b.dataset.deleteKey); window.location.reload(); }
+    catch (err) { $("#key-error").textContent = err.message; }
+  }));
+  const setup = $("#mfa-setup");
+  let secret = null;
+  if (setup) setup.addEventListener("click", async () => {
+    try {
+      const r = await api("POST", "/api/auth/mfa/setup");
+      secret = r.secret;
+      $("#mfa-secret").textContent = r.secret;
+      $("#mfa-uri").href = r.otpauthUrl;
+      $("#mfa-enroll").hidden = false;
+      setup.hidden = true;
+      $("#mfa-enable-code").focus();
+    } catch (err) { $("#mfa-error").textContent = err.message; }
+  });
+  const enable = $("#mfa-enable-form");
+  if (enable) enable.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    clearErrors(enable);
+    try {
+      const r = await api("POST", "/api/auth/mfa/enable", { secret, code: enable.code.value.trim() });
+      $("#mfa-enroll").hidden = true;
+      const ul = $("#mfa-codes");
+      r.recoveryCodes.forEach((c) => { const li = document.createElement("li"); li.textContent = c; ul.append(li); });
+      $("#mfa-done").hidden = false;
+    } catch (err) { showError(enable, err, $("#mfa-error")); }
+  });
+  const disable = $("#mfa-disable-form");
+  if (disable) disable.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    clearErrors(disable);
+    try {
+      await api("POST", "/api/auth/mfa/disable", { password: disable.password.value, code: disable.code.value.trim() });
+      window.location.reload();
+    } catch (err) { showError(disable, err, $("#mfa-error")); }
+  });
+  const del = $("#delete-form");
+  if (del) del.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    if (del.confirm.value.trim() !== "DELETE") { $("#delete-error").textContent = "Type DELETE (in capitals) to confirm."; del.confirm.focus(); return; }
+    try { result("#delete-result", (await api("DELETE", "/api/account")).message); del.hidden = true; }
+    catch (err) { $("#delete-error").textContent = err.message; }
+  });
+  const restore = $("#restore-account");
+  if (restore) restore.addEventListener("click", async () => {
+    try { await api("POST", "/api/account/restore"); window.location.reload(); }
+    catch (err) { $("#delete-error").textContent = err.message; }
+  });
+}
+
+function common() {
+  const logout = $("#logout");
+  if (logout) logout.addEventListener("click", async () => {
+    try { await api("POST", "/api/auth/logout"); } catch (e) { /* the session may already be over */ }
+    window.location.assign("/login");
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  common();
+  const page = document.body.dataset.page;
+  if (page === "signup") signupPage();
+  else if (page === "login") loginPage();
+  else if (page === "dashboard") dashboardPage();
+  else if (page === "settings") settingsPage();
+});

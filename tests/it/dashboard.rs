@@ -1,0 +1,496 @@
+//! The dashboard: pages, the cookie session, the live subdomain check and the chat bridge, tested
+//! through the real edge; and the PRD §2.1 journey in headless Chromium (Debian's `chromium` and
+//! `chromedriver`) against the protocol-speaking fixture instance (not OpenClaw) in Docker.
+//! Every page visited is saved as a screenshot under `<target>/artifacts/screens/`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::SinkExt;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::openclaw::Cleanup;
+use crate::support::*;
+use crate::webdriver::Browser;
+
+const PW: &str = "correct horse battery staple 9";
+
+fn node_id() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "d{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// An edge whose pool runs the fixture, as local processes or in Docker.
+fn pool_edge(docker: bool, min_idle: usize, node: &str) -> EdgeBuilder {
+    let (kind, image) = if docker {
+        ("docker", fixture_image_name())
+    } else {
+        ("process", fixture_bin())
+    };
+    let mut builder = EdgeBuilder::new()
+        .section("runtime", &format!("kind = \"{kind}\""))
+        .section("runtime", "config = \"fixture\"")
+        .section("runtime", &format!("image = \"{image}\""))
+        .section("runtime", "user = \"65534:65534\"")
+        .section("pool", &format!("node_id = \"{node}\""))
+        .section("pool", &format!("min_idle = {min_idle}"))
+        .section("pool", "capacity = 20")
+        .section("pool", "memory_mb = 64");
+    if docker {
+        builder = builder
+            .section("runtime", "docker_network = \"clawdeploy-test\"")
+            .section("runtime", "publish_loopback = true")
+            .section("runtime", "egress_rules = false");
+    }
+    builder
+}
+
+/// A raw request on the app domain with extra header lines; the response.
+async fn app_request(
+    edge: &Edge,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> Response {
+    let mut raw =
+        format!("{method} {path} HTTP/1.1\r\nHost: {APP_DOMAIN}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        raw.push_str(&format!("{name}: {value}\r\n"));
+    }
+    match body {
+        Some(body) => {
+            let body = body.to_string();
+            raw.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ));
+        }
+        None => raw.push_str("\r\n"),
+    }
+    edge.send(raw.as_bytes()).await
+}
+
+/// Opens the dashboard's chat WebSocket through the edge.
+async fn chat_socket(edge: &Edge, headers: &[(&str, &str)]) -> Result<WebSocket, u16> {
+    let tcp = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    let mut request = format!("ws://{APP_DOMAIN}/api/instances/me/chat")
+        .into_client_request()
+        .unwrap();
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    match tokio_tungstenite::client_async(request, tcp).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("handshake: {e}"),
+    }
+}
+
+/// Waits until the user's instance is running (`GET /api/instances/me`).
+async fn wait_running(edge: &Edge, token: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let me = edge
+            .api("GET", "/api/instances/me", Some(token), None)
+            .await;
+        if me.status == 200 && me.json()["instance"]["status"] == "running" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never running: {}", me.text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn cookie_session_pages_and_the_live_subdomain_check() {
+    let edge = EdgeBuilder::new().start().await;
+    let (token, _, _) = edge.register("cookie@example.com", PW).await;
+
+    // Pages that need a login send the browser to the login page with `next`.
+    let resp = edge.get(APP_DOMAIN, "/settings?tab=keys").await;
+    assert_eq!(resp.status, 303, "{}", resp.text());
+    assert_eq!(
+        resp.header("location"),
+        Some("/login?next=%2Fsettings%3Ftab%3Dkeys")
+    );
+    let landing = edge.get(APP_DOMAIN, "/").await;
+    assert_eq!(landing.status, 200);
+    assert!(landing.text().contains("Deploy Free"));
+    assert!(
+        !landing.text().contains("<script>") && !landing.text().contains(" style="),
+        "no inline script or style (CSP)"
+    );
+
+    // The access token becomes an HttpOnly cookie.
+    let resp = edge
+        .api("POST", "/api/auth/browser-session", Some(&token), None)
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let set = resp.header("set-cookie").expect("Set-Cookie").to_string();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Lax") && !set.contains("Domain="),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap().to_string();
+    let page = app_request(&edge, "GET", "/dashboard", &[("Cookie", &cookie)], None).await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.text().contains("Create your instance"),
+        "{}",
+        page.text()
+    );
+
+    // The cookie authenticates the API; a state-changing call also needs the CSRF header, which a
+    // page on another origin cannot send.
+    let me = app_request(&edge, "GET", "/api/account", &[("Cookie", &cookie)], None).await;
+    assert_eq!(me.status, 200);
+    let body = json!({ "timezone": "Europe/Berlin" });
+    let forged = app_request(
+        &edge,
+        "PATCH",
+        "/api/account",
+        &[("Cookie", &cookie)],
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(
+        (forged.status, forged.error_code().as_str()),
+        (403, "CSRF_HEADER_MISSING")
+    );
+    let real = app_request(
+        &edge,
+        "PATCH",
+        "/api/account",
+        &[("Cookie", &cookie), ("X-CSRF-Protection", "1")],
+        Some(body),
+    )
+    .await;
+    assert_eq!(real.status, 200, "{}", real.text());
+    assert_eq!(real.json()["user"]["timezone"], "Europe/Berlin");
+
+    // Live availability: invalid, reserved, taken (with a free suggestion), available.
+    let check = |label: &'static str| {
+        let edge = &edge;
+        async move {
+            edge.api("GET", &format!("/api/subdomains/{label}"), None, None)
+                .await
+                .json()
+        }
+    };
+    let invalid = check("a_b").await;
+    assert_eq!(
+        (invalid["available"].clone(), invalid["reason"].clone()),
+        (json!(false), json!("invalid"))
+    );
+    let reserved = check("admin").await;
+    assert_eq!(reserved["reason"], "reserved");
+    let created = edge
+        .api(
+            "POST",
+            "/api/instances",
+            Some(&token),
+            Some(json!({"subdomain":"taken1"})),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let taken = check("taken1").await;
+    assert_eq!(taken["reason"], "taken", "{taken}");
+    let suggestion = taken["suggestion"].as_str().unwrap().to_string();
+    assert!(suggestion.starts_with("taken1-"), "{suggestion}");
+    assert_eq!(
+        edge.api("GET", &format!("/api/subdomains/{suggestion}"), None, None)
+            .await
+            .json()["available"],
+        true
+    );
+
+    // A browser gets an HTML error page that says what to do; API clients keep JSON.
+    let html = app_request(
+        &edge,
+        "GET",
+        "/no-such-page",
+        &[("Accept", "text/html")],
+        None,
+    )
+    .await;
+    assert_eq!(html.status, 404);
+    assert!(html.text().contains("Page not found") && html.text().contains("/dashboard"));
+    assert_eq!(
+        edge.get(APP_DOMAIN, "/api/nope").await.error_code(),
+        "NOT_FOUND"
+    );
+    // Operator pages are for operators.
+    let op = app_request(&edge, "GET", "/operator", &[("Cookie", &cookie)], None).await;
+    assert_eq!(op.status, 403);
+
+    // Logging out clears the cookie and ends the session behind it.
+    let out = app_request(
+        &edge,
+        "POST",
+        "/api/auth/logout",
+        &[("Cookie", &cookie), ("X-CSRF-Protection", "1")],
+        None,
+    )
+    .await;
+    assert_eq!(out.status, 204);
+    assert!(out
+        .header("set-cookie")
+        .is_some_and(|c| c.contains("Max-Age=0")));
+    let after = app_request(&edge, "GET", "/dashboard", &[("Cookie", &cookie)], None).await;
+    assert_eq!(after.status, 303);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chat_bridge_reaches_only_the_owners_gateway_through_the_edge() {
+    let node = node_id();
+    let edge = pool_edge(false, 1, &node).start().await;
+    let (token, _, _) = edge.register("bridge@example.com", PW).await;
+    let (other, _, _) = edge.register("other@example.com", PW).await;
+    let bearer = format!("Bearer {token}");
+
+    // No instance yet: the socket opens and says so, then closes.
+    let mut ws = chat_socket(&edge, &[("Authorization", &bearer)])
+        .await
+        .unwrap();
+    let frame = next_json(&mut ws).await;
+    assert_eq!(frame["event"], "bridge.error", "{frame}");
+    assert_eq!(frame["payload"]["code"], "NO_INSTANCE");
+
+    let resp = edge
+        .api(
+            "POST",
+            "/api/instances",
+            Some(&token),
+            Some(json!({"subdomain":"bridged"})),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    wait_running(&edge, &token).await;
+
+    // Without credentials, or from another site's page: refused before the upgrade.
+    assert_eq!(chat_socket(&edge, &[]).await.err(), Some(401));
+    assert_eq!(
+        chat_socket(
+            &edge,
+            &[
+                ("Authorization", &bearer),
+                ("Origin", "http://evil.example")
+            ]
+        )
+        .await
+        .err(),
+        Some(403)
+    );
+
+    // The owner chats; the gateway saw the owner's identity, set by the edge.
+    let origin = format!("http://{APP_DOMAIN}:{}", edge.addr.port());
+    let mut ws = chat_socket(&edge, &[("Authorization", &bearer), ("Origin", &origin)])
+        .await
+        .unwrap();
+    let ready = next_json(&mut ws).await;
+    assert_eq!(ready["event"], "bridge.ready", "{ready}");
+    assert_eq!(ready["payload"]["instance"], "bridged");
+    assert_eq!(ready["payload"]["hello"]["auth"]["method"], "trusted-proxy");
+    let send = json!({"type":"req","id":"m1","method":"chat.send","params":{"sessionKey":"agent:main:main","message":"over the bridge","idempotencyKey":"k1"}});
+    ws.send(Message::text(send.to_string())).await.unwrap();
+    let reply = loop {
+        let frame = next_json(&mut ws).await;
+        if frame["id"] == "m1" {
+            assert_eq!(frame["ok"], true, "{frame}");
+        }
+        if frame["event"] == "chat" && frame["payload"]["state"] == "final" {
+            break frame["payload"]["message"]["content"][0]["text"]
+                .as_str()
+                .unwrap()
+                .to_string();
+        }
+    };
+    assert_eq!(reply, "echo: over the bridge");
+
+    // Another user's socket reaches their own (missing) instance, never this one.
+    let mut ws = chat_socket(&edge, &[("Authorization", &format!("Bearer {other}"))])
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut ws).await["payload"]["code"], "NO_INSTANCE");
+}
+
+/// The PRD §2.1 journey in a real browser, with the time from the click on "Deploy" to the
+/// rendered reply (recorded in benches/results/2026-11-27-journey.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_journey_from_landing_to_a_chat_reply_on_docker() {
+    let node = node_id();
+    let _cleanup = Cleanup(node.clone());
+    let edge = pool_edge(true, 1, &node).start().await;
+    wait_idle(&edge, 1, Duration::from_secs(90)).await;
+    let browser = Browser::start(&edge).await;
+
+    browser.goto("/").await;
+    browser.wait_for("#deploy-free").await;
+    browser.check_page("01-landing").await;
+    browser.click("#deploy-free").await;
+    browser.wait_path("/signup").await;
+    browser.type_into("#email", "journey@example.com").await;
+    browser.type_into("#password", PW).await;
+    browser.click("#provider option[value=anthropic]").await;
+    browser
+        .type_into("#api-key", "sk-ant-test-0123456789")
+        .await;
+    browser.type_into("#subdomain", "journey").await;
+    let status = browser
+        .wait_text("#subdomain-status", |t| t.contains("available"))
+        .await;
+    assert_eq!(status, format!("journey.{BASE_DOMAIN} is available."));
+    browser.check_page("02-signup").await;
+
+    let clicked = Instant::now();
+    browser.click("#deploy").await;
+    browser.wait_path("/dashboard").await;
+    browser.wait_enabled("#chat-send").await;
+    browser
+        .type_into("#chat-input", "hello from the browser")
+        .await;
+    browser.click("#chat-send").await;
+    let reply = browser
+        .wait_text("#chat-log li.final", |t| !t.is_empty())
+        .await;
+    let elapsed = clicked.elapsed();
+    assert_eq!(reply, "echo: hello from the browser");
+    eprintln!(
+        "journey: click on Deploy to rendered reply: {} ms",
+        elapsed.as_millis()
+    );
+    browser.check_page("03-dashboard-chat").await;
+
+    // What the browser did is what the API holds: the account, the key (masked), the instance.
+    let login = edge.login("journey@example.com", PW).await.json();
+    let token = login["token"].as_str().unwrap();
+    let me = edge
+        .api("GET", "/api/instances/me", Some(token), None)
+        .await
+        .json();
+    assert_eq!(me["instance"]["subdomain"], "journey");
+    assert_eq!(me["instance"]["status"], "running");
+    assert_eq!(me["instance"]["apiKeys"][0]["provider"], "anthropic");
+
+    // The other pages render for this user (screenshots of each).
+    for (path, name) in [
+        ("/settings", "04-settings"),
+        ("/domains", "06-domains"),
+        ("/security", "05-security"),
+    ] {
+        browser.goto(path).await;
+        browser.wait_for("h1").await;
+        browser.check_page(name).await;
+    }
+    let log = browser
+        .wait_text("#security-log", |t| t.contains("login success"))
+        .await;
+    assert!(
+        log.contains("account created") && log.contains("instance created"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_with_mfa_in_the_browser_returns_to_the_page_asked_for() {
+    let edge = EdgeBuilder::new().start().await;
+    let (token, _, _) = edge.register("mfa@example.com", PW).await;
+    let setup = edge
+        .api("POST", "/api/auth/mfa/setup", Some(&token), None)
+        .await
+        .json();
+    let secret = setup["secret"].as_str().unwrap().to_string();
+    let enabled = edge
+        .api(
+            "POST",
+            "/api/auth/mfa/enable",
+            Some(&token),
+            Some(json!({"secret": secret, "code": totp_now(&secret)})),
+        )
+        .await;
+    assert_eq!(enabled.status, 200, "{}", enabled.text());
+
+    let browser = Browser::start(&edge).await;
+    browser.goto("/security").await;
+    browser.wait_path("/login").await;
+    browser.type_into("#email", "mfa@example.com").await;
+    browser.type_into("#password", PW).await;
+    browser.click("#login-submit").await;
+    // The code field appears only when the account asks for it.
+    browser
+        .wait_text("#form-error", |t| t.contains("authenticator"))
+        .await;
+    browser.check_page("07-login-mfa").await;
+    browser.type_into("#mfa-code", "000000").await;
+    browser.click("#login-submit").await;
+    let wrong = browser
+        .wait_text("#form-error", |t| t.contains("wrong"))
+        .await;
+    assert!(wrong.contains("mfaCode"), "{wrong}");
+    browser.type_into("#mfa-code", &totp_now(&secret)).await;
+    browser.click("#login-submit").await;
+    browser.wait_path("/security").await;
+    let log = browser
+        .wait_text("#security-log", |t| t.contains("login success"))
+        .await;
+    assert!(log.contains("wrong MFA code"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soul_md_change_in_settings_reaches_the_instance() {
+    let node = node_id();
+    let edge = pool_edge(false, 1, &node).start().await;
+    let (token, _, _) = edge.register("soul@example.com", PW).await;
+    let resp = edge
+        .api(
+            "POST",
+            "/api/instances",
+            Some(&token),
+            Some(json!({"subdomain":"soulful"})),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    wait_running(&edge, &token).await;
+
+    let browser = Browser::start(&edge).await;
+    browser.goto("/login?next=%2Fsettings").await;
+    browser.type_into("#email", "soul@example.com").await;
+    browser.type_into("#password", PW).await;
+    browser.click("#login-submit").await;
+    browser.wait_path("/settings").await;
+    browser
+        .type_into("#soul", "You are a pirate.\nAnswer like one.")
+        .await;
+    browser.click("#soul-save").await;
+    let result = browser
+        .wait_text("#soul-result", |t| t.contains("updated"))
+        .await;
+    assert!(result.contains("no restart needed"), "{result}");
+    browser.check_page("08-settings-soul").await;
+    assert_eq!(
+        edge.api("GET", "/api/instances/me", Some(&token), None)
+            .await
+            .json()["instance"]["soulMd"],
+        "You are a pirate.\nAnswer like one."
+    );
+
+    browser.goto("/dashboard").await;
+    browser.wait_enabled("#chat-send").await;
+    browser.type_into("#chat-input", "ahoy").await;
+    browser.click("#chat-send").await;
+    let reply = browser
+        .wait_text("#chat-log li.final", |t| !t.is_empty())
+        .await;
+    // The fixture prefixes replies with its SOUL.md's first line, read from the instance's config.
+    assert_eq!(reply, "[You are a pirate.] echo: ahoy");
+}
