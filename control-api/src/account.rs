@@ -112,7 +112,21 @@ pub struct ProfileBody {
     timezone: Option<String>,
     #[serde(default)]
     avatar_url: Option<Option<String>>,
+    #[serde(default)]
+    language: Option<String>,
 }
+
+/// Dashboard languages users may choose (stored for later localisation; the pages are English).
+pub const LANGUAGES: [(&str, &str); 8] = [
+    ("en", "English"),
+    ("de", "Deutsch"),
+    ("es", "Español"),
+    ("fr", "Français"),
+    ("it", "Italiano"),
+    ("ja", "日本語"),
+    ("pt", "Português"),
+    ("zh", "中文"),
+];
 
 pub async fn update_profile(
     State(state): State<ApiState>,
@@ -151,7 +165,20 @@ pub async fn update_profile(
             ));
         }
     }
+    if let Some(lang) = &b.language {
+        if !LANGUAGES.iter().any(|(code, _)| code == lang) {
+            return Err(ApiError::invalid(
+                "language",
+                "INVALID_LANGUAGE",
+                format!(
+                    "{lang:?} is not offered; use one of {}",
+                    LANGUAGES.map(|(c, _)| c).join(", ")
+                ),
+            ));
+        }
+    }
     let update = ProfileUpdate {
+        language: b.language.as_deref(),
         name: b.name.as_ref().map(|n| n.as_deref().map(str::trim)),
         email: b.email.as_deref(),
         timezone: b.timezone.as_deref(),

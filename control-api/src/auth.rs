@@ -201,6 +201,7 @@ pub fn user_json(user: &User) -> Value {
         "role": user.role,
         "emailVerified": user.email_verified(),
         "timezone": user.timezone,
+        "language": user.language,
         "avatarUrl": user.avatar_url,
         "mfaEnabled": user.mfa_enabled(),
         "deletionRequestedAt": user.deletion_requested_at.map(rfc3339),

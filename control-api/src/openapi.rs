@@ -92,8 +92,8 @@ pub fn endpoints() -> Vec<(Spec, Handler)> {
         // Account
         ep!(get "/api/account", account::me, "account", User, 200 "The user", "Your profile"),
         ep!(patch "/api/account", account::update_profile, "account", User, 200 "The updated user",
-            "Update name, email (becomes unverified), timezone, avatar URL",
-            body: [("name", "string|null", false), ("email", "string", false), ("timezone", "string", false), ("avatarUrl", "string|null", false)]),
+            "Update name, email (becomes unverified), timezone, language (en, de, es, fr, it, ja, pt, zh), avatar URL",
+            body: [("name", "string|null", false), ("email", "string", false), ("timezone", "string", false), ("language", "string", false), ("avatarUrl", "string|null", false)]),
         ep!(delete "/api/account", account::request_deletion, "account", User, 202 "Deletion scheduled",
             "Delete the account after the grace period (30 days by default)"),
         ep!(post "/api/account/restore", account::restore, "account", User, 200 "Deletion cancelled", "Undo a pending deletion"),

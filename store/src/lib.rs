@@ -131,6 +131,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0010_pool.sql"),
         include_str!("../migrations/postgres/0010_pool.sql"),
     ),
+    (
+        50,
+        "user language",
+        include_str!("../migrations/sqlite/0050_user_language.sql"),
+        include_str!("../migrations/postgres/0050_user_language.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {

@@ -132,6 +132,8 @@ pub struct User {
     pub role: Role,
     pub email_verified_at: Option<i64>,
     pub timezone: String,
+    /// Language for the dashboard (a BCP 47 primary tag such as `en`), stored for later localisation.
+    pub language: String,
     pub avatar_url: Option<String>,
     /// When MFA was turned on; `None` when off.
     pub mfa_enabled_at: Option<i64>,
@@ -201,6 +203,7 @@ pub struct ProfileUpdate<'a> {
     pub email: Option<&'a str>,
     pub timezone: Option<&'a str>,
     pub avatar_url: Option<Option<&'a str>>,
+    pub language: Option<&'a str>,
 }
 
 /// A login session; the JWT carries its id.

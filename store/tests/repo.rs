@@ -186,6 +186,7 @@ async fn users_crud(db: &Db) {
         .update_profile(
             u.id,
             &ProfileUpdate {
+                language: None,
                 name: Some(Some("Alice B")),
                 timezone: Some("Europe/Berlin"),
                 avatar_url: Some(Some("https://img.example/a.png")),
@@ -204,6 +205,7 @@ async fn users_crud(db: &Db) {
         .update_profile(
             u.id,
             &ProfileUpdate {
+                language: None,
                 email: Some("ALICE@example.com"),
                 ..Default::default()
             },
@@ -215,6 +217,7 @@ async fn users_crud(db: &Db) {
         .update_profile(
             u.id,
             &ProfileUpdate {
+                language: None,
                 email: Some("Alice2@Example.com"),
                 avatar_url: Some(None),
                 name: Some(None),
@@ -276,6 +279,7 @@ async fn duplicate_email_conflicts(db: &Db) {
         .update_profile(
             b.id,
             &ProfileUpdate {
+                language: None,
                 email: Some("Dup@example.com"),
                 ..Default::default()
             },

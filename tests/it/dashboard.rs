@@ -177,6 +177,20 @@ async fn cookie_session_pages_and_the_live_subdomain_check() {
     .await;
     assert_eq!(real.status, 200, "{}", real.text());
     assert_eq!(real.json()["user"]["timezone"], "Europe/Berlin");
+    assert_eq!(real.json()["user"]["language"], "en");
+    let lang = edge
+        .api(
+            "PATCH",
+            "/api/account",
+            Some(&token),
+            Some(json!({"language": "xx"})),
+        )
+        .await;
+    assert_eq!(
+        (lang.status, lang.error_code().as_str()),
+        (422, "INVALID_LANGUAGE")
+    );
+    assert!(lang.text().contains("language"), "{}", lang.text());
 
     // Live availability: invalid, reserved, taken (with a free suggestion), available.
     let check = |label: &'static str| {
@@ -483,6 +497,25 @@ async fn a_soul_md_change_in_settings_reaches_the_instance() {
             .json()["instance"]["soulMd"],
         "You are a pirate.\nAnswer like one."
     );
+
+    // Preferences: time zone (account and instance) and language (stored for localisation).
+    browser.type_into("#timezone", "Europe/Paris").await;
+    browser.click("#language option[value=de]").await;
+    browser.click("#prefs-form button[type=submit]").await;
+    browser
+        .wait_text("#prefs-result", |t| t.contains("updated"))
+        .await;
+    let account = edge
+        .api("GET", "/api/account", Some(&token), None)
+        .await
+        .json();
+    assert_eq!(account["user"]["timezone"], "Europe/Paris");
+    assert_eq!(account["user"]["language"], "de");
+    let me = edge
+        .api("GET", "/api/instances/me", Some(&token), None)
+        .await
+        .json();
+    assert_eq!(me["instance"]["timezone"], "Europe/Paris");
 
     browser.goto("/dashboard").await;
     browser.wait_enabled("#chat-send").await;

@@ -398,7 +398,7 @@ function settingsPage() {
     clearErrors(prefs);
     try {
       const tz = prefs.timezone.value.trim();
-      await api("PATCH", "/api/account", { timezone: tz });
+      await api("PATCH", "/api/account", { timezone: tz, language: prefs.language.value });
       let msg = "Saved.";
       if ($("#soul-form")) msg = (await api("PATCH", "/api/instances/me", { timezone: tz })).message;
       result("#prefs-result", msg);

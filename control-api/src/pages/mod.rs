@@ -442,6 +442,17 @@ async fn settings(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -
         .iter()
         .map(|tz| format!(r#"<option value="{tz}"></option>"#))
         .collect();
+    let lang_options: String = crate::account::LANGUAGES
+        .iter()
+        .map(|(code, name)| {
+            let selected = if *code == user.language {
+                " selected"
+            } else {
+                ""
+            };
+            format!(r#"<option value="{code}" lang="{code}"{selected}>{name}</option>"#)
+        })
+        .collect();
     let instance_section = match &inst {
         Some(inst) => format!(
             r#"<section class="card" aria-labelledby="instance-h">
@@ -515,6 +526,9 @@ async fn settings(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -
     <div class="field"><label for="timezone">Time zone</label>
       <input id="timezone" name="timezone" type="text" list="timezones" value="{tz}" autocomplete="off" required data-field="timezone">
       <datalist id="timezones">{tz_options}</datalist></div>
+    <div class="field"><label for="language">Language</label>
+      <select id="language" name="language" data-field="language" aria-describedby="language-hint">{lang_options}</select>
+      <p class="hint" id="language-hint">Saved for when the dashboard and your assistant's defaults are translated; pages are in English for now.</p></div>
     <p class="form-error" id="prefs-error" role="alert"></p>
     <p class="hint" id="prefs-result" role="status" aria-live="polite"></p>
     <button type="submit" class="button primary">Save preferences</button>

@@ -11,7 +11,7 @@ use crate::time::now_ms;
 use crate::{id_str, opt_uuid_col, parse_col, uuid_col, Store, Zeroizing};
 
 pub(crate) const USER_COLS: &str = "id, email, password_hash, name, tier, role, \
-    email_verified_at, timezone, avatar_url, mfa_enabled_at, deletion_requested_at, \
+    email_verified_at, timezone, language, avatar_url, mfa_enabled_at, deletion_requested_at, \
     created_at, updated_at";
 
 pub(crate) fn user_from_row(row: &AnyRow) -> Result<User> {
@@ -24,6 +24,7 @@ pub(crate) fn user_from_row(row: &AnyRow) -> Result<User> {
         role: parse_col(row, "role")?,
         email_verified_at: row.try_get("email_verified_at")?,
         timezone: row.try_get("timezone")?,
+        language: row.try_get("language")?,
         avatar_url: row.try_get("avatar_url")?,
         mfa_enabled_at: row.try_get("mfa_enabled_at")?,
         deletion_requested_at: row.try_get("deletion_requested_at")?,
@@ -125,7 +126,8 @@ impl Store {
                email = CASE WHEN $4 = 1 THEN $5 ELSE email END, \
                timezone = COALESCE($6, timezone), \
                avatar_url = CASE WHEN $7 = 1 THEN $8 ELSE avatar_url END, \
-               updated_at = $9 \
+               updated_at = $9, \
+               language = COALESCE($10, language) \
              WHERE id = $1 RETURNING {USER_COLS}"
         );
         let row = sqlx::query(&sql)
@@ -138,6 +140,7 @@ impl Store {
             .bind(i64::from(update.avatar_url.is_some()))
             .bind(update.avatar_url.flatten())
             .bind(now_ms())
+            .bind(update.language)
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| conflict_or(e, Conflict::Email))?;

@@ -162,6 +162,7 @@ impl Store {
                 "emailVerified": user.email_verified(),
                 "emailVerifiedAt": ts(user.email_verified_at),
                 "timezone": user.timezone,
+                "language": user.language,
                 "avatarUrl": user.avatar_url,
                 "mfaEnabled": user.mfa_enabled(),
                 "deletionRequestedAt": ts(user.deletion_requested_at),
