@@ -527,3 +527,68 @@ async fn a_soul_md_change_in_settings_reaches_the_instance() {
     // The fixture prefixes replies with its SOUL.md's first line, read from the instance's config.
     assert_eq!(reply, "[You are a pirate.] echo: ahoy");
 }
+
+/// Logs in through the login page and waits for `landing`.
+async fn browser_login(browser: &Browser, email: &str, landing: &str) {
+    browser.goto("/login").await;
+    browser.type_into("#email", email).await;
+    browser.type_into("#password", PW).await;
+    browser.click("#login-submit").await;
+    browser.wait_path(landing).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_progress_while_the_instance_is_prepared() {
+    // No runtime: the instance stays `provisioning`, as it is while a cold container boots.
+    let edge = EdgeBuilder::new().start().await;
+    let (token, _, _) = edge.register("wait@example.com", PW).await;
+    let resp = edge
+        .api(
+            "POST",
+            "/api/instances",
+            Some(&token),
+            Some(json!({"subdomain":"patient"})),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    let browser = Browser::start(&edge).await;
+    browser_login(&browser, "wait@example.com", "/dashboard").await;
+    let status = browser.wait_text("#status-text", |t| !t.is_empty()).await;
+    assert_eq!(status, "Preparing your instance…");
+    let progress = browser
+        .script("const p = document.getElementById('progress'); return [p.hidden, document.getElementById('progress-bar').value];")
+        .await;
+    assert_eq!(progress, json!([false, 2]));
+    // The chat says why it is not there yet instead of a blank panel; sending is off.
+    let chat = browser.wait_text("#chat-status", |t| !t.is_empty()).await;
+    assert!(chat.contains("running"), "{chat}");
+    assert!(!browser.enabled("#chat-send").await);
+    browser.check_page("09-dashboard-progress").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_see_nodes_pool_and_instances_in_the_browser() {
+    let node = node_id();
+    let edge = pool_edge(false, 1, &node).start().await;
+    wait_idle(&edge, 1, Duration::from_secs(60)).await;
+    let (token, _, _) = edge.register("op@example.com", PW).await;
+    let resp = edge
+        .api(
+            "POST",
+            "/api/instances",
+            Some(&token),
+            Some(json!({"subdomain":"opsee"})),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    let (code, _, stderr) = edge.cli(&["admin", "grant", "op@example.com"]).await;
+    assert_eq!(code, 0, "{stderr}");
+
+    let browser = Browser::start(&edge).await;
+    browser_login(&browser, "op@example.com", "/dashboard").await;
+    browser.click("nav a[href='/operator']").await;
+    browser.wait_path("/operator").await;
+    let page = browser.wait_text("main", |t| t.contains("opsee")).await;
+    assert!(page.contains(&node) && page.contains("process"), "{page}");
+    browser.check_page("10-operator").await;
+}

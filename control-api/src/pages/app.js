@@ -189,7 +189,11 @@ function dashboardPage() {
     const step = STEP[status] || 0;
     $("#progress-bar").value = step;
     $("#progress-bar").textContent = `${step} of 4`;
-    document.querySelectorAll(".steps li").forEach((li) => li.classList.toggle("done", Number(li.dataset.step) <= step));
+    document.querySelectorAll(".steps li").forEach((li) => {
+      const n = Number(li.dataset.step);
+      li.classList.toggle("done", n < step || step === 4);
+      if (n === step && step < 4) li.setAttribute("aria-current", "step"); else li.removeAttribute("aria-current");
+    });
     $("#progress").hidden = status === "running" || step === 0;
   };
   setStatus(box.dataset.status);
