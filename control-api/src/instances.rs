@@ -433,6 +433,8 @@ pub async fn get_me(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PatchBody {
     #[serde(default)]
+    subdomain: Option<String>,
+    #[serde(default)]
     api_keys: Option<KeyMap>,
     #[serde(default)]
     soul_md: Option<Option<String>>,
@@ -448,13 +450,39 @@ pub async fn patch_me(
 ) -> Result<Json<Value>, ApiError> {
     let Json(b) = body?;
     let mut inst = my_instance(&state, &auth).await?;
-    if b.api_keys.is_none() && b.soul_md.is_none() && b.timezone.is_none() {
+    if b.subdomain.is_none() && b.api_keys.is_none() && b.soul_md.is_none() && b.timezone.is_none()
+    {
         return Err(ApiError::invalid(
             "body",
             "NOTHING_TO_UPDATE",
-            "send at least one of apiKeys, soulMd, timezone",
+            "send at least one of subdomain, apiKeys, soulMd, timezone",
         ));
     }
+    let new_label = match b
+        .subdomain
+        .as_deref()
+        .map(|s| s.trim().to_ascii_lowercase())
+    {
+        Some(label) if label != inst.subdomain => {
+            if let Err(why) = check_label(&label) {
+                return Err(ApiError::invalid("subdomain", "INVALID_SUBDOMAIN", why));
+            }
+            if is_reserved(&state, &label) {
+                let suggestion = free_suggestion(&state, &label).await?;
+                return Err(ApiError::invalid(
+                    "subdomain",
+                    "SUBDOMAIN_RESERVED",
+                    format!("{label:?} is reserved; {suggestion:?} is free"),
+                )
+                .with("suggestion", json!(suggestion)));
+            }
+            if state.store.subdomain_taken(&label).await? {
+                return Err(taken_error(&state, &label).await);
+            }
+            Some(label)
+        }
+        _ => None,
+    };
     if let Some(keys) = &b.api_keys {
         check_key_map(keys)?;
     }
@@ -466,6 +494,32 @@ pub async fn patch_me(
     }
     let mut restart = false;
     let mut changed = Vec::new();
+    if let Some(label) = &new_label {
+        let old = inst.subdomain.clone();
+        inst = match state.store.update_instance_subdomain(inst.id, label).await {
+            Ok(inst) => inst,
+            Err(StoreError::Conflict(_)) => return Err(taken_error(&state, label).await),
+            Err(e) => return Err(e.into()),
+        };
+        // The old address stops here at once; the other nodes drop it when they reload the
+        // instance (told with the old name, so they know what to remove).
+        state.routes.remove_subdomain(&old);
+        state
+            .routes
+            .upsert_subdomain(&inst.subdomain, clawdeploy_pool::routing::route_for(&inst));
+        state.broadcast_instance(inst.id, &old).await;
+        auth::log_event(
+            &state,
+            Some(auth.user.id),
+            "subdomain_changed",
+            &client,
+            Some(&format!("{old} -> {}", inst.subdomain)),
+        )
+        .await;
+        // OpenClaw's allowed origins name the host.
+        restart = true;
+        changed.push("subdomain");
+    }
     if let Some(keys) = &b.api_keys {
         apply_keys(&state, &auth, &client, keys).await?;
         changed.push("apiKeys");
@@ -497,7 +551,7 @@ pub async fn patch_me(
         }
     }
     let message = if restart {
-        "Instance updated, restart required: SOUL.md and the time zone are read when OpenClaw starts."
+        "Instance updated, restart required: the address, SOUL.md and the time zone are read when OpenClaw starts."
     } else if changed.iter().any(|c| *c != "apiKeys") {
         "Instance updated: the new settings apply from the next message, no restart needed."
     } else {

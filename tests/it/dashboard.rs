@@ -228,6 +228,71 @@ async fn cookie_session_pages_and_the_live_subdomain_check() {
         true
     );
 
+    // Changing the address: the same checks as at creation; the old name is free afterwards.
+    let (second, _, _) = edge.register("second@example.com", PW).await;
+    let resp = edge
+        .api(
+            "POST",
+            "/api/instances",
+            Some(&second),
+            Some(json!({"subdomain":"second1"})),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    let clash = edge
+        .api(
+            "PATCH",
+            "/api/instances/me",
+            Some(&second),
+            Some(json!({"subdomain":"Taken1"})),
+        )
+        .await;
+    assert_eq!(
+        (clash.status, clash.error_code().as_str()),
+        (409, "SUBDOMAIN_TAKEN")
+    );
+    let bad = edge
+        .api(
+            "PATCH",
+            "/api/instances/me",
+            Some(&second),
+            Some(json!({"subdomain":"-x"})),
+        )
+        .await;
+    assert_eq!(
+        (bad.status, bad.error_code().as_str()),
+        (422, "INVALID_SUBDOMAIN")
+    );
+    let moved = edge
+        .api(
+            "PATCH",
+            "/api/instances/me",
+            Some(&second),
+            Some(json!({"subdomain":"second2"})),
+        )
+        .await;
+    assert_eq!(moved.status, 200, "{}", moved.text());
+    assert_eq!(moved.json()["instance"]["subdomain"], "second2");
+    assert_eq!(check("second1").await["available"], true);
+    let routes = edge
+        .admin("GET", "/admin/routes", Some(ADMIN_TOKEN), None)
+        .await
+        .json();
+    let hosts: Vec<&str> = routes["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["host"].as_str())
+        .collect();
+    assert!(
+        hosts.contains(&format!("second2.{BASE_DOMAIN}").as_str()),
+        "{hosts:?}"
+    );
+    assert!(
+        !hosts.contains(&format!("second1.{BASE_DOMAIN}").as_str()),
+        "{hosts:?}"
+    );
+
     // A browser gets an HTML error page that says what to do; API clients keep JSON.
     let html = app_request(
         &edge,
@@ -496,6 +561,26 @@ async fn a_soul_md_change_in_settings_reaches_the_instance() {
             .await
             .json()["instance"]["soulMd"],
         "You are a pirate.\nAnswer like one."
+    );
+
+    // A new address: the old one stops routing, the chat follows the instance.
+    browser.type_into("#subdomain", "soulful2").await;
+    browser
+        .wait_text("#subdomain-status", |t| t.contains("available"))
+        .await;
+    browser.click("#subdomain-form button[type=submit]").await;
+    let moved = browser
+        .wait_text("#instance-result", |t| t.contains("now"))
+        .await;
+    assert!(
+        moved.contains(&format!("soulful2.{BASE_DOMAIN}")),
+        "{moved}"
+    );
+    assert_eq!(
+        edge.get_as(&format!("soulful.{BASE_DOMAIN}"), "/", &token)
+            .await
+            .status,
+        404
     );
 
     // Preferences: time zone (account and instance) and language (stored for localisation).

@@ -76,6 +76,7 @@ function subdomainCheck() {
     const label = input.value.trim().toLowerCase();
     const mine = ++seq;
     if (!label) { status.textContent = ""; return; }
+    if (label === input.dataset.current) { status.textContent = "This is your current address."; status.className = "hint"; return; }
     try {
       const r = await api("GET", "/api/subdomains/" + encodeURIComponent(label));
       if (mine !== seq) return;
@@ -396,6 +397,19 @@ function settingsPage() {
       result("#soul-result", r.message);
     } catch (err) { result("#soul-result", ""); showError(soul, err, $("#soul-error")); }
   });
+  const sub = $("#subdomain-form");
+  if (sub) {
+    subdomainCheck();
+    sub.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      clearErrors(sub);
+      try {
+        const r = await api("PATCH", "/api/instances/me", { subdomain: sub.subdomain.value.trim().toLowerCase() });
+        sub.subdomain.dataset.current = r.instance.subdomain;
+        result("#instance-result", `Your address is now ${new URL(r.instance.url).host}. ${r.message}`);
+      } catch (err) { showError(sub, err, $("#instance-error")); }
+    });
+  }
   const prefs = $("#prefs-form");
   if (prefs) prefs.addEventListener("submit", async (ev) => {
     ev.preventDefault();

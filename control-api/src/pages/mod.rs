@@ -457,7 +457,13 @@ async fn settings(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -
         Some(inst) => format!(
             r#"<section class="card" aria-labelledby="instance-h">
   <h2 id="instance-h">Instance</h2>
-  <p>Address: <strong>{host}</strong>. <span class="muted">Changing the address is not offered yet.</span></p>
+  <form id="subdomain-form" novalidate>
+    <div class="field"><label for="subdomain">Address</label>
+      <div class="suffixed"><input id="subdomain" name="subdomain" type="text" value="{sub}" data-current="{sub}" autocomplete="off" autocapitalize="none" spellcheck="false" required data-field="subdomain" aria-describedby="subdomain-status subdomain-error"><span class="suffix">.{base}</span></div>
+      <p class="hint" id="subdomain-status" role="status" aria-live="polite"></p>
+      <p class="field-error" id="subdomain-error"></p></div>
+    <button type="submit" class="button">Change address</button>
+  </form>
   <p>Status: <strong>{status}</strong></p>
   <p class="form-error" id="instance-error" role="alert"></p>
   <p class="hint" id="instance-result" role="status" aria-live="polite"></p>
@@ -473,7 +479,8 @@ async fn settings(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -
     <button type="submit" class="button primary" id="soul-save">Save SOUL.md</button>
   </form>
 </section>"#,
-            host = esc(&format!("{}.{}", inst.subdomain, state.routes.base_domain())),
+            sub = esc(&inst.subdomain),
+            base = esc(state.routes.base_domain()),
             status = inst.status.as_str(),
             soul = esc(inst.soul_md.as_deref().unwrap_or_default()),
         ),

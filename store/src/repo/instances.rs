@@ -199,6 +199,25 @@ impl Store {
             .await
     }
 
+    /// Moves the instance to another subdomain (stored lower case). A taken one (any case) →
+    /// `Conflict(Subdomain)`.
+    pub async fn update_instance_subdomain(&self, id: Uuid, subdomain: &str) -> Result<Instance> {
+        let sql = format!(
+            "UPDATE instances SET subdomain = $3, updated_at = $2 WHERE id = $1 RETURNING {INSTANCE_COLS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(id_str(id))
+            .bind(now_ms())
+            .bind(normalize_subdomain(subdomain))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| conflict_or(e, Conflict::Subdomain))?;
+        match row {
+            Some(row) => instance_from_row(&row),
+            None => Err(StoreError::NotFound("instance")),
+        }
+    }
+
     /// Sets or clears the instance's timezone (IANA name).
     pub async fn update_instance_timezone(
         &self,
