@@ -17,6 +17,7 @@ pub mod upgrade;
 
 use std::sync::Arc;
 
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::services::listening::Service;
 
@@ -39,7 +40,14 @@ pub fn edge_service(
 ) -> Service<pingora::proxy::HttpProxy<EdgeProxy>> {
     let mut service = pingora::proxy::http_proxy_service_with_name(conf, edge, "clawdeploy edge");
     for addr in &listeners.http {
-        service.add_tcp(addr);
+        service.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(l4_buffers()));
     }
     service
+}
+
+/// Socket buffers of every edge listener: no read buffer in front of the socket. Pingora reads
+/// headers and bodies into buffers of its own, so a read buffer only adds a copy, and its default
+/// 64 KiB would be held for the whole life of every connection, idle WebSockets included.
+pub fn l4_buffers() -> L4BufferSettings {
+    L4BufferSettings::default().read(0)
 }

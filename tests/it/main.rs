@@ -4,6 +4,7 @@ mod account;
 mod admin_api;
 mod auth;
 mod bad_input;
+mod bodies;
 mod dashboard;
 mod egress;
 mod instance_access;
