@@ -7,6 +7,7 @@
 
 pub mod hostname;
 pub mod instances;
+pub mod sessions;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use hostname::{normalize_host, validate_hostname, HostnameError};
 pub use instances::{PoolConfig, RuntimeConfig, RuntimeKind};
+pub use sessions::SessionsConfig;
 
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "CLAWDEPLOY_";
@@ -39,6 +41,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// `[pool]`: warm instances per node.
     pub pool: PoolConfig,
+    /// `[sessions]`: browser sessions on instance hosts.
+    pub sessions: SessionsConfig,
     /// Static operator routes: public hosts proxied to fixed upstreams.
     pub routes: Vec<RouteConfig>,
 }
@@ -672,6 +676,7 @@ impl Config {
             );
         }
         instances::validate(&self.runtime, &self.pool, &mut check);
+        sessions::validate(&self.sessions, &mut check);
         if issues.is_empty() {
             Ok(())
         } else {

@@ -57,6 +57,10 @@ fn mac(key: &[u8]) -> HmacSha256 {
 
 /// Signs claims as an HS256 JWT.
 pub fn sign_jwt(key: &[u8], claims: &Claims) -> String {
+    sign_jwt_claims(key, claims)
+}
+
+fn sign_jwt_claims(key: &[u8], claims: &impl Serialize) -> String {
     let header = URL_SAFE_NO_PAD.encode(HEADER);
     let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
     let signing_input = format!("{header}.{payload}");
@@ -69,6 +73,18 @@ pub fn sign_jwt(key: &[u8], claims: &Claims) -> String {
 /// Verifies an HS256 JWT: exactly three parts, `alg` exactly `HS256` (`none` and every other
 /// algorithm refused), a constant-time signature check, then expiry against `now` (unix seconds).
 pub fn verify_jwt(key: &[u8], token: &str, now: i64) -> Result<Claims, JwtError> {
+    let claims: Claims = verify_jwt_claims(key, token)?;
+    if claims.exp <= now {
+        return Err(JwtError::Expired);
+    }
+    Ok(claims)
+}
+
+/// The signature and shape checks of [`verify_jwt`], for any claims type.
+fn verify_jwt_claims<T: serde::de::DeserializeOwned>(
+    key: &[u8],
+    token: &str,
+) -> Result<T, JwtError> {
     let mut parts = token.split('.');
     let (Some(h), Some(p), Some(s), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -87,9 +103,56 @@ pub fn verify_jwt(key: &[u8], token: &str, now: i64) -> Result<Claims, JwtError>
     m.update(p.as_bytes());
     m.verify_slice(&sig).map_err(|_| JwtError::Signature)?;
     let payload = URL_SAFE_NO_PAD.decode(p).map_err(|_| JwtError::Malformed)?;
-    let claims: Claims = serde_json::from_slice(&payload).map_err(|_| JwtError::Malformed)?;
+    serde_json::from_slice(&payload).map_err(|_| JwtError::Malformed)
+}
+
+/// The claims of an instance host's browser session (the `clawdeploy_session` cookie): valid on
+/// `host` only, and only while the platform session `sid` that created it is not revoked.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HostClaims {
+    pub sub: Uuid,
+    pub sid: Uuid,
+    /// The normalised host the cookie was issued for.
+    pub host: String,
+    pub iat: i64,
+    pub exp: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HostTokenError {
+    #[error(transparent)]
+    Jwt(#[from] JwtError),
+    #[error("the session was issued for another host")]
+    WrongHost,
+}
+
+/// The key of host-session tokens, derived from the JWT key so that an API access token is never
+/// accepted as a host cookie and a host cookie never as an API token.
+pub fn host_session_key(jwt_key: &[u8]) -> [u8; 32] {
+    let mut m = mac(jwt_key);
+    m.update(b"clawdeploy host session v1");
+    m.finalize().into_bytes().into()
+}
+
+/// Signs a host-session token with the key from [`host_session_key`].
+pub fn sign_host_token(host_key: &[u8], claims: &HostClaims) -> String {
+    sign_jwt_claims(host_key, claims)
+}
+
+/// Verifies a host-session token for `host` (normalised) at `now` (unix seconds).
+pub fn verify_host_token(
+    host_key: &[u8],
+    token: &str,
+    host: &str,
+    now: i64,
+) -> Result<HostClaims, HostTokenError> {
+    let claims: HostClaims = verify_jwt_claims(host_key, token)?;
     if claims.exp <= now {
-        return Err(JwtError::Expired);
+        return Err(JwtError::Expired.into());
+    }
+    if claims.host != host {
+        return Err(HostTokenError::WrongHost);
     }
     Ok(claims)
 }

@@ -8,29 +8,46 @@ use dashmap::DashMap;
 use uuid::Uuid;
 
 use clawdeploy_pool::changes::Change;
+use clawdeploy_proxy::live::LiveConnections;
 use clawdeploy_proxy::{Identity, Rejection, TokenVerifier};
 use clawdeploy_store::{Store, StoreError, Zeroizing};
 
-use crate::crypto::{verify_jwt, JwtError};
+use crate::crypto::{host_session_key, verify_host_token, verify_jwt, HostTokenError, JwtError};
 
 pub struct SessionVerifier {
     jwt_key: Zeroizing<Vec<u8>>,
+    /// Signs and checks instance hosts' session cookies (derived from the JWT key).
+    host_key: Zeroizing<[u8; 32]>,
     /// Revoked session id → its expiry (unix ms), after which its tokens are expired anyway.
     revoked: DashMap<Uuid, i64>,
+    /// Open WebSockets by session: closed when their session is revoked.
+    live: Arc<LiveConnections>,
 }
 
 impl SessionVerifier {
     pub fn new(jwt_key: Vec<u8>) -> Arc<Self> {
         Arc::new(Self {
+            host_key: Zeroizing::new(host_session_key(&jwt_key)),
             jwt_key: Zeroizing::new(jwt_key),
             revoked: DashMap::new(),
+            live: LiveConnections::new(),
         })
     }
 
+    /// The key host-session cookies are signed with.
+    pub fn host_key(&self) -> &[u8] {
+        &self.host_key[..]
+    }
+
+    /// Refuses the session's tokens and cookies from now on and closes its open WebSockets.
     pub fn revoke(&self, session_id: Uuid) {
         // Tokens live at most 7 days; keep the entry that long.
         let until = clawdeploy_store::time::now_ms() + crate::crypto::ACCESS_TTL_SECS * 1000;
         self.revoked.insert(session_id, until);
+        let closed = self.live.close_session(&session_id.to_string());
+        if closed > 0 {
+            tracing::info!(session = %session_id, closed, "closed the WebSockets of a revoked session");
+        }
     }
 
     /// Reloads the revoked set from the store (at start and after a gap in the broadcast).
@@ -40,6 +57,9 @@ impl SessionVerifier {
         for (id, until) in store.list_revoked_sessions().await? {
             self.revoked.insert(id, until);
         }
+        // Revocations missed during a gap in the broadcast still close their WebSockets.
+        self.live
+            .close_where(|sid| Uuid::parse_str(sid).is_ok_and(|id| self.revoked.contains_key(&id)));
         Ok(())
     }
 
@@ -76,6 +96,26 @@ impl TokenVerifier for SessionVerifier {
         }
         Ok(Identity {
             user_id: Arc::from(claims.sub.to_string()),
+            session_id: Arc::from(claims.sid.to_string()),
         })
+    }
+
+    fn verify_host_session(&self, token: &str, host: &str) -> Result<Identity, Rejection> {
+        let now = clawdeploy_store::time::now_ms() / 1000;
+        let claims = verify_host_token(self.host_key(), token, host, now).map_err(|e| match e {
+            HostTokenError::Jwt(JwtError::Expired) => Rejection::Expired,
+            _ => Rejection::Invalid,
+        })?;
+        if self.revoked.contains_key(&claims.sid) {
+            return Err(Rejection::Revoked);
+        }
+        Ok(Identity {
+            user_id: Arc::from(claims.sub.to_string()),
+            session_id: Arc::from(claims.sid.to_string()),
+        })
+    }
+
+    fn live_connections(&self) -> Option<Arc<LiveConnections>> {
+        Some(self.live.clone())
     }
 }

@@ -12,6 +12,7 @@ pub mod chat;
 pub mod crypto;
 pub mod edge_auth;
 pub mod error;
+pub mod host_sessions;
 pub mod instances;
 pub mod mail;
 pub mod openapi;

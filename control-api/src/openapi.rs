@@ -5,7 +5,7 @@ use axum::routing::{delete, get, patch, post, put, MethodRouter};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use crate::{account, admin, auth, chat, instances, ApiState};
+use crate::{account, admin, auth, chat, host_sessions, instances, ApiState};
 
 /// Who may call an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +70,14 @@ pub fn endpoints() -> Vec<(Spec, Handler)> {
             "Rotate a refresh token; reusing an old one ends the session",
             body: [("refreshToken", "string", true)]),
         ep!(post "/api/auth/logout", auth::logout, "auth", User, 204 "Session ended", "End this session (its access and refresh tokens stop working)"),
+        // Browser sessions on instance hosts
+        ep!(get "/api/session/handoff", host_sessions::handoff_redirect, "session", User, 303 "A redirect to <instance host>/_clawdeploy/session?code=... (the code works once, on that host, for sessions.code_ttl_secs)",
+            "Hand this login over to one of your instances: next is the instance URL the dashboard's /login?next= received", query: ["next"]),
+        ep!(post "/api/session/handoff", host_sessions::handoff_json, "session", User, 200 "{redirect, expiresIn}: the URL to navigate to (same as the GET's Location)",
+            "The handoff as JSON, for a page that navigates itself",
+            body: [("next", "string", true)]),
+        ep!(get "/_clawdeploy/session", host_sessions::exchange, "session", Public, 303 "The instance host's session cookie (host-only, HttpOnly, SameSite=Lax, Secure over HTTPS) and a redirect to the next path",
+            "On an instance host only (the edge passes this path to the control plane): redeem a one-time code", query: ["code"]),
         ep!(get "/api/auth/verify-email", auth::verify_email_link, "auth", Public, 200 "Verified", "The link in the verification mail", query: ["token"]),
         ep!(post "/api/auth/verify-email", auth::verify_email, "auth", Public, 200 "Verified", "Verify an email address with the mailed token",
             body: [("token", "string", true)]),

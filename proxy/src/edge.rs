@@ -20,9 +20,11 @@ use pingora::{Error, ErrorSource, ErrorType, OrErr, Result};
 
 use clawdeploy_config::{normalize_host, ServerConfig};
 
+use crate::browser_session::{self, Denied};
 use crate::drain::{Drain, InflightGuard};
-use crate::identity::{bearer_token, Identity, Rejection, TokenVerifier};
-use crate::responses::{write_error, write_redirect, EdgeError};
+use crate::identity::{Identity, TokenVerifier};
+use crate::live::{LiveConnections, TunnelGuard};
+use crate::responses::{write_error, write_redirect, write_see_other, EdgeError};
 use crate::routes::{InstanceState, Resolution, Route, RouteKind, RouteTable};
 use crate::upgrade::{check_upgrade, Upgrade};
 
@@ -74,6 +76,8 @@ pub struct EdgeProxy {
     settings: EdgeSettings,
     drain: Arc<Drain>,
     verifier: Arc<dyn TokenVerifier>,
+    /// Open WebSockets by session, closed on revocation (see [`crate::live`]).
+    live: Option<Arc<LiveConnections>>,
     request_ids: RequestIds,
 }
 
@@ -85,6 +89,7 @@ impl EdgeProxy {
         verifier: Arc<dyn TokenVerifier>,
     ) -> Self {
         Self {
+            live: verifier.live_connections(),
             routes,
             settings,
             drain,
@@ -106,6 +111,10 @@ pub struct EdgeCtx {
     /// The owner, on an instance host.
     identity: Option<Identity>,
     websocket: bool,
+    /// Keeps an owner's WebSocket registered for closing on revocation while it is open.
+    tunnel: Option<TunnelGuard>,
+    /// A one-time code exchange on an instance host, passed to the control plane.
+    session_exchange: bool,
     _inflight: InflightGuard,
 }
 
@@ -122,6 +131,8 @@ impl ProxyHttp for EdgeProxy {
             route: None,
             identity: None,
             websocket: false,
+            tunnel: None,
+            session_exchange: false,
             _inflight: self.drain.enter(),
         }
     }
@@ -140,6 +151,20 @@ impl ProxyHttp for EdgeProxy {
             Ok(Routed::RedirectToApp) => {
                 let location = self.app_url(session, ctx);
                 write_redirect(session, &location, &ctx.request_id).await?;
+                Ok(true)
+            }
+            Ok(Routed::Login) => {
+                let location = browser_session::login_url(
+                    is_tls(session),
+                    self.routes.app_domain(),
+                    &ctx.raw_host,
+                    session
+                        .req_header()
+                        .uri
+                        .path_and_query()
+                        .map_or("/", |p| p.as_str()),
+                );
+                write_see_other(session, 302, &location, &ctx.request_id).await?;
                 Ok(true)
             }
             Err(error) => {
@@ -217,10 +242,15 @@ impl ProxyHttp for EdgeProxy {
         upstream.insert_header("x-forwarded-proto", proto)?;
         upstream.insert_header("x-forwarded-host", &ctx.raw_host)?;
         upstream.insert_header("x-request-id", &ctx.request_id)?;
+        if ctx.session_exchange {
+            // The control plane needs only the code and the host (X-Forwarded-Host).
+            upstream.remove_header(&header::AUTHORIZATION);
+            upstream.remove_header(&header::COOKIE);
+        }
         if let Some(identity) = &ctx.identity {
             // The container sees who the owner is, never the platform's credentials.
             upstream.remove_header(&header::AUTHORIZATION);
-            upstream.remove_header(&header::COOKIE);
+            browser_session::strip_platform_cookies(upstream);
             upstream.insert_header(USER_HEADER, &*identity.user_id)?;
             // The PRD's gatewayUrl is `/ws`; the gateway serves its WebSocket at `/`.
             if upstream.uri.path() == "/ws" {
@@ -243,6 +273,28 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut EdgeCtx,
     ) -> Result<()> {
         resp.insert_header("x-request-id", &ctx.request_id)?;
+        if ctx.identity.is_some() {
+            let dropped = browser_session::filter_set_cookies(resp, &ctx.host);
+            if dropped > 0 {
+                tracing::warn!(request_id = %ctx.request_id, host = %ctx.host, dropped, "dropped Set-Cookie for another domain or a platform cookie from an instance");
+            }
+        }
+        Ok(())
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut EdgeCtx,
+    ) -> Result<()> {
+        if let (true, Some(identity), Some(live)) = (ctx.websocket, &ctx.identity, &self.live) {
+            ctx.tunnel = live.register(identity.session_id.clone(), fd);
+        }
         Ok(())
     }
 
@@ -296,6 +348,8 @@ impl ProxyHttp for EdgeProxy {
 enum Routed {
     Proxy,
     RedirectToApp,
+    /// A browser without a session on an instance host: to the dashboard's login.
+    Login,
 }
 
 impl EdgeProxy {
@@ -364,13 +418,41 @@ impl EdgeProxy {
                 ))
             }
         };
+        let mut by_cookie = false;
         if route.kind == RouteKind::Instance {
-            ctx.identity = Some(self.owner_only(session.req_header(), &route)?);
+            if session.req_header().uri.path() == browser_session::SESSION_PATH {
+                return self.session_exchange(ctx);
+            }
+            let tls = is_tls(session);
+            match browser_session::owner_only(
+                &*self.verifier,
+                session.req_header(),
+                &route,
+                &ctx.host,
+                tls,
+            ) {
+                Ok(access) => {
+                    ctx.identity = Some(access.identity);
+                    by_cookie = access.by_cookie;
+                }
+                Err(Denied::Login) => return Ok(Routed::Login),
+                Err(Denied::Error(error)) => return Err(error),
+            }
         }
         if let Some(error) = state_error(&route, &ctx.host) {
             return Err(error);
         }
-        match check_upgrade(session.req_header()) {
+        let upgrade = check_upgrade(session.req_header());
+        if route.kind == RouteKind::Instance {
+            browser_session::check_origin(
+                &self.routes,
+                session.req_header(),
+                &route,
+                matches!(upgrade, Ok(Upgrade::WebSocket)),
+                by_cookie,
+            )?;
+        }
+        match upgrade {
             Ok(Upgrade::WebSocket) => ctx.websocket = true,
             Ok(Upgrade::None) => {
                 // An upgrade we do not proxy (e.g. h2c) is ignored: the request goes on as HTTP/1.1.
@@ -389,22 +471,21 @@ impl EdgeProxy {
         Ok(Routed::Proxy)
     }
 
-    /// Instance hosts admit only their owner's valid token: 401 without one, 403 for another user.
-    fn owner_only(&self, req: &RequestHeader, route: &Route) -> Result<Identity, EdgeError> {
-        let unauthorized = |rejection: Rejection| {
-            EdgeError::new(401, "UNAUTHORIZED", rejection.message())
-                .header("www-authenticate", "Bearer")
-        };
-        let token = bearer_token(req).ok_or_else(|| unauthorized(Rejection::Missing))?;
-        let identity = self.verifier.verify(token).map_err(unauthorized)?;
-        if route.owner_id.as_deref() != Some(&*identity.user_id) {
-            return Err(EdgeError::new(
-                403,
-                "FORBIDDEN",
-                "This instance belongs to another account.",
-            ));
+    /// Sends `/_clawdeploy/session` on an instance host to the control plane (which redeems the
+    /// one-time code and sets the host's cookie); the instance never sees it.
+    fn session_exchange(&self, ctx: &mut EdgeCtx) -> Result<Routed, EdgeError> {
+        match self.routes.resolve(self.routes.app_domain()) {
+            Resolution::Route(control) if control.kind == RouteKind::ControlPlane => {
+                ctx.session_exchange = true;
+                ctx.route = Some(control);
+                Ok(Routed::Proxy)
+            }
+            _ => Err(EdgeError::new(
+                503,
+                "CONTROL_PLANE_UNAVAILABLE",
+                "Sign-in to instances is unavailable on this edge node; retry in a few seconds.",
+            )),
         }
-        Ok(identity)
     }
 
     /// `<scheme>://<app_domain>[:port]<path>` for the bare base domain's redirect.

@@ -11,6 +11,8 @@ use pingora::http::RequestHeader;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub user_id: Arc<str>,
+    /// The platform session behind the credential: revoking it closes this user's open WebSockets.
+    pub session_id: Arc<str>,
 }
 
 /// Why a credential was not accepted (said to the client, so it knows what to fix).
@@ -36,6 +38,16 @@ impl Rejection {
 /// Checks a bearer token; implemented by the control plane.
 pub trait TokenVerifier: Send + Sync + 'static {
     fn verify(&self, token: &str) -> Result<Identity, Rejection>;
+
+    /// Checks an instance host's session cookie, valid on `host` (normalised) only.
+    fn verify_host_session(&self, _token: &str, _host: &str) -> Result<Identity, Rejection> {
+        Err(Rejection::Invalid)
+    }
+
+    /// The registry of open WebSockets this verifier closes when their session is revoked.
+    fn live_connections(&self) -> Option<Arc<crate::live::LiveConnections>> {
+        None
+    }
 }
 
 /// Refuses everything: instance hosts stay closed when no verifier is wired.

@@ -7,10 +7,14 @@
 //! - [`upgrade`]: WebSocket handshake checks.
 //! - [`responses`]: errors and redirects the edge answers itself.
 //! - [`drain`]: graceful shutdown that waits for in-flight requests.
+//! - [`browser_session`]: instance hosts' browser sessions, cookie isolation and origin checks.
+//! - [`live`]: open WebSockets by session, closed when their session is revoked.
 
+pub mod browser_session;
 pub mod drain;
 pub mod edge;
 pub mod identity;
+pub mod live;
 pub mod responses;
 pub mod routes;
 pub mod upgrade;

@@ -106,6 +106,21 @@ pub async fn write_redirect(session: &mut Session, location: &str, request_id: &
     session.write_response_header(Box::new(resp), true).await
 }
 
+/// Writes a temporary redirect (`302` or `303`) that is never cached.
+pub async fn write_see_other(
+    session: &mut Session,
+    status: u16,
+    location: &str,
+    request_id: &str,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(5))?;
+    resp.insert_header(header::LOCATION, location)?;
+    resp.insert_header(header::CONTENT_LENGTH, "0")?;
+    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+    resp.insert_header("x-request-id", request_id)?;
+    session.write_response_header(Box::new(resp), true).await
+}
+
 fn escape_html(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {

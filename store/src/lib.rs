@@ -66,6 +66,7 @@ use uuid::Uuid;
 pub use error::{Conflict, Result, SecretError, StoreError};
 pub use models::*;
 pub use repo::accounts::normalize_email;
+pub use repo::host_codes::{HostCode, Redemption};
 pub use repo::instances::normalize_subdomain;
 pub use secrets::{Keyring, TokenHash};
 pub use zeroize::Zeroizing;
@@ -130,6 +131,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "pool",
         include_str!("../migrations/sqlite/0010_pool.sql"),
         include_str!("../migrations/postgres/0010_pool.sql"),
+    ),
+    (
+        40,
+        "host session codes",
+        include_str!("../migrations/sqlite/0040_host_session_codes.sql"),
+        include_str!("../migrations/postgres/0040_host_session_codes.sql"),
     ),
     (
         50,

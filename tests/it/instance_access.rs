@@ -27,7 +27,7 @@ fn node_id() -> String {
 }
 
 /// An edge whose pool runs the fixture as local processes (or in Docker).
-fn edge_with_pool(docker: bool, min_idle: usize) -> EdgeBuilder {
+pub(crate) fn edge_with_pool(docker: bool, min_idle: usize) -> EdgeBuilder {
     edge_on_node(docker, min_idle, &node_id())
 }
 
@@ -56,7 +56,11 @@ fn edge_on_node(docker: bool, min_idle: usize, node: &str) -> EdgeBuilder {
 }
 
 /// Creates an instance and waits until it is routed as running; (subdomain, upstream).
-async fn running_instance(edge: &Edge, token: &str, subdomain: &str) -> (String, SocketAddr) {
+pub(crate) async fn running_instance(
+    edge: &Edge,
+    token: &str,
+    subdomain: &str,
+) -> (String, SocketAddr) {
     let resp = edge
         .api(
             "POST",
@@ -90,7 +94,7 @@ async fn running_instance(edge: &Edge, token: &str, subdomain: &str) -> (String,
 }
 
 /// Requests the fixture has seen, asked directly (not through the edge).
-async fn fixture_requests(upstream: SocketAddr) -> u64 {
+pub(crate) async fn fixture_requests(upstream: SocketAddr) -> u64 {
     let stats = try_send(upstream, get_request("i", "/stats").as_bytes())
         .await
         .unwrap()
@@ -99,7 +103,7 @@ async fn fixture_requests(upstream: SocketAddr) -> u64 {
     stats["requests"].as_u64().unwrap() - 1
 }
 
-async fn gateway(
+pub(crate) async fn gateway(
     edge: &Edge,
     host: &str,
     path: &str,
@@ -221,7 +225,7 @@ async fn only_the_owner_reaches_an_instance_and_the_container_sees_nothing_else(
     // The owner's request arrives with the edge's identity header, not the client's, and without
     // the platform's credentials.
     let own = format!(
-        "GET /whoami HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {alice}\r\nX-Forwarded-User: admin\r\nCookie: session=platform\r\nConnection: close\r\n\r\n"
+        "GET /whoami HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {alice}\r\nX-Forwarded-User: admin\r\nCookie: clawdeploy_session=platform; app=1\r\nConnection: close\r\n\r\n"
     );
     let whoami = edge.send(own.as_bytes()).await;
     assert_eq!(whoami.status, 200, "{}", whoami.text());
@@ -234,8 +238,9 @@ async fn only_the_owner_reaches_an_instance_and_the_container_sees_nothing_else(
         headers.get("authorization").is_none(),
         "the platform token reached the container: {headers}"
     );
-    assert!(
-        headers.get("cookie").is_none(),
+    // The instance's own cookies pass; the platform's never do.
+    assert_eq!(
+        headers["cookie"], "app=1",
         "platform cookies reached the container: {headers}"
     );
 }

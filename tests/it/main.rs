@@ -16,6 +16,7 @@ mod openclaw;
 mod pool;
 mod routing;
 mod runtime;
+mod sessions;
 mod support;
 mod webdriver;
 mod websocket;

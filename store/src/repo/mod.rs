@@ -5,6 +5,7 @@ mod api_keys;
 mod archive;
 mod auth;
 mod export;
+pub(crate) mod host_codes;
 pub(crate) mod instances;
 mod ops;
 pub(crate) mod outbox;

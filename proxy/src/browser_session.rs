@@ -1,0 +1,411 @@
+//! Browsers on instance hosts: who they are (a host-only session cookie, or a bearer token), where
+//! they go without a session (the dashboard's login, with a `next` target), and what the edge keeps
+//! apart between tenants (platform cookies never reach a container, a container's cookies for a
+//! parent domain never reach the browser, WebSockets and cookie-authenticated writes only from the
+//! instance's own origins).
+//!
+//! The flow, one mechanism for subdomains and custom domains:
+//! 1. `GET https://alice.example.net/` without a session → `302` to
+//!    `https://<app_domain>/login?next=<url-encoded https://alice.example.net/>`;
+//! 2. after login, the dashboard calls `GET /api/session/handoff?next=...`, which issues a one-time
+//!    code bound to that host and redirects to `https://alice.example.net/_clawdeploy/session?code=...`;
+//! 3. the edge passes that one path to the control plane, which redeems the code and answers with
+//!    the host's own cookie (`HttpOnly; SameSite=Lax; Path=/`, `Secure` and the `__Host-` name over
+//!    HTTPS, never `Domain=`) and a redirect to the `next` path.
+
+use http::{header, HeaderValue, Method};
+use pingora::http::{RequestHeader, ResponseHeader};
+
+use crate::identity::{bearer_token, Identity, Rejection, TokenVerifier};
+use crate::responses::EdgeError;
+use crate::routes::{Resolution, Route, RouteTable};
+
+/// The path on every instance host where a one-time code is exchanged for the host's cookie; the
+/// edge sends it to the control plane, never to the instance.
+pub const SESSION_PATH: &str = "/_clawdeploy/session";
+
+/// The session cookie over HTTPS: `__Host-` makes browsers refuse it unless it is `Secure`,
+/// `Path=/` and has no `Domain`, so no other host (not even a sibling tenant's script) can plant it.
+pub const COOKIE_HTTPS: &str = "__Host-clawdeploy_session";
+/// The session cookie over plain HTTP (development only: browsers refuse `__Host-` without TLS).
+pub const COOKIE_HTTP: &str = "clawdeploy_session";
+
+/// The session cookie's name for a request over TLS or not.
+pub fn cookie_name(tls: bool) -> &'static str {
+    if tls {
+        COOKIE_HTTPS
+    } else {
+        COOKIE_HTTP
+    }
+}
+
+/// True for the platform's cookie names (`clawdeploy*`, with or without a `__Host-`/`__Secure-`
+/// prefix, any case): these never reach a container and a container can never set them.
+pub fn is_platform_cookie(name: &str) -> bool {
+    let name = name.trim().to_ascii_lowercase();
+    let bare = name
+        .strip_prefix("__host-")
+        .or_else(|| name.strip_prefix("__secure-"))
+        .unwrap_or(&name);
+    bare.starts_with("clawdeploy")
+}
+
+/// Every `name=value` pair of the request's `Cookie` headers.
+fn cookie_pairs(req: &RequestHeader) -> impl Iterator<Item = (&str, &str)> {
+    req.headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| {
+            let (name, value) = pair.split_once('=')?;
+            Some((name.trim(), value.trim().trim_matches('"')))
+        })
+}
+
+/// The values of the session cookie (a sibling host can add same-named cookies over plain HTTP,
+/// so every value is tried, not only the first).
+pub fn session_cookies(req: &RequestHeader, tls: bool) -> impl Iterator<Item = &str> {
+    let name = cookie_name(tls);
+    cookie_pairs(req)
+        .filter(move |(n, _)| *n == name)
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_empty())
+}
+
+/// Rewrites the `Cookie` header without platform cookies (the instance's own cookies stay).
+pub fn strip_platform_cookies(req: &mut RequestHeader) {
+    if req.headers.get(header::COOKIE).is_none() {
+        return;
+    }
+    let kept: Vec<String> = req
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| !is_platform_cookie(pair.split_once('=').map_or(*pair, |(n, _)| n)))
+        .map(str::to_string)
+        .collect();
+    req.remove_header(&header::COOKIE);
+    if kept.is_empty() {
+        return;
+    }
+    if let Ok(value) = HeaderValue::try_from(kept.join("; ")) {
+        let _ = req.insert_header(header::COOKIE, value);
+    }
+}
+
+/// Whether a container's `Set-Cookie` may reach the browser on `host`: not with a platform name,
+/// and not for any domain but the host itself (a parent domain would reach every tenant).
+pub fn set_cookie_allowed(set_cookie: &str, host: &str) -> bool {
+    let mut parts = set_cookie.split(';');
+    let name = parts
+        .next()
+        .and_then(|pair| pair.split_once('='))
+        .map_or("", |(name, _)| name);
+    if is_platform_cookie(name) {
+        return false;
+    }
+    parts.all(|attribute| {
+        let (key, value) = attribute.split_once('=').unwrap_or((attribute, ""));
+        if !key.trim().eq_ignore_ascii_case("domain") {
+            return true;
+        }
+        let domain = value.trim().trim_start_matches('.').to_ascii_lowercase();
+        domain == host
+    })
+}
+
+/// Drops the `Set-Cookie` headers of an instance response that [`set_cookie_allowed`] refuses;
+/// how many were dropped.
+pub fn filter_set_cookies(resp: &mut ResponseHeader, host: &str) -> usize {
+    let values: Vec<HeaderValue> = resp
+        .headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .cloned()
+        .collect();
+    if values.is_empty() {
+        return 0;
+    }
+    let allowed: Vec<HeaderValue> = values
+        .iter()
+        .filter(|v| v.to_str().is_ok_and(|s| set_cookie_allowed(s, host)))
+        .cloned()
+        .collect();
+    let dropped = values.len() - allowed.len();
+    if dropped > 0 {
+        resp.remove_header(&header::SET_COOKIE);
+        for value in allowed {
+            let _ = resp.append_header(header::SET_COOKIE, value);
+        }
+    }
+    dropped
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters (for a URL in a query).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// True for a top-level page load by a browser, which gets the login redirect rather than a 401.
+pub fn is_navigation(req: &RequestHeader) -> bool {
+    if req.method != Method::GET && req.method != Method::HEAD {
+        return false;
+    }
+    let get = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(mode) = get("sec-fetch-mode") {
+        return mode.eq_ignore_ascii_case("navigate");
+    }
+    get("accept").is_some_and(|a| a.contains("text/html")) && get("upgrade").is_none()
+}
+
+/// How the request was authenticated on an instance host.
+#[derive(Debug)]
+pub struct Access {
+    pub identity: Identity,
+    /// By the host's session cookie (so cross-site writes need an origin check), not a bearer token.
+    pub by_cookie: bool,
+}
+
+/// Why an instance host refused a request.
+#[derive(Debug)]
+pub enum Denied {
+    Error(EdgeError),
+    /// A browser without a session: send it to the dashboard's login.
+    Login,
+}
+
+/// Instance hosts admit only their owner: a bearer token first, else the host's session cookie.
+/// Without either, browsers are sent to log in and other clients get a 401; another user gets 403.
+pub fn owner_only(
+    verifier: &dyn TokenVerifier,
+    req: &RequestHeader,
+    route: &Route,
+    host: &str,
+    tls: bool,
+) -> Result<Access, Denied> {
+    let unauthorized = |rejection: Rejection| {
+        Denied::Error(
+            EdgeError::new(401, "UNAUTHORIZED", rejection.message())
+                .header("www-authenticate", "Bearer"),
+        )
+    };
+    let access = if let Some(token) = bearer_token(req) {
+        Access {
+            identity: verifier.verify(token).map_err(unauthorized)?,
+            by_cookie: false,
+        }
+    } else {
+        let mut last = Rejection::Missing;
+        let mut found = None;
+        for cookie in session_cookies(req, tls) {
+            match verifier.verify_host_session(cookie, host) {
+                Ok(identity) => {
+                    found = Some(identity);
+                    break;
+                }
+                Err(rejection) => last = rejection,
+            }
+        }
+        match found {
+            Some(identity) => Access {
+                identity,
+                by_cookie: true,
+            },
+            None if is_navigation(req) => return Err(Denied::Login),
+            None => return Err(unauthorized(last)),
+        }
+    };
+    if route.owner_id.as_deref() != Some(&*access.identity.user_id) {
+        return Err(Denied::Error(EdgeError::new(
+            403,
+            "FORBIDDEN",
+            "This instance belongs to another account.",
+        )));
+    }
+    Ok(access)
+}
+
+/// The host of an `Origin` header (`None` when absent); `Err` for `null` or a malformed origin.
+pub fn origin_host(req: &RequestHeader) -> Option<Result<String, ()>> {
+    let origin = req.headers.get(header::ORIGIN)?;
+    let parsed = origin.to_str().ok().and_then(|origin| {
+        let rest = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"))?;
+        clawdeploy_config::normalize_host(rest)
+    });
+    Some(parsed.ok_or(()))
+}
+
+/// WebSocket upgrades and cookie-authenticated writes on an instance host only from the
+/// instance's own origins (any host routed to the same instance). Requests without `Origin` are
+/// not from a browser page and pass (a browser always sends it on WebSocket and cross-site writes).
+pub fn check_origin(
+    routes: &RouteTable,
+    req: &RequestHeader,
+    route: &Route,
+    websocket: bool,
+    by_cookie: bool,
+) -> Result<(), EdgeError> {
+    let state_changing = !matches!(
+        req.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    );
+    if !(websocket || (by_cookie && state_changing)) {
+        return Ok(());
+    }
+    let refused = |what: &str| {
+        EdgeError::new(
+            403,
+            "ORIGIN_NOT_ALLOWED",
+            format!("{what} is only accepted from this instance's own pages; open it at its own address."),
+        )
+    };
+    let what = if websocket {
+        "A WebSocket connection"
+    } else {
+        "A change made with this instance's session cookie"
+    };
+    if !websocket
+        && req
+            .headers
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
+    {
+        return Err(refused(what));
+    }
+    match origin_host(req) {
+        None => Ok(()),
+        Some(Err(())) => Err(refused(what)),
+        Some(Ok(origin)) => match routes.resolve(&origin) {
+            Resolution::Route(other)
+                if other.instance_id.is_some() && other.instance_id == route.instance_id =>
+            {
+                Ok(())
+            }
+            _ => Err(refused(what)),
+        },
+    }
+}
+
+/// `<scheme>://<app_domain>[:port]/login?next=<url-encoded instance URL>`.
+pub fn login_url(tls: bool, app_domain: &str, raw_host: &str, path_and_query: &str) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    let port = raw_host
+        .rsplit_once(':')
+        .filter(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(String::new(), |(_, p)| format!(":{p}"));
+    let next = format!("{scheme}://{raw_host}{path_and_query}");
+    format!(
+        "{scheme}://{app_domain}{port}/login?next={}",
+        percent_encode(&next)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platform_cookie_names() {
+        for name in [
+            "clawdeploy_session",
+            "__Host-clawdeploy_session",
+            "__Secure-ClawDeploy_x",
+            " CLAWDEPLOY",
+        ] {
+            assert!(is_platform_cookie(name), "{name}");
+        }
+        for name in ["session", "__Host-app", "claw", "my_clawdeploy"] {
+            assert!(!is_platform_cookie(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn cookies_are_stripped_by_name() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header(
+            "cookie",
+            "app=1; clawdeploy_session=tok; __Host-clawdeploy_session=t2",
+        )
+        .unwrap();
+        req.append_header("cookie", "other=2").unwrap();
+        assert_eq!(session_cookies(&req, false).collect::<Vec<_>>(), ["tok"]);
+        assert_eq!(session_cookies(&req, true).collect::<Vec<_>>(), ["t2"]);
+        strip_platform_cookies(&mut req);
+        let cookies: Vec<_> = req.headers.get_all("cookie").iter().collect();
+        assert_eq!(cookies, ["app=1; other=2"]);
+        let mut only = RequestHeader::build("GET", b"/", None).unwrap();
+        only.append_header("cookie", "clawdeploy_session=x")
+            .unwrap();
+        strip_platform_cookies(&mut only);
+        assert!(only.headers.get("cookie").is_none());
+    }
+
+    #[test]
+    fn set_cookies_for_other_domains_are_refused() {
+        let host = "alice.example.net";
+        assert!(set_cookie_allowed("a=1; Path=/; HttpOnly", host));
+        assert!(set_cookie_allowed("a=1; Domain=alice.example.net", host));
+        assert!(set_cookie_allowed("a=1; domain=.ALICE.example.net", host));
+        assert!(!set_cookie_allowed("a=1; Domain=example.net", host));
+        assert!(!set_cookie_allowed(
+            "a=1; Path=/; domain = .example.net",
+            host
+        ));
+        assert!(!set_cookie_allowed("a=1; Domain=bob.example.net", host));
+        assert!(!set_cookie_allowed(
+            "a=1; Domain=alice.example.net; Domain=net",
+            host
+        ));
+        assert!(!set_cookie_allowed("clawdeploy_session=x; Path=/", host));
+        assert!(!set_cookie_allowed("__Host-clawdeploy_session=x", host));
+
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.append_header("set-cookie", "a=1").unwrap();
+        resp.append_header("set-cookie", "b=2; Domain=example.net")
+            .unwrap();
+        resp.append_header("set-cookie", "c=3; Secure").unwrap();
+        assert_eq!(filter_set_cookies(&mut resp, host), 1);
+        let kept: Vec<_> = resp.headers.get_all("set-cookie").iter().collect();
+        assert_eq!(kept, ["a=1", "c=3; Secure"]);
+    }
+
+    #[test]
+    fn login_urls_carry_the_whole_instance_url() {
+        assert_eq!(
+            login_url(false, "app.localhost", "alice.localhost:8080", "/chat?x=1&y=2"),
+            "http://app.localhost:8080/login?next=http%3A%2F%2Falice.localhost%3A8080%2Fchat%3Fx%3D1%26y%3D2"
+        );
+        assert_eq!(
+            login_url(true, "app.example.com", "alice.example.net", "/"),
+            "https://app.example.com/login?next=https%3A%2F%2Falice.example.net%2F"
+        );
+    }
+
+    #[test]
+    fn navigations_are_told_from_api_calls() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        assert!(!is_navigation(&req));
+        req.insert_header("accept", "text/html,*/*").unwrap();
+        assert!(is_navigation(&req));
+        req.insert_header("sec-fetch-mode", "cors").unwrap();
+        assert!(!is_navigation(&req));
+        let mut post = RequestHeader::build("POST", b"/", None).unwrap();
+        post.insert_header("accept", "text/html").unwrap();
+        assert!(!is_navigation(&post));
+    }
+}
