@@ -39,15 +39,20 @@ pub fn cookie_name(tls: bool) -> &'static str {
     }
 }
 
-/// True for the platform's cookie names (`clawdeploy*`, with or without a `__Host-`/`__Secure-`
-/// prefix, any case): these never reach a container and a container can never set them.
+/// The dashboard's session cookie (`clawdeploy_control_api::auth::SESSION_COOKIE`), host-only on the
+/// app domain; listed so that it is stripped even where a browser would send it to an instance.
+pub const DASHBOARD_COOKIE: &str = "cd_session";
+
+/// True for the platform's cookie names (`clawdeploy*` and the dashboard's `cd_session`, with or
+/// without a `__Host-`/`__Secure-` prefix, any case): these never reach a container and a
+/// container can never set them.
 pub fn is_platform_cookie(name: &str) -> bool {
     let name = name.trim().to_ascii_lowercase();
     let bare = name
         .strip_prefix("__host-")
         .or_else(|| name.strip_prefix("__secure-"))
         .unwrap_or(&name);
-    bare.starts_with("clawdeploy")
+    bare.starts_with("clawdeploy") || bare == DASHBOARD_COOKIE
 }
 
 /// Every `name=value` pair of the request's `Cookie` headers.
@@ -326,10 +331,18 @@ mod tests {
             "__Host-clawdeploy_session",
             "__Secure-ClawDeploy_x",
             " CLAWDEPLOY",
+            "cd_session",
+            "__Host-cd_session",
         ] {
             assert!(is_platform_cookie(name), "{name}");
         }
-        for name in ["session", "__Host-app", "claw", "my_clawdeploy"] {
+        for name in [
+            "session",
+            "__Host-app",
+            "claw",
+            "my_clawdeploy",
+            "cd_sessionx",
+        ] {
             assert!(!is_platform_cookie(name), "{name}");
         }
     }

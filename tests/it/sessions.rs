@@ -478,3 +478,70 @@ async fn logout_closes_open_websockets_of_that_session_only() {
     let reply = chat_turn(&mut bobs, "still here?").await;
     assert!(reply.contains("still here?"), "{reply}");
 }
+
+/// The dashboard's login page takes `next` over: after login, `/login/continue?next=<instance URL>`
+/// goes through the handoff with the dashboard's cookie, and the browser lands on its instance with
+/// the host's own cookie. The dashboard cookie itself never reaches the container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_login_hands_over_to_the_instance_host() {
+    let edge = edge_with_pool(false, 0).start().await;
+    let (alice, _, alice_id) = edge.register("dash@example.com", PW).await;
+    let (host, _) = running_instance(&edge, &alice, "dashbox").await;
+    let resp = edge
+        .api("POST", "/api/auth/browser-session", Some(&alice), None)
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let dashboard_cookie = session_cookie(&resp);
+    assert!(
+        dashboard_cookie.starts_with("cd_session="),
+        "{dashboard_cookie}"
+    );
+
+    // The instance host's redirect target, as the browser would follow it.
+    let login = edge.send(browser_get(&host, "/", None).as_bytes()).await;
+    let location = login.header("location").unwrap().to_string();
+    let path = location
+        .strip_prefix(&format!("http://{APP_DOMAIN}"))
+        .unwrap();
+    let next_param = path.strip_prefix("/login?next=").unwrap();
+    let resp = edge
+        .send(
+            browser_get(
+                APP_DOMAIN,
+                &format!("/login/continue?next={next_param}"),
+                Some(&dashboard_cookie),
+            )
+            .as_bytes(),
+        )
+        .await;
+    assert!(matches!(resp.status, 302 | 303 | 307), "{}", resp.status);
+    let handoff_path = resp.header("location").unwrap().to_string();
+    assert!(
+        handoff_path.starts_with("/api/session/handoff?next="),
+        "{handoff_path}"
+    );
+    let resp = edge
+        .send(browser_get(APP_DOMAIN, &handoff_path, Some(&dashboard_cookie)).as_bytes())
+        .await;
+    let code = code_of(&resp, &host);
+    let resp = exchange(&edge, &host, &code).await;
+    assert_eq!(resp.status, 303, "{}", resp.text());
+    assert_eq!(resp.header("location").unwrap(), format!("http://{host}/"));
+    let cookie = session_cookie(&resp);
+    // Even if a browser sent the dashboard cookie to the instance host, the container never sees it.
+    let raw = format!(
+        "GET /whoami HTTP/1.1\r\nHost: {host}\r\nCookie: {dashboard_cookie}; {cookie}; mine=1\r\nConnection: close\r\n\r\n"
+    );
+    let resp = edge.send(raw.as_bytes()).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(
+        resp.json()["headers"]["x-forwarded-user"],
+        alice_id.as_str()
+    );
+    assert_eq!(resp.json()["headers"]["cookie"], "mine=1");
+    // The dashboard cookie alone does not open the instance host.
+    let raw = format!(
+        "GET /whoami HTTP/1.1\r\nHost: {host}\r\nCookie: {dashboard_cookie}\r\nConnection: close\r\n\r\n"
+    );
+    assert_eq!(edge.send(raw.as_bytes()).await.status, 401);
+}

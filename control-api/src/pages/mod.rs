@@ -204,26 +204,31 @@ async fn login_continue(
     if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') {
         return Redirect::to(&next).into_response();
     }
-    if let Some(host) = instance_target(&state, &next) {
-        tracing::debug!(%host, "login for an instance host");
-        // The instance host's own sign-in takes the browser from here (browser sessions issue);
-        // until it exists the dashboard is the destination.
-        return Redirect::to(&format!("/dashboard?instance={}", url_encode(&host))).into_response();
+    if instance_target(&state, &next).is_some() {
+        // The instance host's own sign-in: a one-time code for that host, exchanged there for the
+        // host's session cookie (`GET /api/session/handoff` checks the caller owns it).
+        return Redirect::to(&format!("/api/session/handoff?next={}", url_encode(&next)))
+            .into_response();
     }
     Redirect::to("/dashboard").into_response()
 }
 
-/// The host of an absolute `http(s)://` URL when it is an instance host under the base domain.
+/// The host of an absolute `http(s)://` URL when it is routed to an instance (a subdomain or a
+/// custom domain).
 fn instance_target(state: &ApiState, next: &str) -> Option<String> {
     let rest = next
         .strip_prefix("https://")
         .or_else(|| next.strip_prefix("http://"))?;
     let authority = rest.split(['/', '?', '#']).next()?;
-    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
-    let host = host.to_ascii_lowercase();
-    let label = host.strip_suffix(&format!(".{}", state.routes.base_domain()))?;
-    (crate::instances::check_label(label).is_ok() && host != state.routes.app_domain())
-        .then_some(host)
+    let host = clawdeploy_config::normalize_host(authority)?;
+    match state.routes.resolve(&host) {
+        clawdeploy_proxy::Resolution::Route(route)
+            if route.kind == clawdeploy_proxy::RouteKind::Instance =>
+        {
+            Some(host)
+        }
+        _ => None,
+    }
 }
 
 /// Monthly limits of a tier: (messages, LLM tokens); `None` is unlimited (PRD §3.6.1).
