@@ -308,6 +308,14 @@ async fn cookie_session_pages_and_the_live_subdomain_check() {
         edge.get(APP_DOMAIN, "/api/nope").await.error_code(),
         "NOT_FOUND"
     );
+    // The quota refusal's upgrade link lands on the plans page.
+    let billing = app_request(&edge, "GET", "/billing", &[("Cookie", &cookie)], None).await;
+    assert_eq!(billing.status, 200);
+    assert!(
+        billing.text().contains("free (your plan)"),
+        "{}",
+        billing.text()
+    );
     // Operator pages are for operators.
     let op = app_request(&edge, "GET", "/operator", &[("Cookie", &cookie)], None).await;
     assert_eq!(op.status, 403);
@@ -676,4 +684,89 @@ async fn operators_see_nodes_pool_and_instances_in_the_browser() {
     let page = browser.wait_text("main", |t| t.contains("opsee")).await;
     assert!(page.contains(&node) && page.contains("process"), "{page}");
     browser.check_page("10-operator").await;
+}
+
+/// The dashboard against the real OpenClaw (slow: one OpenClaw container): the bridge is admitted
+/// by the gateway's trusted-proxy mode, streamed chat events render, and the skills panel lists
+/// what the gateway reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_chats_with_the_real_openclaw() {
+    use crate::openclaw::{openclaw_image, FakeProvider, ANSWER};
+    use clawdeploy_pool::{DockerOptions, DockerRuntime};
+    // A network of its own: egress rules are per network and let one provider address through,
+    // so sharing the OpenClaw module's network would refuse one of the two tests' providers.
+    const NETWORK: &str = "clawdeploy-dashboard-test";
+    let image = openclaw_image().await;
+    let docker = DockerRuntime::connect(DockerOptions {
+        network: NETWORK.into(),
+        publish_loopback: true,
+    })
+    .await
+    .expect("Docker engine (scripts/start-docker.sh)");
+    let gateway_ip: std::net::IpAddr = docker
+        .docker()
+        .inspect_network(NETWORK, None)
+        .await
+        .expect("instance network")
+        .ipam
+        .and_then(|i| i.config)
+        .and_then(|c| c.into_iter().find_map(|c| c.gateway))
+        .and_then(|g| g.parse().ok())
+        .expect("network gateway address");
+    let (_provider, provider_addr) = FakeProvider::start(gateway_ip).await;
+    let node = format!("ocdash{}", std::process::id());
+    let _cleanup = Cleanup(node.clone());
+    let edge = EdgeBuilder::new()
+        .section("runtime", "kind = \"docker\"")
+        .section("runtime", "config = \"openclaw\"")
+        .section("runtime", &format!("image = \"{image}\""))
+        .section("runtime", &format!("docker_network = \"{NETWORK}\""))
+        .section("runtime", "publish_loopback = true")
+        .section("runtime", "egress_rules = true")
+        .section("runtime", &format!("llm_endpoint = \"{provider_addr}\""))
+        .section("pool", &format!("node_id = \"{node}\""))
+        .section("pool", "min_idle = 1")
+        .section("pool", "capacity = 1")
+        .section("pool", "ready_timeout_secs = 240")
+        .start()
+        .await;
+    wait_idle(&edge, 1, Duration::from_secs(300)).await;
+    let (token, _, _) = edge.register("dash-oc@example.com", PW).await;
+    let key = edge
+        .api(
+            "PUT",
+            "/api/account/api-keys/custom",
+            Some(&token),
+            Some(json!({"key":"sk-test-dash","baseUrl":format!("http://{provider_addr}/v1")})),
+        )
+        .await;
+    assert_eq!(key.status, 200, "{}", key.text());
+    let resp = edge
+        .api(
+            "POST",
+            "/api/instances",
+            Some(&token),
+            Some(json!({"subdomain":"dashoc"})),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    wait_running(&edge, &token).await;
+
+    let browser = Browser::start(&edge).await;
+    browser_login(&browser, "dash-oc@example.com", "/dashboard").await;
+    browser.wait_enabled("#chat-send").await;
+    browser.type_into("#chat-input", "hello").await;
+    browser.click("#chat-send").await;
+    // OpenClaw's first turn prepares its workspace: seconds, more on a busy machine.
+    let reply = browser
+        .wait_text_within("#chat-log li.final", Duration::from_secs(120), |t| {
+            !t.is_empty()
+        })
+        .await;
+    assert_eq!(reply, ANSWER);
+    let skills = browser
+        .wait_text("#skills", |t| !t.contains("Shown once"))
+        .await;
+    assert!(!skills.contains("does not report"), "{skills}");
+    browser.check_page("11-dashboard-openclaw").await;
 }

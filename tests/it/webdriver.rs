@@ -172,7 +172,17 @@ impl Browser {
 
     /// Waits until `css` exists and its text satisfies `ok`; the text.
     pub async fn wait_text(&self, css: &str, ok: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + PATIENCE;
+        self.wait_text_within(css, PATIENCE, ok).await
+    }
+
+    /// [`Browser::wait_text`] with its own deadline (a real OpenClaw's first turn on a busy machine).
+    pub async fn wait_text_within(
+        &self,
+        css: &str,
+        within: Duration,
+        ok: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + within;
         let mut last = String::new();
         loop {
             if let Some(e) = self.find(css).await {

@@ -91,7 +91,7 @@ function subdomainCheck() {
     } catch (e) {
       if (mine === seq) { status.textContent = e.message; status.className = "hint bad"; }
     }
-  }, 200);
+  }, 300);
   input.addEventListener("input", check);
   if (input.value) check();
 }
@@ -199,14 +199,17 @@ function dashboardPage() {
   };
   setStatus(box.dataset.status);
   if (box.dataset.status === "running") { chat.start(); return; }
-  // No blank waits: poll until the instance runs, then connect the chat.
+  // No blank waits: poll until the instance runs, then connect the chat. Quick at first (a warm
+  // handover takes a moment), then backing off to 5 s so a slow boot stays within rate limits.
+  let wait = 500;
   const poll = async () => {
     try {
       const r = await api("GET", "/api/instances/me");
       setStatus(r.instance.status);
       if (r.instance.status === "running") { chat.start(); return; }
     } catch (e) { $("#chat-status").textContent = e.message; }
-    setTimeout(poll, 700);
+    wait = Math.min(wait * 1.5, 5000);
+    setTimeout(poll, wait);
   };
   setTimeout(poll, 300);
 }
@@ -336,10 +339,12 @@ class ChatPanel {
           li = this.log.querySelector("li.pending") || this.add("assistant", "");
           this.runs.set(p.runId, li);
         }
-        if (p.state === "delta" || p.state === "final") {
+        if (p.state === "status" && li.classList.contains("pending")) {
+          li.textContent = "Thinking… (" + String(p.phase || "working").replace(/_/g, " ") + ")";
+        } else if (p.state === "delta" || p.state === "final") {
           const text = this.textOf(p.message);
           if (text) li.textContent = text;
-          if (p.state === "final") { li.className = "assistant final"; this.runs.delete(p.runId); }
+          if (p.state === "final") { li.className = "assistant final"; this.runs.delete(p.runId); this.afterTurn(); }
         } else if (p.state === "error" || p.state === "aborted") {
           li.className = "error";
           li.textContent = p.errorMessage || "The assistant could not answer.";
@@ -359,14 +364,21 @@ class ChatPanel {
       const skills = (res.payload && (res.payload.skills || res.payload.entries)) || [];
       el.textContent = "";
       if (!skills.length) { el.textContent = "No skills reported."; return; }
+      const ready = skills.filter((s) => s.eligible !== false && !s.disabled);
+      const p = document.createElement("p");
+      p.textContent = `${skills.length} skills, ${ready.length} ready to use.`;
       const ul = document.createElement("ul");
-      skills.slice(0, 50).forEach((s) => {
+      ready.concat(skills.filter((s) => !ready.includes(s))).slice(0, 15).forEach((s) => {
         const li = document.createElement("li");
-        li.textContent = (s.name || s.key || "skill") + (s.eligible === false || s.disabled ? " (off)" : "");
+        li.textContent = (s.name || s.key || "skill") + (ready.includes(s) ? "" : " (needs setup)");
         ul.append(li);
       });
-      el.append(ul);
+      el.append(p, ul);
     });
+    this.loadSessions();
+  }
+
+  loadSessions() {
     this.request("sessions.list", {}, (res) => {
       const el = $("#sessions");
       if (!res.ok) { el.textContent = "This instance does not report its sessions."; return; }
@@ -374,14 +386,36 @@ class ChatPanel {
       el.textContent = "";
       if (!sessions.length) { el.textContent = "No sessions yet."; return; }
       const ul = document.createElement("ul");
-      sessions.slice(0, 50).forEach((s) => {
+      sessions.slice(0, 20).forEach((s) => {
         const li = document.createElement("li");
-        li.textContent = s.key || s.sessionKey || "session";
+        const key = s.key || s.sessionKey || "session";
+        li.textContent = key.includes(":subagent:") ? `${key} (sub-agent)` : key;
         ul.append(li);
       });
       el.append(ul);
     });
   }
+
+  // After a turn: the session list and this month's usage may have changed.
+  afterTurn() {
+    if (this.ready) this.loadSessions();
+    refreshUsage();
+  }
+}
+
+async function refreshUsage() {
+  try {
+    const r = await api("GET", "/api/instances/me");
+    const usage = r.instance.usage || {};
+    for (const [id, value] of [["usage-messages", usage.messagesThisMonth], ["usage-tokens", usage.tokensThisMonth]]) {
+      const meter = document.getElementById(id);
+      if (!meter || typeof value !== "number") continue;
+      meter.value = value;
+      meter.textContent = `${value} of ${meter.max}`;
+      const label = document.querySelector(`label[for="${id}"]`);
+      if (label) label.textContent = label.textContent.replace(/: \d+ of/, `: ${value} of`);
+    }
+  } catch (e) { /* the figures refresh on the next turn */ }
 }
 
 // --- settings ---

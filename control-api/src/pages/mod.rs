@@ -38,6 +38,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/security", get(security))
         .route("/domains", get(domains))
         .route("/operator", get(operator))
+        .route("/billing", get(billing))
         .route("/static/app.css", get(css))
         .route("/static/app.js", get(js))
 }
@@ -359,7 +360,7 @@ async fn dashboard(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) 
   <h2 id="usage-h">Usage this month</h2>
   {msg_meter}
   {tok_meter}
-  <p class="muted">Plan: {tier}. Messages reset on the first of the month (UTC).</p>
+  <p class="muted">Plan: {tier} (<a href="/billing">plans and limits</a>). Messages reset on the first of the month (UTC).</p>
 </section>
 <section class="card wide chat" aria-labelledby="chat-h">
   <h2 id="chat-h">Chat</h2>
@@ -637,6 +638,44 @@ async fn domains(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) ->
         target = esc(&target)
     );
     Page::new("Custom domains · ClawDeploy", "domains")
+        .user(Some(&auth.user))
+        .html(body)
+}
+
+/// Plans and limits; where the chat's quota refusal links to (`metering.upgrade_url` defaults to
+/// `<app>/billing`). Payment is later work: upgrades are made by an operator.
+async fn billing(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -> Response {
+    let Some(auth) = signed_in(&state, &headers).await else {
+        return to_login(&uri);
+    };
+    let rows: String = ["free", "pro", "team"]
+        .iter()
+        .map(|tier| {
+            let (messages, tokens) = tier_limits(tier);
+            let show = |v: Option<i64>| v.map_or("unlimited".to_string(), |v| v.to_string());
+            let current = if *tier == auth.user.tier {
+                " (your plan)"
+            } else {
+                ""
+            };
+            format!(
+                "<tr><th scope=\"row\">{tier}{current}</th><td>{}</td><td>{}</td></tr>",
+                show(messages),
+                show(tokens)
+            )
+        })
+        .collect();
+    let body = format!(
+        r#"<h1>Plan and billing</h1>
+<section class="card wide" aria-labelledby="plans-h">
+<h2 id="plans-h">Plans</h2>
+<div class="table-wrap"><table class="table"><caption class="visually-hidden">Monthly limits per plan</caption>
+<thead><tr><th scope="col">Plan</th><th scope="col">Messages a month</th><th scope="col">AI tokens a month</th></tr></thead>
+<tbody>{rows}</tbody></table></div>
+<p class="notice" role="note">Online payment is not available yet. To upgrade, ask the operator of this ClawDeploy server; your instance keeps its data and address when the plan changes. Message counts reset on the first of each month (UTC).</p>
+</section>"#
+    );
+    Page::new("Plan and billing · ClawDeploy", "billing")
         .user(Some(&auth.user))
         .html(body)
 }
