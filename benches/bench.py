@@ -13,6 +13,7 @@ import platform
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -31,6 +32,8 @@ PORTS = {
     "caddy": 18103,
     "clawdeploy-before": 18104,  # --baseline BIN: an earlier build, for before/after runs
 }
+# HTTPS listeners of the same targets (ECDSA P-256 certificates for every proxy).
+TLS_PORTS = {name: port + 10 for name, port in PORTS.items() if name not in ("upstream", "ws")}
 ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
 APP_HOST = "app.edge.test"
 HTTP_HOST = "a.bench.test"
@@ -111,8 +114,19 @@ def wait_port(port, timeout=30):
     return False
 
 
-def http_get(port, host, path="/20b.txt"):
+def http_get(port, host, path="/20b.txt", tls=False):
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    key = None
+    if tls:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        s = ctx.wrap_socket(s, server_hostname=host)
+        der = s.getpeercert(binary_form=True)
+        text = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-text"], input=der,
+                              capture_output=True).stdout.decode()
+        key = "ECDSA P-256" if "prime256v1" in text or "P-256" in text else "other"
+        key += f", {s.version()}"
     s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
     data = b""
     while True:
@@ -122,6 +136,8 @@ def http_get(port, host, path="/20b.txt"):
         data += chunk
     s.close()
     head, _, body = data.partition(b"\r\n\r\n")
+    if tls:
+        return int(head.split()[1]), body, key
     return int(head.split()[1]), body
 
 
@@ -168,6 +184,7 @@ def render(template, run, out_name):
         "@PORT@": str(PORTS.get(name, PORTS["upstream"])),
         "@UPSTREAM_PORT@": str(PORTS["upstream"]),
         "@WS_PORT@": str(PORTS["ws"]),
+        "@TLS_PORT@": str(TLS_PORTS.get(name, 0)),
         "@ADMIN_TOKEN@": ADMIN_TOKEN,
     }
     for k, v in subst.items():
@@ -178,7 +195,31 @@ def render(template, run, out_name):
     return path
 
 
+def make_tls_material(run):
+    """One self-signed ECDSA P-256 certificate for *.bench.test, used by nginx, HAProxy and Caddy
+    (clawdeploy's local CA issues its own ECDSA P-256 certificates), and the wrk script for TLS runs:
+    the URL names the routed host, so SNI and Host carry it, while wrk connects to loopback."""
+    tls = os.path.join(run, "tls")
+    os.makedirs(tls, exist_ok=True)
+    cert, key = os.path.join(tls, "cert.pem"), os.path.join(tls, "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", key, "-out", cert, "-days", "30", "-subj", "/CN=bench.test",
+         "-addext", "subjectAltName=DNS:*.bench.test,DNS:bench.test"],
+        check=True, capture_output=True,
+    )
+    with open(os.path.join(tls, "combined.pem"), "w") as out:
+        for part in (cert, key):
+            with open(part) as f:
+                out.write(f.read())
+    with open(os.path.join(BENCHES, "wrk", "stats.lua")) as f:
+        stats = f.read()
+    with open(os.path.join(run, "tls.lua"), "w") as f:
+        f.write('function wrk.resolve(host, service)\n  wrk.addrs = wrk.lookup("127.0.0.1", service)\nend\n' + stats)
+
+
 def make_services(run, clawdeploy_bin, benchtool_bin, baseline_bin=None):
+    make_tls_material(run)
     www = os.path.join(run, "www")
     os.makedirs(www, exist_ok=True)
     for name, size in (("20b.txt", 20), ("1k.txt", 1024), ("64k.txt", 65536)):
@@ -231,12 +272,17 @@ def target_service(services, target):
     return services["upstream"] if target == "direct" else services[target]
 
 
-def run_wrk(port, path, secs, conns, host=HTTP_HOST, extra=None, script="stats.lua", env=None):
+def run_wrk(port, path, secs, conns, host=HTTP_HOST, extra=None, script="stats.lua", env=None, tls_run=None):
+    if tls_run:
+        # https://<host>:<port>: SNI and Host name the routed host; tls.lua connects to loopback.
+        script_path, url = os.path.join(tls_run, "tls.lua"), f"https://{host}:{port}{path}"
+    else:
+        script_path, url = os.path.join(BENCHES, "wrk", script), f"http://127.0.0.1:{port}{path}"
     argv = [
         "wrk", "-t1", f"-c{conns}", f"-d{secs}s", "--timeout", "5s",
-        "-s", os.path.join(BENCHES, "wrk", script),
+        "-s", script_path,
         "-H", f"Host: {host}",
-    ] + (extra or []) + [f"http://127.0.0.1:{port}{path}"]
+    ] + (extra or []) + [url]
     e = dict(os.environ)
     e.update(env or {})
     out = subprocess.run(argv, capture_output=True, text=True, env=e, timeout=secs + 60).stdout
@@ -268,6 +314,14 @@ HTTP_SCENARIOS = {
     ),
     "http-1k": dict(title="HTTP/1.1 keep-alive, 1 KB body", path="/1k.txt", extra=[]),
     "http-64k": dict(title="HTTP/1.1 keep-alive, 64 KB body", path="/64k.txt", extra=[]),
+    "tls-keepalive": dict(title="HTTPS (TLS 1.3, ECDSA P-256) keep-alive, 20-byte body", path="/20b.txt",
+                          extra=[], tls=True),
+    "tls-handshake": dict(
+        title="HTTPS full handshake per request (TLS 1.3, ECDSA P-256, no resumption), 20-byte body",
+        path="/20b.txt",
+        extra=["-H", "Connection: close"],
+        tls=True,
+    ),
 }
 
 
@@ -276,15 +330,19 @@ def rotate(items, k):
     return items[k:] + items[:k]
 
 
-def scenario_http(name, services, targets, reps, warm, secs, conns):
+def scenario_http(name, services, targets, reps, warm, secs, conns, run):
     sc = HTTP_SCENARIOS[name]
+    tls_run = run if sc.get("tls") else None
+    if tls_run:
+        targets = [t for t in targets if t != "direct"]  # the upstream itself speaks plain HTTP
     runs = {t: [] for t in targets}
     for rep in range(reps):
         for t in rotate(targets, rep):
             svc = target_service(services, t)
+            port = TLS_PORTS[t] if tls_run else target_port(t)
             la = loadavg()
-            run_wrk(target_port(t), sc["path"], warm, conns, extra=sc["extra"])  # warm-up
-            r = measured(svc, lambda: run_wrk(target_port(t), sc["path"], secs, conns, extra=sc["extra"]))
+            run_wrk(port, sc["path"], warm, conns, extra=sc["extra"], tls_run=tls_run)  # warm-up
+            r = measured(svc, lambda: run_wrk(port, sc["path"], secs, conns, extra=sc["extra"], tls_run=tls_run))
             r["load"] = la
             runs[t].append(r)
             log(f"{name} rep {rep + 1} {t}: {r['rps']:.0f} req/s p99 {r['p99'] / 1000:.2f} ms "
@@ -501,7 +559,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="shorter runs (still 3 repetitions)")
     ap.add_argument("--clawdeploy", required=True)
     ap.add_argument("--benchtool", required=True)
-    ap.add_argument("--scenarios", default="http-keepalive,http-close,http-1k,http-64k,ws-idle,ws-echo,routes")
+    ap.add_argument("--scenarios", default="http-keepalive,http-close,http-1k,http-64k,tls-keepalive,tls-handshake,ws-idle,ws-echo,routes")
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--baseline", help="an earlier clawdeploy binary, run as target clawdeploy-before")
@@ -530,6 +588,13 @@ def main():
             if t != "direct":
                 status, _ = http_get(target_port(t), "nobody.example")
                 assert status == 404, (t, "unknown host", status)
+        if any(HTTP_SCENARIOS.get(sc, {}).get("tls") for sc in scenarios):
+            for t in targets:
+                if t != "direct":
+                    status, body, key = http_get(TLS_PORTS[t], HTTP_HOST, tls=True)
+                    assert status == 200 and len(body) == 20, (t, "https", status, body)
+                    assert key.startswith("ECDSA P-256"), (t, "certificate", key)
+                    log(f"{t} answers over HTTPS ({key})")
         log(f"all targets answer; run dir {run}; load {loadavg()}")
 
         meta_common = (
@@ -544,7 +609,7 @@ def main():
         for sc in scenarios:
             la = loadavg()
             if sc in HTTP_SCENARIOS:
-                res = scenario_http(sc, services, targets, args.reps, warm, secs, conns)
+                res = scenario_http(sc, services, targets, args.reps, warm, secs, conns, run)
                 raw["scenarios"][sc] = res
                 write_result(args.out, date, args.tag, sc, res["title"], http_table(res),
                              meta_common + f"Load average before the scenario: {la}.\n\n" + machine_info())
@@ -670,8 +735,7 @@ def summary(raw, outdir, date, suffix):
                 f"| {res['n']:,} routes: random-host req/s (vs 1 route); updates/s under load | "
                 f"{rnd:,.0f} ({rnd / one:.2f}×); {med([r['updates_under_load']['rate'] for r in reps]):,.0f}/s | – | – | – | – |")
     text = (f"# Summary, {date}\n\nMedians of {len(next(iter(raw['scenarios'].values()), {}).get('runs', {}).get('nginx', [])) or 3} runs; "
-            f"(ratio to nginx). Load average at start: {raw['loadavg_start']}. TLS scenarios are not "
-            f"measured: the edge has no TLS listener yet.\n\n" + "\n".join(rows) + "\n")
+            f"(ratio to nginx). Load average at start: {raw['loadavg_start']}.\n\n" + "\n".join(rows) + "\n")
     path = os.path.join(outdir, f"{date}-summary{suffix}.md")
     with open(path, "w") as f:
         f.write(text)
