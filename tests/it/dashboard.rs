@@ -770,3 +770,37 @@ async fn the_dashboard_chats_with_the_real_openclaw() {
     assert!(!skills.contains("does not report"), "{skills}");
     browser.check_page("11-dashboard-openclaw").await;
 }
+
+/// The browser contract with instance hosts: an instance host sends a browser without a session
+/// to the dashboard's login with `next`; after login it comes back signed in to that host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_from_an_instance_host_returns_there_signed_in() {
+    let node = node_id();
+    let edge = pool_edge(false, 1, &node).start().await;
+    let (token, _, user_id) = edge.register("roundtrip@example.com", PW).await;
+    let resp = edge
+        .api(
+            "POST",
+            "/api/instances",
+            Some(&token),
+            Some(json!({"subdomain":"roundtrip"})),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    wait_running(&edge, &token).await;
+
+    let browser = Browser::start(&edge).await;
+    let instance = format!("http://roundtrip.{BASE_DOMAIN}:{}", edge.addr.port());
+    browser.goto(&format!("{instance}/whoami")).await;
+    browser.wait_path("/login").await;
+    browser.type_into("#email", "roundtrip@example.com").await;
+    browser.type_into("#password", PW).await;
+    browser.click("#login-submit").await;
+    // Back on the instance host, where the fixture shows the identity the edge vouched for.
+    let page = browser
+        .wait_text_within("body", PATIENCE, |t| t.contains(&user_id))
+        .await;
+    assert!(page.contains("x-forwarded-user"), "{page}");
+    let url = browser.url().await;
+    assert!(url.starts_with(&format!("{instance}/whoami")), "{url}");
+}
