@@ -612,13 +612,44 @@ async fn a_soul_md_change_in_settings_reaches_the_instance() {
 
     browser.goto("/dashboard").await;
     browser.wait_enabled("#chat-send").await;
-    browser.type_into("#chat-input", "ahoy").await;
-    browser.click("#chat-send").await;
+    // Sent with the keyboard: Enter sends (Shift+Enter would add a line).
+    browser.type_into("#chat-input", "ahoy\u{E007}").await;
     let reply = browser
         .wait_text("#chat-log li.final", |t| !t.is_empty())
         .await;
     // The fixture prefixes replies with its SOUL.md's first line, read from the instance's config.
     assert_eq!(reply, "[You are a pirate.] echo: ahoy");
+
+    // Restart, export and account deletion from settings.
+    browser.goto("/settings").await;
+    browser.click("#restart").await;
+    let restarted = browser
+        .wait_text("#instance-result", |t| !t.is_empty())
+        .await;
+    assert!(restarted.contains("Restart requested"), "{restarted}");
+    let export = browser
+        .script("return document.querySelector('a[href=\"/api/account/export\"]').href;")
+        .await;
+    assert!(export
+        .as_str()
+        .unwrap_or_default()
+        .ends_with("/api/account/export"));
+    browser.type_into("#delete-confirm", "delete").await;
+    browser.click("#delete-form button[type=submit]").await;
+    let refused = browser.wait_text("#delete-error", |t| !t.is_empty()).await;
+    assert!(refused.contains("DELETE"), "{refused}");
+    browser.type_into("#delete-confirm", "DELETE").await;
+    browser.click("#delete-form button[type=submit]").await;
+    let scheduled = browser.wait_text("#delete-result", |t| !t.is_empty()).await;
+    assert!(scheduled.contains("deleted after"), "{scheduled}");
+    let account = edge
+        .api("GET", "/api/account", Some(&token), None)
+        .await
+        .json();
+    assert!(
+        account["user"]["deletionRequestedAt"].is_string(),
+        "{account}"
+    );
 }
 
 /// Logs in through the login page and waits for `landing`.
