@@ -835,3 +835,39 @@ async fn login_from_an_instance_host_returns_there_signed_in() {
     let url = browser.url().await;
     assert!(url.starts_with(&format!("{instance}/whoami")), "{url}");
 }
+
+/// Ending the session elsewhere (a password change) closes the dashboard's chat, and the page
+/// asks for a new login instead of retrying forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_session_closes_the_chat_and_asks_for_login() {
+    let node = node_id();
+    let edge = pool_edge(false, 1, &node).start().await;
+    let (token, _, _) = edge.register("revoked@example.com", PW).await;
+    let resp = edge
+        .api(
+            "POST",
+            "/api/instances",
+            Some(&token),
+            Some(json!({"subdomain":"revoked"})),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    wait_running(&edge, &token).await;
+    let browser = Browser::start(&edge).await;
+    browser_login(&browser, "revoked@example.com", "/dashboard").await;
+    browser.wait_enabled("#chat-send").await;
+
+    // The password changes with the API token: every other session (the browser's) ends.
+    let changed = edge
+        .api(
+            "POST",
+            "/api/account/password",
+            Some(&token),
+            Some(json!({"currentPassword": PW, "newPassword": "another horse battery staple 10"})),
+        )
+        .await;
+    assert_eq!(changed.status, 200, "{}", changed.text());
+    browser.wait_path("/login").await;
+    let url = browser.url().await;
+    assert!(url.ends_with("/login?next=%2Fdashboard"), "{url}");
+}

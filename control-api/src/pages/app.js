@@ -243,9 +243,13 @@ class ChatPanel {
       try { frame = JSON.parse(ev.data); } catch (e) { return; }
       this.onFrame(frame);
     });
-    ws.addEventListener("close", () => {
+    ws.addEventListener("close", async () => {
       this.ws = null;
       this.setReady(false);
+      // A session that ended (logout elsewhere, password change) sends the browser to log in.
+      try { await api("GET", "/api/account"); } catch (e) {
+        if (e.status === 401) { window.location.assign("/login?next=" + encodeURIComponent(location.pathname)); return; }
+      }
       // Reconnects by itself, backing off to 10 s.
       this.status.textContent = this.lastError ? `${this.lastError} Reconnecting…` : "Disconnected. Reconnecting…";
       setTimeout(() => this.start(), this.delay);

@@ -314,7 +314,7 @@ async fn dashboard(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) 
     let running = inst.status == InstanceStatus::Running;
     let uptime = if running {
         format!(
-            r#"<p>Up for <span id="uptime">{}</span> (since {}).</p>"#,
+            r#"<p>Up for at least <span id="uptime">{}</span> (last started or reconfigured at {}).</p>"#,
             duration_text(now_ms() - inst.updated_at),
             esc(&rfc3339(inst.updated_at))
         )
