@@ -213,6 +213,8 @@ async fn set_role(store: &Store, email: &str, role: Role) -> anyhow::Result<()> 
 fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     let mut config = Config::load(path.as_deref())?;
     init_logging(config.server.log_format);
+    // Before anything records: every crate records through the `metrics` facade.
+    let metrics_handle = clawdeploy_metering::install_recorder()?;
     if config.server.admin_token.is_empty() {
         config.server.admin_token =
             secrets::load_or_generate(&config.server.data_dir, "admin_token")?;
@@ -295,12 +297,29 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
 
     // Instance hosts admit only their owner: tokens checked in memory, revocations broadcast.
     let verifier = SessionVerifier::new(config.secrets.jwt_key.as_bytes().to_vec());
+    let meter = Arc::new(clawdeploy_metering::Meter::new(config.tiers.clone()));
+    let upgrade_url = if config.metering.upgrade_url.is_empty() {
+        format!(
+            "{}/billing",
+            config.public_origin(&server_config.app_domain())
+        )
+    } else {
+        config.metering.upgrade_url.clone()
+    };
+    let metering = clawdeploy_proxy::EdgeMetering {
+        meter: meter.clone(),
+        limiter: Arc::new(clawdeploy_metering::RateLimiter::new(&config.rate_limits)),
+        websockets: config.metering.enabled,
+        max_message_bytes: config.metering.max_message_bytes,
+        upgrade_url: upgrade_url.into(),
+    };
     let edge = EdgeProxy::new(
         routes.clone(),
         EdgeSettings::from(server_config),
         drain.clone(),
         verifier.clone(),
-    );
+    )
+    .with_metering(Arc::new(metering));
     let listeners = Listeners {
         http: vec![server_config.http_listen.clone()],
     };
@@ -312,17 +331,40 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
 
     let database_url = config.database_url();
     let options = store_options(&config);
+    if !config.metrics.listen.is_empty() {
+        let listener = std::net::TcpListener::bind(&config.metrics.listen).with_context(|| {
+            format!(
+                "binding the metrics listener metrics.listen = {}",
+                config.metrics.listen
+            )
+        })?;
+        tracing::info!(listen = %config.metrics.listen, "Prometheus metrics at /metrics");
+        server.add_service(pingora::services::background::background_service(
+            "metrics",
+            clawdeploy_metering::MetricsService::new(listener, metrics_handle),
+        ));
+    }
+    server.add_service(pingora::services::background::background_service(
+        "usage flush",
+        clawdeploy_metering::UsageFlushService::new(
+            meter.clone(),
+            database_url.clone(),
+            options.clone(),
+            Duration::from_secs(config.metering.flush_interval_secs),
+        ),
+    ));
     let http_listen = server_config.http_listen.clone();
     let base_domain = server_config.base_domain.clone();
     let grace = Duration::from_secs(server_config.grace_period_secs);
     let admin_token = config.server.admin_token.clone();
     let jwt_key = config.secrets.jwt_key.as_bytes().to_vec();
-    let ctx = ApiContext::new(config, admin_token, jwt_key, keyring).context("[smtp]")?;
+    let mut ctx = ApiContext::new(config, admin_token, jwt_key, keyring).context("[smtp]")?;
+    ctx.meter = Some(meter.clone());
     tracing::info!(mail = ctx.mailer.kind(), "outgoing mail");
     let api = ControlApiService::new(
         control_listener,
-        database_url,
-        options,
+        database_url.clone(),
+        options.clone(),
         routes.clone(),
         drain.clone(),
         Arc::new(ctx),
@@ -341,6 +383,18 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainingShutdown { drain, grace }),
     });
+    // Pingora's runtimes are gone: the counts since the last flush are written here.
+    match block_on(async {
+        let store = Store::open_with(&database_url, options).await?;
+        let rows = clawdeploy_metering::service::flush(&meter, &store).await;
+        store.close().await;
+        anyhow::Ok(rows)
+    }) {
+        Ok(Ok(rows)) => tracing::info!(rows, "usage counters flushed at shutdown"),
+        Ok(Err(e)) | Err(e) => {
+            tracing::error!("usage counters since the last flush are lost: {e:#}")
+        }
+    }
     tracing::info!("clawdeploy stopped");
     Ok(())
 }

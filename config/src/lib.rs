@@ -8,6 +8,7 @@
 pub mod hostname;
 pub mod instances;
 pub mod sessions;
+pub mod metering;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,9 @@ use serde::{Deserialize, Serialize};
 pub use hostname::{normalize_host, validate_hostname, HostnameError};
 pub use instances::{PoolConfig, RuntimeConfig, RuntimeKind};
 pub use sessions::SessionsConfig;
+pub use metering::{
+    MeteringConfig, MetricsConfig, RateLimitsConfig, RedisConfig, TierConfig, TiersConfig,
+};
 
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "CLAWDEPLOY_";
@@ -43,6 +47,16 @@ pub struct Config {
     pub pool: PoolConfig,
     /// `[sessions]`: browser sessions on instance hosts.
     pub sessions: SessionsConfig,
+    /// `[metrics]`: the Prometheus listener.
+    pub metrics: MetricsConfig,
+    /// `[metering]`: OpenClaw message counting and quotas at the edge.
+    pub metering: MeteringConfig,
+    /// `[tiers.<tier>]`: monthly quotas per tier.
+    pub tiers: TiersConfig,
+    /// `[rate_limits]`: requests per minute per client IP and per user.
+    pub rate_limits: RateLimitsConfig,
+    /// `[redis]`: shared counters and limits across edge nodes.
+    pub redis: RedisConfig,
     /// Static operator routes: public hosts proxied to fixed upstreams.
     pub routes: Vec<RouteConfig>,
 }
@@ -677,6 +691,14 @@ impl Config {
         }
         instances::validate(&self.runtime, &self.pool, &mut check);
         sessions::validate(&self.sessions, &mut check);
+        metering::validate(
+            &self.metrics,
+            &self.metering,
+            &self.tiers,
+            &self.rate_limits,
+            &self.redis,
+            &mut check,
+        );
         if issues.is_empty() {
             Ok(())
         } else {
@@ -699,6 +721,7 @@ impl Config {
             }
         }
         shown.database.url = mask_url_password(&shown.database.url);
+        shown.redis.url = mask_url_password(&shown.redis.url);
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
 }

@@ -418,11 +418,19 @@ pub async fn get_me(
 ) -> Result<Json<Value>, ApiError> {
     let inst = my_instance(&state, &auth).await?;
     let usage = state.store.usage_this_month(inst.id).await?;
+    // Counts made since the last flush are in the meter only.
+    let (messages, tokens) = state
+        .ctx
+        .meter
+        .as_ref()
+        .map_or((0, 0), |m| m.unflushed(&inst.id.to_string()));
+    let limits = state.ctx.config.tiers.get(&inst.tier);
     let mut view = instance_json(&state, &inst);
     view["usage"] = json!({
-        "messagesThisMonth": usage.messages,
-        "tokensThisMonth": usage.tokens,
-        "pending": "Usage is counted once metering lands (metering issue); until then it stays 0.",
+        "messagesThisMonth": usage.messages.saturating_add(i64::try_from(messages).unwrap_or(i64::MAX)),
+        "tokensThisMonth": usage.tokens.saturating_add(i64::try_from(tokens).unwrap_or(i64::MAX)),
+        "messagesPerMonth": (limits.messages_per_month > 0).then_some(limits.messages_per_month),
+        "tokensPerMonth": (limits.tokens_per_month > 0).then_some(limits.tokens_per_month),
     });
     let keys = state.store.list_api_keys(auth.user.id).await?;
     view["apiKeys"] = json!(keys);

@@ -53,6 +53,8 @@ pub struct ApiContext {
     pub dummy_hash: tokio::sync::OnceCell<String>,
     /// Serialises the one-instance check and insert of `POST /api/instances` on this node.
     pub instance_creation: tokio::sync::Mutex<()>,
+    /// The edge's usage counters: counts not yet flushed to the store are added to usage views.
+    pub meter: Option<Arc<clawdeploy_metering::Meter>>,
 }
 
 impl ApiContext {
@@ -79,6 +81,7 @@ impl ApiContext {
             hashing: tokio::sync::Semaphore::new(cpus),
             dummy_hash: tokio::sync::OnceCell::new(),
             instance_creation: tokio::sync::Mutex::new(()),
+            meter: None,
         })
     }
 

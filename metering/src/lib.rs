@@ -1,3 +1,21 @@
-//! Metering and limits (issue #7, not built yet): OpenClaw message quotas counted from the WebSocket
-//! frames the edge relays, LLM token metering at the edge's LLM endpoint, rate limits, and the
-//! Prometheus exposition. Empty until then, so the workspace layout is the architecture's.
+//! Metering and limits at the edge (issue #7).
+//!
+//! - [`frames`]: an incremental WebSocket frame parser (public for fuzzing).
+//! - [`classify`]: which OpenClaw frames are user messages and answers to them.
+//! - [`quota`]: per-instance monthly counters and the quota decision.
+//! - [`relay`]: metering of one proxied gateway WebSocket, both directions.
+//! - [`ratelimit`]: GCRA rate limits per client IP and per user.
+//! - [`service`]: the Prometheus recorder and listener, and the usage flush to the store.
+
+pub mod classify;
+pub mod frames;
+pub mod quota;
+pub mod ratelimit;
+pub mod relay;
+pub mod service;
+
+pub use frames::{FrameError, FrameEvent, FrameHeader, FrameParser};
+pub use quota::{Admission, Meter, Refusal, Reservation};
+pub use ratelimit::{RateLimiter, Scope};
+pub use relay::{RelayError, RelayTarget, WsRelay};
+pub use service::{install_recorder, MetricsService, UsageFlushService};

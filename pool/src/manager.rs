@@ -550,6 +550,18 @@ impl PoolManager {
                 .iter()
                 .filter(|m| m.state == PoolMemberState::Creating)
                 .count();
+            let assigned = members
+                .iter()
+                .filter(|m| m.state == PoolMemberState::Claimed)
+                .count();
+            // Per tick, for the dashboard (`clawdeploy_pool_instances{state}`).
+            for (state, n) in [
+                ("idle", idle.len()),
+                ("creating", creating),
+                ("assigned", assigned),
+            ] {
+                metrics::gauge!("clawdeploy_pool_instances", "state" => state).set(n as f64);
+            }
             let room = self.settings.capacity.saturating_sub(members.len());
 
             // Queued instances first: they are people waiting.

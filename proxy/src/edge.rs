@@ -22,8 +22,9 @@ use clawdeploy_config::{normalize_host, ServerConfig};
 
 use crate::browser_session::{self, Denied};
 use crate::drain::{Drain, InflightGuard};
-use crate::identity::{Identity, TokenVerifier};
+use crate::identity::{bearer_token, Identity, TokenVerifier};
 use crate::live::{LiveConnections, TunnelGuard};
+use crate::metered::{self, EdgeMetering};
 use crate::responses::{write_error, write_redirect, write_see_other, EdgeError};
 use crate::routes::{InstanceState, Resolution, Route, RouteKind, RouteTable};
 use crate::upgrade::{check_upgrade, Upgrade};
@@ -79,6 +80,7 @@ pub struct EdgeProxy {
     /// Open WebSockets by session, closed on revocation (see [`crate::live`]).
     live: Option<Arc<LiveConnections>>,
     request_ids: RequestIds,
+    metering: Option<Arc<EdgeMetering>>,
 }
 
 impl EdgeProxy {
@@ -95,7 +97,14 @@ impl EdgeProxy {
             drain,
             verifier,
             request_ids: RequestIds::new(),
+            metering: None,
         }
+    }
+
+    /// Rate limits, message quotas and the WebSocket meter (see `metered`).
+    pub fn with_metering(mut self, metering: Arc<EdgeMetering>) -> Self {
+        self.metering = Some(metering);
+        self
     }
 }
 
@@ -115,6 +124,10 @@ pub struct EdgeCtx {
     tunnel: Option<TunnelGuard>,
     /// A one-time code exchange on an instance host, passed to the control plane.
     session_exchange: bool,
+    /// The meter of a gateway WebSocket, once upgraded.
+    relay: Option<Box<clawdeploy_metering::WsRelay>>,
+    /// The upstream answered 101: the body filters carry WebSocket frames.
+    upgraded: bool,
     _inflight: InflightGuard,
 }
 
@@ -133,6 +146,8 @@ impl ProxyHttp for EdgeProxy {
             websocket: false,
             tunnel: None,
             session_exchange: false,
+            relay: None,
+            upgraded: false,
             _inflight: self.drain.enter(),
         }
     }
@@ -146,8 +161,23 @@ impl ProxyHttp for EdgeProxy {
         if self.drain.is_draining() {
             session.set_keepalive(None);
         }
+        if let Some(error) = self.rate_limit_ip(session) {
+            write_error(session, &error, &ctx.request_id).await?;
+            return Ok(true);
+        }
         match self.route_request(session, ctx) {
-            Ok(Routed::Proxy) => Ok(false),
+            Ok(Routed::Proxy) => {
+                if let Some(error) = self.rate_limit_user(session, ctx) {
+                    write_error(session, &error, &ctx.request_id).await?;
+                    return Ok(true);
+                }
+                if ctx.websocket {
+                    if let (Some(m), Some(route)) = (&self.metering, &ctx.route) {
+                        ctx.relay = m.relay_for(route);
+                    }
+                }
+                Ok(false)
+            }
             Ok(Routed::RedirectToApp) => {
                 let location = self.app_url(session, ctx);
                 write_redirect(session, &location, &ctx.request_id).await?;
@@ -279,6 +309,10 @@ impl ProxyHttp for EdgeProxy {
                 tracing::warn!(request_id = %ctx.request_id, host = %ctx.host, dropped, "dropped Set-Cookie for another domain or a platform cookie from an instance");
             }
         }
+        if ctx.websocket && resp.status.as_u16() == 101 {
+            ctx.upgraded = true;
+            metrics::gauge!("clawdeploy_websockets_open").increment(1.0);
+        }
         Ok(())
     }
 
@@ -296,6 +330,36 @@ impl ProxyHttp for EdgeProxy {
             ctx.tunnel = live.register(identity.session_id.clone(), fd);
         }
         Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut EdgeCtx,
+    ) -> Result<()> {
+        if let Some(relay) = ctx.relay.as_deref_mut() {
+            if ctx.upgraded {
+                metered::client_body(session, relay, body).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut EdgeCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(relay) = ctx.relay.as_deref_mut() {
+            if ctx.upgraded {
+                metered::server_body(relay, body)?;
+            }
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(
@@ -324,11 +388,21 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut EdgeCtx) {
+        let req = session.req_header();
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let kind = ctx.route.as_ref().map_or("none", |r| r.kind.as_str());
+        metrics::counter!("clawdeploy_http_requests_total", "kind" => kind, "status" => metered::status_label(status), "method" => metered::method_label(&req.method)).increment(1);
+        metrics::histogram!("clawdeploy_http_request_duration_seconds", "kind" => kind)
+            .record(ctx.started.elapsed().as_secs_f64());
+        if let Some(e) = e.filter(|e| e.esource() == &ErrorSource::Upstream) {
+            metrics::counter!("clawdeploy_upstream_errors_total", "kind" => kind, "error" => e.etype().as_str()).increment(1);
+        }
+        if ctx.upgraded {
+            metrics::gauge!("clawdeploy_websockets_open").decrement(1.0);
+        }
         if !self.settings.access_log {
             return;
         }
-        let req = session.req_header();
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
         tracing::info!(
             target: "access",
             request_id = %ctx.request_id,
@@ -337,11 +411,40 @@ impl ProxyHttp for EdgeProxy {
             host = %ctx.host,
             path = %req.uri.path(),
             status,
-            kind = ctx.route.as_ref().map_or("none", |r| r.kind.as_str()),
+            kind,
             websocket = ctx.websocket,
             duration_ms = ctx.started.elapsed().as_millis() as u64,
             error = e.map(|e| e.etype().as_str()),
         );
+    }
+}
+
+impl EdgeProxy {
+    /// The per-IP limit; ACME challenges and health checks are exempt.
+    fn rate_limit_ip(&self, session: &Session) -> Option<EdgeError> {
+        let m = self.metering.as_ref()?;
+        if metered::exempt_from_rate_limits(session.req_header().uri.path()) {
+            return None;
+        }
+        let ip = client_ip(session)?;
+        let wait = m.limiter.check_ip(ip).err()?;
+        Some(m.too_many(clawdeploy_metering::Scope::Ip, wait))
+    }
+
+    /// The per-user limit: the owner on instance hosts, the bearer token's user on the API.
+    fn rate_limit_user(&self, session: &Session, ctx: &EdgeCtx) -> Option<EdgeError> {
+        let m = self.metering.as_ref()?;
+        let api_user;
+        let user = match &ctx.identity {
+            Some(identity) => &identity.user_id,
+            None => {
+                let token = bearer_token(session.req_header())?;
+                api_user = self.verifier.verify(token).ok()?;
+                &api_user.user_id
+            }
+        };
+        let wait = m.limiter.check_user(user).err()?;
+        Some(m.too_many(clawdeploy_metering::Scope::User, wait))
     }
 }
 

@@ -15,6 +15,7 @@ pub mod drain;
 pub mod edge;
 pub mod identity;
 pub mod live;
+pub mod metered;
 pub mod responses;
 pub mod routes;
 pub mod upgrade;
@@ -28,6 +29,7 @@ use pingora::services::listening::Service;
 pub use drain::{Drain, DrainingShutdown};
 pub use edge::{EdgeProxy, EdgeSettings};
 pub use identity::{DenyAll, Identity, Rejection, TokenVerifier};
+pub use metered::EdgeMetering;
 pub use routes::{InstanceState, Resolution, Route, RouteError, RouteKind, RouteTable};
 
 /// The edge's listeners. Plain HTTP now; the TLS listener is added beside it.

@@ -68,6 +68,8 @@ pub struct Route {
     pub instance_id: Option<Arc<str>>,
     /// The user an instance belongs to: only they get through.
     pub owner_id: Option<Arc<str>>,
+    /// The owner's tier, for quotas (instances only).
+    pub tier: Option<Arc<str>>,
     pub upstream: SocketAddr,
     pub kind: RouteKind,
     pub state: InstanceState,
@@ -79,6 +81,7 @@ impl Route {
         Self {
             instance_id: None,
             owner_id: None,
+            tier: None,
             upstream,
             kind: RouteKind::Operator,
             state: InstanceState::Running,
@@ -170,6 +173,7 @@ impl RouteTable {
         let route = Route {
             instance_id: None,
             owner_id: None,
+            tier: None,
             upstream,
             kind: RouteKind::ControlPlane,
             state: InstanceState::Running,
@@ -270,6 +274,7 @@ mod tests {
         let instance = Route {
             instance_id: Some("i1".into()),
             owner_id: None,
+            tier: None,
             upstream: addr(1),
             kind: RouteKind::Instance,
             state: InstanceState::Running,

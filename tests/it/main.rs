@@ -11,6 +11,7 @@ mod instance_access;
 mod instances;
 mod lifecycle;
 mod mail;
+mod metering;
 mod openapi;
 mod openclaw;
 mod pool;

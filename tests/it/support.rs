@@ -199,6 +199,29 @@ impl EdgeBuilder {
         {
             section_lines.push(("runtime".into(), "kind = \"none\"".into()));
         }
+        // Each edge gets its own metrics port. Test edges serve many requests from 127.0.0.1, so
+        // they raise the per-IP and per-user limits unless a test sets them (the code stays on).
+        let metrics_port = free_port();
+        if !section_lines
+            .iter()
+            .any(|(s, l)| s == "metrics" && l.trim_start().starts_with("listen"))
+        {
+            section_lines.push((
+                "metrics".into(),
+                format!("listen = \"127.0.0.1:{metrics_port}\""),
+            ));
+        }
+        for (key, value) in [
+            ("per_ip_per_minute", "1000000"),
+            ("per_user_per_minute", "1000000"),
+        ] {
+            if !section_lines
+                .iter()
+                .any(|(s, l)| s == "rate_limits" && l.trim_start().starts_with(key))
+            {
+                section_lines.push(("rate_limits".into(), format!("{key} = {value}")));
+            }
+        }
         let mut sections: Vec<&str> = section_lines.iter().map(|(s, _)| s.as_str()).collect();
         sections.sort_unstable();
         sections.dedup();
@@ -233,6 +256,7 @@ impl EdgeBuilder {
         let mut edge = Edge {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], metrics_port)),
             log,
             config,
             _dir: dir,
@@ -246,6 +270,8 @@ impl EdgeBuilder {
 pub struct Edge {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The metrics listener (unless the test set `[metrics] listen` itself).
+    pub metrics_addr: SocketAddr,
     log: PathBuf,
     config: PathBuf,
     _dir: tempfile::TempDir,

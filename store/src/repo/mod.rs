@@ -7,6 +7,7 @@ mod auth;
 mod export;
 pub(crate) mod host_codes;
 pub(crate) mod instances;
+mod metering;
 mod ops;
 pub(crate) mod outbox;
 mod pool;

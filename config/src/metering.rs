@@ -1,0 +1,209 @@
+//! `[metrics]`, `[metering]`, `[tiers.<tier>]`, `[rate_limits]`, `[redis]` and `[llm]`: what the
+//! edge measures and limits (issue #7). Every key is documented in the README.
+
+use serde::{Deserialize, Serialize};
+
+/// `[metrics]`: the Prometheus exposition.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `IP:port` serving `GET /metrics`; empty turns the listener off (metrics are still recorded).
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// `[metering]`: OpenClaw user messages counted from the WebSocket frames the edge relays.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MeteringConfig {
+    /// Parse gateway WebSocket frames, count user messages and enforce message quotas.
+    pub enabled: bool,
+    /// How often counts are written to the store; a crash loses at most this much counting.
+    pub flush_interval_secs: u64,
+    /// The largest client message the edge holds while deciding whether to forward it (OpenClaw's
+    /// own `maxPayload`); a larger one closes the connection with 1009.
+    pub max_message_bytes: usize,
+    /// Where a refused client is sent to upgrade (`details.upgradeUrl`); empty means
+    /// `<app origin>/billing`.
+    pub upgrade_url: String,
+}
+
+impl Default for MeteringConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            flush_interval_secs: 10,
+            max_message_bytes: 26_214_400,
+            upgrade_url: String::new(),
+        }
+    }
+}
+
+/// One tier's quotas. 0 means unlimited.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TierConfig {
+    /// OpenClaw user messages per month (calendar month, UTC).
+    pub messages_per_month: u64,
+    /// LLM tokens (input + output) per month through the edge's LLM meter.
+    pub tokens_per_month: u64,
+}
+
+/// `[tiers.free]`, `[tiers.pro]`, `[tiers.team]` (PRD §3.6.1).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TiersConfig {
+    pub free: TierConfig,
+    pub pro: TierConfig,
+    pub team: TierConfig,
+}
+
+impl Default for TiersConfig {
+    fn default() -> Self {
+        Self {
+            free: TierConfig {
+                messages_per_month: 100,
+                tokens_per_month: 100_000,
+            },
+            pro: TierConfig::default(),
+            team: TierConfig::default(),
+        }
+    }
+}
+
+impl TiersConfig {
+    /// The named tier; an unknown name gets the free tier's quotas (never more than paid for).
+    pub fn get(&self, tier: &str) -> &TierConfig {
+        match tier {
+            "pro" => &self.pro,
+            "team" => &self.team,
+            _ => &self.free,
+        }
+    }
+}
+
+/// `[rate_limits]` (PRD §5.2): GCRA limits per client IP and per authenticated user.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// Requests per minute from one client IP.
+    pub per_ip_per_minute: u32,
+    /// Requests per minute by one authenticated user (instance hosts and the API).
+    pub per_user_per_minute: u32,
+    /// Requests allowed at once above the steady rate; 0 means the per-minute figure itself.
+    pub burst: u32,
+    /// Keys (IPs plus users) kept before idle ones are forgotten early: bounds the limiter's memory.
+    pub max_keys: usize,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        Self {
+            per_ip_per_minute: 100,
+            per_user_per_minute: 1_000,
+            burst: 0,
+            max_keys: 100_000,
+        }
+    }
+}
+
+/// `[redis]`: shared counters and rate limits across edge nodes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`; empty keeps counters and limits in this process only.
+    pub url: String,
+}
+
+pub(crate) fn validate(
+    metrics: &MetricsConfig,
+    metering: &MeteringConfig,
+    tiers: &TiersConfig,
+    rate_limits: &RateLimitsConfig,
+    redis: &RedisConfig,
+    issue: &mut dyn FnMut(bool, &str, &dyn std::fmt::Display, &str),
+) {
+    issue(
+        metrics.listen.is_empty() || metrics.listen.parse::<std::net::SocketAddr>().is_ok(),
+        "metrics.listen",
+        &metrics.listen,
+        "an IP address and port such as 127.0.0.1:9464, or empty for no listener",
+    );
+    issue(
+        (1..=3600).contains(&metering.flush_interval_secs),
+        "metering.flush_interval_secs",
+        &metering.flush_interval_secs,
+        "1 to 3600 seconds",
+    );
+    issue(
+        (1024..=268_435_456).contains(&metering.max_message_bytes),
+        "metering.max_message_bytes",
+        &metering.max_message_bytes,
+        "1024 to 268435456 bytes",
+    );
+    issue(
+        metering.upgrade_url.is_empty()
+            || metering.upgrade_url.starts_with("https://")
+            || metering.upgrade_url.starts_with("http://"),
+        "metering.upgrade_url",
+        &metering.upgrade_url,
+        "an http(s) URL, or empty for <app origin>/billing",
+    );
+    for (name, tier) in [
+        ("free", &tiers.free),
+        ("pro", &tiers.pro),
+        ("team", &tiers.team),
+    ] {
+        issue(
+            tier.messages_per_month <= 1_000_000_000,
+            &format!("tiers.{name}.messages_per_month"),
+            &tier.messages_per_month,
+            "0 (unlimited) to 1000000000",
+        );
+        issue(
+            tier.tokens_per_month <= 1_000_000_000_000,
+            &format!("tiers.{name}.tokens_per_month"),
+            &tier.tokens_per_month,
+            "0 (unlimited) to 1000000000000",
+        );
+    }
+    issue(
+        (1..=10_000_000).contains(&rate_limits.per_ip_per_minute),
+        "rate_limits.per_ip_per_minute",
+        &rate_limits.per_ip_per_minute,
+        "1 to 10000000",
+    );
+    issue(
+        (1..=10_000_000).contains(&rate_limits.per_user_per_minute),
+        "rate_limits.per_user_per_minute",
+        &rate_limits.per_user_per_minute,
+        "1 to 10000000",
+    );
+    issue(
+        rate_limits.burst <= 10_000_000,
+        "rate_limits.burst",
+        &rate_limits.burst,
+        "0 to 10000000",
+    );
+    issue(
+        (100..=100_000_000).contains(&rate_limits.max_keys),
+        "rate_limits.max_keys",
+        &rate_limits.max_keys,
+        "100 to 100000000",
+    );
+    issue(
+        redis.url.is_empty()
+            || redis.url.starts_with("redis://")
+            || redis.url.starts_with("rediss://"),
+        "redis.url",
+        &redis.url,
+        "redis://host:port[/db], or empty for counters in this process only",
+    );
+}
