@@ -344,6 +344,32 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
             clawdeploy_metering::MetricsService::new(listener, metrics_handle),
         ));
     }
+    let llm_listen = config.llm.listen.clone();
+    if !llm_listen.is_empty() {
+        let mut llm_keyring =
+            Keyring::from_base64(&config.secrets.master_key_id, &config.secrets.master_key)
+                .context("secrets.master_key")?;
+        for (id, key) in config.secrets.previous_keys().unwrap_or_default() {
+            llm_keyring.add_previous_base64(&id, &key)?;
+        }
+        server.add_service(pingora::services::background::background_service(
+            "llm meter",
+            clawdeploy_metering::llm::LlmMeterService::new(
+                llm_listen,
+                meter.clone(),
+                database_url.clone(),
+                options.clone(),
+                llm_keyring,
+                config.secrets.jwt_key.as_bytes().to_vec(),
+                clawdeploy_metering::llm::Upstreams {
+                    openai: config.llm.openai_url.clone(),
+                    anthropic: config.llm.anthropic_url.clone(),
+                    google: config.llm.google_url.clone(),
+                },
+                config.llm.allow_private_custom,
+            ),
+        ));
+    }
     server.add_service(pingora::services::background::background_service(
         "usage flush",
         clawdeploy_metering::UsageFlushService::new(

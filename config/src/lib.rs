@@ -19,7 +19,8 @@ pub use hostname::{normalize_host, validate_hostname, HostnameError};
 pub use instances::{PoolConfig, RuntimeConfig, RuntimeKind};
 pub use sessions::SessionsConfig;
 pub use metering::{
-    MeteringConfig, MetricsConfig, RateLimitsConfig, RedisConfig, TierConfig, TiersConfig,
+    LlmConfig, MeteringConfig, MetricsConfig, RateLimitsConfig, RedisConfig, TierConfig,
+    TiersConfig,
 };
 
 /// Prefix of environment overrides.
@@ -57,6 +58,8 @@ pub struct Config {
     pub rate_limits: RateLimitsConfig,
     /// `[redis]`: shared counters and limits across edge nodes.
     pub redis: RedisConfig,
+    /// `[llm]`: the LLM egress meter.
+    pub llm: LlmConfig,
     /// Static operator routes: public hosts proxied to fixed upstreams.
     pub routes: Vec<RouteConfig>,
 }
@@ -699,6 +702,7 @@ impl Config {
             &self.redis,
             &mut check,
         );
+        metering::validate_llm(&self.llm, &mut check);
         if issues.is_empty() {
             Ok(())
         } else {

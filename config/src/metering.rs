@@ -122,6 +122,57 @@ pub struct RedisConfig {
     pub url: String,
 }
 
+/// `[llm]`: the LLM egress meter instances' providers point at.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LlmConfig {
+    /// `IP:port` the meter listens on, an address of the instance network (its gateway); every
+    /// provider's `baseUrl` points here and egress rules allow it. Empty: no meter, instances get
+    /// the users' provider keys directly and LLM tokens are not counted.
+    pub listen: String,
+    pub openai_url: String,
+    pub anthropic_url: String,
+    pub google_url: String,
+    /// Let a user's custom endpoint be a loopback or private address (tests, private deployments).
+    pub allow_private_custom: bool,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            openai_url: "https://api.openai.com".into(),
+            anthropic_url: "https://api.anthropic.com".into(),
+            google_url: "https://generativelanguage.googleapis.com".into(),
+            allow_private_custom: false,
+        }
+    }
+}
+
+pub(crate) fn validate_llm(
+    llm: &LlmConfig,
+    issue: &mut dyn FnMut(bool, &str, &dyn std::fmt::Display, &str),
+) {
+    issue(
+        llm.listen.is_empty() || llm.listen.parse::<std::net::SocketAddr>().is_ok(),
+        "llm.listen",
+        &llm.listen,
+        "an IP address and port on the instance network, or empty for no LLM meter",
+    );
+    for (key, url) in [
+        ("llm.openai_url", &llm.openai_url),
+        ("llm.anthropic_url", &llm.anthropic_url),
+        ("llm.google_url", &llm.google_url),
+    ] {
+        issue(
+            (url.starts_with("https://") || url.starts_with("http://")) && !url.ends_with('/'),
+            key,
+            url,
+            "an http(s) URL without a trailing slash, such as https://api.openai.com",
+        );
+    }
+}
+
 pub(crate) fn validate(
     metrics: &MetricsConfig,
     metering: &MeteringConfig,

@@ -18,6 +18,7 @@ pub mod mail;
 pub mod openapi;
 pub mod pages;
 pub mod throttle;
+pub mod usage;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -124,6 +124,8 @@ pub fn endpoints() -> Vec<(Spec, Handler)> {
         ep!(get "/api/instances/me/chat", chat::chat, "instances", User, 101 "WebSocket: the instance gateway's frames, plus bridge.ready, bridge.error and bridge.closed events",
             "The dashboard's chat: a WebSocket bridged through the edge to your instance's gateway under your identity (same owner check and metering); cookie or bearer auth, browser Origin must be the app domain"),
         ep!(get "/api/instances/me", instances::get_me, "instances", User, 200 "Your instance with this month's usage", "Your instance"),
+        ep!(get "/api/usage", crate::usage::series, "instances", User, 200 "Daily messages and tokens of your instance, oldest first",
+            "Usage series for analytics (default: this month to today, UTC days)", query: ["from", "to"]),
         ep!(patch "/api/instances/me", instances::patch_me, "instances", User, 200 "Updated; says whether a restart is needed",
             "Update the subdomain, API keys, SOUL.md, timezone",
             body: [("subdomain", "string", false), ("apiKeys", "object", false), ("soulMd", "string|null", false), ("timezone", "string", false)]),

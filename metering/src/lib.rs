@@ -4,11 +4,13 @@
 //! - [`classify`]: which OpenClaw frames are user messages and answers to them.
 //! - [`quota`]: per-instance monthly counters and the quota decision.
 //! - [`relay`]: metering of one proxied gateway WebSocket, both directions.
+//! - [`llm`]: the LLM egress meter (key injection, token usage, token budget).
 //! - [`ratelimit`]: GCRA rate limits per client IP and per user.
 //! - [`service`]: the Prometheus recorder and listener, and the usage flush to the store.
 
 pub mod classify;
 pub mod frames;
+pub mod llm;
 pub mod quota;
 pub mod ratelimit;
 pub mod relay;

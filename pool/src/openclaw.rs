@@ -75,6 +75,10 @@ pub struct OpenClawConfig {
     pub resources: Resources,
     /// Where users' provider keys are read from (none: instances get no provider).
     pub keys: Option<(Store, Keyring)>,
+    /// The edge's LLM meter (`IP:port` instances reach) and the key of per-instance tokens: every
+    /// provider's `baseUrl` points there and the container holds only its instance token. `None`
+    /// gives instances the user's keys directly (no meter configured; development only).
+    pub llm_meter: Option<(String, Vec<u8>)>,
 }
 
 impl OpenClawConfig {
@@ -166,10 +170,31 @@ impl OpenClawConfig {
                 .open_api_key(instance.user_id, &key.provider, keyring)
                 .await?
             {
-                keys.push(ProviderKey {
-                    provider: key.provider,
-                    key: plain.to_string(),
-                    base_url,
+                keys.push(match &self.llm_meter {
+                    Some((endpoint, token_key)) => {
+                        // The real key stays on the edge, which injects it upstream.
+                        let path = match key.provider.as_str() {
+                            "openai" => "openai/v1",
+                            "anthropic" => "anthropic",
+                            "google" => "google/v1beta",
+                            _ => "custom",
+                        };
+                        let usable =
+                            key.provider != "custom" || base_url.is_some_and(|u| !u.is_empty());
+                        ProviderKey {
+                            base_url: usable.then(|| format!("http://{endpoint}/{path}")),
+                            key: clawdeploy_metering::llm::instance_token(
+                                token_key,
+                                &instance.id.to_string(),
+                            ),
+                            provider: key.provider,
+                        }
+                    }
+                    None => ProviderKey {
+                        provider: key.provider,
+                        key: plain.to_string(),
+                        base_url,
+                    },
                 });
             }
         }
@@ -297,6 +322,7 @@ mod tests {
                 pids: 512,
             },
             keys: None,
+            llm_meter: None,
         }
     }
 

@@ -87,7 +87,11 @@ pub async fn pool_from_config(
     let runtime: Arc<dyn Runtime> = match docker {
         Some(docker) => {
             if rt.egress_rules {
-                let allow = rt.llm_endpoint.parse().ok().into_iter().collect();
+                // The LLM meter and any extra endpoint instances may reach.
+                let allow = [&config.llm.listen, &rt.llm_endpoint]
+                    .iter()
+                    .filter_map(|a| a.parse().ok())
+                    .collect();
                 let rules = EgressRules::new(&docker.network_info().await?, allow);
                 if let Err(e) = rules.install().await {
                     tracing::error!("instance egress rules NOT installed ({e}); set runtime.egress_rules = false to run without them");
@@ -166,6 +170,12 @@ pub async fn pool_from_config(
                 base_domain: config.server.base_domain.clone(),
                 resources,
                 keys: Some((store.clone(), keyring)),
+                llm_meter: (!config.llm.listen.is_empty()).then(|| {
+                    (
+                        config.llm.listen.clone(),
+                        config.secrets.jwt_key.as_bytes().to_vec(),
+                    )
+                }),
             };
             // A warm instance boots on the idle config: locked down, nobody allowed.
             settings.env.push((

@@ -10,6 +10,7 @@ mod egress;
 mod instance_access;
 mod instances;
 mod lifecycle;
+mod llm_meter;
 mod mail;
 mod metering;
 mod openapi;

@@ -241,6 +241,21 @@ async fn retries_count_once_and_refused_answers_do_not_count() {
         res_for(&mut ws, "d").await["error"]["code"],
         "QUOTA_EXCEEDED"
     );
+    // The daily series: today holds the three counted messages.
+    let series = edge.api("GET", "/api/usage", Some(&token), None).await;
+    assert_eq!(series.status, 200, "{}", series.text());
+    let days = series.json()["days"].as_array().unwrap().clone();
+    assert_eq!(days.last().unwrap()["messages"], 3, "{days:?}");
+    assert_eq!(
+        days.iter()
+            .map(|d| d["messages"].as_i64().unwrap())
+            .sum::<i64>(),
+        3
+    );
+    let bad = edge
+        .api("GET", "/api/usage?from=2026-02-30", Some(&token), None)
+        .await;
+    assert_eq!(bad.error_code(), "INVALID_DATE", "{}", bad.text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -83,6 +83,7 @@ async fn every_documented_operation_is_served_and_vice_versa() {
         ("GET", "/api/session/handoff"),
         ("POST", "/api/session/handoff"),
         ("GET", "/_clawdeploy/session"),
+        ("GET", "/api/usage"),
         ("GET", "/admin/routes"),
         ("GET", "/admin/routes/{host}"),
         ("PUT", "/admin/routes/{host}"),

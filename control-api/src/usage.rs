@@ -1,0 +1,118 @@
+//! `GET /api/usage?from=&to=`: the daily usage series of the caller's instance, for analytics.
+
+use axum::extract::{Query, State};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use clawdeploy_store::time::{civil_from_days, days_from_civil, now_ms, DAY_MS};
+
+use crate::auth::AuthUser;
+use crate::error::ApiError;
+use crate::ApiState;
+
+/// The longest series one request returns.
+const MAX_DAYS: i64 = 366;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageQuery {
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    to: Option<String>,
+}
+
+/// `YYYY-MM-DD` to days since 1970-01-01, if it is a real date.
+fn parse_day(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let y: i64 = s[0..4].parse().ok()?;
+    let m: u32 = s[5..7].parse().ok()?;
+    let d: u32 = s[8..10].parse().ok()?;
+    let days = days_from_civil(y, m, d);
+    (civil_from_days(days) == (y, m, d)).then_some(days)
+}
+
+fn day_text(days: i64) -> String {
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+pub async fn series(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query?;
+    let today = now_ms().div_euclid(DAY_MS);
+    let (y, m, _) = civil_from_days(today);
+    let parse = |field: &str, value: Option<&String>, default: i64| match value {
+        None => Ok(default),
+        Some(v) => parse_day(v).ok_or_else(|| {
+            ApiError::invalid(
+                field,
+                "INVALID_DATE",
+                format!(
+                    "{field}: {v:?} is not a date; use YYYY-MM-DD, e.g. {}",
+                    day_text(today)
+                ),
+            )
+        }),
+    };
+    let from = parse("from", q.from.as_ref(), days_from_civil(y, m, 1))?;
+    let to = parse("to", q.to.as_ref(), today)?;
+    if from > to || to - from >= MAX_DAYS {
+        return Err(ApiError::invalid(
+            "from",
+            "INVALID_RANGE",
+            format!("from must not be after to, and the range at most {MAX_DAYS} days"),
+        ));
+    }
+    let inst = crate::instances::my_instance(&state, &auth).await?;
+    let stored = state
+        .store
+        .usage_days(inst.id, &day_text(from), &day_text(to))
+        .await?;
+    // Today's counts not yet flushed are in the meter only.
+    let (unflushed_messages, unflushed_tokens) = state
+        .ctx
+        .meter
+        .as_ref()
+        .map_or((0, 0), |m| m.unflushed(&inst.id.to_string()));
+    let mut days = Vec::new();
+    for day in from..=to {
+        let key = day_text(day);
+        let (mut messages, mut tokens) = stored
+            .iter()
+            .find(|d| d.day == key)
+            .map_or((0, 0), |d| (d.messages, d.tokens));
+        if day == today {
+            messages += i64::try_from(unflushed_messages).unwrap_or(0);
+            tokens += i64::try_from(unflushed_tokens).unwrap_or(0);
+        }
+        days.push(json!({ "day": key, "messages": messages, "tokens": tokens }));
+    }
+    Ok(Json(json!({
+        "instanceId": inst.id,
+        "from": day_text(from),
+        "to": day_text(to),
+        "days": days,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_parse_only_when_real() {
+        assert_eq!(parse_day("1970-01-02"), Some(1));
+        assert_eq!(day_text(parse_day("2026-11-27").unwrap()), "2026-11-27");
+        assert_eq!(parse_day("2026-02-30"), None);
+        assert_eq!(parse_day("2026-1-5"), None);
+        assert_eq!(parse_day("yesterday"), None);
+    }
+}

@@ -1,0 +1,713 @@
+//! The LLM egress meter: the endpoint OpenClaw's `models.providers.<id>.baseUrl` points at.
+//!
+//! `/<provider>/<path>` (provider `openai`, `anthropic`, `google` or `custom`) is forwarded to the
+//! provider's upstream with the user's real key injected; the container only holds a per-instance
+//! token ([`instance_token`]), an HMAC of the instance id, so nothing per instance is stored. The
+//! answer streams back unchanged while its token usage is read from it (JSON bodies and SSE streams:
+//! OpenAI `usage`, Anthropic `usage.input_tokens`/`output_tokens`, Google `usageMetadata`), and the
+//! tier's monthly token budget is enforced before each call. OpenAI streaming requests get
+//! `stream_options.include_usage = true` so their usage is reported.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use sha2::Sha256;
+
+use clawdeploy_store::{Keyring, Store, StoreOptions};
+
+use crate::quota::Meter;
+
+/// Largest request body the meter reads (to add `include_usage`); larger ones are refused.
+const MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
+/// Largest JSON (non-streamed) answer inspected for usage.
+const MAX_INSPECTED_BYTES: usize = 4 * 1024 * 1024;
+
+/// The providers the meter forwards to.
+pub const PROVIDERS: [&str; 4] = ["openai", "anthropic", "google", "custom"];
+
+/// Upstream base URLs (no trailing slash).
+#[derive(Debug, Clone)]
+pub struct Upstreams {
+    pub openai: String,
+    pub anthropic: String,
+    pub google: String,
+}
+
+/// The per-instance token a container presents: `cdi.<instance id>.<hex HMAC-SHA256>`.
+pub fn instance_token(key: &[u8], instance_id: &str) -> String {
+    let mut out = format!("cdi.{instance_id}.");
+    for b in mac(key, instance_id) {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+fn mac(key: &[u8], instance_id: &str) -> [u8; 32] {
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    m.update(b"clawdeploy llm token\0");
+    m.update(instance_id.as_bytes());
+    m.finalize().into_bytes().into()
+}
+
+/// The instance id of a valid token.
+pub fn verify_instance_token(key: &[u8], token: &str) -> Option<String> {
+    let rest = token.strip_prefix("cdi.")?;
+    let (id, hex) = rest.rsplit_once('.')?;
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut given = [0u8; 32];
+    for (i, byte) in given.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).ok()?;
+    m.update(b"clawdeploy llm token\0");
+    m.update(id.as_bytes());
+    m.verify_slice(&given).ok()?;
+    Some(id.to_string())
+}
+
+/// Usage read from one answer: the largest input and output counts seen (Anthropic and Google
+/// report cumulative counts in several events).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub input: u64,
+    pub output: u64,
+}
+
+impl Usage {
+    pub fn total(&self) -> u64 {
+        self.input + self.output
+    }
+
+    /// Reads the usage fields of one JSON object (a whole answer or one SSE event).
+    pub fn observe(&mut self, value: &serde_json::Value) {
+        let get = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_u64());
+        let mut candidates = Vec::new();
+        if let Some(u) = value.get("usage") {
+            candidates.push(u);
+        }
+        if let Some(u) = value.get("message").and_then(|m| m.get("usage")) {
+            candidates.push(u); // Anthropic message_start
+        }
+        for u in candidates {
+            let input = get(u, "prompt_tokens").or_else(|| get(u, "input_tokens"));
+            let output = get(u, "completion_tokens").or_else(|| get(u, "output_tokens"));
+            self.input = self.input.max(input.unwrap_or(0));
+            self.output = self.output.max(output.unwrap_or(0));
+        }
+        if let Some(u) = value.get("usageMetadata") {
+            self.input = self.input.max(get(u, "promptTokenCount").unwrap_or(0));
+            self.output = self.output.max(
+                get(u, "candidatesTokenCount").unwrap_or(0)
+                    + get(u, "thoughtsTokenCount").unwrap_or(0),
+            );
+        }
+    }
+}
+
+/// Incremental usage reader for an answer body (JSON or SSE).
+#[derive(Debug, Default)]
+pub struct UsageScanner {
+    sse: bool,
+    buf: Vec<u8>,
+    overflow: bool,
+    pub usage: Usage,
+}
+
+impl UsageScanner {
+    pub fn new(content_type: &str) -> Self {
+        Self {
+            sse: content_type.starts_with("text/event-stream"),
+            ..Self::default()
+        }
+    }
+
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if self.sse {
+            self.buf.extend_from_slice(chunk);
+            while let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                self.sse_line(&line);
+            }
+            if self.buf.len() > MAX_INSPECTED_BYTES {
+                self.buf.clear();
+            }
+        } else if !self.overflow {
+            if self.buf.len() + chunk.len() > MAX_INSPECTED_BYTES {
+                self.overflow = true;
+                self.buf.clear();
+            } else {
+                self.buf.extend_from_slice(chunk);
+            }
+        }
+    }
+
+    fn sse_line(&mut self, line: &[u8]) {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(data) = line.strip_prefix(b"data:") {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data.trim_ascii_start()) {
+                self.usage.observe(&v);
+            }
+        }
+    }
+
+    pub fn finish(&mut self) -> Usage {
+        if self.sse {
+            let rest = std::mem::take(&mut self.buf);
+            self.sse_line(&rest);
+        } else if !self.overflow {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&self.buf) {
+                self.usage.observe(&v);
+            }
+        }
+        self.usage
+    }
+}
+
+type HttpsClient =
+    Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Body>;
+
+/// Shared state of the meter's listener.
+pub struct LlmMeter {
+    meter: Arc<Meter>,
+    store: Store,
+    keyring: Keyring,
+    token_key: Vec<u8>,
+    upstreams: Upstreams,
+    allow_private_custom: bool,
+    client: HttpsClient,
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let body =
+        serde_json::json!({"error": {"code": code, "type": code, "message": message.into()}});
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// The token an OpenClaw provider client sends, whichever header its API uses.
+fn presented_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Some(t) = v.strip_prefix("Bearer ") {
+            return Some(t.trim().to_string());
+        }
+    }
+    for name in ["x-api-key", "x-goog-api-key"] {
+        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
+            return Some(v.trim().to_string());
+        }
+    }
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("key="))
+        .map(str::to_string)
+}
+
+/// True for a literal loopback, private, link-local or unspecified address.
+fn is_private_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => {
+            ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
+        }
+        Ok(std::net::IpAddr::V6(ip)) => {
+            ip.is_loopback() || ip.is_unspecified() || (ip.segments()[0] & 0xfe00) == 0xfc00
+        }
+        Err(_) => false,
+    }
+}
+
+async fn forward(
+    State(state): State<Arc<LlmMeter>>,
+    Path((provider, rest)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    if !PROVIDERS.contains(&provider.as_str()) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "UNKNOWN_PROVIDER",
+            format!("{provider:?} is not a provider; use one of {PROVIDERS:?}"),
+        );
+    }
+    let (parts, body) = request.into_parts();
+    let query = parts.uri.query().map(str::to_string);
+    let Some(instance_id) = presented_token(&parts.headers, query.as_deref())
+        .and_then(|t| verify_instance_token(&state.token_key, &t))
+    else {
+        return error(StatusCode::UNAUTHORIZED, "INVALID_INSTANCE_TOKEN", "This endpoint serves ClawDeploy instances only; present the instance's token as the provider API key.");
+    };
+    let Ok(instance_uuid) = instance_id.parse() else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "INVALID_INSTANCE_TOKEN",
+            "Unknown instance.",
+        );
+    };
+    let instance = match state.store.get_instance(instance_uuid).await {
+        Ok(Some(i)) => i,
+        Ok(None) => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "INVALID_INSTANCE_TOKEN",
+                "The instance no longer exists.",
+            )
+        }
+        Err(e) => {
+            tracing::error!("LLM meter cannot read the instance: {e}");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "STORE_UNAVAILABLE",
+                "Retry in a few seconds.",
+            );
+        }
+    };
+    if let Err(refusal) = state.meter.check_tokens(&instance_id, &instance.tier) {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TOKEN_QUOTA_EXCEEDED",
+            format!(
+                "This instance has used its {} LLM tokens for this month ({} used); the count resets at {}. Upgrade for more.",
+                refusal.limit, refusal.used, refusal.resets_at
+            ),
+        );
+    }
+    let key = match state.store.open_api_key(instance.user_id, &provider, &state.keyring).await {
+        Ok(Some(k)) => k,
+        Ok(None) => return error(StatusCode::FAILED_DEPENDENCY, "NO_PROVIDER_KEY", format!("No active {provider} key: add one in the dashboard (PUT /api/account/api-keys/{provider}).")),
+        Err(e) => {
+            tracing::error!("LLM meter cannot open the provider key: {e}");
+            return error(StatusCode::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE", "Retry in a few seconds.");
+        }
+    };
+    let (secret, custom_base) = key;
+    let base = match provider.as_str() {
+        "openai" => state.upstreams.openai.clone(),
+        "anthropic" => state.upstreams.anthropic.clone(),
+        "google" => state.upstreams.google.clone(),
+        _ => {
+            let Some(base) = custom_base.filter(|b| !b.is_empty()) else {
+                return error(
+                    StatusCode::FAILED_DEPENDENCY,
+                    "NO_PROVIDER_KEY",
+                    "The custom provider has no endpoint URL.",
+                );
+            };
+            let host = base
+                .split("://")
+                .nth(1)
+                .unwrap_or("")
+                .split(['/', '?'])
+                .next()
+                .unwrap_or("");
+            let host = host.rsplit_once(':').map_or(host, |(h, p)| {
+                if p.bytes().all(|b| b.is_ascii_digit()) {
+                    h
+                } else {
+                    host
+                }
+            });
+            if !state.allow_private_custom && is_private_host(host) {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    "PRIVATE_UPSTREAM",
+                    "The custom endpoint is a private address, which the edge does not call.",
+                );
+            }
+            base.trim_end_matches('/').to_string()
+        }
+    };
+    let mut target = format!("{base}/{rest}");
+    if let Some(q) = query.as_deref() {
+        let kept: Vec<&str> = q.split('&').filter(|kv| !kv.starts_with("key=")).collect();
+        if !kept.is_empty() {
+            target.push('?');
+            target.push_str(&kept.join("&"));
+        }
+    }
+    let Ok(uri) = target.parse::<http::Uri>() else {
+        return error(
+            StatusCode::BAD_GATEWAY,
+            "BAD_UPSTREAM",
+            "The provider URL is not valid.",
+        );
+    };
+    // OpenAI-style streaming requests are asked to report usage.
+    let bytes = match http_body_util::Limited::new(body, MAX_REQUEST_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "REQUEST_TOO_LARGE",
+                format!("Requests are limited to {MAX_REQUEST_BYTES} bytes."),
+            )
+        }
+    };
+    let bytes = if matches!(provider.as_str(), "openai" | "custom") {
+        with_include_usage(bytes)
+    } else {
+        bytes
+    };
+    let mut upstream = http::Request::builder()
+        .method(parts.method.clone())
+        .uri(uri);
+    for (name, value) in &parts.headers {
+        if matches!(
+            name.as_str(),
+            "host"
+                | "authorization"
+                | "x-api-key"
+                | "x-goog-api-key"
+                | "content-length"
+                | "connection"
+                | "transfer-encoding"
+                | "keep-alive"
+                | "proxy-authorization"
+                | "te"
+                | "upgrade"
+        ) {
+            continue;
+        }
+        upstream = upstream.header(name, value);
+    }
+    let auth = match provider.as_str() {
+        "anthropic" => ("x-api-key", HeaderValue::from_str(&secret)),
+        "google" => ("x-goog-api-key", HeaderValue::from_str(&secret)),
+        _ => (
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {}", secret.as_str())),
+        ),
+    };
+    let Ok(mut auth_value) = auth.1 else {
+        return error(
+            StatusCode::FAILED_DEPENDENCY,
+            "BAD_PROVIDER_KEY",
+            "The stored key has characters a header cannot carry; set it again.",
+        );
+    };
+    auth_value.set_sensitive(true);
+    let upstream = upstream
+        .header(auth.0, auth_value)
+        .header(header::CONTENT_LENGTH, bytes.len())
+        .body(Body::from(bytes));
+    let Ok(upstream) = upstream else {
+        return error(
+            StatusCode::BAD_GATEWAY,
+            "BAD_UPSTREAM",
+            "Cannot build the provider request.",
+        );
+    };
+    let answer = match state.client.request(upstream).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(%provider, "LLM provider unreachable: {e}");
+            return error(
+                StatusCode::BAD_GATEWAY,
+                "PROVIDER_UNREACHABLE",
+                format!("The {provider} API could not be reached; retry."),
+            );
+        }
+    };
+    let (parts, body) = answer.into_parts();
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let tap = UsageTap {
+        scanner: UsageScanner::new(&content_type),
+        meter: state.meter.clone(),
+        instance_id,
+        provider: provider_label(&provider),
+        done: false,
+    };
+    let body = body.map_frame(move |frame| frame).boxed_unsync();
+    let tapped = TappedBody {
+        inner: body,
+        tap: Mutex::new(tap),
+    };
+    let mut response = Response::from_parts(parts, Body::new(tapped));
+    response.headers_mut().remove(header::CONNECTION);
+    response
+}
+
+fn provider_label(provider: &str) -> &'static str {
+    match provider {
+        "openai" => "openai",
+        "anthropic" => "anthropic",
+        "google" => "google",
+        _ => "custom",
+    }
+}
+
+/// Sets `stream_options.include_usage` on a streaming chat request (JSON object with `stream: true`).
+fn with_include_usage(body: Bytes) -> Bytes {
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return body;
+    };
+    if v.get("stream").and_then(|s| s.as_bool()) != Some(true) {
+        return body;
+    }
+    let Some(obj) = v.as_object_mut() else {
+        return body;
+    };
+    let options = obj
+        .entry("stream_options")
+        .or_insert_with(|| serde_json::json!({}));
+    if let Some(o) = options.as_object_mut() {
+        o.insert("include_usage".into(), serde_json::Value::Bool(true));
+    }
+    serde_json::to_vec(&v).map(Bytes::from).unwrap_or(body)
+}
+
+struct UsageTap {
+    scanner: UsageScanner,
+    meter: Arc<Meter>,
+    instance_id: String,
+    provider: &'static str,
+    done: bool,
+}
+
+impl UsageTap {
+    fn finish(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let usage = self.scanner.finish();
+        self.meter.add_tokens(&self.instance_id, usage.total());
+        metrics::counter!("clawdeploy_llm_tokens_total", "provider" => self.provider, "kind" => "input").increment(usage.input);
+        metrics::counter!("clawdeploy_llm_tokens_total", "provider" => self.provider, "kind" => "output").increment(usage.output);
+    }
+}
+
+impl Drop for UsageTap {
+    // A client that stops reading early still pays for what the provider reported so far.
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// The provider's answer body, passed through unchanged while usage is read from it.
+struct TappedBody {
+    inner: http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>,
+    tap: Mutex<UsageTap>,
+}
+
+impl http_body::Body for TappedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        let tap = self.tap.get_mut().unwrap_or_else(|p| p.into_inner());
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    tap.scanner.feed(data);
+                }
+            }
+            std::task::Poll::Ready(None) => tap.finish(),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}
+
+/// The meter's listener, as a background service (its own store pool and HTTP client).
+pub struct LlmMeterService {
+    listen: String,
+    meter: Arc<Meter>,
+    database_url: String,
+    store_options: StoreOptions,
+    keyring: Mutex<Option<Keyring>>,
+    token_key: Vec<u8>,
+    upstreams: Upstreams,
+    allow_private_custom: bool,
+}
+
+impl LlmMeterService {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        listen: String,
+        meter: Arc<Meter>,
+        database_url: String,
+        store_options: StoreOptions,
+        keyring: Keyring,
+        token_key: Vec<u8>,
+        upstreams: Upstreams,
+        allow_private_custom: bool,
+    ) -> Self {
+        Self {
+            listen,
+            meter,
+            database_url,
+            store_options,
+            keyring: Mutex::new(Some(keyring)),
+            token_key,
+            upstreams,
+            allow_private_custom,
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for LlmMeterService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(keyring) = self.keyring.lock().ok().and_then(|mut k| k.take()) else {
+            return;
+        };
+        let store = match Store::open_with(&self.database_url, self.store_options.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("LLM meter cannot open the database: {e}");
+                return;
+            }
+        };
+        // The instance network's address may appear only once the pool has created the network.
+        let listener = loop {
+            match tokio::net::TcpListener::bind(&self.listen).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    tracing::warn!(listen = %self.listen, "LLM meter cannot listen yet, retrying: {e}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
+        };
+        tracing::info!(listen = %self.listen, "LLM meter listening");
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let state = Arc::new(LlmMeter {
+            meter: self.meter.clone(),
+            store,
+            keyring,
+            token_key: self.token_key.clone(),
+            upstreams: self.upstreams.clone(),
+            allow_private_custom: self.allow_private_custom,
+            client,
+        });
+        let app = axum::Router::new()
+            .route("/{provider}/{*rest}", axum::routing::any(forward))
+            .with_state(state);
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!("LLM meter stopped: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_verify_only_for_their_instance_and_key() {
+        let t = instance_token(b"k1", "abc");
+        assert_eq!(verify_instance_token(b"k1", &t).as_deref(), Some("abc"));
+        assert_eq!(verify_instance_token(b"k2", &t), None);
+        assert_eq!(verify_instance_token(b"k1", &t.replace("abc", "abd")), None);
+        assert_eq!(verify_instance_token(b"k1", "sk-real-key"), None);
+    }
+
+    #[test]
+    fn usage_from_json_and_sse() {
+        let mut s = UsageScanner::new("application/json");
+        s.feed(br#"{"choices":[],"usage":{"prompt_tokens":12,"#);
+        s.feed(br#""completion_tokens":30,"total_tokens":42}}"#);
+        assert_eq!(
+            s.finish(),
+            Usage {
+                input: 12,
+                output: 30
+            }
+        );
+        // OpenAI stream with include_usage, split mid-line.
+        let mut s = UsageScanner::new("text/event-stream");
+        s.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\nda");
+        s.feed(b"ta: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":7}}\n\ndata: [DONE]\n\n");
+        assert_eq!(s.finish().total(), 12);
+        // Anthropic: input in message_start, cumulative output in message_delta.
+        let mut s = UsageScanner::new("text/event-stream; charset=utf-8");
+        s.feed(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":20,\"output_tokens\":1}}}\n\n");
+        s.feed(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\n\n");
+        assert_eq!(
+            s.finish(),
+            Usage {
+                input: 20,
+                output: 15
+            }
+        );
+        // Google: cumulative usageMetadata.
+        let mut s = UsageScanner::new("text/event-stream");
+        s.feed(b"data: {\"usageMetadata\":{\"promptTokenCount\":8,\"candidatesTokenCount\":2}}\r\n\r\n");
+        s.feed(b"data: {\"usageMetadata\":{\"promptTokenCount\":8,\"candidatesTokenCount\":9}}\r\n\r\n");
+        assert_eq!(
+            s.finish(),
+            Usage {
+                input: 8,
+                output: 9
+            }
+        );
+    }
+
+    #[test]
+    fn streaming_requests_ask_for_usage() {
+        let out = with_include_usage(Bytes::from_static(br#"{"model":"m","stream":true}"#));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        let plain = Bytes::from_static(br#"{"model":"m"}"#);
+        assert_eq!(with_include_usage(plain.clone()), plain);
+    }
+
+    #[test]
+    fn private_hosts() {
+        assert!(is_private_host("127.0.0.1"));
+        assert!(is_private_host("10.1.2.3"));
+        assert!(is_private_host("localhost"));
+        assert!(is_private_host("[::1]"));
+        assert!(!is_private_host("api.example.com"));
+        assert!(!is_private_host("8.8.8.8"));
+    }
+}
