@@ -7,8 +7,8 @@
 
 pub mod hostname;
 pub mod instances;
-pub mod sessions;
 pub mod metering;
+pub mod sessions;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,11 +17,11 @@ use serde::{Deserialize, Serialize};
 
 pub use hostname::{normalize_host, validate_hostname, HostnameError};
 pub use instances::{PoolConfig, RuntimeConfig, RuntimeKind};
-pub use sessions::SessionsConfig;
 pub use metering::{
     LlmConfig, MeteringConfig, MetricsConfig, RateLimitsConfig, RedisConfig, TierConfig,
     TiersConfig,
 };
+pub use sessions::SessionsConfig;
 
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "CLAWDEPLOY_";
