@@ -871,3 +871,60 @@ async fn a_revoked_session_closes_the_chat_and_asks_for_login() {
     let url = browser.url().await;
     assert!(url.ends_with("/login?next=%2Fdashboard"), "{url}");
 }
+
+/// Over the month's message quota the edge refuses the bridged `chat.send` (the bridge passes
+/// through the edge's meter like any client), and the chat shows the refusal with an upgrade link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quota_refusal_shows_in_the_chat_with_an_upgrade_link() {
+    let node = node_id();
+    let edge = pool_edge(false, 1, &node)
+        .section("tiers.free", "messages_per_month = 1")
+        .start()
+        .await;
+    let (token, _, _) = edge.register("quota@example.com", PW).await;
+    let resp = edge
+        .api(
+            "POST",
+            "/api/instances",
+            Some(&token),
+            Some(json!({"subdomain":"quota"})),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    wait_running(&edge, &token).await;
+    let browser = Browser::start(&edge).await;
+    browser_login(&browser, "quota@example.com", "/dashboard").await;
+    browser.wait_enabled("#chat-send").await;
+    let limit = browser
+        .wait_text("label[for=usage-messages]", |t| !t.is_empty())
+        .await;
+    assert_eq!(limit, "Messages: 0 of 1");
+
+    browser.type_into("#chat-input", "the one message").await;
+    browser.click("#chat-send").await;
+    let reply = browser
+        .wait_text("#chat-log li.final", |t| !t.is_empty())
+        .await;
+    assert_eq!(reply, "echo: the one message");
+
+    browser.type_into("#chat-input", "one too many").await;
+    browser.click("#chat-send").await;
+    let refusal = browser
+        .wait_text("#chat-log li.error", |t| !t.is_empty())
+        .await;
+    assert!(refusal.contains("Upgrade your plan"), "{refusal}");
+    let link = browser
+        .script("return document.querySelector('#chat-log li.error a').href;")
+        .await;
+    assert_eq!(
+        link,
+        json!(format!("{}/billing", browser.app)),
+        "the upgrade link is the edge's details.upgradeUrl"
+    );
+    // The connection stays open for everything else: the panel is still usable.
+    assert!(browser.enabled("#chat-send").await);
+    browser.check_page("12-dashboard-quota").await;
+    browser.click("#chat-log li.error a").await;
+    browser.wait_path("/billing").await;
+    browser.check_page("13-billing").await;
+}

@@ -232,12 +232,12 @@ fn instance_target(state: &ApiState, next: &str) -> Option<String> {
     }
 }
 
-/// Monthly limits of a tier: (messages, LLM tokens); `None` is unlimited (PRD §3.6.1).
-fn tier_limits(tier: &str) -> (Option<i64>, Option<i64>) {
-    match tier {
-        "free" => (Some(100), Some(100_000)),
-        _ => (None, None),
-    }
+/// Monthly limits of a tier from the config's tier table: (messages, LLM tokens); `None` is
+/// unlimited.
+fn tier_limits(state: &ApiState, tier: &str) -> (Option<i64>, Option<i64>) {
+    let t = state.ctx.config.tiers.get(tier);
+    let limit = |v: u64| (v > 0).then(|| i64::try_from(v).unwrap_or(i64::MAX));
+    (limit(t.messages_per_month), limit(t.tokens_per_month))
 }
 
 fn status_text(status: InstanceStatus) -> &'static str {
@@ -307,7 +307,7 @@ async fn dashboard(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) 
             .html(body);
     };
     let usage = state.store.usage_this_month(inst.id).await.ok();
-    let (msg_limit, tok_limit) = tier_limits(&inst.tier);
+    let (msg_limit, tok_limit) = tier_limits(&state, &inst.tier);
     let (messages, tokens) = usage.map_or((0, 0), |u| (u.messages, u.tokens));
     let view = crate::instances::instance_json(&state, &inst);
     let url = view["url"].as_str().unwrap_or_default().to_string();
@@ -651,7 +651,7 @@ async fn billing(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) ->
     let rows: String = ["free", "pro", "team"]
         .iter()
         .map(|tier| {
-            let (messages, tokens) = tier_limits(tier);
+            let (messages, tokens) = tier_limits(&state, tier);
             let show = |v: Option<i64>| v.map_or("unlimited".to_string(), |v| v.to_string());
             let current = if *tier == auth.user.tier {
                 " (your plan)"
