@@ -928,3 +928,49 @@ async fn the_quota_refusal_shows_in_the_chat_with_an_upgrade_link() {
     browser.wait_path("/billing").await;
     browser.check_page("13-billing").await;
 }
+
+/// Every user's bridged chat comes from this machine: those connections count against each
+/// user's limit, not one shared loopback IP, while anonymous loopback requests stay IP-limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridged_chats_are_rate_limited_per_user_not_per_loopback_ip() {
+    let node = node_id();
+    let edge = pool_edge(false, 2, &node)
+        .section("rate_limits", "per_ip_per_minute = 3")
+        .start()
+        .await;
+    let mut tokens = Vec::new();
+    for (email, sub) in [("rl-a@example.com", "rla"), ("rl-b@example.com", "rlb")] {
+        let (token, _, _) = edge.register(email, PW).await;
+        let resp = edge
+            .api(
+                "POST",
+                "/api/instances",
+                Some(&token),
+                Some(json!({ "subdomain": sub })),
+            )
+            .await;
+        assert_eq!(resp.status, 201, "{}", resp.text());
+        wait_running(&edge, &token).await;
+        tokens.push(token);
+    }
+    // Two registrations used two of the loopback IP's three requests; five chats still connect.
+    for i in 0..5 {
+        let bearer = format!("Bearer {}", tokens[i % 2]);
+        let mut ws = chat_socket(&edge, &[("Authorization", &bearer)])
+            .await
+            .unwrap();
+        let frame = next_json(&mut ws).await;
+        assert_eq!(frame["event"], "bridge.ready", "chat {i}: {frame}");
+        ws.close(None).await.ok();
+    }
+    // Anonymous requests from the same address are still limited by IP.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(
+            edge.get(APP_DOMAIN, "/api/subdomains/free-name")
+                .await
+                .status,
+        );
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+}
