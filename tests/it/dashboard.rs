@@ -127,6 +127,10 @@ async fn cookie_session_pages_and_the_live_subdomain_check() {
     assert_eq!(landing.status, 200);
     assert!(landing.text().contains("Deploy Free"));
     assert!(
+        landing.text().contains("Free: 100 messages a month"),
+        "the tier table's quota"
+    );
+    assert!(
         !landing.text().contains("<script>") && !landing.text().contains(" style="),
         "no inline script or style (CSP)"
     );

@@ -96,12 +96,16 @@ async fn landing(State(state): State<ApiState>, headers: HeaderMap) -> Response 
     } else {
         r#"<a class="button primary big" href="/signup" id="deploy-free">Deploy Free</a>"#
     };
+    let free = match tier_limits(&state, "free").0 {
+        Some(n) => format!("{n} messages a month"),
+        None => "unlimited messages".to_string(),
+    };
     let body = format!(
         r#"<section class="hero">
   <h1>OpenClaw in one click</h1>
   <p class="lead">Your own OpenClaw assistant, hosted and kept running for you at <strong>you.{base}</strong>. No servers, no Docker, no setup.</p>
   <p>{cta}</p>
-  <p class="muted">Free: 100 messages a month with your own AI provider key. No card needed.</p>
+  <p class="muted">Free: {free} with your own AI provider key. No card needed.</p>
 </section>
 <section class="features" aria-label="What you get">
   <div class="card"><h2>Ready in seconds</h2><p>A warm instance is handed to you the moment you sign up.</p></div>
