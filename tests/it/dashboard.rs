@@ -978,3 +978,42 @@ async fn bridged_chats_are_rate_limited_per_user_not_per_loopback_ip() {
     }
     assert!(statuses.contains(&429), "{statuses:?}");
 }
+
+/// The dashboard's "Open OpenClaw's Control UI" link signs the browser in to the instance host
+/// on the way (no second login there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_ui_link_arrives_signed_in_at_the_instance_host() {
+    let node = node_id();
+    let edge = pool_edge(false, 1, &node).start().await;
+    let (token, _, user_id) = edge.register("controlui@example.com", PW).await;
+    let resp = edge
+        .api(
+            "POST",
+            "/api/instances",
+            Some(&token),
+            Some(json!({"subdomain":"controlui"})),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    wait_running(&edge, &token).await;
+    let browser = Browser::start(&edge).await;
+    browser_login(&browser, "controlui@example.com", "/dashboard").await;
+    let href = browser
+        .script("return document.getElementById('control-ui').href;")
+        .await;
+    let href = href.as_str().unwrap().to_string();
+    browser.goto(&href).await;
+    let instance = format!("http://controlui.{BASE_DOMAIN}:{}", edge.addr.port());
+    let deadline = Instant::now() + PATIENCE;
+    while !browser.url().await.starts_with(&format!("{instance}/")) {
+        assert!(
+            Instant::now() < deadline,
+            "never reached {instance}: {}",
+            browser.url().await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    browser.goto(&format!("{instance}/whoami")).await;
+    let page = browser.wait_text("body", |t| t.contains(&user_id)).await;
+    assert!(page.contains("x-forwarded-user"), "{page}");
+}

@@ -348,7 +348,7 @@ async fn dashboard(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) 
 <div class="grid" id="instance" data-status="{status}" data-subdomain="{sub}">
 <section class="card" aria-labelledby="status-h">
   <h2 id="status-h">Your instance</h2>
-  <p><a href="{url}" target="_blank" rel="noopener">{host}</a></p>
+  <p><a href="{open}" target="_blank" rel="noopener">{host}</a></p>
   <p>Status: <strong id="status-text" class="status status-{status}">{status_text}</strong></p>
   {uptime}
   <div id="progress"{progress_hidden}>
@@ -358,7 +358,7 @@ async fn dashboard(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) 
       <li data-step="1">Reserved</li><li data-step="2">Prepared</li><li data-step="3">Starting OpenClaw</li><li data-step="4">Ready to chat</li>
     </ol>
   </div>
-  <p><a class="button" href="{url}" target="_blank" rel="noopener" id="control-ui">Open OpenClaw's Control UI</a></p>
+  <p><a class="button" href="{open}" target="_blank" rel="noopener" id="control-ui">Open OpenClaw's Control UI</a></p>
 </section>
 <section class="card" aria-labelledby="usage-h">
   <h2 id="usage-h">Usage this month</h2>
@@ -387,7 +387,12 @@ async fn dashboard(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) 
 </div>"#,
         status = inst.status.as_str(),
         sub = esc(&inst.subdomain),
-        url = esc(&url),
+        // Signed in to the instance host straight away (its one-time code handoff), without a
+        // second login there.
+        open = esc(&format!(
+            "/login/continue?next={}",
+            url_encode(&format!("{url}/"))
+        )),
         host = esc(&format!(
             "{}.{}",
             inst.subdomain,
