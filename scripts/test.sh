@@ -14,6 +14,11 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 CLAWDEPLOY_TEST_POSTGRES_URL="$(scripts/start-postgres.sh)"
 export CLAWDEPLOY_TEST_POSTGRES_URL
 
+# Shared counters (tests/it/shared_counters.rs) use Debian's redis-server; tests that kill Redis
+# start their own on an ephemeral port.
+CLAWDEPLOY_TEST_REDIS_URL="$(scripts/start-redis.sh)"
+export CLAWDEPLOY_TEST_REDIS_URL
+
 # Instance runtime tests run against a real Docker Engine with the locally built fixture image
 # (a test program speaking a subset of the gateway protocol; not OpenClaw) and its binary.
 scripts/start-docker.sh

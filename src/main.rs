@@ -372,12 +372,22 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     }
     server.add_service(pingora::services::background::background_service(
         "usage flush",
-        clawdeploy_metering::UsageFlushService::new(
-            meter.clone(),
-            database_url.clone(),
-            options.clone(),
-            Duration::from_secs(config.metering.flush_interval_secs),
-        ),
+        {
+            let flush = clawdeploy_metering::UsageFlushService::new(
+                meter.clone(),
+                database_url.clone(),
+                options.clone(),
+                Duration::from_secs(config.metering.flush_interval_secs),
+            );
+            if config.redis.url.is_empty() {
+                flush
+            } else {
+                flush.with_redis(
+                    config.redis.url.clone(),
+                    Duration::from_millis(config.redis.sync_interval_ms),
+                )
+            }
+        },
     ));
     let http_listen = server_config.http_listen.clone();
     let base_domain = server_config.base_domain.clone();

@@ -115,11 +115,22 @@ impl Default for RateLimitsConfig {
 }
 
 /// `[redis]`: shared counters and rate limits across edge nodes.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://host:port/db`; empty keeps counters and limits in this process only.
+    /// `redis://host:port/db`; empty keeps counters in this process only.
     pub url: String,
+    /// How often message and token counts are exchanged with Redis.
+    pub sync_interval_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            sync_interval_ms: 500,
+        }
+    }
 }
 
 /// `[llm]`: the LLM egress meter instances' providers point at.
@@ -248,6 +259,12 @@ pub(crate) fn validate(
         "rate_limits.max_keys",
         &rate_limits.max_keys,
         "100 to 100000000",
+    );
+    issue(
+        (50..=60_000).contains(&redis.sync_interval_ms),
+        "redis.sync_interval_ms",
+        &redis.sync_interval_ms,
+        "50 to 60000 milliseconds",
     );
     issue(
         redis.url.is_empty()

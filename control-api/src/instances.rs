@@ -424,11 +424,17 @@ pub async fn get_me(
         .meter
         .as_ref()
         .map_or((0, 0), |m| m.unflushed(&inst.id.to_string()));
+    // With Redis the meter also knows other nodes' counts not yet in the store.
+    let (shared_messages, shared_tokens) = state
+        .ctx
+        .meter
+        .as_ref()
+        .map_or((0, 0), |m| m.usage(&inst.id.to_string()));
     let limits = state.ctx.config.tiers.get(&inst.tier);
     let mut view = instance_json(&state, &inst);
     view["usage"] = json!({
-        "messagesThisMonth": usage.messages.saturating_add(i64::try_from(messages).unwrap_or(i64::MAX)),
-        "tokensThisMonth": usage.tokens.saturating_add(i64::try_from(tokens).unwrap_or(i64::MAX)),
+        "messagesThisMonth": usage.messages.saturating_add(i64::try_from(messages).unwrap_or(i64::MAX)).max(i64::try_from(shared_messages).unwrap_or(i64::MAX)),
+        "tokensThisMonth": usage.tokens.saturating_add(i64::try_from(tokens).unwrap_or(i64::MAX)).max(i64::try_from(shared_tokens).unwrap_or(i64::MAX)),
         "messagesPerMonth": (limits.messages_per_month > 0).then_some(limits.messages_per_month),
         "tokensPerMonth": (limits.tokens_per_month > 0).then_some(limits.tokens_per_month),
     });

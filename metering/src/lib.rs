@@ -6,6 +6,7 @@
 //! - [`relay`]: metering of one proxied gateway WebSocket, both directions.
 //! - [`llm`]: the LLM egress meter (key injection, token usage, token budget).
 //! - [`ratelimit`]: GCRA rate limits per client IP and per user.
+//! - [`shared`]: counters shared by several edge nodes through Redis.
 //! - [`service`]: the Prometheus recorder and listener, and the usage flush to the store.
 
 pub mod classify;
@@ -15,6 +16,7 @@ pub mod quota;
 pub mod ratelimit;
 pub mod relay;
 pub mod service;
+pub mod shared;
 
 pub use frames::{FrameError, FrameEvent, FrameHeader, FrameParser};
 pub use quota::{Admission, Meter, Refusal, Reservation};

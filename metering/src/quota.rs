@@ -42,6 +42,8 @@ struct Usage {
     keys: HashSet<u64>,
     /// Not yet written to the store: day (days since epoch) → (messages, tokens).
     unflushed: BTreeMap<i64, (u64, u64)>,
+    /// Not yet added to the shared (Redis) counters: (messages, tokens) of `month`.
+    unsynced: (u64, u64),
 }
 
 impl Usage {
@@ -52,6 +54,7 @@ impl Usage {
             self.tokens = 0;
             self.inflight = 0;
             self.keys.clear();
+            self.unsynced = (0, 0);
         }
     }
 }
@@ -112,6 +115,7 @@ impl Reservation {
             }
         }
         usage.messages += 1;
+        usage.unsynced.0 += 1;
         usage.unflushed.entry(now.div_euclid(DAY_MS)).or_default().0 += 1;
         drop(usage);
         metrics::counter!("clawdeploy_messages_counted_total", "tier" => tier_label(&self.tier))
@@ -139,6 +143,19 @@ pub struct UsageDelta {
     pub day: i64,
     pub messages: u64,
     pub tokens: u64,
+}
+
+/// One instance's counts for the shared-counter sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncDelta {
+    pub instance_id: String,
+    pub month: i64,
+    /// New since the last sync.
+    pub messages: u64,
+    pub tokens: u64,
+    /// This node's total when the delta was taken.
+    pub known_messages: u64,
+    pub known_tokens: u64,
 }
 
 /// The counters of every instance this node has seen.
@@ -257,14 +274,14 @@ impl Meter {
         let now = now_ms();
         usage.roll(month_index(now));
         usage.tokens += tokens;
+        usage.unsynced.1 += tokens;
         usage.unflushed.entry(now.div_euclid(DAY_MS)).or_default().1 += tokens;
     }
 
-    /// This month's (messages, tokens) as this node knows them.
+    /// This month's (messages, tokens) as this node knows them (with Redis: all nodes' counts as
+    /// of the last sync). Starts tracking the instance, so the next sync fetches its shared counts.
     pub fn usage(&self, instance: &str) -> (u64, u64) {
-        let Some(entry) = self.usage.get(instance).map(|e| e.value().clone()) else {
-            return (0, 0);
-        };
+        let entry = self.entry(instance);
         let mut usage = lock(&entry);
         usage.roll(month_index(now_ms()));
         (usage.messages, usage.tokens)
@@ -308,6 +325,48 @@ impl Meter {
             let slot = usage.unflushed.entry(d.day).or_default();
             slot.0 += d.messages;
             slot.1 += d.tokens;
+        }
+    }
+
+    /// For the shared-counter sync: every tracked instance's month, counts not yet added to the
+    /// shared counters (taken), and the total this node knows.
+    pub fn take_unsynced(&self) -> Vec<SyncDelta> {
+        let month = month_index(now_ms());
+        self.usage
+            .iter()
+            .map(|item| {
+                let mut usage = lock(item.value());
+                usage.roll(month);
+                let (messages, tokens) = std::mem::take(&mut usage.unsynced);
+                SyncDelta {
+                    instance_id: item.key().to_string(),
+                    month,
+                    messages,
+                    tokens,
+                    known_messages: usage.messages,
+                    known_tokens: usage.tokens,
+                }
+            })
+            .collect()
+    }
+
+    /// Puts a delta back after a failed sync.
+    pub fn restore_unsynced(&self, d: &SyncDelta) {
+        let entry = self.entry(&d.instance_id);
+        let mut usage = lock(&entry);
+        if usage.month == d.month {
+            usage.unsynced.0 += d.messages;
+            usage.unsynced.1 += d.tokens;
+        }
+    }
+
+    /// Sets the shared totals after a sync; counts made since the delta was taken stay on top.
+    pub fn apply_shared(&self, d: &SyncDelta, messages: u64, tokens: u64) {
+        let entry = self.entry(&d.instance_id);
+        let mut usage = lock(&entry);
+        if usage.month == d.month {
+            usage.messages = messages + usage.unsynced.0;
+            usage.tokens = tokens + usage.unsynced.1;
         }
     }
 

@@ -78,6 +78,10 @@ fn describe() {
         "LLM tokens metered at the edge's LLM endpoint, by provider and kind (input, output)"
     );
     describe_gauge!(
+        "clawdeploy_redis_up",
+        "1 while the shared-counter sync with Redis works, 0 while this node counts alone"
+    );
+    describe_gauge!(
         "clawdeploy_pool_instances",
         "Pool members on this node by state (idle, creating, assigned), set every pool tick"
     );
@@ -159,6 +163,8 @@ pub struct UsageFlushService {
     database_url: String,
     store_options: StoreOptions,
     interval: Duration,
+    /// Redis URL and sync interval, to share counters with other edge nodes.
+    redis: Option<(String, Duration)>,
 }
 
 impl UsageFlushService {
@@ -173,7 +179,14 @@ impl UsageFlushService {
             database_url,
             store_options,
             interval,
+            redis: None,
         }
+    }
+
+    /// Shares the counters with other edge nodes through Redis.
+    pub fn with_redis(mut self, url: String, interval: Duration) -> Self {
+        self.redis = Some((url, interval));
+        self
     }
 }
 
@@ -241,6 +254,14 @@ impl BackgroundService for UsageFlushService {
         match seed_from_store(&self.meter, &store).await {
             Ok(n) => tracing::info!(instances = n, "usage counters loaded from the store"),
             Err(e) => tracing::error!("cannot load this month's usage: {e}"),
+        }
+        if let Some((url, interval)) = &self.redis {
+            tokio::spawn(crate::shared::sync_forever(
+                self.meter.clone(),
+                url.clone(),
+                *interval,
+                shutdown.clone(),
+            ));
         }
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

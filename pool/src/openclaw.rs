@@ -307,6 +307,79 @@ impl InstanceConfig for OpenClawConfig {
 mod tests {
     use super::*;
 
+    /// With the LLM meter configured, every provider points at the meter and the container
+    /// holds only its instance token, never the user's key.
+    #[tokio::test]
+    async fn with_the_llm_meter_instances_hold_only_their_token() {
+        use clawdeploy_store::{InstanceStatus, NewInstance, NewUser, Role};
+        let dir = std::env::temp_dir().join(format!("clawdeploy-llm-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.join("t.db").display()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let key = clawdeploy_store::secrets::generate_key_base64().unwrap();
+        let keyring = Keyring::from_base64("k1", &key).unwrap();
+        let user = store
+            .create_user(&NewUser {
+                email: "llm@example.com",
+                password_hash: "x",
+                name: None,
+                tier: "free",
+                role: Role::User,
+                timezone: None,
+            })
+            .await
+            .unwrap();
+        store
+            .upsert_api_key(user.id, "openai", None, "sk-real-openai", &keyring)
+            .await
+            .unwrap();
+        store
+            .upsert_api_key(
+                user.id,
+                "custom",
+                Some("https://llm.example/v1"),
+                "sk-real-custom",
+                &keyring,
+            )
+            .await
+            .unwrap();
+        let instance = store
+            .create_instance(&NewInstance {
+                user_id: user.id,
+                subdomain: "llmbox",
+                tier: "free",
+                status: InstanceStatus::Provisioning,
+                soul_md: None,
+                timezone: None,
+            })
+            .await
+            .unwrap();
+        let mut generator = generator();
+        generator.keys = Some((store.clone(), keyring));
+        generator.llm_meter = Some(("172.18.0.1:9480".into(), b"token key".to_vec()));
+        let files = generator.files(&instance).await.unwrap();
+        let text = String::from_utf8(files[0].contents.clone()).unwrap();
+        assert!(!text.contains("sk-real"), "{text}");
+        let config: Value = serde_json::from_str(&text).unwrap();
+        let token =
+            clawdeploy_metering::llm::instance_token(b"token key", &instance.id.to_string());
+        let providers = &config["models"]["providers"];
+        assert_eq!(
+            providers["openai"]["baseUrl"],
+            "http://172.18.0.1:9480/openai/v1"
+        );
+        assert_eq!(providers["openai"]["apiKey"], token.as_str());
+        assert_eq!(
+            providers["custom"]["baseUrl"],
+            "http://172.18.0.1:9480/custom"
+        );
+        assert_eq!(providers["custom"]["apiKey"], token.as_str());
+        store.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     fn generator() -> OpenClawConfig {
         OpenClawConfig {
             user_header: "x-forwarded-user".into(),

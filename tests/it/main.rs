@@ -19,6 +19,7 @@ mod pool;
 mod routing;
 mod runtime;
 mod sessions;
+mod shared_counters;
 mod support;
 mod webdriver;
 mod websocket;
