@@ -108,23 +108,49 @@ pub(crate) async fn authenticate(state: &ApiState, token: &str) -> Result<AuthUs
     Ok(AuthUser { user, session })
 }
 
-/// The dashboard's session cookie: the access token, HttpOnly, host-only on the app domain.
+/// The dashboard's session cookie over plain HTTP (development): the access token, HttpOnly,
+/// host-only on the app domain.
 pub const SESSION_COOKIE: &str = "cd_session";
+/// The same cookie over HTTPS. Browsers accept a `__Host-` cookie only from its own host, with
+/// `Secure`, `Path=/` and no `Domain`, so a tenant's page on a sibling subdomain of the app domain
+/// cannot plant one (`document.cookie = "…; Domain=<parent>"`) to sign a user into its account.
+pub const SECURE_SESSION_COOKIE: &str = "__Host-cd_session";
 /// Header a cookie-authenticated state-changing call must carry. A page on another origin cannot
 /// add it without a CORS preflight, which this API never grants, so a forged form post fails.
 pub const CSRF_HEADER: &str = "x-csrf-protection";
 
-/// The value of the dashboard's session cookie, if the request carries one.
-pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+/// Whether the client reached the edge over HTTPS (the edge overwrites `X-Forwarded-Proto`).
+fn came_over_https(headers: &HeaderMap) -> bool {
     headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes() == b"https")
+}
+
+fn session_cookie_name(headers: &HeaderMap) -> &'static str {
+    if came_over_https(headers) {
+        SECURE_SESSION_COOKIE
+    } else {
+        SESSION_COOKIE
+    }
+}
+
+/// The value of the dashboard's session cookie, if the request carries exactly one. Two cookies
+/// of that name mean one was planted from elsewhere: neither is trusted.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    let name = session_cookie_name(headers);
+    let mut values = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
-        .map(|(_, value)| value.trim())
-        .filter(|v| !v.is_empty())
+        .filter(move |(n, _)| *n == name)
+        .map(|(_, value)| value.trim());
+    let value = values.next()?;
+    if values.next().is_some() || value.is_empty() {
+        return None;
+    }
+    Some(value)
 }
 
 /// The request's access token: `Authorization: Bearer`, else the dashboard's session cookie
@@ -149,20 +175,26 @@ pub(crate) fn request_token<'a>(
     Ok(token)
 }
 
-/// `Set-Cookie` for the dashboard session; `Secure` when the client came over HTTPS.
+/// `Set-Cookie` for the dashboard session; `__Host-` and `Secure` when the client came over HTTPS.
 pub fn session_set_cookie(token: &str, headers: &HeaderMap) -> String {
-    let secure = headers
-        .get("x-forwarded-proto")
-        .is_some_and(|v| v.as_bytes() == b"https");
-    format!(
-        "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={ACCESS_TTL_SECS}{}",
-        if secure { "; Secure" } else { "" }
-    )
+    let name = session_cookie_name(headers);
+    let secure = if came_over_https(headers) {
+        "; Secure"
+    } else {
+        ""
+    };
+    format!("{name}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={ACCESS_TTL_SECS}{secure}")
 }
 
 /// `Set-Cookie` that removes the dashboard session.
-pub fn session_clear_cookie() -> String {
-    format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0")
+pub fn session_clear_cookie(headers: &HeaderMap) -> String {
+    let name = session_cookie_name(headers);
+    let secure = if came_over_https(headers) {
+        "; Secure"
+    } else {
+        ""
+    };
+    format!("{name}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}")
 }
 
 impl FromRequestParts<ApiState> for AuthUser {
@@ -621,6 +653,7 @@ pub async fn refresh(
 
 pub async fn logout(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     auth: AuthUser,
     client: Client,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -629,7 +662,7 @@ pub async fn logout(
     log_event(&state, Some(auth.user.id), "logout", &client, None).await;
     Ok((
         StatusCode::NO_CONTENT,
-        [(header::SET_COOKIE, session_clear_cookie())],
+        [(header::SET_COOKIE, session_clear_cookie(&headers))],
     ))
 }
 
@@ -958,4 +991,40 @@ pub async fn mfa_disable(
     state.store.disable_mfa(auth.user.id).await?;
     log_event(&state, Some(auth.user.id), "mfa_disabled", &client, None).await;
     Ok(Json(json!({ "mfaEnabled": false })))
+}
+
+#[cfg(test)]
+mod cookie_tests {
+    use super::*;
+
+    fn headers(proto: &str, cookies: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-proto", proto.parse().unwrap());
+        h.insert(header::COOKIE, cookies.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn over_https_only_the_host_prefixed_cookie_counts() {
+        let h = headers("https", "cd_session=planted; __Host-cd_session=mine");
+        assert_eq!(session_cookie(&h), Some("mine"));
+        assert_eq!(
+            session_cookie(&headers("https", "cd_session=planted")),
+            None
+        );
+        assert!(session_set_cookie("t", &h).starts_with("__Host-cd_session=t; Path=/;"));
+        assert!(session_set_cookie("t", &h).ends_with("; Secure"));
+        assert_eq!(
+            session_cookie(&headers("http", "cd_session=dev")),
+            Some("dev")
+        );
+    }
+
+    #[test]
+    fn two_session_cookies_of_one_name_sign_nobody_in() {
+        let h = headers("http", "cd_session=planted; other=1; cd_session=mine");
+        assert_eq!(session_cookie(&h), None);
+        let h = headers("https", "__Host-cd_session=a; __Host-cd_session=b");
+        assert_eq!(session_cookie(&h), None);
+    }
 }

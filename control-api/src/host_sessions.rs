@@ -57,9 +57,9 @@ fn bad_next(message: &str) -> ApiError {
 
 /// Parses `next` as `http(s)://host[:port][/path][?query]` (a fragment is dropped).
 fn parse_next(next: &str) -> Result<Target, ApiError> {
-    if next.len() > 2048 || next.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    if next.len() > 2048 || !next.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(bad_next(
-            "the URL is too long or contains spaces or control characters",
+            "the URL is too long or contains spaces, control or non-ASCII characters (percent-encode them)",
         ));
     }
     let (scheme, rest) = if let Some(rest) = next.strip_prefix("https://") {
@@ -96,10 +96,29 @@ fn parse_next(next: &str) -> Result<Target, ApiError> {
     })
 }
 
+/// The code is a credential: a dashboard reached over HTTPS never sends it over plain HTTP.
+fn refuse_downgrade(headers: &HeaderMap, target: &Target) -> Result<(), ApiError> {
+    let dashboard_https = headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes() == b"https");
+    if dashboard_https && target.scheme != "https" {
+        return Err(bad_next(
+            "the dashboard is on HTTPS, so the instance URL must be https:// too",
+        ));
+    }
+    Ok(())
+}
+
 /// Issues a code for `next` if it is one of the caller's instances; the redirect URL.
-async fn issue(state: &ApiState, auth: &AuthUser, next: Option<&str>) -> Result<String, ApiError> {
+async fn issue(
+    state: &ApiState,
+    auth: &AuthUser,
+    headers: &HeaderMap,
+    next: Option<&str>,
+) -> Result<String, ApiError> {
     let next = next.ok_or_else(|| bad_next("missing"))?;
     let target = parse_next(next)?;
+    refuse_downgrade(headers, &target)?;
     let owned = match state.routes.resolve(&target.host) {
         Resolution::Route(route) => {
             route.kind == RouteKind::Instance
@@ -156,22 +175,24 @@ fn no_store_redirect(status: StatusCode, location: &str) -> Result<Response, Api
 /// `GET /api/session/handoff?next=<instance URL>`: a `303` to the instance host with a code.
 pub async fn handoff_redirect(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     auth: AuthUser,
     query: Result<Query<HandoffQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
-    let location = issue(&state, &auth, query.next.as_deref()).await?;
+    let location = issue(&state, &auth, &headers, query.next.as_deref()).await?;
     no_store_redirect(StatusCode::SEE_OTHER, &location)
 }
 
 /// `POST /api/session/handoff` `{"next": ...}`: the same, as JSON for a page that navigates itself.
 pub async fn handoff_json(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     auth: AuthUser,
     body: Result<Json<HandoffBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body?;
-    let location = issue(&state, &auth, Some(&body.next)).await?;
+    let location = issue(&state, &auth, &headers, Some(&body.next)).await?;
     let ttl = state.ctx.config.sessions.code_ttl_secs;
     Ok((
         [(header::CACHE_CONTROL, "no-store")],
@@ -304,6 +325,19 @@ pub async fn exchange(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_https_dashboard_never_sends_a_code_over_plain_http() {
+        let mut https = HeaderMap::new();
+        https.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let plain = parse_next("http://alice.example.net/").unwrap();
+        let secure = parse_next("https://alice.example.net/").unwrap();
+        assert!(refuse_downgrade(&https, &plain).is_err());
+        assert!(refuse_downgrade(&https, &secure).is_ok());
+        // A development dashboard on plain HTTP may hand over to plain-HTTP instance hosts.
+        assert!(refuse_downgrade(&HeaderMap::new(), &plain).is_ok());
+        assert!(parse_next("https://alice.example.net/caf\u{e9}").is_err());
+    }
 
     #[test]
     fn next_targets_are_parsed_strictly() {

@@ -301,7 +301,10 @@ class ChatPanel {
     if (error.code === "QUOTA_EXCEEDED") {
       const details = error.details || {};
       const a = document.createElement("a");
-      a.href = details.upgradeUrl || "/settings";
+      // The refusal passes through the instance's gateway: follow only a path on this site or
+      // an http(s) URL, never a javascript: one.
+      const url = String(details.upgradeUrl || "");
+      a.href = /^(https?:\/\/|\/(?![\/\\]))/.test(url) ? url : "/billing";
       a.textContent = "Upgrade your plan";
       li.append(" ", a);
     }

@@ -206,7 +206,7 @@ async fn login_continue(
         return to_login(&uri);
     }
     let next = q.next.unwrap_or_default();
-    if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') {
+    if is_local_path(&next) {
         return Redirect::to(&next).into_response();
     }
     if instance_target(&state, &next).is_some() {
@@ -216,6 +216,15 @@ async fn login_continue(
             .into_response();
     }
     Redirect::to("/dashboard").into_response()
+}
+
+/// A path on this host and nothing else: no `//host` or `/\host`, and only visible ASCII, since
+/// browsers drop tabs and newlines from URLs (`/\t/evil.example` would become `//evil.example`).
+fn is_local_path(next: &str) -> bool {
+    next.starts_with('/')
+        && !next.starts_with("//")
+        && !next.contains('\\')
+        && next.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// The host of an absolute `http(s)://` URL when it is routed to an instance (a subdomain or a
@@ -812,6 +821,25 @@ mod tests {
             url_encode("http://a.b/c?d=e f"),
             "http%3A%2F%2Fa.b%2Fc%3Fd%3De%20f"
         );
+    }
+
+    #[test]
+    fn only_paths_on_this_host_are_followed_after_login() {
+        for ok in ["/dashboard", "/settings?tab=keys", "/a/b%20c"] {
+            assert!(is_local_path(ok), "{ok}");
+        }
+        for bad in [
+            "//evil.example",
+            "/\\evil.example",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "https://evil.example",
+            "evil.example",
+            "/caf\u{e9}",
+            "",
+        ] {
+            assert!(!is_local_path(bad), "{bad:?}");
+        }
     }
 
     #[test]
