@@ -20,6 +20,16 @@ pub fn normalize_host(raw: &str) -> Option<String> {
         if !(after.is_empty() || after.starts_with(':') && is_port(&after[1..])) {
             return None;
         }
+        // Only what an IPv6 literal holds (hex digits, `:`, and `.` for an embedded IPv4).
+        let literal = &rest[..end];
+        if literal.is_empty()
+            || literal.len() > 45
+            || !literal
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return None;
+        }
         return Some(format!("[{}]", rest[..end].to_ascii_lowercase()));
     } else {
         match raw.rsplit_once(':') {
@@ -29,7 +39,12 @@ pub fn normalize_host(raw: &str) -> Option<String> {
         }
     };
     let host = host.strip_suffix('.').unwrap_or(host);
+    // Empty labels ("a..b", "a.b..", ".a") name nothing; refusing them also keeps the function
+    // idempotent (a second pass would strip another trailing dot).
     if host.is_empty()
+        || host.starts_with('.')
+        || host.ends_with('.')
+        || host.contains("..")
         || host.len() > MAX_HOSTNAME_LEN
         || !host
             .bytes()
@@ -134,6 +149,13 @@ mod tests {
             "[::1",
             "[::1]x",
             "é.com",
+            "a..b",
+            "a.b..",
+            ".a",
+            "[]",
+            "[a b]",
+            "[zz]",
+            "[<x>]:80",
         ] {
             assert_eq!(normalize_host(raw), None, "{raw:?}");
         }
@@ -164,5 +186,56 @@ mod tests {
             validate_hostname(&format!("{}.com", "a".repeat(64))),
             Err(HostnameError::BadLabel(_))
         ));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// The bytes a normalised host may hold.
+        fn routable(host: &str) -> bool {
+            if let Some(literal) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                return literal
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+            }
+            host.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'_')
+            }) && !host.starts_with('.')
+                && !host.ends_with('.')
+                && !host.contains("..")
+        }
+
+        proptest! {
+            // The same properties as the `host_normalize` fuzz target (fuzz/), in CI.
+            #[test]
+            fn normalisation_is_idempotent_and_only_routable(raw in ".{0,80}") {
+                if let Some(host) = normalize_host(&raw) {
+                    prop_assert!(routable(&host), "{raw:?} -> {host:?}");
+                    prop_assert!(host.len() <= MAX_HOSTNAME_LEN + 2);
+                    prop_assert_eq!(normalize_host(&host), Some(host.clone()));
+                }
+            }
+
+            #[test]
+            fn names_with_ports_and_case_normalise_to_the_name(
+                labels in proptest::collection::vec("[a-zA-Z0-9][a-zA-Z0-9-]{0,10}", 1..5),
+                port in proptest::option::of(any::<u16>()),
+                dot in any::<bool>(),
+            ) {
+                let name = labels.join(".");
+                let mut raw = name.clone();
+                if dot { raw.push('.'); }
+                if let Some(port) = port { raw.push_str(&format!(":{port}")); }
+                prop_assert_eq!(normalize_host(&raw), Some(name.to_ascii_lowercase()));
+            }
+
+            #[test]
+            fn validated_names_normalise_to_themselves(raw in "[a-z0-9.-]{1,70}") {
+                if validate_hostname(&raw).is_ok() {
+                    prop_assert_eq!(normalize_host(&raw), Some(raw.clone()));
+                }
+            }
+        }
     }
 }

@@ -90,6 +90,11 @@ pub struct ServerConfig {
     pub grace_period_secs: u64,
     /// Largest request header block accepted, in bytes; larger gets 431.
     pub max_header_bytes: usize,
+    /// Largest request body accepted, in bytes (WebSocket traffic aside); larger gets 413.
+    pub max_body_bytes: u64,
+    /// Seconds a client gets to send a whole request header (and to start the next request on a
+    /// kept-alive connection) before it is disconnected: the bound on slow-header clients.
+    pub header_timeout_secs: u64,
     /// Idle upstream connections kept for reuse, per worker thread.
     pub upstream_keepalive_pool_size: usize,
     /// `text` or `json`.
@@ -112,6 +117,8 @@ impl Default for ServerConfig {
             ws_idle_timeout_secs: 3_600,
             grace_period_secs: 10,
             max_header_bytes: 32 * 1024,
+            max_body_bytes: 64 << 20,
+            header_timeout_secs: 30,
             upstream_keepalive_pool_size: 1024,
             log_format: LogFormat::Text,
             access_log: true,
@@ -518,6 +525,18 @@ impl Config {
             "server.max_header_bytes",
             &s.max_header_bytes,
             "1024 to 1048575 bytes",
+        );
+        check(
+            s.max_body_bytes >= 1024,
+            "server.max_body_bytes",
+            &s.max_body_bytes,
+            "at least 1024 bytes (67108864, 64 MiB, by default)",
+        );
+        check(
+            (1..=3600).contains(&s.header_timeout_secs),
+            "server.header_timeout_secs",
+            &s.header_timeout_secs,
+            "1 to 3600 seconds",
         );
         check(
             (1..=1_000_000).contains(&s.upstream_keepalive_pool_size),

@@ -17,6 +17,7 @@ pub mod instances;
 pub mod mail;
 pub mod openapi;
 pub mod pages;
+pub mod security;
 pub mod throttle;
 pub mod usage;
 
@@ -164,6 +165,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(pages::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(security::headers))
         .with_state(state)
 }
 

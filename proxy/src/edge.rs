@@ -23,6 +23,7 @@ use clawdeploy_config::{normalize_host, ServerConfig};
 use crate::browser_session::{self, Denied};
 use crate::drain::{Drain, InflightGuard};
 use crate::identity::{bearer_token, Identity, TokenVerifier};
+use crate::limits;
 use crate::live::{LiveConnections, TunnelGuard};
 use crate::metered::{self, EdgeMetering};
 use crate::responses::{write_error, write_redirect, write_see_other, EdgeError};
@@ -50,6 +51,8 @@ pub struct EdgeSettings {
     pub read_timeout: Duration,
     pub ws_idle_timeout: Duration,
     pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub header_timeout: Duration,
     pub access_log: bool,
 }
 
@@ -60,6 +63,8 @@ impl From<&ServerConfig> for EdgeSettings {
             read_timeout: Duration::from_secs(s.read_timeout_secs),
             ws_idle_timeout: Duration::from_secs(s.ws_idle_timeout_secs),
             max_header_bytes: s.max_header_bytes,
+            max_body_bytes: s.max_body_bytes,
+            header_timeout: Duration::from_secs(s.header_timeout_secs),
             access_log: s.access_log,
         }
     }
@@ -90,6 +95,8 @@ impl EdgeProxy {
         drain: Arc<Drain>,
         verifier: Arc<dyn TokenVerifier>,
     ) -> Self {
+        // Slow-header clients: a deadline for the whole header (patched pingora-proxy).
+        pingora::proxy::set_request_header_timeout(Some(settings.header_timeout));
         Self {
             live: verifier.live_connections(),
             routes,
@@ -128,6 +135,8 @@ pub struct EdgeCtx {
     relay: Option<Box<clawdeploy_metering::WsRelay>>,
     /// The upstream answered 101: the body filters carry WebSocket frames.
     upgraded: bool,
+    /// Request body bytes forwarded so far (bounded by `max_body_bytes`).
+    body_bytes: u64,
     _inflight: InflightGuard,
 }
 
@@ -148,6 +157,7 @@ impl ProxyHttp for EdgeProxy {
             session_exchange: false,
             relay: None,
             upgraded: false,
+            body_bytes: 0,
             _inflight: self.drain.enter(),
         }
     }
@@ -339,6 +349,9 @@ impl ProxyHttp for EdgeProxy {
         _end_of_stream: bool,
         ctx: &mut EdgeCtx,
     ) -> Result<()> {
+        if !ctx.websocket {
+            limits::count_body(&mut ctx.body_bytes, body, self.settings.max_body_bytes)?;
+        }
         if let Some(relay) = ctx.relay.as_deref_mut() {
             if ctx.upgraded {
                 metered::client_body(session, relay, body).await?;
@@ -482,6 +495,7 @@ impl EdgeProxy {
                 ),
             ));
         }
+        limits::check_declared_body(req, self.settings.max_body_bytes)?;
         let mut hosts = req.headers.get_all(header::HOST).iter();
         let raw_host = match (hosts.next(), hosts.next()) {
             (Some(host), None) => host.to_str().ok().map(str::to_string),
@@ -622,6 +636,9 @@ impl EdgeProxy {
 
     /// The error page for a failed proxy attempt, or `None` when nothing should be written.
     fn describe_failure(&self, e: &Error, ctx: &EdgeCtx) -> Option<EdgeError> {
+        if let Some(error) = limits::describe(e, self.settings.max_body_bytes) {
+            return Some(error);
+        }
         if let ErrorType::HTTPStatus(code) = e.etype() {
             return Some(EdgeError::new(
                 *code,

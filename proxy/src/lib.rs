@@ -9,11 +9,13 @@
 //! - [`drain`]: graceful shutdown that waits for in-flight requests.
 //! - [`browser_session`]: instance hosts' browser sessions, cookie isolation and origin checks.
 //! - [`live`]: open WebSockets by session, closed when their session is revoked.
+//! - [`limits`]: request body limits.
 
 pub mod browser_session;
 pub mod drain;
 pub mod edge;
 pub mod identity;
+pub mod limits;
 pub mod live;
 pub mod metered;
 pub mod responses;

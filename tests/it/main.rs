@@ -2,6 +2,7 @@
 
 mod account;
 mod admin_api;
+mod attacks;
 mod auth;
 mod bad_input;
 mod bodies;

@@ -545,3 +545,64 @@ async fn the_dashboard_login_hands_over_to_the_instance_host() {
     );
     assert_eq!(edge.send(raw.as_bytes()).await.status, 401);
 }
+
+/// Dashboard pages carry the security headers; CORS is closed to other origins; a cross-site
+/// write riding the dashboard cookie is refused (the CSRF header) and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_headers_cors_closed_and_cookie_writes_need_the_csrf_header() {
+    let edge = EdgeBuilder::new().start().await;
+    for path in ["/", "/login", "/api/openapi.json"] {
+        let resp = edge.get(APP_DOMAIN, path).await;
+        let csp = resp.header("content-security-policy").unwrap_or_default();
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        assert!(csp.contains("default-src 'self'"), "{path}: {csp}");
+        assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
+        assert_eq!(
+            resp.header("x-content-type-options"),
+            Some("nosniff"),
+            "{path}"
+        );
+        assert_eq!(resp.header("x-frame-options"), Some("DENY"), "{path}");
+        assert!(resp.header("referrer-policy").is_some(), "{path}");
+    }
+    let (token, _, _) = edge.register("csrf@example.com", PW).await;
+    // A preflight from another origin is not granted, nor is a simple cross-origin read.
+    let preflight = format!(
+        "OPTIONS /api/account HTTP/1.1\r\nHost: {APP_DOMAIN}\r\nOrigin: https://evil.example\r\nAccess-Control-Request-Method: DELETE\r\nAccess-Control-Request-Headers: authorization, x-csrf-protection\r\nConnection: close\r\n\r\n"
+    );
+    let resp = edge.send(preflight.as_bytes()).await;
+    assert!(resp.status >= 400, "preflight answered {}", resp.status);
+    assert!(resp.header("access-control-allow-origin").is_none());
+    assert!(resp.header("access-control-allow-headers").is_none());
+    let read = format!(
+        "GET /api/account HTTP/1.1\r\nHost: {APP_DOMAIN}\r\nOrigin: https://evil.example\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    let resp = edge.send(read.as_bytes()).await;
+    assert_eq!(resp.status, 200);
+    assert!(resp.header("access-control-allow-origin").is_none());
+
+    // The dashboard cookie: a cross-site form post cannot add the CSRF header.
+    let resp = edge
+        .api("POST", "/api/auth/browser-session", Some(&token), None)
+        .await;
+    let cookie = session_cookie(&resp);
+    for (method, path) in [("DELETE", "/api/account"), ("POST", "/api/auth/logout")] {
+        let forged = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {APP_DOMAIN}\r\nOrigin: https://evil.example\r\nCookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let resp = edge.send(forged.as_bytes()).await;
+        assert_eq!(
+            (resp.status, resp.error_code().as_str()),
+            (403, "CSRF_HEADER_MISSING"),
+            "{method} {path}"
+        );
+    }
+    // Nothing happened: the session works and no deletion is pending.
+    let account = edge.api("GET", "/api/account", Some(&token), None).await;
+    assert_eq!(account.status, 200);
+    assert!(
+        account.json()["user"]["deletionRequestedAt"].is_null(),
+        "{}",
+        account.text()
+    );
+}

@@ -329,13 +329,30 @@ where
     {
         // phase 1 read request header
 
+        // ClawDeploy patch: a deadline for the whole request header (slow-header clients), see
+        // `set_request_header_timeout`. Pingora's own read timeout applies per read only.
+        let header_timeout = request_header_timeout();
+        let read_with_deadline = async {
+            match header_timeout {
+                Some(limit) => match time::timeout(limit, downstream_session.read_request()).await {
+                    Ok(res) => Some(res),
+                    Err(_) => None,
+                },
+                None => Some(downstream_session.read_request().await),
+            }
+        };
         let res = tokio::select! {
             biased; // biased select is cheaper, and we don't want to drop already buffered requests
-            res = downstream_session.read_request() => { res }
+            res = read_with_deadline => { res }
             _ = self.await_shutdown() => {
                 // service shutting down, dropping the connection to stop more req from coming in
                 return None;
             }
+        };
+        let Some(res) = res else {
+            debug!("request header not complete within {header_timeout:?}, closing the connection");
+            downstream_session.shutdown().await;
+            return None;
         };
         match res {
             Ok(true) => {
@@ -1870,6 +1887,25 @@ where
             service.set_runtime_opts_override(runtime_opts_override);
         }
         service
+    }
+}
+
+// ClawDeploy patch: a process-wide deadline for reading a whole request header, in milliseconds
+// (0 = none). Set once at start by the edge from its config.
+static REQUEST_HEADER_TIMEOUT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Sets the deadline for reading a whole request header (request line and headers) on every
+/// downstream HTTP/1 connection, including the wait for the next request on a kept-alive one;
+/// `None` disables it. A client that has not sent a complete header by then is disconnected.
+pub fn set_request_header_timeout(limit: Option<Duration>) {
+    let ms = limit.map_or(0, |d| d.as_millis().clamp(1, u64::MAX as u128) as u64);
+    REQUEST_HEADER_TIMEOUT_MS.store(ms, Ordering::Relaxed);
+}
+
+fn request_header_timeout() -> Option<Duration> {
+    match REQUEST_HEADER_TIMEOUT_MS.load(Ordering::Relaxed) {
+        0 => None,
+        ms => Some(Duration::from_millis(ms)),
     }
 }
 

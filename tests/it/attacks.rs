@@ -1,0 +1,429 @@
+//! An attacker's raw bytes against the real edge: request smuggling (CL+TE, duplicate
+//! Content-Length, obs-fold, bad chunk sizes), odd path encodings and traversal, oversized headers
+//! and bodies, and slow-header clients, while another tenant keeps being served.
+//!
+//! The upstream records every request it parses, so a request smuggled past the edge (one the edge
+//! did not see as a request of its own) shows up there as an extra path.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::routing::any;
+use axum::{Json, Router};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+/// An upstream that records `METHOD path body-length` of every request it parses.
+#[derive(Clone, Default)]
+struct Recorder {
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Recorder {
+    async fn start() -> (std::net::SocketAddr, Recorder) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let recorder = Recorder::default();
+        let app = Router::new()
+            .fallback(any(record))
+            .with_state(recorder.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (addr, recorder)
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+async fn record(State(recorder): State<Recorder>, request: Request) -> Json<serde_json::Value> {
+    let method = request.method().to_string();
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/".to_string(), |p| p.to_string());
+    let body = axum::body::to_bytes(request.into_body(), 64 << 20)
+        .await
+        .map(|b| b.len())
+        .unwrap_or(usize::MAX);
+    recorder
+        .seen
+        .lock()
+        .unwrap()
+        .push(format!("{method} {path} {body}"));
+    Json(serde_json::json!({ "path": path, "body": body }))
+}
+
+const VICTIM: &str = "victim.example.org";
+const TARGET: &str = "target.example.org";
+
+async fn edge_with_two_tenants(extra: &[&str]) -> (Edge, Recorder, Recorder) {
+    let (target_addr, target) = Recorder::start().await;
+    let (victim_addr, victim) = Recorder::start().await;
+    let mut builder = EdgeBuilder::new()
+        .route(TARGET, target_addr)
+        .route(VICTIM, victim_addr);
+    for line in extra {
+        builder = builder.server(line);
+    }
+    (builder.start().await, target, victim)
+}
+
+/// Sends `raw` and reads whatever comes back until the edge closes or 5 s pass.
+async fn exchange_raw(edge: &Edge, raw: &[u8]) -> String {
+    let mut tcp = TcpStream::connect(edge.addr).await.unwrap();
+    let _ = tcp.write_all(raw).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_of(response: &str) -> u16 {
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Every smuggling attempt is refused with a 4xx (CL+TE is answered as the one chunked request
+/// RFC 9112 says it is, and the connection closed), and never becomes a second request the edge
+/// did not route. (A malformed chunk is found while the body streams, so its request line and headers
+/// may already have reached the upstream, which then sees the body end in error.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_smuggling_is_refused() {
+    let (edge, target, victim) = edge_with_two_tenants(&[]).await;
+    let smuggled = format!("GET /smuggled HTTP/1.1\r\nHost: {VICTIM}\r\n\r\n");
+    let attacks: Vec<(&str, String)> = vec![
+        (
+            "CL.TE: Content-Length and Transfer-Encoding together",
+            format!("POST / HTTP/1.1\r\nHost: {TARGET}\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n{smuggled}"),
+        ),
+        (
+            "TE.CL: Transfer-Encoding first, Content-Length covering the smuggled request",
+            format!("POST / HTTP/1.1\r\nHost: {TARGET}\r\nTransfer-Encoding: chunked\r\nContent-Length: {}\r\nConnection: close\r\n\r\n0\r\n\r\n{smuggled}", 5 + smuggled.len()),
+        ),
+        (
+            "duplicate Content-Length with different values",
+            format!("POST / HTTP/1.1\r\nHost: {TARGET}\r\nContent-Length: 0\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{smuggled}", smuggled.len()),
+        ),
+        (
+            "Content-Length list",
+            format!("POST / HTTP/1.1\r\nHost: {TARGET}\r\nContent-Length: 0, {}\r\nConnection: close\r\n\r\n{smuggled}", smuggled.len()),
+        ),
+        (
+            "obs-fold continuing Transfer-Encoding",
+            format!("POST / HTTP/1.1\r\nHost: {TARGET}\r\nContent-Length: {}\r\nTransfer-Encoding:\r\n chunked\r\nConnection: close\r\n\r\n0\r\n\r\n{smuggled}", 5 + smuggled.len()),
+        ),
+        (
+            "obs-fold in an ordinary header",
+            format!("GET / HTTP/1.1\r\nHost: {TARGET}\r\nX-Folded: a\r\n b\r\nConnection: close\r\n\r\n"),
+        ),
+        (
+            "Transfer-Encoding: chunked, identity",
+            format!("POST / HTTP/1.1\r\nHost: {TARGET}\r\nTransfer-Encoding: chunked, identity\r\nConnection: close\r\n\r\n0\r\n\r\n{smuggled}"),
+        ),
+        (
+            "Transfer-Encoding: xchunked",
+            format!("POST / HTTP/1.1\r\nHost: {TARGET}\r\nTransfer-Encoding: xchunked\r\nConnection: close\r\n\r\n0\r\n\r\n{smuggled}"),
+        ),
+        (
+            "whitespace before the colon of Transfer-Encoding",
+            format!("POST / HTTP/1.1\r\nHost: {TARGET}\r\nTransfer-Encoding : chunked\r\nContent-Length: 5\r\nConnection: close\r\n\r\n0\r\n\r\n{smuggled}"),
+        ),
+        (
+            "two Transfer-Encoding headers",
+            format!("POST / HTTP/1.1\r\nHost: {TARGET}\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\nConnection: close\r\n\r\n0\r\n\r\n{smuggled}"),
+        ),
+        (
+            "non-hex chunk size",
+            format!("POST / HTTP/1.1\r\nHost: {TARGET}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\nhello\r\n0\r\n\r\n{smuggled}"),
+        ),
+        (
+            "negative chunk size",
+            format!("POST / HTTP/1.1\r\nHost: {TARGET}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n-1\r\nhello\r\n0\r\n\r\n{smuggled}"),
+        ),
+        (
+            "overflowing chunk size",
+            format!("POST / HTTP/1.1\r\nHost: {TARGET}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n10000000000000000000005\r\nhello\r\n0\r\n\r\n{smuggled}"),
+        ),
+        (
+            "0x-prefixed chunk size",
+            format!("POST / HTTP/1.1\r\nHost: {TARGET}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n{smuggled}"),
+        ),
+        (
+            "chunk shorter than its size",
+            format!("POST / HTTP/1.1\r\nHost: {TARGET}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nhello\r\n0\r\n\r\n{smuggled}"),
+        ),
+        (
+            "bare LF line endings",
+            format!("POST / HTTP/1.1\nHost: {TARGET}\nTransfer-Encoding: chunked\nConnection: close\n\n0\n\n{smuggled}"),
+        ),
+        (
+            "absolute-form target naming another tenant",
+            format!("GET http://{VICTIM}/smuggled HTTP/1.1\r\nHost: {TARGET}\r\nConnection: close\r\n\r\n"),
+        ),
+        (
+            "HTTP/1.0 with Transfer-Encoding",
+            format!("POST / HTTP/1.0\r\nHost: {TARGET}\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n{smuggled}"),
+        ),
+    ];
+    let mut outcomes = Vec::new();
+    for (name, raw) in &attacks {
+        let response = exchange_raw(&edge, raw.as_bytes()).await;
+        let status = status_of(&response);
+        let at_target = target.take();
+        let at_victim = victim.take();
+        outcomes.push(format!(
+            "{name}: {status} target={at_target:?} victim={at_victim:?}"
+        ));
+        assert!(
+            at_victim.is_empty(),
+            "{name}: a request reached the other tenant: {at_victim:?}"
+        );
+        assert!(
+            !at_target.iter().any(|r| r.contains("/smuggled")),
+            "{name}: a smuggled request reached the upstream: {at_target:?}"
+        );
+        assert!(
+            at_target.len() <= 1,
+            "{name}: one client request became several upstream requests: {at_target:?}"
+        );
+        if name.starts_with("CL.TE") || name.starts_with("TE.CL") {
+            // Pingora follows RFC 9112 §6.1/6.3: Transfer-Encoding wins, Content-Length is
+            // dropped and the connection is not kept alive, so the bytes after the chunked body
+            // are never read as a request: one request, one response, then the connection ends.
+            assert_eq!(at_target, ["POST / 0"], "{name}");
+            assert_eq!(
+                response.matches("HTTP/1.1 ").count(),
+                1,
+                "{name}: {response:?}"
+            );
+        } else {
+            assert!(
+                (400..500).contains(&status),
+                "{name}: not refused: {status} {response:?}"
+            );
+        }
+    }
+    eprintln!("smuggling outcomes:\n{}", outcomes.join("\n"));
+    // The edge still serves both tenants.
+    assert_eq!(edge.get(TARGET, "/").await.status, 200);
+    assert_eq!(edge.get(VICTIM, "/").await.status, 200);
+}
+
+/// Odd encodings and traversal reach the upstream byte for byte (the edge does not reinterpret
+/// paths, so it cannot be tricked into a different route) or are refused; none reach another
+/// tenant or the control plane, and the instance-host sign-in path matches exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_paths_and_traversal_stay_on_their_route() {
+    let (edge, target, victim) = edge_with_two_tenants(&[]).await;
+    let paths = [
+        "/../../etc/passwd",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "/..%2f..%2fadmin/routes",
+        "/%252e%252e/admin",
+        "/%c0%ae%c0%ae/",
+        "/a/./b/../../admin/routes",
+        "//admin/routes",
+        "/%00",
+        "/a%0d%0aSet-Cookie:%20x=1",
+        "/\\..\\admin",
+        "/api/../admin/routes",
+        "/_clawdeploy/session/../../admin/routes",
+    ];
+    let mut outcomes = Vec::new();
+    for path in paths {
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: {TARGET}\r\nConnection: close\r\n\r\n");
+        let response = exchange_raw(&edge, raw.as_bytes()).await;
+        let status = status_of(&response);
+        let seen = target.take();
+        outcomes.push(format!("{path}: {status} {seen:?}"));
+        assert!(victim.take().is_empty(), "{path} reached another tenant");
+        match status {
+            200 => assert_eq!(seen, [format!("GET {path} 0")], "{path} was rewritten"),
+            400..=499 => assert!(seen.is_empty(), "{path}: refused but forwarded"),
+            other => panic!("{path}: {other} {response:?}"),
+        }
+        assert!(
+            !response.to_ascii_lowercase().contains("set-cookie: x=1"),
+            "{path}: header injection"
+        );
+    }
+    // Raw spaces and control characters in the request line: refused, or (Pingora's lenient
+    // request-line parsing) forwarded percent-escaped as one request, never raw.
+    for line in [
+        "GET /a b HTTP/1.1",
+        "GET /a\x00b HTTP/1.1",
+        "GET /a\rb HTTP/1.1",
+        "GET /\x7f HTTP/1.1",
+        "GET /a\tb HTTP/1.1",
+        "GET /a\"<script> HTTP/1.1",
+    ] {
+        let raw = format!("{line}\r\nHost: {TARGET}\r\nConnection: close\r\n\r\n");
+        let status = status_of(&exchange_raw(&edge, raw.as_bytes()).await);
+        let seen = target.take();
+        outcomes.push(format!("{line:?}: {status} {seen:?}"));
+        match status {
+            400..=499 => assert!(seen.is_empty(), "{line:?}: refused but forwarded"),
+            200 => {
+                assert_eq!(seen.len(), 1, "{line:?}: {seen:?}");
+                let path = seen[0].split(' ').nth(1).unwrap();
+                assert!(
+                    path.bytes()
+                        .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'<'),
+                    "{line:?} reached the upstream unescaped: {path:?}"
+                );
+            }
+            other => panic!("{line:?}: {other}"),
+        }
+    }
+    eprintln!("path outcomes:\n{}", outcomes.join("\n"));
+}
+
+/// Oversized headers and bodies are bounded; the other tenant keeps being served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_and_bodies_are_bounded() {
+    let (edge, target, _victim) = edge_with_two_tenants(&["max_body_bytes = 1048576"]).await;
+    // A declared body over the limit: 413 before a byte is forwarded.
+    let raw = format!(
+        "POST /upload HTTP/1.1\r\nHost: {TARGET}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        2 << 20
+    );
+    let mut tcp = TcpStream::connect(edge.addr).await.unwrap();
+    tcp.write_all(raw.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut out)).await;
+    let response = parse_response(&out).unwrap();
+    assert_eq!(
+        (response.status, response.error_code().as_str()),
+        (413, "BODY_TOO_LARGE"),
+        "{}",
+        response.text()
+    );
+    assert!(target.take().is_empty());
+
+    // A chunked body that grows past the limit is cut off; the upstream never gets all of it.
+    let mut tcp = TcpStream::connect(edge.addr).await.unwrap();
+    tcp.write_all(
+        format!("POST /upload HTTP/1.1\r\nHost: {TARGET}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let chunk = vec![b'a'; 64 * 1024];
+    let mut sent = 0usize;
+    while sent < 4 << 20 {
+        let mut frame = format!("{:x}\r\n", chunk.len()).into_bytes();
+        frame.extend_from_slice(&chunk);
+        frame.extend_from_slice(b"\r\n");
+        if tcp.write_all(&frame).await.is_err() {
+            break;
+        }
+        sent += chunk.len();
+    }
+    let _ = tcp.write_all(b"0\r\n\r\n").await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut out)).await;
+    let status = status_of(&String::from_utf8_lossy(&out));
+    assert!(
+        status == 413 || status == 0,
+        "a 4 MiB chunked body over a 1 MiB limit: {status} {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    for seen in target.take() {
+        // usize::MAX: the upstream's body read failed (the edge cut the body off).
+        let len: usize = seen.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(
+            len == usize::MAX || len <= 1 << 20,
+            "the upstream got a body of {len} bytes"
+        );
+    }
+    // A body within the limit passes whole.
+    let body = "x".repeat(1000);
+    let raw = format!(
+        "POST /small HTTP/1.1\r\nHost: {TARGET}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    assert_eq!(edge.send(raw.as_bytes()).await.status, 200);
+    assert_eq!(target.take(), ["POST /small 1000"]);
+
+    // Headers: over max_header_bytes (431), too many (400), over Pingora's buffer (4xx or closed).
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: {TARGET}\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "b".repeat(70_000)
+    );
+    assert_eq!(edge.send(big.as_bytes()).await.status, 431);
+    let mut many = format!("GET / HTTP/1.1\r\nHost: {TARGET}\r\n");
+    for i in 0..400 {
+        many.push_str(&format!("X-{i}: v\r\n"));
+    }
+    many.push_str("Connection: close\r\n\r\n");
+    assert_eq!(edge.send(many.as_bytes()).await.status, 400);
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: {TARGET}\r\nX-Huge: {}\r\n\r\n",
+        "h".repeat(2_000_000)
+    );
+    let status = status_of(&exchange_raw(&edge, huge.as_bytes()).await);
+    assert!(status == 0 || (400..500).contains(&status), "{status}");
+    assert!(target.take().is_empty());
+    assert_eq!(edge.get(VICTIM, "/").await.status, 200);
+}
+
+/// Slow-header clients hold no more than their bounded buffers, are dropped once they stall past
+/// the header timeout, and never slow other tenants down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_clients_do_not_starve_other_tenants() {
+    raise_fd_limit();
+    let (edge, _target, victim) = edge_with_two_tenants(&["header_timeout_secs = 2"]).await;
+    // 300 connections that dribble a header, one byte at a time.
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        let mut tcp = TcpStream::connect(edge.addr).await.unwrap();
+        tcp.write_all(format!("GET / HTTP/1.1\r\nHost: {TARGET}\r\nX-Slow: ").as_bytes())
+            .await
+            .unwrap();
+        slow.push(tcp);
+    }
+    let started = Instant::now();
+    // Meanwhile the other tenant is served, promptly, many times over.
+    let mut worst = Duration::ZERO;
+    for _ in 0..50 {
+        let t = Instant::now();
+        assert_eq!(edge.get(VICTIM, "/").await.status, 200);
+        worst = worst.max(t.elapsed());
+        for tcp in slow.iter_mut().take(20) {
+            let _ = tcp.write_all(b"a").await;
+        }
+    }
+    eprintln!("slowest of 50 requests beside 300 slow-header clients: {worst:?}");
+    assert_eq!(victim.take().len(), 50);
+    // Keep dribbling: the edge drops them at the header deadline even though bytes keep coming.
+    let deadline = started + Duration::from_secs(15);
+    let mut open = slow.len();
+    while open > 0 && Instant::now() < deadline {
+        open = 0;
+        for tcp in &mut slow {
+            let mut buf = [0u8; 256];
+            let closed =
+                match tokio::time::timeout(Duration::from_millis(1), tcp.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => true,
+                    Ok(Ok(_)) => true, // an error response: the edge answered and closes
+                    Err(_) => false,
+                };
+            if !closed {
+                open += 1;
+                let _ = tcp.write_all(b"a").await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(open, 0, "{open} slow-header clients still open after 15 s");
+    eprintln!(
+        "all slow-header clients dropped after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(edge.get(VICTIM, "/").await.status, 200);
+}
