@@ -172,31 +172,25 @@ async fn request_smuggling_is_refused() {
         ),
     ];
     let mut outcomes = Vec::new();
-    for (name, raw) in &attacks {
+    // Each attack's own request has its own path, so a record that arrives late (the upstream
+    // finishes reading a broken body after the edge has answered) is still told apart.
+    let mut at_target = Vec::new();
+    for (i, (name, raw)) in attacks.iter().enumerate() {
+        let raw = raw.replacen(" / HTTP/1.", &format!(" /a{i} HTTP/1."), 1);
         let response = exchange_raw(&edge, raw.as_bytes()).await;
         let status = status_of(&response);
-        let at_target = target.take();
+        at_target.extend(target.take());
         let at_victim = victim.take();
-        outcomes.push(format!(
-            "{name}: {status} target={at_target:?} victim={at_victim:?}"
-        ));
+        outcomes.push(format!("{name}: {status} victim={at_victim:?}"));
         assert!(
             at_victim.is_empty(),
             "{name}: a request reached the other tenant: {at_victim:?}"
-        );
-        assert!(
-            !at_target.iter().any(|r| r.contains("/smuggled")),
-            "{name}: a smuggled request reached the upstream: {at_target:?}"
-        );
-        assert!(
-            at_target.len() <= 1,
-            "{name}: one client request became several upstream requests: {at_target:?}"
         );
         if name.starts_with("CL.TE") || name.starts_with("TE.CL") {
             // Pingora follows RFC 9112 §6.1/6.3: Transfer-Encoding wins, Content-Length is
             // dropped and the connection is not kept alive, so the bytes after the chunked body
             // are never read as a request: one request, one response, then the connection ends.
-            assert_eq!(at_target, ["POST / 0"], "{name}");
+            assert_eq!(status, 200, "{name}: {response:?}");
             assert_eq!(
                 response.matches("HTTP/1.1 ").count(),
                 1,
@@ -209,10 +203,34 @@ async fn request_smuggling_is_refused() {
             );
         }
     }
-    eprintln!("smuggling outcomes:\n{}", outcomes.join("\n"));
-    // The edge still serves both tenants.
-    assert_eq!(edge.get(TARGET, "/").await.status, 200);
+    // The edge still serves both tenants (and the upstream has finished with earlier requests).
+    assert_eq!(edge.get(TARGET, "/last").await.status, 200);
     assert_eq!(edge.get(VICTIM, "/").await.status, 200);
+    at_target.extend(target.take());
+    assert!(
+        victim.take().len() == 1,
+        "only the last check reached the other tenant"
+    );
+    assert!(
+        !at_target.iter().any(|r| r.contains("/smuggled")),
+        "a smuggled request reached the upstream: {at_target:?}"
+    );
+    for (i, (name, _)) in attacks.iter().enumerate() {
+        let own: Vec<&String> = at_target
+            .iter()
+            .filter(|r| r.split(' ').nth(1) == Some(&format!("/a{i}")))
+            .collect();
+        outcomes[i].push_str(&format!(" target={own:?}"));
+        assert!(
+            own.len() <= 1,
+            "{name}: one client request became several: {own:?}"
+        );
+        if name.starts_with("CL.TE") || name.starts_with("TE.CL") {
+            assert_eq!(own.len(), 1, "{name}");
+            assert!(own[0].ends_with(" 0"), "{name}: {own:?}");
+        }
+    }
+    eprintln!("smuggling outcomes:\n{}", outcomes.join("\n"));
 }
 
 /// Odd encodings and traversal reach the upstream byte for byte (the edge does not reinterpret
@@ -348,7 +366,13 @@ async fn oversized_headers_and_bodies_are_bounded() {
         body.len()
     );
     assert_eq!(edge.send(raw.as_bytes()).await.status, 200);
-    assert_eq!(target.take(), ["POST /small 1000"]);
+    let seen = target.take();
+    assert!(seen.contains(&"POST /small 1000".to_string()), "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|r| r.starts_with("POST /upload") || r == "POST /small 1000"),
+        "{seen:?}"
+    );
 
     // Headers: over max_header_bytes (431), too many (400), over Pingora's buffer (4xx or closed).
     let big = format!(
@@ -368,7 +392,10 @@ async fn oversized_headers_and_bodies_are_bounded() {
     );
     let status = status_of(&exchange_raw(&edge, huge.as_bytes()).await);
     assert!(status == 0 || (400..500).contains(&status), "{status}");
-    assert!(target.take().is_empty());
+    assert!(
+        target.take().iter().all(|r| r.starts_with("POST /upload")),
+        "an oversized header was forwarded"
+    );
     assert_eq!(edge.get(VICTIM, "/").await.status, 200);
 }
 
