@@ -19,6 +19,11 @@ export CLAWDEPLOY_TEST_POSTGRES_URL
 CLAWDEPLOY_TEST_REDIS_URL="$(scripts/start-redis.sh)"
 export CLAWDEPLOY_TEST_REDIS_URL
 
+# TLS tests (issue #6): a real BIND9 (RFC 2136 updates with TSIG; customers' DNS and DNS-01) and
+# Debian's Pebble ACME server resolving through it, validating HTTP-01 on the ACME tests' edge port.
+eval "$(scripts/start-bind.sh)"
+eval "$(scripts/start-pebble.sh)"
+
 # Instance runtime tests run against a real Docker Engine with the locally built fixture image
 # (a test program speaking a subset of the gateway protocol; not OpenClaw) and its binary.
 scripts/start-docker.sh

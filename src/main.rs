@@ -4,6 +4,7 @@
 //! control API as a background service behind it. `check-config` validates and prints the config;
 //! `migrate` applies database migrations; `admin` manages operator credentials.
 
+mod certs;
 mod secrets;
 
 use std::path::PathBuf;
@@ -232,14 +233,7 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
             })?;
         tracing::info!(path = %data_dir.join("master_key").display(), "master key kept in the data dir");
     }
-    let mut keyring =
-        Keyring::from_base64(&config.secrets.master_key_id, &config.secrets.master_key)
-            .context("secrets.master_key")?;
-    for (id, key) in config.secrets.previous_keys().unwrap_or_default() {
-        keyring
-            .add_previous_base64(&id, &key)
-            .with_context(|| format!("secrets.previous_master_keys: key {id:?}"))?;
-    }
+    let keyring = build_keyring(&config)?;
 
     // Migrations and the route table's instances, on a runtime that is dropped before Pingora
     // starts its own (a pool is bound to the runtime that made it, so the API opens its own).
@@ -320,8 +314,21 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         verifier.clone(),
     )
     .with_metering(Arc::new(metering));
+    // HTTPS: certificates chosen per SNI from the certificate manager's store (issue #6).
+    let cert_manager = certs::start(&config, build_keyring(&config)?, routes.clone())?;
+    let edge = match &cert_manager {
+        Some(manager) => edge.with_tls(certs::edge_tls(&config, manager)),
+        None => edge,
+    };
     let listeners = Listeners {
         http: vec![server_config.http_listen.clone()],
+        https: cert_manager
+            .as_ref()
+            .map(|_| vec![config.tls.listen.clone()])
+            .unwrap_or_default(),
+        cert_resolver: cert_manager
+            .as_ref()
+            .map(|m| m.cert_store() as Arc<dyn pingora::tls::ResolvesServerCert>),
     };
     server.add_service(clawdeploy_proxy::edge_service(
         &server.configuration,
@@ -405,7 +412,8 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         drain.clone(),
         Arc::new(ctx),
         verifier,
-    );
+    )
+    .with_certs(cert_manager);
     let mut api_service = pingora::services::background::background_service("control api", api);
     api_service.threads = Some(2);
     server.add_service(api_service);
@@ -433,6 +441,19 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     }
     tracing::info!("clawdeploy stopped");
     Ok(())
+}
+
+/// The master key (and older keys) that seal secrets at rest.
+fn build_keyring(config: &Config) -> anyhow::Result<Keyring> {
+    let mut keyring =
+        Keyring::from_base64(&config.secrets.master_key_id, &config.secrets.master_key)
+            .context("secrets.master_key")?;
+    for (id, key) in config.secrets.previous_keys().unwrap_or_default() {
+        keyring
+            .add_previous_base64(&id, &key)
+            .with_context(|| format!("secrets.previous_master_keys: key {id:?}"))?;
+    }
+    Ok(keyring)
 }
 
 fn init_logging(format: LogFormat) {

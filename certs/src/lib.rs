@@ -1,3 +1,55 @@
-//! TLS certificates (issue #6, not built yet): the SNI certificate store, ACME orders (DNS-01 for
-//! the wildcard, HTTP-01 for customers' domains) and renewal. Empty until then, so the workspace
-//! layout is the architecture's.
+//! TLS certificates of the edge (issue #6).
+//!
+//! - [`store`]: [`CertStore`], the rustls `ResolvesServerCert` the HTTPS listener asks during every
+//!   handshake: exact name, then one-label wildcard, then a fallback certificate. Swapping a
+//!   certificate in is one map write; the next handshake sees it, open connections keep theirs.
+//! - [`local_ca`]: a CA generated into the data dir that signs the edge's certificates when no
+//!   ACME CA is configured (the embedded default: HTTPS on localhost).
+//! - [`acme`]: orders through an RFC 8555 CA with instant-acme: DNS-01 for the base domain's
+//!   wildcard and apex, HTTP-01 for customers' domains ([`challenges`]).
+//! - [`dns`]: DNS providers behind one trait (RFC 2136 with TSIG; Cloudflare's API) and lookups.
+//! - [`renewal`]: when a certificate is renewed (ARI window, else two thirds of its lifetime).
+//! - [`manager`]: ties them to the store (keys sealed), the order lock and the change broadcast.
+
+pub mod acme;
+pub mod challenges;
+pub mod dns;
+pub mod local_ca;
+pub mod manager;
+pub mod pem;
+pub mod renewal;
+pub mod store;
+
+pub use challenges::Http01Challenges;
+pub use manager::CertManager;
+pub use store::CertStore;
+
+/// Why a certificate operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("invalid certificate or key: {0}")]
+    Invalid(String),
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("ACME: {0}")]
+    Acme(String),
+    #[error("DNS: {0}")]
+    Dns(String),
+    #[error("store: {0}")]
+    Store(#[from] clawdeploy_store::StoreError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<instant_acme::Error> for CertError {
+    fn from(e: instant_acme::Error) -> Self {
+        CertError::Acme(e.to_string())
+    }
+}
+
+/// Milliseconds since the epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

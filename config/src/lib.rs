@@ -9,6 +9,7 @@ pub mod hostname;
 pub mod instances;
 pub mod metering;
 pub mod sessions;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ pub use metering::{
     TiersConfig,
 };
 pub use sessions::SessionsConfig;
+pub use tls::{AcmeConfig, DnsConfig, DnsProviderKind, DomainsConfig, TlsConfig, TlsMode};
 
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "CLAWDEPLOY_";
@@ -62,6 +64,11 @@ pub struct Config {
     pub llm: LlmConfig,
     /// Static operator routes: public hosts proxied to fixed upstreams.
     pub routes: Vec<RouteConfig>,
+    /// `[tls]`, `[acme]`, `[dns]`, `[domains]`: HTTPS and its certificates (see tls.rs).
+    pub tls: TlsConfig,
+    pub acme: AcmeConfig,
+    pub dns: DnsConfig,
+    pub domains: DomainsConfig,
 }
 
 /// `[server]`: listeners, domains, timeouts and logging of the edge process.
@@ -722,6 +729,7 @@ impl Config {
             &mut check,
         );
         metering::validate_llm(&self.llm, &mut check);
+        tls::validate(&self.tls, &self.acme, &self.dns, &self.domains, &mut check);
         if issues.is_empty() {
             Ok(())
         } else {
@@ -738,6 +746,8 @@ impl Config {
             &mut shown.secrets.master_key,
             &mut shown.secrets.previous_master_keys,
             &mut shown.smtp.password,
+            &mut shown.acme.eab_hmac_key,
+            &mut shown.dns.tsig_secret,
         ] {
             if !secret.is_empty() {
                 *secret = MASK.into();

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod auth;
 pub mod chat;
 pub mod crypto;
+pub mod domains;
 pub mod edge_auth;
 pub mod error;
 pub mod host_sessions;
@@ -106,6 +107,8 @@ pub struct ApiState {
     pub pool: Option<Arc<PoolManager>>,
     /// The edge's in-memory token check, told of revocations at once.
     pub verifier: Arc<SessionVerifier>,
+    /// Certificates and custom domains; `None` when no HTTPS is served.
+    pub certs: Option<Arc<clawdeploy_certs::CertManager>>,
 }
 
 impl ApiState {
@@ -224,9 +227,16 @@ pub struct ControlApiService {
     drain: Arc<Drain>,
     ctx: Arc<ApiContext>,
     verifier: Arc<SessionVerifier>,
+    certs: Option<Arc<clawdeploy_certs::CertManager>>,
 }
 
 impl ControlApiService {
+    /// Runs the certificate manager here too (it needs the store and the change broadcast).
+    pub fn with_certs(mut self, certs: Option<Arc<clawdeploy_certs::CertManager>>) -> Self {
+        self.certs = certs;
+        self
+    }
+
     pub fn new(
         listener: std::net::TcpListener,
         database_url: String,
@@ -244,6 +254,7 @@ impl ControlApiService {
             drain,
             ctx,
             verifier,
+            certs: None,
         }
     }
 }
@@ -303,6 +314,13 @@ impl BackgroundService for ControlApiService {
         if let Some(pool) = &pool {
             tokio::spawn(pool.clone().run(shutdown.clone()));
         }
+        if let Some(certs) = &self.certs {
+            tokio::spawn(
+                certs
+                    .clone()
+                    .run(store.clone(), bus.clone(), shutdown.clone()),
+            );
+        }
         let state = ApiState {
             routes: self.routes.clone(),
             drain: self.drain.clone(),
@@ -311,6 +329,7 @@ impl BackgroundService for ControlApiService {
             bus,
             pool,
             verifier: self.verifier.clone(),
+            certs: self.certs.clone(),
         };
         let sweeper = tokio::spawn(account::sweep_forever(state.clone()));
         let serve = axum::serve(listener, router(state)).with_graceful_shutdown(async move {

@@ -5,7 +5,7 @@ use axum::routing::{delete, get, patch, post, put, MethodRouter};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use crate::{account, admin, auth, chat, host_sessions, instances, ApiState};
+use crate::{account, admin, auth, chat, domains, host_sessions, instances, ApiState};
 
 /// Who may call an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +144,15 @@ pub fn endpoints() -> Vec<(Spec, Handler)> {
         ep!(get "/admin/instances", admin::instances, "admin", Admin, 200 "Instances", "Every instance", query: ["status"]),
         ep!(post "/admin/instances/migrate", admin::migrate_instance, "admin", Admin, 501 "Not implemented yet",
             "Move an instance to another node (501 until the pool issue)", body: [("instanceId", "string", true), ("targetNode", "string", true)]),
+        // Custom domains (issue #6)
+        ep!(post "/api/domains", domains::create, "domains", User, 201 "The domain and the DNS records to create (CNAME and TXT)",
+            "Add your own domain (Pro tier and up); it is served once its records are seen and its certificate issued",
+            body: [("hostname", "string", true)]),
+        ep!(get "/api/domains", domains::list, "domains", User, 200 "Your domains with status (pending_dns, verifying, issuing, active, failed), reason and records",
+            "Your custom domains"),
+        ep!(delete "/api/domains/{hostname}", domains::delete, "domains", User, 204 "Removed with its route and certificate", "Remove a custom domain"),
+        ep!(get "/admin/certificates", domains::list_certificates, "admin", Admin, 200 "Certificates (no key material)", "Every certificate the edge serves"),
+        ep!(post "/admin/certificates/{name}/renew", domains::renew_certificate, "admin", Admin, 200 "The renewed certificate", "Renew a certificate now"),
         ep!(get "/admin/users", admin::users, "admin", Admin, 200 "Users", "Every user", query: ["limit", "offset"]),
         ep!(put "/admin/users/{id}/tier", admin::set_tier, "admin", Admin, 200 "The user and its instances",
             "Change a user's tier (billing by hand); an unverified account cannot be upgraded", body: [("tier", "string", true)]),

@@ -23,6 +23,10 @@ pub enum Change {
     Instance { id: Uuid, subdomain: String },
     /// A session was revoked (logout, password change): refuse its token from now on.
     SessionRevoked { session_id: Uuid },
+    /// A certificate was stored, renewed or removed: reload it from the store.
+    Certificate { name: String },
+    /// A custom domain's route changed (activated or removed): reload it from the store.
+    Domain { hostname: String },
     /// The channel had a gap: reload everything.
     Resync,
 }

@@ -75,7 +75,7 @@ pub async fn apply(store: &Store, routes: &RouteTable, change: &Change) -> Resul
         Change::Resync => {
             load_all(store, routes).await?;
         }
-        Change::SessionRevoked { .. } => {}
+        Change::SessionRevoked { .. } | Change::Certificate { .. } | Change::Domain { .. } => {}
     }
     Ok(())
 }

@@ -28,6 +28,7 @@ use crate::live::{LiveConnections, TunnelGuard};
 use crate::metered::{self, EdgeMetering};
 use crate::responses::{write_error, write_redirect, write_see_other, EdgeError};
 use crate::routes::{InstanceState, Resolution, Route, RouteKind, RouteTable};
+use crate::tls::EdgeTls;
 use crate::upgrade::{check_upgrade, Upgrade};
 
 /// Request headers a client may not set: the edge is the only source of forwarding and identity
@@ -86,6 +87,7 @@ pub struct EdgeProxy {
     live: Option<Arc<LiveConnections>>,
     request_ids: RequestIds,
     metering: Option<Arc<EdgeMetering>>,
+    tls: EdgeTls,
 }
 
 impl EdgeProxy {
@@ -105,7 +107,14 @@ impl EdgeProxy {
             verifier,
             request_ids: RequestIds::new(),
             metering: None,
+            tls: EdgeTls::default(),
         }
+    }
+
+    /// ACME challenges, HTTPS redirect and HSTS (see [`crate::tls`]).
+    pub fn with_tls(mut self, tls: EdgeTls) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Rate limits, message quotas and the WebSocket meter (see `metered`).
@@ -170,6 +179,13 @@ impl ProxyHttp for EdgeProxy {
         ctx.request_id = self.request_ids.take_or_generate(session.req_header());
         if self.drain.is_draining() {
             session.set_keepalive(None);
+        }
+        if self
+            .tls
+            .intercept(session, is_tls(session), &ctx.request_id)
+            .await?
+        {
+            return Ok(true);
         }
         if let Some(error) = self.rate_limit_ip(session) {
             write_error(session, &error, &ctx.request_id).await?;
@@ -308,11 +324,12 @@ impl ProxyHttp for EdgeProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut EdgeCtx,
     ) -> Result<()> {
         resp.insert_header("x-request-id", &ctx.request_id)?;
+        self.tls.add_hsts(is_tls(session), resp)?;
         if ctx.identity.is_some() {
             let dropped = browser_session::filter_set_cookies(resp, &ctx.host);
             if dropped > 0 {

@@ -20,6 +20,7 @@ pub mod live;
 pub mod metered;
 pub mod responses;
 pub mod routes;
+pub mod tls;
 pub mod upgrade;
 
 use std::sync::Arc;
@@ -33,11 +34,14 @@ pub use edge::{EdgeProxy, EdgeSettings};
 pub use identity::{DenyAll, Identity, Rejection, TokenVerifier};
 pub use metered::EdgeMetering;
 pub use routes::{InstanceState, Resolution, Route, RouteError, RouteKind, RouteTable};
+pub use tls::{ChallengeResponder, EdgeTls};
 
-/// The edge's listeners. Plain HTTP now; the TLS listener is added beside it.
-#[derive(Debug, Clone)]
+/// The edge's listeners: plain HTTP, and HTTPS with a certificate resolver chosen per SNI.
+#[derive(Clone)]
 pub struct Listeners {
     pub http: Vec<String>,
+    pub https: Vec<String>,
+    pub cert_resolver: Option<Arc<dyn pingora::tls::ResolvesServerCert>>,
 }
 
 /// Builds the Pingora service for `edge` on `listeners`.
@@ -49,6 +53,19 @@ pub fn edge_service(
     let mut service = pingora::proxy::http_proxy_service_with_name(conf, edge, "clawdeploy edge");
     for addr in &listeners.http {
         service.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(l4_buffers()));
+    }
+    if let Some(resolver) = &listeners.cert_resolver {
+        for addr in &listeners.https {
+            // Paths are unused once a resolver is set; ALPN offers h2 and http/1.1.
+            match pingora::listeners::tls::TlsSettings::intermediate("", "") {
+                Ok(mut tls) => {
+                    tls.set_cert_resolver(resolver.clone());
+                    tls.enable_h2();
+                    service.add_tls_with_settings(addr, None, tls);
+                }
+                Err(e) => tracing::error!(%addr, "cannot set up the HTTPS listener: {e}"),
+            }
+        }
     }
     service
 }

@@ -128,6 +128,9 @@ pub struct RouteTable {
     base_suffix: String,
     hosts: DashMap<String, Route>,
     subdomains: DashMap<String, Route>,
+    /// Customers' own domains → the subdomain label of their instance: the domain follows the
+    /// instance's route (state, upstream, owner) with no second copy to keep in step.
+    aliases: DashMap<String, String>,
 }
 
 impl RouteTable {
@@ -138,6 +141,7 @@ impl RouteTable {
             base_suffix: format!(".{base_domain}"),
             hosts: DashMap::new(),
             subdomains: DashMap::new(),
+            aliases: DashMap::new(),
         }
     }
 
@@ -155,6 +159,12 @@ impl RouteTable {
         if let Some(route) = self.hosts.get(host) {
             return Resolution::Route(route.value().clone());
         }
+        if let Some(label) = self.aliases.get(host) {
+            return match self.subdomains.get(label.value().as_str()) {
+                Some(route) => Resolution::Route(route.value().clone()),
+                None => Resolution::Unknown,
+            };
+        }
         if host == self.base_domain {
             return Resolution::RedirectToApp;
         }
@@ -166,6 +176,21 @@ impl RouteTable {
             }
         }
         Resolution::Unknown
+    }
+
+    /// Routes a verified custom domain to the instance at `<label>.<base_domain>`.
+    pub fn set_alias(&self, host: &str, label: &str) {
+        self.aliases.insert(host.to_string(), label.to_string());
+    }
+
+    /// Stops routing a custom domain; returns whether it was routed.
+    pub fn remove_alias(&self, host: &str) -> bool {
+        self.aliases.remove(host).is_some()
+    }
+
+    /// The custom domains routed now.
+    pub fn alias_hosts(&self) -> Vec<String> {
+        self.aliases.iter().map(|e| e.key().clone()).collect()
     }
 
     /// Points the app domain at the in-process control API.

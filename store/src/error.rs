@@ -11,6 +11,8 @@ pub enum Conflict {
     Subdomain,
     /// An active admin token already has this name.
     AdminTokenName,
+    /// Another user already added this custom domain.
+    Hostname,
     /// A unique rule not covered above (the message names the constraint when the database does).
     Other,
 }
@@ -21,6 +23,7 @@ impl std::fmt::Display for Conflict {
             Conflict::Email => "email already registered",
             Conflict::Subdomain => "subdomain already taken",
             Conflict::AdminTokenName => "an active admin token already has this name",
+            Conflict::Hostname => "custom domain already added",
             Conflict::Other => "unique constraint violated",
         })
     }

@@ -67,6 +67,7 @@ pub use error::{Conflict, Result, SecretError, StoreError};
 pub use models::*;
 pub use repo::accounts::normalize_email;
 pub use repo::host_codes::{HostCode, Redemption};
+pub use repo::certs::{CertificateRecord, CustomDomain, DomainStatus};
 pub use repo::instances::normalize_subdomain;
 pub use secrets::{Keyring, TokenHash};
 pub use zeroize::Zeroizing;
@@ -131,6 +132,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "pool",
         include_str!("../migrations/sqlite/0010_pool.sql"),
         include_str!("../migrations/postgres/0010_pool.sql"),
+    ),
+    (
+        20,
+        "certs",
+        include_str!("../migrations/sqlite/0020_certs.sql"),
+        include_str!("../migrations/postgres/0020_certs.sql"),
     ),
     (
         40,

@@ -1,12 +1,14 @@
 //! Black-box tests of the `clawdeploy` binary: one test binary, so Pingora is linked once.
 
 mod account;
+mod acme;
 mod admin_api;
 mod attacks;
 mod auth;
 mod bad_input;
 mod bodies;
 mod dashboard;
+mod domains;
 mod egress;
 mod instance_access;
 mod instances;
@@ -22,5 +24,6 @@ mod runtime;
 mod sessions;
 mod shared_counters;
 mod support;
+mod tls;
 mod webdriver;
 mod websocket;

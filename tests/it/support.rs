@@ -65,6 +65,8 @@ pub struct EdgeBuilder {
     sections: Vec<(String, String)>,
     database_url: Option<String>,
     bcrypt_cost: Option<u32>,
+    /// A fixed HTTP port (ACME tests: Pebble's httpPort); else a free one.
+    http_port: Option<u16>,
 }
 
 /// Which database a test runs against.
@@ -164,6 +166,12 @@ impl EdgeBuilder {
         self
     }
 
+    /// A fixed port for the plain HTTP listener (Pebble validates HTTP-01 on one known port).
+    pub fn http_port(mut self, port: u16) -> Self {
+        self.http_port = Some(port);
+        self
+    }
+
     /// bcrypt cost; tests default to 4 (the minimum) for speed, production uses 12.
     pub fn bcrypt_cost(mut self, cost: u32) -> Self {
         self.bcrypt_cost = Some(cost);
@@ -173,7 +181,7 @@ impl EdgeBuilder {
     pub async fn start(self) -> Edge {
         raise_fd_limit();
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
+        let port = self.http_port.unwrap_or_else(free_port);
         let mut toml = format!(
             "[server]\nhttp_listen = \"127.0.0.1:{port}\"\nbase_domain = \"{BASE_DOMAIN}\"\nadmin_token = \"{ADMIN_TOKEN}\"\n\
              data_dir = \"{}\"\nthreads = 2\nconnect_timeout_ms = 500\n",
@@ -193,6 +201,15 @@ impl EdgeBuilder {
         // Test edges start no instances unless a test asks for a runtime (the embedded default,
         // `auto`, would use this machine's Docker Engine).
         let mut section_lines = self.sections.clone();
+        // Every test edge serves HTTPS on its own free port (the embedded default's 8443 would
+        // be shared by parallel edges), unless the test chose the listener.
+        let tls_port = free_port();
+        if !section_lines
+            .iter()
+            .any(|(s, l)| s == "tls" && l.trim_start().starts_with("listen"))
+        {
+            section_lines.push(("tls".into(), format!("listen = \"127.0.0.1:{tls_port}\"")));
+        }
         if !section_lines
             .iter()
             .any(|(s, l)| s == "runtime" && l.trim_start().starts_with("kind"))
@@ -257,6 +274,7 @@ impl EdgeBuilder {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], metrics_port)),
+            tls_addr: SocketAddr::from(([127, 0, 0, 1], tls_port)),
             log,
             config,
             _dir: dir,
@@ -272,6 +290,8 @@ pub struct Edge {
     pub addr: SocketAddr,
     /// The metrics listener (unless the test set `[metrics] listen` itself).
     pub metrics_addr: SocketAddr,
+    /// The HTTPS listener (unless the test set `[tls] listen` itself).
+    pub tls_addr: SocketAddr,
     log: PathBuf,
     config: PathBuf,
     _dir: tempfile::TempDir,

@@ -1,0 +1,134 @@
+//! A local certificate authority for development: generated once into `<data_dir>/local-ca/`
+//! (add `ca.pem` to a browser or `curl --cacert` to trust it), it signs ECDSA P-256 certificates
+//! for the base domain's wildcard and apex, verified custom domains and the fallback.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+};
+
+use crate::CertError;
+
+/// How long a locally signed leaf lives (renewed at two thirds, like ACME certificates).
+pub const LEAF_LIFETIME: Duration = Duration::from_secs(90 * 86_400);
+
+const CA_NAME: &str = "ClawDeploy local development CA";
+
+pub struct LocalCa {
+    dir: PathBuf,
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for LocalCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalCa").field("dir", &self.dir).finish()
+    }
+}
+
+fn ca_params() -> Result<CertificateParams, CertError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, CA_NAME);
+    dn.push(DnType::OrganizationName, "ClawDeploy");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(params)
+}
+
+impl LocalCa {
+    /// Loads the CA from `dir`, or creates it (key file mode 0600).
+    pub fn load_or_create(dir: &Path) -> Result<Self, CertError> {
+        let cert_path = dir.join("ca.pem");
+        let key_path = dir.join("ca.key");
+        if cert_path.exists() && key_path.exists() {
+            let cert_pem = std::fs::read_to_string(&cert_path)?;
+            let key = KeyPair::from_pem(&std::fs::read_to_string(&key_path)?)?;
+            // The issuer needs only the CA's name, key and key id method: the same params as
+            // at creation rebuild it exactly.
+            let issuer = Issuer::new(ca_params()?, key);
+            return Ok(Self {
+                dir: dir.to_path_buf(),
+                cert_pem,
+                issuer,
+            });
+        }
+        std::fs::create_dir_all(dir)?;
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = ca_params()?;
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(1);
+        params.not_after = now + time::Duration::days(3650);
+        let cert = params.self_signed(&key)?;
+        write_private(&key_path, &key.serialize_pem())?;
+        std::fs::write(&cert_path, cert.pem())?;
+        tracing::info!(path = %cert_path.display(), "local CA created; trust this file to use HTTPS without warnings");
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(ca_params()?, key),
+        })
+    }
+
+    /// The CA certificate clients trust.
+    pub fn ca_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// Signs a fresh ECDSA P-256 leaf for `names`: (chain PEM with the CA, key PEM).
+    pub fn issue(&self, names: &[String]) -> Result<(String, String), CertError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::new(names.to_vec())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(
+            DnType::CommonName,
+            names.first().map_or("clawdeploy", String::as_str),
+        );
+        params.distinguished_name = dn;
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(5);
+        params.not_after = now + time::Duration::seconds(LEAF_LIFETIME.as_secs() as i64);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((
+            format!("{}{}", cert.pem(), self.cert_pem),
+            key.serialize_pem(),
+        ))
+    }
+}
+
+/// A self-signed certificate for clients whose SNI names nothing served here: it names nothing
+/// real, so no tenant's certificate is ever shown to a stranger.
+pub fn fallback_certificate() -> Result<(String, String), CertError> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::new(vec!["unknown-host.invalid".to_string()])?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "ClawDeploy: unknown host");
+    params.distinguished_name = dn;
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    options.open(path)?.write_all(contents.as_bytes())
+}

@@ -1,0 +1,689 @@
+//! The certificate manager of one edge node: keeps the [`CertStore`] filled from the store,
+//! orders what is missing or due (one node per name at a time, by a lock in the store), moves
+//! customers' domains through their lifecycle, and tells the other nodes through the change
+//! broadcast so they load the new certificate and route from the store.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, OnceCell};
+use uuid::Uuid;
+
+use clawdeploy_config::{Config, TlsMode};
+use clawdeploy_pool::changes::{Change, ChangeBus};
+use clawdeploy_proxy::RouteTable;
+use clawdeploy_store::{CertificateRecord, CustomDomain, DomainStatus, Keyring, Store};
+
+use crate::acme::{AcmeClient, Proof};
+use crate::challenges::Http01Challenges;
+use crate::dns::{provider_from_config, DnsProvider, Resolver};
+use crate::local_ca::{fallback_certificate, LocalCa};
+use crate::pem::{certified_key, leaf_info};
+use crate::renewal::{days_left, in_window, retry_delay, two_thirds};
+use crate::store::CertStore;
+use crate::{now_ms, CertError};
+
+/// TXT name prefix of custom domain ownership checks.
+pub const DOMAIN_TXT_PREFIX: &str = "_clawdeploy-challenge.";
+
+/// How long an order may hold a name's lock.
+const LOCK_TTL: Duration = Duration::from_secs(300);
+
+pub struct CertManager {
+    config: Config,
+    keyring: Keyring,
+    certs: Arc<CertStore>,
+    challenges: Arc<Http01Challenges>,
+    routes: Arc<RouteTable>,
+    local_ca: Option<LocalCa>,
+    dns: Option<Arc<dyn DnsProvider>>,
+    resolver: Option<Resolver>,
+    acme: OnceCell<AcmeClient>,
+    /// Identifies this node's order locks.
+    node: String,
+    wake: Notify,
+}
+
+impl std::fmt::Debug for CertManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertManager")
+            .field("node", &self.node)
+            .finish()
+    }
+}
+
+/// A summary of one certificate for the admin API (no key material).
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertSummary {
+    pub name: String,
+    pub domains: Vec<String>,
+    pub issuer: String,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub renew_at: i64,
+    pub failures: i64,
+    pub last_error: Option<String>,
+}
+
+impl From<&CertificateRecord> for CertSummary {
+    fn from(r: &CertificateRecord) -> Self {
+        Self {
+            name: r.name.clone(),
+            domains: r.domains.clone(),
+            issuer: r.issuer.clone(),
+            not_before: r.not_before,
+            not_after: r.not_after,
+            renew_at: r.renew_at,
+            failures: r.failures,
+            last_error: r.last_error.clone(),
+        }
+    }
+}
+
+impl CertManager {
+    /// Builds the manager and installs the fallback certificate (and, in local-CA mode, creates
+    /// or loads the CA under `<data_dir>/local-ca`).
+    pub fn new(
+        config: &Config,
+        keyring: Keyring,
+        routes: Arc<RouteTable>,
+    ) -> Result<Arc<Self>, CertError> {
+        let certs = CertStore::new();
+        let (chain, key) = fallback_certificate()?;
+        certs.set_fallback(certified_key(&chain, &key)?);
+        let local_ca = match config.tls.mode {
+            TlsMode::LocalCa => Some(LocalCa::load_or_create(
+                &config.server.data_dir.join("local-ca"),
+            )?),
+            TlsMode::Acme => None,
+        };
+        let dns = provider_from_config(&config.dns)?;
+        let resolver = Resolver::from_config(&config.dns).ok();
+        Ok(Arc::new(Self {
+            config: config.clone(),
+            keyring,
+            certs,
+            challenges: Arc::new(Http01Challenges::default()),
+            routes,
+            local_ca,
+            dns,
+            resolver,
+            acme: OnceCell::new(),
+            node: Uuid::new_v4().to_string(),
+            wake: Notify::new(),
+        }))
+    }
+
+    pub fn cert_store(&self) -> Arc<CertStore> {
+        self.certs.clone()
+    }
+
+    pub fn challenges(&self) -> Arc<Http01Challenges> {
+        self.challenges.clone()
+    }
+
+    pub fn local_ca(&self) -> Option<&LocalCa> {
+        self.local_ca.as_ref()
+    }
+
+    pub fn base_domain(&self) -> &str {
+        &self.config.server.base_domain
+    }
+
+    /// Has the scheduler look at certificates and domains now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Loads every stored certificate and active domain route (at start, and after a gap).
+    pub async fn load_all(&self, store: &Store) -> Result<usize, CertError> {
+        let records = store.list_certificates().await?;
+        for record in &records {
+            if let Err(e) = self.install(record) {
+                tracing::warn!(name = %record.name, "stored certificate unusable: {e}");
+            }
+        }
+        for domain in store.list_custom_domains().await? {
+            self.apply_domain_route(store, &domain).await?;
+        }
+        Ok(records.len())
+    }
+
+    fn install(&self, record: &CertificateRecord) -> Result<(), CertError> {
+        let key_pem = record.open_key(&self.keyring)?;
+        let key = certified_key(&record.chain_pem, &key_pem)?;
+        self.certs.install(&record.domains, key);
+        metrics::gauge!("clawdeploy_cert_expiry_days", "name" => record.name.clone())
+            .set(days_left(now_ms(), record.not_after));
+        Ok(())
+    }
+
+    /// Routes an active domain to its instance, or stops routing it.
+    async fn apply_domain_route(
+        &self,
+        store: &Store,
+        domain: &CustomDomain,
+    ) -> Result<(), CertError> {
+        if domain.status == DomainStatus::Active {
+            if let Some(instance) = store.get_instance(domain.instance_id).await? {
+                self.routes.set_alias(&domain.hostname, &instance.subdomain);
+                return Ok(());
+            }
+        }
+        self.routes.remove_alias(&domain.hostname);
+        Ok(())
+    }
+
+    /// Reloads one certificate from the store (a change from another node).
+    async fn reload_certificate(&self, store: &Store, name: &str) -> Result<(), CertError> {
+        match store.get_certificate(name).await? {
+            Some(record) => self.install(&record),
+            None => {
+                self.certs.remove(&[name.to_string()]);
+                Ok(())
+            }
+        }
+    }
+
+    async fn reload_domain(&self, store: &Store, hostname: &str) -> Result<(), CertError> {
+        match store.get_custom_domain_by_hostname(hostname).await? {
+            Some(domain) => self.apply_domain_route(store, &domain).await,
+            None => {
+                self.routes.remove_alias(hostname);
+                self.certs.remove(&[hostname.to_string()]);
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs the scheduler and follows the change broadcast until shutdown.
+    pub async fn run(
+        self: Arc<Self>,
+        store: Store,
+        bus: Arc<ChangeBus>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let follower = tokio::spawn(self.clone().follow(store.clone(), bus.subscribe()));
+        let period = Duration::from_secs(
+            self.config
+                .acme
+                .renew_check_secs
+                .min(self.config.domains.check_interval_secs),
+        );
+        loop {
+            self.tick(&store, &bus).await;
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = self.wake.notified() => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        follower.abort();
+    }
+
+    async fn follow(
+        self: Arc<Self>,
+        store: Store,
+        mut changes: tokio::sync::broadcast::Receiver<Change>,
+    ) {
+        loop {
+            let change = match changes.recv().await {
+                Ok(change) => change,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Change::Resync,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            let result = match &change {
+                Change::Certificate { name } => self.reload_certificate(&store, name).await,
+                Change::Domain { hostname } => self.reload_domain(&store, hostname).await,
+                // An instance's route changed: its domains follow through the alias; a deleted
+                // instance's domains are gone with it (ON DELETE CASCADE), drop their routes.
+                Change::Resync | Change::Instance { .. } => {
+                    let live: std::collections::HashSet<String> =
+                        match store.list_custom_domains().await {
+                            Ok(domains) => domains.into_iter().map(|d| d.hostname).collect(),
+                            Err(e) => {
+                                tracing::warn!("cannot list custom domains: {e}");
+                                continue;
+                            }
+                        };
+                    for host in self.routes.alias_hosts() {
+                        if !live.contains(&host) {
+                            self.routes.remove_alias(&host);
+                        }
+                    }
+                    if matches!(change, Change::Resync) {
+                        self.load_all(&store).await.map(|_| ())
+                    } else {
+                        Ok(())
+                    }
+                }
+                Change::SessionRevoked { .. } => Ok(()),
+            };
+            if let Err(e) = result {
+                tracing::warn!(?change, "cannot apply a certificate change: {e}");
+            }
+        }
+    }
+
+    /// One pass: the base domain's certificate, due renewals, pending domains.
+    async fn tick(&self, store: &Store, bus: &ChangeBus) {
+        if let Err(e) = self.connect_acme(store).await {
+            tracing::warn!("ACME account unavailable, retrying at the next check: {e}");
+            return;
+        }
+        if let Err(e) = self.ensure_base(store, bus).await {
+            tracing::warn!("base domain certificate: {e}");
+        }
+        match store.certificates_due(now_ms()).await {
+            Ok(due) => {
+                for record in due {
+                    if let Err(e) = self.renew(store, bus, &record).await {
+                        tracing::warn!(name = %record.name, "renewal failed: {e}");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("cannot list certificates due: {e}"),
+        }
+        if let Err(e) = self.check_domains(store, bus).await {
+            tracing::warn!("custom domains: {e}");
+        }
+    }
+
+    /// The names of the base domain's certificate: the apex, the wildcard, and the app domain
+    /// by name (clients refuse a wildcard directly under a single-label domain like localhost).
+    fn base_names(&self) -> Vec<String> {
+        let base = &self.config.server.base_domain;
+        let mut names = vec![base.clone(), format!("*.{base}")];
+        let app = self.config.server.app_domain();
+        if base.contains('.')
+            && app
+                .strip_suffix(base.as_str())
+                .is_some_and(|l| l.ends_with('.') && !l[..l.len() - 1].contains('.'))
+        {
+            return names;
+        }
+        names.push(app);
+        names
+    }
+
+    async fn ensure_base(&self, store: &Store, bus: &ChangeBus) -> Result<(), CertError> {
+        let wanted = match self.config.tls.mode {
+            TlsMode::LocalCa => true,
+            TlsMode::Acme => self.config.acme.wildcard,
+        };
+        let base = self.config.server.base_domain.clone();
+        if !wanted || store.get_certificate(&base).await?.is_some() {
+            return Ok(());
+        }
+        self.issue_and_store(store, bus, &base, &self.base_names(), None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn renew(
+        &self,
+        store: &Store,
+        bus: &ChangeBus,
+        record: &CertificateRecord,
+    ) -> Result<(), CertError> {
+        match self
+            .issue_and_store(
+                store,
+                bus,
+                &record.name,
+                &record.domains,
+                Some(&record.chain_pem),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let failures = u32::try_from(record.failures + 1).unwrap_or(u32::MAX);
+                let next = now_ms() + retry_delay(failures, None).as_millis() as i64;
+                store
+                    .set_certificate_renewal(&record.name, next, Some(&e.to_string()))
+                    .await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Forces the renewal of a stored certificate now (admin API); returns the new summary.
+    pub async fn renew_now(
+        &self,
+        store: &Store,
+        bus: &ChangeBus,
+        name: &str,
+    ) -> Result<Option<CertSummary>, CertError> {
+        let Some(record) = store.get_certificate(name).await? else {
+            return Ok(None);
+        };
+        self.issue_and_store(
+            store,
+            bus,
+            &record.name,
+            &record.domains,
+            Some(&record.chain_pem),
+        )
+        .await
+        .map(|r| Some(CertSummary::from(&r)))
+    }
+
+    /// Orders (ACME) or signs (local CA) a certificate for `names` under the name's lock,
+    /// stores it with its key sealed, serves it here and tells the other nodes.
+    async fn issue_and_store(
+        &self,
+        store: &Store,
+        bus: &ChangeBus,
+        name: &str,
+        names: &[String],
+        previous_chain: Option<&str>,
+    ) -> Result<CertificateRecord, CertError> {
+        let lock_until = now_ms() + LOCK_TTL.as_millis() as i64;
+        if !store
+            .try_lock_certificate(name, &self.node, lock_until)
+            .await?
+        {
+            return Err(CertError::Acme(format!(
+                "another node is ordering {name}; it will be picked up from the store"
+            )));
+        }
+        let started = Instant::now();
+        let result = self.issue(names, previous_chain).await;
+        let outcome = if result.is_ok() { "success" } else { "failure" };
+        if self.local_ca.is_none() {
+            metrics::counter!("clawdeploy_acme_orders_total", "outcome" => outcome).increment(1);
+        }
+        let stored = match result {
+            Ok((chain_pem, key_pem)) => {
+                let info = leaf_info(&chain_pem)?;
+                let renew_at = self
+                    .renew_time(&chain_pem, info.not_before_ms, info.not_after_ms)
+                    .await;
+                let issuer = if self.local_ca.is_some() {
+                    "local-ca"
+                } else {
+                    "acme"
+                };
+                store
+                    .put_certificate(
+                        &self.keyring,
+                        name,
+                        names,
+                        &chain_pem,
+                        &key_pem,
+                        issuer,
+                        info.not_before_ms,
+                        info.not_after_ms,
+                        renew_at,
+                    )
+                    .await?;
+                tracing::info!(
+                    %name,
+                    ?names,
+                    issuer,
+                    serial = %info.serial_hex,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "certificate issued"
+                );
+                let record = store
+                    .get_certificate(name)
+                    .await?
+                    .ok_or(CertError::Invalid("stored certificate vanished".into()))?;
+                self.install(&record)?;
+                if let Err(e) = bus
+                    .publish(Change::Certificate {
+                        name: name.to_string(),
+                    })
+                    .await
+                {
+                    tracing::error!("cannot broadcast a certificate change: {e}");
+                }
+                Ok(record)
+            }
+            Err(e) => {
+                tracing::warn!(%name, elapsed_ms = started.elapsed().as_millis() as u64, "certificate order failed: {e}");
+                Err(e)
+            }
+        };
+        store.unlock_certificate(name, &self.node).await?;
+        stored
+    }
+
+    fn acme(&self) -> Result<&AcmeClient, CertError> {
+        self.acme
+            .get()
+            .ok_or_else(|| CertError::Acme("the ACME account is not ready".into()))
+    }
+
+    async fn issue(
+        &self,
+        names: &[String],
+        previous_chain: Option<&str>,
+    ) -> Result<(String, String), CertError> {
+        if let Some(ca) = &self.local_ca {
+            return ca.issue(names);
+        }
+        let acme = self.acme()?;
+        let wildcard = names.iter().any(|n| n.starts_with("*."));
+        let replaces = previous_chain.and_then(AcmeClient::replaces);
+        // ARI "replaces" only where the CA supports it (instant-acme refuses it otherwise).
+        let replaces = match (replaces, previous_chain) {
+            (Some(id), Some(chain)) if matches!(acme.renewal_window(chain).await, Ok(Some(_))) => {
+                Some(id)
+            }
+            _ => None,
+        };
+        let issued = if wildcard {
+            let (Some(provider), Some(resolver)) = (&self.dns, &self.resolver) else {
+                return Err(CertError::Dns(
+                    "a wildcard needs DNS-01: configure a [dns] provider".into(),
+                ));
+            };
+            acme.order(
+                names,
+                Proof::Dns01 {
+                    provider: provider.as_ref(),
+                    resolver,
+                    propagation_timeout: Duration::from_secs(
+                        self.config.acme.dns_propagation_timeout_secs,
+                    ),
+                },
+                replaces,
+            )
+            .await?
+        } else {
+            acme.order(names, Proof::Http01(&self.challenges), replaces)
+                .await?
+        };
+        Ok((issued.chain_pem, issued.key_pem))
+    }
+
+    /// Inside the ARI window when the CA has one, else two thirds of the lifetime.
+    async fn renew_time(&self, chain_pem: &str, not_before: i64, not_after: i64) -> i64 {
+        if let Some(acme) = self.acme.get() {
+            match acme.renewal_window(chain_pem).await {
+                Ok(Some((start, end))) => return in_window(start, end, random_fraction()),
+                Ok(None) => {}
+                Err(e) => tracing::debug!("ARI unavailable, renewing at two thirds: {e}"),
+            }
+        }
+        two_thirds(not_before, not_after)
+    }
+
+    /// Connects the ACME account (ACME mode); retried by the caller on failure.
+    pub async fn connect_acme(&self, store: &Store) -> Result<(), CertError> {
+        if self.local_ca.is_some() || self.acme.get().is_some() {
+            return Ok(());
+        }
+        let client = AcmeClient::connect(store, &self.keyring, &self.config.acme).await?;
+        let _ = self.acme.set(client);
+        Ok(())
+    }
+
+    /// Moves customers' domains along: DNS check → certificate → route.
+    async fn check_domains(&self, store: &Store, bus: &ChangeBus) -> Result<(), CertError> {
+        for domain in store.list_custom_domains().await? {
+            match domain.status {
+                DomainStatus::PendingDns | DomainStatus::Verifying | DomainStatus::Issuing => {
+                    self.advance_domain(store, bus, domain).await?;
+                }
+                DomainStatus::Active | DomainStatus::Failed => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn advance_domain(
+        &self,
+        store: &Store,
+        bus: &ChangeBus,
+        domain: CustomDomain,
+    ) -> Result<(), CertError> {
+        let Some(instance) = store.get_instance(domain.instance_id).await? else {
+            return Ok(());
+        };
+        let expected_target = format!("{}.{}", instance.subdomain, self.config.server.base_domain);
+        if domain.status != DomainStatus::Issuing {
+            match self.verify_dns(&domain, &expected_target).await {
+                Ok(()) => {}
+                Err(reason) => {
+                    if domain.reason.as_deref() != Some(reason.as_str())
+                        || domain.status != DomainStatus::PendingDns
+                    {
+                        store
+                            .set_custom_domain_status(
+                                domain.id,
+                                DomainStatus::PendingDns,
+                                Some(&reason),
+                            )
+                            .await?;
+                    }
+                    return Ok(());
+                }
+            }
+            // Verified: only now may a certificate be ordered for this name.
+            store
+                .set_custom_domain_status(domain.id, DomainStatus::Issuing, None)
+                .await?;
+        }
+        let names = vec![domain.hostname.clone()];
+        match self
+            .issue_and_store(store, bus, &domain.hostname, &names, None)
+            .await
+        {
+            Ok(_) => {
+                if let Some(active) = store
+                    .set_custom_domain_status(domain.id, DomainStatus::Active, None)
+                    .await?
+                {
+                    self.apply_domain_route(store, &active).await?;
+                }
+                if let Err(e) = bus
+                    .publish(Change::Domain {
+                        hostname: domain.hostname.clone(),
+                    })
+                    .await
+                {
+                    tracing::error!("cannot broadcast a domain change: {e}");
+                }
+            }
+            Err(e) => {
+                let reason = format!(
+                    "The certificate order for {} failed: {e}. Check that {} points to {expected_target} (CNAME) and that port 80 reaches this service, then delete and add the domain again.",
+                    domain.hostname, domain.hostname
+                );
+                store
+                    .set_custom_domain_status(domain.id, DomainStatus::Failed, Some(&reason))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the customer's records; `Err` says what is missing and how to fix it.
+    async fn verify_dns(&self, domain: &CustomDomain, expected_target: &str) -> Result<(), String> {
+        let Some(resolver) = &self.resolver else {
+            return Err("No DNS resolver is configured on this platform ([dns] resolver).".into());
+        };
+        let txt_name = format!("{DOMAIN_TXT_PREFIX}{}", domain.hostname);
+        let mut missing = Vec::new();
+        match resolver.cname(&domain.hostname).await {
+            Ok(Some(target)) if target == expected_target => {}
+            Ok(Some(target)) => missing.push(format!(
+                "{} is a CNAME to {target}; point it to {expected_target}",
+                domain.hostname
+            )),
+            Ok(None) => missing.push(format!(
+                "create a CNAME record {} -> {expected_target}",
+                domain.hostname
+            )),
+            Err(e) => missing.push(format!(
+                "the CNAME of {} could not be looked up ({e})",
+                domain.hostname
+            )),
+        }
+        match resolver.txt(&txt_name).await {
+            Ok(values) if values.iter().any(|v| v == &domain.token) => {}
+            Ok(_) => missing.push(format!(
+                "create a TXT record {txt_name} with the value {}",
+                domain.token
+            )),
+            Err(e) => missing.push(format!(
+                "the TXT record {txt_name} could not be looked up ({e})"
+            )),
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "DNS records not found yet: {}.",
+                missing.join("; ")
+            ))
+        }
+    }
+
+    /// Removes a domain's certificate and route here and on the other nodes.
+    pub async fn domain_removed(
+        &self,
+        store: &Store,
+        bus: &ChangeBus,
+        hostname: &str,
+    ) -> Result<(), CertError> {
+        self.routes.remove_alias(hostname);
+        store.delete_certificate(hostname).await?;
+        self.certs.remove(&[hostname.to_string()]);
+        for change in [
+            Change::Domain {
+                hostname: hostname.to_string(),
+            },
+            Change::Certificate {
+                name: hostname.to_string(),
+            },
+        ] {
+            if let Err(e) = bus.publish(change).await {
+                tracing::error!("cannot broadcast a domain removal: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Summaries of every stored certificate.
+    pub async fn list(&self, store: &Store) -> Result<Vec<CertSummary>, CertError> {
+        Ok(store
+            .list_certificates()
+            .await?
+            .iter()
+            .map(CertSummary::from)
+            .collect())
+    }
+}
+
+fn random_fraction() -> f64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        return 0.5;
+    }
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}

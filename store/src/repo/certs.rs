@@ -1,0 +1,421 @@
+//! Certificates, ACME accounts, per-name order locks and customers' own domains (issue #6).
+//! Private keys and account credentials are sealed with the [`Keyring`]; only the certificate
+//! chain (public) is stored in clear.
+
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::error::{conflict_or, Conflict, Result, StoreError};
+use crate::secrets::Keyring;
+use crate::time::now_ms;
+use crate::{Store, Zeroizing};
+
+/// A stored certificate with its key still sealed.
+#[derive(Clone)]
+pub struct CertificateRecord {
+    pub name: String,
+    pub domains: Vec<String>,
+    pub chain_pem: String,
+    pub key_sealed: String,
+    pub issuer: String,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub renew_at: i64,
+    pub failures: i64,
+    pub last_error: Option<String>,
+    pub updated_at: i64,
+}
+
+impl std::fmt::Debug for CertificateRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateRecord")
+            .field("name", &self.name)
+            .field("domains", &self.domains)
+            .field("issuer", &self.issuer)
+            .field("not_after", &self.not_after)
+            .field("renew_at", &self.renew_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertificateRecord {
+    /// The private key PEM, opened with the keyring.
+    pub fn open_key(&self, keyring: &Keyring) -> Result<Zeroizing<String>> {
+        Ok(keyring.open_str(&self.key_sealed)?)
+    }
+}
+
+/// Where a custom domain is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DomainStatus {
+    /// Waiting for the customer's CNAME and TXT records.
+    PendingDns,
+    /// Records seen; being confirmed.
+    Verifying,
+    /// Verified; the certificate is being ordered.
+    Issuing,
+    /// Certificate served and route active.
+    Active,
+    /// Given up; `reason` says what to fix.
+    Failed,
+}
+
+impl DomainStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PendingDns => "pending_dns",
+            Self::Verifying => "verifying",
+            Self::Issuing => "issuing",
+            Self::Active => "active",
+            Self::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "pending_dns" => Self::PendingDns,
+            "verifying" => Self::Verifying,
+            "issuing" => Self::Issuing,
+            "active" => Self::Active,
+            "failed" => Self::Failed,
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "custom_domains.status: {other:?}"
+                )))
+            }
+        })
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomDomain {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub instance_id: Uuid,
+    pub hostname: String,
+    /// The value the customer puts in `_clawdeploy-challenge.<hostname>` TXT (not a secret: it
+    /// is published in DNS).
+    pub token: String,
+    pub status: DomainStatus,
+    pub reason: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub verified_at: Option<i64>,
+}
+
+fn uuid_col(row: &AnyRow, col: &str) -> Result<Uuid> {
+    let s: String = row.try_get(col)?;
+    Uuid::parse_str(&s).map_err(|_| StoreError::Corrupt(format!("{col}: not a uuid")))
+}
+
+fn domain_from_row(row: &AnyRow) -> Result<CustomDomain> {
+    let status: String = row.try_get("status")?;
+    Ok(CustomDomain {
+        id: uuid_col(row, "id")?,
+        user_id: uuid_col(row, "user_id")?,
+        instance_id: uuid_col(row, "instance_id")?,
+        hostname: row.try_get("hostname")?,
+        token: row.try_get("token")?,
+        status: DomainStatus::parse(&status)?,
+        reason: row.try_get("reason")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        verified_at: row.try_get("verified_at")?,
+    })
+}
+
+fn cert_from_row(row: &AnyRow) -> Result<CertificateRecord> {
+    let domains: String = row.try_get("domains")?;
+    Ok(CertificateRecord {
+        name: row.try_get("name")?,
+        domains: serde_json::from_str(&domains)
+            .map_err(|_| StoreError::Corrupt("certificates.domains: not a JSON list".into()))?,
+        chain_pem: row.try_get("chain_pem")?,
+        key_sealed: row.try_get("key_sealed")?,
+        issuer: row.try_get("issuer")?,
+        not_before: row.try_get("not_before")?,
+        not_after: row.try_get("not_after")?,
+        renew_at: row.try_get("renew_at")?,
+        failures: row.try_get("failures")?,
+        last_error: row.try_get("last_error")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+const CERT_COLUMNS: &str = "name, domains, chain_pem, key_sealed, issuer, not_before, not_after, renew_at, failures, last_error, updated_at";
+const DOMAIN_COLUMNS: &str =
+    "id, user_id, instance_id, hostname, token, status, reason, created_at, updated_at, verified_at";
+
+impl Store {
+    /// Stores (or replaces) a certificate; the key is sealed here. Clears failures.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn put_certificate(
+        &self,
+        keyring: &Keyring,
+        name: &str,
+        domains: &[String],
+        chain_pem: &str,
+        key_pem: &str,
+        issuer: &str,
+        not_before: i64,
+        not_after: i64,
+        renew_at: i64,
+    ) -> Result<()> {
+        let sealed = keyring.seal_str(key_pem)?;
+        let domains = serde_json::to_string(domains)
+            .map_err(|e| StoreError::Invalid(format!("domains: {e}")))?;
+        sqlx::query(
+            "INSERT INTO certificates (name, domains, chain_pem, key_sealed, issuer, not_before, not_after, renew_at, failures, last_error, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, NULL, $9) \
+             ON CONFLICT (name) DO UPDATE SET domains = excluded.domains, chain_pem = excluded.chain_pem, \
+             key_sealed = excluded.key_sealed, issuer = excluded.issuer, not_before = excluded.not_before, \
+             not_after = excluded.not_after, renew_at = excluded.renew_at, failures = 0, last_error = NULL, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(name)
+        .bind(domains)
+        .bind(chain_pem)
+        .bind(sealed)
+        .bind(issuer)
+        .bind(not_before)
+        .bind(not_after)
+        .bind(renew_at)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn get_certificate(&self, name: &str) -> Result<Option<CertificateRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {CERT_COLUMNS} FROM certificates WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(cert_from_row).transpose()
+    }
+
+    pub async fn list_certificates(&self) -> Result<Vec<CertificateRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CERT_COLUMNS} FROM certificates ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(cert_from_row).collect()
+    }
+
+    /// Certificates whose renewal time has come.
+    pub async fn certificates_due(&self, now: i64) -> Result<Vec<CertificateRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CERT_COLUMNS} FROM certificates WHERE renew_at <= $1 ORDER BY renew_at"
+        ))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(cert_from_row).collect()
+    }
+
+    /// Moves the renewal time (ARI window, or a retry after a failure with its reason).
+    pub async fn set_certificate_renewal(
+        &self,
+        name: &str,
+        renew_at: i64,
+        failed: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE certificates SET renew_at = $2, \
+             failures = CASE WHEN $3 IS NULL THEN failures ELSE failures + 1 END, \
+             last_error = COALESCE($3, last_error), updated_at = $4 WHERE name = $1",
+        )
+        .bind(name)
+        .bind(renew_at)
+        .bind(failed)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_certificate(&self, name: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM certificates WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// The sealed ACME account credentials (JSON) for a CA directory.
+    pub async fn get_acme_account(
+        &self,
+        keyring: &Keyring,
+        directory_url: &str,
+    ) -> Result<Option<Zeroizing<String>>> {
+        let row =
+            sqlx::query("SELECT credentials_sealed FROM acme_accounts WHERE directory_url = $1")
+                .bind(directory_url)
+                .fetch_optional(&self.pool)
+                .await?;
+        match row {
+            Some(row) => {
+                let sealed: String = row.try_get("credentials_sealed")?;
+                Ok(Some(keyring.open_str(&sealed)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Stores the account unless another node stored one first; returns the credentials in use.
+    pub async fn put_acme_account(
+        &self,
+        keyring: &Keyring,
+        directory_url: &str,
+        credentials_json: &str,
+    ) -> Result<Zeroizing<String>> {
+        let sealed = keyring.seal_str(credentials_json)?;
+        sqlx::query(
+            "INSERT INTO acme_accounts (directory_url, credentials_sealed, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (directory_url) DO NOTHING",
+        )
+        .bind(directory_url)
+        .bind(sealed)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        self.get_acme_account(keyring, directory_url)
+            .await?
+            .ok_or(StoreError::NotFound("acme account"))
+    }
+
+    /// Takes (or renews) the order lock of `name` for `holder` until `expires_at`; false when
+    /// another holder has it and it has not expired.
+    pub async fn try_lock_certificate(
+        &self,
+        name: &str,
+        holder: &str,
+        expires_at: i64,
+    ) -> Result<bool> {
+        let row = sqlx::query(
+            "INSERT INTO cert_locks (name, holder, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+             WHERE cert_locks.expires_at < $4 OR cert_locks.holder = excluded.holder \
+             RETURNING holder",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(expires_at)
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    pub async fn unlock_certificate(&self, name: &str, holder: &str) -> Result<()> {
+        sqlx::query("DELETE FROM cert_locks WHERE name = $1 AND holder = $2")
+            .bind(name)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Adds a custom domain in `pending_dns`; `Conflict::Hostname` when it is taken.
+    pub async fn create_custom_domain(
+        &self,
+        user_id: Uuid,
+        instance_id: Uuid,
+        hostname: &str,
+        token: &str,
+    ) -> Result<CustomDomain> {
+        let now = now_ms();
+        let row = sqlx::query(&format!(
+            "INSERT INTO custom_domains (id, user_id, instance_id, hostname, token, status, reason, created_at, updated_at, verified_at) \
+             VALUES ($1, $2, $3, $4, $5, 'pending_dns', NULL, $6, $6, NULL) RETURNING {DOMAIN_COLUMNS}"
+        ))
+        .bind(Uuid::new_v4().to_string())
+        .bind(user_id.to_string())
+        .bind(instance_id.to_string())
+        .bind(hostname)
+        .bind(token)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| conflict_or(e, Conflict::Hostname))?;
+        domain_from_row(&row)
+    }
+
+    pub async fn get_custom_domain_by_hostname(
+        &self,
+        hostname: &str,
+    ) -> Result<Option<CustomDomain>> {
+        let row = sqlx::query(&format!(
+            "SELECT {DOMAIN_COLUMNS} FROM custom_domains WHERE hostname = $1"
+        ))
+        .bind(hostname)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(domain_from_row).transpose()
+    }
+
+    pub async fn list_custom_domains_of(&self, user_id: Uuid) -> Result<Vec<CustomDomain>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DOMAIN_COLUMNS} FROM custom_domains WHERE user_id = $1 ORDER BY created_at, hostname"
+        ))
+        .bind(user_id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(domain_from_row).collect()
+    }
+
+    pub async fn list_custom_domains(&self) -> Result<Vec<CustomDomain>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DOMAIN_COLUMNS} FROM custom_domains ORDER BY created_at, hostname"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(domain_from_row).collect()
+    }
+
+    /// Moves a domain to `status` (with the reason when failed); returns the updated row.
+    pub async fn set_custom_domain_status(
+        &self,
+        id: Uuid,
+        status: DomainStatus,
+        reason: Option<&str>,
+    ) -> Result<Option<CustomDomain>> {
+        let now = now_ms();
+        let verified = matches!(status, DomainStatus::Issuing | DomainStatus::Active);
+        let row = sqlx::query(&format!(
+            "UPDATE custom_domains SET status = $2, reason = $3, updated_at = $4, \
+             verified_at = CASE WHEN $5 = 1 THEN COALESCE(verified_at, $4) ELSE verified_at END \
+             WHERE id = $1 RETURNING {DOMAIN_COLUMNS}"
+        ))
+        .bind(id.to_string())
+        .bind(status.as_str())
+        .bind(reason)
+        .bind(now)
+        .bind(i64::from(verified))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(domain_from_row).transpose()
+    }
+
+    /// Removes a user's domain; returns it when it existed.
+    pub async fn delete_custom_domain(
+        &self,
+        user_id: Uuid,
+        hostname: &str,
+    ) -> Result<Option<CustomDomain>> {
+        let row = sqlx::query(&format!(
+            "DELETE FROM custom_domains WHERE user_id = $1 AND hostname = $2 RETURNING {DOMAIN_COLUMNS}"
+        ))
+        .bind(user_id.to_string())
+        .bind(hostname)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(domain_from_row).transpose()
+    }
+}
