@@ -108,6 +108,14 @@ impl AcmeClient {
         })
     }
 
+    /// An already connected account (embedding, and tests with a recorded CA).
+    pub fn from_account(account: Account, directory_url: &str) -> Self {
+        Self {
+            account,
+            directory_url: directory_url.to_string(),
+        }
+    }
+
     pub fn directory_url(&self) -> &str {
         &self.directory_url
     }

@@ -5,14 +5,16 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::SinkExt;
 use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
 
 use clawdeploy_certs::dns::{DnsProvider, Resolver, Rfc2136};
 
 use crate::domains::pro_user;
 use crate::instance_access::{edge_with_pool, fixture_requests, running_instance};
 use crate::support::*;
-use crate::tls::{client_config, connect, https_get, insecure_config, peer_leaf};
+use crate::tls::{client_config, connect, https_get, insecure_config, next_tls_message, peer_leaf};
 
 /// Where the test Pebble and BIND are.
 pub struct AcmeEnv {
@@ -129,8 +131,15 @@ async fn wait_for_pebble_certificate(
 #[tokio::test]
 async fn wildcard_and_apex_are_issued_by_dns01_through_bind_and_stored_sealed() {
     let Some(env) = AcmeEnv::get() else { return };
+    let echo = WsUpstream::start().await;
     let started = Instant::now();
-    let edge = env.edge(EdgeBuilder::new(), true).start().await;
+    let edge = env
+        .edge(
+            EdgeBuilder::new().route("echo.clawdeploy.test", echo.addr),
+            true,
+        )
+        .start()
+        .await;
     let elapsed =
         wait_for_pebble_certificate(&edge, &env, APP_DOMAIN, Duration::from_secs(90)).await;
     eprintln!(
@@ -201,6 +210,66 @@ async fn wildcard_and_apex_are_issued_by_dns01_through_bind_and_stored_sealed() 
         "account key stored in clear"
     );
     pool.close().await;
+
+    // A renewal (a new DNS-01 order) swaps the served certificate while a WebSocket opened
+    // before it, under the old certificate, stays open.
+    let stream = connect(
+        edge.tls_addr,
+        "echo.clawdeploy.test",
+        client_config(&env.issuer_root, &["http/1.1"]),
+    )
+    .await
+    .expect("handshake");
+    let before = peer_leaf(&stream).1;
+    let (mut ws, response) = tokio_tungstenite::client_async("wss://echo.clawdeploy.test/", stream)
+        .await
+        .expect("WebSocket over TLS");
+    assert_eq!(response.status(), 101);
+    ws.send(Message::Text("before".into())).await.unwrap();
+    assert_eq!(
+        next_tls_message(&mut ws).await,
+        Message::Text("before".into())
+    );
+    let renew_started = Instant::now();
+    let resp = edge
+        .admin(
+            "POST",
+            &format!("/admin/certificates/{BASE_DOMAIN}/renew"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    eprintln!(
+        "ISSUANCE renewal of wildcard+apex by DNS-01: {} ms",
+        renew_started.elapsed().as_millis()
+    );
+    let after = connect(
+        edge.tls_addr,
+        "echo.clawdeploy.test",
+        client_config(&env.issuer_root, &[]),
+    )
+    .await
+    .expect("handshake after renewal");
+    assert_ne!(before, peer_leaf(&after).1, "a new certificate is served");
+    ws.send(Message::Text("after".into())).await.unwrap();
+    assert_eq!(
+        next_tls_message(&mut ws).await,
+        Message::Text("after".into())
+    );
+    let certs = edge
+        .admin("GET", "/admin/certificates", Some(ADMIN_TOKEN), None)
+        .await
+        .json();
+    let cert = &certs["certificates"][0];
+    assert_eq!(cert["issuer"], "acme");
+    // No ARI at Pebble 2.4: renewal at two thirds of the lifetime.
+    let (nb, na, at) = (
+        cert["notBefore"].as_i64().unwrap(),
+        cert["notAfter"].as_i64().unwrap(),
+        cert["renewAt"].as_i64().unwrap(),
+    );
+    assert_eq!(at, nb + (na - nb) * 2 / 3, "{cert}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

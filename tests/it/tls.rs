@@ -365,3 +365,43 @@ async fn production_redirects_plain_http_to_https_and_sends_hsts() {
     assert_eq!(resp.status, 200);
     assert!(resp.header("strict-transport-security").is_none());
 }
+
+#[tokio::test]
+async fn a_second_node_serves_the_stored_certificate_and_picks_up_a_renewal() {
+    let Some(db) = Db::postgres().await else {
+        eprintln!("CLAWDEPLOY_TEST_POSTGRES_URL unset: multi-node test skipped");
+        return;
+    };
+    let first = EdgeBuilder::new().db(&db).start().await;
+    let ca = local_ca(&first);
+    let issued = peer_leaf(&wait_for_certificate(&first, APP_DOMAIN, &ca).await).1;
+    // The second node loads the certificate from the store (its key sealed there) instead of
+    // ordering its own: the same serial, chaining to the first node's CA.
+    let second = EdgeBuilder::new().db(&db).start().await;
+    let served = peer_leaf(&wait_for_certificate(&second, APP_DOMAIN, &ca).await).1;
+    assert_eq!(issued, served);
+    // A renewal on the first reaches the second through the change broadcast.
+    let resp = first
+        .admin(
+            "POST",
+            &format!("/admin/certificates/{BASE_DOMAIN}/renew"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let renewed = peer_leaf(&wait_for_certificate(&first, APP_DOMAIN, &ca).await).1;
+    assert_ne!(renewed, issued);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let now = peer_leaf(&wait_for_certificate(&second, APP_DOMAIN, &ca).await).1;
+        if now == renewed {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second node kept {now}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -643,6 +643,33 @@ async fn domains(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) ->
         .as_ref()
         .map(|i| format!("{}.{}", i.subdomain, state.routes.base_domain()))
         .unwrap_or_else(|| format!("<your subdomain>.{}", state.routes.base_domain()));
+    // The user's domains with their status and the records still to create (issue #6).
+    let rows: String = state
+        .store
+        .list_custom_domains_of(auth.user.id)
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|d| {
+            format!(
+                "<tr><td><code>{host}</code></td><td>{status}</td><td>CNAME <code>{host}</code> → <code>{target}</code><br>TXT <code>_clawdeploy-challenge.{host}</code> = <code>{token}</code></td><td>{reason}</td></tr>",
+                host = esc(&d.hostname),
+                status = esc(d.status.as_str()),
+                target = esc(&target),
+                token = esc(&d.token),
+                reason = esc(d.reason.as_deref().unwrap_or("")),
+            )
+        })
+        .collect();
+    let list = if rows.is_empty() {
+        String::new()
+    } else {
+        format!(
+            r#"<div class="table-wrap"><table class="table"><caption>Your domains</caption>
+<thead><tr><th scope="col">Domain</th><th scope="col">Status</th><th scope="col">Records</th><th scope="col">What to fix</th></tr></thead>
+<tbody>{rows}</tbody></table></div>"#
+        )
+    };
     let body = format!(
         r#"<h1>Custom domains</h1>
 <section class="card wide" aria-labelledby="records-h">
@@ -651,7 +678,8 @@ async fn domains(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) ->
 <div class="table-wrap"><table class="table"><caption class="visually-hidden">DNS record to create</caption>
 <thead><tr><th scope="col">Type</th><th scope="col">Name</th><th scope="col">Value</th></tr></thead>
 <tbody><tr><td>CNAME</td><td>your domain (e.g. <code>claw.example.com</code>)</td><td><code>{target}</code></td></tr></tbody></table></div>
-<p class="notice" role="note">This server does not verify or serve custom domains yet: adding one here arrives with the custom-domain service. Your instance is reachable at <strong>{target}</strong>.</p>
+<p class="notice" role="note">Add a domain (Pro tier and up) with <code>POST /api/domains</code> <code>{{"hostname": "claw.example.com"}}</code>: it is served over HTTPS, with its own certificate, once its CNAME and TXT records are seen. Your instance is reachable at <strong>{target}</strong>.</p>
+{list}
 </section>"#,
         target = esc(&target)
     );

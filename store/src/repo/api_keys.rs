@@ -174,6 +174,7 @@ impl Store {
                     .await?;
             count += r.rows_affected();
         }
+        count += self.reseal_cert_secrets(keyring).await?;
         Ok(count)
     }
 }
