@@ -38,6 +38,11 @@ pub fn provider_from_config(config: &DnsConfig) -> Result<Option<Arc<dyn DnsProv
     match config.provider {
         DnsProviderKind::None => Ok(None),
         DnsProviderKind::Rfc2136 => Ok(Some(Arc::new(Rfc2136::from_config(config)?))),
+        DnsProviderKind::Cloudflare => Ok(Some(Arc::new(crate::cloudflare::Cloudflare::new(
+            &config.cloudflare_api_url,
+            &config.cloudflare_api_token,
+            &config.cloudflare_zone_id,
+        )?))),
     }
 }
 

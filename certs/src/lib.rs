@@ -7,12 +7,13 @@
 //!   ACME CA is configured (the embedded default: HTTPS on localhost).
 //! - [`acme`]: orders through an RFC 8555 CA with instant-acme: DNS-01 for the base domain's
 //!   wildcard and apex, HTTP-01 for customers' domains ([`challenges`]).
-//! - [`dns`]: DNS providers behind one trait (RFC 2136 with TSIG; Cloudflare's API) and lookups.
+//! - [`dns`]: DNS providers behind one trait (RFC 2136 with TSIG; [`cloudflare`]'s API) and lookups.
 //! - [`renewal`]: when a certificate is renewed (ARI window, else two thirds of its lifetime).
 //! - [`manager`]: ties them to the store (keys sealed), the order lock and the change broadcast.
 
 pub mod acme;
 pub mod challenges;
+pub mod cloudflare;
 pub mod dns;
 pub mod local_ca;
 pub mod manager;

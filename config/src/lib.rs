@@ -748,6 +748,7 @@ impl Config {
             &mut shown.smtp.password,
             &mut shown.acme.eab_hmac_key,
             &mut shown.dns.tsig_secret,
+            &mut shown.dns.cloudflare_api_token,
         ] {
             if !secret.is_empty() {
                 *secret = MASK.into();

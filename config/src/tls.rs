@@ -83,7 +83,7 @@ impl Default for AcmeConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DnsConfig {
-    /// `none` or `rfc2136` (dynamic update with TSIG, e.g. BIND).
+    /// `none`, `rfc2136` (dynamic update with TSIG, e.g. BIND) or `cloudflare` (its DNS API).
     pub provider: DnsProviderKind,
     /// rfc2136: the primary server, `IP:port`.
     pub server: String,
@@ -95,6 +95,12 @@ pub struct DnsConfig {
     pub tsig_secret: String,
     /// rfc2136: TSIG algorithm: `hmac-sha256`, `hmac-sha384` or `hmac-sha512`.
     pub tsig_algorithm: String,
+    /// cloudflare: API base URL.
+    pub cloudflare_api_url: String,
+    /// cloudflare: API token with DNS edit rights on the zone.
+    pub cloudflare_api_token: String,
+    /// cloudflare: the zone id.
+    pub cloudflare_zone_id: String,
     /// Where records are looked up to check they are visible (DNS-01 propagation and custom
     /// domain verification), `IP:port`; empty = `server` (rfc2136) or 1.1.1.1:53.
     pub resolver: String,
@@ -109,6 +115,9 @@ impl Default for DnsConfig {
             tsig_key_name: String::new(),
             tsig_secret: String::new(),
             tsig_algorithm: "hmac-sha256".into(),
+            cloudflare_api_url: "https://api.cloudflare.com/client/v4".into(),
+            cloudflare_api_token: String::new(),
+            cloudflare_zone_id: String::new(),
             resolver: String::new(),
         }
     }
@@ -132,6 +141,7 @@ impl DnsConfig {
 pub enum DnsProviderKind {
     None,
     Rfc2136,
+    Cloudflare,
 }
 
 /// `[domains]`: customers' own domains.
@@ -247,6 +257,21 @@ pub(crate) fn validate(
             "dns.tsig_algorithm",
             &dns.tsig_algorithm,
             "hmac-sha256, hmac-sha384 or hmac-sha512",
+        );
+    }
+    if dns.provider == DnsProviderKind::Cloudflare {
+        issue(
+            dns.cloudflare_api_url.starts_with("https://")
+                || dns.cloudflare_api_url.starts_with("http://127.0.0.1:"),
+            "dns.cloudflare_api_url",
+            &dns.cloudflare_api_url,
+            "https://api.cloudflare.com/client/v4 (plain http only to a loopback test server)",
+        );
+        issue(
+            !dns.cloudflare_api_token.is_empty() && !dns.cloudflare_zone_id.is_empty(),
+            "dns.cloudflare_api_token",
+            &crate::MASK,
+            "an API token with DNS edit rights, and dns.cloudflare_zone_id",
         );
     }
     issue(
