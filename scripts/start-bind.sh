@@ -13,10 +13,10 @@ ZONES=(clawdeploy.test customer.test)
 
 log() { echo "start-bind: $*" >&2; }
 
-if ! command -v named >/dev/null 2>&1 || ! command -v tsig-keygen >/dev/null 2>&1; then
+if ! command -v named >/dev/null 2>&1 || ! command -v tsig-keygen >/dev/null 2>&1 || ! command -v dig >/dev/null 2>&1; then
     log "installing bind9"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq bind9 bind9-utils >&2 || { apt-get update -qq >&2 && apt-get install -y -qq bind9 bind9-utils >&2; }
+    apt-get install -y -qq bind9 bind9-utils bind9-dnsutils >&2 || { apt-get update -qq >&2 && apt-get install -y -qq bind9 bind9-utils bind9-dnsutils >&2; }
 fi
 
 mkdir -p "$DIR/zones"

@@ -14,10 +14,10 @@ MGMT=127.0.0.1:15000
 
 log() { echo "start-pebble: $*" >&2; }
 
-if ! command -v pebble >/dev/null 2>&1; then
+if ! command -v pebble >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
     log "installing pebble"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq pebble >&2 || { apt-get update -qq >&2 && apt-get install -y -qq pebble >&2; }
+    apt-get install -y -qq pebble curl openssl >&2 || { apt-get update -qq >&2 && apt-get install -y -qq pebble curl openssl >&2; }
 fi
 mkdir -p "$DIR"
 cd "$DIR"
