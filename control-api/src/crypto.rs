@@ -342,4 +342,69 @@ mod tests {
             assert!(!check_email(bad), "{bad}");
         }
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        const KEY: &[u8] = b"proptest-jwt-signing-key-0123456789abcdef";
+
+        fn claims(sub: u128, sid: u128) -> Claims {
+            Claims {
+                sub: Uuid::from_u128(sub),
+                sid: Uuid::from_u128(sid),
+                iat: 1,
+                exp: 4_000_000_000,
+            }
+        }
+
+        proptest! {
+            // The same properties as the `session_token` fuzz target (fuzz/), in CI.
+            #[test]
+            fn arbitrary_text_is_never_a_token(text in ".{0,300}", dots in "[A-Za-z0-9_.-]{0,200}") {
+                let host_key = host_session_key(KEY);
+                for t in [&text, &dots] {
+                    prop_assert!(verify_jwt(KEY, t, 0).is_err());
+                    prop_assert!(verify_host_token(&host_key, t, "a.example.net", 0).is_err());
+                }
+            }
+
+            #[test]
+            fn a_changed_byte_is_refused(sub: u128, sid: u128, at: usize, byte in 0x21u8..0x7f) {
+                let claims = claims(sub, sid);
+                let token = sign_jwt(KEY, &claims);
+                let mut bytes = token.into_bytes();
+                let at = at % bytes.len();
+                prop_assume!(bytes[at] != byte);
+                bytes[at] = byte;
+                let mutated = String::from_utf8(bytes).unwrap();
+                if let Ok(got) = verify_jwt(KEY, &mutated, 2) {
+                    // Only a change that decodes to the same bytes can pass.
+                    prop_assert_eq!(got, claims);
+                }
+            }
+
+            #[test]
+            fn host_tokens_stay_on_their_host_and_kind(sub: u128, sid: u128, host in "[a-z0-9.-]{1,40}", other in "[a-z0-9.-]{1,40}") {
+                let host_key = host_session_key(KEY);
+                let c = claims(sub, sid);
+                let host_token = sign_host_token(&host_key, &HostClaims {
+                    sub: c.sub, sid: c.sid, host: host.clone(), iat: 1, exp: 4_000_000_000,
+                });
+                prop_assert!(verify_host_token(&host_key, &host_token, &host, 2).is_ok());
+                if other != host {
+                    prop_assert_eq!(
+                        verify_host_token(&host_key, &host_token, &other, 2),
+                        Err(HostTokenError::WrongHost)
+                    );
+                }
+                prop_assert!(verify_jwt(KEY, &host_token, 2).is_err());
+                prop_assert!(verify_host_token(&host_key, &sign_jwt(KEY, &c), &host, 2).is_err());
+                prop_assert_eq!(
+                    verify_host_token(&host_key, &host_token, &host, 4_000_000_000),
+                    Err(HostTokenError::Jwt(JwtError::Expired))
+                );
+            }
+        }
+    }
 }

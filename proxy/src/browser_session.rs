@@ -421,4 +421,48 @@ mod tests {
         post.insert_header("accept", "text/html").unwrap();
         assert!(!is_navigation(&post));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn set_cookie_for_any_other_domain_is_dropped(
+                name in "[a-z]{1,8}",
+                domain in "\\.?[a-zA-Z0-9.-]{1,30}",
+                attrs in "(; (Path=/|HttpOnly|Secure|SameSite=Lax|Max-Age=60)){0,4}",
+            ) {
+                let host = "alice.example.net";
+                let set_cookie = format!("{name}=v{attrs}; Domain={domain}");
+                let allowed = set_cookie_allowed(&set_cookie, host);
+                let target = domain.trim_start_matches('.').to_ascii_lowercase();
+                prop_assert_eq!(allowed, target == host && !is_platform_cookie(&name), "{}", set_cookie);
+            }
+
+            #[test]
+            fn platform_cookies_never_pass(
+                others in proptest::collection::vec(("[a-z]{1,8}", "[a-zA-Z0-9]{0,8}"), 0..4),
+                platform in "(__Host-|__Secure-)?(clawdeploy|ClawDeploy|CLAWDEPLOY)[a-z_]{0,8}|cd_session",
+                value in "[a-zA-Z0-9.]{0,20}",
+            ) {
+                let mut pairs: Vec<String> = others.iter().map(|(n, v)| format!("{n}={v}")).collect();
+                pairs.insert(pairs.len() / 2, format!("{platform}={value}"));
+                let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+                req.insert_header("cookie", pairs.join("; ")).unwrap();
+                strip_platform_cookies(&mut req);
+                let kept = req.headers.get("cookie").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+                for pair in kept.split("; ").filter(|p| !p.is_empty()) {
+                    let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+                    prop_assert!(!is_platform_cookie(name), "{} kept", pair);
+                }
+                let expected: Vec<String> = others
+                    .iter()
+                    .filter(|(n, _)| !is_platform_cookie(n))
+                    .map(|(n, v)| format!("{n}={v}"))
+                    .collect();
+                prop_assert_eq!(kept, expected.join("; "));
+            }
+        }
+    }
 }
