@@ -83,6 +83,21 @@ impl EdgeTls {
         if !self.redirect_http || matches!(path, "/healthz" | "/readyz") {
             return Ok(false);
         }
+        // The dashboard's chat bridge opens each user's gateway through the plain listener from
+        // this machine, with the user's token: such upgrades are not sent to HTTPS.
+        let req = session.req_header();
+        let bridged = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .is_some_and(|a| a.ip().is_loopback())
+            && req.headers.contains_key(header::AUTHORIZATION)
+            && req
+                .headers
+                .get(header::UPGRADE)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        if bridged {
+            return Ok(false);
+        }
         let req = session.req_header();
         let Some(host) = req
             .headers

@@ -1017,3 +1017,23 @@ async fn the_control_ui_link_arrives_signed_in_at_the_instance_host() {
     let page = browser.wait_text("body", |t| t.contains(&user_id)).await;
     assert!(page.contains("x-forwarded-user"), "{page}");
 }
+
+/// In production plain HTTP is redirected to HTTPS; the chat bridge's own upgrades from this
+/// machine (loopback, with a token) are not, and everything else still is.
+#[tokio::test]
+async fn loopback_websocket_upgrades_with_a_token_are_not_redirected_to_https() {
+    let edge = EdgeBuilder::new()
+        .section("tls", "redirect_http = true")
+        .start()
+        .await;
+    assert_eq!(edge.get(APP_DOMAIN, "/api/openapi.json").await.status, 308);
+    // Without a token the upgrade is redirected like any plain request.
+    assert_eq!(chat_socket(&edge, &[]).await.err(), Some(308));
+    // With one it reaches the control plane (which checks the token: this one is not valid).
+    assert_eq!(
+        chat_socket(&edge, &[("Authorization", "Bearer not-a-valid-token")])
+            .await
+            .err(),
+        Some(401)
+    );
+}

@@ -533,6 +533,23 @@ function settingsPage() {
   });
 }
 
+// --- custom domains ---
+function domainsPage() {
+  const form = $("#domain-form");
+  if (form) form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    clearErrors(form);
+    try {
+      await api("POST", "/api/domains", { hostname: form.hostname.value.trim().toLowerCase() });
+      window.location.reload();
+    } catch (err) { showError(form, err, $("#domain-error")); }
+  });
+  document.querySelectorAll("[data-delete-domain]").forEach((b) => b.addEventListener("click", async () => {
+    try { await api("DELETE", "/api/domains/" + encodeURIComponent(b.dataset.deleteDomain)); window.location.reload(); }
+    catch (err) { $("#domain-error").textContent = err.message; }
+  }));
+}
+
 function common() {
   const logout = $("#logout");
   if (logout) logout.addEventListener("click", async () => {
@@ -548,4 +565,5 @@ document.addEventListener("DOMContentLoaded", () => {
   else if (page === "login") loginPage();
   else if (page === "dashboard") dashboardPage();
   else if (page === "settings") settingsPage();
+  else if (page === "domains") domainsPage();
 });

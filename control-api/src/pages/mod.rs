@@ -652,7 +652,7 @@ async fn domains(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) ->
         .iter()
         .map(|d| {
             format!(
-                "<tr><td><code>{host}</code></td><td>{status}</td><td>CNAME <code>{host}</code> → <code>{target}</code><br>TXT <code>_clawdeploy-challenge.{host}</code> = <code>{token}</code></td><td>{reason}</td></tr>",
+                "<tr><td><code>{host}</code></td><td>{status}</td><td>CNAME <code>{host}</code> → <code>{target}</code><br>TXT <code>_clawdeploy-challenge.{host}</code> = <code>{token}</code></td><td>{reason}</td><td><button type=\"button\" class=\"button danger small\" data-delete-domain=\"{host}\">Remove <span class=\"visually-hidden\">{host}</span></button></td></tr>",
                 host = esc(&d.hostname),
                 status = esc(d.status.as_str()),
                 target = esc(&target),
@@ -666,7 +666,7 @@ async fn domains(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) ->
     } else {
         format!(
             r#"<div class="table-wrap"><table class="table"><caption>Your domains</caption>
-<thead><tr><th scope="col">Domain</th><th scope="col">Status</th><th scope="col">Records</th><th scope="col">What to fix</th></tr></thead>
+<thead><tr><th scope="col">Domain</th><th scope="col">Status</th><th scope="col">Records</th><th scope="col">What to fix</th><th scope="col"><span class="visually-hidden">Actions</span></th></tr></thead>
 <tbody>{rows}</tbody></table></div>"#
         )
     };
@@ -678,7 +678,14 @@ async fn domains(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) ->
 <div class="table-wrap"><table class="table"><caption class="visually-hidden">DNS record to create</caption>
 <thead><tr><th scope="col">Type</th><th scope="col">Name</th><th scope="col">Value</th></tr></thead>
 <tbody><tr><td>CNAME</td><td>your domain (e.g. <code>claw.example.com</code>)</td><td><code>{target}</code></td></tr></tbody></table></div>
-<p class="notice" role="note">Add a domain (Pro tier and up) with <code>POST /api/domains</code> <code>{{"hostname": "claw.example.com"}}</code>: it is served over HTTPS, with its own certificate, once its CNAME and TXT records are seen. Your instance is reachable at <strong>{target}</strong>.</p>
+<p class="notice" role="note">Custom domains come with the Pro tier and up. A domain is served over HTTPS, with its own certificate, once its CNAME and TXT records are seen. Your instance is reachable at <strong>{target}</strong>.</p>
+<form id="domain-form" novalidate>
+  <div class="field"><label for="hostname">Domain</label>
+    <input id="hostname" name="hostname" type="text" autocomplete="off" autocapitalize="none" spellcheck="false" placeholder="claw.example.com" required data-field="hostname" aria-describedby="hostname-error">
+    <p class="field-error" id="hostname-error"></p></div>
+  <p class="form-error" id="domain-error" role="alert"></p>
+  <button type="submit" class="button primary">Add domain</button>
+</form>
 {list}
 </section>"#,
         target = esc(&target)
