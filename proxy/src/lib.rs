@@ -61,7 +61,11 @@ pub fn edge_service(
                 Ok(mut tls) => {
                     tls.set_cert_resolver(resolver.clone());
                     tls.enable_h2();
-                    service.add_tls_with_settings(addr, None, tls);
+                    service.add_listener(
+                        ListenerConfig::tcp(addr.as_str())
+                            .tls(tls)
+                            .l4_buffer(l4_buffers()),
+                    );
                 }
                 Err(e) => tracing::error!(%addr, "cannot set up the HTTPS listener: {e}"),
             }
