@@ -26,31 +26,6 @@ fn node_id() -> String {
     )
 }
 
-/// An edge whose pool runs the fixture, as local processes or in Docker.
-fn pool_edge(docker: bool, min_idle: usize, node: &str) -> EdgeBuilder {
-    let (kind, image) = if docker {
-        ("docker", fixture_image_name())
-    } else {
-        ("process", fixture_bin())
-    };
-    let mut builder = EdgeBuilder::new()
-        .section("runtime", &format!("kind = \"{kind}\""))
-        .section("runtime", "config = \"fixture\"")
-        .section("runtime", &format!("image = \"{image}\""))
-        .section("runtime", "user = \"65534:65534\"")
-        .section("pool", &format!("node_id = \"{node}\""))
-        .section("pool", &format!("min_idle = {min_idle}"))
-        .section("pool", "capacity = 20")
-        .section("pool", "memory_mb = 64");
-    if docker {
-        builder = builder
-            .section("runtime", "docker_network = \"clawdeploy-test\"")
-            .section("runtime", "publish_loopback = true")
-            .section("runtime", "egress_rules = false");
-    }
-    builder
-}
-
 /// A raw request on the app domain with extra header lines; the response.
 async fn app_request(
     edge: &Edge,
@@ -344,7 +319,7 @@ async fn cookie_session_pages_and_the_live_subdomain_check() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chat_bridge_reaches_only_the_owners_gateway_through_the_edge() {
     let node = node_id();
-    let edge = pool_edge(false, 1, &node).start().await;
+    let edge = fixture_pool_edge(false, 1, &node).start().await;
     let (token, _, _) = edge.register("bridge@example.com", PW).await;
     let (other, _, _) = edge.register("other@example.com", PW).await;
     let bearer = format!("Bearer {token}");
@@ -421,7 +396,7 @@ async fn the_chat_bridge_reaches_only_the_owners_gateway_through_the_edge() {
 async fn browser_journey_from_landing_to_a_chat_reply_on_docker() {
     let node = node_id();
     let _cleanup = Cleanup(node.clone());
-    let edge = pool_edge(true, 1, &node).start().await;
+    let edge = fixture_pool_edge(true, 1, &node).start().await;
     wait_idle(&edge, 1, Duration::from_secs(90)).await;
     let browser = Browser::start(&edge).await;
 
@@ -540,7 +515,7 @@ async fn login_with_mfa_in_the_browser_returns_to_the_page_asked_for() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_soul_md_change_in_settings_reaches_the_instance() {
     let node = node_id();
-    let edge = pool_edge(false, 1, &node).start().await;
+    let edge = fixture_pool_edge(false, 1, &node).start().await;
     let (token, _, _) = edge.register("soul@example.com", PW).await;
     let resp = edge
         .api(
@@ -697,7 +672,7 @@ async fn the_dashboard_shows_progress_while_the_instance_is_prepared() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_see_nodes_pool_and_instances_in_the_browser() {
     let node = node_id();
-    let edge = pool_edge(false, 1, &node).start().await;
+    let edge = fixture_pool_edge(false, 1, &node).start().await;
     wait_idle(&edge, 1, Duration::from_secs(60)).await;
     let (token, _, _) = edge.register("op@example.com", PW).await;
     let resp = edge
@@ -811,7 +786,7 @@ async fn the_dashboard_chats_with_the_real_openclaw() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_from_an_instance_host_returns_there_signed_in() {
     let node = node_id();
-    let edge = pool_edge(false, 1, &node).start().await;
+    let edge = fixture_pool_edge(false, 1, &node).start().await;
     let (token, _, user_id) = edge.register("roundtrip@example.com", PW).await;
     let resp = edge
         .api(
@@ -845,7 +820,7 @@ async fn login_from_an_instance_host_returns_there_signed_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_session_closes_the_chat_and_asks_for_login() {
     let node = node_id();
-    let edge = pool_edge(false, 1, &node).start().await;
+    let edge = fixture_pool_edge(false, 1, &node).start().await;
     let (token, _, _) = edge.register("revoked@example.com", PW).await;
     let resp = edge
         .api(
@@ -881,7 +856,7 @@ async fn a_revoked_session_closes_the_chat_and_asks_for_login() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quota_refusal_shows_in_the_chat_with_an_upgrade_link() {
     let node = node_id();
-    let edge = pool_edge(false, 1, &node)
+    let edge = fixture_pool_edge(false, 1, &node)
         .section("tiers.free", "messages_per_month = 1")
         .start()
         .await;
@@ -938,7 +913,7 @@ async fn the_quota_refusal_shows_in_the_chat_with_an_upgrade_link() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridged_chats_are_rate_limited_per_user_not_per_loopback_ip() {
     let node = node_id();
-    let edge = pool_edge(false, 2, &node)
+    let edge = fixture_pool_edge(false, 2, &node)
         .section("rate_limits", "per_ip_per_minute = 3")
         .start()
         .await;
@@ -984,7 +959,7 @@ async fn bridged_chats_are_rate_limited_per_user_not_per_loopback_ip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_ui_link_arrives_signed_in_at_the_instance_host() {
     let node = node_id();
-    let edge = pool_edge(false, 1, &node).start().await;
+    let edge = fixture_pool_edge(false, 1, &node).start().await;
     let (token, _, user_id) = edge.register("controlui@example.com", PW).await;
     let resp = edge
         .api(

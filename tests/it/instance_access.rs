@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::openclaw::Cleanup;
-use crate::runtime::{chat_turn, fixture_bin, fixture_image_name};
+use crate::runtime::chat_turn;
 use crate::support::*;
 
 const PW: &str = "correct horse battery staple 9";
@@ -28,31 +28,7 @@ fn node_id() -> String {
 
 /// An edge whose pool runs the fixture as local processes (or in Docker).
 pub(crate) fn edge_with_pool(docker: bool, min_idle: usize) -> EdgeBuilder {
-    edge_on_node(docker, min_idle, &node_id())
-}
-
-fn edge_on_node(docker: bool, min_idle: usize, node: &str) -> EdgeBuilder {
-    let (kind, image) = if docker {
-        ("docker", fixture_image_name())
-    } else {
-        ("process", fixture_bin())
-    };
-    let mut builder = EdgeBuilder::new()
-        .section("runtime", &format!("kind = \"{kind}\""))
-        .section("runtime", "config = \"fixture\"")
-        .section("runtime", &format!("image = \"{image}\""))
-        .section("runtime", "user = \"65534:65534\"")
-        .section("pool", &format!("node_id = \"{node}\""))
-        .section("pool", &format!("min_idle = {min_idle}"))
-        .section("pool", "capacity = 20")
-        .section("pool", "memory_mb = 64");
-    if docker {
-        builder = builder
-            .section("runtime", "docker_network = \"clawdeploy-test\"")
-            .section("runtime", "publish_loopback = true")
-            .section("runtime", "egress_rules = false");
-    }
-    builder
+    fixture_pool_edge(docker, min_idle, &node_id())
 }
 
 /// Creates an instance and waits until it is routed as running; (subdomain, upstream).
@@ -165,7 +141,7 @@ async fn signup_to_first_reply_through_the_edge_with_a_warm_pool() {
 async fn signup_on_docker_reaches_a_hardened_container_through_the_edge() {
     let node = node_id();
     let _cleanup = Cleanup(node.clone());
-    let edge = edge_on_node(true, 1, &node).start().await;
+    let edge = fixture_pool_edge(true, 1, &node).start().await;
     wait_idle(&edge, 1, Duration::from_secs(60)).await;
     let (token, _, _) = edge.register("dora@example.com", PW).await;
     let (host, _) = running_instance(&edge, &token, "dora").await;
@@ -331,7 +307,7 @@ async fn an_unverified_account_past_its_grace_is_stopped_until_verified() {
     let node = node_id();
     let _cleanup = Cleanup(node.clone());
     let (token, host, upstream, mail) = {
-        let edge = edge_on_node(true, 0, &node)
+        let edge = fixture_pool_edge(true, 0, &node)
             .database_url(&url)
             .start()
             .await;
@@ -353,7 +329,7 @@ async fn an_unverified_account_past_its_grace_is_stopped_until_verified() {
         .await
         .unwrap();
     db.close().await;
-    let edge = edge_on_node(true, 0, &node)
+    let edge = fixture_pool_edge(true, 0, &node)
         .database_url(&url)
         .start()
         .await;
@@ -428,7 +404,7 @@ async fn a_cancelled_instance_is_archived_after_its_grace_period() {
     let node = node_id();
     let _cleanup = Cleanup(node.clone());
     let edge_for = |node: &str| {
-        edge_on_node(true, 0, node)
+        fixture_pool_edge(true, 0, node)
             .database_url(&url)
             .section("pool", &format!("archive_dir = \"{}\"", archive.display()))
     };

@@ -860,3 +860,29 @@ pub async fn wait_idle(edge: &Edge, n: u64, within: Duration) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// An edge whose pool runs the fixture (`tests/fixture`), as local processes or in Docker on the
+/// shared test network, on pool node `node`.
+pub fn fixture_pool_edge(docker: bool, min_idle: usize, node: &str) -> EdgeBuilder {
+    let (kind, image) = if docker {
+        ("docker", fixture_image_name())
+    } else {
+        ("process", fixture_bin())
+    };
+    let mut builder = EdgeBuilder::new()
+        .section("runtime", &format!("kind = \"{kind}\""))
+        .section("runtime", "config = \"fixture\"")
+        .section("runtime", &format!("image = \"{image}\""))
+        .section("runtime", "user = \"65534:65534\"")
+        .section("pool", &format!("node_id = \"{node}\""))
+        .section("pool", &format!("min_idle = {min_idle}"))
+        .section("pool", "capacity = 20")
+        .section("pool", "memory_mb = 64");
+    if docker {
+        builder = builder
+            .section("runtime", "docker_network = \"clawdeploy-test\"")
+            .section("runtime", "publish_loopback = true")
+            .section("runtime", "egress_rules = false");
+    }
+    builder
+}
