@@ -13,6 +13,11 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 # Store and control-plane tests also run against a real PostgreSQL.
 CLAWDEPLOY_TEST_POSTGRES_URL="$(scripts/start-postgres.sh)"
 export CLAWDEPLOY_TEST_POSTGRES_URL
+# Each PostgreSQL test creates its own database (cdtest_*); drop those left by earlier runs
+# (databases in use by a running test are left alone).
+su postgres -c "psql -qAt" >/dev/null 2>&1 <<'SQL' || true
+SELECT format('DROP DATABASE %I', datname) FROM pg_database WHERE datname LIKE 'cdtest\_%' \gexec
+SQL
 
 # Shared counters (tests/it/shared_counters.rs) use Debian's redis-server; tests that kill Redis
 # start their own on an ephemeral port.

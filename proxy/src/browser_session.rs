@@ -16,7 +16,7 @@
 use http::{header, HeaderValue, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
 
-use crate::identity::{bearer_token, Identity, Rejection, TokenVerifier};
+use crate::identity::{Identity, Rejection, TokenVerifier};
 use crate::responses::EdgeError;
 use crate::routes::{Resolution, Route, RouteTable};
 
@@ -192,10 +192,12 @@ pub enum Denied {
     Login,
 }
 
-/// Instance hosts admit only their owner: a bearer token first, else the host's session cookie.
-/// Without either, browsers are sent to log in and other clients get a 401; another user gets 403.
+/// Instance hosts admit only their owner: a bearer token first (`bearer`, already checked by the
+/// caller), else the host's session cookie. Without either, browsers are sent to log in and other
+/// clients get a 401; another user gets 403.
 pub fn owner_only(
     verifier: &dyn TokenVerifier,
+    bearer: Option<Result<Identity, Rejection>>,
     req: &RequestHeader,
     route: &Route,
     host: &str,
@@ -207,9 +209,9 @@ pub fn owner_only(
                 .header("www-authenticate", "Bearer"),
         )
     };
-    let access = if let Some(token) = bearer_token(req) {
+    let access = if let Some(verified) = bearer {
         Access {
-            identity: verifier.verify(token).map_err(unauthorized)?,
+            identity: verified.map_err(unauthorized)?,
             by_cookie: false,
         }
     } else {

@@ -22,10 +22,10 @@ use clawdeploy_config::{normalize_host, ServerConfig};
 
 use crate::browser_session::{self, Denied};
 use crate::drain::{Drain, InflightGuard};
-use crate::identity::{bearer_token, Identity, TokenVerifier};
+use crate::identity::{bearer_token, Identity, Rejection, TokenVerifier};
 use crate::limits;
 use crate::live::{LiveConnections, TunnelGuard};
-use crate::metered::{self, EdgeMetering};
+use crate::metered::{self, EdgeMetering, RequestMetrics};
 use crate::responses::{write_error, write_redirect, write_see_other, EdgeError};
 use crate::routes::{InstanceState, Resolution, Route, RouteKind, RouteTable};
 use crate::tls::EdgeTls;
@@ -87,6 +87,7 @@ pub struct EdgeProxy {
     live: Option<Arc<LiveConnections>>,
     request_ids: RequestIds,
     metering: Option<Arc<EdgeMetering>>,
+    request_metrics: RequestMetrics,
     tls: EdgeTls,
 }
 
@@ -107,6 +108,7 @@ impl EdgeProxy {
             verifier,
             request_ids: RequestIds::new(),
             metering: None,
+            request_metrics: RequestMetrics::default(),
             tls: EdgeTls::default(),
         }
     }
@@ -135,6 +137,8 @@ pub struct EdgeCtx {
     route: Option<Route>,
     /// The owner, on an instance host.
     identity: Option<Identity>,
+    /// The bearer token's verification, done at most once per request (`None`: not yet).
+    bearer: Option<Option<Result<Identity, Rejection>>>,
     websocket: bool,
     /// Keeps an owner's WebSocket registered for closing on revocation while it is open.
     tunnel: Option<TunnelGuard>,
@@ -161,6 +165,7 @@ impl ProxyHttp for EdgeProxy {
             host: String::new(),
             route: None,
             identity: None,
+            bearer: None,
             websocket: false,
             tunnel: None,
             session_exchange: false,
@@ -187,7 +192,7 @@ impl ProxyHttp for EdgeProxy {
         {
             return Ok(true);
         }
-        if let Some(error) = self.rate_limit_ip(session) {
+        if let Some(error) = self.rate_limit_ip(session, ctx) {
             write_error(session, &error, &ctx.request_id).await?;
             return Ok(true);
         }
@@ -420,10 +425,10 @@ impl ProxyHttp for EdgeProxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut EdgeCtx) {
         let req = session.req_header();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let kind = ctx.route.as_ref().map_or("none", |r| r.kind.as_str());
-        metrics::counter!("clawdeploy_http_requests_total", "kind" => kind, "status" => metered::status_label(status), "method" => metered::method_label(&req.method)).increment(1);
-        metrics::histogram!("clawdeploy_http_request_duration_seconds", "kind" => kind)
-            .record(ctx.started.elapsed().as_secs_f64());
+        let kind = ctx.route.as_ref().map(|r| r.kind);
+        self.request_metrics
+            .record(kind, status, &req.method, ctx.started.elapsed());
+        let kind = kind.map_or("none", RouteKind::as_str);
         if let Some(e) = e.filter(|e| e.esource() == &ErrorSource::Upstream) {
             metrics::counter!("clawdeploy_upstream_errors_total", "kind" => kind, "error" => e.etype().as_str()).increment(1);
         }
@@ -452,7 +457,7 @@ impl ProxyHttp for EdgeProxy {
 impl EdgeProxy {
     /// The per-IP limit; ACME challenges, health checks and authenticated loopback clients are
     /// exempt.
-    fn rate_limit_ip(&self, session: &Session) -> Option<EdgeError> {
+    fn rate_limit_ip(&self, session: &Session, ctx: &mut EdgeCtx) -> Option<EdgeError> {
         let m = self.metering.as_ref()?;
         if metered::exempt_from_rate_limits(session.req_header().uri.path()) {
             return None;
@@ -460,9 +465,7 @@ impl EdgeProxy {
         let ip = client_ip(session)?;
         // The dashboard's chat bridge connects to every user's gateway from this machine with
         // that user's token: such requests are limited per user, not all under one loopback IP.
-        if ip.is_loopback()
-            && bearer_token(session.req_header()).is_some_and(|t| self.verifier.verify(t).is_ok())
-        {
+        if ip.is_loopback() && matches!(self.bearer(session, ctx), Some(Ok(_))) {
             return None;
         }
         let wait = m.limiter.check_ip(ip).err()?;
@@ -470,19 +473,23 @@ impl EdgeProxy {
     }
 
     /// The per-user limit: the owner on instance hosts, the bearer token's user on the API.
-    fn rate_limit_user(&self, session: &Session, ctx: &EdgeCtx) -> Option<EdgeError> {
+    fn rate_limit_user(&self, session: &Session, ctx: &mut EdgeCtx) -> Option<EdgeError> {
         let m = self.metering.as_ref()?;
-        let api_user;
         let user = match &ctx.identity {
-            Some(identity) => &identity.user_id,
-            None => {
-                let token = bearer_token(session.req_header())?;
-                api_user = self.verifier.verify(token).ok()?;
-                &api_user.user_id
-            }
+            Some(identity) => identity.user_id.clone(),
+            None => self.bearer(session, ctx)?.ok()?.user_id,
         };
-        let wait = m.limiter.check_user(user).err()?;
+        let wait = m.limiter.check_user(&user).err()?;
         Some(m.too_many(clawdeploy_metering::Scope::User, wait))
+    }
+
+    /// The request's bearer token checked by the verifier, once per request.
+    fn bearer(&self, session: &Session, ctx: &mut EdgeCtx) -> Option<Result<Identity, Rejection>> {
+        ctx.bearer
+            .get_or_insert_with(|| {
+                bearer_token(session.req_header()).map(|token| self.verifier.verify(token))
+            })
+            .clone()
     }
 }
 
@@ -566,8 +573,10 @@ impl EdgeProxy {
                 return self.session_exchange(ctx);
             }
             let tls = is_tls(session);
+            let bearer = self.bearer(session, ctx);
             match browser_session::owner_only(
                 &*self.verifier,
+                bearer,
                 session.req_header(),
                 &route,
                 &ctx.host,

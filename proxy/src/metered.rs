@@ -1,10 +1,11 @@
 //! The edge's hooks into `clawdeploy_metering`: rate limits in `request_filter`, the WebSocket
 //! meter in the body filters, and the request metrics in `logging`.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use metrics::{Counter, Histogram};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
@@ -104,41 +105,92 @@ pub fn server_body(relay: &mut WsRelay, body: &mut Option<Bytes>) -> Result<()> 
     Ok(())
 }
 
-/// Status label values without formatting the common ones.
-pub fn status_label(status: u16) -> std::borrow::Cow<'static, str> {
-    use std::borrow::Cow;
-    Cow::Borrowed(match status {
-        0 => "0",
-        101 => "101",
-        200 => "200",
-        201 => "201",
-        204 => "204",
-        301 => "301",
-        302 => "302",
-        304 => "304",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        429 => "429",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        other => return Cow::Owned(other.to_string()),
-    })
+/// Statuses with a cached counter handle; others are labelled by formatting the number.
+const COMMON_STATUSES: [u16; 17] = [
+    0, 101, 200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 429, 500, 502, 503, 504,
+];
+/// Method label values from a fixed set (bounded cardinality); the last one is "other".
+const METHODS: [&str; 8] = [
+    "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "other",
+];
+/// Route kind labels: no route, then [`RouteKind`]'s in declaration order.
+const KINDS: [&str; 4] = ["none", "instance", "control_plane", "operator"];
+
+/// The per-request metrics, with handles registered on first use. `logging()` runs for every
+/// request, and a labelled `metrics::counter!` costs a key build, a hash and a registry lookup
+/// each time; a cached handle costs one atomic add.
+pub struct RequestMetrics {
+    /// `clawdeploy_http_requests_total` by kind × common status × method.
+    requests: Box<[OnceLock<Counter>]>,
+    /// `clawdeploy_http_request_duration_seconds` by kind.
+    durations: [OnceLock<Histogram>; KINDS.len()],
 }
 
-/// Method label values from a fixed set (bounded cardinality).
-pub fn method_label(method: &http::Method) -> &'static str {
-    match *method {
-        http::Method::GET => "GET",
-        http::Method::POST => "POST",
-        http::Method::PUT => "PUT",
-        http::Method::PATCH => "PATCH",
-        http::Method::DELETE => "DELETE",
-        http::Method::HEAD => "HEAD",
-        http::Method::OPTIONS => "OPTIONS",
-        _ => "other",
+impl Default for RequestMetrics {
+    fn default() -> Self {
+        Self {
+            requests: (0..KINDS.len() * COMMON_STATUSES.len() * METHODS.len())
+                .map(|_| OnceLock::new())
+                .collect(),
+            durations: Default::default(),
+        }
+    }
+}
+
+impl RequestMetrics {
+    /// Records one finished request.
+    pub fn record(
+        &self,
+        kind: Option<RouteKind>,
+        status: u16,
+        method: &http::Method,
+        elapsed: Duration,
+    ) {
+        let k = match kind {
+            None => 0,
+            Some(RouteKind::Instance) => 1,
+            Some(RouteKind::ControlPlane) => 2,
+            Some(RouteKind::Operator) => 3,
+        };
+        let m = method_index(method);
+        match COMMON_STATUSES.iter().position(|&s| s == status) {
+            Some(s) => {
+                let i = (k * COMMON_STATUSES.len() + s) * METHODS.len() + m;
+                self.requests[i]
+                    .get_or_init(|| requests_counter(k, status.to_string(), m))
+                    .increment(1);
+            }
+            None => requests_counter(k, status.to_string(), m).increment(1),
+        }
+        self.durations[k]
+            .get_or_init(|| {
+                metrics::histogram!("clawdeploy_http_request_duration_seconds", "kind" => KINDS[k])
+            })
+            .record(elapsed.as_secs_f64());
+    }
+}
+
+fn requests_counter(kind: usize, status: String, method: usize) -> Counter {
+    metrics::counter!("clawdeploy_http_requests_total", "kind" => KINDS[kind], "status" => status, "method" => METHODS[method])
+}
+
+fn method_index(method: &http::Method) -> usize {
+    METHODS[..METHODS.len() - 1]
+        .iter()
+        .position(|m| *m == method.as_str())
+        .unwrap_or(METHODS.len() - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_outside_the_fixed_set_are_labelled_other() {
+        assert_eq!(METHODS[method_index(&http::Method::GET)], "GET");
+        assert_eq!(METHODS[method_index(&http::Method::OPTIONS)], "OPTIONS");
+        assert_eq!(METHODS[method_index(&http::Method::TRACE)], "other");
+        let custom = http::Method::from_bytes(b"PROPFIND").unwrap();
+        assert_eq!(METHODS[method_index(&custom)], "other");
     }
 }
