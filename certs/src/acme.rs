@@ -22,8 +22,11 @@ use crate::CertError;
 
 /// How an order proves control of its names.
 pub enum Proof<'a> {
-    /// HTTP-01, answered by this edge's HTTP listener.
-    Http01(&'a Http01Challenges),
+    /// HTTP-01, answered by every edge node's HTTP listener until `expires_at` (unix ms).
+    Http01 {
+        challenges: &'a Http01Challenges,
+        expires_at: i64,
+    },
     /// DNS-01 through a provider, checked visible at `resolver` before the CA is told.
     Dns01 {
         provider: &'a dyn DnsProvider,
@@ -151,7 +154,7 @@ impl AcmeClient {
                     }
                 }
                 let kind = match proof {
-                    Proof::Http01(_) => ChallengeType::Http01,
+                    Proof::Http01 { .. } => ChallengeType::Http01,
                     Proof::Dns01 { .. } => ChallengeType::Dns01,
                 };
                 let mut challenge = authz.challenge(kind.clone()).ok_or_else(|| {
@@ -159,9 +162,20 @@ impl AcmeClient {
                 })?;
                 let key_auth = challenge.key_authorization();
                 match &proof {
-                    Proof::Http01(challenges) => {
-                        challenges.insert(&challenge.token, key_auth.as_str());
+                    Proof::Http01 {
+                        challenges,
+                        expires_at,
+                    } => {
+                        // Stored before the CA is told, so any node can answer it.
                         http_tokens.push(challenge.token.clone());
+                        challenges
+                            .insert(
+                                &challenge.token,
+                                key_auth.as_str(),
+                                &names.join(","),
+                                *expires_at,
+                            )
+                            .await?;
                     }
                     Proof::Dns01 {
                         provider,
@@ -197,9 +211,9 @@ impl AcmeClient {
         }
         .await;
         // Challenges never outlive their order, whatever happened.
-        if let Proof::Http01(challenges) = &proof {
+        if let Proof::Http01 { challenges, .. } = &proof {
             for token in &http_tokens {
-                challenges.remove(token);
+                challenges.remove(token).await;
             }
         }
         if let Proof::Dns01 { provider, .. } = &proof {

@@ -268,6 +268,21 @@ impl Resolver {
             }))
     }
 
+    /// The IPv4 and IPv6 addresses `name` resolves to (CNAMEs followed by the resolver).
+    pub async fn addresses(&self, name: &str) -> Result<Vec<std::net::IpAddr>, CertError> {
+        let mut out = Vec::new();
+        for rtype in [RecordType::A, RecordType::AAAA] {
+            for data in self.query(name, rtype).await? {
+                match data {
+                    RData::A(a) => out.push(std::net::IpAddr::V4(a.0)),
+                    RData::AAAA(a) => out.push(std::net::IpAddr::V6(a.0)),
+                    _ => {}
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Waits until `value` is among the TXT values of `name`, or `timeout` passes.
     pub async fn wait_for_txt(
         &self,

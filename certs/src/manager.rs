@@ -19,7 +19,7 @@ use crate::challenges::Http01Challenges;
 use crate::dns::{provider_from_config, DnsProvider, Resolver};
 use crate::local_ca::{fallback_certificate, LocalCa};
 use crate::pem::{certified_key, leaf_info};
-use crate::renewal::{days_left, in_window, retry_delay, two_thirds};
+use crate::renewal::{days_left, domain_retry_delay, in_window, retry_delay, two_thirds};
 use crate::store::CertStore;
 use crate::{now_ms, CertError};
 
@@ -42,6 +42,9 @@ pub struct CertManager {
     /// Identifies this node's order locks.
     node: String,
     wake: Notify,
+    /// Failures of the base domain's first order and when to try again (unix ms), so a CA or
+    /// DNS outage is not hammered at every pass.
+    base_retry: std::sync::Mutex<(u32, i64)>,
 }
 
 impl std::fmt::Debug for CertManager {
@@ -112,6 +115,7 @@ impl CertManager {
             acme: OnceCell::new(),
             node: Uuid::new_v4().to_string(),
             wake: Notify::new(),
+            base_retry: std::sync::Mutex::new((0, 0)),
         }))
     }
 
@@ -204,6 +208,7 @@ impl CertManager {
         bus: Arc<ChangeBus>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
+        self.challenges.share_through(store.clone());
         let follower = tokio::spawn(self.clone().follow(store.clone(), bus.subscribe()));
         let period = Duration::from_secs(
             self.config
@@ -272,8 +277,27 @@ impl CertManager {
             tracing::warn!("ACME account unavailable, retrying at the next check: {e}");
             return;
         }
-        if let Err(e) = self.ensure_base(store, bus).await {
-            tracing::warn!("base domain certificate: {e}");
+        if let Err(e) = store.delete_expired_acme_challenges().await {
+            tracing::warn!("cannot drop expired ACME challenges: {e}");
+        }
+        let base_due = self
+            .base_retry
+            .lock()
+            .map_or(true, |retry| retry.1 <= now_ms());
+        if base_due {
+            let result = self.ensure_base(store, bus).await;
+            if let Ok(mut retry) = self.base_retry.lock() {
+                match &result {
+                    Ok(()) => *retry = (0, 0),
+                    Err(_) => {
+                        retry.0 = retry.0.saturating_add(1);
+                        retry.1 = now_ms() + retry_delay(retry.0, None).as_millis() as i64;
+                    }
+                }
+            }
+            if let Err(e) = result {
+                tracing::warn!("base domain certificate: {e}");
+            }
         }
         match store.certificates_due(now_ms()).await {
             Ok(due) => {
@@ -494,8 +518,11 @@ impl CertManager {
             )
             .await?
         } else {
-            acme.order(names, Proof::Http01(&self.challenges), replaces)
-                .await?
+            let proof = Proof::Http01 {
+                challenges: &self.challenges,
+                expires_at: now_ms() + LOCK_TTL.as_millis() as i64,
+            };
+            acme.order(names, proof, replaces).await?
         };
         Ok((issued.chain_pem, issued.key_pem))
     }
@@ -522,17 +549,39 @@ impl CertManager {
         Ok(())
     }
 
-    /// Moves customers' domains along: DNS check → certificate → route.
+    /// Moves customers' domains along: DNS records (`pending_dns`) → reachability over HTTP
+    /// (`verifying`) → certificate (`issuing`) → route (`active`); `failed` ones again when
+    /// their backoff is over. One node per domain at a time (the name's order lock).
     async fn check_domains(&self, store: &Store, bus: &ChangeBus) -> Result<(), CertError> {
-        for domain in store.list_custom_domains().await? {
-            match domain.status {
-                DomainStatus::PendingDns | DomainStatus::Verifying | DomainStatus::Issuing => {
-                    self.advance_domain(store, bus, domain).await?;
-                }
-                DomainStatus::Active | DomainStatus::Failed => {}
+        for listed in store.list_custom_domains().await? {
+            if !Self::domain_due(&listed, now_ms()) {
+                continue;
             }
+            let lock_until = now_ms() + LOCK_TTL.as_millis() as i64;
+            if !store
+                .try_lock_certificate(&listed.hostname, &self.node, lock_until)
+                .await?
+            {
+                continue;
+            }
+            // Read again under the lock: another node or the owner may have moved it.
+            let result = match store.get_custom_domain_by_hostname(&listed.hostname).await {
+                Ok(Some(domain)) if Self::domain_due(&domain, now_ms()) => {
+                    self.advance_domain(store, bus, domain).await
+                }
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+            store
+                .unlock_certificate(&listed.hostname, &self.node)
+                .await?;
+            result?;
         }
         Ok(())
+    }
+
+    fn domain_due(domain: &CustomDomain, now: i64) -> bool {
+        domain.status != DomainStatus::Active && domain.next_check_at <= now
     }
 
     async fn advance_domain(
@@ -546,22 +595,22 @@ impl CertManager {
         };
         let expected_target = format!("{}.{}", instance.subdomain, self.config.server.base_domain);
         if domain.status != DomainStatus::Issuing {
-            match self.verify_dns(&domain, &expected_target).await {
-                Ok(()) => {}
-                Err(reason) => {
-                    if domain.reason.as_deref() != Some(reason.as_str())
-                        || domain.status != DomainStatus::PendingDns
-                    {
-                        store
-                            .set_custom_domain_status(
-                                domain.id,
-                                DomainStatus::PendingDns,
-                                Some(&reason),
-                            )
-                            .await?;
-                    }
-                    return Ok(());
-                }
+            if let Err(missing) = self.verify_dns(&domain, &expected_target).await {
+                return self
+                    .not_ready(store, &domain, DomainStatus::PendingDns, &missing)
+                    .await;
+            }
+            // Records seen: before an order (a failed validation counts against the CA's
+            // limits), check that the name reaches this platform where the CA will look.
+            if domain.status != DomainStatus::Verifying {
+                store
+                    .set_custom_domain_status(domain.id, DomainStatus::Verifying, None)
+                    .await?;
+            }
+            if let Err(unreachable) = self.probe_http(&domain.hostname, &expected_target).await {
+                return self
+                    .not_ready(store, &domain, DomainStatus::Verifying, &unreachable)
+                    .await;
             }
             // Verified: only now may a certificate be ordered for this name.
             store
@@ -590,16 +639,108 @@ impl CertManager {
                 }
             }
             Err(e) => {
+                let next = self.next_retry(&domain);
                 let reason = format!(
-                    "The certificate order for {} failed: {e}. Check that {} points to {expected_target} (CNAME) and that port 80 reaches this service, then delete and add the domain again.",
-                    domain.hostname, domain.hostname
+                    "The certificate order for {host} failed: {e}. Check that {host} points to {expected_target} (CNAME) and that port 80 reaches this service. \
+                     It is tried again at {at}, or now with POST /api/domains/{host}/verify.",
+                    host = domain.hostname,
+                    at = utc(next),
                 );
-                store
-                    .set_custom_domain_status(domain.id, DomainStatus::Failed, Some(&reason))
-                    .await?;
+                store.fail_custom_domain(domain.id, &reason, next).await?;
             }
         }
         Ok(())
+    }
+
+    /// When a domain that failed `attempts + 1` times is checked again.
+    fn next_retry(&self, domain: &CustomDomain) -> i64 {
+        let attempts = u32::try_from(domain.attempts + 1).unwrap_or(u32::MAX);
+        let base = Duration::from_secs(self.config.domains.retry_base_secs);
+        now_ms() + domain_retry_delay(attempts, base).as_millis() as i64
+    }
+
+    /// A check did not pass: the domain stays in `status` with what to fix, or, once
+    /// `domains.pending_dns_timeout_secs` have passed since the wait began (or when it had
+    /// already failed), is `failed` and retried with backoff.
+    async fn not_ready(
+        &self,
+        store: &Store,
+        domain: &CustomDomain,
+        status: DomainStatus,
+        what: &str,
+    ) -> Result<(), CertError> {
+        let timeout_secs = self.config.domains.pending_dns_timeout_secs;
+        let timed_out = now_ms() - domain.pending_since >= (timeout_secs * 1000) as i64;
+        if domain.status == DomainStatus::Failed || timed_out {
+            let next = self.next_retry(domain);
+            let host = &domain.hostname;
+            let waited = if timeout_secs % 3600 == 0 {
+                format!("{} h", timeout_secs / 3600)
+            } else {
+                format!("{timeout_secs} s")
+            };
+            let reason = format!(
+                "Not ready {waited} after it was added or last checked: {what} Fix this, then ask for a new check with POST /api/domains/{host}/verify (the platform also checks again at {}).",
+                utc(next)
+            );
+            if domain.status != DomainStatus::Failed {
+                tracing::info!(hostname = %host, "custom domain failed: {what}");
+            }
+            store.fail_custom_domain(domain.id, &reason, next).await?;
+        } else if domain.status != status || domain.reason.as_deref() != Some(what) {
+            store
+                .set_custom_domain_status(domain.id, status, Some(what))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Fetches a probe token at `http://<hostname>:<domains.http01_port>/.well-known/acme-challenge/`
+    /// the way the CA will (name resolved through the configured resolver) and checks that this
+    /// platform (any of its nodes: the probe is in the shared store) answered it.
+    async fn probe_http(&self, hostname: &str, expected_target: &str) -> Result<(), String> {
+        if self.local_ca.is_some() {
+            return Ok(()); // no CA validates anything
+        }
+        let fix = format!(
+            "the CA fetches http://{hostname}/.well-known/acme-challenge/ before it issues the certificate. \
+             Make sure {hostname} has only the CNAME to {expected_target} (no other A or AAAA records) and nothing in front of it blocks port 80."
+        );
+        let Some(resolver) = &self.resolver else {
+            return Err("No DNS resolver is configured on this platform ([dns] resolver).".into());
+        };
+        let token = random_token();
+        let value = format!("{}.{}", token, random_token());
+        let expires = now_ms() + 60_000;
+        if let Err(e) = self
+            .challenges
+            .insert(&token, &value, hostname, expires)
+            .await
+        {
+            return Err(format!("The reachability check could not start ({e}); it is retried."));
+        }
+        let result = async {
+            let addresses = resolver
+                .addresses(hostname)
+                .await
+                .map_err(|e| format!("{hostname} could not be resolved ({e})"))?;
+            let ip = addresses
+                .first()
+                .ok_or_else(|| format!("{hostname} resolves to no address"))?;
+            let addr = std::net::SocketAddr::new(*ip, self.config.domains.http01_port);
+            let body = tokio::time::timeout(Duration::from_secs(5), http_get(addr, hostname, &token))
+                .await
+                .map_err(|_| format!("{addr} did not answer within 5 s"))?
+                .map_err(|e| format!("{addr}: {e}"))?;
+            if body.trim() == value {
+                Ok(())
+            } else {
+                Err(format!("{addr} answered, but not with this platform's check token"))
+            }
+        }
+        .await;
+        self.challenges.remove(&token).await;
+        result.map_err(|detail| format!("{hostname} does not reach this platform over HTTP ({detail}): {fix}"))
     }
 
     /// Checks the customer's records; `Err` says what is missing and how to fix it.
@@ -678,6 +819,50 @@ impl CertManager {
             .map(CertSummary::from)
             .collect())
     }
+}
+
+/// A GET of a challenge path, as a CA sends it; the body of a 200 answer.
+async fn http_get(
+    addr: std::net::SocketAddr,
+    host: &str,
+    token: &str,
+) -> Result<String, std::io::Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!(
+                "GET /.well-known/acme-challenge/{token} HTTP/1.1\r\nHost: {host}\r\n\
+                 User-Agent: clawdeploy-reachability-check\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await?;
+    let mut bytes = Vec::new();
+    stream.take(64 * 1024).read_to_end(&mut bytes).await?;
+    let text = String::from_utf8_lossy(&bytes);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).unwrap_or("none");
+    if status != "200" {
+        return Err(std::io::Error::other(format!("answered HTTP status {status}")));
+    }
+    Ok(body.to_string())
+}
+
+/// 32 base64url characters (192 random bits).
+fn random_token() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; 24];
+    let _ = getrandom::fill(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A unix-ms time as RFC 3339 UTC, for messages.
+fn utc(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ms / 1000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| ms.to_string())
 }
 
 fn random_fraction() -> f64 {

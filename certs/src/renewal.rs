@@ -25,6 +25,14 @@ pub fn retry_delay(failures: u32, retry_after: Option<Duration>) -> Duration {
     retry_after.map_or(backoff, |ra| ra.max(backoff))
 }
 
+/// The delay before a failed custom domain is checked again after `attempts` failures: `base`,
+/// doubling, at most 6 h.
+pub fn domain_retry_delay(attempts: u32, base: Duration) -> Duration {
+    let exp = attempts.saturating_sub(1).min(16);
+    base.saturating_mul(1 << exp)
+        .min(Duration::from_secs(6 * 3600))
+}
+
 /// Days from `now_ms` to `not_after_ms` (the expiry gauge).
 pub fn days_left(now_ms: i64, not_after_ms: i64) -> f64 {
     (not_after_ms - now_ms) as f64 / 86_400_000.0
@@ -47,6 +55,17 @@ mod tests {
         assert_eq!(in_window(100, 200, 1.0), 200);
         assert_eq!(in_window(100, 200, 7.0), 200);
         assert_eq!(in_window(100, 200, 0.5), 150);
+    }
+
+    #[test]
+    fn domain_backoff_starts_at_the_base_and_is_capped() {
+        let base = Duration::from_secs(720);
+        assert_eq!(domain_retry_delay(1, base), base);
+        assert_eq!(domain_retry_delay(2, base), base * 2);
+        assert_eq!(domain_retry_delay(40, base), Duration::from_secs(6 * 3600));
+        // Four failures fit in the first hour at most: under Let's Encrypt's five.
+        let first_hour: Duration = (1..=4).map(|a| domain_retry_delay(a, base)).sum();
+        assert!(first_hour > Duration::from_secs(3600));
     }
 
     #[test]

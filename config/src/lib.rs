@@ -302,20 +302,36 @@ impl Config {
     }
 
     /// The origin (scheme, host and port) under which the edge serves `host`, e.g.
-    /// `http://app.localhost:8080`. Only the plain HTTP listener exists so far, so the scheme is
-    /// `http` and the port is the listener's (omitted when 80).
+    /// `http://app.localhost:8080`: where links in mails and the API's URLs point. `https` with
+    /// the HTTPS listener's port (omitted when 443) when the edge serves HTTPS for real: publicly
+    /// trusted certificates (`tls.mode = "acme"`) or plain HTTP redirected to HTTPS. The embedded
+    /// development default (local CA, no redirect) keeps `http` and the plain listener's port
+    /// (omitted when 80), since browsers do not trust the local CA unless told to.
     pub fn public_origin(&self, host: &str) -> String {
-        let port = self
-            .server
-            .http_listen
+        self.origin(self.serves_https_publicly(), host)
+    }
+
+    /// The origin of `host` on the HTTPS listener (`https`) or the plain one (`http`).
+    pub fn origin(&self, https: bool, host: &str) -> String {
+        let (scheme, listen, default_port) = if https && !self.tls.listen.is_empty() {
+            ("https", &self.tls.listen, 443)
+        } else {
+            ("http", &self.server.http_listen, 80)
+        };
+        let port = listen
             .parse::<SocketAddr>()
             .map(|a| a.port())
-            .unwrap_or(80);
-        if port == 80 {
-            format!("http://{host}")
+            .unwrap_or(default_port);
+        if port == default_port {
+            format!("{scheme}://{host}")
         } else {
-            format!("http://{host}:{port}")
+            format!("{scheme}://{host}:{port}")
         }
+    }
+
+    /// Whether users reach the edge over HTTPS (see [`Config::public_origin`]).
+    pub fn serves_https_publicly(&self) -> bool {
+        !self.tls.listen.is_empty() && (self.tls.mode == TlsMode::Acme || self.tls.redirect_http)
     }
 
     /// The WebSocket origin matching [`Config::public_origin`] (`ws://` while only plain HTTP is served).
@@ -981,6 +997,24 @@ mod tests {
         assert_eq!(
             default.public_ws_origin("a.localhost"),
             "ws://a.localhost:8080"
+        );
+        // A real HTTPS setup: links and URLs are https, on the HTTPS port (443 left out).
+        let acme = load(
+            "[tls]\nmode = \"acme\"\nlisten = \"0.0.0.0:443\"\n[acme]\nwildcard = false\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(acme.public_origin("app.x.test"), "https://app.x.test");
+        assert_eq!(acme.public_ws_origin("a.x.test"), "wss://a.x.test");
+        let redirected = load("[tls]\nredirect_http = true\n", &[]).unwrap();
+        assert_eq!(
+            redirected.public_origin("app.localhost"),
+            "https://app.localhost:8443"
+        );
+        let no_https = load("[tls]\nmode = \"acme\"\nlisten = \"\"\n[acme]\nwildcard = false\n", &[]).unwrap();
+        assert_eq!(
+            no_https.public_origin("app.localhost"),
+            "http://app.localhost:8080"
         );
 
         let found = issues(load(

@@ -154,6 +154,16 @@ pub struct DomainsConfig {
     pub check_interval_secs: u64,
     /// Most domains one user may add.
     pub max_per_user: u32,
+    /// How long a domain waits in `pending_dns` for its records before it is `failed` with the
+    /// records still missing (the owner's re-check starts a new wait).
+    pub pending_dns_timeout_secs: u64,
+    /// First delay before a failed domain is checked (and, if its records are right, ordered)
+    /// again; it doubles with each failure up to 6 h. The default, 12 min, is the pace at which
+    /// Let's Encrypt refills its 5 failed validations per name and hour.
+    pub retry_base_secs: u64,
+    /// The port the CA fetches HTTP-01 challenges on, where the platform checks that a domain
+    /// reaches it before ordering (80 for every public CA; tests point Pebble elsewhere).
+    pub http01_port: u16,
 }
 
 impl Default for DomainsConfig {
@@ -162,6 +172,9 @@ impl Default for DomainsConfig {
             enabled: true,
             check_interval_secs: 30,
             max_per_user: 10,
+            pending_dns_timeout_secs: 72 * 3_600,
+            retry_base_secs: 720,
+            http01_port: 80,
         }
     }
 }
@@ -285,6 +298,24 @@ pub(crate) fn validate(
         "domains.check_interval_secs",
         &domains.check_interval_secs,
         "1 to 86400 seconds",
+    );
+    issue(
+        (1..=30 * 86_400).contains(&domains.pending_dns_timeout_secs),
+        "domains.pending_dns_timeout_secs",
+        &domains.pending_dns_timeout_secs,
+        "1 to 2592000 seconds (30 days)",
+    );
+    issue(
+        (1..=21_600).contains(&domains.retry_base_secs),
+        "domains.retry_base_secs",
+        &domains.retry_base_secs,
+        "1 to 21600 seconds",
+    );
+    issue(
+        domains.http01_port != 0,
+        "domains.http01_port",
+        &domains.http01_port,
+        "a TCP port, 80 for public CAs",
     );
     issue(
         domains.max_per_user <= 1000,

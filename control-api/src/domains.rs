@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use clawdeploy_certs::manager::DOMAIN_TXT_PREFIX;
 use clawdeploy_config::hostname::is_valid_label;
-use clawdeploy_store::{Conflict, CustomDomain, StoreError};
+use clawdeploy_store::{Conflict, CustomDomain, DomainStatus, StoreError};
 
 use crate::admin::Admin;
 use crate::auth::AuthUser;
@@ -200,6 +200,9 @@ async fn domain_json(state: &ApiState, domain: &CustomDomain) -> Result<Value, A
         "records": records(domain, &target),
         "createdAt": domain.created_at,
         "verifiedAt": domain.verified_at,
+        // A failed domain is checked again from then on (backoff); null while not failed.
+        "nextCheckAt": (domain.status == DomainStatus::Failed).then_some(domain.next_check_at),
+        "failedAttempts": domain.attempts,
     }))
 }
 
@@ -293,6 +296,45 @@ pub async fn list(State(state): State<ApiState>, auth: AuthUser) -> Result<Json<
         out.push(domain_json(&state, &domain).await?);
     }
     Ok(Json(json!({ "domains": out })))
+}
+
+/// The owner's "check again" (after fixing DNS, or to retry a failed order before its backoff is
+/// over): back to `verifying` with a new DNS wait; the records and the platform's reachability
+/// are checked before any new order, so this cannot make the CA see failed validations.
+pub async fn verify(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    Path(hostname): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let hostname = hostname.trim().trim_end_matches('.').to_ascii_lowercase();
+    let Some(certs) = state.certs.clone() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "HTTPS_DISABLED",
+            "This platform serves no HTTPS (tls.listen is empty), so it cannot serve your domain.",
+        ));
+    };
+    let Some(domain) = state
+        .store
+        .recheck_custom_domain(auth.user.id, &hostname)
+        .await?
+    else {
+        return Err(ApiError::not_found(format!(
+            "You have no domain {hostname}; see GET /api/domains."
+        )));
+    };
+    if domain.status == DomainStatus::Active {
+        return Ok((
+            StatusCode::OK,
+            Json(json!({ "domain": domain_json(&state, &domain).await? })),
+        ));
+    }
+    tracing::info!(user = %auth.user.id, %hostname, "custom domain re-check asked for");
+    certs.wake();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "domain": domain_json(&state, &domain).await? })),
+    ))
 }
 
 pub async fn delete(

@@ -150,6 +150,8 @@ pub fn endpoints() -> Vec<(Spec, Handler)> {
             body: [("hostname", "string", true)]),
         ep!(get "/api/domains", domains::list, "domains", User, 200 "Your domains with status (pending_dns, verifying, issuing, active, failed), reason and records",
             "Your custom domains"),
+        ep!(post "/api/domains/{hostname}/verify", domains::verify, "domains", User, 202 "Checking again: the domain, now verifying (200 and unchanged when already active)",
+            "Check a domain again now (after fixing its DNS, or to retry a failed one before its backoff is over)"),
         ep!(delete "/api/domains/{hostname}", domains::delete, "domains", User, 204 "Removed with its route and certificate", "Remove a custom domain"),
         ep!(get "/admin/certificates", domains::list_certificates, "admin", Admin, 200 "Certificates (no key material)", "Every certificate the edge serves"),
         ep!(post "/admin/certificates/{name}/renew", domains::renew_certificate, "admin", Admin, 200 "The renewed certificate", "Renew a certificate now"),

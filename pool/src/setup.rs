@@ -163,10 +163,16 @@ pub async fn pool_from_config(
                     String::new()
                 },
                 port: rt.port,
-                origin_templates: vec![
-                    config.public_origin("{host}"),
-                    "https://{host}".to_string(),
-                ],
+                origin_templates: {
+                    // Pages may be loaded from either listener (and behind a TLS terminator).
+                    let mut origins = vec![
+                        config.origin(false, "{host}"),
+                        config.origin(true, "{host}"),
+                        "https://{host}".to_string(),
+                    ];
+                    origins.dedup();
+                    origins
+                },
                 base_domain: config.server.base_domain.clone(),
                 resources,
                 keys: Some((store.clone(), keyring)),

@@ -17,9 +17,11 @@ use crate::responses::write_redirect;
 /// The path prefix of RFC 8555 §8.3 HTTP-01 challenges.
 pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
-/// Key authorizations of the ACME orders open right now, by token.
+/// Key authorizations of the ACME orders open right now, by token (async: they may be another
+/// node's, looked up in the shared store).
+#[async_trait::async_trait]
 pub trait ChallengeResponder: Send + Sync {
-    fn key_authorization(&self, token: &str) -> Option<String>;
+    async fn key_authorization(&self, token: &str) -> Option<String>;
 }
 
 /// HTTPS settings of the request path.
@@ -67,7 +69,7 @@ impl EdgeTls {
         if let (Some(token), Some(challenges)) =
             (path.strip_prefix(ACME_CHALLENGE_PREFIX), &self.challenges)
         {
-            if let Some(key_auth) = challenges.key_authorization(token) {
+            if let Some(key_auth) = challenges.key_authorization(token).await {
                 let body = Bytes::from(key_auth);
                 let mut resp = ResponseHeader::build(200, Some(4))?;
                 resp.insert_header(header::CONTENT_TYPE, "application/octet-stream")?;

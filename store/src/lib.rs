@@ -151,6 +151,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0050_user_language.sql"),
         include_str!("../migrations/postgres/0050_user_language.sql"),
     ),
+    (
+        60,
+        "domain retries and shared challenges",
+        include_str!("../migrations/sqlite/0060_domain_retries.sql"),
+        include_str!("../migrations/postgres/0060_domain_retries.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {

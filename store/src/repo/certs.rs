@@ -104,6 +104,13 @@ pub struct CustomDomain {
     pub created_at: i64,
     pub updated_at: i64,
     pub verified_at: Option<i64>,
+    /// When the current wait for DNS records began (creation or the owner's last re-check);
+    /// `pending_dns` times out from here.
+    pub pending_since: i64,
+    /// Failed checks or orders since the last success or re-check (the backoff exponent).
+    pub attempts: i64,
+    /// When a failed domain is checked again (0: at the next pass).
+    pub next_check_at: i64,
 }
 
 fn uuid_col(row: &AnyRow, col: &str) -> Result<Uuid> {
@@ -124,6 +131,9 @@ fn domain_from_row(row: &AnyRow) -> Result<CustomDomain> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         verified_at: row.try_get("verified_at")?,
+        pending_since: row.try_get("pending_since")?,
+        attempts: row.try_get("attempts")?,
+        next_check_at: row.try_get("next_check_at")?,
     })
 }
 
@@ -146,8 +156,8 @@ fn cert_from_row(row: &AnyRow) -> Result<CertificateRecord> {
 }
 
 const CERT_COLUMNS: &str = "name, domains, chain_pem, key_sealed, issuer, not_before, not_after, renew_at, failures, last_error, updated_at";
-const DOMAIN_COLUMNS: &str =
-    "id, user_id, instance_id, hostname, token, status, reason, created_at, updated_at, verified_at";
+const DOMAIN_COLUMNS: &str = "id, user_id, instance_id, hostname, token, status, reason, created_at, updated_at, verified_at, \
+     pending_since, attempts, next_check_at";
 
 impl Store {
     /// Stores (or replaces) a certificate; the key is sealed here. Clears failures.
@@ -332,8 +342,9 @@ impl Store {
     ) -> Result<CustomDomain> {
         let now = now_ms();
         let row = sqlx::query(&format!(
-            "INSERT INTO custom_domains (id, user_id, instance_id, hostname, token, status, reason, created_at, updated_at, verified_at) \
-             VALUES ($1, $2, $3, $4, $5, 'pending_dns', NULL, $6, $6, NULL) RETURNING {DOMAIN_COLUMNS}"
+            "INSERT INTO custom_domains (id, user_id, instance_id, hostname, token, status, reason, created_at, updated_at, verified_at, \
+             pending_since, attempts, next_check_at) \
+             VALUES ($1, $2, $3, $4, $5, 'pending_dns', NULL, $6, $6, NULL, $6, 0, 0) RETURNING {DOMAIN_COLUMNS}"
         ))
         .bind(Uuid::new_v4().to_string())
         .bind(user_id.to_string())
@@ -379,7 +390,103 @@ impl Store {
         rows.iter().map(domain_from_row).collect()
     }
 
+    /// Marks a domain failed with what to fix, counts the failure and sets when it is checked
+    /// again (the caller's backoff).
+    pub async fn fail_custom_domain(
+        &self,
+        id: Uuid,
+        reason: &str,
+        next_check_at: i64,
+    ) -> Result<Option<CustomDomain>> {
+        let row = sqlx::query(&format!(
+            "UPDATE custom_domains SET status = 'failed', reason = $2, updated_at = $3, \
+             attempts = attempts + 1, next_check_at = $4 WHERE id = $1 RETURNING {DOMAIN_COLUMNS}"
+        ))
+        .bind(id.to_string())
+        .bind(reason)
+        .bind(now_ms())
+        .bind(next_check_at)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(domain_from_row).transpose()
+    }
+
+    /// The owner's "check again": back to `verifying` now, with a new DNS timeout window; the
+    /// failure count (backoff) is kept. `None` when the user has no such domain.
+    pub async fn recheck_custom_domain(
+        &self,
+        user_id: Uuid,
+        hostname: &str,
+    ) -> Result<Option<CustomDomain>> {
+        let now = now_ms();
+        let row = sqlx::query(&format!(
+            "UPDATE custom_domains SET status = CASE WHEN status = 'active' THEN status ELSE 'verifying' END, \
+             reason = CASE WHEN status = 'active' THEN reason ELSE NULL END, \
+             pending_since = $3, next_check_at = 0, updated_at = $3 \
+             WHERE user_id = $1 AND hostname = $2 RETURNING {DOMAIN_COLUMNS}"
+        ))
+        .bind(user_id.to_string())
+        .bind(hostname)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(domain_from_row).transpose()
+    }
+
+    /// Stores an HTTP-01 key authorization for every node to answer until `expires_at`.
+    pub async fn put_acme_challenge(
+        &self,
+        token: &str,
+        key_authorization: &str,
+        name: &str,
+        expires_at: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO acme_challenges (token, key_authorization, name, expires_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (token) DO UPDATE SET key_authorization = excluded.key_authorization, \
+             name = excluded.name, expires_at = excluded.expires_at",
+        )
+        .bind(token)
+        .bind(key_authorization)
+        .bind(name)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The key authorization of an open (unexpired) challenge.
+    pub async fn get_acme_challenge(&self, token: &str) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "SELECT key_authorization FROM acme_challenges WHERE token = $1 AND expires_at > $2",
+        )
+        .bind(token)
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| r.try_get("key_authorization").map_err(Into::into))
+            .transpose()
+    }
+
+    pub async fn delete_acme_challenge(&self, token: &str) -> Result<()> {
+        sqlx::query("DELETE FROM acme_challenges WHERE token = $1")
+            .bind(token)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Drops challenges of orders that ended without cleaning up (a crashed node).
+    pub async fn delete_expired_acme_challenges(&self) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM acme_challenges WHERE expires_at <= $1")
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Moves a domain to `status` (with the reason when failed); returns the updated row.
+    /// Becoming active clears the failure count and the retry time.
     pub async fn set_custom_domain_status(
         &self,
         id: Uuid,
@@ -390,7 +497,9 @@ impl Store {
         let verified = matches!(status, DomainStatus::Issuing | DomainStatus::Active);
         let row = sqlx::query(&format!(
             "UPDATE custom_domains SET status = $2, reason = $3, updated_at = $4, \
-             verified_at = CASE WHEN $5 = 1 THEN COALESCE(verified_at, $4) ELSE verified_at END \
+             verified_at = CASE WHEN $5 = 1 THEN COALESCE(verified_at, $4) ELSE verified_at END, \
+             attempts = CASE WHEN $2 = 'active' THEN 0 ELSE attempts END, \
+             next_check_at = CASE WHEN $2 = 'active' THEN 0 ELSE next_check_at END \
              WHERE id = $1 RETURNING {DOMAIN_COLUMNS}"
         ))
         .bind(id.to_string())
