@@ -114,7 +114,9 @@ mod tests {
 
     #[test]
     fn only_base64url_tokens_are_looked_up() {
-        assert!(plausible_token("LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"));
+        assert!(plausible_token(
+            "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"
+        ));
         assert!(!plausible_token("short"));
         assert!(!plausible_token("../../etc/passwd-aaaaaaaaaaaaaaaaaaaa"));
         assert!(!plausible_token(&"a".repeat(129)));

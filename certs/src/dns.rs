@@ -154,6 +154,17 @@ impl Rfc2136 {
         .await
     }
 
+    /// Removes `name CNAME target` (tests acting as a customer's DNS).
+    pub async fn remove_cname(&self, name: &str, target: &str) -> Result<(), CertError> {
+        let mut client = self.client().await?;
+        let record = Record::from_rdata(fqdn(name)?, TXT_TTL, RData::CNAME(CNAME(fqdn(target)?)));
+        let response = client
+            .delete_by_rdata(record, self.zone.clone())
+            .await
+            .map_err(|e| CertError::Dns(format!("update failed: {e}")))?;
+        self.check(&format!("remove CNAME {name}"), response.response_code())
+    }
+
     /// Adds `name A ip`.
     pub async fn add_a(&self, name: &str, ip: std::net::Ipv4Addr) -> Result<(), CertError> {
         self.add(Record::from_rdata(fqdn(name)?, TXT_TTL, RData::A(A(ip))))

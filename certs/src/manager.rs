@@ -674,7 +674,7 @@ impl CertManager {
         if domain.status == DomainStatus::Failed || timed_out {
             let next = self.next_retry(domain);
             let host = &domain.hostname;
-            let waited = if timeout_secs % 3600 == 0 {
+            let waited = if timeout_secs.is_multiple_of(3600) {
                 format!("{} h", timeout_secs / 3600)
             } else {
                 format!("{timeout_secs} s")
@@ -717,7 +717,9 @@ impl CertManager {
             .insert(&token, &value, hostname, expires)
             .await
         {
-            return Err(format!("The reachability check could not start ({e}); it is retried."));
+            return Err(format!(
+                "The reachability check could not start ({e}); it is retried."
+            ));
         }
         let result = async {
             let addresses = resolver
@@ -728,19 +730,24 @@ impl CertManager {
                 .first()
                 .ok_or_else(|| format!("{hostname} resolves to no address"))?;
             let addr = std::net::SocketAddr::new(*ip, self.config.domains.http01_port);
-            let body = tokio::time::timeout(Duration::from_secs(5), http_get(addr, hostname, &token))
-                .await
-                .map_err(|_| format!("{addr} did not answer within 5 s"))?
-                .map_err(|e| format!("{addr}: {e}"))?;
+            let body =
+                tokio::time::timeout(Duration::from_secs(5), http_get(addr, hostname, &token))
+                    .await
+                    .map_err(|_| format!("{addr} did not answer within 5 s"))?
+                    .map_err(|e| format!("{addr}: {e}"))?;
             if body.trim() == value {
                 Ok(())
             } else {
-                Err(format!("{addr} answered, but not with this platform's check token"))
+                Err(format!(
+                    "{addr} answered, but not with this platform's check token"
+                ))
             }
         }
         .await;
         self.challenges.remove(&token).await;
-        result.map_err(|detail| format!("{hostname} does not reach this platform over HTTP ({detail}): {fix}"))
+        result.map_err(|detail| {
+            format!("{hostname} does not reach this platform over HTTP ({detail}): {fix}")
+        })
     }
 
     /// Checks the customer's records; `Err` says what is missing and how to fix it.
@@ -844,7 +851,9 @@ async fn http_get(
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.split_whitespace().nth(1).unwrap_or("none");
     if status != "200" {
-        return Err(std::io::Error::other(format!("answered HTTP status {status}")));
+        return Err(std::io::Error::other(format!(
+            "answered HTTP status {status}"
+        )));
     }
     Ok(body.to_string())
 }
@@ -861,7 +870,10 @@ fn random_token() -> String {
 fn utc(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(ms / 1000)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| ms.to_string())
 }
 

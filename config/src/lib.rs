@@ -1011,7 +1011,11 @@ mod tests {
             redirected.public_origin("app.localhost"),
             "https://app.localhost:8443"
         );
-        let no_https = load("[tls]\nmode = \"acme\"\nlisten = \"\"\n[acme]\nwildcard = false\n", &[]).unwrap();
+        let no_https = load(
+            "[tls]\nmode = \"acme\"\nlisten = \"\"\n[acme]\nwildcard = false\n",
+            &[],
+        )
+        .unwrap();
         assert_eq!(
             no_https.public_origin("app.localhost"),
             "http://app.localhost:8080"

@@ -13,6 +13,7 @@ use clawdeploy_certs::dns::{DnsProvider, Resolver, Rfc2136};
 
 use crate::domains::pro_user;
 use crate::instance_access::{edge_with_pool, fixture_requests, running_instance};
+use crate::metering::{scrape, value};
 use crate::support::*;
 use crate::tls::{client_config, connect, https_get, insecure_config, next_tls_message, peer_leaf};
 
@@ -62,10 +63,22 @@ impl AcmeEnv {
         })
     }
 
-    /// An edge ordering from Pebble, writing DNS-01 records to BIND.
+    /// An edge ordering from Pebble, writing DNS-01 records to BIND, answering HTTP-01 on
+    /// Pebble's port and checking every second.
     pub fn edge(&self, builder: EdgeBuilder, wildcard: bool) -> EdgeBuilder {
+        self.edge_with(builder.http_port(self.http_port), wildcard, 10, 1)
+    }
+
+    /// An edge ordering from Pebble (its HTTP listener wherever `builder` puts it), whose
+    /// scheduler runs every `renew_check_secs` / `check_interval_secs`.
+    pub fn edge_with(
+        &self,
+        builder: EdgeBuilder,
+        wildcard: bool,
+        renew_check_secs: u64,
+        check_interval_secs: u64,
+    ) -> EdgeBuilder {
         builder
-            .http_port(self.http_port)
             .section("tls", "mode = \"acme\"")
             .section(
                 "acme",
@@ -73,13 +86,17 @@ impl AcmeEnv {
             )
             .section("acme", &format!("ca_root_file = \"{}\"", self.api_root))
             .section("acme", &format!("wildcard = {wildcard}"))
-            .section("acme", "renew_check_secs = 10")
+            .section("acme", &format!("renew_check_secs = {renew_check_secs}"))
             .section("dns", "provider = \"rfc2136\"")
             .section("dns", &format!("server = \"{}\"", self.bind))
             .section("dns", &format!("zone = \"{BASE_DOMAIN}\""))
             .section("dns", &format!("tsig_key_name = \"{}\"", self.key_name))
             .section("dns", &format!("tsig_secret = \"{}\"", self.secret))
-            .section("domains", "check_interval_secs = 1")
+            .section(
+                "domains",
+                &format!("check_interval_secs = {check_interval_secs}"),
+            )
+            .section("domains", &format!("http01_port = {}", self.http_port))
     }
 
     /// The DNS of a zone in BIND, written as its owner would (RFC 2136 + TSIG).
@@ -263,6 +280,32 @@ async fn wildcard_and_apex_are_issued_by_dns01_through_bind_and_stored_sealed() 
         .json();
     let cert = &certs["certificates"][0];
     assert_eq!(cert["issuer"], "acme");
+    // Both orders (first issuance and renewal) are counted, and the served certificate's days
+    // to expiry are exported, as the metrics listener shows them.
+    let scrape = scrape(edge.metrics_addr).await;
+    assert_eq!(
+        value(
+            &scrape,
+            "clawdeploy_acme_orders_total",
+            &[("outcome", "success")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "clawdeploy_acme_orders_total",
+            &[("outcome", "failure")]
+        ),
+        0.0
+    );
+    let expiry = value(
+        &scrape,
+        "clawdeploy_cert_expiry_days",
+        &[("name", BASE_DOMAIN)],
+    );
+    let expected = days_until(cert["notAfter"].as_i64().unwrap());
+    assert!((expiry - expected).abs() < 0.01, "{expiry} vs {expected}");
     // No ARI at Pebble 2.4: renewal at two thirds of the lifetime.
     let (nb, na, at) = (
         cert["notBefore"].as_i64().unwrap(),
@@ -470,12 +513,256 @@ async fn a_customer_domain_is_verified_in_dns_issued_by_http01_and_routed_to_its
     .is_err());
     let resp = https_get(edge.tls_addr, &hostname, &hostname, "/", insecure_config()).await;
     assert_eq!(resp.status, 404);
-    customer
-        .delete_rrset(&hostname, hickory_rtype_cname())
-        .await
-        .ok();
+    customer.remove_cname(&hostname, &instance_host).await.ok();
 }
 
-fn hickory_rtype_cname() -> clawdeploy_certs::dns::RecordType {
-    clawdeploy_certs::dns::RecordType::CNAME
+/// Days from now to a unix-ms time, as the expiry gauge counts them.
+fn days_until(ms: i64) -> f64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    (ms - now) as f64 / 86_400_000.0
+}
+
+/// Polls `GET /api/domains` until the first domain satisfies `done`; every status seen.
+async fn wait_domain(
+    edge: &Edge,
+    token: &str,
+    within: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> (serde_json::Value, Vec<String>) {
+    let deadline = Instant::now() + within;
+    let mut seen: Vec<String> = Vec::new();
+    loop {
+        let list = edge
+            .api("GET", "/api/domains", Some(token), None)
+            .await
+            .json();
+        let domain = list["domains"][0].clone();
+        let status = domain["status"].as_str().unwrap_or_default().to_string();
+        if seen.last() != Some(&status) {
+            seen.push(status);
+        }
+        if done(&domain) {
+            return (domain, seen);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "domain not there in {within:?}: {domain} (seen {seen:?})\n{}",
+            edge.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Two edge nodes on one PostgreSQL. The order runs on node A; Pebble's validation (and the
+/// platform's own reachability probe before it) can only reach node B's HTTP listener, which
+/// answers from the shared store. On the way: `pending_dns` times out into `failed` with what
+/// to fix and a retry time, the owner's re-check goes through `verifying`, and both nodes
+/// export the certificate's days to expiry; a failed order is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_ordered_on_one_node_is_validated_through_another_after_timing_out_in_dns() {
+    let Some(env) = AcmeEnv::get() else { return };
+    let Some(Db::Postgres(url)) = Db::postgres().await else {
+        eprintln!("CLAWDEPLOY_TEST_POSTGRES_URL unset: multi-node ACME test skipped");
+        return;
+    };
+    // Node B listens on Pebble's HTTP-01 port; its scheduler runs once at start and then not
+    // for a day, so it never orders anything in this test.
+    let node_b = env
+        .edge_with(
+            EdgeBuilder::new()
+                .database_url(&url)
+                .http_port(env.http_port),
+            false,
+            86_400,
+            86_400,
+        )
+        .start()
+        .await;
+    // Node A runs the instance and every check; its own HTTP listener is elsewhere.
+    let node_a = env
+        .edge_with(edge_with_pool(false, 0).database_url(&url), false, 10, 1)
+        .section("domains", "pending_dns_timeout_secs = 2")
+        .section("domains", "retry_base_secs = 3600")
+        .start()
+        .await;
+    let (token, _) = pro_user(&node_a, "two-nodes@example.com").await;
+    // A real HTTPS setup links to https in its mails.
+    let mail = node_a.last_mail("two-nodes@example.com").await;
+    assert!(
+        find_link(mail["body"].as_str().unwrap()).starts_with(&format!("https://{APP_DOMAIN}:")),
+        "{mail}"
+    );
+    let sub = format!("two{}", std::process::id());
+    let (instance_host, _) = running_instance(&node_a, &token, &sub).await;
+    let hostname = format!("two-{}.customer.test", std::process::id());
+    let resp = node_a
+        .api(
+            "POST",
+            "/api/domains",
+            Some(&token),
+            Some(json!({ "hostname": hostname })),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    let txt_value = resp.json()["domain"]["records"][1]["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // No records within domains.pending_dns_timeout_secs: failed, saying what is missing, how
+    // to ask again, and when the platform retries by itself (the backoff).
+    let asked = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let (failed, seen) = wait_domain(&node_a, &token, PATIENCE, |d| d["status"] == "failed").await;
+    assert_eq!(
+        seen.first().map(String::as_str),
+        Some("pending_dns"),
+        "{seen:?}"
+    );
+    let reason = failed["reason"].as_str().unwrap();
+    for needle in [
+        "CNAME",
+        instance_host.as_str(),
+        txt_value.as_str(),
+        &format!("POST /api/domains/{hostname}/verify"),
+    ] {
+        assert!(reason.contains(needle), "{needle:?} missing from {reason}");
+    }
+    assert_eq!(failed["failedAttempts"], 1, "{failed}");
+    let next = failed["nextCheckAt"].as_i64().expect("a retry time");
+    assert!(next >= asked + 3_500_000, "retry too soon: {failed}");
+    assert!(
+        !std::fs::read_to_string(format!("{}/pebble.log", env.dir))
+            .unwrap_or_default()
+            .contains(&hostname),
+        "Pebble saw an order for an unverified domain"
+    );
+
+    // The owner creates the records and asks for a check now (the backoff would wait an hour).
+    env.zone(BASE_DOMAIN)
+        .add_a(&instance_host, std::net::Ipv4Addr::LOCALHOST)
+        .await
+        .expect("A");
+    let customer = env.zone("customer.test");
+    customer
+        .add_cname(&hostname, &instance_host)
+        .await
+        .expect("CNAME");
+    customer
+        .add_txt(&format!("_clawdeploy-challenge.{hostname}"), &txt_value)
+        .await
+        .expect("TXT");
+    let started = Instant::now();
+    let resp = node_a
+        .api(
+            "POST",
+            &format!("/api/domains/{hostname}/verify"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(resp.status, 202, "{}", resp.text());
+    assert_eq!(resp.json()["domain"]["status"], "verifying");
+    assert_eq!(resp.json()["domain"]["reason"], serde_json::Value::Null);
+    let (active, seen) = wait_domain(&node_a, &token, Duration::from_secs(90), |d| {
+        assert_ne!(d["status"], "failed", "{d}");
+        d["status"] == "active"
+    })
+    .await;
+    eprintln!(
+        "ISSUANCE custom domain, two nodes (order on A, HTTP-01 answered by B): re-check to active {} ms",
+        started.elapsed().as_millis()
+    );
+    assert!(!seen.contains(&"pending_dns".to_string()), "{seen:?}");
+    assert_eq!(active["failedAttempts"], 0);
+    assert_eq!(active["nextCheckAt"], serde_json::Value::Null);
+    // A ordered; B never did, but answered the challenge from the store (A's listener is not
+    // where Pebble looks).
+    assert!(node_a.log_text().contains("certificate issued"));
+    let b_log = node_b.log_text();
+    assert!(!b_log.contains("certificate issued"), "{b_log}");
+    assert!(
+        b_log.contains("answered another node's ACME challenge"),
+        "{b_log}"
+    );
+    // B serves the certificate too (from the store, after the change broadcast).
+    wait_for_pebble_certificate(&node_b, &env, &hostname, PATIENCE).await;
+    // Challenges do not outlive their order.
+    let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM acme_challenges")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(left, 0);
+    pool.close().await;
+
+    // The metrics listener of each node: the days to expiry of this certificate; the order
+    // outcome on the node that ordered.
+    let certs = node_a
+        .admin("GET", "/admin/certificates", Some(ADMIN_TOKEN), None)
+        .await
+        .json();
+    let cert = certs["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == hostname.as_str())
+        .expect("the domain's certificate")
+        .clone();
+    let expected = days_until(cert["notAfter"].as_i64().unwrap());
+    for node in [&node_a, &node_b] {
+        let scrape = scrape(node.metrics_addr).await;
+        let days = value(
+            &scrape,
+            "clawdeploy_cert_expiry_days",
+            &[("name", &hostname)],
+        );
+        assert!((days - expected).abs() < 0.01, "{days} vs {expected}");
+    }
+    let scrape_a = scrape(node_a.metrics_addr).await;
+    assert_eq!(
+        value(
+            &scrape_a,
+            "clawdeploy_acme_orders_total",
+            &[("outcome", "success")]
+        ),
+        1.0
+    );
+    // A failed order (the name no longer resolves for Pebble) is counted as one.
+    customer
+        .remove_cname(&hostname, &instance_host)
+        .await
+        .expect("remove the CNAME");
+    let resp = node_a
+        .admin(
+            "POST",
+            &format!("/admin/certificates/{hostname}/renew"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(resp.status, 502, "{}", resp.text());
+    assert_eq!(resp.error_code(), "RENEWAL_FAILED");
+    let scrape_a = scrape(node_a.metrics_addr).await;
+    assert_eq!(
+        value(
+            &scrape_a,
+            "clawdeploy_acme_orders_total",
+            &[("outcome", "failure")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &scrape_a,
+            "clawdeploy_acme_orders_total",
+            &[("outcome", "success")]
+        ),
+        1.0
+    );
 }

@@ -13,7 +13,7 @@ pub async fn pro_user(edge: &Edge, email: &str) -> (String, String) {
     let (token, _, id) = edge.register(email, PW).await;
     let mail = edge.last_mail(email).await;
     let link = find_link(mail["body"].as_str().expect("mail body"));
-    assert_eq!(edge.follow(&link).await.status, 200);
+    assert_eq!(crate::tls::follow_link(edge, &link).await.status, 200);
     let resp = edge
         .admin(
             "PUT",

@@ -408,7 +408,7 @@ async fn fragmented_masked_frames_split_across_reads_are_counted() {
 }
 
 /// Samples of one metric from the exposition, parsed by a Prometheus text-format parser.
-async fn scrape(addr: SocketAddr) -> prometheus_parse::Scrape {
+pub(crate) async fn scrape(addr: SocketAddr) -> prometheus_parse::Scrape {
     let resp = try_send(addr, get_request("metrics", "/metrics").as_bytes())
         .await
         .expect("metrics listener answers");
@@ -422,7 +422,11 @@ async fn scrape(addr: SocketAddr) -> prometheus_parse::Scrape {
         .expect("valid exposition")
 }
 
-fn value(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn value(
+    scrape: &prometheus_parse::Scrape,
+    metric: &str,
+    labels: &[(&str, &str)],
+) -> f64 {
     scrape
         .samples
         .iter()

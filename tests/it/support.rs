@@ -407,19 +407,6 @@ impl Edge {
 
     /// Follows a link from a mail (`http://host:port/path?query`) through this edge.
     pub async fn follow(&self, link: &str) -> Response {
-        if let Some(rest) = link.strip_prefix("https://") {
-            // An edge serving HTTPS for real links there (its certificate is not what is tested).
-            let (host_port, path) = rest.split_at(rest.find('/').expect("path in link"));
-            let host = host_port.split(':').next().unwrap_or(host_port);
-            return crate::tls::https_get(
-                self.tls_addr,
-                host,
-                host,
-                path,
-                crate::tls::insecure_config(),
-            )
-            .await;
-        }
         let rest = link.strip_prefix("http://").expect("http link");
         let (host_port, path) = rest.split_at(rest.find('/').expect("path in link"));
         let host = host_port.split(':').next().unwrap_or(host_port);

@@ -146,6 +146,17 @@ pub async fn https_get(
     parse_response(&bytes).expect("an HTTP response")
 }
 
+/// Follows a link from a mail: over HTTPS when it is an https link (the certificate is not what
+/// such a test checks), else through [`Edge::follow`].
+pub async fn follow_link(edge: &Edge, link: &str) -> Response {
+    let Some(rest) = link.strip_prefix("https://") else {
+        return edge.follow(link).await;
+    };
+    let (host_port, path) = rest.split_at(rest.find('/').expect("path in link"));
+    let host = host_port.split(':').next().unwrap_or(host_port);
+    https_get(edge.tls_addr, host, host, path, insecure_config()).await
+}
+
 /// The local CA of an edge in local-CA mode.
 pub fn local_ca(edge: &Edge) -> String {
     std::fs::read_to_string(edge.data_dir().join("local-ca/ca.pem")).expect("local CA file")
@@ -404,4 +415,46 @@ async fn a_second_node_serves_the_stored_certificate_and_picks_up_a_renewal() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// Links in mails (and the API's URLs) point where users really are: https on the HTTPS port
+/// when the edge serves HTTPS for real (ACME certificates), http on the plain listener for the
+/// embedded development default (a local CA browsers do not trust).
+#[tokio::test]
+async fn mail_links_use_https_when_the_edge_serves_https_for_real() {
+    // ACME mode with a CA that is not there: nothing is ordered, the links are what matters.
+    let real = EdgeBuilder::new()
+        .section("tls", "mode = \"acme\"")
+        .section("acme", "directory_url = \"https://127.0.0.1:9/directory\"")
+        .section("acme", "wildcard = false")
+        .start()
+        .await;
+    let (token, _, _) = real
+        .register("https@example.com", "correct horse battery staple 9")
+        .await;
+    let link = find_link(
+        real.last_mail("https@example.com").await["body"]
+            .as_str()
+            .unwrap(),
+    );
+    let origin = format!("https://{APP_DOMAIN}:{}/", real.tls_addr.port());
+    assert!(link.starts_with(&origin), "{link}");
+    // The link works over HTTPS.
+    assert_eq!(follow_link(&real, &link).await.status, 200);
+    let me = real.api("GET", "/api/account", Some(&token), None).await;
+    assert_eq!(me.status, 200, "{}", me.text());
+    assert_eq!(me.json()["user"]["emailVerified"], true, "{}", me.text());
+
+    let dev = EdgeBuilder::new().start().await;
+    dev.register("http@example.com", "correct horse battery staple 9")
+        .await;
+    let link = find_link(
+        dev.last_mail("http@example.com").await["body"]
+            .as_str()
+            .unwrap(),
+    );
+    assert!(
+        link.starts_with(&format!("http://{APP_DOMAIN}:{}/", dev.addr.port())),
+        "{link}"
+    );
 }
