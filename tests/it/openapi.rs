@@ -97,6 +97,7 @@ async fn every_documented_operation_is_served_and_vice_versa() {
         ("POST", "/api/domains"),
         ("GET", "/api/domains"),
         ("DELETE", "/api/domains/{hostname}"),
+        ("POST", "/api/domains/{hostname}/verify"),
         ("GET", "/admin/certificates"),
         ("POST", "/admin/certificates/{name}/renew"),
         ("GET", "/api/openapi.json"),
