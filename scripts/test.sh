@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 # python3-aiosmtpd: the real SMTP server the mail tests send verification and reset links to.
 # chromium + chromium-driver: the dashboard's browser tests (tests/it/dashboard.rs).
-scripts/install-deps.sh python3-aiosmtpd chromium chromium-driver
+# prometheus: tests/it/prometheus.rs runs its own Prometheus scraping an edge (no system service).
+scripts/install-deps.sh python3-aiosmtpd chromium chromium-driver prometheus
 # The 1,000-WebSocket test needs a few thousand file descriptors across test and edge processes.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 

@@ -351,8 +351,19 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
             clawdeploy_metering::MetricsService::new(listener, metrics_handle),
         ));
     }
-    let llm_listen = config.llm.listen.clone();
-    if !llm_listen.is_empty() {
+    // The LLM meter: at a fixed address, or (`auto`) on the listener the pool binds where its
+    // instances reach it.
+    let llm_handoff = clawdeploy_metering::llm::ListenerHandoff::new();
+    let llm_listen = match config.llm.listen_mode() {
+        clawdeploy_config::LlmListen::Off => None,
+        clawdeploy_config::LlmListen::At(address) => Some(
+            clawdeploy_metering::llm::MeterListen::Bind(address.to_string()),
+        ),
+        clawdeploy_config::LlmListen::Auto(_) => Some(
+            clawdeploy_metering::llm::MeterListen::Handoff(llm_handoff.clone()),
+        ),
+    };
+    if let Some(llm_listen) = llm_listen {
         let mut llm_keyring =
             Keyring::from_base64(&config.secrets.master_key_id, &config.secrets.master_key)
                 .context("secrets.master_key")?;
@@ -403,6 +414,7 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     let jwt_key = config.secrets.jwt_key.as_bytes().to_vec();
     let mut ctx = ApiContext::new(config, admin_token, jwt_key, keyring).context("[smtp]")?;
     ctx.meter = Some(meter.clone());
+    ctx.llm_listener = Some(llm_handoff);
     tracing::info!(mail = ctx.mailer.kind(), "outgoing mail");
     let api = ControlApiService::new(
         control_listener,

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 pub use hostname::{normalize_host, validate_hostname, HostnameError};
 pub use instances::{PoolConfig, RuntimeConfig, RuntimeKind};
 pub use metering::{
-    LlmConfig, MeteringConfig, MetricsConfig, RateLimitsConfig, RedisConfig, TierConfig,
+    LlmConfig, LlmListen, MeteringConfig, MetricsConfig, RateLimitsConfig, RedisConfig, TierConfig,
     TiersConfig,
 };
 pub use sessions::SessionsConfig;

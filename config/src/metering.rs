@@ -137,10 +137,13 @@ impl Default for RedisConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LlmConfig {
-    /// `IP:port` the meter listens on, an address of the instance network (its gateway); every
-    /// provider's `baseUrl` points here and egress rules allow it. Empty: no meter, instances get
-    /// the users' provider keys directly and LLM tokens are not counted.
+    /// `auto` (the default): on an address only instances reach — the instance network's gateway
+    /// address with Docker, loopback with the process runtime — at `port`. `IP:port`: exactly
+    /// there. `off` (or empty): no meter; instances get the users' provider keys directly and LLM
+    /// tokens are not counted (development only).
     pub listen: String,
+    /// The meter's port with `listen = "auto"`; 0 picks a free port at each start (tests).
+    pub port: u16,
     pub openai_url: String,
     pub anthropic_url: String,
     pub google_url: String,
@@ -151,11 +154,34 @@ pub struct LlmConfig {
 impl Default for LlmConfig {
     fn default() -> Self {
         Self {
-            listen: String::new(),
+            listen: "auto".into(),
+            port: 9480,
             openai_url: "https://api.openai.com".into(),
             anthropic_url: "https://api.anthropic.com".into(),
             google_url: "https://generativelanguage.googleapis.com".into(),
             allow_private_custom: false,
+        }
+    }
+}
+
+/// Where the LLM meter listens, from `llm.listen` and `llm.port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LlmListen {
+    /// No meter.
+    Off,
+    /// On the address instances reach (chosen with the runtime), at this port.
+    Auto(u16),
+    /// Exactly here.
+    At(std::net::SocketAddr),
+}
+
+impl LlmConfig {
+    /// The listen mode; an invalid `listen` (refused by validation) reads as `Off`.
+    pub fn listen_mode(&self) -> LlmListen {
+        match self.listen.trim() {
+            "auto" => LlmListen::Auto(self.port),
+            "" | "off" => LlmListen::Off,
+            addr => addr.parse().map_or(LlmListen::Off, LlmListen::At),
         }
     }
 }
@@ -165,10 +191,11 @@ pub(crate) fn validate_llm(
     issue: &mut dyn FnMut(bool, &str, &dyn std::fmt::Display, &str),
 ) {
     issue(
-        llm.listen.is_empty() || llm.listen.parse::<std::net::SocketAddr>().is_ok(),
+        matches!(llm.listen.trim(), "auto" | "off" | "")
+            || llm.listen.parse::<std::net::SocketAddr>().is_ok(),
         "llm.listen",
         &llm.listen,
-        "an IP address and port on the instance network, or empty for no LLM meter",
+        "\"auto\" (the instance network's gateway address, or loopback for local processes), an IP address and port only instances reach, or \"off\" for no LLM meter",
     );
     for (key, url) in [
         ("llm.openai_url", &llm.openai_url),

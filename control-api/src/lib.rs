@@ -58,6 +58,8 @@ pub struct ApiContext {
     pub instance_creation: tokio::sync::Mutex<()>,
     /// The edge's usage counters: counts not yet flushed to the store are added to usage views.
     pub meter: Option<Arc<clawdeploy_metering::Meter>>,
+    /// Where the pool hands the LLM meter its listener (`llm.listen = "auto"`).
+    pub llm_listener: Option<clawdeploy_metering::llm::ListenerHandoff>,
 }
 
 impl ApiContext {
@@ -85,6 +87,7 @@ impl ApiContext {
             dummy_hash: tokio::sync::OnceCell::new(),
             instance_creation: tokio::sync::Mutex::new(()),
             meter: None,
+            llm_listener: None,
         })
     }
 
@@ -300,6 +303,7 @@ impl BackgroundService for ControlApiService {
             &self.ctx.config,
             store.clone(),
             bus.clone(),
+            self.ctx.llm_listener.as_ref(),
         )
         .await
         {

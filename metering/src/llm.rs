@@ -547,9 +547,51 @@ impl http_body::Body for TappedBody {
     }
 }
 
+/// Where the meter's listener comes from.
+pub enum MeterListen {
+    /// Bind this address (`llm.listen = "IP:port"`), retrying while it does not exist yet.
+    Bind(String),
+    /// A listener bound by the pool on the address its instances reach (`llm.listen = "auto"`):
+    /// only the pool knows which runtime, and so which address, it ended up with.
+    Handoff(ListenerHandoff),
+}
+
+/// Hands the meter's bound listener from the pool (which picks the address) to the meter service
+/// (which serves it on its own runtime). Cloning shares the one slot.
+#[derive(Clone, Default)]
+pub struct ListenerHandoff {
+    slot: Arc<(Mutex<Option<std::net::TcpListener>>, tokio::sync::Notify)>,
+}
+
+impl ListenerHandoff {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Gives the meter its listener (a later one replaces one not yet taken).
+    pub fn provide(&self, listener: std::net::TcpListener) {
+        if let Ok(mut slot) = self.slot.0.lock() {
+            *slot = Some(listener);
+        }
+        self.slot.1.notify_one();
+    }
+
+    /// Waits for the listener.
+    pub async fn take(&self) -> std::net::TcpListener {
+        loop {
+            // The permit of a notify_one before this wait is kept, so no provide is missed.
+            let notified = self.slot.1.notified();
+            if let Some(listener) = self.slot.0.lock().ok().and_then(|mut s| s.take()) {
+                return listener;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// The meter's listener, as a background service (its own store pool and HTTP client).
 pub struct LlmMeterService {
-    listen: String,
+    listen: Mutex<Option<MeterListen>>,
     meter: Arc<Meter>,
     database_url: String,
     store_options: StoreOptions,
@@ -562,7 +604,7 @@ pub struct LlmMeterService {
 impl LlmMeterService {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        listen: String,
+        listen: MeterListen,
         meter: Arc<Meter>,
         database_url: String,
         store_options: StoreOptions,
@@ -572,7 +614,7 @@ impl LlmMeterService {
         allow_private_custom: bool,
     ) -> Self {
         Self {
-            listen,
+            listen: Mutex::new(Some(listen)),
             meter,
             database_url,
             store_options,
@@ -597,20 +639,44 @@ impl BackgroundService for LlmMeterService {
                 return;
             }
         };
-        // The instance network's address may appear only once the pool has created the network.
-        let listener = loop {
-            match tokio::net::TcpListener::bind(&self.listen).await {
-                Ok(l) => break l,
-                Err(e) => {
-                    tracing::warn!(listen = %self.listen, "LLM meter cannot listen yet, retrying: {e}");
-                    tokio::select! {
-                        _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
-                        _ = shutdown.changed() => return,
+        let Some(listen) = self.listen.lock().ok().and_then(|mut l| l.take()) else {
+            return;
+        };
+        let listener = match listen {
+            MeterListen::Bind(address) => loop {
+                // The instance network's address may appear only once the pool has created it.
+                match tokio::net::TcpListener::bind(&address).await {
+                    Ok(l) => break l,
+                    Err(e) => {
+                        tracing::warn!(listen = %address, "LLM meter cannot listen yet, retrying: {e}");
+                        tokio::select! {
+                            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                            _ = shutdown.changed() => return,
+                        }
+                    }
+                }
+            },
+            MeterListen::Handoff(handoff) => {
+                let bound = tokio::select! {
+                    l = handoff.take() => l,
+                    _ = shutdown.changed() => return,
+                };
+                match bound
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::TcpListener::from_std(bound))
+                {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!("LLM meter listener unusable: {e}");
+                        return;
                     }
                 }
             }
         };
-        tracing::info!(listen = %self.listen, "LLM meter listening");
+        let address = listener
+            .local_addr()
+            .map_or_else(|_| "?".to_string(), |a| a.to_string());
+        tracing::info!(listen = %address, "LLM meter listening");
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
             .https_or_http()

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clawdeploy_config::instances::{InstanceConfigKind, OPENCLAW_IMAGE};
-use clawdeploy_config::{Config, RuntimeKind};
+use clawdeploy_config::{Config, LlmListen, RuntimeKind};
+use clawdeploy_metering::llm::ListenerHandoff;
 use clawdeploy_store::{Keyring, Store};
 
 use crate::changes::ChangeBus;
@@ -17,11 +18,14 @@ use crate::openclaw::OpenClawConfig;
 use crate::runtime::{Resources, Runtime};
 use crate::{DockerOptions, DockerRuntime, EgressRules, ProcessRuntime};
 
-/// The pool `config` asks for, or `None` when `runtime.kind = "none"`.
+/// The pool `config` asks for, or `None` when `runtime.kind = "none"`. With `llm.listen = "auto"`
+/// and OpenClaw instances, the LLM meter's listener is bound here, on the address the chosen
+/// runtime's instances reach, and handed to the meter service through `llm_meter`.
 pub async fn pool_from_config(
     config: &Config,
     store: Store,
     bus: Arc<ChangeBus>,
+    llm_meter: Option<&ListenerHandoff>,
 ) -> Result<Option<Arc<PoolManager>>, PoolError> {
     let rt = &config.runtime;
     // The addresses instances see the edge's connections come from.
@@ -84,13 +88,58 @@ pub async fn pool_from_config(
         }
         _ => docker_image,
     };
+    // Where the LLM meter listens: providers' baseUrl and the egress rules need the address.
+    let gateway = match &docker {
+        Some(docker) => network_gateways(docker).await?,
+        None => vec![],
+    };
+    let meter_address = if openclaw {
+        match config.llm.listen_mode() {
+            LlmListen::Off => {
+                tracing::warn!("llm.listen = \"off\": instances get the users' provider keys and LLM tokens are not counted (development only)");
+                None
+            }
+            LlmListen::At(address) => Some(address),
+            LlmListen::Auto(port) => {
+                let ip = match &docker {
+                    // Docker: the bridge's own address, which only the instance network routes to
+                    // (and the egress rules open to instances).
+                    Some(_) => gateway
+                        .iter()
+                        .find_map(|g| g.parse::<std::net::Ipv4Addr>().ok())
+                        .ok_or_else(|| {
+                            PoolError::Config(format!(
+                                "llm.listen = \"auto\": the Docker network {:?} has no IPv4 gateway address",
+                                rt.docker_network
+                            ))
+                        })?,
+                    // Local processes share the host's loopback.
+                    None => std::net::Ipv4Addr::LOCALHOST,
+                };
+                let Some(handoff) = llm_meter else {
+                    return Err(PoolError::Config(
+                        "llm.listen = \"auto\" but this process runs no LLM meter".into(),
+                    ));
+                };
+                let listener = bind_meter((ip, port).into()).await?;
+                let address = listener
+                    .local_addr()
+                    .map_err(crate::runtime::RuntimeError::from)?;
+                handoff.provide(listener);
+                tracing::info!(%address, "LLM meter address for instances");
+                Some(address)
+            }
+        }
+    } else {
+        None
+    };
     let runtime: Arc<dyn Runtime> = match docker {
         Some(docker) => {
             if rt.egress_rules {
                 // The LLM meter and any extra endpoint instances may reach.
-                let allow = [&config.llm.listen, &rt.llm_endpoint]
-                    .iter()
-                    .filter_map(|a| a.parse().ok())
+                let allow = meter_address
+                    .into_iter()
+                    .chain(rt.llm_endpoint.parse().ok())
                     .collect();
                 let rules = EgressRules::new(&docker.network_info().await?, allow);
                 if let Err(e) = rules.install().await {
@@ -98,7 +147,7 @@ pub async fn pool_from_config(
                     return Err(e.into());
                 }
             }
-            trusted_proxies = network_gateways(&docker).await?;
+            trusted_proxies = gateway;
             Arc::new(docker)
         }
         None => {
@@ -176,9 +225,9 @@ pub async fn pool_from_config(
                 base_domain: config.server.base_domain.clone(),
                 resources,
                 keys: Some((store.clone(), keyring)),
-                llm_meter: (!config.llm.listen.is_empty()).then(|| {
+                llm_meter: meter_address.map(|address| {
                     (
-                        config.llm.listen.clone(),
+                        address.to_string(),
                         config.secrets.jwt_key.as_bytes().to_vec(),
                     )
                 }),
@@ -205,6 +254,28 @@ pub async fn pool_from_config(
         instance_config,
         settings,
     )))
+}
+
+/// Binds the LLM meter's listener. The bridge address can lag the network's creation by a moment,
+/// so an address not (yet) on this host is retried for a few seconds; a port in use fails at once.
+async fn bind_meter(address: std::net::SocketAddr) -> Result<std::net::TcpListener, PoolError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match std::net::TcpListener::bind(address) {
+            Ok(listener) => return Ok(listener),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrNotAvailable
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                return Err(PoolError::Config(format!(
+                    "the LLM meter cannot listen on {address} ({e}); set llm.port to a free port, or llm.listen"
+                )))
+            }
+        }
+    }
 }
 
 /// The instance network's gateway addresses: where the edge's connections come from, as the

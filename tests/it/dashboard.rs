@@ -701,29 +701,14 @@ async fn operators_see_nodes_pool_and_instances_in_the_browser() {
 /// what the gateway reports.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_chats_with_the_real_openclaw() {
-    use crate::openclaw::{openclaw_image, FakeProvider, ANSWER};
-    use clawdeploy_pool::{DockerOptions, DockerRuntime};
-    // A network of its own: egress rules are per network and let one provider address through,
-    // so sharing the OpenClaw module's network would refuse one of the two tests' providers.
+    use crate::openclaw::{assert_metered, openclaw_image, FakeProvider, ANSWER};
+    // A network of its own: egress rules are per network and let one edge's LLM meter through,
+    // so sharing the OpenClaw module's network would cut one of the two tests' instances off.
     const NETWORK: &str = "clawdeploy-dashboard-test";
     let image = openclaw_image().await;
-    let docker = DockerRuntime::connect(DockerOptions {
-        network: NETWORK.into(),
-        publish_loopback: true,
-    })
-    .await
-    .expect("Docker engine (scripts/start-docker.sh)");
-    let gateway_ip: std::net::IpAddr = docker
-        .docker()
-        .inspect_network(NETWORK, None)
-        .await
-        .expect("instance network")
-        .ipam
-        .and_then(|i| i.config)
-        .and_then(|c| c.into_iter().find_map(|c| c.gateway))
-        .and_then(|g| g.parse().ok())
-        .expect("network gateway address");
-    let (_provider, provider_addr) = FakeProvider::start(gateway_ip).await;
+    // On loopback: reached only through the edge's LLM meter.
+    let (provider, provider_addr) =
+        FakeProvider::start(std::net::IpAddr::from([127, 0, 0, 1])).await;
     let node = format!("ocdash{}", std::process::id());
     let _cleanup = Cleanup(node.clone());
     let edge = EdgeBuilder::new()
@@ -733,7 +718,7 @@ async fn the_dashboard_chats_with_the_real_openclaw() {
         .section("runtime", &format!("docker_network = \"{NETWORK}\""))
         .section("runtime", "publish_loopback = true")
         .section("runtime", "egress_rules = true")
-        .section("runtime", &format!("llm_endpoint = \"{provider_addr}\""))
+        .section("llm", "allow_private_custom = true")
         .section("pool", &format!("node_id = \"{node}\""))
         .section("pool", "min_idle = 1")
         .section("pool", "capacity = 1")
@@ -774,6 +759,7 @@ async fn the_dashboard_chats_with_the_real_openclaw() {
         })
         .await;
     assert_eq!(reply, ANSWER);
+    assert_metered(&edge, &token, &provider, "sk-test-dash").await;
     let skills = browser
         .wait_text("#skills", |t| !t.contains("Shown once"))
         .await;

@@ -1,7 +1,11 @@
 //! The real OpenClaw behind the edge (slow: one OpenClaw container, about 1 GiB): the image
-//! `clawdeploy image build` makes, booted by the pool through the real binary, a fake
-//! OpenAI-compatible provider on the instance network's gateway address (the only host address
-//! the egress rules let instances reach), and the trusted-proxy wiring tested from both sides.
+//! `clawdeploy image build` makes, booted by the pool through the real binary, and the
+//! trusted-proxy wiring tested from both sides. Its LLM calls go through the edge's LLM meter
+//! (on by default, on the instance network's gateway address) to a fake OpenAI-compatible
+//! provider on the host's loopback, which no container can reach: a reply proves the meter path.
+//! LLM providers cannot run here; the fake implements the documented Chat Completions protocol
+//! (`POST /v1/chat/completions`, JSON or SSE `chat.completion.chunk`s ending in `data: [DONE]`, and
+//! the final `usage` chunk with empty `choices` only when `stream_options.include_usage` is set).
 //!
 //! scripts/test.sh builds the image first; without it the test builds it (minutes on a fresh
 //! machine, seconds when cached).
@@ -11,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -20,8 +24,6 @@ use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-
-use clawdeploy_pool::{DockerOptions, DockerRuntime};
 
 use crate::support::*;
 
@@ -63,10 +65,15 @@ impl Drop for Cleanup {
     }
 }
 
-/// A fake OpenAI-compatible provider: streams [`ANSWER`] and keeps every request body.
+/// Tokens the fake provider reports per completion (prompt + completion).
+pub const TOKENS_PER_CALL: u64 = 15;
+
+/// A fake OpenAI-compatible provider: answers [`ANSWER`] and keeps every request body and the
+/// `Authorization` header it came with.
 #[derive(Clone, Default)]
 pub struct FakeProvider {
     requests: Arc<Mutex<Vec<Value>>>,
+    authorizations: Arc<Mutex<Vec<String>>>,
 }
 
 impl FakeProvider {
@@ -88,6 +95,11 @@ impl FakeProvider {
         self.requests.lock().expect("requests").clone()
     }
 
+    /// The `Authorization` header of every request (models and completions), in order.
+    pub fn authorizations(&self) -> Vec<String> {
+        self.authorizations.lock().expect("authorizations").clone()
+    }
+
     /// The system prompt of the last completion request.
     pub fn last_system_prompt(&self) -> String {
         let requests = self.requests();
@@ -102,12 +114,28 @@ impl FakeProvider {
     }
 }
 
-async fn models() -> Json<Value> {
+fn authorization(p: &FakeProvider, headers: &HeaderMap) {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    p.authorizations.lock().expect("authorizations").push(value);
+}
+
+async fn models(State(p): State<FakeProvider>, headers: HeaderMap) -> Json<Value> {
+    authorization(&p, &headers);
     Json(json!({"object":"list","data":[{"id":"default","object":"model"}]}))
 }
 
-async fn completions(State(p): State<FakeProvider>, Json(body): Json<Value>) -> impl IntoResponse {
+async fn completions(
+    State(p): State<FakeProvider>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> impl IntoResponse {
+    authorization(&p, &headers);
     let stream = body["stream"] == true;
+    let include_usage = body["stream_options"]["include_usage"] == true;
     p.requests.lock().expect("requests").push(body);
     if !stream {
         return (
@@ -120,14 +148,20 @@ async fn completions(State(p): State<FakeProvider>, Json(body): Json<Value>) -> 
     }
     let chunk = |delta: Value, finish: Value| {
         json!({"id":"c1","object":"chat.completion.chunk","created":0,"model":"default",
-            "choices":[{"index":0,"delta":delta,"finish_reason":finish}],
-            "usage": if finish.is_null() { Value::Null } else { json!({"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}) }})
+            "choices":[{"index":0,"delta":delta,"finish_reason":finish}]})
     };
-    let body = format!(
-        "data: {}\n\ndata: {}\n\ndata: [DONE]\n\n",
+    let mut body = format!(
+        "data: {}\n\ndata: {}\n\n",
         chunk(json!({"role":"assistant","content":ANSWER}), Value::Null),
         chunk(json!({}), json!("stop"))
     );
+    if include_usage {
+        // The documented extra chunk: empty choices, the whole request's usage.
+        let usage = json!({"id":"c1","object":"chat.completion.chunk","created":0,"model":"default",
+            "choices":[],"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":TOKENS_PER_CALL}});
+        body.push_str(&format!("data: {usage}\n\n"));
+    }
+    body.push_str("data: [DONE]\n\n");
     ([(header::CONTENT_TYPE, "text/event-stream")], body)
 }
 
@@ -298,6 +332,84 @@ pub async fn connect_owner(edge: &Edge, host: &str, token: &str) -> (WebSocket, 
     }
 }
 
+/// The LLM path went through the edge's meter: the provider saw only the user's real key (the
+/// meter injected it; instances hold only their meter token), and every completion's usage is
+/// recorded for the instance (counted when its answer's body ends, hence the polling).
+pub async fn assert_metered(edge: &Edge, token: &str, provider: &FakeProvider, real_key: &str) {
+    let authorizations = provider.authorizations();
+    assert!(!authorizations.is_empty(), "the provider was not called");
+    let expected = format!("Bearer {real_key}");
+    assert!(
+        authorizations.iter().all(|a| *a == expected),
+        "the provider saw {authorizations:?}, not the user's key"
+    );
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let expected = TOKENS_PER_CALL * provider.requests().len() as u64;
+        let me = edge
+            .api("GET", "/api/instances/me", Some(token), None)
+            .await
+            .json();
+        let used = me["instance"]["usage"]["tokensThisMonth"].as_u64();
+        if used == Some(expected) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tokensThisMonth {used:?}, expected {expected}: {me}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The container on `node_id` holds the instance's meter token as its provider key and the
+/// user's real key nowhere: not in its config or data volume, its processes' environments or
+/// its Docker config; its provider's `baseUrl` is the meter, not the provider.
+pub async fn assert_container_holds_only_the_token(
+    node_id: &str,
+    instance_id: &str,
+    real_key: &str,
+    provider_addr: SocketAddr,
+) {
+    let meter_token = clawdeploy_metering::llm::instance_token(JWT_KEY.as_bytes(), instance_id);
+    let container = container_of(node_id).await;
+    let path = format!("/data/{}", clawdeploy_pool::openclaw::CONFIG_FILE);
+    let config: Value = serde_json::from_str(&exec_output(&container, &["cat", &path]).await)
+        .expect("the instance's openclaw.json");
+    let custom = &config["models"]["providers"]["custom"];
+    assert_eq!(custom["apiKey"], meter_token.as_str(), "{config}");
+    let base_url = custom["baseUrl"].as_str().unwrap_or_default();
+    assert!(
+        base_url.ends_with("/custom") && !base_url.contains(&provider_addr.to_string()),
+        "baseUrl {base_url} is not the meter"
+    );
+    let found = exec_output(&container, &["grep", "-rl", real_key, "/data"]).await;
+    assert!(found.trim().is_empty(), "the real key is in {found}");
+    let environments = exec_output(
+        &container,
+        &[
+            "sh",
+            "-c",
+            "cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n'",
+        ],
+    )
+    .await;
+    assert!(
+        environments.contains("CLAWDEPLOY_IDLE_CONFIG"),
+        "process environments not readable: {environments}"
+    );
+    assert!(
+        !environments.contains(real_key),
+        "the real key is in a process environment"
+    );
+    let inspect = tokio::process::Command::new("docker")
+        .args(["inspect", &container])
+        .output()
+        .await
+        .expect("docker inspect");
+    assert!(!String::from_utf8_lossy(&inspect.stdout).contains(real_key));
+}
+
 /// Connects straight to the container (not through the edge) with `headers`; the connect answer.
 pub async fn direct(upstream: SocketAddr, headers: &[(&str, &str)]) -> Result<Value, String> {
     let tcp = tokio::net::TcpStream::connect(upstream)
@@ -328,38 +440,10 @@ pub fn upstream_of(edge: &Edge, routes: &Value, host: &str) -> SocketAddr {
         .unwrap_or_else(|| panic!("no route for {host}: {routes}\n{}", edge.log_text()))
 }
 
-/// The fake provider on the instance network's gateway address (the host as instances see it);
-/// the network is created first when missing.
-pub async fn provider_on_instance_network() -> (FakeProvider, SocketAddr) {
-    let docker = DockerRuntime::connect(DockerOptions {
-        network: NETWORK.into(),
-        publish_loopback: true,
-    })
-    .await
-    .expect("Docker engine (scripts/start-docker.sh)");
-    let network = docker
-        .docker()
-        .inspect_network(NETWORK, None)
-        .await
-        .expect("instance network");
-    let gateway_ip: IpAddr = network
-        .ipam
-        .and_then(|i| i.config)
-        .and_then(|c| c.into_iter().find_map(|c| c.gateway))
-        .and_then(|g| g.parse().ok())
-        .expect("network gateway address");
-    FakeProvider::start(gateway_ip).await
-}
-
-/// An edge whose pool runs OpenClaw in Docker, with the egress rules on and the fake provider
-/// as the one host endpoint instances may reach.
-pub fn openclaw_edge(
-    image: &str,
-    node_id: &str,
-    provider: SocketAddr,
-    min_idle: usize,
-    capacity: usize,
-) -> EdgeBuilder {
+/// An edge whose pool runs OpenClaw in Docker, with the egress rules on: instances reach the
+/// internet and the edge's LLM meter (on by default, at a free port here) and no other host
+/// address. The meter may call the fake provider on loopback (`allow_private_custom`).
+pub fn openclaw_edge(image: &str, node_id: &str, min_idle: usize, capacity: usize) -> EdgeBuilder {
     EdgeBuilder::new()
         .section("runtime", "kind = \"docker\"")
         .section("runtime", "config = \"openclaw\"")
@@ -367,22 +451,51 @@ pub fn openclaw_edge(
         .section("runtime", &format!("docker_network = \"{NETWORK}\""))
         .section("runtime", "publish_loopback = true")
         .section("runtime", "egress_rules = true")
-        .section("runtime", &format!("llm_endpoint = \"{provider}\""))
+        .section("llm", "allow_private_custom = true")
         .section("pool", &format!("node_id = \"{node_id}\""))
         .section("pool", &format!("min_idle = {min_idle}"))
         .section("pool", &format!("capacity = {capacity}"))
         .section("pool", "ready_timeout_secs = 240")
 }
 
+/// The instance's container on `node_id` (the test pools hold one).
+async fn container_of(node_id: &str) -> String {
+    let out = tokio::process::Command::new("docker")
+        .args([
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=clawdeploy.node={node_id}"),
+        ])
+        .output()
+        .await
+        .expect("docker ps");
+    let ids = String::from_utf8_lossy(&out.stdout).into_owned();
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    assert_eq!(ids.len(), 1, "containers of {node_id}: {ids:?}");
+    ids[0].to_string()
+}
+
+/// `docker exec <container> <argv>`: its stdout (the instance's own user and view).
+async fn exec_output(container: &str, argv: &[&str]) -> String {
+    let out = tokio::process::Command::new("docker")
+        .arg("exec")
+        .arg(container)
+        .args(argv)
+        .output()
+        .await
+        .expect("docker exec");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openclaw_behind_the_edge_chats_refuses_strangers_and_reloads_its_soul() {
     let image = openclaw_image().await;
-    let (provider, provider_addr) = provider_on_instance_network().await;
+    // On the host's loopback: only the edge's LLM meter can call it, never a container.
+    let (provider, provider_addr) = FakeProvider::start(IpAddr::from([127, 0, 0, 1])).await;
     let node_id = format!("octest{}", std::process::id());
     let _cleanup = Cleanup(node_id.clone());
-    let edge = openclaw_edge(&image, &node_id, provider_addr, 1, 1)
-        .start()
-        .await;
+    let edge = openclaw_edge(&image, &node_id, 1, 1).start().await;
     let boot = std::time::Instant::now();
     wait_idle(&edge, 1, Duration::from_secs(300)).await;
     eprintln!(
@@ -423,6 +536,10 @@ async fn openclaw_behind_the_edge_chats_refuses_strangers_and_reloads_its_soul()
         "{}",
         resp.text()
     );
+    let instance_id = resp.json()["instance"]["id"]
+        .as_str()
+        .expect("instance id")
+        .to_string();
     let host = format!("olivia.{BASE_DOMAIN}");
     let (mut ws, hello) = connect_owner(&edge, &host, &token).await;
     assert_eq!(
@@ -467,6 +584,9 @@ async fn openclaw_behind_the_edge_chats_refuses_strangers_and_reloads_its_soul()
         provider.last_system_prompt().contains("SOUL-MARKER-ONE"),
         "SOUL.md not in the system prompt"
     );
+    assert_metered(&edge, &token, &provider, "sk-test-olivia").await;
+    assert_container_holds_only_the_token(&node_id, &instance_id, "sk-test-olivia", provider_addr)
+        .await;
 
     // Locked down: no admin scope (config writes refused), terminal off.
     let patch = call(
@@ -570,7 +690,8 @@ async fn openclaw_behind_the_edge_chats_refuses_strangers_and_reloads_its_soul()
 }
 
 /// Without Docker, the process runtime runs the same pinned OpenClaw directly with its pinned Node
-/// (development only, not isolated): signup and a chat through the edge work the same way.
+/// (development only, not isolated): signup and a chat through the edge work the same way, with
+/// the LLM meter on loopback between OpenClaw and the provider.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openclaw_as_a_local_process_chats_through_the_edge() {
     if !clawdeploy_pool::image::host_install_ready() {
@@ -592,6 +713,7 @@ async fn openclaw_as_a_local_process_chats_through_the_edge() {
         .section("pool", "min_idle = 1")
         .section("pool", "capacity = 2")
         .section("pool", "ready_timeout_secs = 240")
+        .section("llm", "allow_private_custom = true")
         .start()
         .await;
     wait_idle(&edge, 1, Duration::from_secs(300)).await;
@@ -622,8 +744,5 @@ async fn openclaw_as_a_local_process_chats_through_the_edge() {
     );
     let (mut ws, _) = connect_owner(&edge, &format!("local.{BASE_DOMAIN}"), &token).await;
     assert_eq!(chat(&mut ws, "hello").await, ANSWER);
-    assert!(
-        !provider.requests().is_empty(),
-        "the provider was not asked"
-    );
+    assert_metered(&edge, &token, &provider, "sk-test-local").await;
 }

@@ -228,6 +228,16 @@ impl EdgeBuilder {
                 format!("listen = \"127.0.0.1:{metrics_port}\""),
             ));
         }
+        // The LLM meter (on with OpenClaw instances) on a free port of its address, so parallel
+        // edges on one instance network do not collide on the default 9480.
+        if !section_lines.iter().any(|(s, l)| {
+            s == "llm"
+                && ["port", "listen"]
+                    .iter()
+                    .any(|k| l.trim_start().starts_with(k))
+        }) {
+            section_lines.push(("llm".into(), "port = 0".into()));
+        }
         for (key, value) in [
             ("per_ip_per_minute", "1000000"),
             ("per_user_per_minute", "1000000"),
