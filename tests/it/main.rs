@@ -19,6 +19,7 @@ mod metering;
 mod openapi;
 mod openclaw;
 mod pool;
+mod prometheus;
 mod routing;
 mod runtime;
 mod sessions;
