@@ -3,8 +3,8 @@
 //!
 //! "Signup to first reply" is the brief's: from the `POST /api/instances` request to the client
 //! receiving the final chat event of its first `chat.send` through the edge (at `/ws`), against a
-//! fake OpenAI-compatible provider on the instance network (so the figure is the platform's and
-//! OpenClaw's, not a model's).
+//! fake OpenAI-compatible provider on loopback behind the edge's LLM meter (so the figure is the
+//! platform's and OpenClaw's, not a model's).
 //!
 //! Run (as root, Docker up, the image built): `cargo bench --bench openclaw`
 //! (`OPENCLAW_BENCH_SIGNUPS`, default 3; each warm instance takes about 1 GiB).
@@ -78,10 +78,11 @@ async fn main() {
         .unwrap_or(3)
         .max(1);
     let image = openclaw_image().await;
-    let (_provider, provider_addr) = provider_on_instance_network().await;
+    let (_provider, provider_addr) =
+        FakeProvider::start(std::net::IpAddr::from([127, 0, 0, 1])).await;
     let node_id = format!("ocbench{}", std::process::id());
     let _cleanup = Cleanup(node_id.clone());
-    let edge = openclaw_edge(&image, &node_id, provider_addr, signups, signups)
+    let edge = openclaw_edge(&image, &node_id, signups, signups)
         .start()
         .await;
     let boot = Instant::now();
@@ -163,7 +164,7 @@ async fn main() {
         "# OpenClaw: signup to first reply, memory ({date})\n\n\
          `cargo bench --bench openclaw`: image `{image}`, {signups} signups on a warm pool of {signups} \
          (Docker, hardened containers, 2 GiB limit, 1 CPU each), a fake OpenAI-compatible provider on \
-         the instance network's gateway (egress rules on), {cpus} CPUs.\n\n\
+         loopback behind the edge's LLM meter (egress rules on), {cpus} CPUs.\n\n\
          Pool of {signups} warm from the edge's start: {pool}.\n\n\
          ## Signup to first reply\n\n\
          From `POST /api/instances` to the final chat event of the first `chat.send` through the edge.\n\n\

@@ -302,3 +302,41 @@ pub(crate) fn validate(
         "redis://host:port[/db], or empty for counters in this process only",
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Config, ConfigError};
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_toml_with_env(
+            text,
+            std::path::Path::new("test.toml"),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn the_llm_meter_is_on_by_default_and_can_be_placed_or_turned_off() {
+        let default = load("", &[]).unwrap();
+        assert_eq!(default.llm.listen_mode(), LlmListen::Auto(9480));
+        let tests = load("[llm]\nport = 0\n", &[]).unwrap();
+        assert_eq!(tests.llm.listen_mode(), LlmListen::Auto(0));
+        let fixed = load("", &[("CLAWDEPLOY_LLM__LISTEN", "10.0.0.1:9000")]).unwrap();
+        assert_eq!(
+            fixed.llm.listen_mode(),
+            LlmListen::At("10.0.0.1:9000".parse().unwrap())
+        );
+        for off in ["off", ""] {
+            let config = load(&format!("[llm]\nlisten = \"{off}\"\n"), &[]).unwrap();
+            assert_eq!(config.llm.listen_mode(), LlmListen::Off);
+        }
+        let Err(ConfigError::Invalid(issues)) = load("[llm]\nlisten = \"gateway:9480\"\n", &[])
+        else {
+            panic!("an address that is no IP:port must be refused");
+        };
+        assert_eq!(issues[0].key, "llm.listen");
+        assert_eq!(issues[0].value, "gateway:9480");
+        assert!(issues[0].allowed.contains("auto"), "{}", issues[0].allowed);
+    }
+}

@@ -767,6 +767,28 @@ mod tests {
         assert_eq!(with_include_usage(plain.clone()), plain);
     }
 
+    #[tokio::test]
+    async fn the_handoff_delivers_a_listener_provided_before_or_during_the_wait() {
+        let handoff = ListenerHandoff::new();
+        let early = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let early_addr = early.local_addr().unwrap();
+        handoff.provide(early);
+        assert_eq!(handoff.take().await.local_addr().unwrap(), early_addr);
+        let waiting = tokio::spawn({
+            let handoff = handoff.clone();
+            async move { handoff.take().await.local_addr().unwrap() }
+        });
+        tokio::task::yield_now().await;
+        let late = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let late_addr = late.local_addr().unwrap();
+        handoff.provide(late);
+        let taken = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("the waiting meter gets its listener")
+            .unwrap();
+        assert_eq!(taken, late_addr);
+    }
+
     #[test]
     fn private_hosts() {
         assert!(is_private_host("127.0.0.1"));
