@@ -69,7 +69,7 @@ async fn fake_provider() -> (SocketAddr, Seen) {
 }
 
 /// A raw HTTP/1.1 POST to the meter; the response.
-async fn post(meter: SocketAddr, path: &str, token: Option<&str>, body: &Value) -> Response {
+pub async fn post(meter: SocketAddr, path: &str, token: Option<&str>, body: &Value) -> Response {
     let body = body.to_string();
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let raw = format!(

@@ -157,14 +157,21 @@ fn percent_encode(s: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_real_prometheus_scrapes_request_counters_latency_and_open_websockets() {
+async fn a_real_prometheus_scrapes_requests_latency_llm_tokens_and_open_websockets() {
     let http = HttpUpstream::start("site").await;
     let echo = WsUpstream::start().await;
     let app_host = format!("site.{BASE_DOMAIN}");
     let ws_host = format!("echo.{BASE_DOMAIN}");
+    // The LLM meter at a fixed loopback address, calling the fake OpenAI-compatible provider
+    // (the documented Chat Completions protocol, see openclaw.rs) on loopback.
+    let (_provider, provider_addr) =
+        crate::openclaw::FakeProvider::start(std::net::IpAddr::from([127, 0, 0, 1])).await;
+    let meter = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let edge = EdgeBuilder::new()
         .route(&app_host, http.addr)
         .route(&ws_host, echo.addr)
+        .section("llm", &format!("listen = \"{meter}\""))
+        .section("llm", "allow_private_custom = true")
         .start()
         .await;
     for _ in 0..3 {
@@ -176,6 +183,48 @@ async fn a_real_prometheus_scrapes_request_counters_latency_and_open_websockets(
         404
     );
     let ws = edge.websocket(&ws_host, "/").await;
+    // One metered LLM call: 10 input and 5 output tokens for the custom provider.
+    let (token, _, _) = edge
+        .register("prom@example.com", "correct horse battery staple 9")
+        .await;
+    let created = edge
+        .api(
+            "POST",
+            "/api/instances",
+            Some(&token),
+            Some(serde_json::json!({"subdomain": "prom"})),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let instance_id = created.json()["instance"]["id"]
+        .as_str()
+        .expect("instance id")
+        .to_string();
+    let key = edge
+        .api(
+            "PUT",
+            "/api/account/api-keys/custom",
+            Some(&token),
+            Some(serde_json::json!({"key": "sk-prom-real-key", "baseUrl": format!("http://{provider_addr}/v1")})),
+        )
+        .await;
+    assert_eq!(key.status, 200, "{}", key.text());
+    let deadline = Instant::now() + PATIENCE;
+    while tokio::net::TcpStream::connect(meter).await.is_err() {
+        assert!(Instant::now() < deadline, "the LLM meter never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let answer = crate::llm_meter::post(
+        meter,
+        "/custom/chat/completions",
+        Some(&clawdeploy_metering::llm::instance_token(
+            JWT_KEY.as_bytes(),
+            &instance_id,
+        )),
+        &serde_json::json!({"model": "default", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
 
     let prometheus = Prometheus::start(edge.metrics_addr).await;
     let target = edge.metrics_addr.to_string();
@@ -219,6 +268,15 @@ async fn a_real_prometheus_scrapes_request_counters_latency_and_open_websockets(
         .await;
     assert_eq!(buckets.len(), 1, "{buckets:?}");
     assert!(sample_value(&buckets[0]) >= 3.0, "{buckets:?}");
+
+    // LLM tokens by provider and kind.
+    for (kind, tokens) in [("input", 10.0), ("output", 5.0)] {
+        let expr = format!("clawdeploy_llm_tokens_total{{provider=\"custom\",kind=\"{kind}\"}}");
+        let series = prometheus
+            .wait_for(&expr, |r| r.len() == 1 && sample_value(&r[0]) == tokens)
+            .await;
+        assert_eq!(series[0]["metric"]["job"], "clawdeploy");
+    }
 
     // The open-WebSocket gauge follows the connection: 1 while open, 0 once closed.
     prometheus
