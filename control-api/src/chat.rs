@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFr
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use clawdeploy_proxy::browser_session;
 use clawdeploy_store::InstanceStatus;
 
 use crate::auth::{self, AuthUser};
@@ -34,16 +35,6 @@ const MAX_BROWSER_FRAME: usize = 1024 * 1024;
 
 fn bad_upgrade(message: &str) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "WEBSOCKET_REQUIRED", message)
-}
-
-/// The host part of an `Origin` (`http://app.example.com:8080` → `app.example.com`).
-fn origin_host(origin: &str) -> Option<&str> {
-    let rest = origin.split_once("://")?.1;
-    let authority = rest.split('/').next()?;
-    Some(match authority.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => authority,
-    })
 }
 
 /// The `Sec-WebSocket-Accept` of a key (RFC 6455 §4.2.2).
@@ -96,7 +87,7 @@ pub async fn chat(
         let same = origin
             .to_str()
             .ok()
-            .and_then(origin_host)
+            .and_then(browser_session::parse_origin)
             .is_some_and(|h| h.eq_ignore_ascii_case(&app));
         if !same {
             return Err(ApiError::forbidden(
@@ -294,18 +285,5 @@ mod tests {
             accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
-    }
-
-    #[test]
-    fn origin_hosts() {
-        assert_eq!(
-            origin_host("http://app.example.com:8080"),
-            Some("app.example.com")
-        );
-        assert_eq!(
-            origin_host("https://app.example.com"),
-            Some("app.example.com")
-        );
-        assert_eq!(origin_host("null"), None);
     }
 }

@@ -248,13 +248,15 @@ pub fn owner_only(
 /// The host of an `Origin` header (`None` when absent); `Err` for `null` or a malformed origin.
 pub fn origin_host(req: &RequestHeader) -> Option<Result<String, ()>> {
     let origin = req.headers.get(header::ORIGIN)?;
-    let parsed = origin.to_str().ok().and_then(|origin| {
-        let rest = origin
-            .strip_prefix("https://")
-            .or_else(|| origin.strip_prefix("http://"))?;
-        clawdeploy_config::normalize_host(rest)
-    });
-    Some(parsed.ok_or(()))
+    Some(origin.to_str().ok().and_then(parse_origin).ok_or(()))
+}
+
+/// The normalised host of an `http(s)://host[:port]` origin (`None` for `null` or anything else).
+pub fn parse_origin(origin: &str) -> Option<String> {
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))?;
+    clawdeploy_config::normalize_host(rest)
 }
 
 /// WebSocket upgrades and cookie-authenticated writes on an instance host only from the
@@ -325,6 +327,29 @@ pub fn login_url(tls: bool, app_domain: &str, raw_host: &str, path_and_query: &s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percent_encoding_keeps_only_unreserved() {
+        assert_eq!(
+            percent_encode("http://a.b/c?d=e f~"),
+            "http%3A%2F%2Fa.b%2Fc%3Fd%3De%20f~"
+        );
+    }
+
+    #[test]
+    fn origins_parse_to_normalised_hosts() {
+        assert_eq!(
+            parse_origin("http://App.Example.com:8080").as_deref(),
+            Some("app.example.com")
+        );
+        assert_eq!(
+            parse_origin("https://app.example.com").as_deref(),
+            Some("app.example.com")
+        );
+        for bad in ["null", "ftp://a.example", "https://", "https://a b"] {
+            assert_eq!(parse_origin(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn platform_cookie_names() {

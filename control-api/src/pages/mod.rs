@@ -12,6 +12,7 @@ use axum::Router;
 use serde::Deserialize;
 use serde_json::Value;
 
+use clawdeploy_proxy::browser_session::percent_encode;
 use clawdeploy_store::time::{now_ms, rfc3339};
 use clawdeploy_store::{Instance, InstanceStatus, Role};
 
@@ -69,23 +70,10 @@ async fn signed_in(state: &ApiState, headers: &HeaderMap) -> Option<AuthUser> {
     auth::authenticate(state, token).await.ok()
 }
 
-/// Percent-encodes everything but unreserved characters (RFC 3986).
-pub(crate) fn url_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// A page that needs a login sends the browser to `/login?next=<this page>`.
 fn to_login(uri: &Uri) -> Response {
     let next = uri.path_and_query().map_or("/dashboard", |p| p.as_str());
-    Redirect::to(&format!("/login?next={}", url_encode(next))).into_response()
+    Redirect::to(&format!("/login?next={}", percent_encode(next))).into_response()
 }
 
 async fn landing(State(state): State<ApiState>, headers: HeaderMap) -> Response {
@@ -169,7 +157,7 @@ async fn login(
 ) -> Response {
     let next = q.next.unwrap_or_default();
     if signed_in(&state, &headers).await.is_some() {
-        return Redirect::to(&format!("/login/continue?next={}", url_encode(&next)))
+        return Redirect::to(&format!("/login/continue?next={}", percent_encode(&next)))
             .into_response();
     }
     let body = format!(
@@ -212,8 +200,11 @@ async fn login_continue(
     if instance_target(&state, &next).is_some() {
         // The instance host's own sign-in: a one-time code for that host, exchanged there for the
         // host's session cookie (`GET /api/session/handoff` checks the caller owns it).
-        return Redirect::to(&format!("/api/session/handoff?next={}", url_encode(&next)))
-            .into_response();
+        return Redirect::to(&format!(
+            "/api/session/handoff?next={}",
+            percent_encode(&next)
+        ))
+        .into_response();
     }
     Redirect::to("/dashboard").into_response()
 }
@@ -287,13 +278,7 @@ fn meter(id: &str, label: &str, used: i64, limit: Option<i64>) -> String {
 }
 
 async fn my_instance(state: &ApiState, auth: &AuthUser) -> Option<Instance> {
-    state
-        .store
-        .list_instances_by_user(auth.user.id)
-        .await
-        .ok()?
-        .into_iter()
-        .next()
+    crate::instances::my_instance(state, auth).await.ok()
 }
 
 async fn dashboard(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -> Response {
@@ -400,7 +385,7 @@ async fn dashboard(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) 
         // second login there.
         open = esc(&format!(
             "/login/continue?next={}",
-            url_encode(&format!("{url}/"))
+            percent_encode(&format!("{url}/"))
         )),
         host = esc(&format!(
             "{}.{}",
@@ -849,14 +834,6 @@ pub fn wants_html(headers: &HeaderMap, uri: &Uri) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn url_encoding_keeps_only_unreserved() {
-        assert_eq!(
-            url_encode("http://a.b/c?d=e f"),
-            "http%3A%2F%2Fa.b%2Fc%3Fd%3De%20f"
-        );
-    }
 
     #[test]
     fn only_paths_on_this_host_are_followed_after_login() {
