@@ -618,10 +618,22 @@ impl CertManager {
                 .await?;
         }
         let names = vec![domain.hostname.clone()];
-        match self
-            .issue_and_store(store, bus, &domain.hostname, &names, None)
-            .await
-        {
+        // A certificate stored after the domain went to `issuing` was ordered for it already (by
+        // a node that stopped, or is just marking it active): no second order.
+        let issued = match store.get_certificate(&domain.hostname).await? {
+            Some(cert)
+                if domain.status == DomainStatus::Issuing
+                    && cert.updated_at >= domain.updated_at =>
+            {
+                self.install(&cert)?;
+                Ok(cert)
+            }
+            _ => {
+                self.issue_and_store(store, bus, &domain.hostname, &names, None)
+                    .await
+            }
+        };
+        match issued {
             Ok(_) => {
                 if let Some(active) = store
                     .set_custom_domain_status(domain.id, DomainStatus::Active, None)
