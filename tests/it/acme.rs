@@ -690,6 +690,33 @@ async fn a_domain_ordered_on_one_node_is_validated_through_another_after_timing_
         b_log.contains("answered another node's ACME challenge"),
         "{b_log}"
     );
+    // Once the order is over, B answers none of the tokens it answered during it, nor a
+    // made-up one: nobody gets a key authorization that no open order asked for.
+    let answered: Vec<String> = b_log
+        .lines()
+        .filter(|l| l.contains("answered another node's ACME challenge"))
+        .flat_map(|l| {
+            l.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+                .filter(|w| w.len() >= 22)
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    // Pebble's tokens (43 characters) and the platform's own probe (32).
+    assert!(
+        !answered.is_empty() && answered.iter().all(|t| t.len() == 43 || t.len() == 32),
+        "{answered:?}\n{b_log}"
+    );
+    for token in answered
+        .iter()
+        .map(String::as_str)
+        .chain(["LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"])
+    {
+        let resp = node_b
+            .get(&hostname, &format!("/.well-known/acme-challenge/{token}"))
+            .await;
+        assert_ne!(resp.status, 200, "{token}: {}", resp.text());
+    }
     // B serves the certificate too (from the store, after the change broadcast).
     wait_for_pebble_certificate(&node_b, &env, &hostname, PATIENCE).await;
     // Challenges do not outlive their order.
