@@ -998,3 +998,66 @@ async fn loopback_websocket_upgrades_with_a_token_are_not_redirected_to_https() 
         Some(401)
     );
 }
+
+/// The domains page: a custom domain added through the form shows its status and what to fix;
+/// once it has failed, "Check again" has the platform check it now instead of after its backoff
+/// (an hour here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_added_in_the_browser_fails_with_what_to_fix_and_is_checked_again_on_request() {
+    let edge = EdgeBuilder::new()
+        .section("domains", "check_interval_secs = 1")
+        .section("domains", "pending_dns_timeout_secs = 1")
+        .section("domains", "retry_base_secs = 3600")
+        // A resolver that is not there: the records are never found.
+        .section("dns", "resolver = \"127.0.0.1:9\"")
+        .start()
+        .await;
+    let (token, _) = crate::domains::pro_user(&edge, "domains@example.com").await;
+    let resp = edge
+        .api(
+            "POST",
+            "/api/instances",
+            Some(&token),
+            Some(json!({"subdomain":"mydomain"})),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    let browser = Browser::start(&edge).await;
+    browser_login(&browser, "domains@example.com", "/dashboard").await;
+    browser.goto("/domains").await;
+    browser.type_into("#hostname", "claw.example.com").await;
+    browser.click("#domain-form button[type=submit]").await;
+    let deadline = Instant::now() + PATIENCE;
+    let row = loop {
+        browser.goto("/domains").await;
+        let text = browser.wait_text("main", |t| !t.is_empty()).await;
+        if text.contains("claw.example.com") && text.contains("failed") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "never failed: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(row.contains("mydomain.clawdeploy.test"), "{row}");
+    assert!(row.contains("/verify"), "{row}");
+    assert_eq!(domain_attempts(&edge, &token).await, Some(1));
+    browser.click("[data-verify-domain]").await;
+    let deadline = Instant::now() + PATIENCE;
+    while domain_attempts(&edge, &token).await != Some(2) {
+        assert!(
+            Instant::now() < deadline,
+            "no check after the click: {}",
+            edge.api("GET", "/api/domains", Some(&token), None)
+                .await
+                .text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `failedAttempts` of the user's first custom domain.
+async fn domain_attempts(edge: &Edge, token: &str) -> Option<i64> {
+    edge.api("GET", "/api/domains", Some(token), None)
+        .await
+        .json()["domains"][0]["failedAttempts"]
+        .as_i64()
+}

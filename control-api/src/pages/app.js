@@ -544,6 +544,10 @@ function domainsPage() {
       window.location.reload();
     } catch (err) { showError(form, err, $("#domain-error")); }
   });
+  document.querySelectorAll("[data-verify-domain]").forEach((b) => b.addEventListener("click", async () => {
+    try { await api("POST", "/api/domains/" + encodeURIComponent(b.dataset.verifyDomain) + "/verify"); window.location.reload(); }
+    catch (err) { $("#domain-error").textContent = err.message; }
+  }));
   document.querySelectorAll("[data-delete-domain]").forEach((b) => b.addEventListener("click", async () => {
     try { await api("DELETE", "/api/domains/" + encodeURIComponent(b.dataset.deleteDomain)); window.location.reload(); }
     catch (err) { $("#domain-error").textContent = err.message; }

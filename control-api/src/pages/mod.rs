@@ -637,7 +637,17 @@ async fn domains(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) ->
         .iter()
         .map(|d| {
             format!(
-                "<tr><td><code>{host}</code></td><td>{status}</td><td>CNAME <code>{host}</code> → <code>{target}</code><br>TXT <code>_clawdeploy-challenge.{host}</code> = <code>{token}</code></td><td>{reason}</td><td><button type=\"button\" class=\"button danger small\" data-delete-domain=\"{host}\">Remove <span class=\"visually-hidden\">{host}</span></button></td></tr>",
+                "<tr><td><code>{host}</code></td><td>{status}</td><td>CNAME <code>{host}</code> → <code>{target}</code><br>TXT <code>_clawdeploy-challenge.{host}</code> = <code>{token}</code></td><td>{reason}</td><td>{recheck}<button type=\"button\" class=\"button danger small\" data-delete-domain=\"{host}\">Remove <span class=\"visually-hidden\">{host}</span></button></td></tr>",
+                // Not yet active: the owner may ask for a check now (after fixing DNS, or
+                // before a failed domain's backoff is over).
+                recheck = if d.status == clawdeploy_store::DomainStatus::Active {
+                    String::new()
+                } else {
+                    format!(
+                        "<button type=\"button\" class=\"button small\" data-verify-domain=\"{host}\">Check again <span class=\"visually-hidden\">{host}</span></button> ",
+                        host = esc(&d.hostname)
+                    )
+                },
                 host = esc(&d.hostname),
                 status = esc(d.status.as_str()),
                 target = esc(&target),
