@@ -48,11 +48,16 @@ pub fn raise_fd_limit() {
 }
 
 /// A loopback port that was free a moment ago (Pingora cannot report the port of a port-0 listener).
+/// Picked at random below the kernel's ephemeral range (32768–60999): a port from that range can
+/// be taken by any outgoing connection or port-0 listener of a parallel test before the edge
+/// binds it, which made edges fail to start now and then with "Address already in use".
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    loop {
+        let port = 10_000 + (uuid::Uuid::new_v4().as_u128() % 22_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Builds a config for one edge process.
