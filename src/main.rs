@@ -300,9 +300,17 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     } else {
         config.metering.upgrade_url.clone()
     };
+    let (limiter, shared_limits) =
+        clawdeploy_metering::shared_limits::build(&config.rate_limits, &config.redis);
+    if let Some(service) = shared_limits {
+        server.add_service(pingora::services::background::background_service(
+            "shared rate limits",
+            service,
+        ));
+    }
     let metering = clawdeploy_proxy::EdgeMetering {
         meter: meter.clone(),
-        limiter: Arc::new(clawdeploy_metering::RateLimiter::new(&config.rate_limits)),
+        limiter: Arc::new(limiter),
         websockets: config.metering.enabled,
         max_message_bytes: config.metering.max_message_bytes,
         upgrade_url: upgrade_url.into(),

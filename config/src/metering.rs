@@ -122,6 +122,8 @@ pub struct RedisConfig {
     pub url: String,
     /// How often message and token counts are exchanged with Redis.
     pub sync_interval_ms: u64,
+    /// How long a request waits for Redis's rate-limit answer before this node decides alone.
+    pub rate_limit_timeout_ms: u64,
 }
 
 impl Default for RedisConfig {
@@ -129,6 +131,7 @@ impl Default for RedisConfig {
         Self {
             url: String::new(),
             sync_interval_ms: 500,
+            rate_limit_timeout_ms: 25,
         }
     }
 }
@@ -292,6 +295,12 @@ pub(crate) fn validate(
         "redis.sync_interval_ms",
         &redis.sync_interval_ms,
         "50 to 60000 milliseconds",
+    );
+    issue(
+        (1..=1_000).contains(&redis.rate_limit_timeout_ms),
+        "redis.rate_limit_timeout_ms",
+        &redis.rate_limit_timeout_ms,
+        "1 to 1000 milliseconds",
     );
     issue(
         redis.url.is_empty()

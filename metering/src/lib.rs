@@ -7,6 +7,7 @@
 //! - [`llm`]: the LLM egress meter (key injection, token usage, token budget).
 //! - [`ratelimit`]: GCRA rate limits per client IP and per user.
 //! - [`shared`]: counters shared by several edge nodes through Redis.
+//! - [`shared_limits`]: rate limits shared by several edge nodes through Redis.
 //! - [`service`]: the Prometheus recorder and listener, and the usage flush to the store.
 
 pub mod classify;
@@ -17,9 +18,11 @@ pub mod ratelimit;
 pub mod relay;
 pub mod service;
 pub mod shared;
+pub mod shared_limits;
 
 pub use frames::{FrameError, FrameEvent, FrameHeader, FrameParser};
 pub use quota::{Admission, Meter, Refusal, Reservation};
 pub use ratelimit::{RateLimiter, Scope};
 pub use relay::{RelayError, RelayTarget, WsRelay};
 pub use service::{install_recorder, MetricsService, UsageFlushService};
+pub use shared_limits::{SharedLimits, SharedLimitsService};

@@ -1,4 +1,7 @@
-//! Rate limits (PRD §5.2): GCRA per client IP and per authenticated user, with governor.
+//! Rate limits (PRD §5.2): GCRA per client IP and per authenticated user, with governor; with
+//! Redis configured, also one sliding-window limit shared by every edge node (see
+//! [`crate::shared_limits`]), this node's own limiter serving as the pre-check and as the
+//! fallback while Redis is unreachable.
 //!
 //! `per_*_per_minute` requests a minute at a steady rate, bursts up to the same number (or
 //! `burst`). Memory per key is a few words; idle keys are forgotten when more than `max_keys` are
@@ -14,6 +17,8 @@ use std::time::Duration;
 use clawdeploy_config::RateLimitsConfig;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
+
+use crate::shared_limits::{SharedDecision, SharedLimits};
 
 /// Which limit refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +45,7 @@ pub struct RateLimiter {
     checks: AtomicU64,
     pub per_ip_per_minute: u32,
     pub per_user_per_minute: u32,
+    shared: Option<Arc<SharedLimits>>,
 }
 
 fn quota(per_minute: u32, burst: u32) -> Quota {
@@ -58,19 +64,59 @@ impl RateLimiter {
             checks: AtomicU64::new(0),
             per_ip_per_minute: config.per_ip_per_minute,
             per_user_per_minute: config.per_user_per_minute,
+            shared: None,
+        }
+    }
+
+    /// Shares the limits with other edge nodes through Redis (run
+    /// [`SharedLimits::maintain`] beside it).
+    pub fn with_shared(mut self, shared: Arc<SharedLimits>) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// Whether requests are currently decided through Redis.
+    pub fn is_shared(&self) -> bool {
+        self.shared.as_ref().is_some_and(|s| s.is_shared())
+    }
+
+    async fn check_shared(&self, scope: Scope, who: &str, limit: u32) -> Result<(), Duration> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        match shared.check(scope, who, limit).await {
+            SharedDecision::Refused(wait) => Err(wait),
+            SharedDecision::Allowed | SharedDecision::Unavailable => Ok(()),
         }
     }
 
     /// One request from `ip`; `Err(wait)` when over the limit.
-    pub fn check_ip(&self, ip: IpAddr) -> Result<(), Duration> {
+    pub async fn check_ip(&self, ip: IpAddr) -> Result<(), Duration> {
+        self.check_ip_locally(ip)?;
+        if self.shared.is_none() {
+            return Ok(());
+        }
+        self.check_shared(Scope::Ip, &ip.to_string(), self.per_ip_per_minute)
+            .await
+    }
+
+    /// One request by `user`; `Err(wait)` when over the limit.
+    pub async fn check_user(&self, user: &Arc<str>) -> Result<(), Duration> {
+        self.check_user_locally(user)?;
+        self.check_shared(Scope::User, user, self.per_user_per_minute)
+            .await
+    }
+
+    /// This node's own limit for `ip` only.
+    pub fn check_ip_locally(&self, ip: IpAddr) -> Result<(), Duration> {
         self.maintain();
         self.ip
             .check_key(&ip)
             .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 
-    /// One request by `user`; `Err(wait)` when over the limit.
-    pub fn check_user(&self, user: &Arc<str>) -> Result<(), Duration> {
+    /// This node's own limit for `user` only.
+    pub fn check_user_locally(&self, user: &Arc<str>) -> Result<(), Duration> {
         self.user
             .check_key(user)
             .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
@@ -118,19 +164,21 @@ mod tests {
         });
         let ip: IpAddr = "192.0.2.7".parse().unwrap();
         for _ in 0..5 {
-            assert!(limiter.check_ip(ip).is_ok());
+            assert!(limiter.check_ip_locally(ip).is_ok());
         }
-        let wait = limiter.check_ip(ip).unwrap_err();
+        let wait = limiter.check_ip_locally(ip).unwrap_err();
         assert!(
             wait > Duration::from_secs(1) && wait <= Duration::from_secs(12),
             "{wait:?}"
         );
         // Another address is not affected.
-        assert!(limiter.check_ip("192.0.2.8".parse().unwrap()).is_ok());
+        assert!(limiter
+            .check_ip_locally("192.0.2.8".parse().unwrap())
+            .is_ok());
         let user: Arc<str> = Arc::from("u1");
         for _ in 0..3 {
-            assert!(limiter.check_user(&user).is_ok());
+            assert!(limiter.check_user_locally(&user).is_ok());
         }
-        assert!(limiter.check_user(&user).is_err());
+        assert!(limiter.check_user_locally(&user).is_err());
     }
 }

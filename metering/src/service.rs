@@ -82,6 +82,14 @@ fn describe() {
         "1 while the shared-counter sync with Redis works, 0 while this node counts alone"
     );
     describe_gauge!(
+        "clawdeploy_rate_limits_shared",
+        "1 while rate limits are decided through Redis (shared by the edge nodes), 0 while per node"
+    );
+    describe_counter!(
+        "clawdeploy_rate_limit_fallbacks_total",
+        "Rate-limit checks decided by this node alone because Redis failed or did not answer in time"
+    );
+    describe_gauge!(
         "clawdeploy_pool_instances",
         "Pool members on this node by state (idle, creating, assigned), set every pool tick"
     );

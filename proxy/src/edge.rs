@@ -192,13 +192,13 @@ impl ProxyHttp for EdgeProxy {
         {
             return Ok(true);
         }
-        if let Some(error) = self.rate_limit_ip(session, ctx) {
+        if let Some(error) = self.rate_limit_ip(session, ctx).await {
             write_error(session, &error, &ctx.request_id).await?;
             return Ok(true);
         }
         match self.route_request(session, ctx) {
             Ok(Routed::Proxy) => {
-                if let Some(error) = self.rate_limit_user(session, ctx) {
+                if let Some(error) = self.rate_limit_user(session, ctx).await {
                     write_error(session, &error, &ctx.request_id).await?;
                     return Ok(true);
                 }
@@ -457,7 +457,7 @@ impl ProxyHttp for EdgeProxy {
 impl EdgeProxy {
     /// The per-IP limit; ACME challenges, health checks and authenticated loopback clients are
     /// exempt.
-    fn rate_limit_ip(&self, session: &Session, ctx: &mut EdgeCtx) -> Option<EdgeError> {
+    async fn rate_limit_ip(&self, session: &Session, ctx: &mut EdgeCtx) -> Option<EdgeError> {
         let m = self.metering.as_ref()?;
         if metered::exempt_from_rate_limits(session.req_header().uri.path()) {
             return None;
@@ -468,18 +468,18 @@ impl EdgeProxy {
         if ip.is_loopback() && matches!(self.bearer(session, ctx), Some(Ok(_))) {
             return None;
         }
-        let wait = m.limiter.check_ip(ip).err()?;
+        let wait = m.limiter.check_ip(ip).await.err()?;
         Some(m.too_many(clawdeploy_metering::Scope::Ip, wait))
     }
 
     /// The per-user limit: the owner on instance hosts, the bearer token's user on the API.
-    fn rate_limit_user(&self, session: &Session, ctx: &mut EdgeCtx) -> Option<EdgeError> {
+    async fn rate_limit_user(&self, session: &Session, ctx: &mut EdgeCtx) -> Option<EdgeError> {
         let m = self.metering.as_ref()?;
         let user = match &ctx.identity {
             Some(identity) => identity.user_id.clone(),
             None => self.bearer(session, ctx)?.ok()?.user_id,
         };
-        let wait = m.limiter.check_user(&user).err()?;
+        let wait = m.limiter.check_user(&user).await.err()?;
         Some(m.too_many(clawdeploy_metering::Scope::User, wait))
     }
 

@@ -24,6 +24,7 @@ mod routing;
 mod runtime;
 mod sessions;
 mod shared_counters;
+mod shared_limits;
 mod support;
 mod tls;
 mod webdriver;

@@ -16,13 +16,13 @@ use crate::support::*;
 const PW: &str = "correct horse battery staple 9";
 
 /// A redis-server of this test's own, without persistence (a restart loses its data).
-struct Redis {
+pub(crate) struct Redis {
     child: tokio::process::Child,
     port: u16,
 }
 
 impl Redis {
-    async fn start(port: u16) -> Self {
+    pub(crate) async fn start(port: u16) -> Self {
         let child = tokio::process::Command::new("redis-server")
             .args([
                 "--port",
@@ -50,11 +50,11 @@ impl Redis {
         Self { child, port }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    async fn kill(mut self) -> u16 {
+    pub(crate) async fn kill(mut self) -> u16 {
         self.child.kill().await.unwrap();
         self.port
     }
