@@ -50,7 +50,7 @@ impl Default for MeteringConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TierConfig {
-    /// OpenClaw user messages per month (calendar month, UTC).
+    /// OpenClaw user messages per month (free: calendar month, UTC; paid: billing period).
     pub messages_per_month: u64,
     /// LLM tokens (input + output) per month through the edge's LLM meter.
     pub tokens_per_month: u64,

@@ -417,19 +417,26 @@ pub async fn get_me(
     auth: AuthUser,
 ) -> Result<Json<Value>, ApiError> {
     let inst = my_instance(&state, &auth).await?;
-    let usage = state.store.usage_this_month(inst.id).await?;
+    // Paid tiers count per billing period from the owner's anchor, free per calendar month.
+    let plan = clawdeploy_metering::Plan::new(&inst.tier, inst.billing_anchor_at);
+    let period = plan.period(clawdeploy_store::time::now_ms());
+    let usage = state
+        .store
+        .usage_since(
+            inst.id,
+            &clawdeploy_store::time::day_string(period.start_ms),
+        )
+        .await?;
     // Counts made since the last flush are in the meter only.
-    let (messages, tokens) = state
-        .ctx
-        .meter
-        .as_ref()
-        .map_or((0, 0), |m| m.unflushed(&inst.id.to_string()));
+    let (messages, tokens) = state.ctx.meter.as_ref().map_or((0, 0), |m| {
+        m.unflushed_since(&inst.id.to_string(), period.start_ms)
+    });
     // With Redis the meter also knows other nodes' counts not yet in the store.
     let (shared_messages, shared_tokens) = state
         .ctx
         .meter
         .as_ref()
-        .map_or((0, 0), |m| m.usage(&inst.id.to_string()));
+        .map_or((0, 0), |m| m.usage(&inst.id.to_string(), plan));
     let limits = state.ctx.config.tiers.get(&inst.tier);
     let mut view = instance_json(&state, &inst);
     view["usage"] = json!({
@@ -437,6 +444,8 @@ pub async fn get_me(
         "tokensThisMonth": usage.tokens.saturating_add(i64::try_from(tokens).unwrap_or(i64::MAX)).max(i64::try_from(shared_tokens).unwrap_or(i64::MAX)),
         "messagesPerMonth": (limits.messages_per_month > 0).then_some(limits.messages_per_month),
         "tokensPerMonth": (limits.tokens_per_month > 0).then_some(limits.tokens_per_month),
+        "periodStart": clawdeploy_store::time::rfc3339(period.start_ms),
+        "resetsAt": clawdeploy_store::time::rfc3339(period.end_ms),
     });
     let keys = state.store.list_api_keys(auth.user.id).await?;
     view["apiKeys"] = json!(keys);

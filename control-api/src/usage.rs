@@ -72,16 +72,16 @@ pub async fn series(
         ));
     }
     let inst = crate::instances::my_instance(&state, &auth).await?;
+    let period =
+        clawdeploy_metering::Plan::new(&inst.tier, inst.billing_anchor_at).period(now_ms());
     let stored = state
         .store
         .usage_days(inst.id, &day_text(from), &day_text(to))
         .await?;
     // Today's counts not yet flushed are in the meter only.
-    let (unflushed_messages, unflushed_tokens) = state
-        .ctx
-        .meter
-        .as_ref()
-        .map_or((0, 0), |m| m.unflushed(&inst.id.to_string()));
+    let (unflushed_messages, unflushed_tokens) = state.ctx.meter.as_ref().map_or((0, 0), |m| {
+        m.unflushed_since(&inst.id.to_string(), today * DAY_MS)
+    });
     let mut days = Vec::new();
     for day in from..=to {
         let key = day_text(day);
@@ -100,6 +100,8 @@ pub async fn series(
         "from": day_text(from),
         "to": day_text(to),
         "days": days,
+        "periodStart": clawdeploy_store::time::rfc3339(period.start_ms),
+        "resetsAt": clawdeploy_store::time::rfc3339(period.end_ms),
     })))
 }
 

@@ -2,7 +2,8 @@
 //!
 //! - [`frames`]: an incremental WebSocket frame parser (public for fuzzing).
 //! - [`classify`]: which OpenClaw frames are user messages and answers to them.
-//! - [`quota`]: per-instance monthly counters and the quota decision.
+//! - [`quota`]: per-instance counters per billing period and the quota decision.
+//! - [`period`]: calendar months and anchored billing periods.
 //! - [`relay`]: metering of one proxied gateway WebSocket, both directions.
 //! - [`llm`]: the LLM egress meter (key injection, token usage, token budget).
 //! - [`ratelimit`]: GCRA rate limits per client IP and per user.
@@ -13,6 +14,7 @@
 pub mod classify;
 pub mod frames;
 pub mod llm;
+pub mod period;
 pub mod quota;
 pub mod ratelimit;
 pub mod relay;
@@ -21,6 +23,7 @@ pub mod shared;
 pub mod shared_limits;
 
 pub use frames::{FrameError, FrameEvent, FrameHeader, FrameParser};
+pub use period::{Period, Plan};
 pub use quota::{Admission, Meter, Refusal, Reservation};
 pub use ratelimit::{RateLimiter, Scope};
 pub use relay::{RelayError, RelayTarget, WsRelay};

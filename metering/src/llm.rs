@@ -284,7 +284,11 @@ async fn forward(
             );
         }
     };
-    if let Err(refusal) = state.meter.check_tokens(&instance_id, &instance.tier) {
+    if let Err(refusal) =
+        state
+            .meter
+            .check_tokens(&instance_id, &instance.tier, instance.billing_anchor_at)
+    {
         return error(
             StatusCode::TOO_MANY_REQUESTS,
             "TOKEN_QUOTA_EXCEEDED",

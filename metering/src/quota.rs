@@ -1,4 +1,5 @@
-//! Message and token counters per instance and month, and the quota decision.
+//! Message and token counters per instance and billing period (see [`crate::period`]), and the
+//! quota decision.
 //!
 //! Counters live in memory (one small mutex per instance, so concurrent sends racing at the
 //! boundary are decided one at a time) and are flushed to the store every
@@ -6,56 +7,93 @@
 //! forwarded ("in flight"); the gateway's `res` commits it (`ok: true`, counted once per
 //! idempotency key) or releases it. The limit compares against counted plus in-flight sends, so
 //! concurrent sends can never overshoot it.
+//!
+//! Idempotency keys are kept as 64-bit hashes of (instance, key), stable across restarts: the
+//! flush writes newly counted ones to the store and a starting edge loads the current period's,
+//! so a retry after a restart is not counted twice. At most [`MAX_KEYS_PER_INSTANCE`] are held
+//! per instance (the oldest are forgotten first: retries come soon after the original).
 
-use std::collections::{BTreeMap, HashSet};
-use std::hash::BuildHasher;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use clawdeploy_config::TiersConfig;
-use clawdeploy_store::time::{civil_from_days, days_from_civil, now_ms, rfc3339, DAY_MS};
+use clawdeploy_store::time::{now_ms, rfc3339, DAY_MS};
 use dashmap::DashMap;
+use sha2::{Digest, Sha256};
 
-/// A calendar month in UTC as `year * 12 + (month - 1)`.
-pub fn month_index(ms: i64) -> i64 {
-    let (y, m, _) = civil_from_days(ms.div_euclid(DAY_MS));
-    y * 12 + i64::from(m) - 1
-}
+use crate::period::{Period, Plan};
 
-/// Unix ms at which the month after `month` starts.
-pub fn next_month_start_ms(month: i64) -> i64 {
-    let next = month + 1;
-    days_from_civil(next.div_euclid(12), (next.rem_euclid(12) + 1) as u32, 1) * DAY_MS
-}
+/// Idempotency keys held per instance (8 bytes each plus set overhead, about 40 bytes).
+pub const MAX_KEYS_PER_INSTANCE: usize = 10_000;
 
-/// Unix ms at which `month` starts.
-pub fn month_start_ms(month: i64) -> i64 {
-    days_from_civil(month.div_euclid(12), (month.rem_euclid(12) + 1) as u32, 1) * DAY_MS
+/// The stable hash of an idempotency key of `instance` (the first 8 bytes of SHA-256).
+pub fn key_hash(instance: &str, key: &str) -> u64 {
+    let mut h = Sha256::new();
+    h.update(instance.as_bytes());
+    h.update([0]);
+    h.update(key.as_bytes());
+    let digest = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
 }
 
 #[derive(Debug, Default)]
 struct Usage {
-    month: i64,
+    plan: Plan,
+    period: Period,
     messages: u64,
     tokens: u64,
     inflight: u64,
-    /// Hashes of idempotency keys counted this month.
+    /// Hashes of idempotency keys counted this period, oldest first in `key_order`.
     keys: HashSet<u64>,
+    key_order: VecDeque<u64>,
+    /// Keys counted but not yet written to the store: (hash, counted at ms).
+    unflushed_keys: Vec<(u64, i64)>,
     /// Not yet written to the store: day (days since epoch) → (messages, tokens).
     unflushed: BTreeMap<i64, (u64, u64)>,
-    /// Not yet added to the shared (Redis) counters: (messages, tokens) of `month`.
+    /// Not yet added to the shared (Redis) counters: (messages, tokens) of `period`.
     unsynced: (u64, u64),
 }
 
 impl Usage {
-    fn roll(&mut self, month: i64) {
-        if self.month != month {
-            self.month = month;
+    fn new(plan: Plan, now: i64) -> Self {
+        Self {
+            plan,
+            period: plan.period(now),
+            ..Self::default()
+        }
+    }
+
+    /// Moves to the period containing `now` under `plan` (a new tier or anchor starts over).
+    fn roll(&mut self, plan: Option<Plan>, now: i64) {
+        if let Some(plan) = plan {
+            self.plan = plan;
+        }
+        let period = self.plan.period(now);
+        if self.period != period {
+            self.period = period;
             self.messages = 0;
             self.tokens = 0;
             self.inflight = 0;
             self.keys.clear();
+            self.key_order.clear();
             self.unsynced = (0, 0);
         }
+    }
+
+    /// Remembers a counted key; false when it was already counted.
+    fn remember(&mut self, key: u64) -> bool {
+        if !self.keys.insert(key) {
+            return false;
+        }
+        self.key_order.push_back(key);
+        if self.key_order.len() > MAX_KEYS_PER_INSTANCE {
+            if let Some(old) = self.key_order.pop_front() {
+                self.keys.remove(&old);
+            }
+        }
+        true
     }
 }
 
@@ -71,7 +109,7 @@ fn lock(entry: &Entry) -> MutexGuard<'_, Usage> {
 pub struct Refusal {
     pub limit: u64,
     pub used: u64,
-    /// RFC 3339, the start of next month (UTC).
+    /// RFC 3339, the end of the current period (next month's start for the free tier).
     pub resets_at: String,
 }
 
@@ -90,7 +128,7 @@ pub enum Admission {
 #[derive(Debug)]
 pub struct Reservation {
     entry: Entry,
-    month: i64,
+    period: Period,
     key: Option<u64>,
     tier: Arc<str>,
     done: bool,
@@ -101,17 +139,20 @@ impl Reservation {
     pub fn commit(mut self, accepted: bool) -> bool {
         self.done = true;
         let mut usage = lock(&self.entry);
-        if usage.month == self.month {
+        if usage.period == self.period {
             usage.inflight = usage.inflight.saturating_sub(1);
         }
         if !accepted {
             return false;
         }
         let now = now_ms();
-        usage.roll(month_index(now));
+        usage.roll(None, now);
         if let Some(key) = self.key {
-            if !usage.keys.insert(key) {
+            if !usage.remember(key) {
                 return false;
+            }
+            if usage.unflushed_keys.len() < MAX_KEYS_PER_INSTANCE {
+                usage.unflushed_keys.push((key, now));
             }
         }
         usage.messages += 1;
@@ -128,7 +169,7 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         if !self.done {
             let mut usage = lock(&self.entry);
-            if usage.month == self.month {
+            if usage.period == self.period {
                 usage.inflight = usage.inflight.saturating_sub(1);
             }
         }
@@ -149,7 +190,8 @@ pub struct UsageDelta {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncDelta {
     pub instance_id: String,
-    pub month: i64,
+    /// Start (ms) of the period the counts belong to.
+    pub period_start_ms: i64,
     /// New since the last sync.
     pub messages: u64,
     pub tokens: u64,
@@ -163,7 +205,6 @@ pub struct SyncDelta {
 pub struct Meter {
     usage: DashMap<Arc<str>, Entry>,
     tiers: TiersConfig,
-    key_hasher: std::collections::hash_map::RandomState,
 }
 
 impl Meter {
@@ -171,7 +212,6 @@ impl Meter {
         Self {
             usage: DashMap::new(),
             tiers,
-            key_hasher: std::collections::hash_map::RandomState::new(),
         }
     }
 
@@ -185,34 +225,50 @@ impl Meter {
         }
         self.usage
             .entry(Arc::from(instance))
-            .or_insert_with(|| {
-                Arc::new(Mutex::new(Usage {
-                    month: month_index(now_ms()),
-                    ..Usage::default()
-                }))
-            })
+            .or_insert_with(|| Arc::new(Mutex::new(Usage::new(Plan::CALENDAR, now_ms()))))
             .value()
             .clone()
     }
 
-    /// Adds the month's totals read from the store at start (once; counts made before it are
-    /// still unflushed, so adding gives the true total).
-    pub fn seed(&self, instance: &str, messages: u64, tokens: u64) {
+    /// Adds the current period's totals read from the store at start (once; counts made before
+    /// it are still unflushed, so adding gives the true total).
+    pub fn seed(&self, instance: &str, plan: Plan, messages: u64, tokens: u64) {
         let entry = self.entry(instance);
         let mut usage = lock(&entry);
-        usage.roll(month_index(now_ms()));
+        usage.roll(Some(plan), now_ms());
         usage.messages += messages;
         usage.tokens += tokens;
     }
 
-    /// Decides on one user message of `instance` (tier `tier`) with an optional idempotency key.
-    pub fn admit(&self, instance: &str, tier: &Arc<str>, key: Option<&str>) -> Admission {
-        let limit = self.tiers.get(tier).messages_per_month;
-        let key = key.map(|k| self.key_hasher.hash_one(k));
+    /// Adds idempotency keys counted before a restart: (hash, counted at ms); those from before
+    /// the current period are ignored.
+    pub fn seed_keys(&self, instance: &str, keys: impl IntoIterator<Item = (u64, i64)>) {
         let entry = self.entry(instance);
         let mut usage = lock(&entry);
-        let month = month_index(now_ms());
-        usage.roll(month);
+        usage.roll(None, now_ms());
+        let start = usage.period.start_ms;
+        for (hash, at) in keys {
+            if at >= start {
+                usage.remember(hash);
+            }
+        }
+    }
+
+    /// Decides on one user message of `instance` (tier `tier`, billing anchor `anchor_ms`) with
+    /// an optional idempotency key.
+    pub fn admit(
+        &self,
+        instance: &str,
+        tier: &Arc<str>,
+        anchor_ms: Option<i64>,
+        key: Option<&str>,
+    ) -> Admission {
+        let limit = self.tiers.get(tier).messages_per_month;
+        let key = key.map(|k| key_hash(instance, k));
+        let entry = self.entry(instance);
+        let mut usage = lock(&entry);
+        usage.roll(Some(Plan::new(tier, anchor_ms)), now_ms());
+        let period = usage.period;
         if let Some(k) = key {
             if usage.keys.contains(&k) {
                 return Admission::Retry;
@@ -226,39 +282,44 @@ impl Meter {
             return Admission::Refuse(Refusal {
                 limit,
                 used,
-                resets_at: rfc3339(next_month_start_ms(month)),
+                resets_at: rfc3339(period.end_ms),
             });
         }
         usage.inflight += 1;
         drop(usage);
         Admission::Forward(Reservation {
             entry,
-            month,
+            period,
             key,
             tier: tier.clone(),
             done: false,
         })
     }
 
-    /// Whether `instance` may make another LLM call this month.
-    pub fn check_tokens(&self, instance: &str, tier: &str) -> Result<(), Refusal> {
+    /// Whether `instance` may make another LLM call this period.
+    pub fn check_tokens(
+        &self,
+        instance: &str,
+        tier: &str,
+        anchor_ms: Option<i64>,
+    ) -> Result<(), Refusal> {
         let limit = self.tiers.get(tier).tokens_per_month;
+        let entry = self.entry(instance);
+        let mut usage = lock(&entry);
+        usage.roll(Some(Plan::new(tier, anchor_ms)), now_ms());
         if limit == 0 {
             return Ok(());
         }
-        let entry = self.entry(instance);
-        let mut usage = lock(&entry);
-        let month = month_index(now_ms());
-        usage.roll(month);
         if usage.tokens >= limit {
             let used = usage.tokens;
+            let usage_end = usage.period.end_ms;
             drop(usage);
             metrics::counter!("clawdeploy_quota_rejections_total", "tier" => tier_label(tier), "quota" => "tokens")
                 .increment(1);
             return Err(Refusal {
                 limit,
                 used,
-                resets_at: rfc3339(next_month_start_ms(month)),
+                resets_at: rfc3339(usage_end),
             });
         }
         Ok(())
@@ -272,32 +333,55 @@ impl Meter {
         let entry = self.entry(instance);
         let mut usage = lock(&entry);
         let now = now_ms();
-        usage.roll(month_index(now));
+        usage.roll(None, now);
         usage.tokens += tokens;
         usage.unsynced.1 += tokens;
         usage.unflushed.entry(now.div_euclid(DAY_MS)).or_default().1 += tokens;
     }
 
-    /// This month's (messages, tokens) as this node knows them (with Redis: all nodes' counts as
-    /// of the last sync). Starts tracking the instance, so the next sync fetches its shared counts.
-    pub fn usage(&self, instance: &str) -> (u64, u64) {
+    /// This period's (messages, tokens) of `instance` under `plan` as this node knows them (with
+    /// Redis: all nodes' counts as of the last sync). Starts tracking the instance, so the next
+    /// sync fetches its shared counts.
+    pub fn usage(&self, instance: &str, plan: Plan) -> (u64, u64) {
         let entry = self.entry(instance);
         let mut usage = lock(&entry);
-        usage.roll(month_index(now_ms()));
+        usage.roll(Some(plan), now_ms());
         (usage.messages, usage.tokens)
     }
 
-    /// Counts of this month not yet in the store: (messages, tokens).
-    pub fn unflushed(&self, instance: &str) -> (u64, u64) {
+    /// Counts since `since_ms` (a period start: whole UTC days) not yet in the store.
+    pub fn unflushed_since(&self, instance: &str, since_ms: i64) -> (u64, u64) {
         let Some(entry) = self.usage.get(instance).map(|e| e.value().clone()) else {
             return (0, 0);
         };
         let usage = lock(&entry);
-        let since = month_start_ms(month_index(now_ms())).div_euclid(DAY_MS);
         usage
             .unflushed
-            .range(since..)
+            .range(since_ms.div_euclid(DAY_MS)..)
             .fold((0, 0), |(m, t), (_, (dm, dt))| (m + dm, t + dt))
+    }
+
+    /// Takes the idempotency keys counted since the last flush: (instance, hash, counted at).
+    pub fn take_unflushed_keys(&self) -> Vec<(String, u64, i64)> {
+        let mut out = Vec::new();
+        for item in self.usage.iter() {
+            let mut usage = lock(item.value());
+            for (hash, at) in std::mem::take(&mut usage.unflushed_keys) {
+                out.push((item.key().to_string(), hash, at));
+            }
+        }
+        out
+    }
+
+    /// Puts keys back after a failed write.
+    pub fn restore_keys(&self, keys: Vec<(String, u64, i64)>) {
+        for (instance, hash, at) in keys {
+            let entry = self.entry(&instance);
+            let mut usage = lock(&entry);
+            if usage.unflushed_keys.len() < MAX_KEYS_PER_INSTANCE {
+                usage.unflushed_keys.push((hash, at));
+            }
+        }
     }
 
     /// Takes every unflushed delta (put back with [`Meter::restore`] if the write fails).
@@ -328,19 +412,19 @@ impl Meter {
         }
     }
 
-    /// For the shared-counter sync: every tracked instance's month, counts not yet added to the
+    /// For the shared-counter sync: every tracked instance's period, counts not yet added to the
     /// shared counters (taken), and the total this node knows.
     pub fn take_unsynced(&self) -> Vec<SyncDelta> {
-        let month = month_index(now_ms());
+        let now = now_ms();
         self.usage
             .iter()
             .map(|item| {
                 let mut usage = lock(item.value());
-                usage.roll(month);
+                usage.roll(None, now);
                 let (messages, tokens) = std::mem::take(&mut usage.unsynced);
                 SyncDelta {
                     instance_id: item.key().to_string(),
-                    month,
+                    period_start_ms: usage.period.start_ms,
                     messages,
                     tokens,
                     known_messages: usage.messages,
@@ -354,7 +438,7 @@ impl Meter {
     pub fn restore_unsynced(&self, d: &SyncDelta) {
         let entry = self.entry(&d.instance_id);
         let mut usage = lock(&entry);
-        if usage.month == d.month {
+        if usage.period.start_ms == d.period_start_ms {
             usage.unsynced.0 += d.messages;
             usage.unsynced.1 += d.tokens;
         }
@@ -364,7 +448,7 @@ impl Meter {
     pub fn apply_shared(&self, d: &SyncDelta, messages: u64, tokens: u64) {
         let entry = self.entry(&d.instance_id);
         let mut usage = lock(&entry);
-        if usage.month == d.month {
+        if usage.period.start_ms == d.period_start_ms {
             usage.messages = messages + usage.unsynced.0;
             usage.tokens = tokens + usage.unsynced.1;
         }
@@ -400,24 +484,24 @@ mod tests {
     fn the_limit_counts_sends_in_flight() {
         let m = meter(2);
         let free: Arc<str> = Arc::from("free");
-        let Admission::Forward(a) = m.admit("i", &free, Some("k1")) else {
+        let Admission::Forward(a) = m.admit("i", &free, None, Some("k1")) else {
             panic!()
         };
-        let Admission::Forward(b) = m.admit("i", &free, Some("k2")) else {
+        let Admission::Forward(b) = m.admit("i", &free, None, Some("k2")) else {
             panic!()
         };
         assert!(matches!(
-            m.admit("i", &free, Some("k3")),
+            m.admit("i", &free, None, Some("k3")),
             Admission::Refuse(_)
         ));
         assert!(!b.commit(false));
-        let Admission::Forward(c) = m.admit("i", &free, Some("k3")) else {
+        let Admission::Forward(c) = m.admit("i", &free, None, Some("k3")) else {
             panic!()
         };
         assert!(a.commit(true));
         assert!(c.commit(true));
-        assert_eq!(m.usage("i"), (2, 0));
-        match m.admit("i", &free, Some("k4")) {
+        assert_eq!(m.usage("i", Plan::CALENDAR), (2, 0));
+        match m.admit("i", &free, None, Some("k4")) {
             Admission::Refuse(r) => {
                 assert_eq!((r.limit, r.used), (2, 2));
                 assert!(r.resets_at.ends_with("-01T00:00:00.000Z"));
@@ -425,48 +509,104 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // A retry of a counted key goes through uncounted.
-        assert!(matches!(m.admit("i", &free, Some("k1")), Admission::Retry));
+        assert!(matches!(
+            m.admit("i", &free, None, Some("k1")),
+            Admission::Retry
+        ));
     }
 
     #[test]
     fn dropped_reservations_are_released_and_keys_count_once() {
         let m = meter(1);
         let free: Arc<str> = Arc::from("free");
-        let Admission::Forward(a) = m.admit("i", &free, Some("k")) else {
+        let Admission::Forward(a) = m.admit("i", &free, None, Some("k")) else {
             panic!()
         };
         drop(a);
-        let Admission::Forward(a) = m.admit("i", &free, Some("k")) else {
+        let Admission::Forward(a) = m.admit("i", &free, None, Some("k")) else {
             panic!()
         };
-        let Admission::Forward(b) = m.admit("j", &free, None) else {
+        let Admission::Forward(b) = m.admit("j", &free, None, None) else {
             panic!()
         };
         assert!(a.commit(true));
         assert!(b.commit(true));
-        assert_eq!(m.usage("i"), (1, 0));
-        assert_eq!(m.unflushed("i"), (1, 0));
+        assert_eq!(m.usage("i", Plan::CALENDAR), (1, 0));
+        assert_eq!(m.unflushed_since("i", this_month()), (1, 0));
         let deltas = m.take_unflushed();
         assert_eq!(deltas.len(), 2);
-        assert_eq!(m.unflushed("i"), (0, 0));
+        assert_eq!(m.unflushed_since("i", this_month()), (0, 0));
         m.restore(deltas);
-        assert_eq!(m.unflushed("i"), (1, 0));
+        assert_eq!(m.unflushed_since("i", this_month()), (1, 0));
+    }
+
+    fn this_month() -> i64 {
+        crate::period::calendar_month(now_ms()).start_ms
     }
 
     #[test]
-    fn month_boundaries() {
-        // 2026-11-27 → 2026-12-01.
-        let ms = days_from_civil(2026, 11, 27) * DAY_MS + 5;
-        let month = month_index(ms);
+    fn counted_keys_survive_a_restart_through_their_stable_hashes() {
+        let free: Arc<str> = Arc::from("free");
+        let before = meter(10);
+        let Admission::Forward(a) = before.admit("i", &free, None, Some("k1")) else {
+            panic!()
+        };
+        assert!(a.commit(true));
+        let keys = before.take_unflushed_keys();
         assert_eq!(
-            rfc3339(next_month_start_ms(month)),
-            "2026-12-01T00:00:00.000Z"
+            keys,
+            vec![("i".to_string(), key_hash("i", "k1"), keys[0].2)]
         );
-        assert_eq!(rfc3339(month_start_ms(month)), "2026-11-01T00:00:00.000Z");
-        let dec = days_from_civil(2026, 12, 3) * DAY_MS;
-        assert_eq!(
-            rfc3339(next_month_start_ms(month_index(dec))),
-            "2027-01-01T00:00:00.000Z"
-        );
+        assert!(before.take_unflushed_keys().is_empty());
+        // A new process: the stored keys are loaded, so the retry is not counted.
+        let after = meter(10);
+        after.seed_keys("i", keys.iter().map(|(_, h, at)| (*h, *at)));
+        assert!(matches!(
+            after.admit("i", &free, None, Some("k1")),
+            Admission::Retry
+        ));
+        // Keys from before the current period are ignored; another instance's key is its own.
+        after.seed_keys("j", [(key_hash("j", "old"), this_month() - 1)]);
+        assert!(matches!(
+            after.admit("j", &free, None, Some("old")),
+            Admission::Forward(_)
+        ));
+        assert_ne!(key_hash("i", "k1"), key_hash("j", "k1"));
+    }
+
+    #[test]
+    fn keys_per_instance_are_bounded() {
+        let mut usage = Usage::default();
+        for k in 0..(MAX_KEYS_PER_INSTANCE as u64 + 5) {
+            assert!(usage.remember(k));
+        }
+        assert_eq!(usage.keys.len(), MAX_KEYS_PER_INSTANCE);
+        assert_eq!(usage.key_order.len(), MAX_KEYS_PER_INSTANCE);
+        // The oldest went first.
+        assert!(usage.remember(0));
+        assert!(!usage.remember(MAX_KEYS_PER_INSTANCE as u64 + 4));
+    }
+
+    #[test]
+    fn a_paid_tier_resets_at_the_end_of_its_billing_period() {
+        let mut tiers = TiersConfig::default();
+        tiers.pro.messages_per_month = 1;
+        let m = Meter::new(tiers);
+        let pro: Arc<str> = Arc::from("pro");
+        let anchor = now_ms() - 3 * DAY_MS;
+        let period = Plan::new("pro", Some(anchor)).period(now_ms());
+        let Admission::Forward(a) = m.admit("p", &pro, Some(anchor), Some("k")) else {
+            panic!()
+        };
+        assert!(a.commit(true));
+        match m.admit("p", &pro, Some(anchor), Some("k2")) {
+            Admission::Refuse(r) => assert_eq!(r.resets_at, rfc3339(period.end_ms)),
+            other => panic!("{other:?}"),
+        }
+        // A new anchor (a change of tier) starts a new period.
+        assert!(matches!(
+            m.admit("p", &pro, Some(now_ms()), Some("k2")),
+            Admission::Forward(_)
+        ));
     }
 }

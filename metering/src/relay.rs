@@ -68,6 +68,8 @@ pub struct RelayTarget {
     pub meter: Arc<Meter>,
     pub instance_id: Arc<str>,
     pub tier: Arc<str>,
+    /// The owner's billing anchor (paid tiers count per period from it).
+    pub billing_anchor_ms: Option<i64>,
     pub max_message_bytes: usize,
     pub upgrade_url: Arc<str>,
 }
@@ -304,10 +306,12 @@ impl WsRelay {
             return true;
         };
         let t = &self.target;
-        match t
-            .meter
-            .admit(&t.instance_id, &t.tier, msg.idempotency_key.as_deref())
-        {
+        match t.meter.admit(
+            &t.instance_id,
+            &t.tier,
+            t.billing_anchor_ms,
+            msg.idempotency_key.as_deref(),
+        ) {
             Admission::Forward(reservation) => {
                 self.pending.insert(msg.id, reservation);
                 true
@@ -514,6 +518,7 @@ mod tests {
                 meter: Arc::new(Meter::new(tiers)),
                 instance_id: Arc::from("i"),
                 tier: Arc::from("free"),
+                billing_anchor_ms: None,
                 max_message_bytes: 1 << 20,
                 upgrade_url: Arc::from("https://x/billing"),
             });
@@ -587,6 +592,7 @@ mod tests {
             meter: meter.clone(),
             instance_id: Arc::from("i"),
             tier: Arc::from("free"),
+            billing_anchor_ms: None,
             max_message_bytes: 1 << 20,
             upgrade_url: Arc::from("https://x/billing"),
         });
@@ -624,7 +630,7 @@ mod tests {
             .server_chunk(Bytes::copy_from_slice(&server[..split]))
             .unwrap();
         assert_eq!(&first[..], &server[..split]);
-        assert_eq!(meter.usage("i"), (1, 0));
+        assert_eq!(meter.usage("i", crate::Plan::CALENDAR), (1, 0));
         assert!(relay.client_chunk(Bytes::from(send(1))).unwrap().is_empty());
         assert!(
             relay.take_injections_if_at_boundary().is_empty(),

@@ -1,6 +1,7 @@
 //! The Prometheus recorder and listener, and the background service that keeps the meter's counts
 //! in the store.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,9 +10,10 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use clawdeploy_store::time::{civil_from_days, now_ms, DAY_MS};
+use clawdeploy_store::time::{day_string, days_from_civil, now_ms, DAY_MS};
 use clawdeploy_store::{Store, StoreError, StoreOptions};
 
+use crate::period::Plan;
 use crate::quota::Meter;
 
 /// Latency buckets (seconds) for every `*_seconds` histogram.
@@ -198,21 +200,54 @@ impl UsageFlushService {
     }
 }
 
-/// Adds this month's stored totals to the meter (once, at start).
-pub async fn seed_from_store(meter: &Meter, store: &Store) -> Result<usize, StoreError> {
-    let (year, month, _) = civil_from_days(now_ms().div_euclid(DAY_MS));
-    let rows = store.usage_month_all(year as i32, month).await?;
-    for (instance, totals) in &rows {
-        meter.seed(
-            instance,
-            u64::try_from(totals.messages).unwrap_or(0),
-            u64::try_from(totals.tokens).unwrap_or(0),
-        );
-    }
-    Ok(rows.len())
+/// The longest billing period is 31 days: stored days and keys older than this never count.
+const LOOKBACK_MS: i64 = 32 * DAY_MS;
+
+/// Idempotency keys are kept in the store this long, then pruned by the flush.
+const KEY_RETENTION_MS: i64 = 62 * DAY_MS;
+
+/// Unix ms of a `YYYY-MM-DD` day.
+fn day_ms(day: &str) -> Option<i64> {
+    let mut parts = day.splitn(3, '-');
+    let y = parts.next()?.parse().ok()?;
+    let m = parts.next()?.parse().ok()?;
+    let d = parts.next()?.parse().ok()?;
+    Some(days_from_civil(y, m, d) * DAY_MS)
 }
 
-/// Writes the meter's unflushed counts to the store; failed rows are kept for the next flush.
+/// Adds each instance's stored totals of its current billing period, and the idempotency keys
+/// counted in it, to the meter (once, at start).
+pub async fn seed_from_store(meter: &Meter, store: &Store) -> Result<usize, StoreError> {
+    let now = now_ms();
+    let rows = store
+        .usage_days_since_all(&day_string(now - LOOKBACK_MS))
+        .await?;
+    let mut totals: HashMap<String, (Plan, u64, u64)> = HashMap::new();
+    for row in &rows {
+        let plan = Plan::new(&row.tier, row.billing_anchor_at);
+        let slot = totals
+            .entry(row.instance_id.clone())
+            .or_insert((plan, 0, 0));
+        if day_ms(&row.day).is_some_and(|ms| ms >= plan.period(now).start_ms) {
+            slot.1 += u64::try_from(row.messages).unwrap_or(0);
+            slot.2 += u64::try_from(row.tokens).unwrap_or(0);
+        }
+    }
+    for (instance, (plan, messages, tokens)) in &totals {
+        meter.seed(instance, *plan, *messages, *tokens);
+    }
+    let mut keys: HashMap<String, Vec<(u64, i64)>> = HashMap::new();
+    for (instance, hash, at) in store.usage_keys_since(now - LOOKBACK_MS).await? {
+        keys.entry(instance).or_default().push((hash as u64, at));
+    }
+    for (instance, keys) in keys {
+        meter.seed_keys(&instance, keys);
+    }
+    Ok(totals.len())
+}
+
+/// Writes the meter's unflushed counts and idempotency keys to the store; failed rows are kept
+/// for the next flush.
 pub async fn flush(meter: &Meter, store: &Store) -> usize {
     let deltas = meter.take_unflushed();
     let mut failed = Vec::new();
@@ -241,6 +276,22 @@ pub async fn flush(meter: &Meter, store: &Store) -> usize {
         }
     }
     meter.restore(failed);
+    let keys = meter.take_unflushed_keys();
+    if !keys.is_empty() {
+        // Stored as the signed integer with the same bits.
+        let rows: Vec<(String, i64, i64)> = keys
+            .iter()
+            .map(|(instance, hash, at)| (instance.clone(), *hash as i64, *at))
+            .collect();
+        if let Err(e) = store.add_usage_keys(&rows).await {
+            tracing::warn!("cannot write idempotency keys, retrying at the next flush: {e}");
+            metrics::counter!("clawdeploy_usage_flush_failures_total").increment(1);
+            meter.restore_keys(keys);
+        }
+    }
+    if let Err(e) = store.prune_usage_keys(now_ms() - KEY_RETENTION_MS).await {
+        tracing::debug!("cannot prune old idempotency keys: {e}");
+    }
     written
 }
 

@@ -1,7 +1,7 @@
 //! Message and token counters shared by several edge nodes through Redis.
 //!
 //! Every node keeps counting in memory (the request path never waits for Redis) and, every
-//! `interval`, adds what it counted since the last sync to `clawdeploy:usage:<month>:<instance>:*`
+//! `interval`, adds what it counted since the last sync to `clawdeploy:usage:<period start ms>:<instance>:*`
 //! with `INCRBY`, which answers the all-node total; that total becomes the node's view. While Redis
 //! is unreachable nodes count locally and keep their deltas; when it returns they are added, so
 //! nothing is lost. If Redis lost its data (a restart without persistence), a node whose own view
@@ -18,10 +18,13 @@ use pingora::server::ShutdownWatch;
 use crate::quota::{Meter, SyncDelta};
 
 fn key(d: &SyncDelta, what: &str) -> String {
-    format!("clawdeploy:usage:{}:{}:{what}", d.month, d.instance_id)
+    format!(
+        "clawdeploy:usage:{}:{}:{what}",
+        d.period_start_ms, d.instance_id
+    )
 }
 
-/// Keys expire well after their month ends.
+/// Keys expire well after their period ends.
 const KEY_TTL_SECS: u64 = 70 * 24 * 3600;
 
 /// Adds each delta and answers the total; a total below what the node knows (Redis lost its data)

@@ -416,6 +416,7 @@ mod tests {
             created_at: 0,
             updated_at: 0,
             last_active_at: None,
+            billing_anchor_at: None,
         }
     }
 

@@ -51,6 +51,7 @@ impl EdgeMetering {
             meter: self.meter.clone(),
             instance_id,
             tier: route.tier.clone().unwrap_or_else(|| Arc::from("free")),
+            billing_anchor_ms: route.billing_anchor_ms,
             max_message_bytes: self.max_message_bytes,
             upgrade_url: self.upgrade_url.clone(),
         })))

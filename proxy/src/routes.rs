@@ -70,6 +70,8 @@ pub struct Route {
     pub owner_id: Option<Arc<str>>,
     /// The owner's tier, for quotas (instances only).
     pub tier: Option<Arc<str>>,
+    /// The owner's billing anchor (unix ms): paid tiers count per period from it.
+    pub billing_anchor_ms: Option<i64>,
     pub upstream: SocketAddr,
     pub kind: RouteKind,
     pub state: InstanceState,
@@ -82,6 +84,7 @@ impl Route {
             instance_id: None,
             owner_id: None,
             tier: None,
+            billing_anchor_ms: None,
             upstream,
             kind: RouteKind::Operator,
             state: InstanceState::Running,
@@ -199,6 +202,7 @@ impl RouteTable {
             instance_id: None,
             owner_id: None,
             tier: None,
+            billing_anchor_ms: None,
             upstream,
             kind: RouteKind::ControlPlane,
             state: InstanceState::Running,
@@ -300,6 +304,7 @@ mod tests {
             instance_id: Some("i1".into()),
             owner_id: None,
             tier: None,
+            billing_anchor_ms: None,
             upstream: addr(1),
             kind: RouteKind::Instance,
             state: InstanceState::Running,

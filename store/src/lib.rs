@@ -69,6 +69,7 @@ pub use repo::accounts::normalize_email;
 pub use repo::certs::{CertificateRecord, CustomDomain, DomainStatus};
 pub use repo::host_codes::{HostCode, Redemption};
 pub use repo::instances::normalize_subdomain;
+pub use repo::metering::UsageSeedRow;
 pub use secrets::{Keyring, TokenHash};
 pub use zeroize::Zeroizing;
 
@@ -156,6 +157,18 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "domain retries and shared challenges",
         include_str!("../migrations/sqlite/0060_domain_retries.sql"),
         include_str!("../migrations/postgres/0060_domain_retries.sql"),
+    ),
+    (
+        70,
+        "billing anchor",
+        include_str!("../migrations/sqlite/0070_billing_anchor.sql"),
+        include_str!("../migrations/postgres/0070_billing_anchor.sql"),
+    ),
+    (
+        71,
+        "usage keys",
+        include_str!("../migrations/sqlite/0071_usage_keys.sql"),
+        include_str!("../migrations/postgres/0071_usage_keys.sql"),
     ),
 ];
 

@@ -312,6 +312,8 @@ pub struct Instance {
     pub created_at: i64,
     pub updated_at: i64,
     pub last_active_at: Option<i64>,
+    /// Start of the owner's paid billing periods (unix ms); `None`: calendar months.
+    pub billing_anchor_at: Option<i64>,
 }
 
 /// Input of [`crate::Store::create_instance`].

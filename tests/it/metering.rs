@@ -48,6 +48,13 @@ fn metered_edge(messages_per_month: Option<u64>) -> EdgeBuilder {
 /// Registers a user and creates their instance; (token, host) once it is routed as running.
 async fn user_with_instance(edge: &Edge, email: &str, subdomain: &str) -> (String, String) {
     let (token, _, _) = edge.register(email, PW).await;
+    let host = instance_for(edge, &token, subdomain).await;
+    (token, host)
+}
+
+/// Creates the user's instance; its host once it is routed as running.
+async fn instance_for(edge: &Edge, token: &str, subdomain: &str) -> String {
+    let token = token.to_string();
     let resp = edge
         .api(
             "POST",
@@ -70,7 +77,7 @@ async fn user_with_instance(edge: &Edge, email: &str, subdomain: &str) -> (Strin
             .iter()
             .any(|r| r["host"] == host && r["state"] == "running");
         if running {
-            return (token, host);
+            return host;
         }
         assert!(Instant::now() < deadline, "instance never ran: {routes}");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -552,4 +559,111 @@ async fn metered_websocket_traffic_shows_in_the_metrics() {
 
 async fn scrape_now(edge: &Edge) -> prometheus_parse::Scrape {
     scrape(edge.metrics_addr).await
+}
+
+/// Waits until `edge` routes `host` to a running instance.
+async fn wait_routed(edge: &Edge, host: &str, token: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while edge.get_as(host, "/healthz", token).await.status != 200 {
+        assert!(Instant::now() < deadline, "{host} never routed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_an_edge_restart_is_not_counted_twice() {
+    let Some(Db::Postgres(url)) = Db::postgres().await else {
+        panic!("CLAWDEPLOY_TEST_POSTGRES_URL is required (scripts/test.sh sets it)");
+    };
+    // The pool's edge keeps the instance running; the other edge, restarted, carries the traffic
+    // and writes counts and keys to the store only at shutdown.
+    let owner = metered_edge(Some(10)).database_url(&url).start().await;
+    let email = format!("{}@example.com", node_id());
+    let sub = node_id();
+    let (token, host) = user_with_instance(&owner, &email, &sub).await;
+    let restarted = || {
+        EdgeBuilder::new()
+            .database_url(&url)
+            .section("tiers.free", "messages_per_month = 10")
+            .section("metering", "flush_interval_secs = 3600")
+    };
+    let mut edge = restarted().start().await;
+    wait_routed(&edge, &host, &token).await;
+    let mut ws = gateway(&edge, &host, &token).await;
+    for (id, key) in [("a", "k1"), ("b", "k2")] {
+        ws.send(chat(id, key)).await.unwrap();
+        assert_eq!(res_for(&mut ws, id).await["ok"], true);
+    }
+    drop(ws);
+    edge.signal(libc::SIGTERM);
+    tokio::time::timeout(PATIENCE, edge.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    drop(edge);
+
+    let edge = restarted().start().await;
+    wait_routed(&edge, &host, &token).await;
+    assert_eq!(usage(&edge, &token).await["messagesThisMonth"], 2);
+    let mut ws = gateway(&edge, &host, &token).await;
+    // The client retries `k1` (say its connection dropped before the answer): forwarded, not
+    // counted again.
+    ws.send(chat("a-retry", "k1")).await.unwrap();
+    assert_eq!(res_for(&mut ws, "a-retry").await["ok"], true);
+    assert_eq!(usage(&edge, &token).await["messagesThisMonth"], 2);
+    ws.send(chat("c", "k3")).await.unwrap();
+    assert_eq!(res_for(&mut ws, "c").await["ok"], true);
+    assert_eq!(usage(&edge, &token).await["messagesThisMonth"], 3);
+}
+
+/// `YYYY-MM-DD` of the same day next month (clamped to its length), from the calendar alone.
+fn next_billing_day(y: i64, m: u32, d: u32) -> String {
+    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    let leap = (ny % 4 == 0 && ny % 100 != 0) || ny % 400 == 0;
+    let len = match nm {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    format!("{ny:04}-{nm:02}-{:02}", d.min(len))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paid_tier_counts_per_billing_period_from_the_day_it_was_bought() {
+    use clawdeploy_store::time::{civil_from_days, now_ms, DAY_MS};
+    let edge = metered_edge(None)
+        .section("tiers.pro", "messages_per_month = 2")
+        .start()
+        .await;
+    let email = format!("{}@example.com", node_id());
+    let (token, _) = crate::domains::pro_user(&edge, &email).await;
+    let (y, m, d) = civil_from_days(now_ms().div_euclid(DAY_MS));
+    let today = format!("{y:04}-{m:02}-{d:02}T00:00:00.000Z");
+    let resets = format!("{}T00:00:00.000Z", next_billing_day(y, m, d));
+    let host = instance_for(&edge, &token, &node_id()).await;
+    let mut ws = gateway(&edge, &host, &token).await;
+    for id in ["p1", "p2"] {
+        ws.send(chat(id, id)).await.unwrap();
+        assert_eq!(res_for(&mut ws, id).await["ok"], true);
+    }
+    ws.send(chat("p3", "p3")).await.unwrap();
+    let refused = res_for(&mut ws, "p3").await;
+    assert_eq!(refused["error"]["code"], "QUOTA_EXCEEDED", "{refused}");
+    let details = &refused["error"]["details"];
+    assert_eq!(details["limit"], 2, "{refused}");
+    assert_eq!(details["used"], 2, "{refused}");
+    // The period runs from the day the tier was bought to the same day next month, not to the
+    // calendar month's end.
+    assert_eq!(details["resetsAt"], resets.as_str(), "{refused}");
+    let usage = usage(&edge, &token).await;
+    assert_eq!(usage["messagesThisMonth"], 2, "{usage}");
+    assert_eq!(usage["messagesPerMonth"], 2, "{usage}");
+    assert_eq!(usage["periodStart"], today.as_str(), "{usage}");
+    assert_eq!(usage["resetsAt"], resets.as_str(), "{usage}");
+    let series = edge
+        .api("GET", "/api/usage", Some(&token), None)
+        .await
+        .json();
+    assert_eq!(series["resetsAt"], resets.as_str(), "{series}");
 }

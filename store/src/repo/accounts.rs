@@ -161,14 +161,18 @@ impl Store {
         not_found_if_zero(r.rows_affected(), "user")
     }
 
-    /// Sets the tier (e.g. `free`, `pro`, `team`: the tier table lives in config).
+    /// Sets the tier (e.g. `free`, `pro`, `team`: the tier table lives in config). A change of
+    /// tier starts a new billing period now (the billing anchor); the same tier keeps it.
     pub async fn set_user_tier(&self, id: Uuid, tier: &str) -> Result<()> {
-        let r = sqlx::query("UPDATE users SET tier = $2, updated_at = $3 WHERE id = $1")
-            .bind(id_str(id))
-            .bind(tier)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
+        let r = sqlx::query(
+            "UPDATE users SET billing_anchor_at = CASE WHEN tier = $2 THEN billing_anchor_at \
+             ELSE $3 END, tier = $2, updated_at = $3 WHERE id = $1",
+        )
+        .bind(id_str(id))
+        .bind(tier)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
         not_found_if_zero(r.rows_affected(), "user")
     }
 

@@ -10,7 +10,8 @@ use crate::time::now_ms;
 use crate::{id_str, parse_col, uuid_col, Store};
 
 pub(crate) const INSTANCE_COLS: &str = "id, user_id, subdomain, status, tier, node_id, node_ip, \
-    container_id, container_ip, upstream, soul_md, timezone, created_at, updated_at, last_active_at";
+    container_id, container_ip, upstream, soul_md, timezone, created_at, updated_at, last_active_at, \
+    billing_anchor_at";
 
 pub(crate) fn instance_from_row(row: &AnyRow) -> Result<Instance> {
     Ok(Instance {
@@ -29,6 +30,7 @@ pub(crate) fn instance_from_row(row: &AnyRow) -> Result<Instance> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         last_active_at: row.try_get("last_active_at")?,
+        billing_anchor_at: row.try_get("billing_anchor_at")?,
     })
 }
 
@@ -44,7 +46,8 @@ impl Store {
         let now = now_ms();
         let sql = format!(
             "INSERT INTO instances (id, user_id, subdomain, status, tier, soul_md, timezone, \
-             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
+             created_at, updated_at, billing_anchor_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, \
+             (SELECT billing_anchor_at FROM users WHERE id = $2)) \
              RETURNING {INSTANCE_COLS}"
         );
         let row = sqlx::query(&sql)
@@ -228,10 +231,15 @@ impl Store {
             .await
     }
 
-    /// Sets the tier (resources follow in the pool).
+    /// Sets the tier (resources follow in the pool), with the owner's billing anchor.
     pub async fn update_instance_tier(&self, id: Uuid, tier: &str) -> Result<Instance> {
-        self.update_instance(id, "tier = $3", vec![Some(tier.to_owned())])
-            .await
+        self.update_instance(
+            id,
+            "tier = $3, billing_anchor_at = \
+             (SELECT billing_anchor_at FROM users WHERE users.id = instances.user_id)",
+            vec![Some(tier.to_owned())],
+        )
+        .await
     }
 
     /// Records activity (not on the hot path: the meters batch this).

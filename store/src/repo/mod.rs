@@ -8,7 +8,7 @@ pub(crate) mod certs;
 mod export;
 pub(crate) mod host_codes;
 pub(crate) mod instances;
-mod metering;
+pub(crate) mod metering;
 mod ops;
 pub(crate) mod outbox;
 mod pool;
