@@ -133,6 +133,11 @@ impl WsRelay {
         self.pending.len()
     }
 
+    /// True when the gateway's stream is between frames: a frame may be inserted here.
+    pub fn server_at_frame_boundary(&self) -> bool {
+        self.server.at_frame_boundary()
+    }
+
     /// Frames for the client that could be written now: the gateway's stream is between messages.
     pub fn take_injections_if_at_boundary(&mut self) -> Vec<Vec<u8>> {
         if self.server.at_message_boundary() && !self.injections.is_empty() {

@@ -24,7 +24,7 @@ use crate::browser_session::{self, Denied};
 use crate::drain::{Drain, InflightGuard};
 use crate::identity::{bearer_token, Identity, Rejection, TokenVerifier};
 use crate::limits;
-use crate::live::{LiveConnections, TunnelGuard};
+use crate::live::{self, LiveConnections, TunnelGuard};
 use crate::metered::{self, EdgeMetering, RequestMetrics};
 use crate::responses::{write_error, write_redirect, write_see_other, EdgeError};
 use crate::routes::{InstanceState, Resolution, Route, RouteKind, RouteTable};
@@ -148,6 +148,9 @@ pub struct EdgeCtx {
     relay: Option<Box<clawdeploy_metering::WsRelay>>,
     /// The upstream answered 101: the body filters carry WebSocket frames.
     upgraded: bool,
+    /// Frame boundaries of a registered tunnel's gateway stream when no meter parses it, so a
+    /// revocation's close frame is never inserted inside a frame.
+    server_frames: Option<clawdeploy_metering::FrameParser>,
     /// Request body bytes forwarded so far (bounded by `max_body_bytes`).
     body_bytes: u64,
     _inflight: InflightGuard,
@@ -171,6 +174,7 @@ impl ProxyHttp for EdgeProxy {
             session_exchange: false,
             relay: None,
             upgraded: false,
+            server_frames: None,
             body_bytes: 0,
             _inflight: self.drain.enter(),
         }
@@ -360,6 +364,9 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         if let (true, Some(identity), Some(live)) = (ctx.websocket, &ctx.identity, &self.live) {
             ctx.tunnel = live.register(identity.session_id.clone(), fd);
+            if ctx.tunnel.is_some() && ctx.relay.is_none() {
+                ctx.server_frames = Some(clawdeploy_metering::FrameParser::new());
+            }
         }
         Ok(())
     }
@@ -386,13 +393,30 @@ impl ProxyHttp for EdgeProxy {
         &self,
         _session: &mut Session,
         body: &mut Option<bytes::Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut EdgeCtx,
     ) -> Result<Option<Duration>> {
-        if let Some(relay) = ctx.relay.as_deref_mut() {
-            if ctx.upgraded {
+        if !ctx.upgraded {
+            return Ok(None);
+        }
+        let unparsable = match (
+            ctx.relay.as_deref_mut(),
+            ctx.server_frames.as_mut(),
+            body.as_ref(),
+        ) {
+            (Some(relay), _, _) => {
                 metered::server_body(relay, body)?;
+                false
             }
+            (None, Some(frames), Some(chunk)) => frames.feed(chunk, |_| {}).is_err(),
+            _ => false,
+        };
+        if unparsable {
+            // Not WebSocket framing: never insert a frame into it.
+            ctx.server_frames = None;
+        }
+        if end_of_stream && ctx.tunnel.as_ref().is_some_and(TunnelGuard::revoked) {
+            live::end_with_close_frame(ctx.relay.as_deref(), ctx.server_frames.as_ref(), body);
         }
         Ok(None)
     }
@@ -551,6 +575,13 @@ impl EdgeProxy {
         };
         ctx.raw_host = raw_host;
         ctx.host = host;
+        if is_tls(session) {
+            // Before routing: a request for another host than the TLS server name gets 421.
+            let req = session.req_header();
+            let authority = req.uri.authority().map(|a| a.as_str());
+            let names = std::iter::once(ctx.raw_host.as_str()).chain(authority);
+            crate::tls::check_sni(crate::tls::sni(session), names)?;
+        }
 
         let route = match self.routes.resolve(&ctx.host) {
             Resolution::Route(route) => route,

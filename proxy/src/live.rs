@@ -5,19 +5,28 @@
 //! registry keeps each tunnel's upstream socket descriptor with its kernel socket cookie
 //! (`SO_COOKIE`, unique per socket until reboot). Closing shuts that socket down after checking the
 //! cookie, so a descriptor number reused by another connection is never touched; Pingora then sees
-//! the upstream end and tears the tunnel down, closing the browser's connection too.
+//! the upstream end and tears the tunnel down, closing the browser's connection too. Before that,
+//! the tunnel is marked revoked, so the edge's response filter ends the browser's side with a
+//! WebSocket close frame ([`REVOKED_CLOSE_CODE`], "session revoked") instead of a bare TCP close.
 
 use std::os::unix::io::RawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
 use pingora::protocols::SocketDigest;
 
+/// The close code sent to a browser whose WebSocket ends because its session was revoked
+/// (RFC 6455 §7.4.1: 1008, policy violation).
+pub const REVOKED_CLOSE_CODE: u16 = 1008;
+/// The close reason sent with [`REVOKED_CLOSE_CODE`].
+pub const REVOKED_CLOSE_REASON: &str = "session revoked";
+
 struct Tunnel {
     id: u64,
     fd: RawFd,
     socket_cookie: u64,
+    revoked: Arc<AtomicBool>,
 }
 
 /// Session id → its open tunnels.
@@ -37,6 +46,7 @@ impl LiveConnections {
     pub fn register(self: &Arc<Self>, session_id: Arc<str>, fd: RawFd) -> Option<TunnelGuard> {
         let socket_cookie = SocketDigest::from_raw_fd(fd).socket_cookie().ok()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let revoked = Arc::new(AtomicBool::new(false));
         self.by_session
             .entry(session_id.clone())
             .or_default()
@@ -44,11 +54,13 @@ impl LiveConnections {
                 id,
                 fd,
                 socket_cookie,
+                revoked: revoked.clone(),
             });
         Some(TunnelGuard {
             registry: self.clone(),
             session_id,
             id,
+            revoked,
         })
     }
 
@@ -88,6 +100,8 @@ impl LiveConnections {
 fn shutdown(tunnel: &Tunnel) -> bool {
     match SocketDigest::from_raw_fd(tunnel.fd).socket_cookie() {
         Ok(cookie) if cookie == tunnel.socket_cookie => {
+            // Marked first: the response filter that sees the upstream end reads it.
+            tunnel.revoked.store(true, Ordering::Release);
             // SAFETY: shutdown(2) on a descriptor only changes the state of the socket it names,
             // which the cookie check above proved to be this tunnel's; it never frees memory.
             unsafe { libc::shutdown(tunnel.fd, libc::SHUT_RDWR) == 0 }
@@ -96,11 +110,43 @@ fn shutdown(tunnel: &Tunnel) -> bool {
     }
 }
 
+/// Ends a revoked tunnel's last body chunk to the browser with a close frame (1008, "session
+/// revoked") when the gateway's stream is between frames (known from the meter or the edge's own
+/// frame parser); inside a frame, or with no parser, the connection just closes.
+pub fn end_with_close_frame(
+    relay: Option<&clawdeploy_metering::WsRelay>,
+    frames: Option<&clawdeploy_metering::FrameParser>,
+    body: &mut Option<bytes::Bytes>,
+) {
+    let between_frames = match (relay, frames) {
+        (Some(relay), _) => relay.server_at_frame_boundary(),
+        (None, Some(frames)) => frames.at_frame_boundary(),
+        (None, None) => false,
+    };
+    if !between_frames {
+        tracing::info!("revoked WebSocket closed mid-frame, without a close frame");
+        return;
+    }
+    let close = clawdeploy_metering::frames::close_frame(REVOKED_CLOSE_CODE, REVOKED_CLOSE_REASON);
+    *body = Some(match body.take() {
+        Some(chunk) => [chunk.as_ref(), close.as_slice()].concat().into(),
+        None => close.into(),
+    });
+}
+
 /// Removes its tunnel from the registry when the request ends.
 pub struct TunnelGuard {
     registry: Arc<LiveConnections>,
     session_id: Arc<str>,
     id: u64,
+    revoked: Arc<AtomicBool>,
+}
+
+impl TunnelGuard {
+    /// True once the tunnel's session was revoked and its upstream socket shut down.
+    pub fn revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
+    }
 }
 
 impl Drop for TunnelGuard {
@@ -124,7 +170,9 @@ mod tests {
         let guard = live.register(Arc::from("s1"), client.as_raw_fd()).unwrap();
         assert_eq!(live.open(), 1);
         assert_eq!(live.close_session("other"), 0);
+        assert!(!guard.revoked());
         assert_eq!(live.close_session("s1"), 1);
+        assert!(guard.revoked());
         // The peer sees the end of the stream.
         let mut buf = [0u8; 1];
         assert_eq!(server.read(&mut buf).unwrap(), 0);

@@ -1,6 +1,7 @@
 //! The edge's HTTPS duties on the request path: answering ACME HTTP-01 challenges on the plain
 //! listener, redirecting plain HTTP to HTTPS (when configured), and HSTS on HTTPS responses.
-//! Certificates themselves are chosen during the handshake by the `certs` crate's store.
+//! Certificates themselves are chosen during the handshake by the `certs` crate's store. On HTTPS,
+//! [`check_sni`] refuses a request whose Host names another server than the connection's SNI.
 
 use std::sync::Arc;
 
@@ -12,7 +13,7 @@ use pingora::Result;
 
 use clawdeploy_config::normalize_host;
 
-use crate::responses::write_redirect;
+use crate::responses::{write_redirect, EdgeError};
 
 /// The path prefix of RFC 8555 §8.3 HTTP-01 challenges.
 pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
@@ -126,5 +127,102 @@ impl EdgeTls {
             resp.insert_header(header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
         }
         Ok(())
+    }
+}
+
+/// The SNI the client sent on this connection (HTTP/1 and HTTP/2 alike; the patched pingora-core
+/// keeps it in the TLS digest).
+pub fn sni(session: &Session) -> Option<&str> {
+    session
+        .digest()?
+        .ssl_digest
+        .as_ref()?
+        .server_name
+        .as_deref()
+}
+
+/// On an HTTPS connection, every name the request gives for its server (`Host`, and the URI's
+/// authority: HTTP/2's `:authority` or an absolute-form target) must be the name the connection
+/// was opened for (the TLS SNI), else 421 Misdirected Request (RFC 9110 §15.5.20).
+///
+/// Browsers reuse an HTTP/2 connection for every host its certificate covers (RFC 9113 §9.1.1),
+/// so one opened for `a.<base>` under the wildcard certificate may carry a request for `b.<base>`;
+/// a 421 makes them retry that request on a connection of its own, so this refusal never breaks a
+/// browser, while a client that asks for one tenant's certificate cannot talk to another tenant.
+///
+/// Without SNI (a client that connected to an IP address, which RFC 6066 forbids to name in SNI)
+/// only a request for an IP-literal host is accepted: a DNS name must be asked for in the handshake.
+pub fn check_sni<'a>(
+    sni: Option<&str>,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<(), EdgeError> {
+    let sni = sni.map(|s| normalize_host(s).unwrap_or_default());
+    for raw in names {
+        let Some(name) = normalize_host(raw) else {
+            return Err(EdgeError::new(
+                400,
+                "INVALID_HOST",
+                "The Host header is not a valid host name; send a DNS name, optionally with a port.",
+            ));
+        };
+        match &sni {
+            Some(sni) if *sni == name => {}
+            Some(sni) => {
+                return Err(EdgeError::new(
+                    421,
+                    "MISDIRECTED_REQUEST",
+                    format!(
+                        "This connection was opened for {sni} (TLS server name), but the request is for {name}. Send it on a new connection opened for {name}."
+                    ),
+                ))
+            }
+            None if is_ip_literal(&name) => {}
+            None => {
+                return Err(EdgeError::new(
+                    421,
+                    "MISDIRECTED_REQUEST",
+                    format!(
+                        "This connection named no server (no TLS server name), but the request is for {name}. Connect again with the server name {name} (SNI)."
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn is_ip_literal(host: &str) -> bool {
+    host.starts_with('[') || host.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_must_name_the_connections_server() {
+        let ok = |sni: Option<&str>, names: &[&str]| check_sni(sni, names.iter().copied());
+        assert!(ok(Some("a.example.com"), &["a.example.com"]).is_ok());
+        // Case, a port and a trailing dot do not matter.
+        assert!(ok(
+            Some("A.Example.com"),
+            &["a.example.com.:8443", "a.EXAMPLE.com"]
+        )
+        .is_ok());
+        let e = ok(Some("a.example.com"), &["b.example.com"]).unwrap_err();
+        assert_eq!((e.status, e.code), (421, "MISDIRECTED_REQUEST"));
+        assert!(e.message.contains("b.example.com"), "{}", e.message);
+        // HTTP/2: a Host header that disagrees with a matching :authority is refused too.
+        assert_eq!(
+            ok(Some("a.example.com"), &["a.example.com", "b.example.com"])
+                .unwrap_err()
+                .status,
+            421
+        );
+        // Without SNI only IP-literal hosts.
+        assert!(ok(None, &["127.0.0.1:8443"]).is_ok());
+        assert!(ok(None, &["[::1]:8443"]).is_ok());
+        assert_eq!(ok(None, &["a.example.com"]).unwrap_err().status, 421);
+        assert_eq!(ok(Some("a.example.com"), &["a b"]).unwrap_err().status, 400);
     }
 }

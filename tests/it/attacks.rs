@@ -454,3 +454,168 @@ async fn slowloris_clients_do_not_starve_other_tenants() {
     );
     assert_eq!(edge.get(VICTIM, "/").await.status, 200);
 }
+
+/// One HTTP/2 request on `client`: (status, body text).
+async fn h2_request(
+    client: &h2::client::SendRequest<tokio_tungstenite::tungstenite::Bytes>,
+    authority: &str,
+    host_header: Option<&str>,
+    token: &str,
+) -> (u16, String) {
+    let mut request = http::Request::builder()
+        .uri(format!("https://{authority}/healthz"))
+        .header("authorization", format!("Bearer {token}"));
+    if let Some(host) = host_header {
+        request = request.header("host", host);
+    }
+    let request = request.body(()).unwrap();
+    let (response, _) = client
+        .clone()
+        .ready()
+        .await
+        .expect("h2 connection ready")
+        .send_request(request, true)
+        .expect("h2 send");
+    let response = tokio::time::timeout(PATIENCE, response)
+        .await
+        .expect("an h2 response in time")
+        .expect("an h2 response");
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("h2 body");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        text.extend_from_slice(&chunk);
+    }
+    (status, String::from_utf8_lossy(&text).into_owned())
+}
+
+/// Raw HTTP/1.1 bytes over TLS with `sni` (an IP address sends none); the response.
+async fn https_send(
+    addr: std::net::SocketAddr,
+    sni: &str,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    raw: &str,
+) -> Response {
+    let mut stream = crate::tls::connect(addr, sni, config)
+        .await
+        .unwrap_or_else(|e| panic!("TLS handshake for {sni}: {e}"));
+    stream.write_all(raw.as_bytes()).await.expect("write");
+    let mut bytes = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut bytes)).await;
+    parse_response(&bytes).expect("an HTTP response")
+}
+
+/// An HTTPS connection opened for one tenant (TLS SNI of the attacker's host, a certificate that
+/// verifies: the wildcard covers both) carrying a request for another tenant, by `Host` over
+/// HTTP/1.1 and by `:authority` (or a `Host` that disagrees with it) over HTTP/2: 421 Misdirected
+/// Request before routing, whoever's token it carries, so the victim's instance never sees it.
+/// The same connection keeps serving its own host (what a coalescing browser retries), matching
+/// SNI/Host works, and a client without SNI may only name IP literals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_of_one_tenant_with_the_host_of_another_is_misdirected() {
+    use crate::instance_access::{edge_with_pool, fixture_requests, running_instance};
+    use crate::tls::{client_config, insecure_config, local_ca, wait_for_certificate};
+    const PW: &str = "correct horse battery staple 9";
+
+    let edge = edge_with_pool(false, 0).start().await;
+    let (mallory, _, _) = edge.register("sni-evil@example.com", PW).await;
+    let (alice, _, _) = edge.register("sni-victim@example.com", PW).await;
+    let (mhost, _) = running_instance(&edge, &mallory, "snievil").await;
+    let (ahost, alice_upstream) = running_instance(&edge, &alice, "snivictim").await;
+    let ca = local_ca(&edge);
+    wait_for_certificate(&edge, &mhost, &ca).await;
+    let h1 = || client_config(&ca, &["http/1.1"]);
+    // `extra` ends the head; without a `Connection` header of its own it closes the connection.
+    let get = |host: &str, token: &str, extra: &str| {
+        let connection = if extra.contains("Connection:") {
+            ""
+        } else {
+            "Connection: close\r\n"
+        };
+        format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n{extra}{connection}\r\n")
+    };
+    let seen = fixture_requests(alice_upstream).await;
+
+    // HTTP/1.1 on mallory's connection, for alice's host: with mallory's token, with alice's
+    // (a browser that coalesced), as a browser navigation and as a WebSocket upgrade.
+    let upgrade = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    for (token, extra) in [
+        (&mallory, ""),
+        (&alice, ""),
+        (&alice, "Accept: text/html\r\n"),
+        (&alice, upgrade),
+    ] {
+        let raw = get(&ahost, token, extra);
+        let resp = https_send(edge.tls_addr, &mhost, h1(), &raw).await;
+        assert_eq!(resp.status, 421, "{extra:?}: {}", resp.text());
+        if extra.contains("text/html") {
+            assert!(
+                resp.text().contains("421 Misdirected Request") && resp.text().contains(&ahost),
+                "{}",
+                resp.text()
+            );
+        } else {
+            assert_eq!(resp.error_code(), "MISDIRECTED_REQUEST", "{}", resp.text());
+            let message = resp.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert!(
+                message.contains(&ahost) && message.contains(&mhost),
+                "{message}"
+            );
+        }
+    }
+    // A client without SNI (connected by IP) naming a tenant is refused the same way.
+    let resp = https_send(
+        edge.tls_addr,
+        "127.0.0.1",
+        insecure_config(),
+        &get(&ahost, &alice, ""),
+    )
+    .await;
+    assert_eq!(
+        (resp.status, resp.error_code().as_str()),
+        (421, "MISDIRECTED_REQUEST")
+    );
+    // Matching SNI and Host work, also when the Host differs only by case, port or trailing dot.
+    let resp = https_send(edge.tls_addr, &ahost, h1(), &get(&ahost, &alice, "")).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let odd = format!("{}.:{}", ahost.to_uppercase(), edge.tls_addr.port());
+    let resp = https_send(edge.tls_addr, &ahost, h1(), &get(&odd, &alice, "")).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+
+    // HTTP/2 on a connection opened for mallory's host.
+    let stream = crate::tls::connect(edge.tls_addr, &mhost, client_config(&ca, &["h2"]))
+        .await
+        .expect("TLS handshake");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (client, connection) = h2::client::handshake(stream).await.expect("h2 handshake");
+    tokio::spawn(connection);
+    assert_eq!(h2_request(&client, &mhost, None, &mallory).await.0, 200);
+    for token in [&mallory, &alice] {
+        let (status, body) = h2_request(&client, &ahost, None, token).await;
+        assert_eq!(status, 421, "{body}");
+        assert!(
+            body.contains("MISDIRECTED_REQUEST") && body.contains(&ahost),
+            "{body}"
+        );
+    }
+    // :authority matches the SNI and a Host header names the victim: Pingora refuses the
+    // conflicting authority fields itself (RFC 9113 §8.3.1, a bodiless 400) before any filter.
+    let (status, body) = h2_request(&client, &mhost, Some(&ahost), &alice).await;
+    assert_eq!(status, 400, "{body}");
+    // The connection still serves its own host: a browser retries the 421s on a new one.
+    assert_eq!(h2_request(&client, &mhost, None, &mallory).await.0, 200);
+    let stream = crate::tls::connect(edge.tls_addr, &ahost, client_config(&ca, &["h2"]))
+        .await
+        .expect("TLS handshake");
+    let (own, connection) = h2::client::handshake(stream).await.expect("h2 handshake");
+    tokio::spawn(connection);
+    assert_eq!(h2_request(&own, &ahost, None, &alice).await.0, 200);
+
+    // Alice's instance saw her three own requests (and the first /stats), none of the attacks.
+    assert_eq!(fixture_requests(alice_upstream).await, seen + 1 + 3);
+}

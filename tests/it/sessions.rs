@@ -416,24 +416,38 @@ async fn websockets_and_cookie_writes_only_from_the_instances_own_origin() {
     assert_eq!(edge.get_as(&host, "/healthz", &alice).await.status, 200);
 }
 
-/// Reads until the WebSocket ends; whether it ended before `deadline`.
-async fn ends_before(ws: &mut WebSocket, deadline: Instant) -> bool {
+/// Reads until the WebSocket ends; the close frame the edge sent, if it ended before `deadline`
+/// with one (`Err` says how it ended otherwise).
+async fn close_frame_before(
+    ws: &mut WebSocket,
+    deadline: Instant,
+) -> Result<(u16, String), String> {
+    use tokio_tungstenite::tungstenite::Message;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, ws.next()).await {
-            Err(_) => return false,
-            Ok(None) | Ok(Some(Err(_))) => return true,
-            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_)))) => return true,
+            Err(_) => return Err("still open at the deadline".into()),
+            Ok(None) => return Err("closed without a close frame".into()),
+            Ok(Some(Err(e))) => return Err(format!("closed without a close frame: {e}")),
+            Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                return Ok((u16::from(frame.code), frame.reason.to_string()))
+            }
+            Ok(Some(Ok(Message::Close(None)))) => return Err("a close frame without a code".into()),
             Ok(Some(Ok(_))) => continue,
         }
     }
 }
 
 /// Logout closes the user's open WebSockets (bearer and cookie) within the documented bound
-/// (1 s; the test allows 5 s on a busy machine), and nobody else's.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logout_closes_open_websockets_of_that_session_only() {
-    let edge = edge_with_pool(false, 0).start().await;
+/// (1 s; the test allows 5 s on a busy machine) with a close frame (1008 "session revoked"), and
+/// nobody else's. The edge inserts the frame where the metered relay, or its own frame parser when
+/// metering is off, says the gateway's stream is between frames.
+async fn logout_closes_open_websockets(metered: bool) {
+    let mut builder = edge_with_pool(false, 0);
+    if !metered {
+        builder = builder.section("metering", "enabled = false");
+    }
+    let edge = builder.start().await;
     let (alice, _, _) = edge.register("ws-out@example.com", PW).await;
     let (bob, _, _) = edge.register("ws-stay@example.com", PW).await;
     let (host, _) = running_instance(&edge, &alice, "wsoutbox").await;
@@ -465,18 +479,31 @@ async fn logout_closes_open_websockets_of_that_session_only() {
         204
     );
     let deadline = revoked_at + Duration::from_secs(5);
-    assert!(
-        ends_before(&mut by_token, deadline).await,
-        "the bearer WebSocket stayed open"
+    for (what, ws) in [("bearer", &mut by_token), ("cookie", &mut by_cookie)] {
+        let close = close_frame_before(ws, deadline).await;
+        assert_eq!(
+            close,
+            Ok((1008, "session revoked".to_string())),
+            "the {what} WebSocket"
+        );
+    }
+    eprintln!(
+        "WebSockets closed with 1008 {:?} after logout (metered: {metered})",
+        revoked_at.elapsed()
     );
-    assert!(
-        ends_before(&mut by_cookie, deadline).await,
-        "the cookie WebSocket stayed open"
-    );
-    eprintln!("WebSockets closed {:?} after logout", revoked_at.elapsed());
     // Bob's gateway still answers.
     let reply = chat_turn(&mut bobs, "still here?").await;
     assert!(reply.contains("still here?"), "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_closes_open_websockets_of_that_session_only() {
+    logout_closes_open_websockets(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_closes_unmetered_websockets_with_a_close_frame() {
+    logout_closes_open_websockets(false).await;
 }
 
 /// The dashboard's login page takes `next` over: after login, `/login/continue?next=<instance URL>`

@@ -33,6 +33,9 @@ pub struct SslDigest {
     pub cert_digest: Vec<u8>,
     /// The user-defined TLS data
     pub extension: SslDigestExtension,
+    /// ClawDeploy patch: the SNI server name the client sent (server side, rustls only), so a
+    /// proxy can compare it with the request's Host for HTTP/1 and HTTP/2 alike.
+    pub server_name: Option<String>,
 }
 
 impl SslDigest {
@@ -54,6 +57,7 @@ impl SslDigest {
             serial_number,
             cert_digest,
             extension: SslDigestExtension::default(),
+            server_name: None,
         }
     }
 }

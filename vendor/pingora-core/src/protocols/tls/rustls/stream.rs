@@ -424,7 +424,12 @@ impl SslDigest {
             .map(|(organization, serial)| (organization, Some(serial)))
             .unwrap_or_default();
 
-        SslDigest::new(cipher, version, organization, serial_number, cert_digest)
+        let mut digest = SslDigest::new(cipher, version, organization, serial_number, cert_digest);
+        // ClawDeploy patch: keep the SNI the client sent (see SslDigest::server_name).
+        if let RusTlsStream::Server(s) = stream {
+            digest.server_name = s.get_ref().1.server_name().map(|n| n.to_string());
+        }
+        digest
     }
 }
 
