@@ -152,6 +152,7 @@ impl PoolManager {
     /// runtime events.
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut events = self.runtime.events();
+        let mut changes = self.bus.subscribe();
         if let Err(e) = self.reconcile().await {
             tracing::error!("pool reconcile failed: {e}");
         }
@@ -174,6 +175,50 @@ impl PoolManager {
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
+                change = changes.recv() => {
+                    // Other changes are the route table's; `self.bus` keeps the sender alive.
+                    if let Ok(Change::Domain { hostname }) = change {
+                        self.domain_changed(&hostname).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A custom domain became active or was removed: the config of the instance it names is
+    /// written again (if its container is on this node), so OpenClaw's `allowedOrigins` follow
+    /// the hosts the edge routes to it. A removed domain's record is gone, so then every instance
+    /// on this node is rewritten (removals are rare; the gateway reloads origins live).
+    async fn domain_changed(&self, hostname: &str) {
+        let rewritten: Result<usize, PoolError> = async {
+            let target = self
+                .store
+                .get_custom_domain_by_hostname(hostname)
+                .await?
+                .map(|d| d.instance_id);
+            let mut rewritten = 0;
+            for member in self.store.list_pool_members(&self.settings.node_id).await? {
+                let Some(id) = member.instance_id else {
+                    continue;
+                };
+                if target.is_some_and(|t| t != id) {
+                    continue;
+                }
+                if let Some(instance) = self.store.get_instance(id).await? {
+                    if self.reconfigure(&instance).await? {
+                        rewritten += 1;
+                    }
+                }
+            }
+            Ok(rewritten)
+        }
+        .await;
+        match rewritten {
+            Ok(instances) => {
+                tracing::info!(%hostname, instances, "custom domain changed: instance config written again")
+            }
+            Err(e) => {
+                tracing::warn!(%hostname, "cannot update instance origins for a custom domain: {e}")
             }
         }
     }

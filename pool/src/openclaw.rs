@@ -18,7 +18,7 @@
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
-use clawdeploy_store::{Instance, Keyring, Store};
+use clawdeploy_store::{DomainStatus, Instance, Keyring, Store};
 
 use crate::manager::{InstanceConfig, PoolError};
 use crate::runtime::{ConfigFile, Resources};
@@ -148,13 +148,34 @@ impl OpenClawConfig {
         config
     }
 
-    /// The instance's origins: each template with its host.
-    pub fn origins(&self, instance: &Instance) -> Vec<String> {
-        let host = format!("{}.{}", instance.subdomain, self.base_domain);
-        self.origin_templates
+    /// The instance's origins: each template with each of its hostnames.
+    pub fn origins(&self, hostnames: &[String]) -> Vec<String> {
+        hostnames
             .iter()
-            .map(|t| t.replace("{host}", &host))
+            .flat_map(|host| {
+                self.origin_templates
+                    .iter()
+                    .map(move |t| t.replace("{host}", host))
+            })
             .collect()
+    }
+
+    /// `<sub>.<base_domain>` and the instance's active custom domains: the hosts the edge routes
+    /// to it, so the Control UI loaded from any of them may open the gateway's WebSocket. The pool
+    /// writes the config again when a domain becomes active or is removed (`follow_domains`).
+    async fn hostnames(&self, instance: &Instance) -> Result<Vec<String>, PoolError> {
+        let mut hosts = vec![format!("{}.{}", instance.subdomain, self.base_domain)];
+        if let Some((store, _)) = &self.keys {
+            hosts.extend(
+                store
+                    .list_custom_domains_of(instance.user_id)
+                    .await?
+                    .into_iter()
+                    .filter(|d| d.instance_id == instance.id && d.status == DomainStatus::Active)
+                    .map(|d| d.hostname),
+            );
+        }
+        Ok(hosts)
     }
 
     async fn provider_keys(&self, instance: &Instance) -> Result<Vec<ProviderKey>, PoolError> {
@@ -273,7 +294,7 @@ impl InstanceConfig for OpenClawConfig {
         let providers = self.provider_keys(instance).await?;
         let config = self.gateway_config(
             &instance.user_id.to_string(),
-            &self.origins(instance),
+            &self.origins(&self.hostnames(instance).await?),
             &providers,
             instance.timezone.as_deref(),
         );
@@ -376,6 +397,65 @@ mod tests {
             "http://172.18.0.1:9480/custom"
         );
         assert_eq!(providers["custom"]["apiKey"], token.as_str());
+
+        // A custom domain joins the Control UI's allowed origins once it is active, not before;
+        // another user's active domain never does.
+        let origins = |files: &[ConfigFile]| {
+            let c: Value = serde_json::from_slice(&files[0].contents).unwrap();
+            c["gateway"]["controlUi"]["allowedOrigins"].clone()
+        };
+        let domain = store
+            .create_custom_domain(user.id, instance.id, "shop.example.org", "t")
+            .await
+            .unwrap();
+        let other = store
+            .create_user(&NewUser {
+                email: "other@example.com",
+                password_hash: "x",
+                name: None,
+                tier: "free",
+                role: Role::User,
+                timezone: None,
+            })
+            .await
+            .unwrap();
+        let their_instance = store
+            .create_instance(&NewInstance {
+                user_id: other.id,
+                subdomain: "evilbox",
+                tier: "free",
+                status: InstanceStatus::Running,
+                soul_md: None,
+                timezone: None,
+            })
+            .await
+            .unwrap();
+        let theirs = store
+            .create_custom_domain(other.id, their_instance.id, "evil.example.net", "t")
+            .await
+            .unwrap();
+        store
+            .set_custom_domain_status(theirs.id, DomainStatus::Active, None)
+            .await
+            .unwrap();
+        let own = json!([
+            "http://llmbox.example.test:8080",
+            "https://llmbox.example.test"
+        ]);
+        assert_eq!(origins(&generator.files(&instance).await.unwrap()), own);
+        store
+            .set_custom_domain_status(domain.id, DomainStatus::Active, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            origins(&generator.files(&instance).await.unwrap()),
+            json!([
+                "http://llmbox.example.test:8080",
+                "https://llmbox.example.test",
+                "http://shop.example.org:8080",
+                "https://shop.example.org"
+            ])
+        );
         store.close().await;
         let _ = std::fs::remove_dir_all(dir);
     }

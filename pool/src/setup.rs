@@ -237,6 +237,13 @@ pub async fn pool_from_config(
                 "CLAWDEPLOY_IDLE_CONFIG".into(),
                 generator.idle_config().to_string(),
             ));
+            // The pool rewrites openclaw.json through Docker's archive upload, which replaces the
+            // file (a new inode). OpenClaw's file watcher (chokidar, inotify) missed such a second
+            // replacement in about half of our runs, so a custom domain's origin never applied;
+            // polling the file's stat notices every replacement (one stat per 100 ms).
+            settings
+                .env
+                .push(("CHOKIDAR_USEPOLLING".into(), "true".into()));
             Arc::new(generator)
         }
     };
@@ -314,3 +321,4 @@ fn mem_total_mb() -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .map_or(4096, |kb| kb / 1024)
 }
+

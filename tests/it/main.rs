@@ -7,6 +7,7 @@ mod attacks;
 mod auth;
 mod bad_input;
 mod bodies;
+mod control_ui;
 mod dashboard;
 mod domains;
 mod egress;

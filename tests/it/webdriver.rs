@@ -55,6 +55,33 @@ pub struct Element(String);
 impl Browser {
     /// Starts chromedriver and a headless Chromium that resolves every test host to the edge.
     pub async fn start(edge: &Edge) -> Browser {
+        Self::start_with(edge, false).await
+    }
+
+    /// Like [`Browser::start`], with the dashboard at the edge's HTTPS listener
+    /// (`https://app.<base>:<tls port>`). Chromium accepts the local CA's certificates
+    /// (`acceptInsecureCerts`), and its pages are secure contexts (WebCrypto, `__Host-` cookies).
+    pub async fn start_https(edge: &Edge) -> Browser {
+        Self::start_with(edge, true).await
+    }
+
+    /// The current page's cookies, HttpOnly ones included (WebDriver sees them all).
+    pub async fn cookies(&self) -> Value {
+        self.cmd("GET", "/cookie", None).await
+    }
+
+    /// Runs `source` in every document before its own scripts (Chrome DevTools Protocol through
+    /// chromedriver), e.g. to record what a page's WebSockets do.
+    pub async fn on_every_document(&self, source: &str) {
+        self.cmd(
+            "POST",
+            "/goog/cdp/execute",
+            Some(json!({"cmd": "Page.addScriptToEvaluateOnNewDocument", "params": {"source": source}})),
+        )
+        .await;
+    }
+
+    async fn start_with(edge: &Edge, https: bool) -> Browser {
         let port = free_port();
         let driver = Command::new(chromedriver())
             .arg(format!("--port={port}"))
@@ -79,12 +106,14 @@ impl Browser {
         let caps = json!({"capabilities":{"alwaysMatch":{
             "browserName":"chrome",
             "pageLoadStrategy":"normal",
+            "acceptInsecureCerts": https,
             "goog:chromeOptions":{
                 "binary": chromium(),
                 "args":[
                     "--headless=new","--no-sandbox","--disable-gpu","--disable-dev-shm-usage",
                     "--no-proxy-server","--window-size=1280,900","--no-first-run",
-                    format!("--host-resolver-rules=MAP *.{BASE_DOMAIN} 127.0.0.1"),
+                    // Every test host (the base domain's and customers' `*.test` names).
+                    "--host-resolver-rules=MAP *.test 127.0.0.1".to_string(),
                 ]
             }
         }}});
@@ -99,7 +128,11 @@ impl Browser {
             driver,
             addr,
             session,
-            app: format!("http://{APP_DOMAIN}:{}", edge.addr.port()),
+            app: if https {
+                format!("https://{APP_DOMAIN}:{}", edge.tls_addr.port())
+            } else {
+                format!("http://{APP_DOMAIN}:{}", edge.addr.port())
+            },
         }
     }
 
