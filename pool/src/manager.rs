@@ -59,6 +59,11 @@ pub trait InstanceConfig: Send + Sync + 'static {
     fn owner_ready_path(&self) -> Option<&'static str> {
         None
     }
+    /// Whether the instance must restart to serve a newly active custom domain (its origins are
+    /// part of the config the runtime read at start).
+    fn restart_for_new_origins(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -187,15 +192,21 @@ impl PoolManager {
 
     /// A custom domain became active or was removed: the config of the instance it names is
     /// written again (if its container is on this node), so OpenClaw's `allowedOrigins` follow
-    /// the hosts the edge routes to it. A removed domain's record is gone, so then every instance
-    /// on this node is rewritten (removals are rare; the gateway reloads origins live).
+    /// the hosts the edge routes to it.
+    ///
+    /// An activation also restarts that instance when its config kind asks for it (OpenClaw: its
+    /// live reload of a rewritten config was missed or deferred in some of our runs on a loaded
+    /// machine), because a domain the owner just added must work. A removed domain's record is gone, so every
+    /// instance on this node is rewritten without a restart: until its next start a stale origin
+    /// only stays in the list, and the edge no longer routes that host nor accepts its origin.
     async fn domain_changed(&self, hostname: &str) {
         let rewritten: Result<usize, PoolError> = async {
-            let target = self
-                .store
-                .get_custom_domain_by_hostname(hostname)
-                .await?
-                .map(|d| d.instance_id);
+            let domain = self.store.get_custom_domain_by_hostname(hostname).await?;
+            let activated = domain
+                .as_ref()
+                .is_some_and(|d| d.status == clawdeploy_store::DomainStatus::Active)
+                && self.config.restart_for_new_origins();
+            let target = domain.map(|d| d.instance_id);
             let mut rewritten = 0;
             for member in self.store.list_pool_members(&self.settings.node_id).await? {
                 let Some(id) = member.instance_id else {
@@ -207,6 +218,9 @@ impl PoolManager {
                 if let Some(instance) = self.store.get_instance(id).await? {
                     if self.reconfigure(&instance).await? {
                         rewritten += 1;
+                        if activated {
+                            self.restart(&instance).await?;
+                        }
                     }
                 }
             }

@@ -322,6 +322,12 @@ impl InstanceConfig for OpenClawConfig {
     fn owner_ready_path(&self) -> Option<&'static str> {
         Some("/control-ui-config.json")
     }
+
+    /// OpenClaw's live reload of a rewritten config was missed or deferred in some runs; a
+    /// domain the owner just added must work, so the gateway restarts on it.
+    fn restart_for_new_origins(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

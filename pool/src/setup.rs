@@ -321,4 +321,3 @@ fn mem_total_mb() -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .map_or(4096, |kb| kb / 1024)
 }
-

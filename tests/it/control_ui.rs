@@ -307,8 +307,8 @@ async fn the_control_ui_connects_through_a_cookie_session_without_pairing() {
             .expect("announce the domain");
         conn.close().await.ok();
     }
-    // The node running the instance writes its config again.
-    let deadline = Instant::now() + PATIENCE;
+    // The node running the instance writes its config again and restarts it.
+    let deadline = Instant::now() + Duration::from_secs(300);
     while !edge
         .log_text()
         .contains("custom domain changed: instance config written again")
@@ -322,10 +322,9 @@ async fn the_control_ui_connects_through_a_cookie_session_without_pairing() {
     }
     // In the browser, at the custom domain: handed off again (a host has its own cookie), and the
     // Control UI connects from that origin.
-    // OpenClaw applies the new origins live (within a second); a page opened before that is
-    // refused ("origin not allowed") and opened again.
+    // The instance restarts on the new config; a page opened while it starts is opened again.
     let custom_origin = format!("https://{domain}:{port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(180);
     let mut attempts = 0;
     let hello = loop {
         attempts += 1;
