@@ -11,9 +11,10 @@
 //! the limit through in one fixed minute.
 //!
 //! Redis never stalls a request for long: an answer must come within
-//! `redis.rate_limit_timeout_ms`, else the node's own decision stands and the connection is
-//! dropped. A background task reconnects (and pings while connected) every
-//! [`RECONNECT_INTERVAL`]; until then every request is decided locally, without waiting.
+//! `redis.rate_limit_timeout_ms`, else the node's own decision stands for that request. A Redis
+//! error drops the connection; a background task pings it every [`RECONNECT_INTERVAL`] (dropping
+//! it when Redis does not answer within `4 × timeout`, at least 500 ms) and reconnects. Without a
+//! connection every request is decided locally, without waiting.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -135,20 +136,18 @@ impl SharedLimits {
             }
             Ok(Err(e)) => {
                 tracing::debug!("rate-limit script failed: {e}");
-                self.fall_back();
+                metrics::counter!("clawdeploy_rate_limit_fallbacks_total").increment(1);
+                if self.is_shared() {
+                    self.set_connection(None);
+                }
                 SharedDecision::Unavailable
             }
+            // Slow, not failed: this request is decided locally; the connection stays unless
+            // the background ping finds Redis hung (within `4 × timeout`, at least 500 ms).
             Err(_) => {
-                self.fall_back();
+                metrics::counter!("clawdeploy_rate_limit_fallbacks_total").increment(1);
                 SharedDecision::Unavailable
             }
-        }
-    }
-
-    fn fall_back(&self) {
-        metrics::counter!("clawdeploy_rate_limit_fallbacks_total").increment(1);
-        if self.is_shared() {
-            self.set_connection(None);
         }
     }
 
