@@ -237,6 +237,7 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
 
     // Migrations and the route table's instances, on a runtime that is dropped before Pingora
     // starts its own (a pool is bound to the runtime that made it, so the API opens its own).
+    let meter = Arc::new(clawdeploy_metering::Meter::new(config.tiers.clone()));
     let instances = block_on(async {
         let store = open_store(&config).await?;
         // After a master-key rotation, secrets sealed under an older key move to the current one.
@@ -252,6 +253,11 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
             );
         }
         let instances = store.list_instances().await?;
+        // Usage and counted idempotency keys before the first request (a retry must find its key).
+        match clawdeploy_metering::service::seed_from_store(&meter, &store).await {
+            Ok(n) => tracing::info!(instances = n, "usage counters loaded from the store"),
+            Err(e) => tracing::error!("cannot load this period's usage: {e}"),
+        }
         store.close().await;
         anyhow::Ok(instances)
     })??;
@@ -291,7 +297,6 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
 
     // Instance hosts admit only their owner: tokens checked in memory, revocations broadcast.
     let verifier = SessionVerifier::new(config.secrets.jwt_key.as_bytes().to_vec());
-    let meter = Arc::new(clawdeploy_metering::Meter::new(config.tiers.clone()));
     let upgrade_url = if config.metering.upgrade_url.is_empty() {
         format!(
             "{}/billing",

@@ -167,7 +167,8 @@ impl BackgroundService for MetricsService {
     }
 }
 
-/// Seeds the meter from the store, then writes its counts back every interval.
+/// Writes the meter's counts back to the store every interval (the binary seeds the meter with
+/// [`seed_from_store`] before it serves the first request).
 pub struct UsageFlushService {
     meter: Arc<Meter>,
     database_url: String,
@@ -310,10 +311,6 @@ impl BackgroundService for UsageFlushService {
                 }
             }
         };
-        match seed_from_store(&self.meter, &store).await {
-            Ok(n) => tracing::info!(instances = n, "usage counters loaded from the store"),
-            Err(e) => tracing::error!("cannot load this month's usage: {e}"),
-        }
         if let Some((url, interval)) = &self.redis {
             tokio::spawn(crate::shared::sync_forever(
                 self.meter.clone(),
