@@ -50,17 +50,24 @@ fi
 status=$(pg_lsclusters -h | awk -v v="$PG_VER" -v c="$CLUSTER" '$1==v && $2==c {print $4}')
 if [ "$status" != "online" ]; then
     log "starting cluster ${PG_VER}/${CLUSTER}"
-    # A stale pid file from an unclean stop would block the start.
     pg_ctlcluster "${PG_VER}" "${CLUSTER}" start >&2 || {
-        rm -f "/var/lib/postgresql/${PG_VER}/${CLUSTER}/postmaster.pid"
-        pg_ctlcluster "${PG_VER}" "${CLUSTER}" start >&2
+        # A stale pid file from an unclean stop blocks the start; a live postmaster keeps it
+        # (after an unclean stop it may spend minutes in crash recovery before it is online).
+        PID_FILE="/var/lib/postgresql/${PG_VER}/${CLUSTER}/postmaster.pid"
+        pid=$(head -n 1 "$PID_FILE" 2>/dev/null || true)
+        if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+            log "postmaster ${pid} is still starting (crash recovery?); waiting for it"
+        else
+            rm -f "$PID_FILE"
+            pg_ctlcluster "${PG_VER}" "${CLUSTER}" start >&2
+        fi
     }
 else
     pg_ctlcluster "${PG_VER}" "${CLUSTER}" reload >&2 || true
 fi
 
-# Wait until it accepts connections.
-for _ in $(seq 1 60); do
+# Wait until it accepts connections (crash recovery of a large data directory takes minutes).
+for _ in $(seq 1 600); do
     if pg_isready -q -h 127.0.0.1 -p "${PG_PORT}"; then break; fi
     sleep 0.5
 done
