@@ -84,20 +84,6 @@ async fn wait_for_hello(browser: &Browser, within: Duration) -> Result<Value, St
     }
 }
 
-async fn wait_running(edge: &Edge, token: &str, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let me = edge
-            .api("GET", "/api/instances/me", Some(token), None)
-            .await;
-        if me.status == 200 && me.json()["instance"]["status"] == "running" {
-            return;
-        }
-        assert!(Instant::now() < deadline, "never running: {}", me.text());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Opens `origin` + `/` in the browser and waits until it is back there (after the login handoff).
 async fn open_instance(browser: &Browser, origin: &str) {
     browser.goto(&format!("{origin}/")).await;
@@ -185,7 +171,7 @@ async fn the_control_ui_connects_through_a_cookie_session_without_pairing() {
         )
         .await;
     assert_eq!(resp.status, 201, "{}", resp.text());
-    wait_running(&edge, &token, Duration::from_secs(120)).await;
+    edge.wait_running(&token, Duration::from_secs(120)).await;
     // Another tenant (queued: the pool holds one container) whose host is a route of its own.
     let (mallory, _, _) = edge.register("ctl-evil@example.com", PW).await;
     let resp = edge

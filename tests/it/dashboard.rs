@@ -71,21 +71,6 @@ async fn chat_socket(edge: &Edge, headers: &[(&str, &str)]) -> Result<WebSocket,
     }
 }
 
-/// Waits until the user's instance is running (`GET /api/instances/me`).
-async fn wait_running(edge: &Edge, token: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let me = edge
-            .api("GET", "/api/instances/me", Some(token), None)
-            .await;
-        if me.status == 200 && me.json()["instance"]["status"] == "running" {
-            return;
-        }
-        assert!(Instant::now() < deadline, "never running: {}", me.text());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn cookie_session_pages_and_the_live_subdomain_check() {
     let edge = EdgeBuilder::new().start().await;
@@ -341,7 +326,7 @@ async fn the_chat_bridge_reaches_only_the_owners_gateway_through_the_edge() {
         )
         .await;
     assert_eq!(resp.status, 201, "{}", resp.text());
-    wait_running(&edge, &token).await;
+    edge.wait_running(&token, Duration::from_secs(60)).await;
 
     // Without credentials, or from another site's page: refused before the upgrade.
     assert_eq!(chat_socket(&edge, &[]).await.err(), Some(401));
@@ -526,7 +511,7 @@ async fn a_soul_md_change_in_settings_reaches_the_instance() {
         )
         .await;
     assert_eq!(resp.status, 201, "{}", resp.text());
-    wait_running(&edge, &token).await;
+    edge.wait_running(&token, Duration::from_secs(60)).await;
 
     let browser = Browser::start(&edge).await;
     browser.goto("/login?next=%2Fsettings").await;
@@ -745,7 +730,7 @@ async fn the_dashboard_chats_with_the_real_openclaw() {
         )
         .await;
     assert_eq!(resp.status, 201, "{}", resp.text());
-    wait_running(&edge, &token).await;
+    edge.wait_running(&token, Duration::from_secs(60)).await;
 
     let browser = Browser::start(&edge).await;
     browser_login(&browser, "dash-oc@example.com", "/dashboard").await;
@@ -783,7 +768,7 @@ async fn login_from_an_instance_host_returns_there_signed_in() {
         )
         .await;
     assert_eq!(resp.status, 201, "{}", resp.text());
-    wait_running(&edge, &token).await;
+    edge.wait_running(&token, Duration::from_secs(60)).await;
 
     let browser = Browser::start(&edge).await;
     let instance = format!("http://roundtrip.{BASE_DOMAIN}:{}", edge.addr.port());
@@ -817,7 +802,7 @@ async fn a_revoked_session_closes_the_chat_and_asks_for_login() {
         )
         .await;
     assert_eq!(resp.status, 201, "{}", resp.text());
-    wait_running(&edge, &token).await;
+    edge.wait_running(&token, Duration::from_secs(60)).await;
     let browser = Browser::start(&edge).await;
     browser_login(&browser, "revoked@example.com", "/dashboard").await;
     browser.wait_enabled("#chat-send").await;
@@ -856,7 +841,7 @@ async fn the_quota_refusal_shows_in_the_chat_with_an_upgrade_link() {
         )
         .await;
     assert_eq!(resp.status, 201, "{}", resp.text());
-    wait_running(&edge, &token).await;
+    edge.wait_running(&token, Duration::from_secs(60)).await;
     let browser = Browser::start(&edge).await;
     browser_login(&browser, "quota@example.com", "/dashboard").await;
     browser.wait_enabled("#chat-send").await;
@@ -915,7 +900,7 @@ async fn bridged_chats_are_rate_limited_per_user_not_per_loopback_ip() {
             )
             .await;
         assert_eq!(resp.status, 201, "{}", resp.text());
-        wait_running(&edge, &token).await;
+        edge.wait_running(&token, Duration::from_secs(60)).await;
         tokens.push(token);
     }
     // Two registrations used two of the loopback IP's three requests; five chats still connect.
@@ -956,7 +941,7 @@ async fn the_control_ui_link_arrives_signed_in_at_the_instance_host() {
         )
         .await;
     assert_eq!(resp.status, 201, "{}", resp.text());
-    wait_running(&edge, &token).await;
+    edge.wait_running(&token, Duration::from_secs(60)).await;
     let browser = Browser::start(&edge).await;
     browser_login(&browser, "controlui@example.com", "/dashboard").await;
     let href = browser

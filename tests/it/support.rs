@@ -338,6 +338,21 @@ impl Edge {
         }
     }
 
+    /// Waits until the token's user has a running instance (`GET /api/instances/me`).
+    pub async fn wait_running(&self, token: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let me = self
+                .api("GET", "/api/instances/me", Some(token), None)
+                .await;
+            if me.status == 200 && me.json()["instance"]["status"] == "running" {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never running: {}", me.text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The config file the edge runs with (for CLI subcommands against the same database).
     pub fn config_path(&self) -> &std::path::Path {
         &self.config
