@@ -319,7 +319,11 @@ impl BackgroundService for UsageFlushService {
                 shutdown.clone(),
             ));
         }
-        let mut tick = tokio::time::interval(self.interval);
+        // The first flush one interval after start, not at once: the counts loaded at start
+        // have nothing to write, and an immediate flush could still be running when a quick
+        // shutdown cancels this task, losing the keys it had taken (seen in tests).
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.interval, self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
