@@ -248,15 +248,7 @@ async fn wildcard_and_apex_are_issued_by_dns01_through_bind_and_stored_sealed() 
         Message::Text("before".into())
     );
     let renew_started = Instant::now();
-    let resp = edge
-        .admin(
-            "POST",
-            &format!("/admin/certificates/{BASE_DOMAIN}/renew"),
-            Some(ADMIN_TOKEN),
-            None,
-        )
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    edge.renew_base_certificate().await;
     eprintln!(
         "ISSUANCE renewal of wildcard+apex by DNS-01: {} ms",
         renew_started.elapsed().as_millis()

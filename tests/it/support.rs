@@ -338,6 +338,19 @@ impl Edge {
         }
     }
 
+    /// Renews the base domain's certificate now (`POST /admin/certificates/<base>/renew`).
+    pub async fn renew_base_certificate(&self) {
+        let resp = self
+            .admin(
+                "POST",
+                &format!("/admin/certificates/{BASE_DOMAIN}/renew"),
+                Some(ADMIN_TOKEN),
+                None,
+            )
+            .await;
+        assert_eq!(resp.status, 200, "renew: {}", resp.text());
+    }
+
     /// Waits until the token's user has a running instance (`GET /api/instances/me`).
     pub async fn wait_running(&self, token: &str, within: Duration) {
         let deadline = Instant::now() + within;

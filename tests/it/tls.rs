@@ -286,15 +286,7 @@ async fn a_renewal_swaps_the_certificate_and_an_open_websocket_stays_open() {
         Message::Text("before".into())
     );
 
-    let resp = edge
-        .admin(
-            "POST",
-            &format!("/admin/certificates/{BASE_DOMAIN}/renew"),
-            Some(ADMIN_TOKEN),
-            None,
-        )
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    edge.renew_base_certificate().await;
 
     // New handshakes get the new certificate at once, with no restart.
     let after = peer_leaf(&wait_for_certificate(&edge, APP_DOMAIN, &ca).await).1;
@@ -392,15 +384,7 @@ async fn a_second_node_serves_the_stored_certificate_and_picks_up_a_renewal() {
     let served = peer_leaf(&wait_for_certificate(&second, APP_DOMAIN, &ca).await).1;
     assert_eq!(issued, served);
     // A renewal on the first reaches the second through the change broadcast.
-    let resp = first
-        .admin(
-            "POST",
-            &format!("/admin/certificates/{BASE_DOMAIN}/renew"),
-            Some(ADMIN_TOKEN),
-            None,
-        )
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    first.renew_base_certificate().await;
     let renewed = peer_leaf(&wait_for_certificate(&first, APP_DOMAIN, &ca).await).1;
     assert_ne!(renewed, issued);
     let deadline = std::time::Instant::now() + PATIENCE;
