@@ -84,7 +84,7 @@ pub enum FrameEvent<'a> {
 #[derive(Debug, PartialEq, Eq)]
 pub struct PayloadBytes<'a> {
     pub raw: &'a [u8],
-    mask: Option<[u8; 4]>,
+    pub(crate) mask: Option<[u8; 4]>,
     /// Position in the frame's payload of `raw[0]`, modulo 4.
     mask_offset: usize,
 }
@@ -94,12 +94,25 @@ impl PayloadBytes<'_> {
     pub fn unmask_into(&self, out: &mut Vec<u8>) {
         match self.mask {
             None => out.extend_from_slice(self.raw),
-            Some(mask) => out.extend(
-                self.raw
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| b ^ mask[(self.mask_offset + i) & 3]),
-            ),
+            Some(mask) => {
+                // Eight bytes at a time: the key rotated to this run's offset, repeated twice.
+                let key: [u8; 4] = std::array::from_fn(|i| mask[(self.mask_offset + i) & 3]);
+                let wide = u64::from_ne_bytes([
+                    key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
+                ]);
+                let start = out.len();
+                out.extend_from_slice(self.raw);
+                let mut words = out[start..].chunks_exact_mut(8);
+                for word in &mut words {
+                    let mut bytes = [0u8; 8];
+                    bytes.copy_from_slice(word);
+                    word.copy_from_slice(&(u64::from_ne_bytes(bytes) ^ wide).to_ne_bytes());
+                }
+                // The remainder starts at a multiple of 8, so the key lines up from its start.
+                for (i, b) in words.into_remainder().iter_mut().enumerate() {
+                    *b ^= key[i & 3];
+                }
+            }
         }
     }
 }
@@ -165,20 +178,29 @@ impl FrameParser {
                 }
                 continue;
             }
-            // Header bytes: copy until the header is complete.
-            let need = header_size(&self.header_buf[..usize::from(self.header_len)]);
-            let have = usize::from(self.header_len);
-            let take = (need - have).min(chunk.len() - pos);
-            self.header_buf[have..have + take].copy_from_slice(&chunk[pos..pos + take]);
-            self.header_len += take as u8;
-            pos += take;
-            let have = usize::from(self.header_len);
-            // The size may grow once the length byte is known.
-            if have < header_size(&self.header_buf[..have]) {
-                continue;
-            }
-            let header = self.decode_header()?;
-            self.header_len = 0;
+            let rest = &chunk[pos..];
+            let header = if self.header_len == 0 && rest.len() >= header_size(rest) {
+                // The usual case: the whole header is in this read; decoded where it lies.
+                let size = header_size(rest);
+                pos += size;
+                self.decode_header(&rest[..size])?
+            } else {
+                // A header split across reads: gathered until complete.
+                let need = header_size(&self.header_buf[..usize::from(self.header_len)]);
+                let have = usize::from(self.header_len);
+                let take = (need - have).min(rest.len());
+                self.header_buf[have..have + take].copy_from_slice(&rest[..take]);
+                self.header_len += take as u8;
+                pos += take;
+                let have = usize::from(self.header_len);
+                // The size may grow once the length byte is known.
+                if have < header_size(&self.header_buf[..have]) {
+                    continue;
+                }
+                let buf = self.header_buf;
+                self.header_len = 0;
+                self.decode_header(&buf[..have])?
+            };
             self.current = Some(header);
             self.remaining = header.payload_len;
             self.payload_pos = 0;
@@ -187,8 +209,8 @@ impl FrameParser {
         Ok(())
     }
 
-    fn decode_header(&mut self) -> Result<FrameHeader, FrameError> {
-        let b = &self.header_buf;
+    /// Decodes a complete header (`b` is exactly [`header_size`] bytes).
+    fn decode_header(&mut self, b: &[u8]) -> Result<FrameHeader, FrameError> {
         let fin = b[0] & 0x80 != 0;
         let rsv = (b[0] >> 4) & 0x7;
         let op = b[0] & 0xf;

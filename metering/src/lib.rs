@@ -21,10 +21,11 @@ pub mod relay;
 pub mod service;
 pub mod shared;
 pub mod shared_limits;
+pub mod siphash;
 
 pub use frames::{FrameError, FrameEvent, FrameHeader, FrameParser};
 pub use period::{Period, Plan};
-pub use quota::{Admission, Meter, Refusal, Reservation};
+pub use quota::{Admission, Meter, Refusal, Reservation, UsageHandle};
 pub use ratelimit::{RateLimiter, Scope};
 pub use relay::{RelayError, RelayTarget, WsRelay};
 pub use service::{install_recorder, MetricsService, UsageFlushService};

@@ -11,31 +11,31 @@
 //! Idempotency keys are kept as 64-bit hashes of (instance, key), stable across restarts: the
 //! flush writes newly counted ones to the store and a starting edge loads the current period's,
 //! so a retry after a restart is not counted twice. At most [`MAX_KEYS_PER_INSTANCE`] are held
-//! per instance (the oldest are forgotten first: retries come soon after the original).
+//! per instance, at least the newest half of them (the oldest are forgotten first: retries come
+//! soon after the original).
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use clawdeploy_config::TiersConfig;
 use clawdeploy_store::time::{now_ms, rfc3339, DAY_MS};
 use dashmap::DashMap;
-use sha2::{Digest, Sha256};
 
 use crate::period::{Period, Plan};
+use crate::siphash::SipHasher13;
 
 /// Idempotency keys held per instance (8 bytes each plus set overhead, about 40 bytes).
 pub const MAX_KEYS_PER_INSTANCE: usize = 10_000;
 
-/// The stable hash of an idempotency key of `instance` (the first 8 bytes of SHA-256).
+/// The stable hash of an idempotency key of `instance` (SipHash-1-3 under a fixed key: stored
+/// hashes must match after a restart or an upgrade). A 64-bit fingerprint: finding two keys that
+/// collide takes about 2^32 tries, and gains one uncounted message.
 pub fn key_hash(instance: &str, key: &str) -> u64 {
-    let mut h = Sha256::new();
-    h.update(instance.as_bytes());
-    h.update([0]);
-    h.update(key.as_bytes());
-    let digest = h.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    u64::from_be_bytes(first)
+    let mut h = SipHasher13::new(0x636c_6177_6465_706c, 0x6f79_2d6b_6579_7331);
+    h.write(instance.as_bytes());
+    h.write(&[0]);
+    h.write(key.as_bytes());
+    h.finish()
 }
 
 #[derive(Debug, Default)]
@@ -45,9 +45,10 @@ struct Usage {
     messages: u64,
     tokens: u64,
     inflight: u64,
-    /// Hashes of idempotency keys counted this period, oldest first in `key_order`.
-    keys: HashSet<u64>,
-    key_order: VecDeque<u64>,
+    /// Hashes of idempotency keys counted this period: the newest, and the generation before
+    /// (dropped whole when the newest fills up, instead of evicting one key per message).
+    keys: KeySet,
+    older_keys: KeySet,
     /// Keys counted but not yet written to the store: (hash, counted at ms).
     unflushed_keys: Vec<(u64, i64)>,
     /// Not yet written to the store: day (days since epoch) → (messages, tokens).
@@ -67,6 +68,11 @@ impl Usage {
 
     /// Moves to the period containing `now` under `plan` (a new tier or anchor starts over).
     fn roll(&mut self, plan: Option<Plan>, now: i64) {
+        let same_plan = plan.is_none_or(|p| p == self.plan);
+        if same_plan && self.period.start_ms <= now && now < self.period.end_ms {
+            // The common case, checked first: calendar arithmetic is a measurable part of a send.
+            return;
+        }
         if let Some(plan) = plan {
             self.plan = plan;
         }
@@ -77,25 +83,51 @@ impl Usage {
             self.tokens = 0;
             self.inflight = 0;
             self.keys.clear();
-            self.key_order.clear();
+            self.older_keys.clear();
             self.unsynced = (0, 0);
         }
     }
 
+    /// Whether a key was counted (and is still remembered).
+    fn knows(&self, key: u64) -> bool {
+        self.keys.contains(&key) || self.older_keys.contains(&key)
+    }
+
     /// Remembers a counted key; false when it was already counted.
     fn remember(&mut self, key: u64) -> bool {
-        if !self.keys.insert(key) {
+        if self.knows(key) {
             return false;
         }
-        self.key_order.push_back(key);
-        if self.key_order.len() > MAX_KEYS_PER_INSTANCE {
-            if let Some(old) = self.key_order.pop_front() {
-                self.keys.remove(&old);
-            }
+        if self.keys.len() >= MAX_KEYS_PER_INSTANCE / 2 {
+            self.older_keys = std::mem::take(&mut self.keys);
         }
+        self.keys.insert(key);
         true
     }
 }
+
+/// Hashes a `u64` that is already a uniform hash (an idempotency key's [`key_hash`]) as itself.
+#[derive(Default)]
+pub(crate) struct PreHashed(u64);
+
+impl std::hash::Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used for u64 keys; fold anything else in for completeness.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+pub(crate) type BuildPreHashed = std::hash::BuildHasherDefault<PreHashed>;
+
+type KeySet = HashSet<u64, BuildPreHashed>;
 
 type Entry = Arc<Mutex<Usage>>;
 
@@ -103,6 +135,10 @@ fn lock(entry: &Entry) -> MutexGuard<'_, Usage> {
     // A panic while holding the lock leaves plain counters behind: keep using them.
     entry.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// One instance's counters, looked up once (see [`Meter::handle`]).
+#[derive(Debug, Clone)]
+pub struct UsageHandle(Entry);
 
 /// Why a send or an LLM call was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,8 +165,12 @@ pub enum Admission {
 pub struct Reservation {
     entry: Entry,
     period: Period,
+    /// When the send was admitted (ms): its answer follows within moments, so the commit dates
+    /// it by this instead of reading the clock again.
+    admitted_ms: i64,
     key: Option<u64>,
-    tier: Arc<str>,
+    /// `clawdeploy_messages_counted_total` of the instance's tier.
+    counted: &'static metrics::Counter,
     done: bool,
 }
 
@@ -145,7 +185,9 @@ impl Reservation {
         if !accepted {
             return false;
         }
-        let now = now_ms();
+        // Never earlier than the period the counters are in (a send admitted just before a
+        // period ended and answered after another send started the next one).
+        let now = self.admitted_ms.max(usage.period.start_ms);
         usage.roll(None, now);
         if let Some(key) = self.key {
             if !usage.remember(key) {
@@ -159,8 +201,7 @@ impl Reservation {
         usage.unsynced.0 += 1;
         usage.unflushed.entry(now.div_euclid(DAY_MS)).or_default().0 += 1;
         drop(usage);
-        metrics::counter!("clawdeploy_messages_counted_total", "tier" => tier_label(&self.tier))
-            .increment(1);
+        self.counted.increment(1);
         true
     }
 }
@@ -254,6 +295,12 @@ impl Meter {
         }
     }
 
+    /// The counters of `instance`, for a caller that decides many messages (a WebSocket relay):
+    /// one lookup instead of one per message.
+    pub fn handle(&self, instance: &str) -> UsageHandle {
+        UsageHandle(self.entry(instance))
+    }
+
     /// Decides on one user message of `instance` (tier `tier`, billing anchor `anchor_ms`) with
     /// an optional idempotency key.
     pub fn admit(
@@ -263,14 +310,27 @@ impl Meter {
         anchor_ms: Option<i64>,
         key: Option<&str>,
     ) -> Admission {
+        self.admit_to(&self.handle(instance), instance, tier, anchor_ms, key)
+    }
+
+    /// [`Meter::admit`] with the instance's counters already looked up.
+    pub fn admit_to(
+        &self,
+        handle: &UsageHandle,
+        instance: &str,
+        tier: &Arc<str>,
+        anchor_ms: Option<i64>,
+        key: Option<&str>,
+    ) -> Admission {
         let limit = self.tiers.get(tier).messages_per_month;
         let key = key.map(|k| key_hash(instance, k));
-        let entry = self.entry(instance);
+        let entry = handle.0.clone();
         let mut usage = lock(&entry);
-        usage.roll(Some(Plan::new(tier, anchor_ms)), now_ms());
+        let now = now_ms();
+        usage.roll(Some(Plan::new(tier, anchor_ms)), now);
         let period = usage.period;
         if let Some(k) = key {
-            if usage.keys.contains(&k) {
+            if usage.knows(k) {
                 return Admission::Retry;
             }
         }
@@ -290,8 +350,9 @@ impl Meter {
         Admission::Forward(Reservation {
             entry,
             period,
+            admitted_ms: now,
             key,
-            tier: tier.clone(),
+            counted: messages_counted(tier),
             done: false,
         })
     }
@@ -460,6 +521,22 @@ impl Meter {
     }
 }
 
+/// The `clawdeploy_messages_counted_total` counter of `tier` (handles made once: a registry lookup
+/// per counted message would cost more than the counting).
+fn messages_counted(tier: &str) -> &'static metrics::Counter {
+    static COUNTERS: std::sync::OnceLock<[metrics::Counter; 4]> = std::sync::OnceLock::new();
+    let counters = COUNTERS.get_or_init(|| {
+        ["free", "pro", "team", "other"]
+            .map(|t| metrics::counter!("clawdeploy_messages_counted_total", "tier" => t))
+    });
+    match tier_label(tier) {
+        "free" => &counters[0],
+        "pro" => &counters[1],
+        "team" => &counters[2],
+        _ => &counters[3],
+    }
+}
+
 /// Tier label values from a fixed set (bounded metric cardinality).
 pub fn tier_label(tier: &str) -> &'static str {
     match tier {
@@ -580,11 +657,12 @@ mod tests {
         for k in 0..(MAX_KEYS_PER_INSTANCE as u64 + 5) {
             assert!(usage.remember(k));
         }
-        assert_eq!(usage.keys.len(), MAX_KEYS_PER_INSTANCE);
-        assert_eq!(usage.key_order.len(), MAX_KEYS_PER_INSTANCE);
-        // The oldest went first.
+        assert!(usage.keys.len() + usage.older_keys.len() <= MAX_KEYS_PER_INSTANCE);
+        // The oldest went first; at least the newest half are known.
         assert!(usage.remember(0));
-        assert!(!usage.remember(MAX_KEYS_PER_INSTANCE as u64 + 4));
+        for k in (MAX_KEYS_PER_INSTANCE / 2) as u64..(MAX_KEYS_PER_INSTANCE as u64 + 5) {
+            assert!(!usage.remember(k), "key {k} forgotten too early");
+        }
     }
 
     #[test]

@@ -15,7 +15,18 @@ use bytes::{Bytes, BytesMut};
 
 use crate::classify;
 use crate::frames::{encode_frame, opcode, FrameError, FrameEvent, FrameParser};
-use crate::quota::{Admission, Meter, Reservation};
+use crate::quota::{Admission, BuildPreHashed, Meter, Reservation, UsageHandle};
+
+/// Sends in flight by the hash of their request id (raw JSON text; see [`IdHasher`]).
+type Pending = HashMap<u64, Reservation, BuildPreHashed>;
+
+/// Hashes request ids with a per-process random seed (ids come from the client, so they cannot
+/// be chosen to collide); foldhash is several times faster than SipHash on short keys.
+fn id_hash(id: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    static SEED: OnceLock<foldhash::fast::RandomState> = OnceLock::new();
+    SEED.get_or_init(Default::default).hash_one(id)
+}
 
 /// Server messages larger than this are not inspected for `res` (send acks are tiny).
 const MAX_INSPECTED_RESPONSE: usize = 64 * 1024;
@@ -87,6 +98,7 @@ enum Hold {
 /// Both directions of one metered WebSocket.
 pub struct WsRelay {
     target: RelayTarget,
+    usage: UsageHandle,
     client: FrameParser,
     hold: Hold,
     /// Undecided bytes from earlier chunks.
@@ -95,14 +107,17 @@ pub struct WsRelay {
     message: Vec<u8>,
     current_control: bool,
     current_fin: bool,
-    /// Sends in flight by request id (JSON text).
-    pending: HashMap<String, Reservation>,
+    /// Sends in flight by request id (raw JSON text).
+    pending: Pending,
+    /// What to forward of the chunk being processed (kept to reuse its allocation).
+    segments: Vec<Seg>,
     server: FrameParser,
     server_in_message: bool,
     server_collect: bool,
     server_message: Vec<u8>,
     server_current_control: bool,
     server_current_fin: bool,
+    server_current_len: u64,
     /// Frames for the client, inserted at the next message boundary of the gateway's stream.
     injections: Vec<Vec<u8>>,
 }
@@ -110,6 +125,7 @@ pub struct WsRelay {
 impl WsRelay {
     pub fn new(target: RelayTarget) -> Self {
         Self {
+            usage: target.meter.handle(&target.instance_id),
             target,
             client: FrameParser::new(),
             hold: Hold::None,
@@ -117,13 +133,15 @@ impl WsRelay {
             message: Vec::new(),
             current_control: false,
             current_fin: false,
-            pending: HashMap::new(),
+            pending: Pending::default(),
+            segments: Vec::new(),
             server: FrameParser::new(),
             server_in_message: false,
             server_collect: false,
             server_message: Vec::new(),
             server_current_control: false,
             server_current_fin: false,
+            server_current_len: 0,
             injections: Vec::new(),
         }
     }
@@ -151,197 +169,123 @@ impl WsRelay {
     pub fn client_chunk(&mut self, chunk: Bytes) -> Result<Bytes, RelayError> {
         let m = relay_metrics();
         m.bytes_up.increment(chunk.len() as u64);
-        let mut out: Vec<Seg> = Vec::new();
-        // Start of the bytes not yet assigned (forwarded or held) in this chunk.
-        let mut cursor = 0usize;
         let mut frames = 0u64;
         let mut error = None;
-        let data = chunk.clone();
         let max = self.target.max_message_bytes;
-        let mut decisions: Vec<(usize, bool)> = Vec::new();
-        {
-            let Self {
-                client,
-                hold,
-                held,
-                message,
-                current_control,
-                current_fin,
-                ..
-            } = self;
-            let mut undecided_from: Option<usize> = match *hold {
-                Hold::None => None,
-                _ => Some(0),
-            };
-            let result = client.feed(&data, |event| match event {
-                FrameEvent::Header { header, end } => {
-                    *current_control = header.is_control();
-                    *current_fin = header.fin;
-                    match *hold {
-                        Hold::None if header.opcode == opcode::TEXT => {
-                            *hold = Hold::Text;
-                            message.clear();
-                            // Forward what came before this header.
-                            let header_start = cursor;
-                            undecided_from = Some(header_start);
-                        }
-                        Hold::PartialHeader if header.opcode == opcode::TEXT => {
-                            *hold = Hold::Text;
-                            message.clear();
-                        }
-                        Hold::PartialHeader => {
-                            // Not the start of a text message: the held header bytes go out.
-                            *hold = Hold::None;
-                            out.push(Seg::Owned(std::mem::take(held)));
-                            out.push(Seg::Range(0, end));
-                            undecided_from = None;
-                            cursor = end;
-                            return;
-                        }
-                        _ => {}
+        let Self {
+            target,
+            usage,
+            client,
+            hold,
+            held,
+            message,
+            current_control,
+            current_fin,
+            pending,
+            segments: out,
+            injections,
+            ..
+        } = self;
+        out.clear();
+        // Start of the bytes not yet assigned (forwarded or held) in this chunk.
+        let mut cursor = 0usize;
+        let mut undecided_from: Option<usize> = match *hold {
+            Hold::None => None,
+            _ => Some(0),
+        };
+        let result = client.feed(&chunk, |event| match event {
+            FrameEvent::Header { header, end } => {
+                *current_control = header.is_control();
+                *current_fin = header.fin;
+                match *hold {
+                    Hold::None if header.opcode == opcode::TEXT => {
+                        *hold = Hold::Text;
+                        message.clear();
+                        // What came before this header is forwarded.
+                        undecided_from = Some(cursor);
                     }
-                    if undecided_from.is_none() {
-                        out.push(Seg::Range(cursor, end));
-                        cursor = end;
+                    Hold::PartialHeader if header.opcode == opcode::TEXT => {
+                        *hold = Hold::Text;
+                        message.clear();
                     }
-                }
-                FrameEvent::Payload { data: payload, end } => {
-                    if *hold == Hold::Text && !*current_control {
-                        if message.len() + payload.raw.len() > max {
-                            error.get_or_insert(RelayError::MessageTooBig(max));
-                        } else {
-                            payload.unmask_into(message);
-                        }
-                    }
-                    if undecided_from.is_none() {
-                        out.push(Seg::Range(cursor, end));
-                        cursor = end;
-                    }
-                }
-                FrameEvent::FrameEnd { end } => {
-                    frames += 1;
-                    if *hold == Hold::Text && !*current_control && *current_fin {
-                        // The text message is complete: decide on it.
-                        let start = undecided_from.take().unwrap_or(0);
-                        decisions.push((out.len(), true));
-                        if start == 0 && !held.is_empty() {
-                            out.push(Seg::Owned(std::mem::take(held)));
-                        }
-                        out.push(Seg::Decide(start, end, std::mem::take(message)));
+                    Hold::PartialHeader => {
+                        // Not the start of a text message: the held header bytes go out.
                         *hold = Hold::None;
+                        out.push(Seg::Held(std::mem::take(held)));
+                        out.push(Seg::Range(0, end));
+                        undecided_from = None;
                         cursor = end;
-                    } else if undecided_from.is_none() {
-                        out.push(Seg::Range(cursor, end));
-                        cursor = end;
+                        return;
+                    }
+                    _ => {}
+                }
+                if undecided_from.is_none() {
+                    out.push(Seg::Range(cursor, end));
+                    cursor = end;
+                }
+            }
+            FrameEvent::Payload { data: payload, end } => {
+                if *hold == Hold::Text && !*current_control {
+                    if message.len() + payload.raw.len() > max {
+                        error.get_or_insert(RelayError::MessageTooBig(max));
+                    } else {
+                        payload.unmask_into(message);
                     }
                 }
-            });
-            if let Err(e) = result {
-                return Err(RelayError::ClientFraming(e));
+                if undecided_from.is_none() {
+                    out.push(Seg::Range(cursor, end));
+                    cursor = end;
+                }
             }
-            // Whatever is left is undecided: a held message or a partial header.
-            let tail_from = undecided_from.unwrap_or(cursor);
-            if tail_from < data.len() {
-                if *hold == Hold::None {
-                    *hold = Hold::PartialHeader;
+            FrameEvent::FrameEnd { end } => {
+                frames += 1;
+                if *hold == Hold::Text && !*current_control && *current_fin {
+                    // The text message is complete: decide on it. Its bytes start in this
+                    // chunk, or in `held` when an earlier chunk began it.
+                    let start = undecided_from.take().unwrap_or(0);
+                    let earlier = std::mem::take(held);
+                    if decide(target, usage, pending, injections, message) {
+                        if !earlier.is_empty() {
+                            out.push(Seg::Held(earlier));
+                        }
+                        out.push(Seg::Range(start, end));
+                    }
+                    *hold = Hold::None;
+                    cursor = end;
+                } else if undecided_from.is_none() {
+                    out.push(Seg::Range(cursor, end));
+                    cursor = end;
                 }
-                held.extend_from_slice(&data[tail_from..]);
-                if held.len() > max.saturating_add(14 * 1024) {
-                    error.get_or_insert(RelayError::MessageTooBig(max));
-                }
+            }
+        });
+        result.map_err(RelayError::ClientFraming)?;
+        // Whatever is left is undecided: a held message or a partial header.
+        let tail_from = undecided_from.unwrap_or(cursor);
+        if tail_from < chunk.len() {
+            if *hold == Hold::None {
+                *hold = Hold::PartialHeader;
+            }
+            held.extend_from_slice(&chunk[tail_from..]);
+            if held.len() > max.saturating_add(14 * 1024) {
+                error.get_or_insert(RelayError::MessageTooBig(max));
             }
         }
         if let Some(e) = error {
             return Err(e);
         }
         m.frames_up.increment(frames);
-        // Decide each complete text message; a refused one is left out.
-        let mut forward_all = true;
-        let mut idx = 0;
-        let mut decided: Vec<Seg> = Vec::with_capacity(out.len());
-        let mut pending_owned: Option<Vec<u8>> = None;
-        for seg in out {
-            match seg {
-                Seg::Owned(bytes) => {
-                    // Held bytes belong to the message decided next, or go out as they are.
-                    if decisions.iter().any(|(i, _)| *i == idx) {
-                        pending_owned = Some(bytes);
-                    } else {
-                        decided.push(Seg::Owned(bytes));
-                    }
-                }
-                Seg::Decide(start, end, text) => {
-                    let forward = self.decide(&text);
-                    if forward {
-                        if let Some(bytes) = pending_owned.take() {
-                            decided.push(Seg::Owned(bytes));
-                        }
-                        decided.push(Seg::Range(start, end));
-                    } else {
-                        pending_owned = None;
-                        forward_all = false;
-                    }
-                }
-                range => decided.push(range),
-            }
-            idx += 1;
-        }
-        let _ = idx;
         // Fast path: the whole chunk goes out unchanged.
-        if forward_all
-            && decided.iter().all(|s| matches!(s, Seg::Range(..)))
-            && covers(&decided, data.len())
-        {
+        if covers(out, chunk.len()) {
             return Ok(chunk);
         }
         let mut buf = BytesMut::new();
-        for seg in decided {
+        for seg in out.drain(..) {
             match seg {
-                Seg::Range(a, b) => buf.extend_from_slice(&data[a..b]),
-                Seg::Owned(v) => buf.extend_from_slice(&v),
-                Seg::Decide(..) => {}
+                Seg::Range(a, b) => buf.extend_from_slice(&chunk[a..b]),
+                Seg::Held(v) => buf.extend_from_slice(&v),
             }
         }
         Ok(buf.freeze())
-    }
-
-    /// True to forward a complete client text message.
-    fn decide(&mut self, text: &[u8]) -> bool {
-        let Some(msg) = classify::user_message(text) else {
-            return true;
-        };
-        let t = &self.target;
-        match t.meter.admit(
-            &t.instance_id,
-            &t.tier,
-            t.billing_anchor_ms,
-            msg.idempotency_key.as_deref(),
-        ) {
-            Admission::Forward(reservation) => {
-                self.pending.insert(msg.id, reservation);
-                true
-            }
-            Admission::Retry => true,
-            Admission::Refuse(refusal) => {
-                let text = classify::quota_exceeded_response(
-                    &msg.id,
-                    refusal.limit,
-                    refusal.used,
-                    &refusal.resets_at,
-                    &t.upgrade_url,
-                );
-                tracing::info!(
-                    instance = %t.instance_id,
-                    method = %msg.method,
-                    limit = refusal.limit,
-                    "user message refused: monthly quota reached"
-                );
-                let mut frame = Vec::with_capacity(text.len() + 4);
-                encode_frame(true, opcode::TEXT, None, text.as_bytes(), &mut frame);
-                self.injections.push(frame);
-                false
-            }
-        }
     }
 
     /// Processes gateway → client bytes; returns what to send the client (with any refusals the
@@ -350,70 +294,68 @@ impl WsRelay {
         let m = relay_metrics();
         m.bytes_down.increment(chunk.len() as u64);
         let mut frames = 0u64;
-        let mut answers: Vec<(String, bool)> = Vec::new();
         // Offsets after which the stream is between messages (candidates for insertion).
         let mut boundaries: Vec<usize> = Vec::new();
         let want_boundaries = !self.injections.is_empty();
         if want_boundaries && self.server.at_message_boundary() {
             boundaries.push(0);
         }
-        {
-            let Self {
-                server,
-                server_in_message,
-                server_collect,
-                server_message,
-                server_current_control,
-                server_current_fin,
-                pending,
-                ..
-            } = self;
-            let watching = !pending.is_empty();
-            server
-                .feed(&chunk, |event| match event {
-                    FrameEvent::Header { header, .. } => {
-                        *server_current_control = header.is_control();
-                        *server_current_fin = header.fin;
-                        if !header.is_control() {
-                            if header.opcode == opcode::TEXT {
-                                *server_collect = watching;
-                                server_message.clear();
-                            }
-                            *server_in_message = !header.fin;
-                        }
-                    }
-                    FrameEvent::Payload { data, .. } => {
-                        if *server_collect && !*server_current_control {
-                            if server_message.len() + data.raw.len() > MAX_INSPECTED_RESPONSE {
-                                *server_collect = false;
-                                server_message.clear();
-                            } else {
-                                data.unmask_into(server_message);
-                            }
-                        }
-                    }
-                    FrameEvent::FrameEnd { end } => {
-                        frames += 1;
-                        if !*server_current_control && *server_current_fin && *server_collect {
-                            if let Some(answer) = classify::response(server_message) {
-                                answers.push(answer);
-                            }
-                            *server_collect = false;
+        let Self {
+            server,
+            server_in_message,
+            server_collect,
+            server_message,
+            server_current_control,
+            server_current_fin,
+            server_current_len,
+            pending,
+            ..
+        } = self;
+        server
+            .feed(&chunk, |event| match event {
+                FrameEvent::Header { header, .. } => {
+                    *server_current_control = header.is_control();
+                    *server_current_fin = header.fin;
+                    *server_current_len = header.payload_len;
+                    if !header.is_control() {
+                        if header.opcode == opcode::TEXT {
+                            // Only answers to sends in flight matter.
+                            *server_collect = !pending.is_empty();
                             server_message.clear();
                         }
-                        if want_boundaries && !*server_in_message {
-                            boundaries.push(end);
+                        *server_in_message = !header.fin;
+                    }
+                }
+                FrameEvent::Payload { data, .. } => {
+                    if *server_collect && !*server_current_control {
+                        if *server_current_fin
+                            && data.mask.is_none()
+                            && data.raw.len() as u64 == *server_current_len
+                        {
+                            // The usual case: a whole unmasked message in one read, read in place.
+                            settle(pending, data.raw);
+                            *server_collect = false;
+                        } else if server_message.len() + data.raw.len() > MAX_INSPECTED_RESPONSE {
+                            *server_collect = false;
+                            server_message.clear();
+                        } else {
+                            data.unmask_into(server_message);
                         }
                     }
-                })
-                .map_err(RelayError::ServerFraming)?;
-        }
+                }
+                FrameEvent::FrameEnd { end } => {
+                    frames += 1;
+                    if !*server_current_control && *server_current_fin && *server_collect {
+                        settle(pending, server_message);
+                        *server_collect = false;
+                    }
+                    if want_boundaries && !*server_in_message {
+                        boundaries.push(end);
+                    }
+                }
+            })
+            .map_err(RelayError::ServerFraming)?;
         m.frames_down.increment(frames);
-        for (id, ok) in answers {
-            if let Some(reservation) = self.pending.remove(&id) {
-                reservation.commit(ok);
-            }
-        }
         let Some(&at) = boundaries.first() else {
             return Ok(chunk);
         };
@@ -427,12 +369,66 @@ impl WsRelay {
     }
 }
 
+/// Commits or releases the send a gateway message answers, if it is a `res` to one in flight.
+fn settle(pending: &mut Pending, text: &[u8]) {
+    if let Some((id, ok)) = classify::response(text) {
+        if let Some(reservation) = pending.remove(&id_hash(id)) {
+            reservation.commit(ok);
+        }
+    }
+}
+
+/// True to forward a complete client text message; a refused one gets the edge's own `res`.
+fn decide(
+    target: &RelayTarget,
+    usage: &UsageHandle,
+    pending: &mut Pending,
+    injections: &mut Vec<Vec<u8>>,
+    text: &[u8],
+) -> bool {
+    let Some(msg) = classify::user_message(text) else {
+        return true;
+    };
+    let t = target;
+    match t.meter.admit_to(
+        usage,
+        &t.instance_id,
+        &t.tier,
+        t.billing_anchor_ms,
+        msg.idempotency_key.as_deref(),
+    ) {
+        Admission::Forward(reservation) => {
+            pending.insert(id_hash(msg.id), reservation);
+            true
+        }
+        Admission::Retry => true,
+        Admission::Refuse(refusal) => {
+            let text = classify::quota_exceeded_response(
+                &String::from_utf8_lossy(msg.id),
+                refusal.limit,
+                refusal.used,
+                &refusal.resets_at,
+                &t.upgrade_url,
+            );
+            tracing::info!(
+                instance = %t.instance_id,
+                method = msg.method,
+                limit = refusal.limit,
+                "user message refused: monthly quota reached"
+            );
+            let mut frame = Vec::with_capacity(text.len() + 4);
+            encode_frame(true, opcode::TEXT, None, text.as_bytes(), &mut frame);
+            injections.push(frame);
+            false
+        }
+    }
+}
+
 enum Seg {
+    /// Bytes `start..end` of the chunk.
     Range(usize, usize),
-    Owned(Vec<u8>),
-    /// A complete text message spanning `start..end` of the chunk (and its unmasked text), to
-    /// forward or withhold.
-    Decide(usize, usize, Vec<u8>),
+    /// Bytes held from earlier chunks.
+    Held(Vec<u8>),
 }
 
 /// True when consecutive ranges cover `0..len` exactly.
@@ -556,6 +552,46 @@ mod tests {
             prop_assert_eq!(out, expected);
             prop_assert_eq!(relay.take_injections_if_at_boundary().len(), refused);
             prop_assert_eq!(relay.in_flight() as u64, users.min(limit));
+        }
+
+        /// However the gateway's answers are split into reads (a `res` whole in one read, or
+        /// spread over several, between events), every send in flight is settled once.
+        #[test]
+        fn answers_split_anywhere_settle_every_send(
+            sends in 1usize..8,
+            event_len in 0usize..300,
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..20),
+        ) {
+            let meter = Arc::new(Meter::new(TiersConfig::default()));
+            let mut relay = WsRelay::new(RelayTarget {
+                meter: meter.clone(),
+                instance_id: Arc::from("i"),
+                tier: Arc::from("pro"),
+                billing_anchor_ms: None,
+                max_message_bytes: 1 << 20,
+                upgrade_url: Arc::from("https://x/billing"),
+            });
+            let mut stream = Vec::new();
+            for i in 0..sends {
+                let user = Msg { user: true, filler: String::new(), fragments: 1, ping: false };
+                relay.client_chunk(Bytes::from(encode(i, &user))).unwrap();
+                let event = format!(r#"{{"type":"event","event":"chat","payload":"{}"}}"#, "e".repeat(event_len));
+                encode_frame(true, opcode::TEXT, None, event.as_bytes(), &mut stream);
+                let res = format!(r#"{{"type":"res","id":"r{i}","ok":true,"payload":{{"runId":"k{i}"}}}}"#);
+                encode_frame(true, opcode::TEXT, None, res.as_bytes(), &mut stream);
+            }
+            prop_assert_eq!(relay.in_flight(), sends);
+            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
+            points.push(0);
+            points.push(stream.len());
+            points.sort_unstable();
+            let mut out = Vec::new();
+            for w in points.windows(2) {
+                out.extend_from_slice(&relay.server_chunk(Bytes::copy_from_slice(&stream[w[0]..w[1]])).unwrap());
+            }
+            prop_assert_eq!(out, stream);
+            prop_assert_eq!(relay.in_flight(), 0);
+            prop_assert_eq!(meter.usage("i", crate::Plan::CALENDAR).0, sends as u64);
         }
 
         /// The parser reassembles the same messages from any split of the stream.

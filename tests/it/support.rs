@@ -506,6 +506,8 @@ impl Edge {
         let tcp = TcpStream::connect(self.addr)
             .await
             .expect("connect to edge");
+        // Like browsers and OpenClaw's own clients: small frames go out at once.
+        tcp.set_nodelay(true).expect("TCP_NODELAY");
         let (ws, response) = tokio_tungstenite::client_async(format!("ws://{host}{path}"), tcp)
             .await
             .unwrap_or_else(|e| panic!("WebSocket handshake through the edge failed: {e}"));
