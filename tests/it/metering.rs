@@ -174,6 +174,34 @@ async fn the_hundredth_message_passes_and_the_hundred_and_first_is_refused() {
     assert_eq!(usage["messagesPerMonth"], 100, "{usage}");
 }
 
+/// From the attacker's side: spellings the gateway reads as a user message (escaped keys and
+/// values, a repeated key whose last value wins) are counted like the plain one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_messages_spelled_to_dodge_the_meter_are_counted() {
+    let edge = metered_edge(Some(2)).start().await;
+    let (token, host) = user_with_instance(&edge, "dodge@example.com", "dodge").await;
+    let mut ws = gateway(&edge, &host, &token).await;
+    for (id, text) in [
+        (
+            "d1",
+            r#"{"type":"req","id":"d1","meth\u006fd":"chat\u002esend","params":{"sessionKey":"agent:main:main","m\u0065ssage":"hi","message":"hi","idempotencyKey":"d1"}}"#,
+        ),
+        (
+            "d2",
+            r#"{"type":"req","id":"d2","method":"chat.history","method":"chat.send","params":{"sessionKey":"agent:main:main","message":"hi","idempotencyKey":"d2"}}"#,
+        ),
+    ] {
+        ws.send(Message::text(text)).await.unwrap();
+        // The gateway (the fixture parses like JSON.parse: last key wins) ran it as a chat.send.
+        assert_eq!(res_for(&mut ws, id).await["ok"], true, "{text}");
+    }
+    ws.send(chat("d3", "d3")).await.unwrap();
+    let refused = res_for(&mut ws, "d3").await;
+    assert_eq!(refused["error"]["code"], "QUOTA_EXCEEDED", "{refused}");
+    assert_eq!(refused["error"]["details"]["used"], 2, "{refused}");
+    assert_eq!(usage(&edge, &token).await["messagesThisMonth"], 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_sends_racing_at_the_boundary_never_overshoot() {
     let edge = metered_edge(Some(5)).start().await;
