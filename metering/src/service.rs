@@ -1,7 +1,7 @@
 //! The Prometheus recorder and listener, and the background service that keeps the meter's counts
 //! in the store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use clawdeploy_store::time::{day_string, days_from_civil, now_ms, DAY_MS};
 use clawdeploy_store::{Store, StoreError, StoreOptions};
 
 use crate::period::Plan;
-use crate::quota::Meter;
+use crate::quota::{Meter, UsageDelta};
 
 /// Latency buckets (seconds) for every `*_seconds` histogram.
 const SECONDS_BUCKETS: [f64; 14] = [
@@ -247,13 +247,37 @@ pub async fn seed_from_store(meter: &Meter, store: &Store) -> Result<usize, Stor
     Ok(totals.len())
 }
 
+/// What a flush has taken from the meter and not yet written. Handed back when the flush ends
+/// or is dropped midway (its task cancelled at shutdown), so the binary's final flush still
+/// writes it. The one count write in progress at a cancellation is not handed back: it may have
+/// committed, and counting it twice would be worse than the documented loss. Keys are always
+/// handed back: writing one twice is harmless, losing one lets a retry count again.
+struct Unwritten<'a> {
+    meter: &'a Meter,
+    deltas: VecDeque<UsageDelta>,
+    failed: Vec<UsageDelta>,
+    keys: Vec<(String, u64, i64)>,
+}
+
+impl Drop for Unwritten<'_> {
+    fn drop(&mut self) {
+        let deltas = self.deltas.drain(..).chain(self.failed.drain(..)).collect();
+        self.meter.restore(deltas);
+        self.meter.restore_keys(std::mem::take(&mut self.keys));
+    }
+}
+
 /// Writes the meter's unflushed counts and idempotency keys to the store; failed rows are kept
 /// for the next flush.
 pub async fn flush(meter: &Meter, store: &Store) -> usize {
-    let deltas = meter.take_unflushed();
-    let mut failed = Vec::new();
+    let mut unwritten = Unwritten {
+        meter,
+        deltas: meter.take_unflushed().into(),
+        failed: Vec::new(),
+        keys: Vec::new(),
+    };
     let mut written = 0;
-    for d in deltas {
+    while let Some(d) = unwritten.deltas.pop_front() {
         let Ok(id) = d.instance_id.parse() else {
             continue;
         };
@@ -272,24 +296,27 @@ pub async fn flush(meter: &Meter, store: &Store) -> usize {
             Err(e) => {
                 tracing::warn!(instance = %d.instance_id, "cannot write usage, retrying at the next flush: {e}");
                 metrics::counter!("clawdeploy_usage_flush_failures_total").increment(1);
-                failed.push(d);
+                unwritten.failed.push(d);
             }
         }
     }
-    meter.restore(failed);
-    let keys = meter.take_unflushed_keys();
-    if !keys.is_empty() {
+    unwritten.keys = meter.take_unflushed_keys();
+    if !unwritten.keys.is_empty() {
         // Stored as the signed integer with the same bits.
-        let rows: Vec<(String, i64, i64)> = keys
+        let rows: Vec<(String, i64, i64)> = unwritten
+            .keys
             .iter()
             .map(|(instance, hash, at)| (instance.clone(), *hash as i64, *at))
             .collect();
-        if let Err(e) = store.add_usage_keys(&rows).await {
-            tracing::warn!("cannot write idempotency keys, retrying at the next flush: {e}");
-            metrics::counter!("clawdeploy_usage_flush_failures_total").increment(1);
-            meter.restore_keys(keys);
+        match store.add_usage_keys(&rows).await {
+            Ok(_) => unwritten.keys.clear(),
+            Err(e) => {
+                tracing::warn!("cannot write idempotency keys, retrying at the next flush: {e}");
+                metrics::counter!("clawdeploy_usage_flush_failures_total").increment(1);
+            }
         }
     }
+    drop(unwritten);
     if let Err(e) = store.prune_usage_keys(now_ms() - KEY_RETENTION_MS).await {
         tracing::debug!("cannot prune old idempotency keys: {e}");
     }
@@ -336,5 +363,56 @@ impl BackgroundService for UsageFlushService {
         // The last counts are written by the binary once Pingora's runtimes have stopped (a
         // task here would be cancelled at its first await).
         store.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Admission;
+    use clawdeploy_config::TiersConfig;
+
+    /// Pingora's shutdown drops the flush task wherever it is waiting; what the flush had taken
+    /// must still be in the meter for the binary's final flush.
+    #[tokio::test]
+    async fn what_a_flush_cancelled_midway_had_taken_is_handed_back() {
+        let path = std::env::temp_dir().join(format!("cd-flush-{}.db", std::process::id()));
+        let url = format!("sqlite://{}", path.display());
+        let store = Store::open(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        // Another connection holds the database, so every write waits (busy timeout 5 s).
+        let holder = Store::open(&url).await.unwrap();
+        let mut lock = holder.pool().acquire().await.unwrap();
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut *lock)
+            .await
+            .unwrap();
+
+        let meter = Meter::new(TiersConfig::default());
+        let instance = "0b7e7c4e-4f63-4a57-9a0e-3c1f2d6b8a90";
+        let Admission::Forward(send) = meter.admit(instance, &Arc::from("free"), None, Some("k1"))
+        else {
+            panic!("refused");
+        };
+        assert!(send.commit(true));
+        let counts = meter.take_unflushed();
+        assert_eq!(counts.len(), 1);
+        // Only the key is left to write: the flush waits on it and is dropped, as at shutdown.
+        let flushing = tokio::time::timeout(Duration::from_millis(200), flush(&meter, &store));
+        assert!(flushing.await.is_err(), "the write should have waited");
+        assert_eq!(meter.take_unflushed_keys().len(), 1, "the key was lost");
+        // The count whose write was in progress is not handed back (it may have committed).
+        meter.restore(counts);
+        let flushing = tokio::time::timeout(Duration::from_millis(200), flush(&meter, &store));
+        assert!(flushing.await.is_err());
+        assert!(meter.take_unflushed().is_empty());
+
+        sqlx::query("ROLLBACK").execute(&mut *lock).await.unwrap();
+        drop(lock);
+        holder.close().await;
+        store.close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
     }
 }
