@@ -237,7 +237,11 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
 
     // Migrations and the route table's instances, on a runtime that is dropped before Pingora
     // starts its own (a pool is bound to the runtime that made it, so the API opens its own).
-    let meter = Arc::new(clawdeploy_metering::Meter::new(config.tiers.clone()));
+    let mut meter = clawdeploy_metering::Meter::new(config.tiers.clone());
+    if !config.redis.url.is_empty() {
+        meter = meter.shared();
+    }
+    let meter = Arc::new(meter);
     let instances = block_on(async {
         let store = open_store(&config).await?;
         // After a master-key rotation, secrets sealed under an older key move to the current one.

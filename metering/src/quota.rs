@@ -55,6 +55,9 @@ struct Usage {
     unflushed: BTreeMap<i64, (u64, u64)>,
     /// Not yet added to the shared (Redis) counters: (messages, tokens) of `period`.
     unsynced: (u64, u64),
+    /// With shared counters: keys counted since the last sync, for Redis to tell which another
+    /// node counted already (`None` without Redis: nothing would take them).
+    unsynced_keys: Option<Vec<u64>>,
 }
 
 impl Usage {
@@ -85,6 +88,9 @@ impl Usage {
             self.keys.clear();
             self.older_keys.clear();
             self.unsynced = (0, 0);
+            if let Some(keys) = &mut self.unsynced_keys {
+                keys.clear();
+            }
         }
     }
 
@@ -196,6 +202,11 @@ impl Reservation {
             if usage.unflushed_keys.len() < MAX_KEYS_PER_INSTANCE {
                 usage.unflushed_keys.push((key, now));
             }
+            if let Some(keys) = &mut usage.unsynced_keys {
+                if keys.len() < MAX_KEYS_PER_INSTANCE {
+                    keys.push(key);
+                }
+            }
         }
         usage.messages += 1;
         usage.unsynced.0 += 1;
@@ -239,6 +250,8 @@ pub struct SyncDelta {
     /// This node's total when the delta was taken.
     pub known_messages: u64,
     pub known_tokens: u64,
+    /// Idempotency keys of the new messages (those without a key are not listed).
+    pub keys: Vec<u64>,
 }
 
 /// The counters of every instance this node has seen.
@@ -246,6 +259,8 @@ pub struct SyncDelta {
 pub struct Meter {
     usage: DashMap<Arc<str>, Entry>,
     tiers: TiersConfig,
+    /// Counters are shared through Redis: keep each sync's keys.
+    shared: bool,
 }
 
 impl Meter {
@@ -253,7 +268,16 @@ impl Meter {
         Self {
             usage: DashMap::new(),
             tiers,
+            shared: false,
         }
+    }
+
+    /// A meter whose counts are shared with other nodes (see [`crate::shared`]): each sync
+    /// carries the idempotency keys counted since the last, so a retry counted on two nodes
+    /// within one sync interval counts once in the shared total.
+    pub fn shared(mut self) -> Self {
+        self.shared = true;
+        self
     }
 
     pub fn tiers(&self) -> &TiersConfig {
@@ -266,7 +290,11 @@ impl Meter {
         }
         self.usage
             .entry(Arc::from(instance))
-            .or_insert_with(|| Arc::new(Mutex::new(Usage::new(Plan::CALENDAR, now_ms()))))
+            .or_insert_with(|| {
+                let mut usage = Usage::new(Plan::CALENDAR, now_ms());
+                usage.unsynced_keys = self.shared.then(Vec::new);
+                Arc::new(Mutex::new(usage))
+            })
             .value()
             .clone()
     }
@@ -490,6 +518,11 @@ impl Meter {
                     tokens,
                     known_messages: usage.messages,
                     known_tokens: usage.tokens,
+                    keys: usage
+                        .unsynced_keys
+                        .as_mut()
+                        .map(std::mem::take)
+                        .unwrap_or_default(),
                 }
             })
             .collect()
@@ -502,16 +535,27 @@ impl Meter {
         if usage.period.start_ms == d.period_start_ms {
             usage.unsynced.0 += d.messages;
             usage.unsynced.1 += d.tokens;
+            if let Some(keys) = &mut usage.unsynced_keys {
+                keys.extend_from_slice(&d.keys);
+            }
         }
     }
 
     /// Sets the shared totals after a sync; counts made since the delta was taken stay on top.
-    pub fn apply_shared(&self, d: &SyncDelta, messages: u64, tokens: u64) {
+    /// `duplicates` of the delta's messages were retries another node had counted: they are
+    /// taken back from what this node has still to write to the store.
+    pub fn apply_shared(&self, d: &SyncDelta, messages: u64, tokens: u64, duplicates: u64) {
         let entry = self.entry(&d.instance_id);
         let mut usage = lock(&entry);
         if usage.period.start_ms == d.period_start_ms {
             usage.messages = messages + usage.unsynced.0;
             usage.tokens = tokens + usage.unsynced.1;
+        }
+        let mut left = duplicates;
+        for (messages, _) in usage.unflushed.values_mut().rev() {
+            let taken = left.min(*messages);
+            *messages -= taken;
+            left -= taken;
         }
     }
 
@@ -649,6 +693,32 @@ mod tests {
             Admission::Forward(_)
         ));
         assert_ne!(key_hash("i", "k1"), key_hash("j", "k1"));
+    }
+
+    #[test]
+    fn a_retry_another_node_counted_is_taken_back_from_the_store_delta() {
+        let m = Meter::new(TiersConfig::default()).shared();
+        let free: Arc<str> = Arc::from("free");
+        for key in ["k1", "k2"] {
+            let Admission::Forward(r) = m.admit("i", &free, None, Some(key)) else {
+                panic!("refused");
+            };
+            assert!(r.commit(true));
+        }
+        let delta = m.take_unsynced().pop().unwrap();
+        assert_eq!(delta.keys, vec![key_hash("i", "k1"), key_hash("i", "k2")]);
+        // Redis answers: k1 was counted elsewhere; the shared total is 1 plus the other node's.
+        m.apply_shared(&delta, 5, 0, 1);
+        assert_eq!(m.usage("i", Plan::CALENDAR).0, 5);
+        let to_write: u64 = m.take_unflushed().iter().map(|d| d.messages).sum();
+        assert_eq!(to_write, 1);
+        // Without Redis no keys are kept for syncs.
+        let alone = Meter::new(TiersConfig::default());
+        let Admission::Forward(r) = alone.admit("i", &free, None, Some("k")) else {
+            panic!("refused");
+        };
+        r.commit(true);
+        assert!(alone.take_unsynced()[0].keys.is_empty());
     }
 
     #[test]

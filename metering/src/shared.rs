@@ -8,7 +8,9 @@
 //! is larger than the shared total raises the total to it (atomically, in one script), so the
 //! total is the largest node view plus the others' new counts. Quotas across nodes are as exact as
 //! the sync interval: sends on different nodes within one interval can pass the limit by that
-//! much. Idempotency keys and sends in flight stay per node.
+//! much. Sends in flight stay per node. Each sync carries the idempotency keys counted since the
+//! last into a per-period set, so a retry counted on two nodes within one interval is counted
+//! once in the total (each node's own view holds it until the next sync).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,19 +29,38 @@ fn key(d: &SyncDelta, what: &str) -> String {
 /// Keys expire well after their period ends.
 const KEY_TTL_SECS: u64 = 70 * 24 * 3600;
 
-/// Adds each delta and answers the total; a total below what the node knows (Redis lost its data)
-/// is raised to it, atomically, so two nodes reconciling at once cannot both add their counts.
+/// For each instance (three keys: messages, tokens, the period's idempotency keys): adds the
+/// delta's keys to the set, and the messages less those another node had added already (retries
+/// counted on two nodes); answers the totals and that number of duplicates. A total below what
+/// the node knows (Redis lost its data) is raised to it, atomically, so two nodes reconciling at
+/// once cannot both add their counts.
 const SYNC_SCRIPT: &str = r"
+local ttl = ARGV[#ARGV]
 local out = {}
-for i, k in ipairs(KEYS) do
-  local v = redis.call('INCRBY', k, ARGV[2 * i - 1])
-  local known = tonumber(ARGV[2 * i])
-  if v < known then
-    redis.call('SET', k, known)
-    v = known
+local a = 1
+for i = 1, #KEYS, 3 do
+  local keys = tonumber(ARGV[a + 4])
+  local duplicates = 0
+  for j = 1, keys do
+    if redis.call('SADD', KEYS[i + 2], ARGV[a + 4 + j]) == 0 then
+      duplicates = duplicates + 1
+    end
   end
-  redis.call('EXPIRE', k, ARGV[#ARGV])
-  out[i] = v
+  local deltas = {tonumber(ARGV[a]) - duplicates, tonumber(ARGV[a + 2])}
+  local known = {tonumber(ARGV[a + 1]) - duplicates, tonumber(ARGV[a + 3])}
+  for n = 1, 2 do
+    local v = redis.call('INCRBY', KEYS[i + n - 1], deltas[n])
+    if v < known[n] then
+      redis.call('SET', KEYS[i + n - 1], known[n])
+      v = known[n]
+    end
+    out[#out + 1] = v
+  end
+  out[#out + 1] = duplicates
+  for n = 0, 2 do
+    redis.call('EXPIRE', KEYS[i + n], ttl)
+  end
+  a = a + 5 + keys
 end
 return out
 ";
@@ -57,11 +78,16 @@ async fn sync_once(
     for d in &deltas {
         invocation
             .key(key(d, "messages"))
+            .key(key(d, "tokens"))
+            .key(key(d, "keys"))
             .arg(d.messages)
             .arg(d.known_messages)
-            .key(key(d, "tokens"))
             .arg(d.tokens)
-            .arg(d.known_tokens);
+            .arg(d.known_tokens)
+            .arg(d.keys.len());
+        for k in &d.keys {
+            invocation.arg(*k);
+        }
     }
     invocation.arg(KEY_TTL_SECS);
     let totals: Vec<u64> = match invocation.invoke_async(conn).await {
@@ -73,8 +99,9 @@ async fn sync_once(
             return Err(e);
         }
     };
-    for (d, pair) in deltas.iter().zip(totals.chunks(2)) {
-        meter.apply_shared(d, pair[0], pair.get(1).copied().unwrap_or(0));
+    for (d, out) in deltas.iter().zip(totals.chunks(3)) {
+        let at = |i: usize| out.get(i).copied().unwrap_or(0);
+        meter.apply_shared(d, at(0), at(1), at(2));
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Two edge processes sharing PostgreSQL and a real Redis (Debian's redis-server, started by the
 //! test on its own port so killing it disturbs nothing else) enforce one message quota; with Redis
-//! killed mid-test traffic keeps flowing, and the counts reconcile once it is back.
+//! killed mid-test traffic keeps flowing, and the counts reconcile once it is back; a retry sent
+//! to the other edge is counted once.
 
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -179,6 +180,12 @@ async fn two_edges_share_one_quota_through_redis_and_reconcile_after_an_outage()
     for i in 0..4 {
         assert_eq!(send(&mut b, &format!("b{i}")).await["ok"], true);
     }
+    wait_count(&first, &token, 8).await;
+    // A retry of a message the first edge counted, sent through the second within one sync
+    // interval (its keys are per node): the second forwards and counts it, and the sync takes it
+    // back, so both settle on 8.
+    assert_eq!(send(&mut b, "a0").await["ok"], true);
+    wait_count(&second, &token, 8).await;
     wait_count(&first, &token, 8).await;
 
     // Redis dies (losing its data): traffic keeps flowing, each edge counting alone.
