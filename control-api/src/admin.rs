@@ -269,6 +269,8 @@ pub async fn set_tier(
             .store
             .update_instance_tier(inst.id, TIERS[new])
             .await?;
+        // Every edge meters by the tier in its route table.
+        state.route_changed(&inst).await;
         updated.push(crate::instances::instance_json(&state, &inst));
     }
     let user = state
@@ -280,7 +282,7 @@ pub async fn set_tier(
     Ok(Json(json!({
         "user": crate::auth::user_json(&user),
         "instances": updated,
-        "pending": "Records updated; container resources follow the tier once the pool issue lands, message quotas once metering does.",
+        "pending": "Message quotas and token budgets follow the new tier at once (an open gateway WebSocket when it reconnects); container resources when the instance next restarts.",
     })))
 }
 

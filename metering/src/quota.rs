@@ -24,6 +24,9 @@ use dashmap::DashMap;
 use crate::period::{Period, Plan};
 use crate::siphash::SipHasher13;
 
+/// Days of counts kept per instance: the longest period (31 days) back from any day of the next.
+pub const HISTORY_DAYS: i64 = 62;
+
 /// Idempotency keys held per instance (8 bytes each plus set overhead, about 40 bytes).
 pub const MAX_KEYS_PER_INSTANCE: usize = 10_000;
 
@@ -53,6 +56,9 @@ struct Usage {
     unflushed_keys: Vec<(u64, i64)>,
     /// Not yet written to the store: day (days since epoch) → (messages, tokens).
     unflushed: BTreeMap<i64, (u64, u64)>,
+    /// Counts per day over the last [`HISTORY_DAYS`] (the store's at start, plus this node's
+    /// since): a tier change mid-period sums its new period from here instead of starting at 0.
+    days: BTreeMap<i64, (u64, u64)>,
     /// Not yet added to the shared (Redis) counters: (messages, tokens) of `period`.
     unsynced: (u64, u64),
     /// With shared counters: keys counted since the last sync, for Redis to tell which another
@@ -69,7 +75,8 @@ impl Usage {
         }
     }
 
-    /// Moves to the period containing `now` under `plan` (a new tier or anchor starts over).
+    /// Moves to the period containing `now` under `plan` (a new tier or anchor, or time), with
+    /// the counts of its days.
     fn roll(&mut self, plan: Option<Plan>, now: i64) {
         let same_plan = plan.is_none_or(|p| p == self.plan);
         if same_plan && self.period.start_ms <= now && now < self.period.end_ms {
@@ -81,16 +88,39 @@ impl Usage {
         }
         let period = self.plan.period(now);
         if self.period != period {
+            if period.start_ms >= self.period.end_ms {
+                // Time moved on: keys of the old period no longer matter. (After a tier change
+                // they still do: a retry stays a retry.)
+                self.keys.clear();
+                self.older_keys.clear();
+            }
             self.period = period;
-            self.messages = 0;
-            self.tokens = 0;
+            self.days = self
+                .days
+                .split_off(&(now.div_euclid(DAY_MS) - HISTORY_DAYS));
+            (self.messages, self.tokens) = self.period_days_total();
             self.inflight = 0;
-            self.keys.clear();
-            self.older_keys.clear();
             self.unsynced = (0, 0);
             if let Some(keys) = &mut self.unsynced_keys {
                 keys.clear();
             }
+        }
+    }
+
+    /// The counts of the days in the current period (periods start at midnight UTC).
+    fn period_days_total(&self) -> (u64, u64) {
+        self.days
+            .range(self.period.start_ms.div_euclid(DAY_MS)..)
+            .fold((0, 0), |(m, t), (_, (dm, dt))| (m + dm, t + dt))
+    }
+
+    /// Adds counts made at `now` to the day history and to what the store has still to get.
+    fn record(&mut self, now: i64, messages: u64, tokens: u64) {
+        let day = now.div_euclid(DAY_MS);
+        for map in [&mut self.unflushed, &mut self.days] {
+            let slot = map.entry(day).or_default();
+            slot.0 += messages;
+            slot.1 += tokens;
         }
     }
 
@@ -210,7 +240,7 @@ impl Reservation {
         }
         usage.messages += 1;
         usage.unsynced.0 += 1;
-        usage.unflushed.entry(now.div_euclid(DAY_MS)).or_default().0 += 1;
+        usage.record(now, 1, 0);
         drop(usage);
         self.counted.increment(1);
         true
@@ -299,14 +329,24 @@ impl Meter {
             .clone()
     }
 
-    /// Adds the current period's totals read from the store at start (once; counts made before
-    /// it are still unflushed, so adding gives the true total).
-    pub fn seed(&self, instance: &str, plan: Plan, messages: u64, tokens: u64) {
+    /// Adds the per-day counts read from the store at start: (days since epoch, messages,
+    /// tokens), once. Counts made before it are still unflushed, so adding gives the true total.
+    pub fn seed_days(
+        &self,
+        instance: &str,
+        plan: Plan,
+        days: impl IntoIterator<Item = (i64, u64, u64)>,
+    ) {
         let entry = self.entry(instance);
         let mut usage = lock(&entry);
         usage.roll(Some(plan), now_ms());
-        usage.messages += messages;
-        usage.tokens += tokens;
+        for (day, messages, tokens) in days {
+            let slot = usage.days.entry(day).or_default();
+            slot.0 += messages;
+            slot.1 += tokens;
+        }
+        // Everything counted here since start went into `days` too: the sum is the true total.
+        (usage.messages, usage.tokens) = usage.period_days_total();
     }
 
     /// Adds idempotency keys counted before a restart: (hash, counted at ms); those from before
@@ -425,7 +465,7 @@ impl Meter {
         usage.roll(None, now);
         usage.tokens += tokens;
         usage.unsynced.1 += tokens;
-        usage.unflushed.entry(now.div_euclid(DAY_MS)).or_default().1 += tokens;
+        usage.record(now, 0, tokens);
     }
 
     /// This period's (messages, tokens) of `instance` under `plan` as this node knows them (with
@@ -551,11 +591,14 @@ impl Meter {
             usage.messages = messages + usage.unsynced.0;
             usage.tokens = tokens + usage.unsynced.1;
         }
-        let mut left = duplicates;
-        for (messages, _) in usage.unflushed.values_mut().rev() {
-            let taken = left.min(*messages);
-            *messages -= taken;
-            left -= taken;
+        let usage = &mut *usage;
+        for map in [&mut usage.unflushed, &mut usage.days] {
+            let mut left = duplicates;
+            for (messages, _) in map.values_mut().rev() {
+                let taken = left.min(*messages);
+                *messages -= taken;
+                left -= taken;
+            }
         }
     }
 
@@ -736,7 +779,7 @@ mod tests {
     }
 
     #[test]
-    fn a_paid_tier_resets_at_the_end_of_its_billing_period() {
+    fn a_paid_tier_resets_at_the_end_of_its_billing_period_and_a_tier_change_keeps_the_count() {
         let mut tiers = TiersConfig::default();
         tiers.pro.messages_per_month = 1;
         let m = Meter::new(tiers);
@@ -751,10 +794,17 @@ mod tests {
             Admission::Refuse(r) => assert_eq!(r.resets_at, rfc3339(period.end_ms)),
             other => panic!("{other:?}"),
         }
-        // A new anchor (a change of tier) starts a new period.
+        // A change of tier mid-period counts the new period's days, as a restart would: the
+        // free tier's calendar month holds today's message.
+        assert_eq!(m.usage("p", Plan::CALENDAR).0, 1);
         assert!(matches!(
-            m.admit("p", &pro, Some(now_ms()), Some("k2")),
+            m.admit("p", &Arc::from("free"), None, Some("k2")),
             Admission::Forward(_)
         ));
+        // Back on the paid tier, after its period has ended: a new period, empty.
+        let entry = m.entry("p");
+        let mut usage = lock(&entry);
+        usage.roll(Some(Plan::new("pro", Some(anchor))), period.end_ms);
+        assert_eq!((usage.messages, usage.keys.len()), (0, 0));
     }
 }

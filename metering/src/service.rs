@@ -201,8 +201,9 @@ impl UsageFlushService {
     }
 }
 
-/// The longest billing period is 31 days: stored days and keys older than this never count.
-const LOOKBACK_MS: i64 = 32 * DAY_MS;
+/// Stored days loaded at start: the current period's, and enough before it for a tier change
+/// to sum its new period (the longest is 31 days). Keys from before the period are ignored.
+const LOOKBACK_MS: i64 = crate::quota::HISTORY_DAYS * DAY_MS;
 
 /// Idempotency keys are kept in the store this long, then pruned by the flush.
 const KEY_RETENTION_MS: i64 = 62 * DAY_MS;
@@ -223,19 +224,25 @@ pub async fn seed_from_store(meter: &Meter, store: &Store) -> Result<usize, Stor
     let rows = store
         .usage_days_since_all(&day_string(now - LOOKBACK_MS))
         .await?;
-    let mut totals: HashMap<String, (Plan, u64, u64)> = HashMap::new();
+    // Per instance: its plan, and (day, messages, tokens) rows.
+    type Days = (Plan, Vec<(i64, u64, u64)>);
+    let mut days: HashMap<String, Days> = HashMap::new();
     for row in &rows {
+        let Some(day) = day_ms(&row.day) else {
+            continue;
+        };
         let plan = Plan::new(&row.tier, row.billing_anchor_at);
-        let slot = totals
-            .entry(row.instance_id.clone())
-            .or_insert((plan, 0, 0));
-        if day_ms(&row.day).is_some_and(|ms| ms >= plan.period(now).start_ms) {
-            slot.1 += u64::try_from(row.messages).unwrap_or(0);
-            slot.2 += u64::try_from(row.tokens).unwrap_or(0);
-        }
+        days.entry(row.instance_id.clone())
+            .or_insert((plan, Vec::new()))
+            .1
+            .push((
+                day.div_euclid(DAY_MS),
+                u64::try_from(row.messages).unwrap_or(0),
+                u64::try_from(row.tokens).unwrap_or(0),
+            ));
     }
-    for (instance, (plan, messages, tokens)) in &totals {
-        meter.seed(instance, *plan, *messages, *tokens);
+    for (instance, (plan, days)) in &days {
+        meter.seed_days(instance, *plan, days.iter().copied());
     }
     let mut keys: HashMap<String, Vec<(u64, i64)>> = HashMap::new();
     for (instance, hash, at) in store.usage_keys_since(now - LOOKBACK_MS).await? {
@@ -244,7 +251,7 @@ pub async fn seed_from_store(meter: &Meter, store: &Store) -> Result<usize, Stor
     for (instance, keys) in keys {
         meter.seed_keys(&instance, keys);
     }
-    Ok(totals.len())
+    Ok(days.len())
 }
 
 /// What a flush has taken from the meter and not yet written. Handed back when the flush ends

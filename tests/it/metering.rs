@@ -668,12 +668,12 @@ fn next_billing_day(y: i64, m: u32, d: u32) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paid_tier_counts_per_billing_period_from_the_day_it_was_bought() {
     use clawdeploy_store::time::{civil_from_days, now_ms, DAY_MS};
-    let edge = metered_edge(None)
+    let edge = metered_edge(Some(3))
         .section("tiers.pro", "messages_per_month = 2")
         .start()
         .await;
     let email = format!("{}@example.com", node_id());
-    let (token, _) = crate::domains::pro_user(&edge, &email).await;
+    let (token, user_id) = crate::domains::pro_user(&edge, &email).await;
     let (y, m, d) = civil_from_days(now_ms().div_euclid(DAY_MS));
     let today = format!("{y:04}-{m:02}-{d:02}T00:00:00.000Z");
     let resets = format!("{}T00:00:00.000Z", next_billing_day(y, m, d));
@@ -692,14 +692,42 @@ async fn a_paid_tier_counts_per_billing_period_from_the_day_it_was_bought() {
     // The period runs from the day the tier was bought to the same day next month, not to the
     // calendar month's end.
     assert_eq!(details["resetsAt"], resets.as_str(), "{refused}");
-    let usage = usage(&edge, &token).await;
-    assert_eq!(usage["messagesThisMonth"], 2, "{usage}");
-    assert_eq!(usage["messagesPerMonth"], 2, "{usage}");
-    assert_eq!(usage["periodStart"], today.as_str(), "{usage}");
-    assert_eq!(usage["resetsAt"], resets.as_str(), "{usage}");
+    let paid = usage(&edge, &token).await;
+    assert_eq!(paid["messagesThisMonth"], 2, "{paid}");
+    assert_eq!(paid["messagesPerMonth"], 2, "{paid}");
+    assert_eq!(paid["periodStart"], today.as_str(), "{paid}");
+    assert_eq!(paid["resetsAt"], resets.as_str(), "{paid}");
     let series = edge
         .api("GET", "/api/usage", Some(&token), None)
         .await
         .json();
     assert_eq!(series["resetsAt"], resets.as_str(), "{series}");
+
+    // Back to the free tier mid-month: its calendar month already holds today's 2 messages (not
+    // a fresh count, as if the tier change had started over), so 1 more of its 3 passes.
+    let downgrade = edge
+        .admin(
+            "PUT",
+            &format!("/admin/users/{user_id}/tier"),
+            Some(ADMIN_TOKEN),
+            Some(&json!({ "tier": "free" }).to_string()),
+        )
+        .await;
+    assert_eq!(downgrade.status, 200, "{}", downgrade.text());
+    let deadline = Instant::now() + PATIENCE;
+    while usage(&edge, &token).await["messagesPerMonth"] != 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the tier change never reached the edge"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(usage(&edge, &token).await["messagesThisMonth"], 2);
+    let mut ws = gateway(&edge, &host, &token).await;
+    ws.send(chat("f1", "f1")).await.unwrap();
+    let f1 = res_for(&mut ws, "f1").await;
+    assert_eq!(f1["ok"], true, "{f1}");
+    ws.send(chat("f2", "f2")).await.unwrap();
+    let refused = res_for(&mut ws, "f2").await;
+    assert_eq!(refused["error"]["details"]["used"], 3, "{refused}");
 }
