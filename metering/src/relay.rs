@@ -501,6 +501,27 @@ mod tests {
         )
     }
 
+    /// Read boundaries for a stream of `len` bytes: 0, the cuts, `len`, in order.
+    fn split_points(len: usize, cuts: &[prop::sample::Index]) -> Vec<usize> {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c.index(len + 1)).collect();
+        points.push(0);
+        points.push(len);
+        points.sort_unstable();
+        points
+    }
+
+    /// A relay for instance `i` of `tier`.
+    fn relay(meter: Arc<Meter>, tier: &str) -> WsRelay {
+        WsRelay::new(RelayTarget {
+            meter,
+            instance_id: Arc::from("i"),
+            tier: Arc::from(tier),
+            billing_anchor_ms: None,
+            max_message_bytes: 1 << 20,
+            upgrade_url: Arc::from("https://x/billing"),
+        })
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
 
@@ -515,14 +536,7 @@ mod tests {
             let mut tiers = TiersConfig::default();
             tiers.free.messages_per_month = limit.max(1);
             let limit = limit.max(1);
-            let mut relay = WsRelay::new(RelayTarget {
-                meter: Arc::new(Meter::new(tiers)),
-                instance_id: Arc::from("i"),
-                tier: Arc::from("free"),
-                billing_anchor_ms: None,
-                max_message_bytes: 1 << 20,
-                upgrade_url: Arc::from("https://x/billing"),
-            });
+            let mut relay = relay(Arc::new(Meter::new(tiers)), "free");
             let mut stream = Vec::new();
             let mut expected = Vec::new();
             let mut users = 0u64;
@@ -540,10 +554,7 @@ mod tests {
                 }
                 expected.extend_from_slice(&bytes);
             }
-            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
-            points.push(0);
-            points.push(stream.len());
-            points.sort_unstable();
+            let points = split_points(stream.len(), &cuts);
             let mut out = Vec::new();
             for w in points.windows(2) {
                 let chunk = Bytes::copy_from_slice(&stream[w[0]..w[1]]);
@@ -563,14 +574,7 @@ mod tests {
             cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..20),
         ) {
             let meter = Arc::new(Meter::new(TiersConfig::default()));
-            let mut relay = WsRelay::new(RelayTarget {
-                meter: meter.clone(),
-                instance_id: Arc::from("i"),
-                tier: Arc::from("pro"),
-                billing_anchor_ms: None,
-                max_message_bytes: 1 << 20,
-                upgrade_url: Arc::from("https://x/billing"),
-            });
+            let mut relay = relay(meter.clone(), "pro");
             let mut stream = Vec::new();
             for i in 0..sends {
                 let user = Msg { user: true, filler: String::new(), fragments: 1, ping: false };
@@ -581,10 +585,7 @@ mod tests {
                 encode_frame(true, opcode::TEXT, None, res.as_bytes(), &mut stream);
             }
             prop_assert_eq!(relay.in_flight(), sends);
-            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
-            points.push(0);
-            points.push(stream.len());
-            points.sort_unstable();
+            let points = split_points(stream.len(), &cuts);
             let mut out = Vec::new();
             for w in points.windows(2) {
                 out.extend_from_slice(&relay.server_chunk(Bytes::copy_from_slice(&stream[w[0]..w[1]])).unwrap());
@@ -601,10 +602,7 @@ mod tests {
             cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..30),
         ) {
             let stream: Vec<u8> = msgs.iter().enumerate().flat_map(|(i, m)| encode(i, m)).collect();
-            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
-            points.push(0);
-            points.push(stream.len());
-            points.sort_unstable();
+            let points = split_points(stream.len(), &cuts);
             let mut parser = FrameParser::new();
             let (mut texts, mut current, mut control) = (Vec::new(), Vec::new(), false);
             let mut fin = false;
@@ -629,14 +627,7 @@ mod tests {
         let mut tiers = TiersConfig::default();
         tiers.free.messages_per_month = 1;
         let meter = Arc::new(Meter::new(tiers));
-        let mut relay = WsRelay::new(RelayTarget {
-            meter: meter.clone(),
-            instance_id: Arc::from("i"),
-            tier: Arc::from("free"),
-            billing_anchor_ms: None,
-            max_message_bytes: 1 << 20,
-            upgrade_url: Arc::from("https://x/billing"),
-        });
+        let mut relay = relay(meter.clone(), "free");
         let send = |i: usize| {
             encode(
                 i,

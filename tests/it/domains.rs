@@ -14,16 +14,21 @@ pub async fn pro_user(edge: &Edge, email: &str) -> (String, String) {
     let mail = edge.last_mail(email).await;
     let link = find_link(mail["body"].as_str().expect("mail body"));
     assert_eq!(crate::tls::follow_link(edge, &link).await.status, 200);
+    set_tier(edge, &id, "pro").await;
+    (token, id)
+}
+
+/// Sets a user's tier through the operator API.
+pub async fn set_tier(edge: &Edge, user_id: &str, tier: &str) {
     let resp = edge
         .admin(
             "PUT",
-            &format!("/admin/users/{id}/tier"),
+            &format!("/admin/users/{user_id}/tier"),
             Some(ADMIN_TOKEN),
-            Some(&json!({ "tier": "pro" }).to_string()),
+            Some(&json!({ "tier": tier }).to_string()),
         )
         .await;
     assert_eq!(resp.status, 200, "{}", resp.text());
-    (token, id)
 }
 
 #[tokio::test]

@@ -705,15 +705,7 @@ async fn a_paid_tier_counts_per_billing_period_from_the_day_it_was_bought() {
 
     // Back to the free tier mid-month: its calendar month already holds today's 2 messages (not
     // a fresh count, as if the tier change had started over), so 1 more of its 3 passes.
-    let downgrade = edge
-        .admin(
-            "PUT",
-            &format!("/admin/users/{user_id}/tier"),
-            Some(ADMIN_TOKEN),
-            Some(&json!({ "tier": "free" }).to_string()),
-        )
-        .await;
-    assert_eq!(downgrade.status, 200, "{}", downgrade.text());
+    crate::domains::set_tier(&edge, &user_id, "free").await;
     let deadline = Instant::now() + PATIENCE;
     while usage(&edge, &token).await["messagesPerMonth"] != 3 {
         assert!(
