@@ -275,6 +275,7 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         let upstream = route.upstream.parse().context("validated upstream")?;
         routes.upsert_operator(&route.host, upstream)?;
     }
+    routes.inform_meter(meter.clone());
     for inst in &instances {
         routes.upsert_subdomain(&inst.subdomain, clawdeploy_pool::routing::route_for(inst));
     }

@@ -282,7 +282,7 @@ pub async fn set_tier(
     Ok(Json(json!({
         "user": crate::auth::user_json(&user),
         "instances": updated,
-        "pending": "Message quotas and token budgets follow the new tier at once (an open gateway WebSocket when it reconnects); container resources when the instance next restarts.",
+        "pending": "Message quotas and token budgets follow the new tier at once; container resources when the instance next restarts.",
     })))
 }
 

@@ -61,6 +61,9 @@ struct Usage {
     days: BTreeMap<i64, (u64, u64)>,
     /// Not yet added to the shared (Redis) counters: (messages, tokens) of `period`.
     unsynced: (u64, u64),
+    /// The tier and billing anchor the route table last gave (tier changes reach every node
+    /// through it); a connection's own copy, from when it opened, may be older.
+    tier: Option<(Arc<str>, Option<i64>)>,
     /// With shared counters: keys counted since the last sync, for Redis to tell which another
     /// node counted already (`None` without Redis: nothing would take them).
     unsynced_keys: Option<Vec<u64>>,
@@ -369,8 +372,16 @@ impl Meter {
         UsageHandle(self.entry(instance))
     }
 
-    /// Decides on one user message of `instance` (tier `tier`, billing anchor `anchor_ms`) with
-    /// an optional idempotency key.
+    /// Records an instance's current tier and billing anchor (from the route table) for
+    /// connections already open; instances this node has not metered yet are left alone.
+    pub fn update_tier(&self, instance: &str, tier: &Arc<str>, anchor_ms: Option<i64>) {
+        if let Some(entry) = self.usage.get(instance) {
+            lock(entry.value()).tier = Some((tier.clone(), anchor_ms));
+        }
+    }
+
+    /// Decides on one user message of `instance` (tier `tier`, billing anchor `anchor_ms`, unless
+    /// the route table has told a newer one) with an optional idempotency key.
     pub fn admit(
         &self,
         instance: &str,
@@ -390,12 +401,19 @@ impl Meter {
         anchor_ms: Option<i64>,
         key: Option<&str>,
     ) -> Admission {
-        let limit = self.tiers.get(tier).messages_per_month;
         let key = key.map(|k| key_hash(instance, k));
         let entry = handle.0.clone();
         let mut usage = lock(&entry);
+        let (plan, limit, label) = {
+            let (tier, anchor_ms) = match &usage.tier {
+                Some((current, anchor)) => (&**current, *anchor),
+                None => (&**tier, anchor_ms),
+            };
+            let limit = self.tiers.get(tier).messages_per_month;
+            (Plan::new(tier, anchor_ms), limit, tier_label(tier))
+        };
         let now = now_ms();
-        usage.roll(Some(Plan::new(tier, anchor_ms)), now);
+        usage.roll(Some(plan), now);
         let period = usage.period;
         if let Some(k) = key {
             if usage.knows(k) {
@@ -405,7 +423,7 @@ impl Meter {
         if limit > 0 && usage.messages + usage.inflight >= limit {
             let used = usage.messages;
             drop(usage);
-            metrics::counter!("clawdeploy_quota_rejections_total", "tier" => tier_label(tier), "quota" => "messages")
+            metrics::counter!("clawdeploy_quota_rejections_total", "tier" => label, "quota" => "messages")
                 .increment(1);
             return Admission::Refuse(Refusal {
                 limit,
@@ -420,7 +438,7 @@ impl Meter {
             period,
             admitted_ms: now,
             key,
-            counted: messages_counted(tier),
+            counted: messages_counted(label),
             done: false,
         })
     }

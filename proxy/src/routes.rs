@@ -134,6 +134,8 @@ pub struct RouteTable {
     /// Customers' own domains → the subdomain label of their instance: the domain follows the
     /// instance's route (state, upstream, owner) with no second copy to keep in step.
     aliases: DashMap<String, String>,
+    /// Told each instance route's tier, so gateway WebSockets already open meter by the new tier.
+    meter: std::sync::OnceLock<Arc<clawdeploy_metering::Meter>>,
 }
 
 impl RouteTable {
@@ -145,7 +147,13 @@ impl RouteTable {
             hosts: DashMap::new(),
             subdomains: DashMap::new(),
             aliases: DashMap::new(),
+            meter: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Passes every instance route's tier and billing anchor to `meter` from now on.
+    pub fn inform_meter(&self, meter: Arc<clawdeploy_metering::Meter>) {
+        let _ = self.meter.set(meter);
     }
 
     pub fn base_domain(&self) -> &str {
@@ -255,6 +263,11 @@ impl RouteTable {
 
     /// Inserts or replaces the route of an instance subdomain (`<label>.<base_domain>`).
     pub fn upsert_subdomain(&self, label: &str, route: Route) {
+        if let (Some(meter), Some(instance), Some(tier)) =
+            (self.meter.get(), &route.instance_id, &route.tier)
+        {
+            meter.update_tier(instance, tier, route.billing_anchor_ms);
+        }
         self.subdomains.insert(label.to_ascii_lowercase(), route);
     }
 
