@@ -17,7 +17,7 @@ use crate::classify;
 use crate::frames::{encode_frame, opcode, FrameError, FrameEvent, FrameParser};
 use crate::quota::{Admission, BuildPreHashed, Meter, Reservation, UsageHandle};
 
-/// Sends in flight by the hash of their request id (raw JSON text; see [`IdHasher`]).
+/// Sends in flight by the hash of their request id (raw JSON text; see [`id_hash`]).
 type Pending = HashMap<u64, Reservation, BuildPreHashed>;
 
 /// Hashes request ids with a per-process random seed (ids come from the client, so they cannot
@@ -107,7 +107,7 @@ pub struct WsRelay {
     message: Vec<u8>,
     current_control: bool,
     current_fin: bool,
-    /// Sends in flight by request id (raw JSON text).
+    /// Sends in flight (see [`Pending`]).
     pending: Pending,
     /// What to forward of the chunk being processed (kept to reuse its allocation).
     segments: Vec<Seg>,
