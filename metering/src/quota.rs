@@ -24,6 +24,9 @@ use dashmap::DashMap;
 use crate::period::{Period, Plan};
 use crate::siphash::SipHasher13;
 
+/// Instances idle for longer than this (ms) and with nothing new are left out of Redis syncs.
+pub const SYNC_ACTIVE_MS: i64 = 10 * 60 * 1000;
+
 /// Days of counts kept per instance: the longest period (31 days) back from any day of the next.
 pub const HISTORY_DAYS: i64 = 62;
 
@@ -64,6 +67,9 @@ struct Usage {
     /// The tier and billing anchor the route table last gave (tier changes reach every node
     /// through it); a connection's own copy, from when it opened, may be older.
     tier: Option<(Arc<str>, Option<i64>)>,
+    /// When this node last decided or showed something for the instance (ms): only recently
+    /// active instances are synced with nothing new, to learn the other nodes' counts.
+    active_ms: i64,
     /// With shared counters: keys counted since the last sync, for Redis to tell which another
     /// node counted already (`None` without Redis: nothing would take them).
     unsynced_keys: Option<Vec<u64>>,
@@ -414,6 +420,7 @@ impl Meter {
         };
         let now = now_ms();
         usage.roll(Some(plan), now);
+        usage.active_ms = now;
         let period = usage.period;
         if let Some(k) = key {
             if usage.knows(k) {
@@ -453,7 +460,9 @@ impl Meter {
         let limit = self.tiers.get(tier).tokens_per_month;
         let entry = self.entry(instance);
         let mut usage = lock(&entry);
-        usage.roll(Some(Plan::new(tier, anchor_ms)), now_ms());
+        let now = now_ms();
+        usage.roll(Some(Plan::new(tier, anchor_ms)), now);
+        usage.active_ms = now;
         if limit == 0 {
             return Ok(());
         }
@@ -492,7 +501,9 @@ impl Meter {
     pub fn usage(&self, instance: &str, plan: Plan) -> (u64, u64) {
         let entry = self.entry(instance);
         let mut usage = lock(&entry);
-        usage.roll(Some(plan), now_ms());
+        let now = now_ms();
+        usage.roll(Some(plan), now);
+        usage.active_ms = now;
         (usage.messages, usage.tokens)
     }
 
@@ -559,17 +570,24 @@ impl Meter {
         }
     }
 
-    /// For the shared-counter sync: every tracked instance's period, counts not yet added to the
-    /// shared counters (taken), and the total this node knows.
+    /// For the shared-counter sync: the period, counts not yet added to the shared counters
+    /// (taken) and the total this node knows, of every instance with new counts or active within
+    /// [`SYNC_ACTIVE_MS`] (a node does not fetch totals it has no use for: with thousands of
+    /// instances, most are idle).
     pub fn take_unsynced(&self) -> Vec<SyncDelta> {
         let now = now_ms();
         self.usage
             .iter()
-            .map(|item| {
+            .filter_map(|item| {
                 let mut usage = lock(item.value());
+                let has_new = usage.unsynced != (0, 0)
+                    || usage.unsynced_keys.as_ref().is_some_and(|k| !k.is_empty());
+                if !has_new && now - usage.active_ms > SYNC_ACTIVE_MS {
+                    return None;
+                }
                 usage.roll(None, now);
                 let (messages, tokens) = std::mem::take(&mut usage.unsynced);
-                SyncDelta {
+                Some(SyncDelta {
                     instance_id: item.key().to_string(),
                     period_start_ms: usage.period.start_ms,
                     messages,
@@ -581,7 +599,7 @@ impl Meter {
                         .as_mut()
                         .map(std::mem::take)
                         .unwrap_or_default(),
-                }
+                })
             })
             .collect()
     }
@@ -780,6 +798,37 @@ mod tests {
         };
         r.commit(true);
         assert!(alone.take_unsynced()[0].keys.is_empty());
+    }
+
+    #[test]
+    fn idle_instances_with_nothing_new_are_left_out_of_syncs() {
+        let m = Meter::new(TiersConfig::default()).shared();
+        let free: Arc<str> = Arc::from("free");
+        for instance in ["busy", "idle", "idle-with-counts"] {
+            let Admission::Forward(r) = m.admit(instance, &free, None, None) else {
+                panic!("refused");
+            };
+            r.commit(true);
+        }
+        let synced = |m: &Meter| {
+            let mut ids: Vec<String> = m
+                .take_unsynced()
+                .into_iter()
+                .map(|d| d.instance_id)
+                .collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(synced(&m).len(), 3);
+        // An hour later for two of them; one still has a count to add.
+        for instance in ["idle", "idle-with-counts"] {
+            lock(&m.entry(instance)).active_ms -= 3_600_000;
+        }
+        m.add_tokens("idle-with-counts", 5);
+        assert_eq!(synced(&m), ["busy", "idle-with-counts"]);
+        // Activity (a user message, a usage read) brings an instance back.
+        m.usage("idle", Plan::CALENDAR);
+        assert_eq!(synced(&m), ["busy", "idle"]);
     }
 
     #[test]

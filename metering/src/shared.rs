@@ -8,7 +8,8 @@
 //! is larger than the shared total raises the total to it (atomically, in one script), so the
 //! total is the largest node view plus the others' new counts. Quotas across nodes are as exact as
 //! the sync interval: sends on different nodes within one interval can pass the limit by that
-//! much. Sends in flight stay per node. Each sync carries the idempotency keys counted since the
+//! much. Only instances with new counts or recent activity on the node are synced
+//! ([`crate::quota::SYNC_ACTIVE_MS`]). Sends in flight stay per node. Each sync carries the idempotency keys counted since the
 //! last into a per-period set, so a retry counted on two nodes within one interval is counted
 //! once in the total (each node's own view holds it until the next sync).
 
