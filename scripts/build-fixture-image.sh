@@ -22,5 +22,5 @@ USER 65534:65534
 EXPOSE 18789
 ENTRYPOINT ["/fixture"]
 DOCKERFILE
-DOCKER_BUILDKIT=0 docker build --quiet --label clawdeploy.managed=true -t "$IMAGE" "$ctx" >&2
+DOCKER_BUILDKIT=0 docker build --network none --quiet --label clawdeploy.managed=true -t "$IMAGE" "$ctx" >&2
 echo "$IMAGE"

@@ -154,7 +154,8 @@ LABEL clawdeploy.openclaw.version="$OPENCLAW_VERSION" clawdeploy.node.version="$
 ENTRYPOINT ["/usr/local/bin/clawdeploy-openclaw"]
 DOCKERFILE
 step "docker build $IMAGE"
-DOCKER_BUILDKIT=0 docker build --label clawdeploy.managed=true -t "$IMAGE" "$ctx" \
+# --network none: nothing is fetched while building (and no default bridge is needed).
+DOCKER_BUILDKIT=0 docker build --network none --label clawdeploy.managed=true -t "$IMAGE" "$ctx" \
     | while IFS= read -r line; do
         case "$line" in Step* | Successfully*) step "  $line" ;; esac
     done

@@ -287,6 +287,7 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     let control_listener =
         std::net::TcpListener::bind("127.0.0.1:0").context("binding the control API listener")?;
     routes.set_control_plane(control_listener.local_addr()?);
+    tracing::info!(listen = %control_listener.local_addr()?, "control API listening (for the edge only)");
 
     let drain = Drain::new();
     let conf = ServerConf {
@@ -325,13 +326,17 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         max_message_bytes: config.metering.max_message_bytes,
         upgrade_url: upgrade_url.into(),
     };
+    // Only this process's edge can call its control API (random per start, never stored).
+    let control_plane_secret = secrets::random_hex()?;
     let edge = EdgeProxy::new(
         routes.clone(),
         EdgeSettings::from(server_config),
         drain.clone(),
         verifier.clone(),
     )
-    .with_metering(Arc::new(metering));
+    .with_metering(Arc::new(metering))
+    .with_control_plane_secret(&control_plane_secret)
+    .with_gateway_proof_key(config.secrets.jwt_key.as_bytes());
     // HTTPS: certificates chosen per SNI from the certificate manager's store (issue #6).
     let cert_manager = certs::start(&config, build_keyring(&config)?, routes.clone())?;
     let edge = match &cert_manager {
@@ -402,7 +407,7 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
                     anthropic: config.llm.anthropic_url.clone(),
                     google: config.llm.google_url.clone(),
                 },
-                config.llm.allow_private_custom,
+                config.llm.allowed_private_networks(),
             ),
         ));
     }
@@ -433,6 +438,7 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     let mut ctx = ApiContext::new(config, admin_token, jwt_key, keyring).context("[smtp]")?;
     ctx.meter = Some(meter.clone());
     ctx.llm_listener = Some(llm_handoff);
+    ctx.edge_secret = control_plane_secret.into();
     tracing::info!(mail = ctx.mailer.kind(), "outgoing mail");
     let api = ControlApiService::new(
         control_listener,

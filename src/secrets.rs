@@ -9,11 +9,14 @@ use anyhow::Context;
 
 /// Reads `data_dir/name`, or creates it with 32 random bytes in hex.
 pub fn load_or_generate(data_dir: &Path, name: &str) -> anyhow::Result<String> {
-    load_or_generate_with(data_dir, name, || {
-        let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
-        Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-    })
+    load_or_generate_with(data_dir, name, random_hex)
+}
+
+/// 32 random bytes in hex.
+pub fn random_hex() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Reads `data_dir/name`, or creates it (mode 0600) with what `generate` makes.

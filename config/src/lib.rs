@@ -5,6 +5,7 @@
 //! parts, e.g. `CLAWDEPLOY_TIERS__FREE__MEMORY_MB`). The result is validated once at load: each error
 //! names the key, the bad value and what is allowed. Every key is documented in the README.
 
+pub mod addresses;
 pub mod hostname;
 pub mod instances;
 pub mod metering;

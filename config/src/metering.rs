@@ -150,8 +150,10 @@ pub struct LlmConfig {
     pub openai_url: String,
     pub anthropic_url: String,
     pub google_url: String,
-    /// Let a user's custom endpoint be a loopback or private address (tests, private deployments).
-    pub allow_private_custom: bool,
+    /// Networks (CIDRs or single addresses) a user's custom endpoint may connect to although they
+    /// are not public unicast: a private deployment's own LLM server, or a test's fake provider.
+    /// Empty (the default): custom endpoints reach public addresses only.
+    pub allow_private_custom: Vec<String>,
 }
 
 impl Default for LlmConfig {
@@ -162,7 +164,7 @@ impl Default for LlmConfig {
             openai_url: "https://api.openai.com".into(),
             anthropic_url: "https://api.anthropic.com".into(),
             google_url: "https://generativelanguage.googleapis.com".into(),
-            allow_private_custom: false,
+            allow_private_custom: Vec::new(),
         }
     }
 }
@@ -179,6 +181,14 @@ pub enum LlmListen {
 }
 
 impl LlmConfig {
+    /// `allow_private_custom` as networks; invalid entries (refused by validation) are left out.
+    pub fn allowed_private_networks(&self) -> Vec<crate::addresses::IpNet> {
+        self.allow_private_custom
+            .iter()
+            .filter_map(|n| crate::addresses::parse_network(n))
+            .collect()
+    }
+
     /// The listen mode; an invalid `listen` (refused by validation) reads as `Off`.
     pub fn listen_mode(&self) -> LlmListen {
         match self.listen.trim() {
@@ -200,6 +210,14 @@ pub(crate) fn validate_llm(
         &llm.listen,
         "\"auto\" (the instance network's gateway address, or loopback for local processes), an IP address and port only instances reach, or \"off\" for no LLM meter",
     );
+    for network in &llm.allow_private_custom {
+        issue(
+            crate::addresses::parse_network(network).is_some(),
+            "llm.allow_private_custom",
+            network,
+            "a list of networks as CIDRs or addresses, such as [\"10.8.0.0/16\", \"192.168.1.20\"]",
+        );
+    }
     for (key, url) in [
         ("llm.openai_url", &llm.openai_url),
         ("llm.anthropic_url", &llm.anthropic_url),

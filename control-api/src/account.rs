@@ -78,16 +78,18 @@ pub(crate) async fn set_provider_key(
             "INVALID_BASE_URL",
             "a custom provider needs the endpoint's baseUrl, such as https://llm.example.com/v1",
         )),
-        (_, Some(url))
-            if !(url.starts_with("https://") || url.starts_with("http://"))
-                || url.len() > 2048
-                || url.contains(char::is_whitespace) =>
-        {
+        (_, Some(url)) if url.len() > 2048 => {
             return Err(ApiError::invalid(
                 "baseUrl",
                 "INVALID_BASE_URL",
-                "must be an http:// or https:// URL",
+                "a baseUrl is at most 2048 characters",
             ))
+        }
+        (_, Some(url)) => {
+            let allowed = state.ctx.config.llm.allowed_private_networks();
+            if let Err(e) = clawdeploy_metering::llm::custom_base_url(url, &allowed) {
+                return Err(ApiError::invalid("baseUrl", "INVALID_BASE_URL", e.to_string()));
+            }
         }
         _ => {}
     }

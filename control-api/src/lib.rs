@@ -28,6 +28,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::{Json, Router};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -60,6 +61,10 @@ pub struct ApiContext {
     pub meter: Option<Arc<clawdeploy_metering::Meter>>,
     /// Where the pool hands the LLM meter its listener (`llm.listen = "auto"`).
     pub llm_listener: Option<clawdeploy_metering::llm::ListenerHandoff>,
+    /// What the edge sends in [`clawdeploy_proxy::CONTROL_PLANE_SECRET_HEADER`] with every request
+    /// it passes here: random per process, so no other process on the host can call the control
+    /// API directly (and forge the `X-Real-IP` and `X-Forwarded-*` it trusts from the edge).
+    pub edge_secret: Zeroizing<String>,
 }
 
 impl ApiContext {
@@ -88,6 +93,7 @@ impl ApiContext {
             instance_creation: tokio::sync::Mutex::new(()),
             meter: None,
             llm_listener: None,
+            edge_secret: Zeroizing::new(String::new()),
         })
     }
 
@@ -172,7 +178,35 @@ pub fn router(state: ApiState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(security::headers))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            edge_only,
+        ))
         .with_state(state)
+}
+
+/// Refuses a request that did not come through this process's edge (see
+/// [`ApiContext::edge_secret`]); an empty secret refuses everything.
+async fn edge_only(
+    State(state): State<ApiState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let expected = state.ctx.edge_secret.as_bytes();
+    let presented = request
+        .headers()
+        .get(clawdeploy_proxy::CONTROL_PLANE_SECRET_HEADER)
+        .map(|v| v.as_bytes());
+    match presented {
+        Some(given) if !expected.is_empty() && crypto::ct_eq(given, expected) => {
+            next.run(request).await
+        }
+        _ => ApiError::forbidden(
+            "EDGE_ONLY",
+            "The control API is served through the edge only: call it at the app domain.",
+        )
+        .into_response(),
+    }
 }
 
 pub(crate) async fn healthz() -> Json<serde_json::Value> {

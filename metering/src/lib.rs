@@ -13,6 +13,7 @@
 
 pub mod classify;
 pub mod frames;
+pub mod guarded_connect;
 pub mod llm;
 pub mod period;
 pub mod quota;

@@ -8,6 +8,7 @@
 //! tier's monthly token budget is enforced before each call. OpenAI streaming requests get
 //! `stream_options.include_usage = true` so their usage is reported.
 
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -24,8 +25,10 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use sha2::Sha256;
 
+use clawdeploy_config::addresses::{is_public_unicast, IpNet};
 use clawdeploy_store::{Keyring, Store, StoreOptions};
 
+use crate::guarded_connect::{guard_error, EgressPolicy, GuardError, GuardedConnector};
 use crate::quota::Meter;
 
 /// Largest request body the meter reads (to add `include_usage`); larger ones are refused.
@@ -179,6 +182,8 @@ impl UsageScanner {
 
 type HttpsClient =
     Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Body>;
+/// The client for user-chosen endpoints: connects only where [`EgressPolicy`] permits.
+type GuardedClient = Client<hyper_rustls::HttpsConnector<GuardedConnector>, Body>;
 
 /// Shared state of the meter's listener.
 pub struct LlmMeter {
@@ -187,8 +192,11 @@ pub struct LlmMeter {
     keyring: Keyring,
     token_key: Vec<u8>,
     upstreams: Upstreams,
-    allow_private_custom: bool,
+    allowed_private: Vec<IpNet>,
+    /// For the operator's upstreams (`llm.*_url`).
     client: HttpsClient,
+    /// For users' custom endpoints.
+    custom_client: GuardedClient,
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -223,22 +231,93 @@ fn presented_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
         .map(str::to_string)
 }
 
-/// True for a literal loopback, private, link-local or unspecified address.
-fn is_private_host(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.eq_ignore_ascii_case("localhost") {
-        return true;
+/// Why a custom provider's `baseUrl` is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BaseUrlError {
+    #[error("{0:?} is not a URL ({1}); write it like https://llm.example.com/v1")]
+    Syntax(String, String),
+    #[error("the URL must start with http:// or https://")]
+    Scheme,
+    #[error("the URL may not carry a user name or password; put the credential in the key field")]
+    Userinfo,
+    #[error("the URL may not carry a #fragment")]
+    Fragment,
+    #[error("write the host as {canonical} (it was written {written:?})")]
+    NotCanonical { written: String, canonical: String },
+    #[error("{0} is not a public address; the platform calls public endpoints only")]
+    Private(String),
+}
+
+/// Parses a custom provider's `baseUrl` the way the meter will call it (WHATWG URL rules, as
+/// browsers and Node parse): http(s) only, no userinfo, no fragment, and the host written in its
+/// canonical form, so `http://127.1`, `http://2130706433` and `http://[::ffff:127.0.0.1]` are
+/// refused for what they are. A literal address must be public unicast or inside `allowed`;
+/// names are checked where it counts, on the address connected to ([`crate::guarded_connect`]).
+pub fn custom_base_url(text: &str, allowed: &[IpNet]) -> Result<url::Url, BaseUrlError> {
+    let text = text.trim();
+    let url = url::Url::parse(text).map_err(|e| BaseUrlError::Syntax(text.into(), e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(BaseUrlError::Scheme);
     }
-    match host.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(ip)) => {
-            ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(BaseUrlError::Userinfo);
+    }
+    if url.fragment().is_some() {
+        return Err(BaseUrlError::Fragment);
+    }
+    let canonical = url.host_str().unwrap_or_default().to_string();
+    // The authority as written: after the scheme, up to the path, minus any port.
+    let authority = text
+        .split_once("://")
+        .map_or("", |(_, rest)| rest)
+        .split(['/', '?', '#', '\\'])
+        .next()
+        .unwrap_or_default();
+    let written = match authority.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            if authority.starts_with('[') && !host.ends_with(']') {
+                authority
+            } else {
+                host
+            }
         }
-        Ok(std::net::IpAddr::V6(ip)) => {
-            ip.is_loopback() || ip.is_unspecified() || (ip.segments()[0] & 0xfe00) == 0xfc00
+        _ => authority,
+    };
+    if !written.eq_ignore_ascii_case(&canonical) {
+        return Err(BaseUrlError::NotCanonical {
+            written: written.to_string(),
+            canonical,
+        });
+    }
+    let permitted = |ip: IpAddr| allowed.iter().any(|n| n.contains(&ip)) || is_public_unicast(ip);
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) if !permitted(IpAddr::V4(ip)) => {
+            Err(BaseUrlError::Private(canonical))
         }
-        Err(_) => false,
+        Some(url::Host::Ipv6(ip)) if !permitted(IpAddr::V6(ip)) => {
+            Err(BaseUrlError::Private(canonical))
+        }
+        Some(url::Host::Domain(name))
+            if {
+                let name = name.trim_end_matches('.').to_ascii_lowercase();
+                name == "localhost" || name.ends_with(".localhost")
+            } =>
+        {
+            Err(BaseUrlError::Private(canonical))
+        }
+        _ => Ok(url),
     }
 }
+
+/// Request headers passed to a provider: what its API reads besides the key. Everything else the
+/// container sent (forwarding and identity headers above all, cookies, `x-openclaw-*`) stays here.
+const FORWARDED_HEADERS: [&str; 5] = [
+    "content-type",
+    "accept",
+    "anthropic-version",
+    "anthropic-beta",
+    "openai-beta",
+];
 
 async fn forward(
     State(state): State<Arc<LlmMeter>>,
@@ -319,28 +398,16 @@ async fn forward(
                     "The custom provider has no endpoint URL.",
                 );
             };
-            let host = base
-                .split("://")
-                .nth(1)
-                .unwrap_or("")
-                .split(['/', '?'])
-                .next()
-                .unwrap_or("");
-            let host = host.rsplit_once(':').map_or(host, |(h, p)| {
-                if p.bytes().all(|b| b.is_ascii_digit()) {
-                    h
-                } else {
-                    host
+            match custom_base_url(&base, &state.allowed_private) {
+                Ok(url) => url.as_str().trim_end_matches('/').to_string(),
+                Err(e) => {
+                    return error(
+                        StatusCode::FORBIDDEN,
+                        "BAD_CUSTOM_ENDPOINT",
+                        format!("The custom provider's baseUrl is refused: {e}. Set it again in the dashboard."),
+                    )
                 }
-            });
-            if !state.allow_private_custom && is_private_host(host) {
-                return error(
-                    StatusCode::FORBIDDEN,
-                    "PRIVATE_UPSTREAM",
-                    "The custom endpoint is a private address, which the edge does not call.",
-                );
             }
-            base.trim_end_matches('/').to_string()
         }
     };
     let mut target = format!("{base}/{rest}");
@@ -380,24 +447,10 @@ async fn forward(
     let mut upstream = http::Request::builder()
         .method(parts.method.clone())
         .uri(uri);
-    for (name, value) in &parts.headers {
-        if matches!(
-            name.as_str(),
-            "host"
-                | "authorization"
-                | "x-api-key"
-                | "x-goog-api-key"
-                | "content-length"
-                | "connection"
-                | "transfer-encoding"
-                | "keep-alive"
-                | "proxy-authorization"
-                | "te"
-                | "upgrade"
-        ) {
-            continue;
+    for name in FORWARDED_HEADERS {
+        for value in parts.headers.get_all(name) {
+            upstream = upstream.header(name, value);
         }
-        upstream = upstream.header(name, value);
     }
     let auth = match provider.as_str() {
         "anthropic" => ("x-api-key", HeaderValue::from_str(&secret)),
@@ -426,8 +479,22 @@ async fn forward(
             "Cannot build the provider request.",
         );
     };
-    let answer = match state.client.request(upstream).await {
+    let answered = if provider == "custom" {
+        state.custom_client.request(upstream).await
+    } else {
+        state.client.request(upstream).await
+    };
+    let answer = match answered {
         Ok(a) => a,
+        Err(e) if guard_error(&e).is_some_and(GuardError::is_refusal) => {
+            let reason = guard_error(&e).map(ToString::to_string).unwrap_or_default();
+            tracing::warn!(%provider, "LLM meter refused a custom endpoint: {reason}");
+            return error(
+                StatusCode::FORBIDDEN,
+                "PRIVATE_UPSTREAM",
+                format!("The custom endpoint was refused: {reason}. The platform calls public endpoints only."),
+            );
+        }
         Err(e) => {
             tracing::warn!(%provider, "LLM provider unreachable: {e}");
             return error(
@@ -602,7 +669,7 @@ pub struct LlmMeterService {
     keyring: Mutex<Option<Keyring>>,
     token_key: Vec<u8>,
     upstreams: Upstreams,
-    allow_private_custom: bool,
+    allowed_private: Vec<IpNet>,
 }
 
 impl LlmMeterService {
@@ -615,7 +682,7 @@ impl LlmMeterService {
         keyring: Keyring,
         token_key: Vec<u8>,
         upstreams: Upstreams,
-        allow_private_custom: bool,
+        allowed_private: Vec<IpNet>,
     ) -> Self {
         Self {
             listen: Mutex::new(Some(listen)),
@@ -625,7 +692,7 @@ impl LlmMeterService {
             keyring: Mutex::new(Some(keyring)),
             token_key,
             upstreams,
-            allow_private_custom,
+            allowed_private,
         }
     }
 }
@@ -687,14 +754,31 @@ impl BackgroundService for LlmMeterService {
             .enable_http1()
             .build();
         let client = Client::builder(TokioExecutor::new()).build(connector);
+        // The meter's address on the instance network (`auto` with Docker): every gateway there
+        // trusts connections from it, so no user-chosen connection may leave from it.
+        let instance_side = listener
+            .local_addr()
+            .ok()
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_loopback() && !ip.is_unspecified());
+        let custom_connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(GuardedConnector::new(EgressPolicy {
+                allowed: self.allowed_private.clone(),
+                instance_side,
+            }));
+        let custom_client = Client::builder(TokioExecutor::new()).build(custom_connector);
         let state = Arc::new(LlmMeter {
             meter: self.meter.clone(),
             store,
             keyring,
             token_key: self.token_key.clone(),
             upstreams: self.upstreams.clone(),
-            allow_private_custom: self.allow_private_custom,
+            allowed_private: self.allowed_private.clone(),
             client,
+            custom_client,
         });
         let app = axum::Router::new()
             .route("/{provider}/{*rest}", axum::routing::any(forward))
@@ -794,12 +878,55 @@ mod tests {
     }
 
     #[test]
-    fn private_hosts() {
-        assert!(is_private_host("127.0.0.1"));
-        assert!(is_private_host("10.1.2.3"));
-        assert!(is_private_host("localhost"));
-        assert!(is_private_host("[::1]"));
-        assert!(!is_private_host("api.example.com"));
-        assert!(!is_private_host("8.8.8.8"));
+    fn custom_base_urls_refuse_every_spelling_of_a_private_host() {
+        let none: &[IpNet] = &[];
+        for (url, want) in [
+            ("http://x@127.0.0.1:9/v1", BaseUrlError::Userinfo),
+            ("http://x:y@llm.example.com/v1", BaseUrlError::Userinfo),
+            ("ftp://llm.example.com", BaseUrlError::Scheme),
+            ("https://llm.example.com/v1#x", BaseUrlError::Fragment),
+        ] {
+            assert_eq!(custom_base_url(url, none), Err(want), "{url}");
+        }
+        for url in [
+            "http://127.1/v1",
+            "http://2130706433/v1",
+            "http://0x7f000001/v1",
+            "http://[::ffff:127.0.0.1]:8080/v1",
+        ] {
+            assert!(
+                matches!(custom_base_url(url, none), Err(BaseUrlError::NotCanonical { .. })),
+                "{url}: {:?}",
+                custom_base_url(url, none)
+            );
+        }
+        for url in [
+            "http://127.0.0.1:8080/v1",
+            "http://10.1.2.3/v1",
+            "http://169.254.169.254/latest",
+            "http://[::1]:80/",
+            "http://[::ffff:7f00:1]/",
+            "http://localhost:9/v1",
+            "http://api.localhost/v1",
+            "http://localhost./v1",
+        ] {
+            assert!(
+                matches!(custom_base_url(url, none), Err(BaseUrlError::Private(_))),
+                "{url}: {:?}",
+                custom_base_url(url, none)
+            );
+        }
+        for url in [
+            "https://llm.example.com/v1",
+            "https://llm.example.com:8443/v1?x=1",
+            "http://8.8.8.8/v1",
+            "http://[2606:4700::1111]/",
+            "https://LLM.Example.com/v1",
+        ] {
+            assert!(custom_base_url(url, none).is_ok(), "{url}");
+        }
+        let allowed = ["127.0.0.0/8".parse().unwrap()];
+        assert!(custom_base_url("http://127.0.0.1:8080/v1", &allowed).is_ok());
+        assert!(custom_base_url("http://127.1/v1", &allowed).is_err());
     }
 }

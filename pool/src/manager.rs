@@ -59,6 +59,11 @@ pub trait InstanceConfig: Send + Sync + 'static {
     fn owner_ready_path(&self) -> Option<&'static str> {
         None
     }
+    /// Headers the edge adds to the owner's requests besides the user header (sent with the
+    /// owner readiness probe too).
+    fn owner_headers(&self, _instance: &Instance) -> Vec<(String, String)> {
+        Vec::new()
+    }
     /// Whether the instance must restart to serve a newly active custom domain (its origins are
     /// part of the config the runtime read at start).
     fn restart_for_new_origins(&self) -> bool {
@@ -323,7 +328,8 @@ impl PoolManager {
         // Routed as running only once the instance admits its owner, so the first connect works.
         if let Some(path) = self.config.owner_ready_path() {
             let owner = instance.user_id.to_string();
-            wait_ready_as(addr, path, &owner, self.settings.ready_timeout)
+            let headers = self.config.owner_headers(instance);
+            wait_ready_as(addr, path, &owner, &headers, self.settings.ready_timeout)
                 .await
                 .map_err(|e| PoolError::NotReady(instance.subdomain.clone(), e))?;
         }

@@ -29,13 +29,9 @@ pub const CONFIG_FILE: &str = "openclaw.json";
 pub const SOUL_FILE: &str = "workspace/SOUL.md";
 /// Never a user id (those are UUIDs): the only user an unassigned gateway "allows".
 pub const UNASSIGNED_USER: &str = "clawdeploy-unassigned";
-/// Scopes an owner's devices are auto-approved with: never `operator.admin`.
-pub const OWNER_SCOPES: [&str; 4] = [
-    "operator.read",
-    "operator.write",
-    "operator.approvals",
-    "operator.questions",
-];
+/// Scopes an owner's devices are auto-approved with, and the edge caps HTTP calls to: never
+/// `operator.admin`.
+pub use clawdeploy_proxy::gateway_trust::OWNER_SCOPES;
 
 /// A provider key the user configured, opened for the instance's config.
 #[derive(Clone)]
@@ -79,18 +75,31 @@ pub struct OpenClawConfig {
     /// provider's `baseUrl` points there and the container holds only its instance token. `None`
     /// gives instances the user's keys directly (no meter configured; development only).
     pub llm_meter: Option<(String, Vec<u8>)>,
+    /// The key of the per-instance header the edge proves itself with
+    /// ([`clawdeploy_proxy::gateway_trust`]); every assigned gateway requires its own.
+    pub gateway_proof_key: Vec<u8>,
 }
 
 impl OpenClawConfig {
     /// The config a warm, unassigned instance boots on: locked down, nobody allowed.
     pub fn idle_config(&self) -> Value {
-        self.gateway_config(UNASSIGNED_USER, &[], &[], None)
+        self.gateway_config(UNASSIGNED_USER, None, &[], &[], None)
     }
 
-    /// The full config for `owner` with `origins`, `providers` and `timezone`.
+    /// The header the edge proves itself to `instance`'s gateway with.
+    pub fn proof_header(&self, instance: &Instance) -> String {
+        clawdeploy_proxy::gateway_trust::proof_header(
+            &self.gateway_proof_key,
+            &instance.id.to_string(),
+        )
+    }
+
+    /// The full config for `owner` with `origins`, `providers` and `timezone`; the gateway admits
+    /// proxied requests only with the `proof` header ([`Self::proof_header`]).
     pub fn gateway_config(
         &self,
         owner: &str,
+        proof: Option<&str>,
         origins: &[String],
         providers: &[ProviderKey],
         timezone: Option<&str>,
@@ -100,6 +109,9 @@ impl OpenClawConfig {
             "allowUsers": [owner],
             "deviceAutoApprove": { "enabled": true, "scopes": OWNER_SCOPES },
         });
+        if let Some(proof) = proof {
+            trusted_proxy["requiredHeaders"] = json!([proof]);
+        }
         if self.allow_loopback {
             trusted_proxy["allowLoopback"] = json!(true);
         }
@@ -294,6 +306,7 @@ impl InstanceConfig for OpenClawConfig {
         let providers = self.provider_keys(instance).await?;
         let config = self.gateway_config(
             &instance.user_id.to_string(),
+            Some(&self.proof_header(instance)),
             &self.origins(&self.hostnames(instance).await?),
             &providers,
             instance.timezone.as_deref(),
@@ -321,6 +334,17 @@ impl InstanceConfig for OpenClawConfig {
     /// the owner's config (the idle config admits nobody).
     fn owner_ready_path(&self) -> Option<&'static str> {
         Some("/control-ui-config.json")
+    }
+
+    /// The proof and scopes the edge sends with the owner's requests.
+    fn owner_headers(&self, instance: &Instance) -> Vec<(String, String)> {
+        vec![
+            (self.proof_header(instance), "1".into()),
+            (
+                clawdeploy_proxy::gateway_trust::SCOPES_HEADER.into(),
+                clawdeploy_proxy::gateway_trust::owner_scopes_value(),
+            ),
+        ]
     }
 
     /// OpenClaw's live reload of a rewritten config was missed or deferred in some runs; a
@@ -475,6 +499,7 @@ mod tests {
             port: 18789,
             origin_templates: vec!["http://{host}:8080".into(), "https://{host}".into()],
             base_domain: "example.test".into(),
+            gateway_proof_key: b"proof key".to_vec(),
             resources: Resources {
                 memory_mb: 2048,
                 cpus: 1.0,
@@ -532,6 +557,13 @@ mod tests {
             .contains(&json!("operator.admin")));
         assert!(tp.get("allowLoopback").is_none());
         assert_eq!(
+            tp["requiredHeaders"],
+            json!([clawdeploy_proxy::gateway_trust::proof_header(
+                b"proof key",
+                &inst.id.to_string()
+            )])
+        );
+        assert_eq!(
             g["controlUi"]["allowedOrigins"],
             json!([
                 "http://alice.example.test:8080",
@@ -573,7 +605,7 @@ mod tests {
                 base_url: Some("http://172.18.0.1:9000/v1".into()),
             },
         ];
-        let c = generator().gateway_config("u", &[], &keys, None);
+        let c = generator().gateway_config("u", None, &[], &keys, None);
         let custom = &c["models"]["providers"]["custom"];
         assert_eq!(custom["baseUrl"], "http://172.18.0.1:9000/v1");
         assert_eq!(custom["apiKey"], "sk-custom");

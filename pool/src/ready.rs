@@ -14,16 +14,25 @@ const PROBE_CLIENT: &str = "192.0.2.1";
 
 /// One `GET /readyz`; true on a 200.
 pub async fn probe(addr: SocketAddr) -> bool {
-    probe_path(addr, "/readyz", None).await
+    probe_path(addr, "/readyz", None, &[]).await
 }
 
-/// One `GET path`, naming `user` in the trusted-proxy user header when given; true on a 200.
-async fn probe_path(addr: SocketAddr, path: &str, user: Option<&str>) -> bool {
+/// One `GET path`, naming `user` in the trusted-proxy user header when given, with `headers`;
+/// true on a 200.
+async fn probe_path(
+    addr: SocketAddr,
+    path: &str,
+    user: Option<&str>,
+    headers: &[(String, String)],
+) -> bool {
     let attempt = async {
         let mut tcp = TcpStream::connect(addr).await.ok()?;
-        let user_line = user
+        let mut user_line = user
             .map(|u| format!("x-forwarded-user: {u}\r\n"))
             .unwrap_or_default();
+        for (name, value) in headers {
+            user_line.push_str(&format!("{name}: {value}\r\n"));
+        }
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: instance\r\nX-Forwarded-For: {PROBE_CLIENT}\r\n{user_line}Connection: close\r\n\r\n"
         );
@@ -58,17 +67,18 @@ pub async fn wait_ready(addr: SocketAddr, timeout: Duration) -> Result<(), Strin
     }
 }
 
-/// Polls `path` as `user` until it answers 200 or `timeout` passes.
+/// Polls `path` as `user` (with `headers`) until it answers 200 or `timeout` passes.
 pub async fn wait_ready_as(
     addr: SocketAddr,
     path: &str,
     user: &str,
+    headers: &[(String, String)],
     timeout: Duration,
 ) -> Result<(), String> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(10);
     loop {
-        if probe_path(addr, path, Some(user)).await {
+        if probe_path(addr, path, Some(user), headers).await {
             return Ok(());
         }
         if started.elapsed() >= timeout {

@@ -231,6 +231,8 @@ pub async fn pool_from_config(
                         config.secrets.jwt_key.as_bytes().to_vec(),
                     )
                 }),
+                // The edge derives the same headers from the same key (main.rs).
+                gateway_proof_key: config.secrets.jwt_key.as_bytes().to_vec(),
             };
             // A warm instance boots on the idle config: locked down, nobody allowed.
             settings.env.push((

@@ -23,6 +23,7 @@ use clawdeploy_config::{normalize_host, ServerConfig};
 use crate::browser_session::{self, Denied};
 use crate::drain::{Drain, InflightGuard};
 use crate::identity::{bearer_token, Identity, Rejection, TokenVerifier};
+use crate::gateway_trust;
 use crate::limits;
 use crate::live::{self, LiveConnections, TunnelGuard};
 use crate::metered::{self, EdgeMetering, RequestMetrics};
@@ -33,7 +34,14 @@ use crate::upgrade::{check_upgrade, Upgrade};
 
 /// Request headers a client may not set: the edge is the only source of forwarding and identity
 /// information its upstreams see. Prefixes are matched case-insensitively (header names are lower case).
-const STRIPPED_PREFIXES: [&str; 3] = ["x-forwarded-", "x-auth-request-", "x-clawdeploy-"];
+const STRIPPED_PREFIXES: [&str; 4] = [
+    "x-forwarded-",
+    "x-auth-request-",
+    "x-clawdeploy-",
+    // OpenClaw's own proxy headers (`x-openclaw-scopes` widens an HTTP call to admin when absent,
+    // and narrows it when present): only the edge sets them.
+    "x-openclaw-",
+];
 const STRIPPED_HEADERS: [&str; 8] = [
     "forwarded",
     "x-real-ip",
@@ -75,6 +83,12 @@ impl From<&ServerConfig> for EdgeSettings {
 pub const LOCAL_CLIENT: &str = "192.0.2.1";
 
 /// The header OpenClaw's trusted-proxy mode reads the authenticated user from.
+/// The header carrying the control plane's per-process secret (see [`EdgeProxy::with_control_plane_secret`]).
+pub const CONTROL_PLANE_SECRET_HEADER: &str = "x-clawdeploy-edge";
+
+/// [`gateway_trust::OWNER_SCOPES`] as one header value (checked by a test).
+const OWNER_SCOPES_VALUE: &str = "operator.read,operator.write,operator.approvals,operator.questions";
+
 pub const USER_HEADER: &str = "x-forwarded-user";
 
 /// The edge proxy: one per process, shared by every worker thread.
@@ -90,6 +104,10 @@ pub struct EdgeProxy {
     request_metrics: RequestMetrics,
     tls: EdgeTls,
 }
+    /// Sent to the control plane with every request passed to it, which refuses requests without.
+    control_plane_secret: Option<HeaderValue>,
+    /// The key of each instance's proof header (see [`crate::gateway_trust`]).
+    gateway_proof_key: Option<Arc<[u8]>>,
 
 impl EdgeProxy {
     pub fn new(
@@ -111,9 +129,28 @@ impl EdgeProxy {
             request_metrics: RequestMetrics::default(),
             tls: EdgeTls::default(),
         }
+            control_plane_secret: None,
+            gateway_proof_key: None,
     }
 
     /// ACME challenges, HTTPS redirect and HSTS (see [`crate::tls`]).
+    /// The key of the per-instance header each gateway requires of its proxy
+    /// ([`crate::gateway_trust::proof_header`]); the pool writes the same into each config.
+    pub fn with_gateway_proof_key(mut self, key: &[u8]) -> Self {
+        self.gateway_proof_key = Some(key.into());
+        self
+    }
+
+    /// The secret the control plane requires of every request (it listens on loopback, where
+    /// other processes could otherwise call it and forge the forwarding headers it trusts).
+    pub fn with_control_plane_secret(mut self, secret: &str) -> Self {
+        self.control_plane_secret = HeaderValue::try_from(secret).ok().map(|mut v| {
+            v.set_sensitive(true);
+            v
+        });
+        self
+    }
+
     pub fn with_tls(mut self, tls: EdgeTls) -> Self {
         self.tls = tls;
         self
@@ -312,6 +349,12 @@ impl ProxyHttp for EdgeProxy {
             upstream.remove_header(&header::AUTHORIZATION);
             upstream.remove_header(&header::COOKIE);
         }
+        if let (Some(secret), Some(RouteKind::ControlPlane)) = (
+            &self.control_plane_secret,
+            ctx.route.as_ref().map(|r| r.kind),
+        ) {
+            upstream.insert_header(CONTROL_PLANE_SECRET_HEADER, secret.clone())?;
+        }
         if let Some(identity) = &ctx.identity {
             // The container sees who the owner is, never the platform's credentials.
             upstream.remove_header(&header::AUTHORIZATION);
@@ -322,6 +365,19 @@ impl ProxyHttp for EdgeProxy {
                 let target = match upstream.uri.query() {
                     Some(query) => format!("/?{query}"),
                     None => "/".to_string(),
+            upstream.insert_header(
+                gateway_trust::SCOPES_HEADER,
+                HeaderValue::from_static(OWNER_SCOPES_VALUE),
+            )?;
+            if let (Some(key), Some(instance_id)) = (
+                &self.gateway_proof_key,
+                ctx.route.as_ref().and_then(|r| r.instance_id.as_deref()),
+            ) {
+                upstream.insert_header(
+                    gateway_trust::proof_header(key, instance_id),
+                    HeaderValue::from_static("1"),
+                )?;
+            }
                 };
                 if let Ok(uri) = target.parse::<http::Uri>() {
                     upstream.set_uri(uri);
@@ -879,6 +935,11 @@ mod tests {
         for (prefix, n) in [
             (0u64, 0u64),
             (1, 1),
+    #[test]
+    fn the_scopes_header_names_the_owner_scopes() {
+        assert_eq!(OWNER_SCOPES_VALUE, gateway_trust::owner_scopes_value());
+    }
+
             (u64::MAX, u64::MAX),
             (0xdead_beef, 0xffff_ffff),
             (0x0123_4567_89ab_cdef, 0x1_0000_0000),

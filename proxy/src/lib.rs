@@ -14,6 +14,7 @@
 pub mod browser_session;
 pub mod drain;
 pub mod edge;
+pub mod gateway_trust;
 pub mod identity;
 pub mod limits;
 pub mod live;
@@ -30,7 +31,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::services::listening::Service;
 
 pub use drain::{Drain, DrainingShutdown};
-pub use edge::{EdgeProxy, EdgeSettings};
+pub use edge::{EdgeProxy, EdgeSettings, CONTROL_PLANE_SECRET_HEADER};
 pub use identity::{DenyAll, Identity, Rejection, TokenVerifier};
 pub use metered::EdgeMetering;
 pub use routes::{InstanceState, Resolution, Route, RouteError, RouteKind, RouteTable};

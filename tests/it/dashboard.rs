@@ -703,7 +703,7 @@ async fn the_dashboard_chats_with_the_real_openclaw() {
         .section("runtime", &format!("docker_network = \"{NETWORK}\""))
         .section("runtime", "publish_loopback = true")
         .section("runtime", "egress_rules = true")
-        .section("llm", "allow_private_custom = true")
+        .section("llm", "allow_private_custom = [\"127.0.0.1\"]")
         .section("pool", &format!("node_id = \"{node}\""))
         .section("pool", "min_idle = 1")
         .section("pool", "capacity = 1")

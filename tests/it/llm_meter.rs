@@ -14,8 +14,8 @@ use crate::support::*;
 
 const PW: &str = "correct horse battery staple 9";
 
-/// What the fake provider received: (authorization header, request JSON).
-type Seen = Arc<Mutex<Vec<(String, Value)>>>;
+/// What the fake provider received: (authorization header, request JSON, all headers).
+type Seen = Arc<Mutex<Vec<(String, Value, HeaderMap)>>>;
 
 const JSON_ANSWER: &str = r#"{"id":"c1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi there"},"finish_reason":"stop"}],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}"#;
 
@@ -48,7 +48,7 @@ async fn completions(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    seen.lock().unwrap().push((auth, request.clone()));
+    seen.lock().unwrap().push((auth, request.clone(), headers));
     if request["stream"] == true {
         let usage = request["stream_options"]["include_usage"] == true;
         ([("content-type", "text/event-stream")], sse_answer(usage)).into_response()
@@ -88,7 +88,7 @@ async fn the_llm_meter_injects_the_key_streams_unchanged_counts_tokens_and_enfor
     let edge = EdgeBuilder::new()
         .section("llm", &format!("listen = \"{meter}\""))
         .section("llm", &format!("openai_url = \"http://{provider}\""))
-        .section("llm", "allow_private_custom = true")
+        .section("llm", "allow_private_custom = [\"127.0.0.1\"]")
         .section("tiers.free", "tokens_per_month = 30")
         .start()
         .await;
@@ -231,4 +231,216 @@ async fn the_llm_meter_injects_the_key_streams_unchanged_counts_tokens_and_enfor
         .await
         .json();
     assert_eq!(usage["instance"]["usage"]["tokensThisMonth"], 35, "{usage}");
+}
+
+/// A name of this machine that resolves to a loopback address (Debian's /etc/hosts names the
+/// host itself), other than `localhost`, which the URL check refuses by name.
+fn loopback_name() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .expect("the host name")
+        .trim()
+        .to_string();
+    let resolved: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), 80))
+        .map(Iterator::collect)
+        .unwrap_or_default();
+    assert!(
+        !resolved.is_empty() && resolved.iter().all(|a| a.ip().is_loopback()),
+        "this test needs the host name {name:?} to resolve to loopback (/etc/hosts); it resolves to {resolved:?}"
+    );
+    name
+}
+
+/// Waits for the meter's listener (a background service).
+async fn wait_listening(meter: SocketAddr) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while tokio::net::TcpStream::connect(meter).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the LLM meter never listened"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A custom `baseUrl` that spells a private host some other way than its canonical address —
+/// userinfo, short or numeric IPv4, IPv4-mapped IPv6 — is refused when it is set, with a message
+/// naming what is wrong; so are private hosts written plainly. (Before the fix all but the plain
+/// ones were stored, and the meter then called the private address from the host.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_endpoints_that_spell_a_private_host_are_refused_when_set() {
+    let edge = EdgeBuilder::new().start().await;
+    let (token, _, _) = edge.register("spell@example.com", PW).await;
+    for (base_url, says) in [
+        ("http://x@127.0.0.1:9/v1", "user name"),
+        ("http://x@llm.example.com/v1", "user name"),
+        ("http://127.1:9/v1", "127.0.0.1"),
+        ("http://2130706433:9/v1", "127.0.0.1"),
+        ("http://0x7f.1/v1", "127.0.0.1"),
+        ("http://[::ffff:127.0.0.1]:9/v1", "[::ffff:7f00:1]"),
+        ("http://[::ffff:7f00:1]:9/v1", "not a public address"),
+        ("http://127.0.0.1:9/v1", "not a public address"),
+        ("http://172.17.0.1:18789/v1", "not a public address"),
+        ("http://169.254.169.254/latest", "not a public address"),
+        ("http://198.18.0.1/v1", "not a public address"),
+        ("http://localhost:9/v1", "not a public address"),
+    ] {
+        let resp = edge
+            .api(
+                "PUT",
+                "/api/account/api-keys/custom",
+                Some(&token),
+                Some(json!({"key": "sk-attacker-1234", "baseUrl": base_url})),
+            )
+            .await;
+        assert_eq!(resp.status, 422, "{base_url} was accepted: {}", resp.text());
+        assert_eq!(resp.error_code(), "INVALID_BASE_URL", "{base_url}");
+        assert!(
+            resp.json()["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(says),
+            "{base_url}: {}",
+            resp.text()
+        );
+    }
+    let keys = edge
+        .api("GET", "/api/account/api-keys", Some(&token), None)
+        .await;
+    assert_eq!(keys.status, 200, "{}", keys.text());
+    assert!(
+        !keys.text().contains("sk-attacker"),
+        "a refused key was stored: {}",
+        keys.text()
+    );
+    let public = edge
+        .api(
+            "PUT",
+            "/api/account/api-keys/custom",
+            Some(&token),
+            Some(json!({"key": "sk-user-12345678", "baseUrl": "https://llm.example.com/v1"})),
+        )
+        .await;
+    assert_eq!(public.status, 200, "{}", public.text());
+}
+
+/// A private address already in the store (written before this check existed, or by any path
+/// around it) is never connected to: the meter parses the URL again and its connector checks the
+/// address it would connect to. The listener behind the private address sees no connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_meter_never_connects_to_a_private_address_from_the_store() {
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target_addr = target.local_addr().unwrap();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn({
+        let connections = connections.clone();
+        async move {
+            while target.accept().await.is_ok() {
+                connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    let meter = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let edge = EdgeBuilder::new()
+        .section("llm", &format!("listen = \"{meter}\""))
+        .start()
+        .await;
+    let (token, _, _) = edge.register("stored@example.com", PW).await;
+    let created = edge
+        .api("POST", "/api/instances", Some(&token), Some(json!({"subdomain": "stored"})))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let instance_id = created.json()["instance"]["id"].as_str().unwrap().to_string();
+    let put = edge
+        .api(
+            "PUT",
+            "/api/account/api-keys/custom",
+            Some(&token),
+            Some(json!({"key": "sk-user-12345678", "baseUrl": "https://llm.example.com/v1"})),
+        )
+        .await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    let instance_token = clawdeploy_metering::llm::instance_token(JWT_KEY.as_bytes(), &instance_id);
+    let chat = json!({"model": "default", "messages": [{"role": "user", "content": "hi"}]});
+    wait_listening(meter).await;
+
+    let db = format!("sqlite://{}", edge.data_dir().join("clawdeploy.db").display());
+    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    for (stored, code) in [
+        (format!("http://127.1:{}/v1", target_addr.port()), "BAD_CUSTOM_ENDPOINT"),
+        (format!("http://x@{target_addr}/v1"), "BAD_CUSTOM_ENDPOINT"),
+        (format!("http://[::ffff:127.0.0.1]:{}/v1", target_addr.port()), "BAD_CUSTOM_ENDPOINT"),
+        (format!("http://{target_addr}/v1"), "BAD_CUSTOM_ENDPOINT"),
+        // A name is resolved by the connector, which refuses the loopback address it finds.
+        (format!("http://{}:{}/v1", loopback_name(), target_addr.port()), "PRIVATE_UPSTREAM"),
+    ] {
+        sqlx::query("UPDATE api_keys SET base_url = ? WHERE provider = 'custom'")
+            .bind(&stored)
+            .execute(&pool)
+            .await
+            .unwrap();
+        let refused = post(meter, "/custom/chat/completions", Some(&instance_token), &chat).await;
+        assert_eq!(refused.status, 403, "{stored}: {}", refused.text());
+        assert_eq!(refused.error_code(), code, "{stored}: {}", refused.text());
+    }
+    pool.close().await;
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the meter connected to a private address"
+    );
+}
+
+/// The meter passes providers only the headers their APIs read: a container's forwarding and
+/// identity headers (with which it impersonated another tenant to that tenant's gateway), its
+/// cookies and `x-openclaw-*` headers never leave the edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_meter_forwards_only_provider_headers() {
+    let (provider, seen) = fake_provider().await;
+    let meter = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let edge = EdgeBuilder::new()
+        .section("llm", &format!("listen = \"{meter}\""))
+        .section("llm", &format!("openai_url = \"http://{provider}\""))
+        .start()
+        .await;
+    let (token, _, _) = edge.register("headers@example.com", PW).await;
+    let created = edge
+        .api("POST", "/api/instances", Some(&token), Some(json!({"subdomain": "headers"})))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let instance_id = created.json()["instance"]["id"].as_str().unwrap().to_string();
+    let put = edge
+        .api("PUT", "/api/account/api-keys/openai", Some(&token), Some(json!({"key": "sk-real-openai"})))
+        .await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    let instance_token = clawdeploy_metering::llm::instance_token(JWT_KEY.as_bytes(), &instance_id);
+    wait_listening(meter).await;
+
+    let body = json!({"model": "default", "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let raw = format!(
+        "POST /openai/v1/chat/completions HTTP/1.1\r\nHost: meter\r\nAuthorization: Bearer {instance_token}\r\n\
+         Content-Type: application/json\r\nOpenAI-Beta: assistants=v2\r\n\
+         X-Forwarded-User: 00000000-0000-0000-0000-000000000001\r\nX-Forwarded-For: 203.0.113.9\r\n\
+         X-Real-IP: 203.0.113.9\r\nForwarded: for=203.0.113.9\r\nX-OpenClaw-Scopes: operator.admin\r\n\
+         Cookie: clawdeploy_session=stolen\r\nX-Custom: anything\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = try_send(meter, raw.as_bytes()).await.expect("the meter answers");
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let seen = seen.lock().unwrap();
+    let headers = &seen[0].2;
+    for name in [
+        "x-forwarded-user",
+        "x-forwarded-for",
+        "x-real-ip",
+        "forwarded",
+        "x-openclaw-scopes",
+        "cookie",
+        "x-custom",
+    ] {
+        assert!(headers.get(name).is_none(), "{name} reached the provider: {headers:?}");
+    }
+    assert_eq!(headers["openai-beta"], "assistants=v2");
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(headers["authorization"], "Bearer sk-real-openai");
 }

@@ -11,6 +11,7 @@ mod control_ui;
 mod dashboard;
 mod domains;
 mod egress;
+mod host_trust;
 mod instance_access;
 mod instances;
 mod lifecycle;

@@ -451,7 +451,7 @@ pub fn openclaw_edge(image: &str, node_id: &str, min_idle: usize, capacity: usiz
         .section("runtime", &format!("docker_network = \"{NETWORK}\""))
         .section("runtime", "publish_loopback = true")
         .section("runtime", "egress_rules = true")
-        .section("llm", "allow_private_custom = true")
+        .section("llm", "allow_private_custom = [\"127.0.0.1\"]")
         .section("pool", &format!("node_id = \"{node_id}\""))
         .section("pool", &format!("min_idle = {min_idle}"))
         .section("pool", &format!("capacity = {capacity}"))
@@ -713,7 +713,7 @@ async fn openclaw_as_a_local_process_chats_through_the_edge() {
         .section("pool", "min_idle = 1")
         .section("pool", "capacity = 2")
         .section("pool", "ready_timeout_secs = 240")
-        .section("llm", "allow_private_custom = true")
+        .section("llm", "allow_private_custom = [\"127.0.0.1\"]")
         .start()
         .await;
     wait_idle(&edge, 1, Duration::from_secs(300)).await;

@@ -171,7 +171,7 @@ async fn a_real_prometheus_scrapes_requests_latency_llm_tokens_and_open_websocke
         .route(&app_host, http.addr)
         .route(&ws_host, echo.addr)
         .section("llm", &format!("listen = \"{meter}\""))
-        .section("llm", "allow_private_custom = true")
+        .section("llm", "allow_private_custom = [\"127.0.0.1\"]")
         .start()
         .await;
     for _ in 0..3 {

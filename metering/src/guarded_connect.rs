@@ -1,0 +1,225 @@
+//! The connector for URLs a user chose (a custom LLM provider's `baseUrl`): it connects only to
+//! public unicast addresses, checked on the address actually connected to.
+//!
+//! A tenant runs code in its own container, so a URL it stores is attacker input. Checking the
+//! URL's text is not enough (names resolve anywhere, and an address has many spellings), so the
+//! check happens here, after resolution, on each address before connecting and again on the
+//! connected socket:
+//! - before: the address must be public unicast ([`is_public_unicast`]) or inside a network the
+//!   operator named in `llm.allow_private_custom`;
+//! - after: a connection that left through the instance network (its local address is the
+//!   meter's own address there, which every instance's gateway trusts as its proxy) is dropped
+//!   whatever the allowlist says, and so is one to the node itself (local address = peer
+//!   address) unless the allowlist names it. Nothing has been sent on a dropped connection.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use clawdeploy_config::addresses::{is_public_unicast, IpNet};
+use http::Uri;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a connection for a user was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error("{host} is {ip}, which is not a public address")]
+    Refused { host: String, ip: IpAddr },
+    #[error("{0} went through the instance network, which the meter never calls")]
+    InstanceNetwork(SocketAddr),
+    #[error("{host} has no address: {source}")]
+    Resolve {
+        host: String,
+        source: std::io::Error,
+    },
+    #[error("the URL has no host")]
+    NoHost,
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connecting to {0} timed out")]
+    Timeout(SocketAddr),
+}
+
+impl GuardError {
+    /// True when the address itself was refused (not a network failure).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Refused { .. } | Self::InstanceNetwork(_))
+    }
+}
+
+/// What a guarded connection may reach.
+#[derive(Debug, Clone, Default)]
+pub struct EgressPolicy {
+    /// Networks allowed although not public (`llm.allow_private_custom`).
+    pub allowed: Vec<IpNet>,
+    /// The node's address on the instance network (the meter's listen address there), if any.
+    pub instance_side: Option<IpAddr>,
+}
+
+impl EgressPolicy {
+    /// May a connection to `ip` be attempted?
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        self.allowed.iter().any(|net| net.contains(&ip)) || is_public_unicast(ip)
+    }
+
+    /// May an established connection be used?
+    fn permits_connection(&self, local: SocketAddr, peer: SocketAddr) -> Result<(), GuardError> {
+        if self.instance_side == Some(local.ip()) {
+            return Err(GuardError::InstanceNetwork(peer));
+        }
+        if local.ip() == peer.ip() && !self.allowed.iter().any(|net| net.contains(&peer.ip())) {
+            // Connected to this node itself, through one of its own public addresses.
+            return Err(GuardError::Refused {
+                host: peer.to_string(),
+                ip: peer.ip(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A `Service<Uri>` for hyper's client that connects only where [`EgressPolicy`] permits.
+#[derive(Debug, Clone)]
+pub struct GuardedConnector {
+    policy: Arc<EgressPolicy>,
+}
+
+impl GuardedConnector {
+    pub fn new(policy: EgressPolicy) -> Self {
+        Self {
+            policy: Arc::new(policy),
+        }
+    }
+}
+
+impl tower_service::Service<Uri> for GuardedConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = GuardError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, GuardError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let policy = self.policy.clone();
+        Box::pin(async move { connect(&policy, &uri).await.map(TokioIo::new) })
+    }
+}
+
+async fn connect(policy: &EgressPolicy, uri: &Uri) -> Result<TcpStream, GuardError> {
+    let host = uri.host().ok_or(GuardError::NoHost)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    });
+    let addresses: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|source| GuardError::Resolve {
+                host: host.to_string(),
+                source,
+            })?
+            .collect(),
+    };
+    let mut last = None;
+    for addr in addresses {
+        if !policy.permits(addr.ip()) {
+            last = Some(GuardError::Refused {
+                host: host.to_string(),
+                ip: addr.ip(),
+            });
+            continue;
+        }
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(source)) => {
+                last = Some(GuardError::Connect { addr, source });
+                continue;
+            }
+            Err(_) => {
+                last = Some(GuardError::Timeout(addr));
+                continue;
+            }
+        };
+        let checked = match (stream.local_addr(), stream.peer_addr()) {
+            (Ok(local), Ok(peer)) => policy.permits_connection(local, peer),
+            (Err(source), _) | (_, Err(source)) => Err(GuardError::Connect { addr, source }),
+        };
+        match checked {
+            Ok(()) => {
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| GuardError::Resolve {
+        host: host.to_string(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
+    }))
+}
+
+/// The [`GuardError`] behind a client error, if one is.
+pub fn guard_error<'a>(
+    mut error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a GuardError> {
+    loop {
+        if let Some(guard) = error.downcast_ref::<GuardError>() {
+            return Some(guard);
+        }
+        error = error.source()?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uri(text: &str) -> Uri {
+        text.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn private_addresses_are_refused_before_connecting() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let policy = EgressPolicy::default();
+        for target in [
+            format!("http://127.0.0.1:{port}/"),
+            format!("http://[::ffff:127.0.0.1]:{port}/"),
+            format!("http://localhost:{port}/"),
+            "http://169.254.169.254/".to_string(),
+        ] {
+            let refused = connect(&policy, &uri(&target)).await.unwrap_err();
+            assert!(refused.is_refusal(), "{target}: {refused}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_allowed_network_is_reached_but_never_through_the_instance_side() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = uri(&format!("http://{}/", listener.local_addr().unwrap()));
+        let mut policy = EgressPolicy {
+            allowed: vec!["127.0.0.0/8".parse().unwrap()],
+            instance_side: None,
+        };
+        assert!(connect(&policy, &target).await.is_ok());
+        // The connection leaves from 127.0.0.1: as if through the instance network's address.
+        policy.instance_side = Some("127.0.0.1".parse().unwrap());
+        let refused = connect(&policy, &target).await.unwrap_err();
+        assert!(matches!(refused, GuardError::InstanceNetwork(_)), "{refused}");
+    }
+}
