@@ -1,37 +1,90 @@
 //! Which OpenClaw gateway frames matter for metering (research/openclaw.md §1).
 //!
-//! A user message is a `req` whose method is `chat.send`, `sessions.send`, `sessions.steer`,
-//! `agent` or `sessions.create` and whose params carry a `message` or a `task`. It counts once per
-//! `idempotencyKey` when the gateway answers its `id` with `ok: true`.
+//! **Turns.** Every `req` is looked up in [`methods::METHODS`], the pinned OpenClaw's (2026.9.6)
+//! whole method table, each method classified as starting an agent turn or not. A request is a
+//! turn (counted, or refused at the quota) when its method is
+//! - [`Turn::Always`]: it can start a model run whatever its params;
+//! - [`Turn::When`] and one of the params that carry the text of a turn is present and not `null`
+//!   (`sessions.create` without `message`/`task` only creates a session: the Control UI's "new
+//!   session" stays free);
+//! - not in the table at all: a method the pinned OpenClaw does not have (a newer gateway, a
+//!   plugin) is treated as turn-starting until it is classified. The gateway answers a method it
+//!   does not know with `ok: false`, which refunds the count, so probing costs nothing.
+//!
+//! [`Turn::Never`] methods (`health`, `chat.history`, `sessions.list`, everything the dashboard and
+//! the Control UI read) are forwarded uncounted. A test checks the table against the OpenClaw
+//! image's own method list and fails when an upgrade adds a method.
+//!
+//! **Ids.** A turn counts when it is forwarded and is refunded only by the gateway's answer to its
+//! id with an explicit `ok: false`, so the relay must match answers to requests exactly as the
+//! gateway's `JSON.parse` reads ids: [`id_hash`] hashes the decoded string (`"e\u0031"` and `"e1"`
+//! are one id). Ids that are not strings, do not decode, or are longer than [`MAX_ID_BYTES`] are
+//! never matched; a turn with such an id is refused by the edge (the gateway's schema requires a
+//! non-empty string id anyway).
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 
-/// Methods that start an agent turn for the user.
-pub const USER_MESSAGE_METHODS: [&str; 5] = [
-    "chat.send",
-    "sessions.send",
-    "sessions.steer",
-    "agent",
-    "sessions.create",
-];
+mod methods;
 
-/// A client request that is a user message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserMessage<'a> {
-    /// The request id as raw JSON text (usually a quoted string), echoed in the answer.
-    pub id: &'a [u8],
-    pub method: &'static str,
+pub use methods::METHODS;
+
+/// How a gateway method relates to agent turns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// Never starts an agent turn: forwarded uncounted.
+    Never,
+    /// Starts a turn when one of these [`text_params`] (a bit set) is present and not `null`.
+    When(u32),
+    /// Can start a turn whatever its params.
+    Always,
+}
+
+/// Params that carry the text of a turn, as bits for [`Turn::When`] (at most 32).
+pub mod text_params {
+    pub const MESSAGE: u32 = 1 << 0;
+    pub const TASK: u32 = 1 << 1;
+
+    /// Names by bit position.
+    pub const NAMES: [&str; 2] = ["message", "task"];
+}
+
+/// How the method named `name` (decoded) is classified; [`Turn::Always`] when it is not in the
+/// table.
+pub fn turn_of(name: &str) -> Turn {
+    METHODS
+        .binary_search_by(|(m, _)| (*m).cmp(name))
+        .map_or(Turn::Always, |i| METHODS[i].1)
+}
+
+/// A client request (`type: "req"`), as much of it as metering needs.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    /// The request id as raw JSON text, if present (see [`id_hash`]).
+    pub id: Option<&'a [u8]>,
+    method: Option<JsonStr<'a>>,
+    /// Whether it can start an agent turn (see the module docs).
+    pub turn: bool,
     pub idempotency_key: Option<Cow<'a, str>>,
 }
 
-/// Classifies a client → gateway text message; `None` for anything that is not a user message
-/// (including text that is not a JSON object: the gateway answers that itself).
+impl Request<'_> {
+    /// The method name as the gateway reads it (for logs).
+    pub fn method(&self) -> Cow<'_, str> {
+        self.method
+            .and_then(JsonStr::decode)
+            .unwrap_or(Cow::Borrowed("?"))
+    }
+}
+
+/// Classifies a client → gateway text message; `None` for anything that is not a `req` (including
+/// text that is not a JSON object: the gateway answers that itself).
 ///
 /// Reads the message the way the gateway's `JSON.parse` does where it matters for counting: key
 /// and value escapes are decoded (`"meth\u006fd"` is `method`) and of repeated keys the last one
-/// wins, so no spelling of a user message passes uncounted. Every client text frame goes through
-/// here, so it is a single pass that allocates only for escaped strings.
-pub fn user_message(text: &[u8]) -> Option<UserMessage<'_>> {
+/// wins, so no spelling of a turn passes uncounted. Every client text frame goes through here, so
+/// it is a single pass that allocates only for escaped strings.
+pub fn request(text: &[u8]) -> Option<Request<'_>> {
     let mut scan = Scanner::new(text);
     let (mut kind, mut id, mut method) = (None, None, None);
     let mut params = ParamsSeen::default();
@@ -39,7 +92,16 @@ pub fn user_message(text: &[u8]) -> Option<UserMessage<'_>> {
         match key {
             Key::Type => kind = Some(scan.string()?),
             Key::Id => id = Some(scan.value()?),
-            Key::Method => method = Some(scan.string()?),
+            Key::Method => {
+                // A method that is not a string is no method: the gateway refuses the frame.
+                method = match scan.peek() {
+                    Some(b'"') => Some(scan.string()?),
+                    _ => {
+                        scan.value()?;
+                        None
+                    }
+                }
+            }
             Key::Params => params = ParamsSeen::read(scan)?,
             _ => {
                 scan.value()?;
@@ -50,23 +112,54 @@ pub fn user_message(text: &[u8]) -> Option<UserMessage<'_>> {
     if !kind?.is("req") {
         return None;
     }
-    let method = method?;
-    let method = USER_MESSAGE_METHODS.into_iter().find(|m| method.is(m))?;
-    if !params.message_or_task {
+    let turn = match method {
+        None => false,
+        Some(m) => {
+            let class = match m.decode() {
+                Some(name) => turn_of(&name),
+                // Undecodable (a lone surrogate): no method of the table.
+                None => Turn::Always,
+            };
+            match class {
+                Turn::Never => false,
+                Turn::Always => true,
+                Turn::When(wanted) => params.text & wanted != 0,
+            }
+        }
+    };
+    Some(Request {
+        id,
+        method,
+        turn,
+        idempotency_key: if turn { params.idempotency_key } else { None },
+    })
+}
+
+/// A client request that starts an agent turn (kept for callers that only want turns).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserMessage<'a> {
+    /// The request id as raw JSON text, echoed in the answer.
+    pub id: &'a [u8],
+    pub idempotency_key: Option<Cow<'a, str>>,
+}
+
+/// [`request`] for turns only: `None` for anything else, or a turn without an id.
+pub fn user_message(text: &[u8]) -> Option<UserMessage<'_>> {
+    let r = request(text)?;
+    if !r.turn {
         return None;
     }
     Some(UserMessage {
-        id: id?,
-        method,
-        idempotency_key: params.idempotency_key,
+        id: r.id?,
+        idempotency_key: r.idempotency_key,
     })
 }
 
 /// What metering needs from a request's `params`.
 #[derive(Default)]
 struct ParamsSeen<'a> {
-    /// A `message` or a `task` that is not `null`.
-    message_or_task: bool,
+    /// [`text_params`] present and not `null`.
+    text: u32,
     idempotency_key: Option<Cow<'a, str>>,
 }
 
@@ -76,11 +169,17 @@ impl<'a> ParamsSeen<'a> {
             scan.value()?;
             return Some(Self::default());
         }
-        let (mut message, mut task, mut key) = (false, false, None);
+        let (mut text, mut key) = (0u32, None);
         scan.object(|scan, k| {
             match k {
-                Key::Message => message = scan.value()? != b"null",
-                Key::Task => task = scan.value()? != b"null",
+                Key::Text(bit) => {
+                    // Of repeated keys the last one wins, `null` included.
+                    if scan.value()? == b"null" {
+                        text &= !bit;
+                    } else {
+                        text |= bit;
+                    }
+                }
                 Key::Idempotency => {
                     key = match scan.peek() {
                         Some(b'"') => scan.string()?.decode().filter(|k| !k.is_empty()),
@@ -100,26 +199,80 @@ impl<'a> ParamsSeen<'a> {
             Some(())
         })?;
         Some(Self {
-            message_or_task: message || task,
+            text,
             idempotency_key: key,
         })
     }
 }
 
-/// A gateway → client `res`: its id (raw JSON text) and whether it succeeded.
+/// Request ids longer than this (raw JSON) are never matched (see the module docs).
+pub const MAX_ID_BYTES: usize = 1024;
+
+/// The hash by which a request and its answer are matched: of the id's decoded string, so every
+/// JSON spelling of one string hashes alike. `None` for ids that are not strings, do not decode
+/// (a lone surrogate, invalid UTF-8) or are longer than [`MAX_ID_BYTES`].
 ///
-/// The gateway writes frames with `JSON.stringify`, `type` first, so events (the bulk of the
-/// stream while a turn runs) are dismissed after their first field.
-pub fn response(text: &[u8]) -> Option<(&[u8], bool)> {
+/// Seeded per process (ids come from the client, so they cannot be chosen to collide); foldhash is
+/// several times faster than SipHash on short keys. Unescaped ids (the usual case) are hashed in
+/// place.
+pub fn id_hash(raw: &[u8]) -> Option<u64> {
+    use std::hash::BuildHasher;
+    static SEED: OnceLock<foldhash::fast::RandomState> = OnceLock::new();
+    if raw.len() > MAX_ID_BYTES || raw.len() < 2 || raw[0] != b'"' || raw[raw.len() - 1] != b'"' {
+        return None;
+    }
+    let inner = &raw[1..raw.len() - 1];
+    let seed = SEED.get_or_init(Default::default);
+    match quote_or_backslash(inner) {
+        None => {
+            std::str::from_utf8(inner).ok()?;
+            Some(seed.hash_one(inner))
+        }
+        Some(at) if inner[at] == b'"' => None,
+        Some(_) => {
+            let decoded = JsonStr {
+                raw: inner,
+                escaped: true,
+            }
+            .decode()?;
+            Some(seed.hash_one(decoded.as_bytes()))
+        }
+    }
+}
+
+/// A gateway → client `res`, as far as metering reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer<'a> {
+    /// The id as raw JSON text.
+    pub id: &'a [u8],
+    /// `Some(false)` only for an explicit `"ok":false`; `None` when `ok` is missing or not read.
+    pub ok: Option<bool>,
+}
+
+/// Reads the head of a gateway → client message: `Some` for a `res` with an id.
+///
+/// The gateway writes frames with `JSON.stringify`, `type` first, then `id` and `ok`, so events
+/// (the bulk of the stream while a turn runs) are dismissed after their first field and the head
+/// of a large answer is read from its first bytes: `text` may be a prefix of the message.
+pub fn response(text: &[u8]) -> Option<Answer<'_>> {
     let mut scan = Scanner::new(text);
     let (mut is_res, mut id, mut ok) = (None, None, None);
     // Gateway output is valid JSON: the scan may stop (the closure's `None`) at a `type` that is
-    // not `res`, or once all three fields are known, never reading the payload after them.
+    // not `res`, or once all three fields are known, never reading the payload after them. On a
+    // prefix it stops where the prefix ends, with what it has read so far.
     let _ = scan.object(|scan, key| {
         match key {
             Key::Type => is_res = Some(scan.string()?.is("res")),
             Key::Id => id = Some(scan.value()?),
-            Key::Ok => ok = Some(scan.value()? == b"true"),
+            Key::Ok => {
+                // A value cut by the end of a prefix is not read as `false`.
+                let value = scan.value()?;
+                ok = match value {
+                    b"true" => Some(true),
+                    b"false" if scan.at < scan.text.len() => Some(false),
+                    _ => None,
+                };
+            }
             _ => {
                 scan.value()?;
             }
@@ -130,7 +283,37 @@ pub fn response(text: &[u8]) -> Option<(&[u8], bool)> {
     if is_res != Some(true) {
         return None;
     }
-    Some((id?, ok.unwrap_or(false)))
+    Some(Answer { id: id?, ok })
+}
+
+/// Whether an `ok: true` answer is an interim one (`payload.status` is `"accepted"`) after which
+/// the gateway answers the same id again: OpenClaw's client library waits for a final answer
+/// then (`expectFinal`). `None` when `text` (possibly a prefix) does not say.
+pub fn interim_answer(text: &[u8]) -> Option<bool> {
+    let mut scan = Scanner::new(text);
+    let mut status = None;
+    let complete = scan
+        .object(|scan, key| {
+            if key != Key::Payload || scan.peek() != Some(b'{') {
+                scan.value()?;
+                return Some(());
+            }
+            scan.object(|scan, key| {
+                if key == Key::Status && scan.peek() == Some(b'"') {
+                    status = Some(scan.string()?.is("accepted"));
+                    // Found: stop reading.
+                    return None;
+                }
+                scan.value()?;
+                Some(())
+            })
+        })
+        .is_some();
+    match status {
+        Some(s) => Some(s),
+        None if complete => Some(false),
+        None => None,
+    }
 }
 
 /// The keys metering reads (after decoding escapes).
@@ -141,16 +324,44 @@ enum Key {
     Method,
     Params,
     Ok,
-    Message,
-    Task,
+    Payload,
+    Status,
+    /// One of [`text_params`] (its bit).
+    Text(u32),
     Idempotency,
     Other,
 }
 
+/// Bit `n` set when some key metering reads is `n` bytes long.
+const KEY_LENGTHS: u64 = {
+    let names: [&str; 8] = [
+        "type",
+        "id",
+        "method",
+        "params",
+        "ok",
+        "payload",
+        "status",
+        "idempotencyKey",
+    ];
+    let mut mask = 0u64;
+    let mut i = 0;
+    while i < names.len() {
+        mask |= 1 << names[i].len();
+        i += 1;
+    }
+    let mut i = 0;
+    while i < text_params::NAMES.len() {
+        mask |= 1 << text_params::NAMES[i].len();
+        i += 1;
+    }
+    mask
+};
+
 impl Key {
     fn of(raw: &[u8], escaped: bool) -> Self {
         // Most keys are not metering's: dismissed by length before any comparison.
-        if !escaped && !matches!(raw.len(), 2 | 4 | 6 | 7 | 14) {
+        if !escaped && (raw.len() >= 64 || KEY_LENGTHS & (1 << raw.len()) == 0) {
             return Self::Other;
         }
         let decoded;
@@ -169,10 +380,13 @@ impl Key {
             b"method" => Self::Method,
             b"params" => Self::Params,
             b"ok" => Self::Ok,
-            b"message" => Self::Message,
-            b"task" => Self::Task,
+            b"payload" => Self::Payload,
+            b"status" => Self::Status,
             b"idempotencyKey" => Self::Idempotency,
-            _ => Self::Other,
+            _ => text_params::NAMES
+                .iter()
+                .position(|n| n.as_bytes() == name)
+                .map_or(Self::Other, |i| Self::Text(1 << i)),
         }
     }
 }
@@ -204,7 +418,7 @@ fn quote_or_backslash(bytes: &[u8]) -> Option<usize> {
 }
 
 /// A JSON string as written: its raw contents, and whether they contain escapes.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 struct JsonStr<'a> {
     raw: &'a [u8],
     escaped: bool,
@@ -366,6 +580,17 @@ impl<'a> Scanner<'a> {
     }
 }
 
+/// The `res` the edge answers a request it refuses itself with (the gateway's error shape).
+pub fn refused_response(id: &[u8], code: &str, message: &str) -> String {
+    serde_json::json!({
+        "type": "res",
+        "id": serde_json::from_slice::<serde_json::Value>(id).unwrap_or(serde_json::Value::Null),
+        "ok": false,
+        "error": { "code": code, "message": message, "retryable": false }
+    })
+    .to_string()
+}
+
 /// The `res` the edge answers a refused user message with (the gateway's error shape).
 pub fn quota_exceeded_response(
     id: &str,
@@ -405,7 +630,6 @@ mod tests {
     fn user_messages_are_recognised() {
         let m = user_message(br#"{"type":"req","id":"a1","method":"chat.send","params":{"sessionKey":"agent:main:main","message":"hi","idempotencyKey":"k1"}}"#).unwrap();
         assert_eq!(m.id, b"\"a1\"");
-        assert_eq!(m.method, "chat.send");
         assert_eq!(m.idempotency_key.as_deref(), Some("k1"));
         assert!(user_message(
             br#"{"type":"req","id":"a1","method":"sessions.create","params":{"task":"t"}}"#
@@ -430,6 +654,53 @@ mod tests {
         .unwrap();
         assert_eq!(m.id, b"7");
         assert_eq!(m.idempotency_key, None);
+    }
+
+    /// Methods the meter does not know count; those classified as never starting a turn do not,
+    /// whatever their params.
+    #[test]
+    fn unknown_methods_are_turns_and_read_only_ones_are_not() {
+        let req = |method: &str, params: &str| {
+            request(
+                format!(r#"{{"type":"req","id":"x","method":"{method}","params":{params}}}"#)
+                    .as_bytes(),
+            )
+            .unwrap()
+            .turn
+        };
+        assert!(req("no.such.method", "{}"));
+        assert!(req("sessions.companion.ask", "{}"));
+        assert!(req("wake", r#"{"mode":"now","text":"hi"}"#));
+        for method in [
+            "health",
+            "chat.history",
+            "sessions.list",
+            "connect",
+            "models.list",
+        ] {
+            assert!(!req(method, r#"{"message":"x","text":"y"}"#), "{method}");
+        }
+        // A method that is not a string is no method; one that does not decode is unknown.
+        assert!(
+            !request(br#"{"type":"req","id":"x","method":7}"#)
+                .unwrap()
+                .turn
+        );
+        assert!(
+            request(br#"{"type":"req","id":"x","method":"\ud800"}"#)
+                .unwrap()
+                .turn
+        );
+    }
+
+    #[test]
+    fn the_method_table_is_sorted_and_unique() {
+        assert!(METHODS.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(
+            turn_of("chat.send"),
+            Turn::When(text_params::MESSAGE | text_params::TASK)
+        );
+        assert_eq!(turn_of("health"), Turn::Never);
     }
 
     /// Spellings `JSON.parse` reads as a user message are counted: escaped keys and values, the
@@ -461,43 +732,101 @@ mod tests {
 
     #[test]
     fn responses_are_recognised() {
+        let answer = |id: &'static [u8], ok| Some(Answer { id, ok });
         assert_eq!(
             response(br#"{"type":"res","id":"a1","ok":true,"payload":{"runId":"k1"}}"#),
-            Some((&b"\"a1\""[..], true))
+            answer(b"\"a1\"", Some(true))
         );
         assert_eq!(
             response(br#"{"type":"res","id":"a1","ok":false,"error":{"code":"X"}}"#),
-            Some((&b"\"a1\""[..], false))
+            answer(b"\"a1\"", Some(false))
         );
         assert_eq!(
             response(br#"{"id":"a1","payload":{"x":"]"},"ok":true,"type":"res"}"#),
-            Some((&b"\"a1\""[..], true))
+            answer(b"\"a1\"", Some(true))
         );
+        // Without an explicit `ok`, or with one cut off by the end of a prefix: not a refusal.
+        assert_eq!(
+            response(br#"{"type":"res","id":"a1"}"#),
+            answer(b"\"a1\"", None)
+        );
+        assert_eq!(
+            response(br#"{"type":"res","id":"a1","ok":false"#),
+            answer(b"\"a1\"", None)
+        );
+        assert_eq!(
+            response(br#"{"type":"res","id":"a1","ok":fa"#),
+            answer(b"\"a1\"", None)
+        );
+        assert_eq!(response(br#"{"type":"res","id":"a"#), None);
         assert_eq!(response(br#"{"type":"event","event":"res"}"#), None);
         assert_eq!(response(br#"{"type":"res","ok":true}"#), None);
         assert_eq!(response(b"[]"), None);
     }
 
+    #[test]
+    fn interim_answers_are_recognised() {
+        let interim = |t: &str| interim_answer(t.as_bytes());
+        assert_eq!(
+            interim(
+                r#"{"type":"res","id":"a","ok":true,"payload":{"runId":"r","status":"accepted"}}"#
+            ),
+            Some(true)
+        );
+        assert_eq!(
+            interim(
+                r#"{"type":"res","id":"a","ok":true,"payload":{"runId":"r","status":"started"}}"#
+            ),
+            Some(false)
+        );
+        assert_eq!(interim(r#"{"type":"res","id":"a","ok":true}"#), Some(false));
+        assert_eq!(
+            interim(r#"{"type":"res","id":"a","ok":true,"payload":{"runId":"r"#),
+            None
+        );
+    }
+
+    /// The ids of one string match however they are spelled; others never do.
+    #[test]
+    fn ids_match_as_decoded_strings() {
+        let h = |raw: &str| id_hash(raw.as_bytes());
+        assert_eq!(h(r#""e1""#), h(r#""e\u0031""#));
+        assert_eq!(h(r#""a/b""#), h(r#""a\/b""#));
+        assert_eq!(h(r#""😀""#), h(r#""\ud83d\ude00""#));
+        assert_ne!(h(r#""e1""#), h(r#""e2""#));
+        for raw in ["1", "null", r#""\ud800""#, "\"a", "\"", r#"{"a":1}"#] {
+            assert_eq!(h(raw), None, "{raw}");
+        }
+        assert_eq!(h(&format!("\"{}\"", "x".repeat(MAX_ID_BYTES))), None);
+    }
+
     /// The classification `serde_json::Value` gives (valid JSON without repeated keys).
-    fn reference(text: &str) -> Option<(Value, &'static str, Option<String>)> {
+    fn reference(text: &str) -> Option<(Value, Option<String>)> {
         let v: Value = serde_json::from_str(text).ok()?;
         let o = v.as_object()?;
         if o.get("type")?.as_str()? != "req" {
             return None;
         }
         let m = o.get("method")?.as_str()?;
-        let method = USER_MESSAGE_METHODS.into_iter().find(|x| *x == m)?;
-        let params = o.get("params")?.as_object()?;
-        let present = |k: &str| params.get(k).is_some_and(|v| !v.is_null());
-        if !present("message") && !present("task") {
+        let params = o.get("params").and_then(Value::as_object);
+        let present = |k: &str| params.and_then(|p| p.get(k)).is_some_and(|v| !v.is_null());
+        let turn = match turn_of(m) {
+            Turn::Never => false,
+            Turn::Always => true,
+            Turn::When(bits) => text_params::NAMES
+                .iter()
+                .enumerate()
+                .any(|(i, n)| bits & (1 << i) != 0 && present(n)),
+        };
+        if !turn {
             return None;
         }
-        let key = match params.get("idempotencyKey") {
+        let key = match params.and_then(|p| p.get("idempotencyKey")) {
             Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
             Some(Value::Number(n)) => Some(n.to_string()),
             _ => None,
         };
-        Some((o.get("id")?.clone(), method, key))
+        Some((o.get("id")?.clone(), key))
     }
 
     /// A key as written: plain, or with one character escaped.
@@ -560,8 +889,10 @@ mod tests {
             Just("chat.send"),
             Just("sessions.create"),
             Just("agent"),
+            Just("wake"),
             Just("chat.history"),
-            Just("connect")
+            Just("connect"),
+            Just("no.such.method")
         ];
         (
             (
@@ -604,6 +935,30 @@ mod tests {
             .prop_map(|(members, ws)| object(members, ws))
     }
 
+    /// A JSON spelling of `s`: each character plain or escaped (`\uXXXX`, surrogate pairs beyond
+    /// the BMP, the short escapes), chosen by `escapes`.
+    fn spell(s: &str, escapes: &[u8]) -> String {
+        let mut out = String::from("\"");
+        for (i, c) in s.chars().enumerate() {
+            let how = escapes.get(i).copied().unwrap_or(0) % 3;
+            match (c, how) {
+                ('"', _) => out.push_str("\\\""),
+                ('\\', _) => out.push_str("\\\\"),
+                ('\n', 1) => out.push_str("\\n"),
+                ('/', 1) => out.push_str("\\/"),
+                (c, 0) if c >= ' ' => out.push(c),
+                (c, _) => {
+                    let mut units = [0u16; 2];
+                    for u in c.encode_utf16(&mut units) {
+                        out.push_str(&format!("\\u{u:04X}"));
+                    }
+                }
+            }
+        }
+        out.push('"');
+        out
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -619,16 +974,41 @@ mod tests {
         #[test]
         fn the_scanner_agrees_with_a_full_parse(text in frame()) {
             let ours = user_message(text.as_bytes()).map(|m| {
-                (serde_json::from_slice::<Value>(m.id).unwrap(), m.method, m.idempotency_key.map(Cow::into_owned))
+                (serde_json::from_slice::<Value>(m.id).unwrap(), m.idempotency_key.map(Cow::into_owned))
             });
             prop_assert_eq!(ours, reference(&text), "{}", text);
+        }
+
+        /// Any JSON spelling of one string id matches any other, from the request to its answer;
+        /// different strings never match.
+        #[test]
+        fn any_spelling_of_a_string_id_matches_its_answer(
+            id in "(\\PC|[\"\\\\/\n\u{1}])",
+            other in "\\PC{0,12}",
+            a in proptest::collection::vec(any::<u8>(), 0..16),
+            b in proptest::collection::vec(any::<u8>(), 0..16),
+        ) {
+            let id: String = id.repeat(1 + a.len() % 3) + &other;
+            let (sent, answered) = (spell(&id, &a), spell(&id, &b));
+            prop_assert_eq!(serde_json::from_str::<String>(&sent).unwrap(), id.clone());
+            let req = format!(r#"{{"type":"req","id":{sent},"method":"chat.send","params":{{"message":"x"}}}}"#);
+            let res = format!(r#"{{"type":"res","id":{answered},"ok":false}}"#);
+            let asked = request(req.as_bytes()).unwrap().id.unwrap();
+            let answer = response(res.as_bytes()).unwrap();
+            prop_assert_eq!(answer.ok, Some(false));
+            prop_assert!(id_hash(asked).is_some());
+            prop_assert_eq!(id_hash(asked), id_hash(answer.id));
+            let different = spell(&format!("{id}."), &b);
+            prop_assert_ne!(id_hash(asked), id_hash(different.as_bytes()));
         }
 
         /// Arbitrary bytes never panic.
         #[test]
         fn arbitrary_bytes_are_read_safely(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let _ = user_message(&bytes);
+            let _ = request(&bytes);
             let _ = response(&bytes);
+            let _ = interim_answer(&bytes);
+            let _ = id_hash(&bytes);
         }
     }
 
@@ -645,5 +1025,15 @@ mod tests {
         assert_eq!(v["id"], "a1");
         assert_eq!(v["error"]["code"], "QUOTA_EXCEEDED");
         assert_eq!(v["error"]["details"]["limit"], 100);
+        let v: Value = serde_json::from_str(&refused_response(
+            br#""e\u0031""#,
+            "DUPLICATE_REQUEST_ID",
+            "m",
+        ))
+        .unwrap();
+        assert_eq!(
+            (v["id"].as_str(), v["ok"].as_bool()),
+            (Some("e1"), Some(false))
+        );
     }
 }

@@ -3,10 +3,12 @@
 //!
 //! Counters live in memory (one small mutex per instance, so concurrent sends racing at the
 //! boundary are decided one at a time) and are flushed to the store every
-//! `metering.flush_interval_secs` as per-day deltas. A send reserves a slot before it is
-//! forwarded ("in flight"); the gateway's `res` commits it (`ok: true`, counted once per
-//! idempotency key) or releases it. The limit compares against counted plus in-flight sends, so
-//! concurrent sends can never overshoot it.
+//! `metering.flush_interval_secs` as per-day deltas. A send is counted when it is forwarded: it
+//! takes a slot ("in flight") that only an explicit refusal from the gateway gives back
+//! ([`Reservation::commit`] with `false`); an answer, or no answer at all (the connection closed,
+//! the reservation dropped), makes it a counted message, once per idempotency key. The limit and
+//! the usage shown compare against counted plus in-flight sends, so concurrent sends can never
+//! overshoot it.
 //!
 //! Idempotency keys are kept as 64-bit hashes of (instance, key), stable across restarts: the
 //! flush writes newly counted ones to the store and a starting edge loads the current period's,
@@ -205,7 +207,8 @@ pub enum Admission {
     Refuse(Refusal),
 }
 
-/// One in-flight user message; released when dropped uncommitted (connection closed).
+/// One in-flight user message; counted when dropped uncommitted (the connection closed before the
+/// gateway answered: the turn may have run).
 #[derive(Debug)]
 pub struct Reservation {
     entry: Entry,
@@ -220,8 +223,13 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// The gateway answered: `accepted` counts the message (once per idempotency key).
+    /// The gateway answered: `accepted` counts the message (once per idempotency key), `false`
+    /// (an explicit refusal) gives its slot back.
     pub fn commit(mut self, accepted: bool) -> bool {
+        self.finish(accepted)
+    }
+
+    fn finish(&mut self, accepted: bool) -> bool {
         self.done = true;
         let mut usage = lock(&self.entry);
         if usage.period == self.period {
@@ -259,10 +267,7 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         if !self.done {
-            let mut usage = lock(&self.entry);
-            if usage.period == self.period {
-                usage.inflight = usage.inflight.saturating_sub(1);
-            }
+            self.finish(true);
         }
     }
 }
@@ -428,7 +433,7 @@ impl Meter {
             }
         }
         if limit > 0 && usage.messages + usage.inflight >= limit {
-            let used = usage.messages;
+            let used = usage.messages + usage.inflight;
             drop(usage);
             metrics::counter!("clawdeploy_quota_rejections_total", "tier" => label, "quota" => "messages")
                 .increment(1);
@@ -496,15 +501,16 @@ impl Meter {
     }
 
     /// This period's (messages, tokens) of `instance` under `plan` as this node knows them (with
-    /// Redis: all nodes' counts as of the last sync). Starts tracking the instance, so the next
-    /// sync fetches its shared counts.
+    /// Redis: all nodes' counts as of the last sync), messages in flight included (they count
+    /// unless the gateway refuses them). Starts tracking the instance, so the next sync fetches
+    /// its shared counts.
     pub fn usage(&self, instance: &str, plan: Plan) -> (u64, u64) {
         let entry = self.entry(instance);
         let mut usage = lock(&entry);
         let now = now_ms();
         usage.roll(Some(plan), now);
         usage.active_ms = now;
-        (usage.messages, usage.tokens)
+        (usage.messages + usage.inflight, usage.tokens)
     }
 
     /// Counts since `since_ms` (a period start: whole UTC days) not yet in the store.
@@ -716,20 +722,33 @@ mod tests {
     }
 
     #[test]
-    fn dropped_reservations_are_released_and_keys_count_once() {
-        let m = meter(1);
+    fn dropped_reservations_are_counted_refusals_are_not_and_keys_count_once() {
+        let m = meter(2);
         let free: Arc<str> = Arc::from("free");
+        // Dropped unanswered (the connection closed): the turn may have run, so it counts, and
+        // its key with it.
         let Admission::Forward(a) = m.admit("i", &free, None, Some("k")) else {
             panic!()
         };
+        assert_eq!(
+            m.usage("i", Plan::CALENDAR),
+            (1, 0),
+            "counted when forwarded"
+        );
         drop(a);
-        let Admission::Forward(a) = m.admit("i", &free, None, Some("k")) else {
+        assert_eq!(m.usage("i", Plan::CALENDAR), (1, 0));
+        assert!(matches!(
+            m.admit("i", &free, None, Some("k")),
+            Admission::Retry
+        ));
+        // An explicit refusal gives the slot back.
+        let Admission::Forward(r) = m.admit("i", &free, None, Some("r")) else {
             panic!()
         };
+        assert!(!r.commit(false));
         let Admission::Forward(b) = m.admit("j", &free, None, None) else {
             panic!()
         };
-        assert!(a.commit(true));
         assert!(b.commit(true));
         assert_eq!(m.usage("i", Plan::CALENDAR), (1, 0));
         assert_eq!(m.unflushed_since("i", this_month()), (1, 0));

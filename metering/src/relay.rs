@@ -5,8 +5,25 @@
 //! everything else (and every decided message) is forwarded as the same bytes, in order. A chunk
 //! whose bytes all go through is returned as the same `Bytes` (no copy).
 //!
-//! Gateway → client: frames are parsed to find `res` answers to sends in flight (only while there
-//! are some) and message boundaries, where the edge's own `res` for a refused send is inserted.
+//! **Binary data messages close the connection (1003).** OpenClaw's protocol is JSON in text
+//! frames, but its gateway decodes binary messages as text too (`rawDataToString`), so a binary
+//! `chat.send` would run; refusing them keeps one parse path, where every message is metered, and
+//! costs no client anything (the Control UI, the CLI and the dashboard send text). A data frame
+//! with RSV bits set closes it too (1002): the edge strips `Sec-WebSocket-Extensions` from the
+//! upgrade, so no extension such as permessage-deflate can change the framing under the meter.
+//!
+//! **Counting.** A turn ([`crate::classify`]) is counted when it is forwarded: its reservation
+//! counts unless the gateway answers its id with an explicit `ok: false` (a refund); a connection
+//! closed with turns in flight keeps them counted. So that every answer is matched to the right
+//! request, ids are compared decoded ([`classify::id_hash`]), a request whose id is already
+//! waiting for an answer is refused by the edge if either is a turn (the gateway answers each;
+//! an `ok: false` to one must not refund the other), and the ids of the other requests in flight
+//! are tracked too, up to [`MAX_TRACKED_REQUESTS`] (beyond, refunds stop for the connection).
+//!
+//! Gateway → client: frames are parsed to find `res` answers to requests in flight (only while
+//! there are some) and message boundaries, where the edge's own `res` for a refused request is
+//! inserted. An answer's head (`type`, `id`, `ok`) is read from its first
+//! [`MAX_INSPECTED_RESPONSE`] bytes, however large the answer.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -17,19 +34,17 @@ use crate::classify;
 use crate::frames::{encode_frame, opcode, FrameError, FrameEvent, FrameParser};
 use crate::quota::{Admission, BuildPreHashed, Meter, Reservation, UsageHandle};
 
-/// Sends in flight by the hash of their request id (raw JSON text; see [`id_hash`]).
+/// Turns in flight by the hash of their request id ([`classify::id_hash`]).
 type Pending = HashMap<u64, Reservation, BuildPreHashed>;
 
-/// Hashes request ids with a per-process random seed (ids come from the client, so they cannot
-/// be chosen to collide); foldhash is several times faster than SipHash on short keys.
-fn id_hash(id: &[u8]) -> u64 {
-    use std::hash::BuildHasher;
-    static SEED: OnceLock<foldhash::fast::RandomState> = OnceLock::new();
-    SEED.get_or_init(Default::default).hash_one(id)
-}
+/// Other requests in flight: id hash → how many.
+type Outstanding = HashMap<u64, u32, BuildPreHashed>;
 
-/// Server messages larger than this are not inspected for `res` (send acks are tiny).
+/// Of a server message, at most this many bytes are kept to read its head.
 const MAX_INSPECTED_RESPONSE: usize = 64 * 1024;
+
+/// Non-turn requests in flight tracked per connection; a client with more stops getting refunds.
+pub const MAX_TRACKED_REQUESTS: usize = 1024;
 
 /// Why the relay must stop.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +55,10 @@ pub enum RelayError {
     ServerFraming(FrameError),
     #[error("a client message exceeds {0} bytes")]
     MessageTooBig(usize),
+    #[error("the client sent a binary message (the gateway protocol is text)")]
+    BinaryMessage,
+    #[error("the client set RSV bits (no extension is negotiated)")]
+    ReservedBits,
 }
 
 impl RelayError {
@@ -50,6 +69,13 @@ impl RelayError {
                 crate::frames::close_frame(1009, &format!("message larger than {max} bytes"))
             }
             Self::ClientFraming(_) => crate::frames::close_frame(1002, "invalid framing"),
+            Self::BinaryMessage => crate::frames::close_frame(
+                1003,
+                "binary messages are not accepted: send JSON in text frames",
+            ),
+            Self::ReservedBits => {
+                crate::frames::close_frame(1002, "RSV bits set: no extension is negotiated")
+            }
             Self::ServerFraming(_) => crate::frames::close_frame(1011, "gateway framing error"),
         }
     }
@@ -107,8 +133,12 @@ pub struct WsRelay {
     message: Vec<u8>,
     current_control: bool,
     current_fin: bool,
-    /// Sends in flight (see [`Pending`]).
+    /// Requests in flight (see [`Pending`], [`Outstanding`]).
     pending: Pending,
+    outstanding: Outstanding,
+    /// More than [`MAX_TRACKED_REQUESTS`] were in flight: answers are no longer unambiguous, so
+    /// no turn of this connection is refunded.
+    untracked: bool,
     /// What to forward of the chunk being processed (kept to reuse its allocation).
     segments: Vec<Seg>,
     server: FrameParser,
@@ -134,6 +164,8 @@ impl WsRelay {
             current_control: false,
             current_fin: false,
             pending: Pending::default(),
+            outstanding: Outstanding::default(),
+            untracked: false,
             segments: Vec::new(),
             server: FrameParser::new(),
             server_in_message: false,
@@ -182,10 +214,17 @@ impl WsRelay {
             current_control,
             current_fin,
             pending,
+            outstanding,
+            untracked,
             segments: out,
             injections,
             ..
         } = self;
+        let mut book = Book {
+            pending,
+            outstanding,
+            untracked,
+        };
         out.clear();
         // Start of the bytes not yet assigned (forwarded or held) in this chunk.
         let mut cursor = 0usize;
@@ -197,6 +236,15 @@ impl WsRelay {
             FrameEvent::Header { header, end } => {
                 *current_control = header.is_control();
                 *current_fin = header.fin;
+                if header.opcode == opcode::BINARY || header.rsv != 0 {
+                    // Nothing of this frame is forwarded: its header is the first of its bytes
+                    // reported (a partial one is held).
+                    error.get_or_insert(if header.rsv != 0 {
+                        RelayError::ReservedBits
+                    } else {
+                        RelayError::BinaryMessage
+                    });
+                }
                 match *hold {
                     Hold::None if header.opcode == opcode::TEXT => {
                         *hold = Hold::Text;
@@ -244,7 +292,7 @@ impl WsRelay {
                     // chunk, or in `held` when an earlier chunk began it.
                     let start = undecided_from.take().unwrap_or(0);
                     let earlier = std::mem::take(held);
-                    if decide(target, usage, pending, injections, message) {
+                    if error.is_none() && decide(target, usage, &mut book, injections, message) {
                         if !earlier.is_empty() {
                             out.push(Seg::Held(earlier));
                         }
@@ -309,8 +357,15 @@ impl WsRelay {
             server_current_fin,
             server_current_len,
             pending,
+            outstanding,
+            untracked,
             ..
         } = self;
+        let mut book = Book {
+            pending,
+            outstanding,
+            untracked,
+        };
         server
             .feed(&chunk, |event| match event {
                 FrameEvent::Header { header, .. } => {
@@ -318,10 +373,14 @@ impl WsRelay {
                     *server_current_fin = header.fin;
                     *server_current_len = header.payload_len;
                     if !header.is_control() {
-                        if header.opcode == opcode::TEXT {
-                            // Only answers to sends in flight matter.
-                            *server_collect = !pending.is_empty();
-                            server_message.clear();
+                        match header.opcode {
+                            opcode::TEXT => {
+                                // Only answers to requests in flight matter.
+                                *server_collect = book.awaiting();
+                                server_message.clear();
+                            }
+                            opcode::CONTINUATION => {}
+                            _ => *server_collect = false,
                         }
                         *server_in_message = !header.fin;
                     }
@@ -329,24 +388,29 @@ impl WsRelay {
                 FrameEvent::Payload { data, .. } => {
                     if *server_collect && !*server_current_control {
                         if *server_current_fin
+                            && server_message.is_empty()
                             && data.mask.is_none()
                             && data.raw.len() as u64 == *server_current_len
                         {
                             // The usual case: a whole unmasked message in one read, read in place.
-                            settle(pending, data.raw);
+                            book.settle(data.raw);
                             *server_collect = false;
-                        } else if server_message.len() + data.raw.len() > MAX_INSPECTED_RESPONSE {
-                            *server_collect = false;
-                            server_message.clear();
                         } else {
                             data.unmask_into(server_message);
+                            if server_message.len() >= MAX_INSPECTED_RESPONSE {
+                                // A large answer: its head is in its first bytes.
+                                server_message.truncate(MAX_INSPECTED_RESPONSE);
+                                book.settle(server_message);
+                                server_message.clear();
+                                *server_collect = false;
+                            }
                         }
                     }
                 }
                 FrameEvent::FrameEnd { end } => {
                     frames += 1;
                     if !*server_current_control && *server_current_fin && *server_collect {
-                        settle(pending, server_message);
+                        book.settle(server_message);
                         *server_collect = false;
                     }
                     if want_boundaries && !*server_in_message {
@@ -369,11 +433,64 @@ impl WsRelay {
     }
 }
 
-/// Commits or releases the send a gateway message answers, if it is a `res` to one in flight.
-fn settle(pending: &mut Pending, text: &[u8]) {
-    if let Some((id, ok)) = classify::response(text) {
-        if let Some(reservation) = pending.remove(&id_hash(id)) {
-            reservation.commit(ok);
+/// The requests of one connection in flight, borrowed from [`WsRelay`].
+struct Book<'a> {
+    pending: &'a mut Pending,
+    outstanding: &'a mut Outstanding,
+    untracked: &'a mut bool,
+}
+
+impl Book<'_> {
+    /// True when some request waits for its answer.
+    fn awaiting(&self) -> bool {
+        !self.pending.is_empty() || !self.outstanding.is_empty()
+    }
+
+    /// Whether a request with this id hash is in flight.
+    fn in_flight(&self, id: u64) -> bool {
+        self.pending.contains_key(&id) || self.outstanding.contains_key(&id)
+    }
+
+    /// Tracks a request that is not a counted turn until its answer.
+    fn track(&mut self, id: u64) {
+        if *self.untracked {
+            return;
+        }
+        if self.outstanding.len() >= MAX_TRACKED_REQUESTS {
+            // A client that never reads its answers: stop tracking, and refunding.
+            *self.untracked = true;
+            self.outstanding.clear();
+            return;
+        }
+        *self.outstanding.entry(id).or_insert(0) += 1;
+    }
+
+    /// Settles the request a gateway message answers, if it is a `res` to one in flight: a turn
+    /// is counted unless the answer is an explicit `ok: false`.
+    fn settle(&mut self, text: &[u8]) {
+        let Some(answer) = classify::response(text) else {
+            return;
+        };
+        let Some(id) = classify::id_hash(answer.id) else {
+            return;
+        };
+        if let Some(reservation) = self.pending.remove(&id) {
+            let refund = answer.ok == Some(false) && !*self.untracked;
+            reservation.commit(!refund);
+            // After an interim answer the gateway answers this id again: it stays in use, so a
+            // later `ok: false` cannot refund another turn that reused it. Unknown counts as
+            // interim here.
+            if !refund && classify::interim_answer(text) != Some(false) {
+                self.track(id);
+            }
+        } else if let Some(n) = self.outstanding.get_mut(&id) {
+            let interim = answer.ok == Some(true) && classify::interim_answer(text) == Some(true);
+            if !interim {
+                *n -= 1;
+                if *n == 0 {
+                    self.outstanding.remove(&id);
+                }
+            }
         }
     }
 }
@@ -382,29 +499,58 @@ fn settle(pending: &mut Pending, text: &[u8]) {
 fn decide(
     target: &RelayTarget,
     usage: &UsageHandle,
-    pending: &mut Pending,
+    book: &mut Book<'_>,
     injections: &mut Vec<Vec<u8>>,
     text: &[u8],
 ) -> bool {
-    let Some(msg) = classify::user_message(text) else {
+    let Some(req) = classify::request(text) else {
         return true;
     };
+    let id = req.id.and_then(classify::id_hash);
+    let refuse = |injections: &mut Vec<Vec<u8>>, code: &str, message: &str| {
+        tracing::info!(instance = %target.instance_id, method = %req.method(), code, "request refused by the gateway meter");
+        let text = classify::refused_response(req.id.unwrap_or(b"null"), code, message);
+        injections.push(text_frame(&text));
+        false
+    };
+    if !req.turn {
+        if let Some(id) = id {
+            if book.pending.contains_key(&id) {
+                return refuse(injections, "DUPLICATE_REQUEST_ID", DUPLICATE_ID);
+            }
+            book.track(id);
+        }
+        return true;
+    }
+    let Some(id) = id else {
+        return refuse(
+            injections,
+            "INVALID_REQUEST",
+            "A request that can start an agent turn needs an id: a string of at most 1024 bytes.",
+        );
+    };
+    if book.in_flight(id) {
+        return refuse(injections, "DUPLICATE_REQUEST_ID", DUPLICATE_ID);
+    }
     let t = target;
     match t.meter.admit_to(
         usage,
         &t.instance_id,
         &t.tier,
         t.billing_anchor_ms,
-        msg.idempotency_key.as_deref(),
+        req.idempotency_key.as_deref(),
     ) {
         Admission::Forward(reservation) => {
-            pending.insert(id_hash(msg.id), reservation);
+            book.pending.insert(id, reservation);
             true
         }
-        Admission::Retry => true,
+        Admission::Retry => {
+            book.track(id);
+            true
+        }
         Admission::Refuse(refusal) => {
             let text = classify::quota_exceeded_response(
-                &String::from_utf8_lossy(msg.id),
+                &String::from_utf8_lossy(req.id.unwrap_or(b"null")),
                 refusal.limit,
                 refusal.used,
                 &refusal.resets_at,
@@ -412,16 +558,24 @@ fn decide(
             );
             tracing::info!(
                 instance = %t.instance_id,
-                method = msg.method,
+                method = %req.method(),
                 limit = refusal.limit,
                 "user message refused: monthly quota reached"
             );
-            let mut frame = Vec::with_capacity(text.len() + 4);
-            encode_frame(true, opcode::TEXT, None, text.as_bytes(), &mut frame);
-            injections.push(frame);
+            injections.push(text_frame(&text));
             false
         }
     }
+}
+
+const DUPLICATE_ID: &str =
+    "Another request with this id is still waiting for its answer: give every request its own id.";
+
+/// One unmasked text frame (server to client).
+fn text_frame(text: &str) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(text.len() + 4);
+    encode_frame(true, opcode::TEXT, None, text.as_bytes(), &mut frame);
+    frame
 }
 
 enum Seg {
@@ -620,6 +774,241 @@ mod tests {
                 prop_assert_eq!(v["id"].as_str().unwrap(), format!("r{i}"));
             }
         }
+    }
+
+    /// A client text frame (masked).
+    fn client_text(text: &str) -> Bytes {
+        let mut out = Vec::new();
+        encode_frame(
+            true,
+            opcode::TEXT,
+            Some([7, 1, 9, 4]),
+            text.as_bytes(),
+            &mut out,
+        );
+        Bytes::from(out)
+    }
+
+    /// A gateway text frame (unmasked).
+    fn server_text(text: &str) -> Bytes {
+        let mut out = Vec::new();
+        encode_frame(true, opcode::TEXT, None, text.as_bytes(), &mut out);
+        Bytes::from(out)
+    }
+
+    fn send(id_json: &str, key: &str) -> String {
+        format!(
+            r#"{{"type":"req","id":{id_json},"method":"chat.send","params":{{"message":"m","idempotencyKey":"{key}"}}}}"#
+        )
+    }
+
+    /// The edge's own answers waiting for the client, parsed.
+    fn injected(relay: &mut WsRelay) -> Vec<serde_json::Value> {
+        relay
+            .take_injections_if_at_boundary()
+            .iter()
+            .map(|frame| {
+                let mut parser = FrameParser::new();
+                let mut text = Vec::new();
+                parser
+                    .feed(frame, |e| {
+                        if let FrameEvent::Payload { data, .. } = e {
+                            data.unmask_into(&mut text)
+                        }
+                    })
+                    .unwrap();
+                serde_json::from_slice(&text).unwrap()
+            })
+            .collect()
+    }
+
+    /// A JSON spelling of `s` with the characters chosen by `escape` written as `\uXXXX`.
+    fn spelled(s: &str, escape: &[bool]) -> String {
+        let mut out = String::from("\"");
+        for (i, c) in s.chars().enumerate() {
+            if escape.get(i).copied().unwrap_or(false) || c == '"' || c == '\\' || c < ' ' {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{u:04x}"));
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// However the client and the gateway spell one string id, the gateway's answer settles
+        /// the send: `ok:false` refunds it, anything else counts it.
+        #[test]
+        fn any_spelling_of_an_id_settles_its_send(
+            id in "\\PC{1,12}",
+            sent in proptest::collection::vec(any::<bool>(), 0..12),
+            answered in proptest::collection::vec(any::<bool>(), 0..12),
+            ok in prop_oneof![Just("true"), Just("false"), Just("null")],
+        ) {
+            let meter = Arc::new(Meter::new(TiersConfig::default()));
+            let mut relay = relay(meter.clone(), "pro");
+            let out = relay.client_chunk(client_text(&send(&spelled(&id, &sent), "k"))).unwrap();
+            prop_assert!(!out.is_empty());
+            prop_assert_eq!(relay.in_flight(), 1);
+            let res = format!(r#"{{"type":"res","id":{},"ok":{ok}}}"#, spelled(&id, &answered));
+            relay.server_chunk(server_text(&res)).unwrap();
+            prop_assert_eq!(relay.in_flight(), 0);
+            let counted = if ok == "false" { 0 } else { 1 };
+            prop_assert_eq!(meter.usage("i", crate::Plan::CALENDAR).0, counted);
+        }
+    }
+
+    #[test]
+    fn binary_messages_and_rsv_bits_close_the_connection() {
+        let meter = Arc::new(Meter::new(TiersConfig::default()));
+        let mut binary = Vec::new();
+        encode_frame(
+            true,
+            opcode::BINARY,
+            Some([1, 2, 3, 4]),
+            send(r#""b""#, "k").as_bytes(),
+            &mut binary,
+        );
+        let mut r = relay(meter.clone(), "pro");
+        let e = r.client_chunk(Bytes::from(binary)).unwrap_err();
+        assert!(matches!(e, RelayError::BinaryMessage), "{e}");
+        assert_eq!(
+            u16::from_be_bytes([e.close_frame()[2], e.close_frame()[3]]),
+            1003
+        );
+        let mut compressed = client_text(&send(r#""c""#, "k")).to_vec();
+        compressed[0] |= 0x40;
+        let mut r = relay(meter.clone(), "pro");
+        let e = r.client_chunk(Bytes::from(compressed)).unwrap_err();
+        assert!(matches!(e, RelayError::ReservedBits), "{e}");
+        assert_eq!(
+            meter.usage("i", crate::Plan::CALENDAR).0,
+            0,
+            "nothing admitted"
+        );
+    }
+
+    /// Two requests with one id in flight would make the gateway's answers ambiguous: the second
+    /// is refused by the edge, whichever is the turn.
+    #[test]
+    fn a_request_reusing_an_id_in_flight_is_refused() {
+        let meter = Arc::new(Meter::new(TiersConfig::default()));
+        let mut relay = relay(meter.clone(), "pro");
+        let history = r#"{"type":"req","id":"h","method":"chat.history","params":{}}"#;
+        let one_write = [
+            history.to_string(),
+            send(r#""e1""#, "a"),
+            send(r#""e\u0031""#, "b"),
+            send(r#""h""#, "c"),
+            history.replace(r#""h""#, r#""e1""#),
+        ]
+        .iter()
+        .flat_map(|t| client_text(t).to_vec())
+        .collect::<Vec<u8>>();
+        relay.client_chunk(Bytes::from(one_write)).unwrap();
+        let refused = injected(&mut relay);
+        let codes: Vec<(&str, &str)> = refused
+            .iter()
+            .map(|v| {
+                (
+                    v["id"].as_str().unwrap(),
+                    v["error"]["code"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        // `e\u0031` and the second history are `e1`; the third send's `h` is the history's.
+        assert_eq!(
+            codes,
+            [
+                ("e1", "DUPLICATE_REQUEST_ID"),
+                ("h", "DUPLICATE_REQUEST_ID"),
+                ("e1", "DUPLICATE_REQUEST_ID")
+            ]
+        );
+        assert_eq!(relay.in_flight(), 1);
+        // The history's answer (ok:false) settles the history, not a send.
+        relay
+            .server_chunk(server_text(r#"{"type":"res","id":"h","ok":false}"#))
+            .unwrap();
+        relay
+            .server_chunk(server_text(r#"{"type":"res","id":"e1","ok":true}"#))
+            .unwrap();
+        assert_eq!(meter.usage("i", crate::Plan::CALENDAR).0, 1);
+        // A turn without a usable id is refused too: its answer could never be matched.
+        relay.client_chunk(client_text(&send("7", "n"))).unwrap();
+        assert_eq!(injected(&mut relay)[0]["error"]["code"], "INVALID_REQUEST");
+    }
+
+    /// An answer too large to keep is settled from its first bytes; one the edge cannot read is
+    /// no refund, and a connection closed with sends in flight keeps them counted.
+    #[test]
+    fn large_answers_are_read_from_their_head_and_unanswered_sends_count() {
+        let meter = Arc::new(Meter::new(TiersConfig::default()));
+        let mut relay = relay(meter.clone(), "pro");
+        let key = "k".repeat(200_000);
+        relay
+            .client_chunk(client_text(&send(r#""big""#, &key)))
+            .unwrap();
+        relay
+            .client_chunk(client_text(&send(r#""gone""#, "g")))
+            .unwrap();
+        let res =
+            format!(r#"{{"type":"res","id":"big","ok":false,"payload":{{"runId":"{key}"}}}}"#);
+        let frame = server_text(&res);
+        // In several reads, as a large message arrives.
+        for piece in frame.chunks(16 * 1024) {
+            relay.server_chunk(Bytes::copy_from_slice(piece)).unwrap();
+        }
+        assert_eq!(relay.in_flight(), 1);
+        assert_eq!(
+            meter.usage("i", crate::Plan::CALENDAR).0,
+            1,
+            "refunded, one in flight"
+        );
+        drop(relay);
+        assert_eq!(
+            meter.usage("i", crate::Plan::CALENDAR).0,
+            1,
+            "still counted"
+        );
+    }
+
+    /// After an interim answer (`status: "accepted"`) the gateway answers the id again, so it
+    /// stays in use: a new send reusing it is refused, and the final `ok:false` refunds nothing.
+    #[test]
+    fn an_interim_answer_keeps_its_id_in_use() {
+        let meter = Arc::new(Meter::new(TiersConfig::default()));
+        let mut relay = relay(meter.clone(), "pro");
+        let agent = r#"{"type":"req","id":"a","method":"agent","params":{"message":"m","idempotencyKey":"k1"}}"#;
+        relay.client_chunk(client_text(agent)).unwrap();
+        relay
+            .server_chunk(server_text(
+                r#"{"type":"res","id":"a","ok":true,"payload":{"runId":"k1","status":"accepted"}}"#,
+            ))
+            .unwrap();
+        assert_eq!(meter.usage("i", crate::Plan::CALENDAR).0, 1);
+        relay
+            .client_chunk(client_text(&send(r#""a""#, "k2")))
+            .unwrap();
+        assert_eq!(
+            injected(&mut relay)[0]["error"]["code"],
+            "DUPLICATE_REQUEST_ID"
+        );
+        relay
+            .server_chunk(server_text(r#"{"type":"res","id":"a","ok":false}"#))
+            .unwrap();
+        assert_eq!(meter.usage("i", crate::Plan::CALENDAR).0, 1);
+        // Final answer seen: the id is free again.
+        relay
+            .client_chunk(client_text(&send(r#""a""#, "k3")))
+            .unwrap();
+        assert_eq!(relay.in_flight(), 1);
     }
 
     #[test]
