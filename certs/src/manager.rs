@@ -12,7 +12,9 @@ use uuid::Uuid;
 use clawdeploy_config::{Config, TlsMode};
 use clawdeploy_pool::changes::{Change, ChangeBus};
 use clawdeploy_proxy::RouteTable;
-use clawdeploy_store::{CertificateRecord, CustomDomain, DomainStatus, Keyring, Store};
+use clawdeploy_store::{
+    CertificateRecord, Conflict, CustomDomain, DomainStatus, Keyring, Store, StoreError,
+};
 
 use crate::acme::{AcmeClient, Proof};
 use crate::challenges::Http01Challenges;
@@ -148,8 +150,12 @@ impl CertManager {
                 tracing::warn!(name = %record.name, "stored certificate unusable: {e}");
             }
         }
+        // Only active domains route; other claims on the same name (other accounts' unproven
+        // ones) must not remove the owner's route, whatever order they are listed in.
         for domain in store.list_custom_domains().await? {
-            self.apply_domain_route(store, &domain).await?;
+            if domain.status == DomainStatus::Active {
+                self.apply_domain_route(store, &domain).await?;
+            }
         }
         Ok(records.len())
     }
@@ -190,6 +196,7 @@ impl CertManager {
         }
     }
 
+    /// Follows the hostname's owner (its proven claim); without one, the name is not served.
     async fn reload_domain(&self, store: &Store, hostname: &str) -> Result<(), CertError> {
         match store.get_custom_domain_by_hostname(hostname).await? {
             Some(domain) => self.apply_domain_route(store, &domain).await,
@@ -246,7 +253,11 @@ impl CertManager {
                 Change::Resync | Change::Instance { .. } => {
                     let live: std::collections::HashSet<String> =
                         match store.list_custom_domains().await {
-                            Ok(domains) => domains.into_iter().map(|d| d.hostname).collect(),
+                            Ok(domains) => domains
+                                .into_iter()
+                                .filter(|d| d.status == DomainStatus::Active)
+                                .map(|d| d.hostname)
+                                .collect(),
                             Err(e) => {
                                 tracing::warn!("cannot list custom domains: {e}");
                                 continue;
@@ -551,8 +562,17 @@ impl CertManager {
 
     /// Moves customers' domains along: DNS records (`pending_dns`) → reachability over HTTP
     /// (`verifying`) → certificate (`issuing`) → route (`active`); `failed` ones again when
-    /// their backoff is over. One node per domain at a time (the name's order lock).
+    /// their backoff is over. One node per hostname at a time (the name's order lock), whatever
+    /// the number of accounts claiming it. Claims never proven within
+    /// `domains.unverified_ttl_secs` are removed first.
     async fn check_domains(&self, store: &Store, bus: &ChangeBus) -> Result<(), CertError> {
+        let ttl_ms = (self.config.domains.unverified_ttl_secs as i64).saturating_mul(1000);
+        for expired in store
+            .expire_custom_domain_claims(now_ms().saturating_sub(ttl_ms))
+            .await?
+        {
+            tracing::info!(hostname = %expired.hostname, user = %expired.user_id, "unproven custom domain claim expired");
+        }
         for listed in store.list_custom_domains().await? {
             if !Self::domain_due(&listed, now_ms()) {
                 continue;
@@ -565,7 +585,7 @@ impl CertManager {
                 continue;
             }
             // Read again under the lock: another node or the owner may have moved it.
-            let result = match store.get_custom_domain_by_hostname(&listed.hostname).await {
+            let result = match store.get_custom_domain(listed.id).await {
                 Ok(Some(domain)) if Self::domain_due(&domain, now_ms()) => {
                     self.advance_domain(store, bus, domain).await
                 }
@@ -594,11 +614,34 @@ impl CertManager {
             return Ok(());
         };
         let expected_target = format!("{}.{}", instance.subdomain, self.config.server.base_domain);
+        // Another account proved the name first: this claim can never be, and costs no lookup.
+        if domain.verified_at.is_none() {
+            if let Some(owner) = store
+                .get_custom_domain_by_hostname(&domain.hostname)
+                .await?
+            {
+                if owner.id != domain.id {
+                    return self.refuse_claim(store, &domain).await;
+                }
+            }
+        }
         if domain.status != DomainStatus::Issuing {
             if let Err(missing) = self.verify_dns(&domain, &expected_target).await {
                 return self
                     .not_ready(store, &domain, DomainStatus::PendingDns, &missing)
                     .await;
+            }
+            // This account's own token is in the name's TXT: it owns the name, unless another
+            // claim was proven in the meantime (the store lets exactly one win).
+            if domain.verified_at.is_none() {
+                match store.prove_custom_domain(domain.id).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Ok(()), // removed meanwhile
+                    Err(StoreError::Conflict(Conflict::DomainVerified)) => {
+                        return self.refuse_claim(store, &domain).await
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             // Records seen: before an order (a failed validation counts against the CA's
             // limits), check that the name reaches this platform where the CA will look.
@@ -660,6 +703,28 @@ impl CertManager {
                 );
                 store.fail_custom_domain(domain.id, &reason, next).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Another account owns the name: this claim fails for good, saying so, and is not looked
+    /// at again until it expires (`domains.unverified_ttl_secs` after it was added). If the
+    /// owner removes the name meanwhile, the claim's "check again" makes it a contender again.
+    async fn refuse_claim(&self, store: &Store, domain: &CustomDomain) -> Result<(), CertError> {
+        let ttl_ms = (self.config.domains.unverified_ttl_secs as i64).saturating_mul(1000);
+        let expires = domain.created_at.saturating_add(ttl_ms);
+        let host = &domain.hostname;
+        let reason = format!(
+            "{host} is verified by another account: its DNS records proved ownership first, and a domain is served for one account only. \
+             If {host} is yours, have it removed from that account, then ask for a new check with POST /api/domains/{host}/verify; \
+             otherwise remove it here. This claim is removed at {}.",
+            utc(expires)
+        );
+        if domain.status != DomainStatus::Failed || domain.reason.as_deref() != Some(&reason) {
+            tracing::info!(hostname = %host, user = %domain.user_id, "custom domain claim refused: verified by another account");
+            store
+                .fail_custom_domain(domain.id, &reason, expires)
+                .await?;
         }
         Ok(())
     }

@@ -161,6 +161,9 @@ pub struct DomainsConfig {
     /// again; it doubles with each failure up to 6 h. The default, 12 min, is the pace at which
     /// Let's Encrypt refills its 5 failed validations per name and hour.
     pub retry_base_secs: u64,
+    /// How long a domain may stay unproven (its owner's TXT record never seen) before it is
+    /// removed. Unproven claims block no other account, so this only clears abandoned ones.
+    pub unverified_ttl_secs: u64,
     /// The port the CA fetches HTTP-01 challenges on, where the platform checks that a domain
     /// reaches it before ordering (80 for every public CA; tests point Pebble elsewhere).
     pub http01_port: u16,
@@ -174,6 +177,7 @@ impl Default for DomainsConfig {
             max_per_user: 10,
             pending_dns_timeout_secs: 72 * 3_600,
             retry_base_secs: 720,
+            unverified_ttl_secs: 7 * 86_400,
             http01_port: 80,
         }
     }
@@ -310,6 +314,12 @@ pub(crate) fn validate(
         "domains.retry_base_secs",
         &domains.retry_base_secs,
         "1 to 21600 seconds",
+    );
+    issue(
+        (3_600..=365 * 86_400).contains(&domains.unverified_ttl_secs),
+        "domains.unverified_ttl_secs",
+        &domains.unverified_ttl_secs,
+        "3600 to 31536000 seconds (1 hour to 365 days)",
     );
     issue(
         domains.http01_port != 0,

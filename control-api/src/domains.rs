@@ -3,6 +3,10 @@
 //! (only ever for a verified hostname) and activates the route; `GET` shows the status with what
 //! to fix; `DELETE` removes route and certificate. Also the operator's certificate list and a
 //! forced renewal.
+//!
+//! A claim blocks nobody until it is proven (issue #16): several accounts may add the same
+//! hostname, each with its own TXT token; the first whose records are seen owns it, and from
+//! then on the others are refused (`DOMAIN_TAKEN`). Unproven claims expire.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -206,6 +210,17 @@ async fn domain_json(state: &ApiState, domain: &CustomDomain) -> Result<Value, A
     }))
 }
 
+/// 409 `DOMAIN_TAKEN`: another account proved it owns `hostname`.
+fn taken(hostname: &str) -> ApiError {
+    ApiError::conflict(
+        "DOMAIN_TAKEN",
+        format!(
+            "{hostname} is verified by another account: its DNS records proved ownership first, and a domain is served for one account only. \
+             If {hostname} is yours, have it removed from that account, then add it here."
+        ),
+    )
+}
+
 fn new_token() -> Result<String, ApiError> {
     let mut bytes = [0u8; 16];
     getrandom::getrandom(&mut bytes).map_err(|e| ApiError::internal("random token", e))?;
@@ -239,18 +254,28 @@ pub async fn create(
         ));
     }
     let hostname = check_hostname(&b.hostname, &config.server.base_domain)?;
-    if let Some(held) = state.store.get_custom_domain_by_hostname(&hostname).await? {
-        return Err(if held.user_id == auth.user.id {
-            ApiError::conflict(
-                "DOMAIN_EXISTS",
-                format!("You already added {hostname}; see GET /api/domains for its status."),
-            )
-        } else {
-            ApiError::conflict(
-                "DOMAIN_TAKEN",
-                format!("{hostname} is already added by another account."),
-            )
-        });
+    let exists = || {
+        ApiError::conflict(
+            "DOMAIN_EXISTS",
+            format!("You already added {hostname}; see GET /api/domains for its status."),
+        )
+    };
+    if state
+        .store
+        .get_custom_domain_of(auth.user.id, &hostname)
+        .await?
+        .is_some()
+    {
+        return Err(exists());
+    }
+    // Only a proven owner holds the name; other accounts' unproven claims do not block this one.
+    if state
+        .store
+        .get_custom_domain_by_hostname(&hostname)
+        .await?
+        .is_some()
+    {
+        return Err(taken(&hostname));
     }
     let Some(instance) = state.store.get_instance_by_user(auth.user.id).await? else {
         return Err(ApiError::conflict(
@@ -274,12 +299,7 @@ pub async fn create(
         .await
     {
         Ok(domain) => domain,
-        Err(StoreError::Conflict(Conflict::Hostname)) => {
-            return Err(ApiError::conflict(
-                "DOMAIN_TAKEN",
-                format!("{hostname} is already added by another account."),
-            ))
-        }
+        Err(StoreError::Conflict(Conflict::Hostname)) => return Err(exists()),
         Err(e) => return Err(e.into()),
     };
     tracing::info!(user = %auth.user.id, %hostname, "custom domain added");
@@ -314,14 +334,31 @@ pub async fn verify(
             "This platform serves no HTTPS (tls.listen is empty), so it cannot serve your domain.",
         ));
     };
+    let not_yours = || {
+        ApiError::not_found(format!(
+            "You have no domain {hostname}; see GET /api/domains."
+        ))
+    };
+    let Some(claim) = state
+        .store
+        .get_custom_domain_of(auth.user.id, &hostname)
+        .await?
+    else {
+        return Err(not_yours());
+    };
+    if claim.verified_at.is_none() {
+        if let Some(owner) = state.store.get_custom_domain_by_hostname(&hostname).await? {
+            if owner.id != claim.id {
+                return Err(taken(&hostname));
+            }
+        }
+    }
     let Some(domain) = state
         .store
         .recheck_custom_domain(auth.user.id, &hostname)
         .await?
     else {
-        return Err(ApiError::not_found(format!(
-            "You have no domain {hostname}; see GET /api/domains."
-        )));
+        return Err(not_yours());
     };
     if domain.status == DomainStatus::Active {
         return Ok((
@@ -352,7 +389,9 @@ pub async fn delete(
             "You have no domain {hostname}; see GET /api/domains."
         )));
     };
-    if let Some(certs) = &state.certs {
+    // Only the owner's claim has a route and a certificate; removing an unproven claim must
+    // not touch those of the account that owns the name.
+    if let (Some(certs), Some(_)) = (&state.certs, removed.verified_at) {
         certs
             .domain_removed(&state.store, &state.bus, &removed.hostname)
             .await

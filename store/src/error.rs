@@ -11,8 +11,10 @@ pub enum Conflict {
     Subdomain,
     /// An active admin token already has this name.
     AdminTokenName,
-    /// Another user already added this custom domain.
+    /// This user already added this custom domain.
     Hostname,
+    /// Another account has proven it owns this custom domain (at most one owner per hostname).
+    DomainVerified,
     /// A unique rule not covered above (the message names the constraint when the database does).
     Other,
 }
@@ -24,6 +26,7 @@ impl std::fmt::Display for Conflict {
             Conflict::Subdomain => "subdomain already taken",
             Conflict::AdminTokenName => "an active admin token already has this name",
             Conflict::Hostname => "custom domain already added",
+            Conflict::DomainVerified => "custom domain verified by another account",
             Conflict::Other => "unique constraint violated",
         })
     }

@@ -170,6 +170,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0071_usage_keys.sql"),
         include_str!("../migrations/postgres/0071_usage_keys.sql"),
     ),
+    (
+        80,
+        "domain claims",
+        include_str!("../migrations/sqlite/0080_domain_claims.sql"),
+        include_str!("../migrations/postgres/0080_domain_claims.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {

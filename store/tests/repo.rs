@@ -127,6 +127,9 @@ both!(
     export_has_no_secrets,
     concurrent_writers,
     pool_claims_are_exclusive,
+    custom_domain_claims_block_nobody_until_proven,
+    one_claim_wins_when_nodes_prove_a_hostname_at_once,
+    unproven_custom_domain_claims_expire,
 );
 
 fn keyring() -> Keyring {
@@ -1352,4 +1355,220 @@ async fn pool_claims_are_exclusive(db: &Db) {
         4,
         "the deleted member is gone"
     );
+}
+
+/// A user with an instance to point custom domains at.
+async fn domain_user(store: &Store, name: &str) -> (User, Instance) {
+    let u = user(store, &format!("{name}@example.com")).await;
+    let i = store
+        .create_instance(&new_instance(u.id, &format!("{name}-box")))
+        .await
+        .unwrap();
+    (u, i)
+}
+
+/// Issue #16: an account that adds someone else's domain and never proves it blocks nobody.
+async fn custom_domain_claims_block_nobody_until_proven(db: &Db) {
+    let s = &db.store;
+    let host = "shop.victim.example";
+    let (squatter, squatter_box) = domain_user(s, "squatter").await;
+    let (owner, owner_box) = domain_user(s, "owner").await;
+    let squat = s
+        .create_custom_domain(squatter.id, squatter_box.id, host, "squat-token")
+        .await
+        .unwrap();
+    // The real owner can still add it, with a token of its own.
+    let real = s
+        .create_custom_domain(owner.id, owner_box.id, host, "owner-token")
+        .await
+        .unwrap();
+    assert_ne!(squat.id, real.id);
+    // Once per account.
+    let again = s
+        .create_custom_domain(squatter.id, squatter_box.id, host, "t2")
+        .await
+        .unwrap_err();
+    assert!(again.is_conflict(Conflict::Hostname), "{again:?}");
+    // Nobody owns it before a proof.
+    assert!(s
+        .get_custom_domain_by_hostname(host)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        s.get_custom_domain_of(squatter.id, host)
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        squat.id
+    );
+
+    // The owner's records are seen first: it owns the name from then on.
+    let proven = s.prove_custom_domain(real.id).await.unwrap().unwrap();
+    let at = proven.verified_at.expect("proven");
+    assert_eq!(
+        s.get_custom_domain_by_hostname(host)
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        real.id
+    );
+    // Proving again keeps the first time.
+    let again = s.prove_custom_domain(real.id).await.unwrap().unwrap();
+    assert_eq!(again.verified_at, Some(at));
+    // The squatter's claim can never be proven, nor issued, nor activated.
+    let err = s.prove_custom_domain(squat.id).await.unwrap_err();
+    assert!(err.is_conflict(Conflict::DomainVerified), "{err:?}");
+    for status in [DomainStatus::Issuing, DomainStatus::Active] {
+        let err = s
+            .set_custom_domain_status(squat.id, status, None)
+            .await
+            .unwrap_err();
+        assert!(err.is_conflict(Conflict::DomainVerified), "{err:?}");
+    }
+    let active = s
+        .set_custom_domain_status(real.id, DomainStatus::Active, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(active.status, DomainStatus::Active);
+    assert_eq!(
+        s.get_custom_domain(squat.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .verified_at,
+        None
+    );
+    // The squatter removing its claim leaves the owner's alone.
+    s.delete_custom_domain(squatter.id, host)
+        .await
+        .unwrap()
+        .unwrap();
+    let owner_claim = s
+        .get_custom_domain_by_hostname(host)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (owner_claim.id, owner_claim.status),
+        (real.id, DomainStatus::Active)
+    );
+    // Until the owner removes it, nobody else's claim can be proven.
+    let (late, late_box) = domain_user(s, "late").await;
+    let late_claim = s
+        .create_custom_domain(late.id, late_box.id, host, "late-token")
+        .await
+        .unwrap();
+    assert!(s.prove_custom_domain(late_claim.id).await.is_err());
+    s.delete_custom_domain(owner.id, host)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(s
+        .prove_custom_domain(late_claim.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .verified_at
+        .is_some());
+}
+
+/// Two nodes seeing two accounts' records at the same moment: the database lets exactly one
+/// claim become the owner (the partial unique index), never two.
+async fn one_claim_wins_when_nodes_prove_a_hostname_at_once(db: &Db) {
+    let s = &db.store;
+    let mut claims = Vec::new();
+    for n in 0..6 {
+        let (u, i) = domain_user(s, &format!("racer{n}")).await;
+        for round in 0..4 {
+            let host = format!("race{round}.example.net");
+            let c = s
+                .create_custom_domain(u.id, i.id, &host, &format!("t{n}"))
+                .await
+                .unwrap();
+            claims.push((round, c.id));
+        }
+    }
+    for round in 0..4 {
+        let mut tasks = Vec::new();
+        for (_, id) in claims.iter().filter(|(r, _)| *r == round) {
+            let (s, id) = (s.clone(), *id);
+            tasks.push(tokio::spawn(async move {
+                // Half the racers go straight to active, as a node finishing an order would.
+                if round % 2 == 0 {
+                    s.prove_custom_domain(id).await.map(|_| ())
+                } else {
+                    s.set_custom_domain_status(id, DomainStatus::Active, None)
+                        .await
+                        .map(|_| ())
+                }
+            }));
+        }
+        let mut won = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(()) => won += 1,
+                Err(e) => assert!(e.is_conflict(Conflict::DomainVerified), "{e:?}"),
+            }
+        }
+        assert_eq!(won, 1, "round {round}");
+        let host = format!("race{round}.example.net");
+        let proven: Vec<_> = s
+            .list_custom_domains()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|d| d.hostname == host && d.verified_at.is_some())
+            .collect();
+        assert_eq!(proven.len(), 1, "{proven:?}");
+    }
+}
+
+/// Claims never proven are removed once older than the TTL; proven ones stay, however old.
+async fn unproven_custom_domain_claims_expire(db: &Db) {
+    let s = &db.store;
+    let (a, a_box) = domain_user(s, "stale").await;
+    let (b, b_box) = domain_user(s, "proven").await;
+    let stale = s
+        .create_custom_domain(a.id, a_box.id, "old.example.com", "a")
+        .await
+        .unwrap();
+    let owned = s
+        .create_custom_domain(b.id, b_box.id, "mine.example.com", "b")
+        .await
+        .unwrap();
+    s.prove_custom_domain(owned.id).await.unwrap().unwrap();
+    let fresh = s
+        .create_custom_domain(b.id, b_box.id, "old.example.com", "b2")
+        .await
+        .unwrap();
+    let eight_days_ago = now_ms() - 8 * DAY_MS;
+    for id in [stale.id, owned.id] {
+        sqlx::query("UPDATE custom_domains SET created_at = $1 WHERE id = $2")
+            .bind(eight_days_ago)
+            .bind(id.to_string())
+            .execute(s.pool())
+            .await
+            .unwrap();
+    }
+    let expired = s
+        .expire_custom_domain_claims(now_ms() - 7 * DAY_MS)
+        .await
+        .unwrap();
+    assert_eq!(
+        expired.iter().map(|d| d.id).collect::<Vec<_>>(),
+        vec![stale.id]
+    );
+    assert!(s.get_custom_domain(stale.id).await.unwrap().is_none());
+    assert!(s.get_custom_domain(owned.id).await.unwrap().is_some());
+    assert!(s.get_custom_domain(fresh.id).await.unwrap().is_some());
+    // Nothing more to expire.
+    assert!(s
+        .expire_custom_domain_claims(now_ms() - 7 * DAY_MS)
+        .await
+        .unwrap()
+        .is_empty());
 }

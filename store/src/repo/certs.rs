@@ -103,6 +103,8 @@ pub struct CustomDomain {
     pub reason: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// When this claim's records (its own token) were seen in DNS: from then on it owns the
+    /// hostname, and no other claim on it can be proven. Set for at most one claim per hostname.
     pub verified_at: Option<i64>,
     /// When the current wait for DNS records began (creation or the owner's last re-check);
     /// `pending_dns` times out from here.
@@ -332,7 +334,9 @@ impl Store {
         Ok(())
     }
 
-    /// Adds a custom domain in `pending_dns`; `Conflict::Hostname` when it is taken.
+    /// Adds this user's claim on a custom domain, in `pending_dns`; `Conflict::Hostname` when the
+    /// user already has one. Other accounts' claims do not block it: several accounts may claim
+    /// a hostname, each with its own token, until one proves it ([`Store::prove_custom_domain`]).
     pub async fn create_custom_domain(
         &self,
         user_id: Uuid,
@@ -358,17 +362,79 @@ impl Store {
         domain_from_row(&row)
     }
 
+    /// The claim that owns `hostname`: the one whose DNS records proved it (`verified_at` set;
+    /// at most one per hostname, by the `custom_domains_owner` index). Unproven claims own
+    /// nothing and are never returned here.
     pub async fn get_custom_domain_by_hostname(
         &self,
         hostname: &str,
     ) -> Result<Option<CustomDomain>> {
         let row = sqlx::query(&format!(
-            "SELECT {DOMAIN_COLUMNS} FROM custom_domains WHERE hostname = $1"
+            "SELECT {DOMAIN_COLUMNS} FROM custom_domains WHERE hostname = $1 AND verified_at IS NOT NULL"
         ))
         .bind(hostname)
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(domain_from_row).transpose()
+    }
+
+    /// One claim by its id.
+    pub async fn get_custom_domain(&self, id: Uuid) -> Result<Option<CustomDomain>> {
+        let row = sqlx::query(&format!(
+            "SELECT {DOMAIN_COLUMNS} FROM custom_domains WHERE id = $1"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(domain_from_row).transpose()
+    }
+
+    /// This user's claim on `hostname`, proven or not.
+    pub async fn get_custom_domain_of(
+        &self,
+        user_id: Uuid,
+        hostname: &str,
+    ) -> Result<Option<CustomDomain>> {
+        let row = sqlx::query(&format!(
+            "SELECT {DOMAIN_COLUMNS} FROM custom_domains WHERE user_id = $1 AND hostname = $2"
+        ))
+        .bind(user_id.to_string())
+        .bind(hostname)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(domain_from_row).transpose()
+    }
+
+    /// Records that this claim's DNS records (its own TXT token) were seen: it now owns the
+    /// hostname. One statement against the `custom_domains_owner` index, so of two claims proven
+    /// at once (two nodes) exactly one wins; the other gets `Conflict::DomainVerified`. Proving
+    /// an owner again keeps its first time. `None` when the claim is gone.
+    pub async fn prove_custom_domain(&self, id: Uuid) -> Result<Option<CustomDomain>> {
+        let row = sqlx::query(&format!(
+            "UPDATE custom_domains SET verified_at = COALESCE(verified_at, $2), updated_at = $2 \
+             WHERE id = $1 RETURNING {DOMAIN_COLUMNS}"
+        ))
+        .bind(id.to_string())
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| conflict_or(e, Conflict::DomainVerified))?;
+        row.as_ref().map(domain_from_row).transpose()
+    }
+
+    /// Deletes the claims never proven that were added before `created_before` (unix ms), so
+    /// abandoned claims do not pile up; returns them.
+    pub async fn expire_custom_domain_claims(
+        &self,
+        created_before: i64,
+    ) -> Result<Vec<CustomDomain>> {
+        let rows = sqlx::query(&format!(
+            "DELETE FROM custom_domains WHERE verified_at IS NULL AND created_at < $1 RETURNING {DOMAIN_COLUMNS}"
+        ))
+        .bind(created_before)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(domain_from_row).collect()
     }
 
     pub async fn list_custom_domains_of(&self, user_id: Uuid) -> Result<Vec<CustomDomain>> {
@@ -486,7 +552,8 @@ impl Store {
     }
 
     /// Moves a domain to `status` (with the reason when failed); returns the updated row.
-    /// Becoming active clears the failure count and the retry time.
+    /// Becoming active clears the failure count and the retry time. `issuing` and `active`
+    /// prove the claim too (`Conflict::DomainVerified` when another claim owns the hostname).
     pub async fn set_custom_domain_status(
         &self,
         id: Uuid,
@@ -508,7 +575,8 @@ impl Store {
         .bind(now)
         .bind(i64::from(verified))
         .fetch_optional(&self.pool)
-        .await?;
+        .await
+        .map_err(|e| conflict_or(e, Conflict::DomainVerified))?;
         row.as_ref().map(domain_from_row).transpose()
     }
 
