@@ -1,6 +1,7 @@
 //! The edge's request path, as Pingora phases:
 //!
-//! `request_filter`: request id → header limits → Host → route lookup → state check → upgrade check;
+//! `request_filter`: request id → CRLF-only head (`framing`) → header limits → Host → route lookup →
+//! state check → upgrade check;
 //! `upstream_peer`: the route's address with timeouts for plain HTTP or WebSocket;
 //! `upstream_request_filter`: forwarding headers overwritten, client identity headers stripped;
 //! `fail_to_proxy`: upstream failures become a 502 page that names the state; `logging`: access log.
@@ -22,6 +23,7 @@ use clawdeploy_config::{normalize_host, ServerConfig};
 
 use crate::browser_session::{self, Denied};
 use crate::drain::{Drain, InflightGuard};
+use crate::framing;
 use crate::identity::{bearer_token, Identity, Rejection, TokenVerifier};
 use crate::gateway_trust;
 use crate::limits;
@@ -223,6 +225,10 @@ impl ProxyHttp for EdgeProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut EdgeCtx) -> Result<bool> {
         ctx.request_id = self.request_ids.take_or_generate(session.req_header());
+        if let Err(error) = framing::check_line_endings(session) {
+            write_error(session, &error, &ctx.request_id).await?;
+            return Ok(true);
+        }
         if self.drain.is_draining() {
             session.set_keepalive(None);
         }

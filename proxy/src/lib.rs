@@ -10,10 +10,12 @@
 //! - [`browser_session`]: instance hosts' browser sessions, cookie isolation and origin checks.
 //! - [`live`]: open WebSockets by session, closed when their session is revoked.
 //! - [`limits`]: request body limits.
+//! - [`framing`]: request heads with bare-LF line endings are refused.
 
 pub mod browser_session;
 pub mod drain;
 pub mod edge;
+pub mod framing;
 pub mod gateway_trust;
 pub mod identity;
 pub mod limits;

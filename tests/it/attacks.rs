@@ -233,6 +233,51 @@ async fn request_smuggling_is_refused() {
     eprintln!("smuggling outcomes:\n{}", outcomes.join("\n"));
 }
 
+/// A request head with a bare LF anywhere (request line, a header, the final empty line) gets 400
+/// `BARE_LF_LINE_ENDING` and never reaches the upstream, which might split its lines differently;
+/// the connection is closed, so a request pipelined behind it is never read either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_lf_request_heads_get_400_and_never_reach_the_upstream() {
+    let (edge, target, victim) = edge_with_two_tenants(&[]).await;
+    let heads = [
+        ("every line", format!("GET /lf-all HTTP/1.1\nHost: {TARGET}\nConnection: close\n\n")),
+        ("the request line", format!("GET /lf-line HTTP/1.1\nHost: {TARGET}\r\nConnection: close\r\n\r\n")),
+        ("one header", format!("GET /lf-header HTTP/1.1\r\nHost: {TARGET}\r\nX-A: 1\nConnection: close\r\n\r\n")),
+        ("the final empty line", format!("GET /lf-end HTTP/1.1\r\nHost: {TARGET}\r\nConnection: close\r\n\n")),
+        (
+            "a keep-alive head with a request pipelined behind it",
+            format!("GET /lf-pipelined HTTP/1.1\nHost: {TARGET}\n\nGET /after HTTP/1.1\r\nHost: {VICTIM}\r\n\r\n"),
+        ),
+    ];
+    for (name, raw) in heads {
+        let response = exchange_raw(&edge, raw.as_bytes()).await;
+        assert_eq!(
+            response.matches("HTTP/1.1 ").count(),
+            1,
+            "{name}: {response:?}"
+        );
+        let parsed = parse_response(response.as_bytes()).expect("a response");
+        assert_eq!(
+            (parsed.status, parsed.error_code().as_str()),
+            (400, "BARE_LF_LINE_ENDING"),
+            "{name}: {response:?}"
+        );
+    }
+    assert_eq!(
+        target.take(),
+        Vec::<String>::new(),
+        "a bare-LF head reached the upstream"
+    );
+    assert_eq!(victim.take(), Vec::<String>::new());
+    // The same request framed with CRLF is served.
+    let response = exchange_raw(
+        &edge,
+        format!("GET /crlf HTTP/1.1\r\nHost: {TARGET}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&response), 200, "{response:?}");
+}
+
 /// Odd encodings and traversal reach the upstream byte for byte (the edge does not reinterpret
 /// paths, so it cannot be tricked into a different route) or are refused; none reach another
 /// tenant or the control plane, and the instance-host sign-in path matches exactly.
