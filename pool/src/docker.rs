@@ -109,11 +109,17 @@ impl DockerRuntime {
             .as_ref()
             .and_then(|o| o.get("com.docker.network.bridge.name").cloned())
             .unwrap_or_else(|| format!("br-{}", id.chars().take(12).collect::<String>()));
+        let ipv6 = network.enable_ipv6.unwrap_or(false);
         let subnet = network
             .ipam
             .and_then(|i| i.config)
             .and_then(|c| c.into_iter().find_map(|c| c.subnet));
-        Ok(NetworkInfo { id, bridge, subnet })
+        Ok(NetworkInfo {
+            id,
+            bridge,
+            subnet,
+            ipv6,
+        })
     }
 
     /// Whether a network with exactly our name exists (`name` filters match substrings).
