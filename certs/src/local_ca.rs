@@ -1,15 +1,24 @@
 //! A local certificate authority for development: generated once into `<data_dir>/local-ca/`
 //! (add `ca.pem` to a browser or `curl --cacert` to trust it), it signs ECDSA P-256 certificates
-//! for the base domain's wildcard and apex, verified custom domains and the fallback.
+//! for the base domain's wildcard and apex, verified custom domains and the fallback, and one
+//! certificate per served host, made at the first handshake ([`PerHostCerts`]): OpenSSL, curl and
+//! Chromium refuse a wildcard directly under a special-use name or public suffix (`*.localhost`,
+//! `NET::ERR_CERT_COMMON_NAME_INVALID`), so `<sub>.localhost` needs a certificate of its own.
 
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustls::sign::CertifiedKey;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
 };
 
+use crate::pem::certified_key;
+use crate::store::OnDemand;
 use crate::CertError;
 
 /// How long a locally signed leaf lives (renewed at two thirds, like ACME certificates).
@@ -107,6 +116,72 @@ impl LocalCa {
             format!("{}{}", cert.pem(), self.cert_pem),
             key.serialize_pem(),
         ))
+    }
+}
+
+/// Per-host certificates signed by the local CA at the first handshake for a host the edge serves
+/// (`serves` says which: the dashboard host and instance hosts), kept in memory, least recently
+/// used first out past `capacity`, signed again at two thirds of [`LEAF_LIFETIME`]. Signing a
+/// P-256 leaf takes well under a millisecond, so it is done inside the handshake.
+pub struct PerHostCerts {
+    ca: Arc<LocalCa>,
+    serves: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    cache: Mutex<lru::LruCache<String, (Arc<CertifiedKey>, Instant)>>,
+}
+
+impl PerHostCerts {
+    pub fn new(
+        ca: Arc<LocalCa>,
+        capacity: NonZeroUsize,
+        serves: impl Fn(&str) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            ca,
+            serves: Box::new(serves),
+            cache: Mutex::new(lru::LruCache::new(capacity)),
+        }
+    }
+
+    /// How many certificates are kept now.
+    pub fn len(&self) -> usize {
+        self.cache.lock().map_or(0, |c| c.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl OnDemand for PerHostCerts {
+    fn certificate(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        if !(self.serves)(name) {
+            return None;
+        }
+        let fresh = LEAF_LIFETIME * 2 / 3;
+        if let Ok(mut cache) = self.cache.lock() {
+            if let Some((key, made)) = cache.get(name) {
+                if made.elapsed() < fresh {
+                    return Some(key.clone());
+                }
+            }
+        }
+        // Signed outside the lock; two handshakes racing for a new host both sign, one is kept.
+        let signed = self
+            .ca
+            .issue(&[name.to_string()])
+            .and_then(|(chain, key)| certified_key(&chain, &key));
+        match signed {
+            Ok(key) => {
+                if let Ok(mut cache) = self.cache.lock() {
+                    cache.put(name.to_string(), (key.clone(), Instant::now()));
+                }
+                Some(key)
+            }
+            Err(e) => {
+                tracing::warn!(%name, "local CA could not sign a certificate: {e}");
+                None
+            }
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use clawdeploy_config::{Config, TlsMode};
 use clawdeploy_pool::changes::{Change, ChangeBus};
-use clawdeploy_proxy::RouteTable;
+use clawdeploy_proxy::{Resolution, Route, RouteKind, RouteTable};
 use clawdeploy_store::{
     CertificateRecord, Conflict, CustomDomain, DomainStatus, Keyring, Store, StoreError,
 };
@@ -19,7 +19,7 @@ use clawdeploy_store::{
 use crate::acme::{AcmeClient, Proof};
 use crate::challenges::Http01Challenges;
 use crate::dns::{provider_from_config, DnsProvider, Resolver};
-use crate::local_ca::{fallback_certificate, LocalCa};
+use crate::local_ca::{fallback_certificate, LocalCa, PerHostCerts};
 use crate::pem::{certified_key, leaf_info};
 use crate::renewal::{days_left, domain_retry_delay, in_window, retry_delay, two_thirds};
 use crate::store::CertStore;
@@ -31,13 +31,44 @@ pub const DOMAIN_TXT_PREFIX: &str = "_clawdeploy-challenge.";
 /// How long an order may hold a name's lock.
 const LOCK_TTL: Duration = Duration::from_secs(300);
 
+/// Per-host certificates the local CA keeps in memory (about 1 KiB each).
+const PER_HOST_CERTS: std::num::NonZeroUsize = std::num::NonZeroUsize::new(10_000).unwrap();
+
+/// The hosts that get a per-host certificate from the local CA when the base domain is a single
+/// label (`localhost`, the embedded default), whose wildcard clients refuse: the dashboard host and
+/// each instance host (`<sub>.<base_domain>` with an instance route). Operator routes and unknown
+/// names keep the fallback, so the CA signs nothing for a name this edge does not serve. Under a
+/// base domain of two labels or more the base certificate's wildcard is valid and serves them.
+fn serves_per_host(routes: Arc<RouteTable>) -> impl Fn(&str) -> bool + Send + Sync + 'static {
+    move |name: &str| {
+        if routes.base_domain().contains('.') {
+            return false;
+        }
+        if name == routes.app_domain() {
+            return true;
+        }
+        let instance_host = name
+            .strip_suffix(routes.base_domain())
+            .and_then(|l| l.strip_suffix('.'))
+            .is_some_and(|label| !label.is_empty() && !label.contains('.'));
+        instance_host
+            && matches!(
+                routes.resolve(name),
+                Resolution::Route(Route {
+                    kind: RouteKind::Instance,
+                    ..
+                })
+            )
+    }
+}
+
 pub struct CertManager {
     config: Config,
     keyring: Keyring,
     certs: Arc<CertStore>,
     challenges: Arc<Http01Challenges>,
     routes: Arc<RouteTable>,
-    local_ca: Option<LocalCa>,
+    local_ca: Option<Arc<LocalCa>>,
     dns: Option<Arc<dyn DnsProvider>>,
     resolver: Option<Resolver>,
     acme: OnceCell<AcmeClient>,
@@ -98,11 +129,18 @@ impl CertManager {
         let (chain, key) = fallback_certificate()?;
         certs.set_fallback(certified_key(&chain, &key)?);
         let local_ca = match config.tls.mode {
-            TlsMode::LocalCa => Some(LocalCa::load_or_create(
+            TlsMode::LocalCa => Some(Arc::new(LocalCa::load_or_create(
                 &config.server.data_dir.join("local-ca"),
-            )?),
+            )?)),
             TlsMode::Acme => None,
         };
+        if let Some(ca) = &local_ca {
+            certs.set_on_demand(Arc::new(PerHostCerts::new(
+                ca.clone(),
+                PER_HOST_CERTS,
+                serves_per_host(routes.clone()),
+            )));
+        }
         let dns = provider_from_config(&config.dns)?;
         let resolver = Resolver::from_config(&config.dns).ok();
         Ok(Arc::new(Self {
@@ -130,7 +168,7 @@ impl CertManager {
     }
 
     pub fn local_ca(&self) -> Option<&LocalCa> {
-        self.local_ca.as_ref()
+        self.local_ca.as_deref()
     }
 
     pub fn base_domain(&self) -> &str {

@@ -1,15 +1,24 @@
 //! The SNI certificate store the HTTPS listener resolves from during the handshake.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwapOption;
 use dashmap::DashMap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-/// Exact names, one-label wildcards (`*.example.com` stored under `example.com`) and a fallback.
+/// Certificates made during the handshake for names no stored certificate names exactly (the
+/// local CA's per-host certificates, [`crate::local_ca::PerHostCerts`]). Synchronous and quick:
+/// it runs inside the handshake.
+pub trait OnDemand: Send + Sync {
+    /// A certificate for `name` (lowercase, no trailing dot), or `None` when this host is not served.
+    fn certificate(&self, name: &str) -> Option<Arc<CertifiedKey>>;
+}
+
+/// Exact names, then certificates made on demand, then one-label wildcards (`*.example.com`
+/// stored under `example.com`), then a fallback.
 ///
-/// `resolve` runs synchronously inside every handshake: two map reads at most, no I/O. A new
+/// `resolve` runs synchronously inside every handshake: a few map reads, no I/O. A new
 /// certificate replaces the map entry; handshakes already done keep the key they negotiated, so
 /// open connections (WebSockets included) are untouched by a swap.
 #[derive(Default)]
@@ -17,6 +26,7 @@ pub struct CertStore {
     exact: DashMap<String, Arc<CertifiedKey>>,
     wildcard: DashMap<String, Arc<CertifiedKey>>,
     fallback: ArcSwapOption<CertifiedKey>,
+    on_demand: OnceLock<Arc<dyn OnDemand>>,
 }
 
 impl std::fmt::Debug for CertStore {
@@ -59,6 +69,11 @@ impl CertStore {
         }
     }
 
+    /// Makes certificates during the handshake for names with no exact certificate (set once).
+    pub fn set_on_demand(&self, on_demand: Arc<dyn OnDemand>) {
+        let _ = self.on_demand.set(on_demand);
+    }
+
     /// The certificate for clients that send an unknown name or none.
     pub fn set_fallback(&self, key: Arc<CertifiedKey>) {
         self.fallback.store(Some(key));
@@ -70,6 +85,9 @@ impl CertStore {
             let sni = sni.trim_end_matches('.').to_ascii_lowercase();
             if let Some(key) = self.exact.get(&sni) {
                 return Some(key.value().clone());
+            }
+            if let Some(key) = self.on_demand.get().and_then(|o| o.certificate(&sni)) {
+                return Some(key);
             }
             if let Some((_, parent)) = sni.split_once('.') {
                 if let Some(key) = self.wildcard.get(parent) {

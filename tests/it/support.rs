@@ -285,8 +285,15 @@ impl EdgeBuilder {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn clawdeploy");
+        // The dashboard host the readiness check asks for (a test may move the base domain).
+        let app_domain = self
+            .env
+            .iter()
+            .find(|(k, _)| k == "CLAWDEPLOY_SERVER__BASE_DOMAIN")
+            .map_or(APP_DOMAIN.to_string(), |(_, base)| format!("app.{base}"));
         let mut edge = Edge {
             child,
+            app_domain,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], metrics_port)),
             tls_addr: SocketAddr::from(([127, 0, 0, 1], tls_port)),
@@ -302,6 +309,7 @@ impl EdgeBuilder {
 /// A running edge process, killed when dropped.
 pub struct Edge {
     pub child: Child,
+    app_domain: String,
     pub addr: SocketAddr,
     /// The metrics listener (unless the test set `[metrics] listen` itself).
     pub metrics_addr: SocketAddr,
@@ -322,8 +330,11 @@ impl Edge {
                     self.log_text()
                 );
             }
-            if let Ok(resp) =
-                try_send(self.addr, get_request(APP_DOMAIN, "/healthz").as_bytes()).await
+            if let Ok(resp) = try_send(
+                self.addr,
+                get_request(&self.app_domain, "/healthz").as_bytes(),
+            )
+            .await
             {
                 if resp.status == 200 {
                     return;

@@ -442,3 +442,114 @@ async fn mail_links_use_https_when_the_edge_serves_https_for_real() {
         "{link}"
     );
 }
+
+/// `curl --cacert <local CA>` (OpenSSL's hostname check, as strict as Chromium's about wildcards)
+/// against `https://<host>/healthz` on the edge's HTTPS port: the exit code and HTTP status.
+async fn curl_verifying(edge: &Edge, host: &str, ca_path: &std::path::Path) -> (i32, String) {
+    let port = edge.tls_addr.port();
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ])
+        .arg("--cacert")
+        .arg(ca_path)
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+        .arg(format!("https://{host}:{port}/healthz"))
+        .output()
+        .await
+        .expect("curl (scripts/start-pebble.sh installs it)");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    )
+}
+
+/// With the embedded default's `base_domain = "localhost"`, HTTPS on the dashboard host and on an
+/// instance host verifies with only the local CA trusted, in clients that refuse a wildcard
+/// directly under a special-use name (`*.localhost`): curl (OpenSSL) and rustls. Each instance
+/// host gets a certificate naming exactly it, made at its first handshake; a subdomain with no
+/// instance gets nothing from the CA.
+#[tokio::test]
+async fn local_ca_certificates_verify_for_the_dashboard_and_instance_hosts_under_localhost() {
+    let edge = EdgeBuilder::new()
+        .env("CLAWDEPLOY_SERVER__BASE_DOMAIN", "localhost")
+        .start()
+        .await;
+    let app = "app.localhost";
+    let call = |path: &str, token: Option<&str>, body: serde_json::Value| {
+        let body = body.to_string();
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {app}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let registered = edge
+        .send(
+            call(
+                "/api/auth/register",
+                None,
+                serde_json::json!({"email": "tls@example.com", "password": "securePassword123", "name": "T"}),
+            )
+            .as_bytes(),
+        )
+        .await;
+    assert_eq!(registered.status, 201, "{}", registered.text());
+    let token = registered.json()["token"].as_str().unwrap().to_string();
+    let created = edge
+        .send(
+            call(
+                "/api/instances",
+                Some(&token),
+                serde_json::json!({"subdomain": "alice"}),
+            )
+            .as_bytes(),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+
+    let ca = local_ca(&edge);
+    let ca_path = edge.data_dir().join("local-ca/ca.pem");
+    wait_for_certificate(&edge, app, &ca).await;
+    for host in [app, "alice.localhost"] {
+        let (code, out) = curl_verifying(&edge, host, &ca_path).await;
+        assert_eq!(code, 0, "curl refused the certificate of {host}: {out}");
+        let stream = connect(edge.tls_addr, host, client_config(&ca, &["http/1.1"]))
+            .await
+            .unwrap_or_else(|e| panic!("rustls refused the certificate of {host}: {e}"));
+        let (names, _, issuer) = peer_leaf(&stream);
+        assert!(names.contains(&host.to_string()), "{host}: {names:?}");
+        assert!(
+            issuer.contains("ClawDeploy local development CA"),
+            "{issuer}"
+        );
+    }
+    let (names, _, _) = peer_leaf(
+        &connect(edge.tls_addr, "alice.localhost", insecure_config())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(names, vec!["alice.localhost".to_string()]);
+    // No instance, no certificate of its own: the CA signs nothing for a name not served.
+    let (code, out) = curl_verifying(&edge, "nobody.localhost", &ca_path).await;
+    assert_ne!(code, 0, "nobody.localhost verified: {out}");
+    let (names, _, _) = peer_leaf(
+        &connect(edge.tls_addr, "nobody.localhost", insecure_config())
+            .await
+            .unwrap(),
+    );
+    assert!(
+        !names.contains(&"nobody.localhost".to_string()),
+        "{names:?}"
+    );
+}
