@@ -69,12 +69,22 @@ impl DockerRuntime {
     /// missing and starts following lifecycle events. Call it on the runtime that will use it.
     pub async fn connect(options: DockerOptions) -> Result<Self, RuntimeError> {
         let docker = Docker::connect_with_socket_defaults()
-            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?
-            .negotiate_version()
-            .await
-            .map_err(|e| {
-                RuntimeError::Unavailable(format!("no Docker engine answers on its socket: {e}"))
-            })?;
+            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
+        Self::connect_with(docker, options).await
+    }
+
+    /// Like [`DockerRuntime::connect`], to the engine at `host` (`unix:///path/to/docker.sock`):
+    /// a second engine, such as the user-namespaced one of the `userns` test.
+    pub async fn connect_to(host: &str, options: DockerOptions) -> Result<Self, RuntimeError> {
+        let docker = Docker::connect_with_host(host)
+            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
+        Self::connect_with(docker, options).await
+    }
+
+    async fn connect_with(docker: Docker, options: DockerOptions) -> Result<Self, RuntimeError> {
+        let docker = docker.negotiate_version().await.map_err(|e| {
+            RuntimeError::Unavailable(format!("no Docker engine answers on its socket: {e}"))
+        })?;
         let runtime = Self {
             docker,
             options,

@@ -29,5 +29,6 @@ mod shared_counters;
 mod shared_limits;
 mod support;
 mod tls;
+mod userns;
 mod webdriver;
 mod websocket;

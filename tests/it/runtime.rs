@@ -25,7 +25,7 @@ fn unique_name(prefix: &str) -> String {
     )
 }
 
-fn spec(name: &str, image: String, memory_mb: u64) -> InstanceSpec {
+pub fn spec(name: &str, image: String, memory_mb: u64) -> InstanceSpec {
     InstanceSpec {
         name: name.to_string(),
         image,
