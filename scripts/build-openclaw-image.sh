@@ -112,33 +112,28 @@ cp -al "$node_dir" "$ctx/node"
 cp -al "$oc_dir" "$ctx/openclaw"
 cat >"$ctx/entrypoint.sh" <<'ENTRYPOINT'
 #!/bin/sh
-# Before the platform assigns the instance, its gateway boots on the idle config the platform
-# passes in $CLAWDEPLOY_IDLE_CONFIG (locked down, trusted-proxy auth trusting only the edge, no
-# allowed user), so nobody can use it. Assignment overwrites the file; OpenClaw reloads it.
+# The platform writes $OPENCLAW_CONFIG_PATH before the first start (the idle config: locked down,
+# trusted-proxy auth trusting only the edge, no allowed user, so nobody can use it) and again at
+# assignment; OpenClaw reloads it. The file and /data are root's: the tenant's code, which runs
+# here as uid 1000, can read its config but not change it. State and workspace are the tenant's.
 set -eu
-mkdir -p "$OPENCLAW_STATE_DIR/workspace"
 if [ ! -s "$OPENCLAW_CONFIG_PATH" ]; then
-    if [ -z "${CLAWDEPLOY_IDLE_CONFIG:-}" ]; then
-        echo "clawdeploy-openclaw: no $OPENCLAW_CONFIG_PATH and no CLAWDEPLOY_IDLE_CONFIG" >&2
-        exit 64
-    fi
-    printf '%s\n' "$CLAWDEPLOY_IDLE_CONFIG" >"$OPENCLAW_CONFIG_PATH.tmp"
-    mv "$OPENCLAW_CONFIG_PATH.tmp" "$OPENCLAW_CONFIG_PATH"
+    echo "clawdeploy-openclaw: no $OPENCLAW_CONFIG_PATH; the platform writes it before starting the instance" >&2
+    exit 64
 fi
-unset CLAWDEPLOY_IDLE_CONFIG
 exec openclaw gateway --bind lan --port 18789 "$@"
 ENTRYPOINT
 chmod 0755 "$ctx/entrypoint.sh"
 cat >"$ctx/Dockerfile" <<DOCKERFILE
 FROM $BASE_IMAGE
-RUN groupadd -g 1000 openclaw && useradd -u 1000 -g 1000 -d /data -M -s /usr/sbin/nologin openclaw \\
- && mkdir -p /data && chown 1000:1000 /data
+RUN groupadd -g 1000 openclaw && useradd -u 1000 -g 1000 -d /data/state -M -s /usr/sbin/nologin openclaw \\
+ && mkdir -p /data/state /data/workspace && chown 1000:1000 /data/state /data/workspace && chmod 0755 /data
 COPY node /opt/node
 COPY openclaw /opt/openclaw
 COPY entrypoint.sh /usr/local/bin/clawdeploy-openclaw
 ENV PATH=/opt/node/bin:/opt/openclaw/node_modules/.bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \\
-    HOME=/data \\
-    OPENCLAW_STATE_DIR=/data \\
+    HOME=/data/state \\
+    OPENCLAW_STATE_DIR=/data/state \\
     OPENCLAW_CONFIG_PATH=/data/openclaw.json \\
     OPENCLAW_WORKSPACE_DIR=/data/workspace \\
     OPENCLAW_CONFIG_READONLY=1 \\
@@ -148,7 +143,7 @@ ENV PATH=/opt/node/bin:/opt/openclaw/node_modules/.bin:/usr/local/sbin:/usr/loca
     CLAWHUB_DISABLE_TELEMETRY=1 \\
     NODE_ENV=production
 USER 1000:1000
-WORKDIR /data
+WORKDIR /data/workspace
 EXPOSE 18789
 LABEL clawdeploy.openclaw.version="$OPENCLAW_VERSION" clawdeploy.node.version="$NODE_VERSION"
 ENTRYPOINT ["/usr/local/bin/clawdeploy-openclaw"]

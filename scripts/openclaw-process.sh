@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The process runtime's OpenClaw (development only, NOT isolated): the pinned gateway run directly
 # with the pinned Node that `clawdeploy image build` installed in its cache (without Docker it
-# installs only those). The process runtime sets PORT, BIND and DATA_DIR; like the image's
-# entrypoint, an unassigned instance boots on $CLAWDEPLOY_IDLE_CONFIG, which admits nobody.
+# installs only those). The process runtime sets PORT, BIND and DATA_DIR and writes the idle
+# config (which admits nobody) into $DATA_DIR/openclaw.json before the first start.
 set -eu
 CACHE="${CLAWDEPLOY_IMAGE_CACHE:-/var/cache/clawdeploy/openclaw-image}"
 node_dir="$CACHE/node-${NODE_VERSION:-24.21.0}"
@@ -17,8 +17,7 @@ export HOME="$DATA_DIR" OPENCLAW_STATE_DIR="$DATA_DIR" OPENCLAW_CONFIG_PATH="$DA
     OPENCLAW_SKIP_CHANNELS=1 OPENCLAW_DISABLE_BONJOUR=1 CLAWHUB_DISABLE_TELEMETRY=1 NODE_ENV=production
 mkdir -p "$OPENCLAW_WORKSPACE_DIR"
 if [ ! -s "$OPENCLAW_CONFIG_PATH" ]; then
-    printf '%s\n' "${CLAWDEPLOY_IDLE_CONFIG:?no openclaw.json and no CLAWDEPLOY_IDLE_CONFIG}" >"$OPENCLAW_CONFIG_PATH.tmp"
-    mv "$OPENCLAW_CONFIG_PATH.tmp" "$OPENCLAW_CONFIG_PATH"
+    echo "clawdeploy-openclaw: no $OPENCLAW_CONFIG_PATH; the platform writes it before starting the instance" >&2
+    exit 64
 fi
-unset CLAWDEPLOY_IDLE_CONFIG
 exec openclaw gateway --bind loopback --port "$PORT"

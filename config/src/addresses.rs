@@ -16,22 +16,22 @@ pub use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// IPv4 ranges that are not public unicast, as CIDR text (iptables takes them as written).
 pub const SPECIAL_V4: [&str; 16] = [
-    "0.0.0.0/8",          // "this network"
-    "10.0.0.0/8",         // private
-    "100.64.0.0/10",      // shared address space (CGNAT)
-    "127.0.0.0/8",        // loopback
-    "169.254.0.0/16",     // link-local, cloud metadata
-    "172.16.0.0/12",      // private
-    "192.0.0.0/24",       // IETF protocol assignments
-    "192.0.2.0/24",       // documentation (TEST-NET-1)
-    "192.31.196.0/24",    // AS112
-    "192.52.193.0/24",    // AMT
-    "192.88.99.0/24",     // deprecated 6to4 relay anycast
-    "192.168.0.0/16",     // private
-    "192.175.48.0/24",    // direct delegation AS112
-    "198.18.0.0/15",      // benchmarking
-    "198.51.100.0/24",    // documentation (TEST-NET-2)
-    "203.0.113.0/24",     // documentation (TEST-NET-3)
+    "0.0.0.0/8",       // "this network"
+    "10.0.0.0/8",      // private
+    "100.64.0.0/10",   // shared address space (CGNAT)
+    "127.0.0.0/8",     // loopback
+    "169.254.0.0/16",  // link-local, cloud metadata
+    "172.16.0.0/12",   // private
+    "192.0.0.0/24",    // IETF protocol assignments
+    "192.0.2.0/24",    // documentation (TEST-NET-1)
+    "192.31.196.0/24", // AS112
+    "192.52.193.0/24", // AMT
+    "192.88.99.0/24",  // deprecated 6to4 relay anycast
+    "192.168.0.0/16",  // private
+    "192.175.48.0/24", // direct delegation AS112
+    "198.18.0.0/15",   // benchmarking
+    "198.51.100.0/24", // documentation (TEST-NET-2)
+    "203.0.113.0/24",  // documentation (TEST-NET-3)
 ];
 
 /// IPv4 ranges refused besides [`SPECIAL_V4`]: multicast, reserved and broadcast.
@@ -45,7 +45,7 @@ const SPECIAL_V6: [&str; 8] = [
     "3fff::/20",     // documentation
     "64:ff9b::/96",  // NAT64: embeds an IPv4 address
     "64:ff9b:1::/48",
-    "100::/64", // discard
+    "100::/64",  // discard
     "5f00::/16", // SRv6 SIDs
 ];
 
@@ -134,7 +134,13 @@ mod tests {
 
     #[test]
     fn public_unicast_passes() {
-        for ip in ["8.8.8.8", "1.1.1.1", "93.184.216.34", "2606:4700::1111", "2a00:1450::1"] {
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "93.184.216.34",
+            "2606:4700::1111",
+            "2a00:1450::1",
+        ] {
             assert!(public(ip), "{ip} refused");
         }
     }

@@ -7,10 +7,12 @@
 //! connected socket:
 //! - before: the address must be public unicast ([`is_public_unicast`]) or inside a network the
 //!   operator named in `llm.allow_private_custom`;
-//! - after: a connection that left through the instance network (its local address is the
-//!   meter's own address there, which every instance's gateway trusts as its proxy) is dropped
-//!   whatever the allowlist says, and so is one to the node itself (local address = peer
-//!   address) unless the allowlist names it. Nothing has been sent on a dropped connection.
+//! - and by the route: a connection that would leave through the instance network (its source
+//!   address is the meter's own address there, which every instance's gateway trusts as its
+//!   proxy) is refused whatever the allowlist says, and so is one to the node itself (source
+//!   address = destination) unless the allowlist names it. The kernel's choice of source is
+//!   read without sending anything (a UDP socket's `connect`), and checked again on the
+//!   connected socket, before anything is sent.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -143,6 +145,12 @@ async fn connect(policy: &EgressPolicy, uri: &Uri) -> Result<TcpStream, GuardErr
             });
             continue;
         }
+        if let Some(source) = route_source(addr) {
+            if let Err(e) = policy.permits_connection(SocketAddr::new(source, 0), addr) {
+                last = Some(e);
+                continue;
+            }
+        }
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(source)) => {
@@ -172,10 +180,21 @@ async fn connect(policy: &EgressPolicy, uri: &Uri) -> Result<TcpStream, GuardErr
     }))
 }
 
+/// The source address the kernel would use to reach `addr` (`None` when it has no route): a UDP
+/// socket's `connect` picks it without sending a packet.
+fn route_source(addr: SocketAddr) -> Option<IpAddr> {
+    let any: SocketAddr = if addr.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = std::net::UdpSocket::bind(any).ok()?;
+    socket.connect(addr).ok()?;
+    socket.local_addr().ok().map(|a| a.ip())
+}
+
 /// The [`GuardError`] behind a client error, if one is.
-pub fn guard_error<'a>(
-    mut error: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a GuardError> {
+pub fn guard_error<'a>(mut error: &'a (dyn std::error::Error + 'static)) -> Option<&'a GuardError> {
     loop {
         if let Some(guard) = error.downcast_ref::<GuardError>() {
             return Some(guard);
@@ -220,6 +239,9 @@ mod tests {
         // The connection leaves from 127.0.0.1: as if through the instance network's address.
         policy.instance_side = Some("127.0.0.1".parse().unwrap());
         let refused = connect(&policy, &target).await.unwrap_err();
-        assert!(matches!(refused, GuardError::InstanceNetwork(_)), "{refused}");
+        assert!(
+            matches!(refused, GuardError::InstanceNetwork(_)),
+            "{refused}"
+        );
     }
 }

@@ -255,7 +255,8 @@ pub enum BaseUrlError {
 /// names are checked where it counts, on the address connected to ([`crate::guarded_connect`]).
 pub fn custom_base_url(text: &str, allowed: &[IpNet]) -> Result<url::Url, BaseUrlError> {
     let text = text.trim();
-    let url = url::Url::parse(text).map_err(|e| BaseUrlError::Syntax(text.into(), e.to_string()))?;
+    let url =
+        url::Url::parse(text).map_err(|e| BaseUrlError::Syntax(text.into(), e.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(BaseUrlError::Scheme);
     }
@@ -895,7 +896,10 @@ mod tests {
             "http://[::ffff:127.0.0.1]:8080/v1",
         ] {
             assert!(
-                matches!(custom_base_url(url, none), Err(BaseUrlError::NotCanonical { .. })),
+                matches!(
+                    custom_base_url(url, none),
+                    Err(BaseUrlError::NotCanonical { .. })
+                ),
                 "{url}: {:?}",
                 custom_base_url(url, none)
             );

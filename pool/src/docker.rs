@@ -286,6 +286,13 @@ impl Runtime for DockerRuntime {
                 name: spec.name.clone(),
             }),
             Err(e) => {
+        let created = match created {
+            Ok(created) => self
+                .upload(&created.id, &spec.user, &spec.files)
+                .await
+                .map(|()| created),
+            Err(e) => Err(e.into()),
+        };
                 // Leave nothing behind on failure.
                 let _ = self
                     .docker
@@ -294,7 +301,7 @@ impl Runtime for DockerRuntime {
                         None::<bollard::query_parameters::RemoveVolumeOptions>,
                     )
                     .await;
-                Err(e.into())
+                Err(e)
             }
         }
     }
@@ -313,22 +320,7 @@ impl Runtime for DockerRuntime {
             .await
             .map_err(|e| not_found(e, id))?;
         let user = inspected.config.and_then(|c| c.user).unwrap_or_default();
-        let mut ids = user.split(':').map(|p| p.parse::<u64>().unwrap_or(65534));
-        let uid = ids.next().unwrap_or(65534);
-        let gid = ids.next().unwrap_or(uid);
-        let archive = tar_archive(files, uid, gid)?;
-        self.docker
-            .upload_to_container(
-                id,
-                Some(
-                    UploadToContainerOptionsBuilder::default()
-                        .path(DATA_DIR)
-                        .build(),
-                ),
-                bollard::body_full(archive.into()),
-            )
-            .await
-            .map_err(|e| not_found(e, id))
+        self.upload(id, &user, files).await
     }
 
     async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
@@ -532,7 +524,34 @@ fn not_found(e: bollard::errors::Error, id: &str) -> RuntimeError {
     }
 }
 
-/// A tar of `files` (with their parent directories), owned by the instance's user.
+impl DockerRuntime {
+    /// Writes `files` into the container's data volume (a created or running container), owned
+    /// by `user` (`uid:gid`) where the instance may write them, else by root.
+    async fn upload(&self, id: &str, user: &str, files: &[ConfigFile]) -> Result<(), RuntimeError> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let mut ids = user.split(':').map(|p| p.parse::<u64>().unwrap_or(65534));
+        let uid = ids.next().unwrap_or(65534);
+        let gid = ids.next().unwrap_or(uid);
+        let archive = tar_archive(files, uid, gid)?;
+        self.docker
+            .upload_to_container(
+                id,
+                Some(
+                    UploadToContainerOptionsBuilder::default()
+                        .path(DATA_DIR)
+                        .build(),
+                ),
+                bollard::body_full(archive.into()),
+            )
+            .await
+            .map_err(|e| not_found(e, id))
+    }
+}
+
+/// A tar of `files` (with their parent directories, owned by the instance's user): the files the
+/// instance may write owned by it (mode 0640), the others by root (0644, readable only).
 fn tar_archive(files: &[ConfigFile], uid: u64, gid: u64) -> Result<Vec<u8>, RuntimeError> {
     let mut builder = tar::Builder::new(Vec::new());
     let mut dirs = std::collections::BTreeSet::new();
@@ -563,9 +582,15 @@ fn tar_archive(files: &[ConfigFile], uid: u64, gid: u64) -> Result<Vec<u8>, Runt
             }
         }
         let mut header = tar::Header::new_gnu();
-        header.set_mode(0o640);
-        header.set_uid(uid);
-        header.set_gid(gid);
+        if file.instance_writable {
+            header.set_mode(0o640);
+            header.set_uid(uid);
+            header.set_gid(gid);
+        } else {
+            header.set_mode(0o644);
+            header.set_uid(0);
+            header.set_gid(0);
+        }
         header.set_size(file.contents.len() as u64);
         builder.append_data(&mut header, path, file.contents.as_slice())?;
     }

@@ -25,15 +25,15 @@ impl InstanceConfig for FixtureConfig {
             "soul": instance.soul_md,
             "userHeader": self.user_header,
         });
-        let mut files = vec![ConfigFile {
-            path: "config.json".into(),
-            contents: config.to_string().into_bytes(),
-        }];
+        let mut files = vec![ConfigFile::platform(
+            "config.json",
+            config.to_string().into_bytes(),
+        )];
         if let Some(soul) = &instance.soul_md {
-            files.push(ConfigFile {
-                path: "workspace/SOUL.md".into(),
-                contents: soul.clone().into_bytes(),
-            });
+            files.push(ConfigFile::instance(
+                "workspace/SOUL.md",
+                soul.clone().into_bytes(),
+            ));
         }
         Ok(files)
     }

@@ -46,6 +46,8 @@ pub struct PoolSettings {
     pub ready_timeout: Duration,
     pub labels: BTreeMap<String, String>,
     pub env: Vec<(String, String)>,
+    /// Written into each new instance's data directory before its first start.
+    pub boot_files: Vec<ConfigFile>,
 }
 
 /// Turns an instance record into what its container needs: files and resources. The control
@@ -393,6 +395,7 @@ impl PoolManager {
                 resources: self.settings.idle_resources.clone(),
                 labels: self.settings.labels.clone(),
                 env: self.settings.env.clone(),
+                files: self.settings.boot_files.clone(),
             };
             let created = self.runtime.create(&spec).await?;
             self.store

@@ -313,15 +313,9 @@ impl InstanceConfig for OpenClawConfig {
         );
         let contents = serde_json::to_vec_pretty(&config)
             .map_err(|e| PoolError::Config(format!("openclaw.json: {e}")))?;
-        let mut files = vec![ConfigFile {
-            path: CONFIG_FILE.into(),
-            contents,
-        }];
+        let mut files = vec![ConfigFile::platform(CONFIG_FILE, contents)];
         if let Some(soul) = &instance.soul_md {
-            files.push(ConfigFile {
-                path: SOUL_FILE.into(),
-                contents: soul.clone().into_bytes(),
-            });
+            files.push(ConfigFile::instance(SOUL_FILE, soul.clone().into_bytes()));
         }
         Ok(files)
     }

@@ -72,6 +72,7 @@ impl Runtime for ProcessRuntime {
     async fn create(&self, spec: &InstanceSpec) -> Result<InstanceRef, RuntimeError> {
         let data_dir = self.base_dir.join(&spec.name);
         tokio::fs::create_dir_all(&data_dir).await?;
+        write_files(&data_dir, &spec.files).await?;
         let process = Process {
             spec: spec.clone(),
             port: 0,
@@ -157,17 +158,7 @@ impl Runtime for ProcessRuntime {
 
     async fn assign(&self, id: &str, files: &[ConfigFile]) -> Result<(), RuntimeError> {
         let data_dir = self.with(id, |p| p.data_dir.clone())?;
-        for file in files {
-            let path = data_dir.join(safe_relative_path(&file.path)?);
-            if let Some(parent) = path.parent() {
-                tokio::fs::create_dir_all(parent).await?;
-            }
-            // Write then rename, so the instance never reads a half-written file.
-            let tmp = path.with_extension("clawdeploy-tmp");
-            tokio::fs::write(&tmp, &file.contents).await?;
-            tokio::fs::rename(&tmp, &path).await?;
-        }
-        Ok(())
+        write_files(&data_dir, files).await
     }
 
     async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
@@ -263,4 +254,20 @@ impl Runtime for ProcessRuntime {
     fn events(&self) -> broadcast::Receiver<RuntimeEvent> {
         self.events.subscribe()
     }
+}
+
+/// Writes `files` into `data_dir`. Processes share the edge's user: nothing here is read-only to
+/// them (the process runtime is for development and is not isolated).
+async fn write_files(data_dir: &std::path::Path, files: &[ConfigFile]) -> Result<(), RuntimeError> {
+    for file in files {
+        let path = data_dir.join(safe_relative_path(&file.path)?);
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        // Write then rename, so the instance never reads a half-written file.
+        let tmp = path.with_extension("clawdeploy-tmp");
+        tokio::fs::write(&tmp, &file.contents).await?;
+        tokio::fs::rename(&tmp, &path).await?;
+    }
+    Ok(())
 }

@@ -32,6 +32,8 @@ pub struct InstanceSpec {
     /// Extra labels (Docker) or tags, beside the platform's own.
     pub labels: BTreeMap<String, String>,
     pub env: Vec<(String, String)>,
+    /// Written into the data directory before the first start (the idle config).
+    pub files: Vec<ConfigFile>,
 }
 
 /// A file written into an instance's data directory at assignment (config, SOUL.md, ...).
@@ -40,6 +42,30 @@ pub struct ConfigFile {
     /// Relative to the data directory, `/`-separated, no `..`.
     pub path: String,
     pub contents: Vec<u8>,
+    /// Whether the instance may change it. The platform's config is not: a tenant runs code in
+    /// its instance, and a config it could rewrite would undo the platform's lockdown (Docker
+    /// writes such files as root, readable only).
+    pub instance_writable: bool,
+}
+
+impl ConfigFile {
+    /// A file the instance reads but cannot change (its gateway config).
+    pub fn platform(path: &str, contents: Vec<u8>) -> Self {
+        Self {
+            path: path.into(),
+            contents,
+            instance_writable: false,
+        }
+    }
+
+    /// A file the instance owns (its workspace files).
+    pub fn instance(path: &str, contents: Vec<u8>) -> Self {
+        Self {
+            path: path.into(),
+            contents,
+            instance_writable: true,
+        }
+    }
 }
 
 /// A created instance, as the runtime knows it.

@@ -323,3 +323,4 @@ async fn instances_reach_only_the_allowed_endpoint() {
         runtime.remove(&id).await.unwrap();
     }
 }
+            files: vec![],

@@ -35,7 +35,11 @@ async fn the_control_api_refuses_requests_that_bypass_the_edge() {
         for (method, path, body) in [
             ("GET", "/healthz", ""),
             ("GET", "/api/openapi.json", ""),
-            ("POST", "/api/auth/login", r#"{"email":"a@example.com","password":"wrong password 1"}"#),
+            (
+                "POST",
+                "/api/auth/login",
+                r#"{"email":"a@example.com","password":"wrong password 1"}"#,
+            ),
         ] {
             let secret = guess.map_or(String::new(), |g| format!("X-Clawdeploy-Edge: {g}\r\n"));
             let raw = format!(
@@ -45,7 +49,12 @@ async fn the_control_api_refuses_requests_that_bypass_the_edge() {
                 body.len()
             );
             let resp = try_send(control, raw.as_bytes()).await.expect("an answer");
-            assert_eq!(resp.status, 403, "{method} {path} with {guess:?}: {}", resp.text());
+            assert_eq!(
+                resp.status,
+                403,
+                "{method} {path} with {guess:?}: {}",
+                resp.text()
+            );
             assert_eq!(resp.error_code(), "EDGE_ONLY");
         }
     }
@@ -55,6 +64,161 @@ async fn the_control_api_refuses_requests_that_bypass_the_edge() {
     );
     let resp = edge.send(raw.as_bytes()).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
-    let (token, _, _) = edge.register("edge@example.com", "correct horse battery staple 9").await;
+    let (token, _, _) = edge
+        .register("edge@example.com", "correct horse battery staple 9")
+        .await;
     assert!(!token.is_empty());
+}
+
+const METER_NETWORK: &str = "clawdeploy-meter-attack-test";
+
+/// Two fixture containers on one instance network: (runtime, [(id, published address, IP on the
+/// network)], the host's address on the network).
+async fn two_tenants() -> (
+    clawdeploy_pool::DockerRuntime,
+    Vec<(String, SocketAddr, std::net::IpAddr)>,
+    std::net::IpAddr,
+) {
+    use clawdeploy_pool::{DockerOptions, DockerRuntime, InstanceSpec, Resources, Runtime};
+    let runtime = DockerRuntime::connect(DockerOptions {
+        network: METER_NETWORK.into(),
+        publish_loopback: true,
+    })
+    .await
+    .expect("Docker");
+    let mut tenants = Vec::new();
+    let mut gateway = None;
+    for n in 0..2 {
+        let spec = InstanceSpec {
+            name: format!("cdtest-meterattack-{}-{n}", std::process::id()),
+            image: crate::runtime::fixture_image_name(),
+            user: "65534:65534".into(),
+            port: 18789,
+            resources: Resources {
+                memory_mb: 64,
+                cpus: 0.5,
+                pids: 64,
+            },
+            labels: std::collections::BTreeMap::from([(
+                "clawdeploy.test".to_string(),
+                "true".to_string(),
+            )]),
+            env: vec![],
+            files: vec![],
+        };
+        let created = runtime.create(&spec).await.expect("create");
+        runtime.start(&created.id).await.expect("start");
+        let published = crate::runtime::wait_ready(&runtime, &created.id).await;
+        let endpoint = runtime
+            .docker()
+            .inspect_container(&created.id, None)
+            .await
+            .expect("inspect")
+            .network_settings
+            .and_then(|s| s.networks)
+            .and_then(|mut n| n.remove(METER_NETWORK))
+            .expect("on the network");
+        gateway = endpoint.gateway.and_then(|g| g.parse().ok());
+        let ip = endpoint.ip_address.expect("an IP").parse().expect("an IP");
+        tenants.push((created.id, published, ip));
+    }
+    (runtime, tenants, gateway.expect("the network's gateway"))
+}
+
+/// Tenant A's code, running in A's container, asks the LLM meter (on the host's address on the
+/// instance network, where every gateway trusts its proxy) to call tenant B's gateway as its
+/// "custom provider", naming B's owner in `X-Forwarded-User`. Before the fix the meter took
+/// `http://x@<B>:18789` for a public host, connected from the trusted address and passed A's
+/// identity headers on: B answered as to its owner. Now the stored URL is refused, and even a
+/// private address the operator allowed is not called through the instance network; B sees
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_reach_another_tenant_through_the_llm_meter() {
+    use clawdeploy_pool::Runtime;
+    let (runtime, tenants, gateway) = two_tenants().await;
+    let (a, b) = (&tenants[0], &tenants[1]);
+    let meter = SocketAddr::new(gateway, free_port());
+    // Even B's own address, allowed by the operator, is never called through the instance network.
+    let edge = EdgeBuilder::new()
+        .section("llm", &format!("listen = \"{meter}\""))
+        .section("llm", &format!("allow_private_custom = [\"{}\"]", b.2))
+        .start()
+        .await;
+    let (token, _, _) = edge
+        .register("tenant-a@example.com", "correct horse battery staple 9")
+        .await;
+    let created = edge
+        .api(
+            "POST",
+            "/api/instances",
+            Some(&token),
+            Some(serde_json::json!({"subdomain": "tenanta"})),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let instance_id = created.json()["instance"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let put = edge
+        .api(
+            "PUT",
+            "/api/account/api-keys/custom",
+            Some(&token),
+            Some(serde_json::json!({"key": "sk-tenant-a-123", "baseUrl": "https://llm.example.com/v1"})),
+        )
+        .await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    let instance_token = clawdeploy_metering::llm::instance_token(JWT_KEY.as_bytes(), &instance_id);
+    let victim = "00000000-0000-4000-8000-00000000b0b0";
+    let b_stats = || async {
+        try_send(b.1, get_request("i", "/stats").as_bytes())
+            .await
+            .expect("B's stats")
+            .json()["requests"]
+            .as_u64()
+            .unwrap()
+    };
+
+    let db = format!(
+        "sqlite://{}",
+        edge.data_dir().join("clawdeploy.db").display()
+    );
+    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    for (stored, code) in [
+        (format!("http://x@{}:18789", b.2), "BAD_CUSTOM_ENDPOINT"),
+        (format!("http://{}:18789", b.2), "PRIVATE_UPSTREAM"),
+    ] {
+        sqlx::query("UPDATE api_keys SET base_url = ? WHERE provider = 'custom'")
+            .bind(&stored)
+            .execute(&pool)
+            .await
+            .unwrap();
+        let before = b_stats().await;
+        let fetch = format!(
+            "/fetch?target={meter}&path=/custom/whoami&auth={instance_token}&user={victim}"
+        );
+        // The meter's listener is a background service: retry while it is not up yet.
+        let deadline = std::time::Instant::now() + PATIENCE;
+        let answer = loop {
+            let answer = try_send(a.1, get_request("i", &fetch).as_bytes())
+                .await
+                .expect("A's fetch hook")
+                .json();
+            if answer["error"].is_null() || std::time::Instant::now() > deadline {
+                break answer;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        assert_eq!(answer["status"], 403, "{stored}: {answer}");
+        let body = answer["body"].as_str().unwrap_or_default();
+        assert!(body.contains(code), "{stored}: {body}");
+        assert!(!body.contains(victim), "B answered A: {body}");
+        // Only the stats call itself reached B.
+        assert_eq!(b_stats().await, before + 1, "{stored}: the meter reached B");
+    }
+    pool.close().await;
+    for (id, _, _) in &tenants {
+        runtime.remove(id).await.unwrap();
+    }
 }

@@ -200,8 +200,12 @@ async fn only_the_owner_reaches_an_instance_and_the_container_sees_nothing_else(
 
     // The owner's request arrives with the edge's identity header, not the client's, and without
     // the platform's credentials.
+    // Nor OpenClaw's scope header (absent, OpenClaw grants an HTTP call admin; the edge always
+    // sends the owner's), nor a proof header of the client's making.
     let own = format!(
-        "GET /whoami HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {alice}\r\nX-Forwarded-User: admin\r\nCookie: clawdeploy_session=platform; app=1\r\nConnection: close\r\n\r\n"
+        "GET /whoami HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {alice}\r\nX-Forwarded-User: admin\r\n\
+         X-OpenClaw-Scopes: operator.admin\r\nX-Clawdeploy-Proof-0123: 1\r\n\
+         Cookie: clawdeploy_session=platform; app=1\r\nConnection: close\r\n\r\n"
     );
     let whoami = edge.send(own.as_bytes()).await;
     assert_eq!(whoami.status, 200, "{}", whoami.text());
@@ -213,6 +217,31 @@ async fn only_the_owner_reaches_an_instance_and_the_container_sees_nothing_else(
     assert!(
         headers.get("authorization").is_none(),
         "the platform token reached the container: {headers}"
+    );
+    assert_eq!(
+        headers["x-openclaw-scopes"],
+        "operator.read,operator.write,operator.approvals,operator.questions"
+    );
+    let instance_id = edge
+        .api("GET", "/api/instances/me", Some(&alice), None)
+        .await
+        .json()["instance"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let proofs: Vec<&String> = headers
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| k.starts_with("x-clawdeploy-proof-"))
+        .collect();
+    assert_eq!(
+        proofs,
+        [&clawdeploy_proxy::gateway_trust::proof_header(
+            JWT_KEY.as_bytes(),
+            &instance_id
+        )],
+        "the gateway gets exactly the edge's proof for this instance: {headers}"
     );
     // The instance's own cookies pass; the platform's never do.
     assert_eq!(

@@ -346,10 +346,18 @@ async fn the_meter_never_connects_to_a_private_address_from_the_store() {
         .await;
     let (token, _, _) = edge.register("stored@example.com", PW).await;
     let created = edge
-        .api("POST", "/api/instances", Some(&token), Some(json!({"subdomain": "stored"})))
+        .api(
+            "POST",
+            "/api/instances",
+            Some(&token),
+            Some(json!({"subdomain": "stored"})),
+        )
         .await;
     assert_eq!(created.status, 201, "{}", created.text());
-    let instance_id = created.json()["instance"]["id"].as_str().unwrap().to_string();
+    let instance_id = created.json()["instance"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let put = edge
         .api(
             "PUT",
@@ -363,22 +371,40 @@ async fn the_meter_never_connects_to_a_private_address_from_the_store() {
     let chat = json!({"model": "default", "messages": [{"role": "user", "content": "hi"}]});
     wait_listening(meter).await;
 
-    let db = format!("sqlite://{}", edge.data_dir().join("clawdeploy.db").display());
+    let db = format!(
+        "sqlite://{}",
+        edge.data_dir().join("clawdeploy.db").display()
+    );
     let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
     for (stored, code) in [
-        (format!("http://127.1:{}/v1", target_addr.port()), "BAD_CUSTOM_ENDPOINT"),
+        (
+            format!("http://127.1:{}/v1", target_addr.port()),
+            "BAD_CUSTOM_ENDPOINT",
+        ),
         (format!("http://x@{target_addr}/v1"), "BAD_CUSTOM_ENDPOINT"),
-        (format!("http://[::ffff:127.0.0.1]:{}/v1", target_addr.port()), "BAD_CUSTOM_ENDPOINT"),
+        (
+            format!("http://[::ffff:127.0.0.1]:{}/v1", target_addr.port()),
+            "BAD_CUSTOM_ENDPOINT",
+        ),
         (format!("http://{target_addr}/v1"), "BAD_CUSTOM_ENDPOINT"),
         // A name is resolved by the connector, which refuses the loopback address it finds.
-        (format!("http://{}:{}/v1", loopback_name(), target_addr.port()), "PRIVATE_UPSTREAM"),
+        (
+            format!("http://{}:{}/v1", loopback_name(), target_addr.port()),
+            "PRIVATE_UPSTREAM",
+        ),
     ] {
         sqlx::query("UPDATE api_keys SET base_url = ? WHERE provider = 'custom'")
             .bind(&stored)
             .execute(&pool)
             .await
             .unwrap();
-        let refused = post(meter, "/custom/chat/completions", Some(&instance_token), &chat).await;
+        let refused = post(
+            meter,
+            "/custom/chat/completions",
+            Some(&instance_token),
+            &chat,
+        )
+        .await;
         assert_eq!(refused.status, 403, "{stored}: {}", refused.text());
         assert_eq!(refused.error_code(), code, "{stored}: {}", refused.text());
     }
@@ -404,18 +430,32 @@ async fn the_meter_forwards_only_provider_headers() {
         .await;
     let (token, _, _) = edge.register("headers@example.com", PW).await;
     let created = edge
-        .api("POST", "/api/instances", Some(&token), Some(json!({"subdomain": "headers"})))
+        .api(
+            "POST",
+            "/api/instances",
+            Some(&token),
+            Some(json!({"subdomain": "headers"})),
+        )
         .await;
     assert_eq!(created.status, 201, "{}", created.text());
-    let instance_id = created.json()["instance"]["id"].as_str().unwrap().to_string();
+    let instance_id = created.json()["instance"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let put = edge
-        .api("PUT", "/api/account/api-keys/openai", Some(&token), Some(json!({"key": "sk-real-openai"})))
+        .api(
+            "PUT",
+            "/api/account/api-keys/openai",
+            Some(&token),
+            Some(json!({"key": "sk-real-openai"})),
+        )
         .await;
     assert_eq!(put.status, 200, "{}", put.text());
     let instance_token = clawdeploy_metering::llm::instance_token(JWT_KEY.as_bytes(), &instance_id);
     wait_listening(meter).await;
 
-    let body = json!({"model": "default", "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let body =
+        json!({"model": "default", "messages": [{"role": "user", "content": "hi"}]}).to_string();
     let raw = format!(
         "POST /openai/v1/chat/completions HTTP/1.1\r\nHost: meter\r\nAuthorization: Bearer {instance_token}\r\n\
          Content-Type: application/json\r\nOpenAI-Beta: assistants=v2\r\n\
@@ -425,7 +465,9 @@ async fn the_meter_forwards_only_provider_headers() {
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    let answer = try_send(meter, raw.as_bytes()).await.expect("the meter answers");
+    let answer = try_send(meter, raw.as_bytes())
+        .await
+        .expect("the meter answers");
     assert_eq!(answer.status, 200, "{}", answer.text());
     let seen = seen.lock().unwrap();
     let headers = &seen[0].2;
@@ -438,7 +480,10 @@ async fn the_meter_forwards_only_provider_headers() {
         "cookie",
         "x-custom",
     ] {
-        assert!(headers.get(name).is_none(), "{name} reached the provider: {headers:?}");
+        assert!(
+            headers.get(name).is_none(),
+            "{name} reached the provider: {headers:?}"
+        );
     }
     assert_eq!(headers["openai-beta"], "assistants=v2");
     assert_eq!(headers["content-type"], "application/json");

@@ -395,7 +395,7 @@ pub async fn assert_container_holds_only_the_token(
     )
     .await;
     assert!(
-        environments.contains("CLAWDEPLOY_IDLE_CONFIG"),
+        environments.contains("OPENCLAW_CONFIG_PATH"),
         "process environments not readable: {environments}"
     );
     assert!(
@@ -474,6 +474,51 @@ async fn container_of(node_id: &str) -> String {
     let ids: Vec<&str> = ids.split_whitespace().collect();
     assert_eq!(ids.len(), 1, "containers of {node_id}: {ids:?}");
     ids[0].to_string()
+}
+
+/// The tenant's code (a tool OpenClaw runs, as the container's user) cannot change the
+/// platform's config in any way: not write it, replace it, move it or its directory away.
+async fn assert_config_is_read_only_to_the_tenant(node_id: &str) {
+    let container = container_of(node_id).await;
+    let path = format!("/data/{}", clawdeploy_pool::openclaw::CONFIG_FILE);
+    let before = exec_output(&container, &["cat", &path]).await;
+    assert!(before.contains("trusted-proxy"), "{before}");
+    let attempts = [
+        format!("echo '{{}}' > {path}"),
+        format!("echo '{{}}' >> {path}"),
+        format!("rm -f {path}"),
+        format!("mv {path} /data/state/moved.json"),
+        "mv /data /tmp/data".to_string(),
+        format!("echo '{{}}' > {path}.new && mv {path}.new {path}"),
+        format!("chmod 0666 {path}"),
+    ];
+    for attempt in &attempts {
+        let status = tokio::process::Command::new("docker")
+            .args(["exec", &container, "sh", "-c", attempt])
+            .output()
+            .await
+            .expect("docker exec")
+            .status;
+        assert!(!status.success(), "the tenant could run `{attempt}`");
+    }
+    assert_eq!(exec_output(&container, &["cat", &path]).await, before);
+    assert_eq!(exec_output(&container, &["id", "-u"]).await.trim(), "1000");
+    // Its own state and workspace stay writable.
+    for dir in ["/data/state", "/data/workspace"] {
+        let status = tokio::process::Command::new("docker")
+            .args([
+                "exec",
+                &container,
+                "sh",
+                "-c",
+                &format!("touch {dir}/probe && rm {dir}/probe"),
+            ])
+            .output()
+            .await
+            .expect("docker exec")
+            .status;
+        assert!(status.success(), "{dir} is not writable by the instance");
+    }
 }
 
 /// `docker exec <container> <argv>`: its stdout (the instance's own user and view).
@@ -587,6 +632,7 @@ async fn openclaw_behind_the_edge_chats_refuses_strangers_and_reloads_its_soul()
     assert_metered(&edge, &token, &provider, "sk-test-olivia").await;
     assert_container_holds_only_the_token(&node_id, &instance_id, "sk-test-olivia", provider_addr)
         .await;
+    assert_config_is_read_only_to_the_tenant(&node_id).await;
 
     // Locked down: no admin scope (config writes refused), terminal off.
     let patch = call(
@@ -668,10 +714,19 @@ async fn openclaw_behind_the_edge_chats_refuses_strangers_and_reloads_its_soul()
         .json();
     let upstream = upstream_of(&edge, &routes, &host);
     let xff = ("x-forwarded-for", "192.0.2.1");
+    let owner_id = jwt_claims(&token)["sub"].as_str().unwrap().to_string();
+    // Naming the owner is not enough (any host process could, from the trusted address): the
+    // gateway also wants the per-instance proof only the edge can name.
     for headers in [
         vec![],
         vec![xff],
         vec![xff, ("x-forwarded-user", bob_id.as_str())],
+        vec![xff, ("x-forwarded-user", owner_id.as_str())],
+        vec![
+            xff,
+            ("x-forwarded-user", owner_id.as_str()),
+            ("x-clawdeploy-proof-00000000000000000000000000000000", "1"),
+        ],
     ] {
         let answer = direct(upstream, &headers).await;
         assert!(
@@ -679,6 +734,43 @@ async fn openclaw_behind_the_edge_chats_refuses_strangers_and_reloads_its_soul()
             "gateway admitted {headers:?}: {answer:?}"
         );
     }
+    let proof = clawdeploy_proxy::gateway_trust::proof_header(JWT_KEY.as_bytes(), &instance_id);
+    let with_proof = [
+        xff,
+        ("x-forwarded-user", owner_id.as_str()),
+        (proof.as_str(), "1"),
+    ];
+    assert_eq!(
+        direct(upstream, &with_proof).await.expect("connect")["ok"],
+        true,
+        "the edge's own headers must still be admitted"
+    );
+    // The same over HTTP: the owner's transcript through `/tools/invoke` (the finding read
+    // another tenant's `sessions_history` this way, through the LLM meter).
+    let body = r#"{"tool":"sessions_list","args":{}}"#;
+    let invoke = |extra: &str| {
+        format!(
+            "POST /tools/invoke HTTP/1.1\r\nHost: {upstream}\r\nX-Forwarded-For: 192.0.2.1\r\n\
+             X-Forwarded-User: {owner_id}\r\n{extra}Content-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let forged = try_send(upstream, invoke("").as_bytes())
+        .await
+        .expect("an answer");
+    assert_eq!(forged.status, 401, "{}", forged.text());
+    let edge_like = try_send(
+        upstream,
+        invoke(&format!(
+            "{proof}: 1\r\nX-OpenClaw-Scopes: {}\r\n",
+            clawdeploy_proxy::gateway_trust::owner_scopes_value()
+        ))
+        .as_bytes(),
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(edge_like.status, 200, "{}", edge_like.text());
 
     // Deleting the instance removes its container.
     assert_eq!(

@@ -38,6 +38,7 @@ pub fn spec(name: &str, image: String, memory_mb: u64) -> InstanceSpec {
         },
         labels: BTreeMap::from([("clawdeploy.test".to_string(), "true".to_string())]),
         env: vec![],
+        files: vec![],
     }
 }
 
@@ -132,14 +133,8 @@ async fn lifecycle(runtime: &dyn Runtime, image: String) {
         .assign(
             &created.id,
             &[
-                ConfigFile {
-                    path: "config.json".into(),
-                    contents: config,
-                },
-                ConfigFile {
-                    path: "workspace/SOUL.md".into(),
-                    contents: b"Be brief.".to_vec(),
-                },
+                ConfigFile::platform("config.json", config),
+                ConfigFile::instance("workspace/SOUL.md", b"Be brief.".to_vec()),
             ],
         )
         .await
@@ -345,10 +340,7 @@ async fn runtimes_refuse_root_and_escaping_config_paths() {
         .create(&spec(&unique_name("paths"), fixture_bin(), 64))
         .await
         .unwrap();
-    let escape = ConfigFile {
-        path: "../outside".into(),
-        contents: b"x".to_vec(),
-    };
+    let escape = ConfigFile::instance("../outside", b"x".to_vec());
     assert!(process.assign(&created.id, &[escape]).await.is_err());
     assert!(!dir.path().join("outside").exists());
     process.remove(&created.id).await.unwrap();
@@ -368,10 +360,10 @@ async fn fixture_speaks_the_gateway_subset_directly() {
     runtime
         .assign(
             &created.id,
-            &[ConfigFile {
-                path: "config.json".into(),
-                contents: br#"{"owner":"alice","userHeader":"x-forwarded-user"}"#.to_vec(),
-            }],
+            &[ConfigFile::platform(
+                "config.json",
+                br#"{"owner":"alice","userHeader":"x-forwarded-user"}"#.to_vec(),
+            )],
         )
         .await
         .unwrap();
