@@ -172,10 +172,10 @@ async fn with_userns_remap_an_instance_uid_1000_is_a_high_unprivileged_host_uid(
     runtime
         .assign(
             &created.id,
-            &[ConfigFile {
-                path: "config.json".into(),
-                contents: br#"{"written":"by the platform"}"#.to_vec(),
-            }],
+            &[ConfigFile::platform(
+                "config.json",
+                br#"{"written":"by the platform"}"#.to_vec(),
+            )],
         )
         .await
         .unwrap();
