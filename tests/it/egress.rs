@@ -138,6 +138,7 @@ async fn instances_reach_only_the_allowed_endpoint() {
             },
             labels: BTreeMap::from([("clawdeploy.test".to_string(), "true".to_string())]),
             env: vec![],
+            files: vec![],
         };
         let created = runtime.create(&spec).await.unwrap();
         runtime.start(&created.id).await.unwrap();
@@ -323,4 +324,3 @@ async fn instances_reach_only_the_allowed_endpoint() {
         runtime.remove(&id).await.unwrap();
     }
 }
-            files: vec![],
