@@ -431,4 +431,23 @@ async fn an_unproven_claim_is_removed_once_older_than_the_unverified_ttl() {
     let resp = add_domain(&edge, stale, hostname).await;
     assert_eq!(resp.status, 201, "{}", resp.text());
     assert_ne!(resp.json()["domain"]["records"][1]["value"], stale_txt);
+
+    // The dashboard's Domains page says so.
+    let resp = edge
+        .api("POST", "/api/auth/browser-session", Some(stale), None)
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let cookie = resp.header("set-cookie").expect("Set-Cookie").to_string();
+    let cookie = cookie.split(';').next().unwrap_or_default();
+    let raw = format!(
+        "GET /domains HTTP/1.1\r\nHost: {APP_DOMAIN}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+    );
+    let page = try_send(edge.addr, raw.as_bytes()).await.expect("page");
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert!(
+        page.text()
+            .contains("a domain whose records are not seen within 1 hour is removed"),
+        "{}",
+        page.text()
+    );
 }

@@ -619,6 +619,18 @@ async fn security(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -
         .html(body)
 }
 
+/// `domains.unverified_ttl_secs` in words: whole days or hours, else seconds.
+fn ttl_text(secs: u64) -> String {
+    let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+    if secs.is_multiple_of(86_400) {
+        plural(secs / 86_400, "day")
+    } else if secs.is_multiple_of(3_600) {
+        plural(secs / 3_600, "hour")
+    } else {
+        plural(secs, "second")
+    }
+}
+
 async fn domains(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -> Response {
     let Some(auth) = signed_in(&state, &headers).await else {
         return to_login(&uri);
@@ -673,7 +685,7 @@ async fn domains(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) ->
 <div class="table-wrap"><table class="table"><caption class="visually-hidden">DNS record to create</caption>
 <thead><tr><th scope="col">Type</th><th scope="col">Name</th><th scope="col">Value</th></tr></thead>
 <tbody><tr><td>CNAME</td><td>your domain (e.g. <code>claw.example.com</code>)</td><td><code>{target}</code></td></tr></tbody></table></div>
-<p class="notice" role="note">Custom domains come with the Pro tier and up. A domain is served over HTTPS, with its own certificate, once its CNAME and TXT records are seen. Your instance is reachable at <strong>{target}</strong>.</p>
+<p class="notice" role="note">Custom domains come with the Pro tier and up. A domain is served over HTTPS, with its own certificate, once its CNAME and TXT records are seen. The TXT value is yours alone: whoever's records are seen first owns the domain, and a domain whose records are not seen within {ttl} is removed. Your instance is reachable at <strong>{target}</strong>.</p>
 <form id="domain-form" novalidate>
   <div class="field"><label for="hostname">Domain</label>
     <input id="hostname" name="hostname" type="text" autocomplete="off" autocapitalize="none" spellcheck="false" placeholder="claw.example.com" required data-field="hostname" aria-describedby="hostname-error">
@@ -683,7 +695,8 @@ async fn domains(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) ->
 </form>
 {list}
 </section>"#,
-        target = esc(&target)
+        target = esc(&target),
+        ttl = esc(&ttl_text(state.ctx.config.domains.unverified_ttl_secs)),
     );
     Page::new("Custom domains · ClawDeploy", "domains")
         .user(Some(&auth.user))
