@@ -32,7 +32,7 @@ use crate::metered::{self, EdgeMetering, RequestMetrics};
 use crate::responses::{write_error, write_redirect, write_see_other, EdgeError};
 use crate::routes::{InstanceState, Resolution, Route, RouteKind, RouteTable};
 use crate::tls::EdgeTls;
-use crate::upgrade::{check_upgrade, Upgrade};
+use crate::upgrade::{self, check_upgrade, Upgrade};
 
 /// Request headers a client may not set: the edge is the only source of forwarding and identity
 /// information its upstreams see. Prefixes are matched case-insensitively (header names are lower case).
@@ -250,6 +250,9 @@ impl ProxyHttp for EdgeProxy {
                     return Ok(true);
                 }
                 if ctx.websocket {
+                    if ctx.route.as_ref().map(|r| r.kind) == Some(RouteKind::Instance) {
+                        upgrade::strip_extensions(session.req_header_mut());
+                    }
                     if let (Some(m), Some(route)) = (&self.metering, &ctx.route) {
                         ctx.relay = m.relay_for(route);
                     }

@@ -84,6 +84,13 @@ pub fn check_upgrade(req: &RequestHeader) -> Result<Upgrade, UpgradeError> {
     Ok(Upgrade::WebSocket)
 }
 
+/// Removes the WebSocket extension offer from an upgrade to an instance's gateway: nothing may
+/// change the framing under the edge's message meter (permessage-deflate would hide every message
+/// from it). OpenClaw's gateway negotiates no extension anyway (`perMessageDeflate: false`).
+pub fn strip_extensions(req: &mut RequestHeader) {
+    req.remove_header(&header::SEC_WEBSOCKET_EXTENSIONS);
+}
+
 /// 16 bytes in base64: 22 symbols then `==`.
 fn is_websocket_key(key: &[u8]) -> bool {
     key.len() == 24
@@ -123,6 +130,19 @@ mod tests {
             check_upgrade(&request("GET", &[("upgrade", "h2c")])),
             Ok(Upgrade::None)
         );
+    }
+
+    #[test]
+    fn extension_offers_are_removed() {
+        let mut offer = GOOD.to_vec();
+        offer.push((
+            "sec-websocket-extensions",
+            "permessage-deflate; client_max_window_bits",
+        ));
+        let mut req = request("GET", &offer);
+        strip_extensions(&mut req);
+        assert!(req.headers.get("sec-websocket-extensions").is_none());
+        assert_eq!(check_upgrade(&req), Ok(Upgrade::WebSocket));
     }
 
     #[test]

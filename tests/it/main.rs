@@ -17,6 +17,7 @@ mod instances;
 mod lifecycle;
 mod llm_meter;
 mod mail;
+mod meter_attacks;
 mod metering;
 mod openapi;
 mod openclaw;

@@ -28,7 +28,7 @@ fn node_id() -> String {
 }
 
 /// An edge whose pool runs the fixture gateway as local processes.
-fn metered_edge(messages_per_month: Option<u64>) -> EdgeBuilder {
+pub(crate) fn metered_edge(messages_per_month: Option<u64>) -> EdgeBuilder {
     let mut builder = EdgeBuilder::new()
         .section("runtime", "kind = \"process\"")
         .section("runtime", "config = \"fixture\"")
@@ -46,7 +46,11 @@ fn metered_edge(messages_per_month: Option<u64>) -> EdgeBuilder {
 }
 
 /// Registers a user and creates their instance; (token, host) once it is routed as running.
-async fn user_with_instance(edge: &Edge, email: &str, subdomain: &str) -> (String, String) {
+pub(crate) async fn user_with_instance(
+    edge: &Edge,
+    email: &str,
+    subdomain: &str,
+) -> (String, String) {
     let (token, _, _) = edge.register(email, PW).await;
     let host = instance_for(edge, &token, subdomain).await;
     (token, host)
@@ -85,7 +89,7 @@ async fn instance_for(edge: &Edge, token: &str, subdomain: &str) -> String {
 }
 
 /// A connected gateway session (handshake done).
-async fn gateway(edge: &Edge, host: &str, token: &str) -> WebSocket {
+pub(crate) async fn gateway(edge: &Edge, host: &str, token: &str) -> WebSocket {
     let tcp = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
     let mut request = format!("ws://{host}/ws").into_client_request().unwrap();
     request
@@ -108,7 +112,7 @@ async fn gateway(edge: &Edge, host: &str, token: &str) -> WebSocket {
     ws
 }
 
-fn chat(id: &str, key: &str) -> Message {
+pub(crate) fn chat(id: &str, key: &str) -> Message {
     Message::text(
         json!({"type":"req","id": id,"method":"chat.send","params":{"sessionKey":"agent:main:main","message": format!("hello {id}"),"idempotencyKey": key}})
             .to_string(),
@@ -116,7 +120,7 @@ fn chat(id: &str, key: &str) -> Message {
 }
 
 /// Waits for the `res` with this id, skipping events.
-async fn res_for(ws: &mut WebSocket, id: &str) -> Value {
+pub(crate) async fn res_for(ws: &mut WebSocket, id: &str) -> Value {
     loop {
         let frame = next_json(ws).await;
         if frame["type"] == "res" && frame["id"] == id {
@@ -125,7 +129,7 @@ async fn res_for(ws: &mut WebSocket, id: &str) -> Value {
     }
 }
 
-async fn usage(edge: &Edge, token: &str) -> Value {
+pub(crate) async fn usage(edge: &Edge, token: &str) -> Value {
     let me = edge
         .api("GET", "/api/instances/me", Some(token), None)
         .await;
@@ -327,7 +331,7 @@ async fn a_restart_keeps_the_counts() {
 }
 
 /// A raw client: the upgrade by hand, then frames written in pieces.
-async fn raw_gateway(edge: &Edge, host: &str, token: &str) -> tokio::net::TcpStream {
+pub(crate) async fn raw_gateway(edge: &Edge, host: &str, token: &str) -> tokio::net::TcpStream {
     let mut tcp = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
     tcp.set_nodelay(true).unwrap();
     let request = format!(
@@ -350,7 +354,7 @@ async fn raw_gateway(edge: &Edge, host: &str, token: &str) -> tokio::net::TcpStr
 }
 
 /// Reads server text messages until one satisfies `want`.
-async fn read_until(
+pub(crate) async fn read_until(
     tcp: &mut tokio::net::TcpStream,
     parser: &mut FrameParser,
     message: &mut Vec<u8>,
@@ -383,7 +387,7 @@ async fn read_until(
 }
 
 /// Writes `bytes` a few bytes at a time, so the edge sees them in many reads.
-async fn write_in_pieces(tcp: &mut tokio::net::TcpStream, bytes: &[u8]) {
+pub(crate) async fn write_in_pieces(tcp: &mut tokio::net::TcpStream, bytes: &[u8]) {
     for (i, piece) in bytes.chunks(3).enumerate() {
         tcp.write_all(piece).await.unwrap();
         tcp.flush().await.unwrap();
