@@ -6,7 +6,10 @@
 //!
 //! Two chains per instance network, installed and removed by the runtime:
 //! - `CLAWDEPLOY-E-<net>` from Docker's `DOCKER-USER` (forwarded traffic): replies pass, allowed
-//!   endpoints pass, then every destination that is not public unicast is rejected: the IANA IPv4
+//!   endpoints pass, DNS (port 53) to this node's resolvers passes ([`node_resolvers`]: Docker's
+//!   embedded DNS forwards a container's queries from the container itself, so a resolver on a
+//!   private address or on the node's own subnet must stay reachable, on port 53 only), then every
+//!   destination that is not public unicast is rejected: the IANA IPv4
 //!   special-purpose registry ([`blocked_ranges`]), the instance network's own subnet, and each
 //!   address and subnet of this node's interfaces, read at install time ([`node_networks`]). The
 //!   rest (the internet) passes on to Docker's own rules;
@@ -110,8 +113,13 @@ impl EgressRules {
     }
 
     /// The rules of both chains, as `iptables` arguments after `-A <chain>`, with `node` the
-    /// node's interface networks ([`node_networks`]).
-    pub fn chain_rules(&self, node: &[Ipv4Net]) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
+    /// node's interface networks ([`node_networks`]) and `resolvers` its DNS resolvers
+    /// ([`node_resolvers`]).
+    pub fn chain_rules(
+        &self,
+        node: &[Ipv4Net],
+        resolvers: &[Ipv4Addr],
+    ) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
         let args = |s: &str| s.split_whitespace().map(str::to_string).collect::<Vec<_>>();
         let allowed = |addr: &SocketAddr, verdict: &str| {
             args(&format!(
@@ -122,6 +130,13 @@ impl EgressRules {
         };
         let mut forward = vec![args("-m conntrack --ctstate ESTABLISHED,RELATED -j RETURN")];
         forward.extend(self.allow.iter().map(|a| allowed(a, "RETURN")));
+        for resolver in resolvers {
+            for proto in ["udp", "tcp"] {
+                forward.push(args(&format!(
+                    "-p {proto} -d {resolver} --dport 53 -j RETURN"
+                )));
+            }
+        }
         for range in self.blocked_destinations(node) {
             forward.push(args(&format!(
                 "-d {range} -p tcp -j REJECT --reject-with tcp-reset"
@@ -148,7 +163,8 @@ impl EgressRules {
             )));
         }
         let node = node_networks().await?;
-        let (forward, input) = self.chain_rules(&node);
+        let resolvers = node_resolvers().await;
+        let (forward, input) = self.chain_rules(&node, &resolvers);
         for (chain, rules) in [(&self.forward_chain, forward), (&self.input_chain, input)] {
             // -N fails when the chain exists; then flush it.
             if iptables(&["-N", chain]).await.is_err() {
@@ -229,6 +245,29 @@ pub async fn node_networks() -> Result<Vec<Ipv4Net>, RuntimeError> {
         .filter(|a| a.family == "inet")
         .filter_map(|a| Ipv4Net::new(a.local?, a.prefixlen?).ok())
         .collect())
+}
+
+/// This node's IPv4 DNS resolvers, as Docker hands them to containers: the `nameserver` lines of
+/// `/etc/resolv.conf`, and of systemd-resolved's upstream list when the host uses its loopback stub
+/// (loopback addresses are never a container's resolver, so they are left out).
+pub async fn node_resolvers() -> Vec<Ipv4Addr> {
+    let mut resolvers = Vec::new();
+    for path in ["/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"] {
+        let Ok(text) = tokio::fs::read_to_string(path).await else {
+            continue;
+        };
+        for ip in text.lines().filter_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some("nameserver"))
+                .then(|| words.next()?.parse::<Ipv4Addr>().ok())
+                .flatten()
+        }) {
+            if !ip.is_loopback() && !resolvers.contains(&ip) {
+                resolvers.push(ip);
+            }
+        }
+    }
+    resolvers
 }
 
 /// Lists a chain's rules (`iptables -S`), for checks.

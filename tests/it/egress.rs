@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use clawdeploy_pool::egress::{blocked_ranges, list_chain, node_networks};
+use clawdeploy_pool::egress::{blocked_ranges, list_chain, node_networks, node_resolvers};
 use clawdeploy_pool::{
     DockerOptions, DockerRuntime, EgressRules, InstanceSpec, Resources, Runtime,
 };
@@ -289,6 +289,19 @@ async fn instances_reach_only_the_allowed_endpoint() {
         .any(|n| n.addr() == Ipv4Addr::LOCALHOST));
     for range in &expected {
         assert!(rejected(range), "{range} not rejected:\n{forward}");
+    }
+    // DNS to the node's resolvers (Docker's embedded DNS forwards from the container) passes
+    // before any rejection, on port 53 only.
+    let first_rejection = forward.find("-j REJECT").unwrap();
+    for resolver in node_resolvers().await {
+        for proto in ["udp", "tcp"] {
+            let rule = format!("-d {resolver}/32 -p {proto} -m {proto} --dport 53 -j RETURN");
+            let at = forward.find(&rule);
+            assert!(
+                at.is_some_and(|at| at < first_rejection),
+                "{rule} missing or after a rejection:\n{forward}"
+            );
+        }
     }
     assert!(
         forward
