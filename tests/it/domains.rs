@@ -209,31 +209,27 @@ async fn wait_my_domain(
     }
 }
 
-/// A plain HTTP request for `hostname` through the edge with the token's session.
-async fn through_edge(edge: &Edge, hostname: &str, token: &str) -> Response {
-    let raw = format!(
-        "GET /whoami HTTP/1.1\r\nHost: {hostname}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-    );
-    try_send(edge.addr, raw.as_bytes())
-        .await
-        .expect("edge answers")
-}
-
 /// Squatting, from the attacker's side: account A adds the victim's domain first and never
 /// proves it. Before issue #16 that claim held the name forever (`DOMAIN_TAKEN` for the real
 /// owner). Now the real owner adds it anyway with a token of its own, proves it in its DNS
 /// (real BIND) and goes active; A's claim can then never verify, says why, and removing it
-/// leaves the owner's route and certificate alone.
+/// leaves the owner's route and certificate alone. A second squatter, claiming after the owner,
+/// does not stop another edge node started later (PostgreSQL) from routing the owner's domain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_squatters_unproven_claim_does_not_stop_the_real_owner_and_can_never_verify() {
     let Some((bind, customer_dns)) = bind_zone("customer.test") else {
         return;
     };
-    let edge = edge_with_pool(false, 0)
-        .section("dns", &format!("resolver = \"{bind}\""))
-        .section("domains", "check_interval_secs = 1")
-        .start()
-        .await;
+    let Some(Db::Postgres(url)) = Db::postgres().await else {
+        panic!("CLAWDEPLOY_TEST_POSTGRES_URL is required (scripts/test.sh sets it)");
+    };
+    let node = |builder: EdgeBuilder| {
+        builder
+            .database_url(&url)
+            .section("dns", &format!("resolver = \"{bind}\""))
+            .section("domains", "check_interval_secs = 1")
+    };
+    let edge = node(edge_with_pool(false, 0)).start().await;
     let pid = std::process::id();
     let hostname = format!("shop-{pid}.customer.test");
 
@@ -271,6 +267,19 @@ async fn a_squatters_unproven_claim_does_not_stop_the_real_owner_and_can_never_v
         records[1]["name"],
         format!("_clawdeploy-challenge.{hostname}")
     );
+    // Another squatter races the owner, claiming after it.
+    let (late, _) = pro_user(&edge, "late@example.com").await;
+    let resp = edge
+        .api(
+            "POST",
+            "/api/instances",
+            Some(&late),
+            Some(json!({ "subdomain": format!("late{pid}") })),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    let resp = add_domain(&edge, &late, &hostname).await;
+    assert_eq!(resp.status, 201, "{}", resp.text());
 
     // Only the owner can write the domain's DNS.
     customer_dns
@@ -283,7 +292,7 @@ async fn a_squatters_unproven_claim_does_not_stop_the_real_owner_and_can_never_v
         .await
         .expect("TXT");
     wait_my_domain(&edge, &owner, &hostname, |d| d["status"] == "active").await;
-    let resp = through_edge(&edge, &hostname, &owner).await;
+    let resp = edge.get_as(&hostname, "/whoami", &owner).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(
         resp.json()["headers"]["x-forwarded-user"],
@@ -346,7 +355,7 @@ async fn a_squatters_unproven_claim_does_not_stop_the_real_owner_and_can_never_v
         my_domain(&edge, &owner, &hostname).await["status"],
         "active"
     );
-    let resp = through_edge(&edge, &hostname, &owner).await;
+    let resp = edge.get_as(&hostname, "/whoami", &owner).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     let stream = crate::tls::connect(
         edge.tls_addr,
@@ -356,6 +365,17 @@ async fn a_squatters_unproven_claim_does_not_stop_the_real_owner_and_can_never_v
     .await
     .expect("the owner's certificate is still served");
     assert_eq!(crate::tls::peer_leaf(&stream).0, vec![hostname.clone()]);
+
+    // A node started now loads the domains from the store: the late squatter's claim, listed
+    // after the owner's, must not undo the owner's route there.
+    wait_my_domain(&edge, &late, &hostname, |d| d["status"] == "failed").await;
+    let second = node(EdgeBuilder::new()).start().await;
+    let resp = second.get_as(&hostname, "/whoami", &owner).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(
+        resp.json()["headers"]["x-forwarded-user"],
+        owner_id.as_str()
+    );
 
     customer_dns.remove_cname(&hostname, &owner_host).await.ok();
     customer_dns.remove_txt(&txt_name, &owner_token).await.ok();
