@@ -280,12 +280,6 @@ impl Runtime for DockerRuntime {
                 body,
             )
             .await;
-        match created {
-            Ok(created) => Ok(InstanceRef {
-                id: created.id,
-                name: spec.name.clone(),
-            }),
-            Err(e) => {
         let created = match created {
             Ok(created) => self
                 .upload(&created.id, &spec.user, &spec.files)
@@ -293,6 +287,12 @@ impl Runtime for DockerRuntime {
                 .map(|()| created),
             Err(e) => Err(e.into()),
         };
+        match created {
+            Ok(created) => Ok(InstanceRef {
+                id: created.id,
+                name: spec.name.clone(),
+            }),
+            Err(e) => {
                 // Leave nothing behind on failure.
                 let _ = self
                     .docker

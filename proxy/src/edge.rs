@@ -24,8 +24,8 @@ use clawdeploy_config::{normalize_host, ServerConfig};
 use crate::browser_session::{self, Denied};
 use crate::drain::{Drain, InflightGuard};
 use crate::framing;
-use crate::identity::{bearer_token, Identity, Rejection, TokenVerifier};
 use crate::gateway_trust;
+use crate::identity::{bearer_token, Identity, Rejection, TokenVerifier};
 use crate::limits;
 use crate::live::{self, LiveConnections, TunnelGuard};
 use crate::metered::{self, EdgeMetering, RequestMetrics};
@@ -84,13 +84,13 @@ impl From<&ServerConfig> for EdgeSettings {
 /// How a client on the edge's own machine is named to instances (see `upstream_request_filter`).
 pub const LOCAL_CLIENT: &str = "192.0.2.1";
 
-/// The header OpenClaw's trusted-proxy mode reads the authenticated user from.
 /// The header carrying the control plane's per-process secret (see [`EdgeProxy::with_control_plane_secret`]).
 pub const CONTROL_PLANE_SECRET_HEADER: &str = "x-clawdeploy-edge";
 
 /// [`gateway_trust::OWNER_SCOPES`] as one header value (checked by a test).
 const OWNER_SCOPES_VALUE: &str = "operator.read,operator.write,operator.approvals,operator.questions";
 
+/// The header OpenClaw's trusted-proxy mode reads the authenticated user from.
 pub const USER_HEADER: &str = "x-forwarded-user";
 
 /// The edge proxy: one per process, shared by every worker thread.
@@ -105,11 +105,11 @@ pub struct EdgeProxy {
     metering: Option<Arc<EdgeMetering>>,
     request_metrics: RequestMetrics,
     tls: EdgeTls,
-}
     /// Sent to the control plane with every request passed to it, which refuses requests without.
     control_plane_secret: Option<HeaderValue>,
     /// The key of each instance's proof header (see [`crate::gateway_trust`]).
     gateway_proof_key: Option<Arc<[u8]>>,
+}
 
 impl EdgeProxy {
     pub fn new(
@@ -130,12 +130,11 @@ impl EdgeProxy {
             metering: None,
             request_metrics: RequestMetrics::default(),
             tls: EdgeTls::default(),
-        }
             control_plane_secret: None,
             gateway_proof_key: None,
+        }
     }
 
-    /// ACME challenges, HTTPS redirect and HSTS (see [`crate::tls`]).
     /// The key of the per-instance header each gateway requires of its proxy
     /// ([`crate::gateway_trust::proof_header`]); the pool writes the same into each config.
     pub fn with_gateway_proof_key(mut self, key: &[u8]) -> Self {
@@ -153,6 +152,7 @@ impl EdgeProxy {
         self
     }
 
+    /// ACME challenges, HTTPS redirect and HSTS (see [`crate::tls`]).
     pub fn with_tls(mut self, tls: EdgeTls) -> Self {
         self.tls = tls;
         self
@@ -353,27 +353,22 @@ impl ProxyHttp for EdgeProxy {
         upstream.insert_header("x-forwarded-proto", proto)?;
         upstream.insert_header("x-forwarded-host", &ctx.raw_host)?;
         upstream.insert_header("x-request-id", &ctx.request_id)?;
-        if ctx.session_exchange {
-            // The control plane needs only the code and the host (X-Forwarded-Host).
-            upstream.remove_header(&header::AUTHORIZATION);
-            upstream.remove_header(&header::COOKIE);
-        }
         if let (Some(secret), Some(RouteKind::ControlPlane)) = (
             &self.control_plane_secret,
             ctx.route.as_ref().map(|r| r.kind),
         ) {
             upstream.insert_header(CONTROL_PLANE_SECRET_HEADER, secret.clone())?;
         }
+        if ctx.session_exchange {
+            // The control plane needs only the code and the host (X-Forwarded-Host).
+            upstream.remove_header(&header::AUTHORIZATION);
+            upstream.remove_header(&header::COOKIE);
+        }
         if let Some(identity) = &ctx.identity {
             // The container sees who the owner is, never the platform's credentials.
             upstream.remove_header(&header::AUTHORIZATION);
             browser_session::strip_platform_cookies(upstream);
             upstream.insert_header(USER_HEADER, &*identity.user_id)?;
-            // The PRD's gatewayUrl is `/ws`; the gateway serves its WebSocket at `/`.
-            if upstream.uri.path() == "/ws" {
-                let target = match upstream.uri.query() {
-                    Some(query) => format!("/?{query}"),
-                    None => "/".to_string(),
             upstream.insert_header(
                 gateway_trust::SCOPES_HEADER,
                 HeaderValue::from_static(OWNER_SCOPES_VALUE),
@@ -387,6 +382,11 @@ impl ProxyHttp for EdgeProxy {
                     HeaderValue::from_static("1"),
                 )?;
             }
+            // The PRD's gatewayUrl is `/ws`; the gateway serves its WebSocket at `/`.
+            if upstream.uri.path() == "/ws" {
+                let target = match upstream.uri.query() {
+                    Some(query) => format!("/?{query}"),
+                    None => "/".to_string(),
                 };
                 if let Ok(uri) = target.parse::<http::Uri>() {
                     upstream.set_uri(uri);
@@ -940,15 +940,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hex_request_ids_match_the_formatted_ones() {
-        for (prefix, n) in [
-            (0u64, 0u64),
-            (1, 1),
-    #[test]
     fn the_scopes_header_names_the_owner_scopes() {
         assert_eq!(OWNER_SCOPES_VALUE, gateway_trust::owner_scopes_value());
     }
 
+    #[test]
+    fn hex_request_ids_match_the_formatted_ones() {
+        for (prefix, n) in [
+            (0u64, 0u64),
+            (1, 1),
             (u64::MAX, u64::MAX),
             (0xdead_beef, 0xffff_ffff),
             (0x0123_4567_89ab_cdef, 0x1_0000_0000),
