@@ -25,7 +25,11 @@
 use std::borrow::Cow;
 use std::sync::OnceLock;
 
-mod methods;
+/// The method table ([`METHODS`]), in its own file; `include!` (resolved from this file) rather than
+/// `mod methods;` so the fuzz targets can compile this file by `#[path]` too.
+mod methods {
+    include!("classify/methods.rs");
+}
 
 pub use methods::METHODS;
 
@@ -209,8 +213,9 @@ impl<'a> ParamsSeen<'a> {
 pub const MAX_ID_BYTES: usize = 1024;
 
 /// The hash by which a request and its answer are matched: of the id's decoded string, so every
-/// JSON spelling of one string hashes alike. `None` for ids that are not strings, do not decode
-/// (a lone surrogate, invalid UTF-8) or are longer than [`MAX_ID_BYTES`].
+/// JSON spelling of one string hashes alike. `None` for ids that are not valid JSON strings, do
+/// not decode (a lone surrogate, invalid UTF-8) or are longer than [`MAX_ID_BYTES`]: exactly the
+/// `"..."` texts `serde_json` reads as a `String` (the fuzz target `ws_ids` checks it).
 ///
 /// Seeded per process (ids come from the client, so they cannot be chosen to collide); foldhash is
 /// several times faster than SipHash on short keys. Unescaped ids (the usual case) are hashed in
@@ -225,6 +230,10 @@ pub fn id_hash(raw: &[u8]) -> Option<u64> {
     let seed = SEED.get_or_init(Default::default);
     match quote_or_backslash(inner) {
         None => {
+            // As `JSON.parse`: UTF-8, no raw control characters.
+            if inner.iter().any(|&b| b < 0x20) {
+                return None;
+            }
             std::str::from_utf8(inner).ok()?;
             Some(seed.hash_one(inner))
         }
@@ -794,7 +803,15 @@ mod tests {
         assert_eq!(h(r#""a/b""#), h(r#""a\/b""#));
         assert_eq!(h(r#""😀""#), h(r#""\ud83d\ude00""#));
         assert_ne!(h(r#""e1""#), h(r#""e2""#));
-        for raw in ["1", "null", r#""\ud800""#, "\"a", "\"", r#"{"a":1}"#] {
+        for raw in [
+            "1",
+            "null",
+            r#""\ud800""#,
+            "\"a",
+            "\"",
+            r#"{"a":1}"#,
+            "\"a\u{1}\"",
+        ] {
             assert_eq!(h(raw), None, "{raw}");
         }
         assert_eq!(h(&format!("\"{}\"", "x".repeat(MAX_ID_BYTES))), None);

@@ -1,17 +1,17 @@
-//! The pinned OpenClaw's (2026.9.6) gateway methods, each classified as starting an agent turn
-//! or not (see the parent module's docs for how a class is applied).
-//!
-//! Generated from the package's `CORE_GATEWAY_METHOD_SPECS` (all 482 methods, advertised or
-//! not; `connect` included) and the 7 methods its default plugins add to hello-ok's
-//! `features.methods`, classified from their handlers: a method is a turn when its handler
-//! reaches chat.send admission, the agent-turn service, an embedded agent run or a heartbeat wake.
-//! Methods that make only auxiliary model calls (`sessions.title.prepare`, `sessions.compact`,
-//! `models.probe`, `tts.*`, summaries) are not turns: the LLM meter's token quota bounds them.
-//! Outbound deliveries (`send`, `message.action`, `poll`, `conversations.*`) and transcript edits
-//! (`chat.inject`) are not turns either.
-//!
-//! Sorted by name (binary search). The integration test `every_openclaw_method_is_classified`
-//! fails when an OpenClaw upgrade adds a method: classify it here.
+// The pinned OpenClaw's (2026.9.6) gateway methods, each classified as starting an agent turn
+// or not (see the parent module's docs for how a class is applied).
+//
+// Generated from the package's `CORE_GATEWAY_METHOD_SPECS` (all 482 methods, advertised or
+// not; `connect` included) and the 7 methods its default plugins add to hello-ok's
+// `features.methods`, classified from their handlers: a method is a turn when its handler
+// reaches chat.send admission, the agent-turn service, an embedded agent run or a heartbeat wake.
+// Methods that make only auxiliary model calls (`sessions.title.prepare`, `sessions.compact`,
+// `models.probe`, `tts.*`, summaries) are not turns: the LLM meter's token quota bounds them.
+// Outbound deliveries (`send`, `message.action`, `poll`, `conversations.*`) and transcript edits
+// (`chat.inject`) are not turns either.
+//
+// Sorted by name (binary search). The integration test `every_openclaw_method_is_classified`
+// fails when an OpenClaw upgrade adds a method: classify it here.
 
 use super::text_params::{MESSAGE, TASK};
 use super::Turn::{self, Always, Never, When};
