@@ -15,6 +15,13 @@
 //! the Control UI read) are forwarded uncounted. A test checks the table against the OpenClaw
 //! image's own method list and fails when an upgrade adds a method.
 //!
+//! Whether a method without message text counts: it does when it can start a turn without one
+//! (`wake` in mode `now` runs a heartbeat turn, `cron.run` runs a stored job, `sessions.recover`
+//! writes its own prompt), so those are [`Turn::Always`]; a method whose text is what makes it a
+//! turn (`sessions.create`) is [`Turn::When`]. One request counts once however long the turn runs.
+//! Turns that start without a request on this socket (a cron job's later runs, channel messages,
+//! heartbeats) are not seen here; the LLM meter's token quota bounds them.
+//!
 //! **Ids.** A turn counts when it is forwarded and is refunded only by the gateway's answer to its
 //! id with an explicit `ok: false`, so the relay must match answers to requests exactly as the
 //! gateway's `JSON.parse` reads ids: [`id_hash`] hashes the decoded string (`"e\u0031"` and `"e1"`
