@@ -289,33 +289,14 @@ pub async fn call(ws: &mut WebSocket, id: &str, method: &str, params: Value) -> 
 }
 
 /// A `chat.send` turn: the final chat event's text.
-///
-/// A send that races a config reload (the pool rewrites the config when SOUL.md changes) may be
-/// refused with a retryable `UNAVAILABLE` ("session changed before chat.send; retry the
-/// request"); like OpenClaw's own clients, the send is retried with the same idempotency key.
 pub async fn chat(ws: &mut WebSocket, message: &str) -> String {
-    let key = uuid::Uuid::new_v4().to_string();
-    let request = |id: &str| {
-        json!({"type":"req","id":id,"method":"chat.send","params":{"sessionKey":"agent:main:main",
-            "message":message,"idempotencyKey":key}})
-        .to_string()
-    };
-    let mut attempts = 0;
-    let mut id = uuid::Uuid::new_v4().to_string();
-    ws.send(Message::text(request(&id))).await.expect("send");
+    let id = uuid::Uuid::new_v4().to_string();
+    let req = json!({"type":"req","id":id,"method":"chat.send","params":{"sessionKey":"agent:main:main",
+        "message":message,"idempotencyKey":uuid::Uuid::new_v4().to_string()}});
+    ws.send(Message::text(req.to_string())).await.expect("send");
     loop {
         let frame = next_frame(ws).await.expect("chat frames");
         if frame["id"] == id.as_str() {
-            let retryable = frame["error"]["code"] == "UNAVAILABLE"
-                && frame["error"]["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("retry"));
-            if retryable && attempts < 3 {
-                attempts += 1;
-                id = uuid::Uuid::new_v4().to_string();
-                ws.send(Message::text(request(&id))).await.expect("send");
-                continue;
-            }
             assert_eq!(frame["ok"], true, "chat.send refused: {frame}");
         }
         if frame["event"] == "chat" {
