@@ -88,7 +88,8 @@ pub const LOCAL_CLIENT: &str = "192.0.2.1";
 pub const CONTROL_PLANE_SECRET_HEADER: &str = "x-clawdeploy-edge";
 
 /// [`gateway_trust::OWNER_SCOPES`] as one header value (checked by a test).
-const OWNER_SCOPES_VALUE: &str = "operator.read,operator.write,operator.approvals,operator.questions";
+const OWNER_SCOPES_VALUE: &str =
+    "operator.read,operator.write,operator.approvals,operator.questions";
 
 /// The header OpenClaw's trusted-proxy mode reads the authenticated user from.
 pub const USER_HEADER: &str = "x-forwarded-user";
