@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 
+use crate::llm_meter::{public_custom_key, store_custom_base_url, user_with_key};
 use crate::support::*;
 
 /// The control API's loopback listener, from the edge's log.
@@ -144,32 +145,7 @@ async fn a_tenant_cannot_reach_another_tenant_through_the_llm_meter() {
         .section("llm", &format!("allow_private_custom = [\"{}\"]", b.2))
         .start()
         .await;
-    let (token, _, _) = edge
-        .register("tenant-a@example.com", "correct horse battery staple 9")
-        .await;
-    let created = edge
-        .api(
-            "POST",
-            "/api/instances",
-            Some(&token),
-            Some(serde_json::json!({"subdomain": "tenanta"})),
-        )
-        .await;
-    assert_eq!(created.status, 201, "{}", created.text());
-    let instance_id = created.json()["instance"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let put = edge
-        .api(
-            "PUT",
-            "/api/account/api-keys/custom",
-            Some(&token),
-            Some(serde_json::json!({"key": "sk-tenant-a-123", "baseUrl": "https://llm.example.com/v1"})),
-        )
-        .await;
-    assert_eq!(put.status, 200, "{}", put.text());
-    let instance_token = clawdeploy_metering::llm::instance_token(JWT_KEY.as_bytes(), &instance_id);
+    let (_, instance_token) = user_with_key(&edge, "tenanta", "custom", public_custom_key()).await;
     let victim = "00000000-0000-4000-8000-00000000b0b0";
     let b_stats = || async {
         try_send(b.1, get_request("i", "/stats").as_bytes())
@@ -180,20 +156,11 @@ async fn a_tenant_cannot_reach_another_tenant_through_the_llm_meter() {
             .unwrap()
     };
 
-    let db = format!(
-        "sqlite://{}",
-        edge.data_dir().join("clawdeploy.db").display()
-    );
-    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
     for (stored, code) in [
         (format!("http://x@{}:18789", b.2), "BAD_CUSTOM_ENDPOINT"),
         (format!("http://{}:18789", b.2), "PRIVATE_UPSTREAM"),
     ] {
-        sqlx::query("UPDATE api_keys SET base_url = ? WHERE provider = 'custom'")
-            .bind(&stored)
-            .execute(&pool)
-            .await
-            .unwrap();
+        store_custom_base_url(&edge, &stored).await;
         let before = b_stats().await;
         let fetch = format!(
             "/fetch?target={meter}&path=/custom/whoami&auth={instance_token}&user={victim}"
@@ -217,7 +184,6 @@ async fn a_tenant_cannot_reach_another_tenant_through_the_llm_meter() {
         // Only the stats call itself reached B.
         assert_eq!(b_stats().await, before + 1, "{stored}: the meter reached B");
     }
-    pool.close().await;
     for (id, _, _) in &tenants {
         runtime.remove(id).await.unwrap();
     }

@@ -250,6 +250,62 @@ fn loopback_name() -> String {
     name
 }
 
+/// A new user with an instance and a `provider` key (`key` is the PUT body) on `edge`: the user's
+/// session token and the instance's meter token.
+pub async fn user_with_key(
+    edge: &Edge,
+    subdomain: &str,
+    provider: &str,
+    key: Value,
+) -> (String, String) {
+    let (token, _, _) = edge.register(&format!("{subdomain}@example.com"), PW).await;
+    let created = edge
+        .api(
+            "POST",
+            "/api/instances",
+            Some(&token),
+            Some(json!({ "subdomain": subdomain })),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let instance_id = created.json()["instance"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let put = edge
+        .api(
+            "PUT",
+            &format!("/api/account/api-keys/{provider}"),
+            Some(&token),
+            Some(key),
+        )
+        .await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    let instance_token = clawdeploy_metering::llm::instance_token(JWT_KEY.as_bytes(), &instance_id);
+    (token, instance_token)
+}
+
+/// Writes `url` as the stored custom `baseUrl` straight into the edge's SQLite store, as a row
+/// written before the URL check (or by any path around it) would hold it.
+pub async fn store_custom_base_url(edge: &Edge, url: &str) {
+    let db = format!(
+        "sqlite://{}",
+        edge.data_dir().join("clawdeploy.db").display()
+    );
+    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    sqlx::query("UPDATE api_keys SET base_url = ? WHERE provider = 'custom'")
+        .bind(url)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+}
+
+/// A public custom endpoint (the PUT's check passes; tests then rewrite it in the store).
+pub fn public_custom_key() -> Value {
+    json!({"key": "sk-user-12345678", "baseUrl": "https://llm.example.com/v1"})
+}
+
 /// Waits for the meter's listener (a background service).
 async fn wait_listening(meter: SocketAddr) {
     let deadline = std::time::Instant::now() + PATIENCE;
@@ -344,38 +400,10 @@ async fn the_meter_never_connects_to_a_private_address_from_the_store() {
         .section("llm", &format!("listen = \"{meter}\""))
         .start()
         .await;
-    let (token, _, _) = edge.register("stored@example.com", PW).await;
-    let created = edge
-        .api(
-            "POST",
-            "/api/instances",
-            Some(&token),
-            Some(json!({"subdomain": "stored"})),
-        )
-        .await;
-    assert_eq!(created.status, 201, "{}", created.text());
-    let instance_id = created.json()["instance"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let put = edge
-        .api(
-            "PUT",
-            "/api/account/api-keys/custom",
-            Some(&token),
-            Some(json!({"key": "sk-user-12345678", "baseUrl": "https://llm.example.com/v1"})),
-        )
-        .await;
-    assert_eq!(put.status, 200, "{}", put.text());
-    let instance_token = clawdeploy_metering::llm::instance_token(JWT_KEY.as_bytes(), &instance_id);
+    let (_, instance_token) = user_with_key(&edge, "stored", "custom", public_custom_key()).await;
     let chat = json!({"model": "default", "messages": [{"role": "user", "content": "hi"}]});
     wait_listening(meter).await;
 
-    let db = format!(
-        "sqlite://{}",
-        edge.data_dir().join("clawdeploy.db").display()
-    );
-    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
     for (stored, code) in [
         (
             format!("http://127.1:{}/v1", target_addr.port()),
@@ -393,11 +421,7 @@ async fn the_meter_never_connects_to_a_private_address_from_the_store() {
             "PRIVATE_UPSTREAM",
         ),
     ] {
-        sqlx::query("UPDATE api_keys SET base_url = ? WHERE provider = 'custom'")
-            .bind(&stored)
-            .execute(&pool)
-            .await
-            .unwrap();
+        store_custom_base_url(&edge, &stored).await;
         let refused = post(
             meter,
             "/custom/chat/completions",
@@ -408,7 +432,6 @@ async fn the_meter_never_connects_to_a_private_address_from_the_store() {
         assert_eq!(refused.status, 403, "{stored}: {}", refused.text());
         assert_eq!(refused.error_code(), code, "{stored}: {}", refused.text());
     }
-    pool.close().await;
     assert_eq!(
         connections.load(std::sync::atomic::Ordering::SeqCst),
         0,
@@ -428,30 +451,8 @@ async fn the_meter_forwards_only_provider_headers() {
         .section("llm", &format!("openai_url = \"http://{provider}\""))
         .start()
         .await;
-    let (token, _, _) = edge.register("headers@example.com", PW).await;
-    let created = edge
-        .api(
-            "POST",
-            "/api/instances",
-            Some(&token),
-            Some(json!({"subdomain": "headers"})),
-        )
-        .await;
-    assert_eq!(created.status, 201, "{}", created.text());
-    let instance_id = created.json()["instance"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let put = edge
-        .api(
-            "PUT",
-            "/api/account/api-keys/openai",
-            Some(&token),
-            Some(json!({"key": "sk-real-openai"})),
-        )
-        .await;
-    assert_eq!(put.status, 200, "{}", put.text());
-    let instance_token = clawdeploy_metering::llm::instance_token(JWT_KEY.as_bytes(), &instance_id);
+    let (_, instance_token) =
+        user_with_key(&edge, "headers", "openai", json!({"key": "sk-real-openai"})).await;
     wait_listening(meter).await;
 
     let body =
