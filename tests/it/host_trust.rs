@@ -145,7 +145,8 @@ async fn a_tenant_cannot_reach_another_tenant_through_the_llm_meter() {
         .section("llm", &format!("allow_private_custom = [\"{}\"]", b.2))
         .start()
         .await;
-    let (_, instance_token) = user_with_key(&edge, "tenanta", "custom", public_custom_key()).await;
+    let (_, _, instance_token) =
+        user_with_key(&edge, "tenanta", "custom", public_custom_key()).await;
     let victim = "00000000-0000-4000-8000-00000000b0b0";
     let b_stats = || async {
         try_send(b.1, get_request("i", "/stats").as_bytes())

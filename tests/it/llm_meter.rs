@@ -92,54 +92,24 @@ async fn the_llm_meter_injects_the_key_streams_unchanged_counts_tokens_and_enfor
         .section("tiers.free", "tokens_per_month = 30")
         .start()
         .await;
-    let (token, _, _) = edge.register("llm@example.com", PW).await;
-    let created = edge
+    let (token, instance_id, instance_token) = user_with_key(
+        &edge,
+        "llm",
+        "custom",
+        json!({"key": "sk-real-custom", "baseUrl": format!("http://{provider}/v1")}),
+    )
+    .await;
+    let resp = edge
         .api(
-            "POST",
-            "/api/instances",
+            "PUT",
+            "/api/account/api-keys/openai",
             Some(&token),
-            Some(json!({"subdomain": "llm"})),
+            Some(json!({"key": "sk-real-openai"})),
         )
         .await;
-    assert_eq!(created.status, 201, "{}", created.text());
-    let instance_id = created.json()["instance"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    for (provider_name, key, base) in [
-        (
-            "custom",
-            "sk-real-custom",
-            Some(format!("http://{provider}/v1")),
-        ),
-        ("openai", "sk-real-openai", None),
-    ] {
-        let mut body = json!({"key": key});
-        if let Some(base) = base {
-            body["baseUrl"] = json!(base);
-        }
-        let resp = edge
-            .api(
-                "PUT",
-                &format!("/api/account/api-keys/{provider_name}"),
-                Some(&token),
-                Some(body),
-            )
-            .await;
-        assert_eq!(resp.status, 200, "{}", resp.text());
-    }
-    let instance_token = clawdeploy_metering::llm::instance_token(JWT_KEY.as_bytes(), &instance_id);
+    assert_eq!(resp.status, 200, "{}", resp.text());
     let chat = json!({"model": "default", "messages": [{"role": "user", "content": "hi"}]});
-
-    // Wait for the meter's listener (a background service).
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while tokio::net::TcpStream::connect(meter).await.is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the LLM meter never listened"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_listening(meter).await;
 
     // No token, a forged one, and the user's own key are refused, and nothing reaches the provider.
     let missing = post(meter, "/custom/chat/completions", None, &chat).await;
@@ -251,13 +221,13 @@ fn loopback_name() -> String {
 }
 
 /// A new user with an instance and a `provider` key (`key` is the PUT body) on `edge`: the user's
-/// session token and the instance's meter token.
+/// session token, the instance's id and its meter token.
 pub async fn user_with_key(
     edge: &Edge,
     subdomain: &str,
     provider: &str,
     key: Value,
-) -> (String, String) {
+) -> (String, String, String) {
     let (token, _, _) = edge.register(&format!("{subdomain}@example.com"), PW).await;
     let created = edge
         .api(
@@ -282,7 +252,7 @@ pub async fn user_with_key(
         .await;
     assert_eq!(put.status, 200, "{}", put.text());
     let instance_token = clawdeploy_metering::llm::instance_token(JWT_KEY.as_bytes(), &instance_id);
-    (token, instance_token)
+    (token, instance_id, instance_token)
 }
 
 /// Writes `url` as the stored custom `baseUrl` straight into the edge's SQLite store, as a row
@@ -400,7 +370,8 @@ async fn the_meter_never_connects_to_a_private_address_from_the_store() {
         .section("llm", &format!("listen = \"{meter}\""))
         .start()
         .await;
-    let (_, instance_token) = user_with_key(&edge, "stored", "custom", public_custom_key()).await;
+    let (_, _, instance_token) =
+        user_with_key(&edge, "stored", "custom", public_custom_key()).await;
     let chat = json!({"model": "default", "messages": [{"role": "user", "content": "hi"}]});
     wait_listening(meter).await;
 
@@ -451,7 +422,7 @@ async fn the_meter_forwards_only_provider_headers() {
         .section("llm", &format!("openai_url = \"http://{provider}\""))
         .start()
         .await;
-    let (_, instance_token) =
+    let (_, _, instance_token) =
         user_with_key(&edge, "headers", "openai", json!({"key": "sk-real-openai"})).await;
     wait_listening(meter).await;
 
