@@ -18,6 +18,8 @@ struct Input {
     asked: Vec<u8>,
     answered: Vec<u8>,
     ok: Option<bool>,
+    /// The answer's `payload.status`: `accepted` (an interim answer), `started`, or none.
+    accepted: Option<bool>,
     /// Bytes read as a raw id, a request and an answer.
     raw: Vec<u8>,
 }
@@ -51,6 +53,15 @@ fuzz_target!(|input: Input| {
     let _ = classify::request(&input.raw);
     let _ = classify::response(&input.raw);
     let _ = classify::interim_answer(&input.raw);
+    // The relay's resumed interim check reads valid JSON as a scan from the start does.
+    if serde_json::from_slice::<serde_json::Value>(&input.raw).is_ok() {
+        if let Some((_, Some(at))) = classify::response_head(&input.raw) {
+            assert_eq!(
+                classify::interim_answer_after(&input.raw, at),
+                classify::interim_answer(&input.raw)
+            );
+        }
+    }
 
     // `id_hash` agrees with serde_json on what is a string id, and hashes its decoded value.
     let raw = &input.raw;
@@ -83,11 +94,24 @@ fuzz_target!(|input: Input| {
     };
     let req =
         format!(r#"{{"type":"req","id":{asked},"method":"chat.send","params":{{"message":"m"}}}}"#);
-    let res = format!(r#"{{"type":"res","id":{answered},"ok":{ok},"payload":{{}}}}"#);
+    let payload = match input.accepted {
+        Some(true) => r#"{"runId":"r","status":"accepted"}"#,
+        Some(false) => r#"{"runId":"r","status":"started"}"#,
+        None => "{}",
+    };
+    let res = format!(r#"{{"type":"res","id":{answered},"ok":{ok},"payload":{payload}}}"#);
     let request = classify::request(req.as_bytes()).expect("a request");
     assert!(request.turn);
-    let answer = classify::response(res.as_bytes()).expect("an answer");
+    let (answer, rest) = classify::response_head(res.as_bytes()).expect("an answer");
     assert_eq!(answer.ok, input.ok);
+    let interim = Some(input.accepted == Some(true));
+    assert_eq!(classify::interim_answer(res.as_bytes()), interim);
+    // The head is complete before the payload when `ok` is a boolean (else it is read from the
+    // start).
+    match rest {
+        Some(at) => assert_eq!(classify::interim_answer_after(res.as_bytes(), at), interim),
+        None => assert_eq!(input.ok, None),
+    }
     let sent = classify::id_hash(request.id.expect("an id"));
     assert!(sent.is_some(), "{asked}");
     assert_eq!(sent, classify::id_hash(answer.id), "{asked} vs {answered}");

@@ -63,10 +63,27 @@ pub mod text_params {
 /// How the method named `name` (decoded) is classified; [`Turn::Always`] when it is not in the
 /// table.
 pub fn turn_of(name: &str) -> Turn {
-    METHODS
-        .binary_search_by(|(m, _)| (*m).cmp(name))
-        .map_or(Turn::Always, |i| METHODS[i].1)
+    turn_of_bytes(name.as_bytes())
 }
+
+/// [`turn_of`] on the name as written (unescaped): one hash lookup, as every request is looked up
+/// (a binary search of the table cost a measurable part of a send).
+fn turn_of_bytes(name: &[u8]) -> Turn {
+    type Index = std::collections::HashMap<&'static [u8], Turn, foldhash::fast::FixedState>;
+    static INDEX: OnceLock<Index> = OnceLock::new();
+    if name == b"chat.send" {
+        // The bulk of turns, answered without a lookup (the table says the same; tested).
+        return CHAT_SEND;
+    }
+    INDEX
+        .get_or_init(|| METHODS.iter().map(|(m, t)| (m.as_bytes(), *t)).collect())
+        .get(name)
+        .copied()
+        .unwrap_or(Turn::Always)
+}
+
+/// `chat.send`'s class in [`METHODS`].
+const CHAT_SEND: Turn = Turn::When(text_params::MESSAGE | text_params::TASK);
 
 /// A client request (`type: "req"`), as much of it as metering needs.
 #[derive(Debug, Clone)]
@@ -126,10 +143,14 @@ pub fn request(text: &[u8]) -> Option<Request<'_>> {
     let turn = match method {
         None => false,
         Some(m) => {
-            let class = match m.decode() {
-                Some(name) => turn_of(&name),
-                // Undecodable (a lone surrogate): no method of the table.
-                None => Turn::Always,
+            let class = if !m.escaped {
+                turn_of_bytes(m.raw)
+            } else {
+                match m.decode() {
+                    Some(name) => turn_of(&name),
+                    // Undecodable (a lone surrogate): no method of the table.
+                    None => Turn::Always,
+                }
             };
             match class {
                 Turn::Never => false,
@@ -237,11 +258,13 @@ pub fn id_hash(raw: &[u8]) -> Option<u64> {
     let seed = SEED.get_or_init(Default::default);
     match quote_or_backslash(inner) {
         None => {
-            // As `JSON.parse`: UTF-8, no raw control characters.
-            if inner.iter().any(|&b| b < 0x20) {
-                return None;
+            // As `JSON.parse`: UTF-8, no raw control characters (ids are usually ASCII: one pass).
+            if !inner.iter().all(|b| (0x20..0x80).contains(b)) {
+                if inner.iter().any(|&b| b < 0x20) {
+                    return None;
+                }
+                std::str::from_utf8(inner).ok()?;
             }
-            std::str::from_utf8(inner).ok()?;
             Some(seed.hash_one(inner))
         }
         Some(at) if inner[at] == b'"' => None,
@@ -271,8 +294,15 @@ pub struct Answer<'a> {
 /// (the bulk of the stream while a turn runs) are dismissed after their first field and the head
 /// of a large answer is read from its first bytes: `text` may be a prefix of the message.
 pub fn response(text: &[u8]) -> Option<Answer<'_>> {
+    response_head(text).map(|(answer, _)| answer)
+}
+
+/// [`response`], and where its scan stopped, for [`interim_answer_after`] to go on from: `None`
+/// when the payload came before the head (it must be read from the start).
+pub fn response_head(text: &[u8]) -> Option<(Answer<'_>, Option<usize>)> {
     let mut scan = Scanner::new(text);
     let (mut is_res, mut id, mut ok) = (None, None, None);
+    let mut payload_first = false;
     // Gateway output is valid JSON: the scan may stop (the closure's `None`) at a `type` that is
     // not `res`, or once all three fields are known, never reading the payload after them. On a
     // prefix it stops where the prefix ends, with what it has read so far.
@@ -289,7 +319,8 @@ pub fn response(text: &[u8]) -> Option<Answer<'_>> {
                     _ => None,
                 };
             }
-            _ => {
+            key => {
+                payload_first |= key == Key::Payload;
                 scan.value()?;
             }
         }
@@ -299,7 +330,8 @@ pub fn response(text: &[u8]) -> Option<Answer<'_>> {
     if is_res != Some(true) {
         return None;
     }
-    Some(Answer { id: id?, ok })
+    let rest = (!payload_first).then_some(scan.at);
+    Some((Answer { id: id?, ok }, rest))
 }
 
 /// Whether an `ok: true` answer is an interim one (`payload.status` is `"accepted"`) after which
@@ -307,9 +339,30 @@ pub fn response(text: &[u8]) -> Option<Answer<'_>> {
 /// then (`expectFinal`). `None` when `text` (possibly a prefix) does not say.
 pub fn interim_answer(text: &[u8]) -> Option<bool> {
     let mut scan = Scanner::new(text);
+    scan.expect(b'{')?;
+    if scan.peek()? == b'}' {
+        return Some(false);
+    }
+    interim_members(scan)
+}
+
+/// [`interim_answer`] going on from where [`response_head`] stopped (`at`, inside the object).
+pub fn interim_answer_after(text: &[u8], at: usize) -> Option<bool> {
+    let mut scan = Scanner::new(text);
+    scan.at = at;
+    match scan.peek()? {
+        b',' => scan.at += 1,
+        b'}' => return Some(false),
+        _ => return None,
+    }
+    interim_members(scan)
+}
+
+/// Reads the rest of an answer's members for `payload.status`.
+fn interim_members(mut scan: Scanner<'_>) -> Option<bool> {
     let mut status = None;
     let complete = scan
-        .object(|scan, key| {
+        .members(|scan, key| {
             if key != Key::Payload || scan.peek() != Some(b'{') {
                 scan.value()?;
                 return Some(());
@@ -573,12 +626,17 @@ impl<'a> Scanner<'a> {
     }
 
     /// Reads an object, calling `member` with each key; `member` reads the value.
-    fn object(&mut self, mut member: impl FnMut(&mut Self, Key) -> Option<()>) -> Option<()> {
+    fn object(&mut self, member: impl FnMut(&mut Self, Key) -> Option<()>) -> Option<()> {
         self.expect(b'{')?;
         if self.peek()? == b'}' {
             self.at += 1;
             return Some(());
         }
+        self.members(member)
+    }
+
+    /// Reads an object's members from the next key to its closing brace.
+    fn members(&mut self, mut member: impl FnMut(&mut Self, Key) -> Option<()>) -> Option<()> {
         loop {
             let raw = self.raw_string()?;
             let key = Key::of(raw, self.escaped);
@@ -716,6 +774,13 @@ mod tests {
             turn_of("chat.send"),
             Turn::When(text_params::MESSAGE | text_params::TASK)
         );
+        let i = METHODS
+            .binary_search_by(|(m, _)| m.cmp(&"chat.send"))
+            .unwrap();
+        assert_eq!(
+            METHODS[i].1, CHAT_SEND,
+            "the fast path agrees with the table"
+        );
         assert_eq!(turn_of("health"), Turn::Never);
     }
 
@@ -800,6 +865,30 @@ mod tests {
             interim(r#"{"type":"res","id":"a","ok":true,"payload":{"runId":"r"#),
             None
         );
+        // Resumed where the head's scan stopped, as the relay does: the same answers.
+        for (text, expected) in [
+            (
+                r#"{"type":"res","id":"a","ok":true,"payload":{"status":"accepted"}}"#,
+                Some(true),
+            ),
+            (
+                r#"{"type":"res","id":"a","ok":true,"payload":{"status":"started"}}"#,
+                Some(false),
+            ),
+            (r#"{"type":"res","id":"a","ok":true}"#, Some(false)),
+            (r#"{"type":"res","id":"a","ok":true,"payload":{"x":"#, None),
+        ] {
+            let (_, rest) = response_head(text.as_bytes()).unwrap();
+            assert_eq!(
+                interim_answer_after(text.as_bytes(), rest.unwrap()),
+                expected,
+                "{text}"
+            );
+        }
+        // A payload before the head: read from the start.
+        let early = br#"{"payload":{"status":"accepted"},"type":"res","id":"a","ok":true}"#;
+        assert_eq!(response_head(early).unwrap().1, None);
+        assert_eq!(interim_answer(early), Some(true));
     }
 
     /// The ids of one string match however they are spelled; others never do.

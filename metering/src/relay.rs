@@ -446,11 +446,6 @@ impl Book<'_> {
         !self.pending.is_empty() || !self.outstanding.is_empty()
     }
 
-    /// Whether a request with this id hash is in flight.
-    fn in_flight(&self, id: u64) -> bool {
-        self.pending.contains_key(&id) || self.outstanding.contains_key(&id)
-    }
-
     /// Tracks a request that is not a counted turn until its answer.
     fn track(&mut self, id: u64) {
         if *self.untracked {
@@ -468,11 +463,15 @@ impl Book<'_> {
     /// Settles the request a gateway message answers, if it is a `res` to one in flight: a turn
     /// is counted unless the answer is an explicit `ok: false`.
     fn settle(&mut self, text: &[u8]) {
-        let Some(answer) = classify::response(text) else {
+        let Some((answer, rest)) = classify::response_head(text) else {
             return;
         };
         let Some(id) = classify::id_hash(answer.id) else {
             return;
+        };
+        let interim = || match rest {
+            Some(at) => classify::interim_answer_after(text, at),
+            None => classify::interim_answer(text),
         };
         if let Some(reservation) = self.pending.remove(&id) {
             let refund = answer.ok == Some(false) && !*self.untracked;
@@ -480,11 +479,11 @@ impl Book<'_> {
             // After an interim answer the gateway answers this id again: it stays in use, so a
             // later `ok: false` cannot refund another turn that reused it. Unknown counts as
             // interim here.
-            if !refund && classify::interim_answer(text) != Some(false) {
+            if !refund && interim() != Some(false) {
                 self.track(id);
             }
         } else if let Some(n) = self.outstanding.get_mut(&id) {
-            let interim = answer.ok == Some(true) && classify::interim_answer(text) == Some(true);
+            let interim = answer.ok == Some(true) && interim() == Some(true);
             if !interim {
                 *n -= 1;
                 if *n == 0 {
@@ -529,9 +528,15 @@ fn decide(
             "A request that can start an agent turn needs an id: a string of at most 1024 bytes.",
         );
     };
-    if book.in_flight(id) {
+    if book.outstanding.contains_key(&id) {
         return refuse(injections, "DUPLICATE_REQUEST_ID", DUPLICATE_ID);
     }
+    let slot = match book.pending.entry(id) {
+        std::collections::hash_map::Entry::Occupied(_) => {
+            return refuse(injections, "DUPLICATE_REQUEST_ID", DUPLICATE_ID);
+        }
+        std::collections::hash_map::Entry::Vacant(slot) => slot,
+    };
     let t = target;
     match t.meter.admit_to(
         usage,
@@ -541,7 +546,7 @@ fn decide(
         req.idempotency_key.as_deref(),
     ) {
         Admission::Forward(reservation) => {
-            book.pending.insert(id, reservation);
+            slot.insert(reservation);
             true
         }
         Admission::Retry => {
