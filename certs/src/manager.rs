@@ -10,7 +10,7 @@ use tokio::sync::{Notify, OnceCell};
 use uuid::Uuid;
 
 use clawdeploy_config::{Config, TlsMode};
-use clawdeploy_pool::changes::{Change, ChangeBus};
+use clawdeploy_store::changes::{Change, ChangeBus};
 use clawdeploy_proxy::{Resolution, Route, RouteKind, RouteTable};
 use clawdeploy_store::{
     CertificateRecord, Conflict, CustomDomain, DomainStatus, Keyring, Store, StoreError,

@@ -434,21 +434,24 @@ pub async fn sweep(state: &ApiState) -> Result<(), StoreError> {
     let now = now_ms();
     let due = now - i64::from(limits.deletion_grace_days) * DAY_MS;
     for user in state.store.users_due_for_deletion(due).await? {
-        for inst in state.store.list_instances_by_user(user.id).await? {
-            state.routes.remove_subdomain(&inst.subdomain);
+        let instances = state.store.list_instances_by_user(user.id).await?;
+        for inst in &instances {
             if let Some(pool) = &state.pool {
                 if let Err(e) = pool.release(inst.id).await {
                     tracing::error!(instance = %inst.id, "cannot remove the container: {e}");
                 }
             }
-            state.broadcast_instance(inst.id, &inst.subdomain).await;
         }
         state.store.delete_user(user.id).await?;
+        // Published once the instances are gone from the store, so no node reloads them.
+        for inst in &instances {
+            state.instance_changed(inst.id, &inst.subdomain).await;
+        }
         tracing::info!(user = %user.id, "account deleted after its grace period");
     }
     let unverified = now - i64::from(limits.unverified_grace_days) * DAY_MS;
     for inst in state.store.stop_unverified_instances(unverified).await? {
-        state.route_changed(&inst).await;
+        state.instance_changed(inst.id, &inst.subdomain).await;
         if let Some(pool) = &state.pool {
             if let Err(e) = pool.stop(&inst).await {
                 tracing::error!(instance = %inst.id, "cannot stop the container: {e}");

@@ -270,7 +270,7 @@ pub async fn set_tier(
             .update_instance_tier(inst.id, TIERS[new])
             .await?;
         // Every edge meters by the tier in its route table.
-        state.route_changed(&inst).await;
+        state.instance_changed(inst.id, &inst.subdomain).await;
         updated.push(crate::instances::instance_json(&state, &inst));
     }
     let user = state

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use uuid::Uuid;
 
-use clawdeploy_pool::changes::Change;
+use clawdeploy_store::changes::Change;
 use clawdeploy_proxy::live::LiveConnections;
 use clawdeploy_proxy::{Identity, Rejection, TokenVerifier};
 use clawdeploy_store::{Store, StoreError, Zeroizing};

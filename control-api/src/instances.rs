@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use clawdeploy_pool::Assigned;
 use clawdeploy_proxy::{Resolution, RouteKind};
 use clawdeploy_store::time::rfc3339;
-use clawdeploy_store::{Instance, InstanceStatus, NewInstance, StoreError};
+use clawdeploy_store::{Conflict, Instance, InstanceStatus, NewInstance, StoreError};
 
 use crate::account::{self, KeyMap};
 use crate::auth::{self, AuthUser, Client};
@@ -61,6 +61,13 @@ pub const PENDING_RUNTIME: &str = "No container runtime is configured (runtime.k
 /// Tiers allowed one instance per user.
 fn single_instance_tier(tier: &str) -> bool {
     matches!(tier, "free" | "pro")
+}
+
+fn instance_exists(tier: &str) -> ApiError {
+    ApiError::conflict(
+        "INSTANCE_EXISTS",
+        format!("The {tier} tier includes one instance and you already have it: see GET /api/instances/me."),
+    )
 }
 
 /// An RFC 1123 label of 3–63 characters: lower-case letters, digits and inner hyphens.
@@ -243,20 +250,17 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(b) = body?;
     let user = &auth.user;
-    // One creation at a time on this node, so two concurrent creates by one user cannot both pass
-    // the one-instance check (held only around the check and the insert).
-    let creating = state.ctx.instance_creation.lock().await;
-    if single_instance_tier(&user.tier)
+    let only_instance = single_instance_tier(&user.tier);
+    // Answered before the label is checked; the store decides for good (concurrent creates on
+    // several nodes) when the instance is inserted.
+    if only_instance
         && !state
             .store
             .list_instances_by_user(user.id)
             .await?
             .is_empty()
     {
-        return Err(ApiError::conflict(
-            "INSTANCE_EXISTS",
-            format!("The {} tier includes one instance and you already have it: see GET /api/instances/me.", user.tier),
-        ));
+        return Err(instance_exists(&user.tier));
     }
     if let Some(keys) = &b.api_keys {
         check_key_map(keys)?;
@@ -307,11 +311,14 @@ pub async fn create(
             status: InstanceStatus::Provisioning,
             soul_md: b.soul_md.as_deref(),
             timezone: b.timezone.as_deref().or(Some(user.timezone.as_str())),
+            only_instance,
         })
         .await;
-    drop(creating);
     let inst = match inst {
         Ok(inst) => inst,
+        Err(StoreError::Conflict(Conflict::InstanceExists)) => {
+            return Err(instance_exists(&user.tier))
+        }
         Err(StoreError::Conflict(_)) => return Err(taken_error(&state, &label).await),
         Err(e) => return Err(e.into()),
     };
@@ -324,7 +331,7 @@ pub async fn create(
     }
     // The route exists at once (503 with Retry-After until a container runs), then the pool hands
     // over a warm container: the instance is usually running when this returns.
-    state.route_changed(&inst).await;
+    state.instance_changed(inst.id, &inst.subdomain).await;
     let assigned = match &state.pool {
         Some(pool) => match pool.assign(&inst).await {
             Ok(assigned) => Some(assigned),
@@ -337,9 +344,7 @@ pub async fn create(
     };
     let inst = state.store.get_instance(inst.id).await?.unwrap_or(inst);
     // This edge routes the outcome before answering, so the next request gets through.
-    state
-        .routes
-        .upsert_subdomain(&inst.subdomain, clawdeploy_pool::routing::route_for(&inst));
+    state.instance_changed(inst.id, &inst.subdomain).await;
     auth::log_event(
         &state,
         Some(user.id),
@@ -524,13 +529,8 @@ pub async fn patch_me(
             Err(StoreError::Conflict(_)) => return Err(taken_error(&state, label).await),
             Err(e) => return Err(e.into()),
         };
-        // The old address stops here at once; the other nodes drop it when they reload the
-        // instance (told with the old name, so they know what to remove).
-        state.routes.remove_subdomain(&old);
-        state
-            .routes
-            .upsert_subdomain(&inst.subdomain, clawdeploy_pool::routing::route_for(&inst));
-        state.broadcast_instance(inst.id, &old).await;
+        // Told with the old name, so every node knows what to remove.
+        state.instance_changed(inst.id, &old).await;
         auth::log_event(
             &state,
             Some(auth.user.id),
@@ -610,7 +610,7 @@ pub async fn restart(
                 .store
                 .update_instance_status(inst.id, InstanceStatus::Starting)
                 .await?;
-            state.route_changed(&inst).await;
+            state.instance_changed(inst.id, &inst.subdomain).await;
             inst
         }
         _ => inst,
@@ -658,7 +658,7 @@ pub async fn delete_me(
 ) -> Result<Json<Value>, ApiError> {
     let inst = my_instance(&state, &auth).await?;
     let inst = state.store.schedule_instance_deletion(inst.id).await?;
-    state.route_changed(&inst).await;
+    state.instance_changed(inst.id, &inst.subdomain).await;
     if let Some(pool) = &state.pool {
         pool.stop(&inst)
             .await
@@ -706,7 +706,7 @@ pub async fn restore_me(
             "This instance is not scheduled for deletion; there is nothing to restore.",
         ));
     };
-    state.route_changed(&inst).await;
+    state.instance_changed(inst.id, &inst.subdomain).await;
     auth::log_event(
         &state,
         Some(auth.user.id),
@@ -742,9 +742,8 @@ pub async fn archive_due(state: &ApiState) -> Result<(), StoreError> {
                 }
             }
         }
-        state.routes.remove_subdomain(&inst.subdomain);
         state.store.delete_instance(inst.id).await?;
-        state.broadcast_instance(inst.id, &inst.subdomain).await;
+        state.instance_changed(inst.id, &inst.subdomain).await;
     }
     Ok(())
 }

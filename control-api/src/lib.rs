@@ -34,8 +34,8 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use clawdeploy_config::Config;
-use clawdeploy_pool::changes::{Change, ChangeBus};
-use clawdeploy_pool::PoolManager;
+use clawdeploy_store::changes::{Change, ChangeBus};
+use clawdeploy_pool::{routing, PoolManager};
 use clawdeploy_proxy::{Drain, RouteTable};
 use clawdeploy_store::{Keyring, Store, StoreOptions, Zeroizing};
 
@@ -55,8 +55,6 @@ pub struct ApiContext {
     pub hashing: tokio::sync::Semaphore,
     /// A bcrypt hash compared against when an email is unknown, so timing does not reveal it.
     pub dummy_hash: tokio::sync::OnceCell<String>,
-    /// Serialises the one-instance check and insert of `POST /api/instances` on this node.
-    pub instance_creation: tokio::sync::Mutex<()>,
     /// The edge's usage counters: counts not yet flushed to the store are added to usage views.
     pub meter: Option<Arc<clawdeploy_metering::Meter>>,
     /// Where the pool hands the LLM meter its listener (`llm.listen = "auto"`).
@@ -90,7 +88,6 @@ impl ApiContext {
             mailer,
             hashing: tokio::sync::Semaphore::new(cpus),
             dummy_hash: tokio::sync::OnceCell::new(),
-            instance_creation: tokio::sync::Mutex::new(()),
             meter: None,
             llm_listener: None,
             edge_secret: Zeroizing::new(String::new()),
@@ -135,24 +132,17 @@ impl ApiState {
         }
     }
 
-    /// Routes an instance as its record says, here at once and on every other edge node.
-    pub async fn route_changed(&self, instance: &clawdeploy_store::Instance) {
-        self.routes.upsert_subdomain(
-            &instance.subdomain,
-            clawdeploy_pool::routing::route_for(instance),
-        );
-        self.broadcast_instance(instance.id, &instance.subdomain)
-            .await;
-    }
-
-    /// Broadcasts that an instance changed or is gone (the other nodes reload it).
-    pub async fn broadcast_instance(&self, id: uuid::Uuid, subdomain: &str) {
+    /// An instance's route changed (created, renamed, started, stopped) or it is gone: routes it
+    /// as the store says, here before returning and on every other edge node through the
+    /// broadcast. `subdomain` is the name the route had before the change (for a rename, the old
+    /// one), so every node knows what to remove.
+    pub async fn instance_changed(&self, id: uuid::Uuid, subdomain: &str) {
         let change = Change::Instance {
             id,
             subdomain: subdomain.to_string(),
         };
-        if let Err(e) = self.bus.publish(change).await {
-            tracing::error!("cannot broadcast a route change: {e}");
+        if let Err(e) = routing::publish(&self.store, &self.routes, &self.bus, change).await {
+            tracing::error!(instance = %id, "cannot route an instance change: {e}");
         }
     }
 }

@@ -2,7 +2,6 @@
 //! ([`docker`]) and a local-process one for machines without Docker ([`process`]), and the
 //! instance network's egress rules ([`egress`]).
 
-pub mod changes;
 pub mod docker;
 pub mod egress;
 pub mod image;

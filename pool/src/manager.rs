@@ -22,7 +22,7 @@ use clawdeploy_store::{
     Instance, InstanceStatus, Placement, PoolMember, PoolMemberState, Store, StoreError,
 };
 
-use crate::changes::{Change, ChangeBus};
+use clawdeploy_store::changes::{Change, ChangeBus};
 use crate::ready::{wait_ready, wait_ready_as};
 use crate::runtime::{
     ConfigFile, InstanceSpec, Resources, RunState, Runtime, RuntimeError, RuntimeEvent,

@@ -398,6 +398,7 @@ mod tests {
                 status: InstanceStatus::Provisioning,
                 soul_md: None,
                 timezone: None,
+                only_instance: false,
             })
             .await
             .unwrap();
@@ -451,6 +452,7 @@ mod tests {
                 status: InstanceStatus::Running,
                 soul_md: None,
                 timezone: None,
+                only_instance: false,
             })
             .await
             .unwrap();

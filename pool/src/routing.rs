@@ -9,7 +9,7 @@ use std::sync::Arc;
 use clawdeploy_proxy::{InstanceState, Route, RouteKind, RouteTable};
 use clawdeploy_store::{Instance, InstanceStatus, Store, StoreError};
 
-use crate::changes::Change;
+use clawdeploy_store::changes::{Change, ChangeBus};
 
 /// The route an instance record implies. The upstream of a not-yet-placed instance is a
 /// placeholder: only `running` routes are ever proxied.
@@ -79,6 +79,19 @@ pub async fn apply(store: &Store, routes: &RouteTable, change: &Change) -> Resul
         Change::SessionRevoked { .. } | Change::Certificate { .. } | Change::Domain { .. } => {}
     }
     Ok(())
+}
+
+/// The one path by which a node changes routes: applies `change` here with the same [`apply`]
+/// every node's follower runs, then publishes it to the other nodes. This node's follower sees
+/// the change again and re-applies it, which reloads the same record (apply is idempotent).
+pub async fn publish(
+    store: &Store,
+    routes: &RouteTable,
+    bus: &ChangeBus,
+    change: Change,
+) -> Result<(), StoreError> {
+    apply(store, routes, &change).await?;
+    bus.publish(change).await
 }
 
 /// Follows the change broadcast until it closes, applying each change to `routes`.

@@ -11,7 +11,7 @@ use clawdeploy_config::{Config, LlmListen, RuntimeKind};
 use clawdeploy_metering::llm::ListenerHandoff;
 use clawdeploy_store::{Keyring, Store};
 
-use crate::changes::ChangeBus;
+use clawdeploy_store::changes::ChangeBus;
 use crate::instance_config::FixtureConfig;
 use crate::manager::{InstanceConfig, PoolError, PoolManager, PoolSettings};
 use crate::openclaw::OpenClawConfig;

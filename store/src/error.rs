@@ -9,6 +9,8 @@ pub enum Conflict {
     Email,
     /// Another instance already has this subdomain (compared case-insensitively).
     Subdomain,
+    /// The user's tier allows one instance and the user already has it.
+    InstanceExists,
     /// An active admin token already has this name.
     AdminTokenName,
     /// This user already added this custom domain.
@@ -24,6 +26,7 @@ impl std::fmt::Display for Conflict {
         f.write_str(match self {
             Conflict::Email => "email already registered",
             Conflict::Subdomain => "subdomain already taken",
+            Conflict::InstanceExists => "the user already has an instance",
             Conflict::AdminTokenName => "an active admin token already has this name",
             Conflict::Hostname => "custom domain already added",
             Conflict::DomainVerified => "custom domain verified by another account",

@@ -47,6 +47,7 @@
 //! its own schema): `CLAWDEPLOY_TEST_POSTGRES_URL=$(scripts/start-postgres.sh) cargo test -p
 //! clawdeploy-store`.
 
+pub mod changes;
 pub mod error;
 pub mod models;
 pub mod secrets;

@@ -326,6 +326,9 @@ pub struct NewInstance<'a> {
     pub status: InstanceStatus,
     pub soul_md: Option<&'a str>,
     pub timezone: Option<&'a str>,
+    /// The user's tier allows one instance: refused with `Conflict(InstanceExists)` when the user
+    /// already has one, decided in the database so two edge nodes cannot both pass the check.
+    pub only_instance: bool,
 }
 
 /// Where an instance runs; all `None` clears it.

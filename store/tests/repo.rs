@@ -120,6 +120,7 @@ both!(
     api_keys_survive_key_rotation,
     mfa,
     instances_crud,
+    one_instance_per_user_holds_under_concurrency,
     duplicate_subdomain_case_insensitive,
     admin_tokens,
     usage_counters,
@@ -785,7 +786,47 @@ fn new_instance(user_id: Uuid, sub: &str) -> NewInstance<'_> {
         status: InstanceStatus::Provisioning,
         soul_md: None,
         timezone: None,
+        only_instance: false,
     }
+}
+
+/// Edge nodes sharing the database create concurrently: with `only_instance`, exactly one of
+/// many simultaneous creates for one user succeeds (each runs on its own pooled connection, as
+/// on separate nodes); without it, a user may have several.
+async fn one_instance_per_user_holds_under_concurrency(db: &Db) {
+    let s = &db.store;
+    let u = user(s, "one@example.com").await;
+    let labels: Vec<String> = (0..8).map(|i| format!("only-{i}")).collect();
+    let news: Vec<NewInstance> = labels
+        .iter()
+        .map(|label| NewInstance {
+            only_instance: true,
+            ..new_instance(u.id, label)
+        })
+        .collect();
+    let creates = news.iter().map(|new| s.create_instance(new));
+    let results = futures_util::future::join_all(creates).await;
+    let created = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(created, 1, "{results:?}");
+    for r in &results {
+        if let Err(e) = r {
+            assert!(e.is_conflict(Conflict::InstanceExists), "{e:?}");
+        }
+    }
+    assert_eq!(s.list_instances_by_user(u.id).await.unwrap().len(), 1);
+    // A tier with several instances is not limited.
+    s.create_instance(&new_instance(u.id, "second-one"))
+        .await
+        .unwrap();
+    // An unknown user is still "not found", not "exists".
+    assert!(matches!(
+        s.create_instance(&NewInstance {
+            only_instance: true,
+            ..new_instance(Uuid::new_v4(), "nobody-here")
+        })
+        .await,
+        Err(StoreError::NotFound("user"))
+    ));
 }
 
 async fn instances_crud(db: &Db) {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clawdeploy_pool::changes::ChangeBus;
+use clawdeploy_store::changes::ChangeBus;
 use clawdeploy_pool::{
     routing, Assigned, DockerOptions, DockerRuntime, FixtureConfig, PoolManager, PoolSettings,
     ProcessRuntime, Resources, Runtime,
@@ -118,6 +118,7 @@ impl Harness {
                 tier: "free",
                 soul_md: None,
                 timezone: None,
+                only_instance: false,
             })
             .await
             .unwrap();

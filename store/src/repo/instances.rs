@@ -7,7 +7,7 @@ use uuid::Uuid;
 use crate::error::{conflict_or, Conflict, Result, StoreError};
 use crate::models::*;
 use crate::time::now_ms;
-use crate::{id_str, parse_col, uuid_col, Store};
+use crate::{id_str, parse_col, uuid_col, Backend, Store};
 
 pub(crate) const INSTANCE_COLS: &str = "id, user_id, subdomain, status, tier, node_id, node_ip, \
     container_id, container_ip, upstream, soul_md, timezone, created_at, updated_at, last_active_at, \
@@ -41,13 +41,24 @@ pub fn normalize_subdomain(sub: &str) -> String {
 
 impl Store {
     /// Creates an instance. A taken subdomain (any case) → `Conflict(Subdomain)`; an unknown
-    /// user → `NotFound("user")`. How many instances a user may have is the API's rule.
+    /// user → `NotFound("user")`; with `only_instance`, a user who already has an instance →
+    /// `Conflict(InstanceExists)`. The check and the insert are one transaction holding the
+    /// user's row (PostgreSQL: `FOR UPDATE`; SQLite serializes writers), so concurrent creates
+    /// on several edge nodes cannot both pass it.
     pub async fn create_instance(&self, new: &NewInstance<'_>) -> Result<Instance> {
         let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        if self.backend() == Backend::Postgres {
+            sqlx::query("SELECT id FROM users WHERE id = $1 FOR UPDATE")
+                .bind(id_str(new.user_id))
+                .fetch_optional(&mut *tx)
+                .await?;
+        }
         let sql = format!(
             "INSERT INTO instances (id, user_id, subdomain, status, tier, soul_md, timezone, \
-             created_at, updated_at, billing_anchor_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, \
-             (SELECT billing_anchor_at FROM users WHERE id = $2)) \
+             created_at, updated_at, billing_anchor_at) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $8, billing_anchor_at FROM users \
+             WHERE id = $2 AND NOT ($9 AND EXISTS (SELECT 1 FROM instances WHERE user_id = $2)) \
              RETURNING {INSTANCE_COLS}"
         );
         let row = sqlx::query(&sql)
@@ -59,15 +70,25 @@ impl Store {
             .bind(new.soul_md)
             .bind(new.timezone)
             .bind(now)
-            .fetch_one(&self.pool)
+            .bind(new.only_instance)
+            .fetch_optional(&mut *tx)
             .await
-            .map_err(|e| match &e {
-                sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
-                    StoreError::NotFound("user")
-                }
-                _ => conflict_or(e, Conflict::Subdomain),
-            })?;
-        instance_from_row(&row)
+            .map_err(|e| conflict_or(e, Conflict::Subdomain))?;
+        let Some(row) = row else {
+            let user_exists = sqlx::query("SELECT 1 FROM users WHERE id = $1")
+                .bind(id_str(new.user_id))
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            return Err(if user_exists {
+                StoreError::Conflict(Conflict::InstanceExists)
+            } else {
+                StoreError::NotFound("user")
+            });
+        };
+        let instance = instance_from_row(&row)?;
+        tx.commit().await?;
+        Ok(instance)
     }
 
     /// An instance by id.

@@ -11,7 +11,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use clawdeploy_store::{Backend, Store};
+use crate::{Backend, Store, StoreError};
 
 /// The PostgreSQL channel.
 pub const CHANNEL: &str = "clawdeploy_changes";
@@ -56,14 +56,14 @@ impl ChangeBus {
     }
 
     /// Applies to this process at once and, on PostgreSQL, notifies the other edge processes.
-    pub async fn publish(&self, change: Change) -> Result<(), clawdeploy_store::StoreError> {
+    pub async fn publish(&self, change: Change) -> Result<(), StoreError> {
         let _ = self.local.send(change.clone());
         if self.store.backend() == Backend::Postgres {
             let payload = serde_json::to_string(&Envelope {
                 origin: self.origin,
                 change,
             })
-            .map_err(|e| clawdeploy_store::StoreError::Invalid(e.to_string()))?;
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(CHANNEL)
                 .bind(payload)
