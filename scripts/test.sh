@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 # chromium + chromium-driver: the dashboard's browser tests (tests/it/dashboard.rs).
 # prometheus: tests/it/prometheus.rs runs its own Prometheus scraping an edge (no system service).
 scripts/install-deps.sh python3-aiosmtpd chromium chromium-driver prometheus
+scripts/check-docs.sh    # every relative link and #anchor in README.md and docs/*.md resolves
 # The 1,000-WebSocket test needs a few thousand file descriptors across test and edge processes.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
