@@ -32,30 +32,55 @@ pub enum InstanceConfigKind {
 /// The OpenClaw image `clawdeploy image build` makes, used when `runtime.image` is empty.
 pub const OPENCLAW_IMAGE: &str = "clawdeploy-openclaw:2026.9.6";
 
-/// `[runtime]`.
+/// `[runtime]`: where instances run, and what: the real OpenClaw gateway (`config = "openclaw"`,
+/// the image `clawdeploy image build` makes), or the test fixture (`tests/fixture`, a small program
+/// speaking the subset of the gateway protocol the platform uses, for tests and benchmarks; never
+/// presented as OpenClaw).
+///
+/// How containers are hardened: [Container hardening](instances.md#container-hardening).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
+    /// `auto` (the embedded default): Docker when a Docker Engine answers and the instance image is
+    /// built; else, with `config = "openclaw"`, local processes when `clawdeploy image build` has
+    /// installed OpenClaw's pinned Node and package; else like `none`, with a log line saying what
+    /// to do. `docker`: hardened containers on the local Docker Engine (an error at start when it
+    /// does not answer). `process`: local child processes on loopback ports, NOT isolated,
+    /// development only (logged at start): OpenClaw through `scripts/openclaw-process.sh` (embedded
+    /// in the binary), or the program in `image`. `none`: instances are recorded and routed but
+    /// stay `provisioning`.
     pub kind: RuntimeKind,
-    /// `openclaw` (the default) or `fixture`.
+    /// What instances run, and so which config the pool writes into them: `openclaw` (the real
+    /// gateway, with the locked-down tenant config under [OpenClaw
+    /// instances](instances.md#the-tenant-config)) or `fixture` (the test program).
     pub config: InstanceConfigKind,
-    /// Docker image, or the program the process runtime runs; empty with `config = "openclaw"`
-    /// means [`OPENCLAW_IMAGE`].
+    /// The Docker image (`docker`) or program path (`process`). Empty with `config = "openclaw"` on
+    /// Docker means `clawdeploy-openclaw:2026.9.6`, the image `clawdeploy image build` makes;
+    /// otherwise required unless `kind = "none"`.
     pub image: String,
-    /// `uid:gid` instances run as; never root.
+    /// `uid:gid` instances run as; root is refused.
     pub user: String,
     /// The port the instance serves inside (the OpenClaw gateway's).
     pub port: u16,
-    /// The dedicated Docker network instances join.
+    /// The dedicated bridge network instances join, created with inter-container traffic off.
     pub docker_network: String,
-    /// Publish instance ports on 127.0.0.1 and route there (tests, single-host setups where the
-    /// edge cannot reach the instance network).
+    /// Publish each instance port on 127.0.0.1 and route there, for tests and single-host setups
+    /// where the edge is not on the instance network. Otherwise the edge routes to the container's
+    /// address on the network.
     pub publish_loopback: bool,
-    /// Install the instance network's egress rules (iptables; Docker only, needs root).
+    /// Install the instance network's egress rules at start (Docker; needs root): instances reach
+    /// public unicast addresses, the edge's LLM meter and `llm_endpoint`, and nothing else: not the
+    /// IANA special-purpose ranges (the same list as `[llm]`'s public unicast: private, CGNAT,
+    /// cloud metadata at 169.254.0.0/16, documentation, benchmarking, multicast, reserved), not
+    /// other instances (the instance subnet), not the node's own addresses and subnets (read from
+    /// its interfaces when the rules are installed), nor the host's own services; DNS to the node's
+    /// resolvers passes on port 53. IPv4 only: a network with IPv6 enabled is refused. Chains
+    /// `CLAWDEPLOY-E-<net>` (from `DOCKER-USER`) and `CLAWDEPLOY-I-<net>` (from `INPUT`).
     pub egress_rules: bool,
-    /// `IP:port` instances may reach besides the internet (the edge's LLM endpoint); empty for none.
+    /// One more `IP:port` on this host or a private network that instances may reach besides the
+    /// internet and the LLM meter (which is allowed on its own); empty for none.
     pub llm_endpoint: String,
-    /// Where the process runtime keeps instance data; empty means `<server.data_dir>/instances`.
+    /// Where the process runtime keeps instance data; empty means `<data_dir>/instances`.
     pub process_dir: PathBuf,
 }
 
@@ -76,33 +101,42 @@ impl Default for RuntimeConfig {
     }
 }
 
-/// `[pool]`.
+/// `[pool]`: warm instances per node.
+///
+/// How a signup gets its instance: [The warm pool](instances.md#the-warm-pool).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PoolConfig {
-    /// This node's id in the store; empty means the host name.
+    /// This node's id in the store; pool members and instances are placed per node. Empty means the
+    /// host name.
     pub node_id: String,
-    /// Idle instances kept ready.
+    /// Idle, ready instances kept warm. The pool refills at once after every claim.
     pub min_idle: usize,
     /// Idle instances beyond this are removed.
     pub max_idle: usize,
-    /// Health checks and refills run this often (and at once after every claim).
+    /// Health checks (`GET /readyz` of every idle and assigned instance) and refills run this
+    /// often.
     pub tick_secs: u64,
-    /// Most instances on this node; 0 means 80% of its memory divided by `memory_mb`.
+    /// Most instances on this node (idle, being created and assigned); 0 means 80% of the node's
+    /// memory divided by `memory_mb`. A signup beyond it waits as `queued` and is served first when
+    /// room frees — the node is never overcommitted.
     pub capacity: usize,
-    /// Instances created at once: the signup throttle.
+    /// Instances created at once (refill and on-demand): the signup throttle.
     pub create_concurrency: usize,
-    /// How long a new instance may take to answer `/readyz`.
+    /// How long a new or restarted instance may take to answer `/readyz`.
     pub ready_timeout_secs: u64,
-    /// Memory per instance (OpenClaw needs ~825 MiB at ready, ~1 GiB after a few turns).
+    /// Memory per instance. OpenClaw needs about 825 MiB at ready and about 1 GiB after a few
+    /// turns, and a 1 GiB cap has been reported to kill it at boot, hence 2 GiB.
     pub memory_mb: u64,
+    /// CPUs per instance.
     pub cpus: f64,
     /// Most processes and threads per instance.
     pub pids: i64,
-    /// Days a deleted (cancelled) instance is kept, stopped with its data, before it is archived.
+    /// Days a deleted (cancelled) instance is kept, stopped with its data and restorable, before it
+    /// is archived (PRD §4.4.3).
     pub cancel_grace_days: u32,
-    /// Where archived instances' data (a tar of their data volume) and records go; empty means
-    /// `<server.data_dir>/archive`.
+    /// Where archived instances go: `<subdomain>-<id>.tar` (their data volume) and
+    /// `<subdomain>-<id>.json` (their record). Empty means `<data_dir>/archive`.
     pub archive_dir: PathBuf,
 }
 

@@ -3,12 +3,15 @@
 //! Loaded from TOML (`--config FILE`) over embedded defaults, then every scalar key may be overridden
 //! by an environment variable `CLAWDEPLOY_<SECTION>__<KEY>` (nested tables add more `__`-separated
 //! parts, e.g. `CLAWDEPLOY_TIERS__FREE__MEMORY_MB`). The result is validated once at load: each error
-//! names the key, the bad value and what is allowed. Every key is documented in the README.
+//! names the key, the bad value and what is allowed. Every key is documented in `docs/config.md`,
+//! generated from the doc comments here (`reference`).
 
 pub mod addresses;
 pub mod hostname;
 pub mod instances;
 pub mod metering;
+#[cfg(test)]
+mod reference;
 pub mod sessions;
 pub mod tls;
 
@@ -76,38 +79,52 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Plain HTTP listener.
+    /// Plain HTTP listener, `IP:port`. Production uses `0.0.0.0:80`.
     pub http_listen: String,
-    /// Instances live at `<sub>.<base_domain>`.
+    /// Instances live at `<sub>.<base_domain>`. The bare domain redirects to the app domain.
     pub base_domain: String,
-    /// The dashboard and API host; empty means `app.<base_domain>`.
+    /// Host of the dashboard and the API (`/api`, `/admin`, `/healthz`, `/readyz`). In production,
+    /// put it on a different registrable domain from `base_domain` (as GitHub Pages does), so a
+    /// tenant's page can never touch the dashboard's cookies. Empty means `app.<base_domain>`.
     pub app_domain: String,
-    /// Bootstrap operator credential for `/admin`; empty means generated into `data_dir/admin_token`.
+    /// The bootstrap operator credential for `/admin` (`Authorization: Bearer …`), at least 16
+    /// characters. If empty, 32 random bytes are generated into `<data_dir>/admin_token` (mode
+    /// 0600) on first start and reused after that.
     pub admin_token: String,
     /// Where the embedded default keeps its database and generated secrets.
     pub data_dir: PathBuf,
-    /// Worker threads of the proxy; 0 means one per CPU.
+    /// Proxy worker threads. 0 means one per CPU.
     pub threads: usize,
     /// How long the edge waits to connect to an upstream before answering 502.
     pub connect_timeout_ms: u64,
-    /// How long a plain HTTP exchange may wait on a silent client or upstream.
+    /// How long a plain HTTP exchange may wait on a silent upstream or client. The edge answers 504
+    /// when the upstream stays silent.
     pub read_timeout_secs: u64,
-    /// How long a WebSocket may stay silent before the edge closes it.
+    /// How long an upgraded WebSocket may stay silent before the edge closes it. This is separate
+    /// from `read_timeout_secs`, so long-lived gateway sessions are not cut (pingora#255).
     pub ws_idle_timeout_secs: u64,
-    /// On SIGTERM, how long in-flight requests get to finish.
+    /// On SIGTERM, the longest in-flight requests and WebSockets get to finish. The edge exits as
+    /// soon as nothing is in flight.
     pub grace_period_secs: u64,
-    /// Largest request header block accepted, in bytes; larger gets 431.
+    /// Largest request line plus headers. Larger requests get 431. Pingora refuses anything over 1
+    /// MiB, or over 256 headers, with 400.
     pub max_header_bytes: usize,
-    /// Largest request body accepted, in bytes (WebSocket traffic aside); larger gets 413.
+    /// Largest request body (64 MiB). A larger `Content-Length` gets 413 `BODY_TOO_LARGE` before
+    /// anything is forwarded; a chunked body that grows past it is cut off (413 if no response has
+    /// started). WebSocket traffic is not counted.
     pub max_body_bytes: u64,
-    /// Seconds a client gets to send a whole request header (and to start the next request on a
-    /// kept-alive connection) before it is disconnected: the bound on slow-header clients.
+    /// A client must send a whole request header within this time, counted from when the edge
+    /// starts waiting for it (so it also ends a kept-alive connection idle that long); otherwise it
+    /// is disconnected. Bounds slow-header (slowloris) clients, whose buffers
+    /// `max_header_bytes`/Pingora's 1 MiB cap bound too.
     pub header_timeout_secs: u64,
     /// Idle upstream connections kept for reuse, per worker thread.
     pub upstream_keepalive_pool_size: usize,
-    /// `text` or `json`.
+    /// `text` or `json` (one JSON object per line, on stderr). `RUST_LOG` sets the level; the
+    /// default is `info`.
     pub log_format: LogFormat,
-    /// Log one line per request.
+    /// One `access` line per request: request id, client, method, host, path (never the query
+    /// string), status, route kind, duration.
     pub access_log: bool,
 }
 
@@ -160,30 +177,39 @@ pub enum LogFormat {
     Json,
 }
 
-/// `[database]`.
+/// `[database]`: where accounts and instances are stored.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// `sqlite://PATH` or `postgres://USER:PASS@HOST/DB`; empty means `sqlite://<data_dir>/clawdeploy.db`.
+    /// `sqlite://PATH` (one edge node; WAL mode, the file and its directory are created) or
+    /// `postgres://USER:PASSWORD@HOST:PORT/DB` (several edge nodes). The password is masked by
+    /// `check-config`. Empty means `sqlite://<data_dir>/clawdeploy.db`.
     pub url: String,
-    /// Pool size; 0 means the store's default (8 for SQLite, 10 for PostgreSQL).
+    /// Pool size; 0 means 8 for SQLite, 10 for PostgreSQL.
     pub max_connections: u32,
 }
 
-/// `[secrets]`. Empty keys are generated on first start into the data dir (mode 0600).
+/// `[secrets]`: JWT signing key, master key for provider keys, password hashing. Empty keys are
+/// generated on first start into the data dir (mode 0600).
+///
+/// All four secrets are masked by `check-config` and never logged.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SecretsConfig {
-    /// HS256 signing key of access tokens, at least 32 characters; empty → `<data_dir>/jwt_key`.
+    /// HS256 key signing access tokens, at least 32 characters. If empty, 32 random bytes (hex) are
+    /// generated into `<data_dir>/jwt_key` (mode 0600) on first start. Changing it logs everyone
+    /// out.
     pub jwt_key: String,
-    /// Base64 of 32 random bytes (AES-256-GCM) sealing provider keys and MFA secrets;
-    /// empty → `<data_dir>/master_key`.
+    /// Base64 of 32 random bytes (`openssl rand -base64 32`). AES-256-GCM key sealing provider API
+    /// keys and MFA secrets. If empty, generated into `<data_dir>/master_key` (mode 0600).
     pub master_key: String,
-    /// Id recorded with every value sealed under `master_key`.
+    /// Id stored with every value sealed under `master_key` (1–32 of `A-Z a-z 0-9 _ -`).
     pub master_key_id: String,
-    /// Older master keys that can still open values: `id:base64,id:base64`.
+    /// Older keys that can still open values: `id:base64,id:base64`. To rotate: move the current
+    /// key here under its id, set a new `master_key` with a new `master_key_id`; values are
+    /// re-sealed under the new key (`Store::reseal_secrets`), then the old key can go.
     pub previous_master_keys: String,
-    /// bcrypt cost of password hashes (the PRD asks for 12).
+    /// bcrypt cost of password hashes. The PRD asks for 12; 4–11 exist only so tests run fast.
     pub bcrypt_cost: u32,
 }
 
@@ -219,22 +245,29 @@ impl SecretsConfig {
     }
 }
 
-/// `[smtp]`.
+/// `[smtp]`: outgoing mail; an empty host keeps mail in the outbox.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SmtpConfig {
-    /// SMTP relay host (IP or name); empty keeps outgoing mail in the outbox (`GET /admin/outbox`).
+    /// SMTP relay (IP or DNS name). Empty: outgoing mail (verification and reset links) is kept in
+    /// the database's outbox and listed by `GET /admin/outbox`, so a fresh install works without a
+    /// mail server.
     pub host: String,
+    /// Relay port.
     pub port: u16,
-    /// Optional SMTP AUTH credentials.
+    /// SMTP AUTH credentials, both or neither (with `password`): the user name.
     pub username: String,
+    /// SMTP AUTH credentials, both or neither (with `username`): the password. The password is
+    /// masked.
     pub password: String,
-    /// Sender, e.g. `ClawDeploy <no-reply@example.com>`; empty → `ClawDeploy <no-reply@<app domain>>`.
+    /// Sender address, bare or `Name <address>`. Empty means `ClawDeploy <no-reply@<app domain>>`.
     pub from: String,
-    /// How long to wait for the relay.
+    /// How long to wait for the relay (1–300).
     pub timeout_secs: u64,
-    /// `starttls` (upgrade the connection; port 587 usually), `tls` (TLS from the start; 465), or
-    /// `none` (plain SMTP: only to a relay on this host, and never with credentials elsewhere).
+    /// `starttls` (upgrade the connection, usually port 587), `tls` (TLS from the first byte,
+    /// usually 465), or `none` (plain SMTP, for a relay on this host; credentials with `none` are
+    /// refused unless the relay is on loopback). Certificates are checked against the Mozilla roots
+    /// (webpki-roots).
     pub tls: SmtpTls,
 }
 
@@ -261,19 +294,23 @@ impl Default for SmtpConfig {
     }
 }
 
-/// `[limits]`.
+/// `[limits]`: login throttling and account grace periods.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Failed logins of one account within `login_window_secs` before its logins are refused.
+    /// Failed logins (wrong password or MFA code) of one account within `login_window_secs`, after
+    /// which its logins get 429 with `Retry-After`, even with the right password. A successful
+    /// login or a password reset clears it.
     pub login_failures_per_account: u32,
-    /// Failed logins from one IP address within `login_window_secs` before its logins are refused.
+    /// The same per client IP address (the edge's `X-Real-IP`).
     pub login_failures_per_ip: u32,
-    /// The throttling window.
+    /// The throttling window. Counters are in memory, per edge node.
     pub login_window_secs: u64,
-    /// Days an unverified account's instance keeps running.
+    /// An account whose email is still unverified after this many days has its instance stopped
+    /// until it verifies (checked at start and hourly).
     pub unverified_grace_days: u32,
-    /// Days between an account deletion request and the deletion.
+    /// Days between `DELETE /api/account` and the deletion; `POST /api/account/restore` undoes it
+    /// until then.
     pub deletion_grace_days: u32,
 }
 
@@ -363,12 +400,21 @@ pub fn mask_url_password(url: &str) -> String {
     }
 }
 
-/// One `[[routes]]` table.
+/// `[[routes]]`: static operator routes: public hosts proxied to fixed upstreams, such as a status
+/// page or a docs site. They are never private to an instance.
+///
+/// ```toml
+/// [[routes]]
+/// host = "status.example.com"
+/// upstream = "10.0.0.5:8080"
+/// ```
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
+    /// A DNS name. It is normalised (lower case, no port, no trailing dot) and must not be
+    /// `base_domain` or the app domain.
     pub host: String,
-    /// `IP:port`; never a host name, so no DNS lookup happens on the request path.
+    /// `IP:port`. Host names are refused, so no DNS lookup ever happens on the request path.
     pub upstream: String,
 }
 

@@ -1,13 +1,16 @@
 //! `[metrics]`, `[metering]`, `[tiers.<tier>]`, `[rate_limits]`, `[redis]` and `[llm]`: what the
-//! edge measures and limits (issue #7). Every key is documented in the README.
+//! edge measures and limits (issue #7). Every key is documented in `docs/config.md`.
 
 use serde::{Deserialize, Serialize};
 
 /// `[metrics]`: the Prometheus exposition.
+///
+/// The metrics exported: [Metrics](operations.md#metrics).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// `IP:port` serving `GET /metrics`; empty turns the listener off (metrics are still recorded).
+    /// Where `GET /metrics` (Prometheus text format) is served; empty turns the listener off
+    /// (metrics are still recorded). Keep it off public interfaces.
     pub listen: String,
 }
 
@@ -20,18 +23,21 @@ impl Default for MetricsConfig {
 }
 
 /// `[metering]`: OpenClaw user messages counted from the WebSocket frames the edge relays.
+///
+/// How messages are counted, the monthly windows and idempotency keys:
+/// [Metering](metering.md#how-messages-are-counted).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct MeteringConfig {
-    /// Parse gateway WebSocket frames, count user messages and enforce message quotas.
+    /// Meter gateway WebSockets of instances: count user messages and enforce the message quota.
     pub enabled: bool,
-    /// How often counts are written to the store; a crash loses at most this much counting.
+    /// How often counts are written to the store. A crash (not a graceful stop, which writes them)
+    /// loses at most this much counting.
     pub flush_interval_secs: u64,
-    /// The largest client message the edge holds while deciding whether to forward it (OpenClaw's
-    /// own `maxPayload`); a larger one closes the connection with 1009.
+    /// The largest client text message the edge holds while deciding whether to forward it
+    /// (OpenClaw's own `maxPayload`); a larger one closes that WebSocket with 1009.
     pub max_message_bytes: usize,
-    /// Where a refused client is sent to upgrade (`details.upgradeUrl`); empty means
-    /// `<app origin>/billing`.
+    /// `details.upgradeUrl` of a quota refusal; empty means `<app origin>/billing`.
     pub upgrade_url: String,
 }
 
@@ -50,13 +56,16 @@ impl Default for MeteringConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TierConfig {
-    /// OpenClaw user messages per month (free: calendar month, UTC; paid: billing period).
+    /// OpenClaw user messages per instance and month (free: calendar month; paid: billing period,
+    /// see [Windows](metering.md#windows-per-month)).
     pub messages_per_month: u64,
-    /// LLM tokens (input + output) per month through the edge's LLM meter.
+    /// LLM tokens (input + output) per instance and month, windowed the same way (the LLM meter;
+    /// see [The LLM meter](metering.md#the-llm-meter)).
     pub tokens_per_month: u64,
 }
 
-/// `[tiers.free]`, `[tiers.pro]`, `[tiers.team]` (PRD §3.6.1).
+/// `[tiers.free]`, `[tiers.pro]`, `[tiers.team]` (PRD §3.6.1); 0 means unlimited. An unknown tier
+/// gets the free quotas.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TiersConfig {
@@ -90,16 +99,22 @@ impl TiersConfig {
 }
 
 /// `[rate_limits]` (PRD §5.2): GCRA limits per client IP and per authenticated user.
+///
+/// What happens over a limit: [Rate limits](metering.md#rate-limits).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitsConfig {
-    /// Requests per minute from one client IP.
+    /// Requests a minute from one client IP (GCRA: a burst of this many, then one every 60/n s).
+    /// Loopback clients with a valid token are limited per user only: the dashboard's chat bridge
+    /// connects from this machine for every user.
     pub per_ip_per_minute: u32,
-    /// Requests per minute by one authenticated user (instance hosts and the API).
+    /// Requests a minute by one user: the owner on instance hosts, the bearer token's user on the
+    /// API.
     pub per_user_per_minute: u32,
-    /// Requests allowed at once above the steady rate; 0 means the per-minute figure itself.
+    /// Requests allowed at once above the steady rate; 0 means the per-minute figure.
     pub burst: u32,
-    /// Keys (IPs plus users) kept before idle ones are forgotten early: bounds the limiter's memory.
+    /// Addresses plus users held before idle ones are forgotten early (bounds the limiter's
+    /// memory).
     pub max_keys: usize,
 }
 
@@ -115,14 +130,20 @@ impl Default for RateLimitsConfig {
 }
 
 /// `[redis]`: shared counters and rate limits across edge nodes.
+///
+/// How counters and rate limits are shared:
+/// [Redis](metering.md#redis-counters-and-limits-across-edge-nodes).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://host:port/db`; empty keeps counters in this process only.
+    /// `redis://host:port[/db]`: message and token counters shared by every edge node using it.
+    /// Empty: counters are per edge node (plus what the store held at start).
     pub url: String,
-    /// How often message and token counts are exchanged with Redis.
+    /// How often each node adds its new counts to Redis and reads the all-node totals.
     pub sync_interval_ms: u64,
-    /// How long a request waits for Redis's rate-limit answer before this node decides alone.
+    /// How long a request waits for Redis's rate-limit answer; past it, or on a Redis error, this
+    /// node's own limiter decides (after an error, or Redis silent for 4 × this, the node stops
+    /// asking Redis until it has reconnected).
     pub rate_limit_timeout_ms: u64,
 }
 
@@ -137,22 +158,36 @@ impl Default for RedisConfig {
 }
 
 /// `[llm]`: the LLM egress meter instances' providers point at.
+///
+/// What the LLM meter does, how a custom `baseUrl` is checked, and which headers reach a provider:
+/// [The LLM meter](metering.md#the-llm-meter).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LlmConfig {
-    /// `auto` (the default): on an address only instances reach — the instance network's gateway
-    /// address with Docker, loopback with the process runtime — at `port`. `IP:port`: exactly
-    /// there. `off` (or empty): no meter; instances get the users' provider keys directly and LLM
-    /// tokens are not counted (development only).
+    /// Where the meter listens. `auto`: with Docker, the instance network's gateway address (the
+    /// host's address on that bridge, e.g. `172.18.0.1`, which only containers on the network route
+    /// to; the egress rules open exactly that address and port to instances), with local processes
+    /// `127.0.0.1`; at `port`. The pool binds it once it knows its runtime, so with `runtime.kind =
+    /// "none"` there is no meter; a port in use stops the pool (logged) rather than hand out real
+    /// keys. `IP:port`: exactly there (must be reachable from the instances). `off` (or empty): no
+    /// meter; instances get the users' keys directly and LLM tokens are not counted (development
+    /// only). With `auto` the meter is set up for `runtime.config = "openclaw"` pools only (the
+    /// fixture calls no provider). Whatever the address, a request without a valid instance token
+    /// gets 401 and never reaches a provider.
     pub listen: String,
-    /// The meter's port with `listen = "auto"`; 0 picks a free port at each start (tests).
+    /// The meter's port with `listen = "auto"`. 0 picks a free port at each start (tests: parallel
+    /// edges on one network); instances configured before a restart keep the old address until
+    /// their config is written again, so production keeps a fixed port.
     pub port: u16,
+    /// OpenAI upstream.
     pub openai_url: String,
+    /// Anthropic upstream.
     pub anthropic_url: String,
+    /// Google upstream.
     pub google_url: String,
-    /// Networks (CIDRs or single addresses) a user's custom endpoint may connect to although they
-    /// are not public unicast: a private deployment's own LLM server, or a test's fake provider.
-    /// Empty (the default): custom endpoints reach public addresses only.
+    /// Networks a user's custom endpoint may connect to although they are not public unicast, as
+    /// CIDRs or single addresses (`["10.8.0.0/16", "192.168.1.20"]`): a private deployment's own
+    /// LLM server, or a test's fake provider. Empty: custom endpoints reach public addresses only.
     pub allow_private_custom: Vec<String>,
 }
 

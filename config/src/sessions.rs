@@ -3,14 +3,16 @@
 
 use serde::{Deserialize, Serialize};
 
-/// `[sessions]`.
+/// `[sessions]`: browser sessions on instance hosts (see [Browser sessions on instance
+/// hosts](http.md#browser-sessions-on-instance-hosts)).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SessionsConfig {
-    /// How long a one-time handoff code stays redeemable, in seconds.
+    /// How long a one-time sign-in code from `GET /api/session/handoff` can be redeemed on its
+    /// instance host (1–600). Each code works once, on the one host it was issued for.
     pub code_ttl_secs: u64,
-    /// How long an instance host's session cookie lives, in seconds (never beyond the dashboard
-    /// session that created it; logout and password changes end it at once).
+    /// Lifetime of an instance host's session cookie (60 s – 30 days), never beyond the dashboard
+    /// session that issued it. Logout, a password change or reset end it at once.
     pub host_session_ttl_secs: u64,
 }
 

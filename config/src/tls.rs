@@ -9,17 +9,29 @@ use serde::{Deserialize, Serialize};
 use crate::validate_hostname;
 
 /// `[tls]`: the HTTPS listener.
+///
+/// How certificates are chosen, why SNI must match Host, and which scheme links and URLs use:
+/// [HTTPS at the edge](tls.md#https-at-the-edge).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
-    /// HTTPS listener address; empty disables HTTPS.
+    /// HTTPS listener, `IP:port`; production uses `0.0.0.0:443`. Empty serves no HTTPS (and no
+    /// custom domains).
     pub listen: String,
-    /// Where certificates come from: `local-ca` (a CA generated into the data dir signs them; for
-    /// development) or `acme` (an ACME CA such as Let's Encrypt, see `[acme]`).
+    /// `local-ca`: a CA generated once into `<data_dir>/local-ca/` (`ca.pem`, key `ca.key` mode
+    /// 0600) signs the base domain's certificate (apex, wildcard and the app domain by name) and
+    /// verified custom domains; under a single-label base domain such as `localhost`, where
+    /// browsers, curl and OpenSSL refuse a wildcard, it signs a certificate per served host instead
+    /// (the dashboard and each instance host, at the handshake, cached); trust `ca.pem` (`curl
+    /// --cacert data/local-ca/ca.pem https://app.localhost:8443/healthz`) to use HTTPS on localhost
+    /// without an ACME server. `acme`: certificates from an ACME CA (`[acme]`).
     pub mode: TlsMode,
-    /// Answer plain HTTP with a redirect to HTTPS (except ACME challenges and `/healthz`, `/readyz`).
+    /// Answer plain HTTP with 308 to the same URL on HTTPS, except ACME HTTP-01 challenges,
+    /// `/healthz`, `/readyz` and WebSocket upgrades with a token from loopback (the dashboard's
+    /// chat bridge). Production: `true`.
     pub redirect_http: bool,
-    /// `Strict-Transport-Security` max-age on HTTPS responses, in seconds; 0 sends no HSTS header.
+    /// `Strict-Transport-Security: max-age=N` on HTTPS responses; 0 sends none. Production:
+    /// `31536000`.
     pub hsts_max_age_secs: u64,
 }
 
@@ -42,25 +54,30 @@ pub enum TlsMode {
 }
 
 /// `[acme]`: the ACME CA (RFC 8555) of `tls.mode = "acme"`.
+///
+/// How certificates are ordered and renewed, with measurements: [ACME](tls.md#acme).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AcmeConfig {
-    /// Directory URL: Let's Encrypt production by default; staging is
+    /// The CA's directory; the default is Let's Encrypt production. Staging:
     /// `https://acme-staging-v02.api.letsencrypt.org/directory`; any RFC 8555 CA works.
     pub directory_url: String,
-    /// Contact email of the ACME account (optional).
+    /// Contact of the ACME account (optional).
     pub contact_email: String,
-    /// PEM file of the only root trusted for the CA's API (tests: Pebble's); empty = the system's.
+    /// PEM of the only root trusted for the CA's API (tests: Pebble's); empty uses the system's
+    /// roots.
     pub ca_root_file: PathBuf,
-    /// External account binding key id (CAs such as ZeroSSL need one); empty = none.
+    /// External account binding (CAs such as ZeroSSL), both or neither (with `eab_hmac_key`): the
+    /// key id.
     pub eab_kid: String,
-    /// External account binding HMAC key, base64url.
+    /// External account binding (CAs such as ZeroSSL), both or neither (with `eab_kid`): the HMAC
+    /// key, base64url and masked.
     pub eab_hmac_key: String,
     /// Order `*.<base_domain>` and `<base_domain>` by DNS-01 at start (needs `[dns]`).
     pub wildcard: bool,
-    /// How often the renewal scheduler looks for certificates due.
+    /// How often the scheduler looks for certificates due (10–86400).
     pub renew_check_secs: u64,
-    /// How long to wait for a DNS-01 TXT record to be visible before giving up an order.
+    /// How long to wait for a DNS-01 TXT record to be visible before the order fails.
     pub dns_propagation_timeout_secs: u64,
 }
 
@@ -79,30 +96,33 @@ impl Default for AcmeConfig {
     }
 }
 
-/// `[dns]`: the DNS provider that writes DNS-01 TXT records for the base domain.
+/// `[dns]`: the DNS provider writing DNS-01 TXT records for the base domain, and the resolver
+/// records are checked with (DNS-01 propagation, custom domain verification).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DnsConfig {
-    /// `none`, `rfc2136` (dynamic update with TSIG, e.g. BIND) or `cloudflare` (its DNS API).
+    /// `none`, `rfc2136` (dynamic update signed with TSIG, as BIND, Knot or PowerDNS accept it) or
+    /// `cloudflare` (Cloudflare's DNS API; tested against a local fake of its documented
+    /// `dns_records` endpoints, not against Cloudflare).
     pub provider: DnsProviderKind,
     /// rfc2136: the primary server, `IP:port`.
     pub server: String,
-    /// rfc2136: the zone updated (e.g. the base domain).
+    /// rfc2136: the zone updated, e.g. the base domain.
     pub zone: String,
-    /// rfc2136: TSIG key name.
+    /// rfc2136: the TSIG key's name as the server knows it.
     pub tsig_key_name: String,
-    /// rfc2136: TSIG secret, base64 (as in BIND's `key` statement).
+    /// rfc2136: the TSIG secret, base64 (as in BIND's `key` statement; masked).
     pub tsig_secret: String,
-    /// rfc2136: TSIG algorithm: `hmac-sha256`, `hmac-sha384` or `hmac-sha512`.
+    /// rfc2136: the TSIG algorithm, `hmac-sha256`, `hmac-sha384` or `hmac-sha512`.
     pub tsig_algorithm: String,
-    /// cloudflare: API base URL.
+    /// cloudflare: the API base (plain `http://` only to a loopback test server).
     pub cloudflare_api_url: String,
-    /// cloudflare: API token with DNS edit rights on the zone.
+    /// cloudflare: an API token with DNS edit rights on the zone (masked).
     pub cloudflare_api_token: String,
-    /// cloudflare: the zone id.
+    /// cloudflare: the zone's id.
     pub cloudflare_zone_id: String,
-    /// Where records are looked up to check they are visible (DNS-01 propagation and custom
-    /// domain verification), `IP:port`; empty = `server` (rfc2136) or 1.1.1.1:53.
+    /// `IP:port` of the resolver records are looked up at; empty: `server` with rfc2136, else
+    /// `1.1.1.1:53`.
     pub resolver: String,
 }
 
@@ -144,28 +164,32 @@ pub enum DnsProviderKind {
     Cloudflare,
 }
 
-/// `[domains]`: customers' own domains.
+/// `[domains]`: customers' own domains (Pro tier and up), see `POST /api/domains`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DomainsConfig {
-    /// Accept `POST /api/domains`.
+    /// Accept new custom domains.
     pub enabled: bool,
-    /// How often pending domains are checked in DNS.
+    /// How often pending domains are checked in DNS (also at once after each `POST`).
     pub check_interval_secs: u64,
     /// Most domains one user may add.
     pub max_per_user: u32,
-    /// How long a domain waits in `pending_dns` for its records before it is `failed` with the
-    /// records still missing (the owner's re-check starts a new wait).
+    /// How long a domain waits in `pending_dns` for its records (or in `verifying` for HTTP to
+    /// reach the platform); then it is `failed` with the records still missing and how to fix them.
+    /// The owner's `POST /api/domains/{hostname}/verify` starts a new wait.
     pub pending_dns_timeout_secs: u64,
-    /// First delay before a failed domain is checked (and, if its records are right, ordered)
-    /// again; it doubles with each failure up to 6 h. The default, 12 min, is the pace at which
-    /// Let's Encrypt refills its 5 failed validations per name and hour.
+    /// First delay before a `failed` domain is checked (and, when its records are right, ordered)
+    /// again; doubles with each failure, at most 6 h. 12 min is the pace at which Let's Encrypt
+    /// refills its 5 failed validations per name and hour.
     pub retry_base_secs: u64,
-    /// How long a domain may stay unproven (its owner's TXT record never seen) before it is
-    /// removed. Unproven claims block no other account, so this only clears abandoned ones.
+    /// How long a domain may stay unproven (its TXT record never seen) after it was added; then it
+    /// is removed (at the scheduler's next check). Unproven claims block no other account, so this
+    /// only clears abandoned ones; a proven domain never expires. 3600 to 31536000.
     pub unverified_ttl_secs: u64,
-    /// The port the CA fetches HTTP-01 challenges on, where the platform checks that a domain
-    /// reaches it before ordering (80 for every public CA; tests point Pebble elsewhere).
+    /// The port the CA fetches HTTP-01 challenges on. Before ordering, the platform fetches a probe
+    /// token at `http://<hostname>:<port>/.well-known/acme-challenge/` (resolved through
+    /// `dns.resolver`) to check the domain reaches it, so a misrouted domain costs no failed
+    /// validation at the CA. 80 for every public CA.
     pub http01_port: u16,
 }
 
