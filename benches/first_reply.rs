@@ -8,6 +8,8 @@
 //! Run: `scripts/start-docker.sh && CLAWDEPLOY_FIXTURE_IMAGE=$(scripts/build-fixture-image.sh)
 //! cargo bench --bench first_reply`
 
+// The test suite's helpers; a bench uses only some of them.
+#[allow(dead_code)]
 #[path = "../tests/it/support.rs"]
 mod support;
 

@@ -17,6 +17,8 @@
 //!
 //! Run: `cargo build --release -p clawdeploy-fixture && cargo bench --bench metering`
 
+// The test suite's helpers; a bench uses only some of them.
+#[allow(dead_code)]
 #[path = "../tests/it/support.rs"]
 mod support;
 
@@ -57,12 +59,14 @@ async fn next_res(ws: &mut WebSocket) -> serde_json::Value {
 }
 
 /// CPU time (user + system) the process `pid` has used so far, all threads.
+#[allow(unsafe_code)] // sysconf below; see its SAFETY comment
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
     // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
     let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
     let fields: Vec<&str> = rest.split(' ').collect();
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf only reads a system constant.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
     Duration::from_micros(ticks * 1_000_000 / hz)
 }

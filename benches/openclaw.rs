@@ -11,6 +11,8 @@
 
 #![allow(dead_code)]
 
+// The test suite's helpers; a bench uses only some of them.
+#[allow(dead_code)]
 #[path = "../tests/it/support.rs"]
 mod support;
 

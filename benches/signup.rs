@@ -5,6 +5,8 @@
 //!
 //! Run: `CLAWDEPLOY_TEST_POSTGRES_URL=$(scripts/start-postgres.sh) cargo bench --bench signup`
 
+// The test suite's helpers; a bench uses only some of them.
+#[allow(dead_code)]
 #[path = "../tests/it/support.rs"]
 mod support;
 

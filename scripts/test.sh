@@ -12,6 +12,9 @@ scripts/check-docs.sh    # every relative link and #anchor in README.md and docs
 # The 1,000-WebSocket test needs a few thousand file descriptors across test and edge processes.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
+# Every service below is started here: a test whose service is missing fails (never skips).
+unset CLAWDEPLOY_SKIP_MISSING_SERVICES
+
 # Store and control-plane tests also run against a real PostgreSQL.
 CLAWDEPLOY_TEST_POSTGRES_URL="$(scripts/start-postgres.sh)"
 export CLAWDEPLOY_TEST_POSTGRES_URL

@@ -10,8 +10,8 @@ use tokio::sync::{Notify, OnceCell};
 use uuid::Uuid;
 
 use clawdeploy_config::{Config, TlsMode};
-use clawdeploy_store::changes::{Change, ChangeBus};
 use clawdeploy_proxy::{Resolution, Route, RouteKind, RouteTable};
+use clawdeploy_store::changes::{Change, ChangeBus};
 use clawdeploy_store::{
     CertificateRecord, Conflict, CustomDomain, DomainStatus, Keyring, Store, StoreError,
 };

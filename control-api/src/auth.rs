@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use clawdeploy_proxy::browser_session::{percent_encode, request_cookies};
 use clawdeploy_store::time::{now_ms, rfc3339, DAY_MS};
 use clawdeploy_store::{
     secrets, EmailTokenPurpose, NewSecurityEvent, NewUser, Role, Session, StoreError, TokenHash,
@@ -108,13 +109,10 @@ pub(crate) async fn authenticate(state: &ApiState, token: &str) -> Result<AuthUs
     Ok(AuthUser { user, session })
 }
 
-/// The dashboard's session cookie over plain HTTP (development): the access token, HttpOnly,
-/// host-only on the app domain.
-pub const SESSION_COOKIE: &str = "cd_session";
-/// The same cookie over HTTPS. Browsers accept a `__Host-` cookie only from its own host, with
-/// `Secure`, `Path=/` and no `Domain`, so a tenant's page on a sibling subdomain of the app domain
-/// cannot plant one (`document.cookie = "…; Domain=<parent>"`) to sign a user into its account.
-pub const SECURE_SESSION_COOKIE: &str = "__Host-cd_session";
+/// The dashboard's session cookie names (one definition, in the edge, which also strips them).
+pub use clawdeploy_proxy::browser_session::{
+    DASHBOARD_COOKIE as SESSION_COOKIE, DASHBOARD_COOKIE_HTTPS as SECURE_SESSION_COOKIE,
+};
 /// Header a cookie-authenticated state-changing call must carry. A page on another origin cannot
 /// add it without a CORS preflight, which this API never grants, so a forged form post fails.
 pub const CSRF_HEADER: &str = "x-csrf-protection";
@@ -138,14 +136,9 @@ fn session_cookie_name(headers: &HeaderMap) -> &'static str {
 /// of that name mean one was planted from elsewhere: neither is trusted.
 pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
     let name = session_cookie_name(headers);
-    let mut values = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .filter(move |(n, _)| *n == name)
-        .map(|(_, value)| value.trim());
+    let mut values = request_cookies(headers)
+        .filter(move |c| c.name() == name)
+        .filter_map(|c| c.value_raw());
     let value = values.next()?;
     if values.next().is_some() || value.is_empty() {
         return None;
@@ -897,9 +890,10 @@ pub async fn mfa_setup(auth: AuthUser) -> Result<Json<Value>, ApiError> {
     }
     let secret = crypto::new_totp_secret().map_err(|e| ApiError::internal("random", e))?;
     let issuer = "ClawDeploy";
+    // Key Uri Format: the label (issuer:account) is percent-encoded; the secret is base32.
     let uri = format!(
         "otpauth://totp/{issuer}:{}?secret={secret}&issuer={issuer}&algorithm=SHA1&digits=6&period=30",
-        auth.user.email.replace('@', "%40")
+        percent_encode(&auth.user.email)
     );
     Ok(Json(json!({
         "secret": secret,

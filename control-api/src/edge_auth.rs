@@ -7,9 +7,9 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use uuid::Uuid;
 
-use clawdeploy_store::changes::Change;
 use clawdeploy_proxy::live::LiveConnections;
 use clawdeploy_proxy::{Identity, Rejection, TokenVerifier};
+use clawdeploy_store::changes::Change;
 use clawdeploy_store::{Store, StoreError, Zeroizing};
 
 use crate::crypto::{host_session_key, verify_host_token, verify_jwt, HostTokenError, JwtError};

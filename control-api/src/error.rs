@@ -78,7 +78,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(what) => {
                 ApiError::not_found(format!("The {what} does not exist."))
             }
-            StoreError::Database(sqlx::Error::PoolTimedOut) => {
+            e if e.is_busy() => {
                 let mut err = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "DATABASE_BUSY",

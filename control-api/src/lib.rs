@@ -34,9 +34,9 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use clawdeploy_config::Config;
-use clawdeploy_store::changes::{Change, ChangeBus};
 use clawdeploy_pool::{routing, PoolManager};
 use clawdeploy_proxy::{Drain, RouteTable};
+use clawdeploy_store::changes::{Change, ChangeBus};
 use clawdeploy_store::{Keyring, Store, StoreOptions, Zeroizing};
 
 pub use edge_auth::SessionVerifier;

@@ -22,7 +22,6 @@ pub mod relay;
 pub mod service;
 pub mod shared;
 pub mod shared_limits;
-pub mod siphash;
 
 pub use frames::{FrameError, FrameEvent, FrameHeader, FrameParser};
 pub use period::{Period, Plan};

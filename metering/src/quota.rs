@@ -17,14 +17,15 @@
 //! soon after the original).
 
 use std::collections::{BTreeMap, HashSet};
+use std::hash::Hasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use clawdeploy_config::TiersConfig;
 use clawdeploy_store::time::{now_ms, rfc3339, DAY_MS};
 use dashmap::DashMap;
+use siphasher::sip::SipHasher13;
 
 use crate::period::{Period, Plan};
-use crate::siphash::SipHasher13;
 
 /// Instances idle for longer than this (ms) and with nothing new are left out of Redis syncs.
 pub const SYNC_ACTIVE_MS: i64 = 10 * 60 * 1000;
@@ -39,7 +40,7 @@ pub const MAX_KEYS_PER_INSTANCE: usize = 10_000;
 /// hashes must match after a restart or an upgrade). A 64-bit fingerprint: finding two keys that
 /// collide takes about 2^32 tries, and gains one uncounted message.
 pub fn key_hash(instance: &str, key: &str) -> u64 {
-    let mut h = SipHasher13::new(0x636c_6177_6465_706c, 0x6f79_2d6b_6579_7331);
+    let mut h = SipHasher13::new_with_keys(0x636c_6177_6465_706c, 0x6f79_2d6b_6579_7331);
     h.write(instance.as_bytes());
     h.write(&[0]);
     h.write(key.as_bytes());
@@ -679,6 +680,21 @@ pub fn tier_label(tier: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Stored hashes must not change between releases: these are the values the hand-written
+    /// SipHash-1-3 this crate used before `siphasher` gave (checked equal when it was replaced).
+    #[test]
+    fn key_hashes_are_stable() {
+        assert_eq!(
+            key_hash("0b7e7c4e-4f63-4a57-9a0e-3c1f2d6b8a90", "k1"),
+            0x00eb_2385_c9bb_d6ba
+        );
+        assert_eq!(key_hash("", ""), 0xc170_7316_e202_ce22);
+        assert_eq!(
+            key_hash("a", "bcdefghijklmnopqrstuvwxyz0123456789"),
+            0x191a_e17e_ef52_9cf8
+        );
+    }
 
     fn meter(limit: u64) -> Meter {
         let mut tiers = TiersConfig::default();

@@ -22,11 +22,11 @@ use clawdeploy_store::{
     Instance, InstanceStatus, Placement, PoolMember, PoolMemberState, Store, StoreError,
 };
 
-use clawdeploy_store::changes::{Change, ChangeBus};
 use crate::ready::{wait_ready, wait_ready_as};
 use crate::runtime::{
     ConfigFile, InstanceSpec, Resources, RunState, Runtime, RuntimeError, RuntimeEvent,
 };
+use clawdeploy_store::changes::{Change, ChangeBus};
 
 /// How a node's pool behaves.
 #[derive(Debug, Clone)]

@@ -97,6 +97,7 @@ impl Runtime for ProcessRuntime {
         })
     }
 
+    #[allow(unsafe_code)] // the unsafe call below: see its SAFETY comment
     async fn start(&self, id: &str) -> Result<(), RuntimeError> {
         let port = free_loopback_port()?;
         let (spec, data_dir) = self.with(id, |p| (p.spec.clone(), p.data_dir.clone()))?;

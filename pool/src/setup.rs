@@ -11,12 +11,12 @@ use clawdeploy_config::{Config, LlmListen, RuntimeKind};
 use clawdeploy_metering::llm::ListenerHandoff;
 use clawdeploy_store::{Keyring, Store};
 
-use clawdeploy_store::changes::ChangeBus;
 use crate::instance_config::FixtureConfig;
 use crate::manager::{InstanceConfig, PoolError, PoolManager, PoolSettings};
 use crate::openclaw::OpenClawConfig;
 use crate::runtime::{ConfigFile, Resources, Runtime};
 use crate::{DockerOptions, DockerRuntime, EgressRules, ProcessRuntime};
+use clawdeploy_store::changes::ChangeBus;
 
 /// The pool `config` asks for, or `None` when `runtime.kind = "none"`. With `llm.listen = "auto"`
 /// and OpenClaw instances, the LLM meter's listener is bound here, on the address the chosen

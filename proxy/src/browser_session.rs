@@ -13,6 +13,7 @@
 //!    the host's own cookie (`HttpOnly; SameSite=Lax; Path=/`, `Secure` and the `__Host-` name over
 //!    HTTPS, never `Domain=`) and a redirect to the `next` path.
 
+use cookie::Cookie;
 use http::{header, HeaderValue, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
 
@@ -39,9 +40,14 @@ pub fn cookie_name(tls: bool) -> &'static str {
     }
 }
 
-/// The dashboard's session cookie (`clawdeploy_control_api::auth::SESSION_COOKIE`), host-only on the
-/// app domain; listed so that it is stripped even where a browser would send it to an instance.
+/// The dashboard's session cookie over plain HTTP (development): the access token, HttpOnly,
+/// host-only on the app domain. Set by the control API; listed here so that it is stripped even
+/// where a browser would send it to an instance.
 pub const DASHBOARD_COOKIE: &str = "cd_session";
+/// The same cookie over HTTPS. Browsers accept a `__Host-` cookie only from its own host, with
+/// `Secure`, `Path=/` and no `Domain`, so a tenant's page on a sibling subdomain of the app domain
+/// cannot plant one (`document.cookie = "…; Domain=<parent>"`) to sign a user into its account.
+pub const DASHBOARD_COOKIE_HTTPS: &str = "__Host-cd_session";
 
 /// True for the platform's cookie names (`clawdeploy*` and the dashboard's `cd_session`, with or
 /// without a `__Host-`/`__Secure-` prefix, any case): these never reach a container and a
@@ -55,26 +61,24 @@ pub fn is_platform_cookie(name: &str) -> bool {
     bare.starts_with("clawdeploy") || bare == DASHBOARD_COOKIE
 }
 
-/// Every `name=value` pair of the request's `Cookie` headers.
-fn cookie_pairs(req: &RequestHeader) -> impl Iterator<Item = (&str, &str)> {
-    req.headers
+/// Every cookie of a request's `Cookie` headers, parsed by the `cookie` crate (a pair it cannot
+/// parse, such as one without `=`, is skipped). Shared with the control API's dashboard cookie.
+pub fn request_cookies(headers: &http::HeaderMap) -> impl Iterator<Item = Cookie<'_>> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| {
-            let (name, value) = pair.split_once('=')?;
-            Some((name.trim(), value.trim().trim_matches('"')))
-        })
+        .flat_map(|v| Cookie::split_parse(v).filter_map(Result::ok))
 }
 
 /// The values of the session cookie (a sibling host can add same-named cookies over plain HTTP,
 /// so every value is tried, not only the first).
 pub fn session_cookies(req: &RequestHeader, tls: bool) -> impl Iterator<Item = &str> {
     let name = cookie_name(tls);
-    cookie_pairs(req)
-        .filter(move |(n, _)| *n == name)
-        .map(|(_, v)| v)
+    request_cookies(&req.headers)
+        .filter(move |c| c.name() == name)
+        .filter_map(|c| c.value_raw())
+        .map(|v| v.trim_matches('"'))
         .filter(|v| !v.is_empty())
 }
 
@@ -83,16 +87,9 @@ pub fn strip_platform_cookies(req: &mut RequestHeader) {
     if req.headers.get(header::COOKIE).is_none() {
         return;
     }
-    let kept: Vec<String> = req
-        .headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty())
-        .filter(|pair| !is_platform_cookie(pair.split_once('=').map_or(*pair, |(n, _)| n)))
-        .map(str::to_string)
+    let kept: Vec<String> = request_cookies(&req.headers)
+        .filter(|c| !is_platform_cookie(c.name()))
+        .map(|c| format!("{}={}", c.name(), c.value()))
         .collect();
     req.remove_header(&header::COOKIE);
     if kept.is_empty() {
@@ -104,24 +101,17 @@ pub fn strip_platform_cookies(req: &mut RequestHeader) {
 }
 
 /// Whether a container's `Set-Cookie` may reach the browser on `host`: not with a platform name,
-/// and not for any domain but the host itself (a parent domain would reach every tenant).
+/// and not for any domain but the host itself (a parent domain would reach every tenant). A
+/// `Set-Cookie` the `cookie` crate cannot parse is refused; with several `Domain` attributes the
+/// last counts, as in browsers (RFC 6265 §5.3).
 pub fn set_cookie_allowed(set_cookie: &str, host: &str) -> bool {
-    let mut parts = set_cookie.split(';');
-    let name = parts
-        .next()
-        .and_then(|pair| pair.split_once('='))
-        .map_or("", |(name, _)| name);
-    if is_platform_cookie(name) {
+    let Ok(cookie) = Cookie::parse(set_cookie) else {
         return false;
-    }
-    parts.all(|attribute| {
-        let (key, value) = attribute.split_once('=').unwrap_or((attribute, ""));
-        if !key.trim().eq_ignore_ascii_case("domain") {
-            return true;
-        }
-        let domain = value.trim().trim_start_matches('.').to_ascii_lowercase();
-        domain == host
-    })
+    };
+    !is_platform_cookie(cookie.name())
+        && cookie
+            .domain()
+            .is_none_or(|domain| domain.trim_start_matches('.').eq_ignore_ascii_case(host))
 }
 
 /// Drops the `Set-Cookie` headers of an instance response that [`set_cookie_allowed`] refuses;
@@ -151,17 +141,17 @@ pub fn filter_set_cookies(resp: &mut ResponseHeader, host: &str) -> usize {
     dropped
 }
 
-/// Percent-encodes everything but RFC 3986 unreserved characters (for a URL in a query).
+/// Everything but RFC 3986's unreserved characters is escaped.
+const NOT_UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Percent-encodes everything but RFC 3986 unreserved characters (for a value in a query or a
+/// URL's label).
 pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, NOT_UNRESERVED).to_string()
 }
 
 /// True for a top-level page load by a browser, which gets the login redirect rather than a 401.

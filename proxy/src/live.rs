@@ -97,6 +97,7 @@ impl LiveConnections {
 }
 
 /// Shuts the tunnel's upstream socket down if the descriptor still names the same socket.
+#[allow(unsafe_code)] // the unsafe call below: see its SAFETY comment
 fn shutdown(tunnel: &Tunnel) -> bool {
     match SocketDigest::from_raw_fd(tunnel.fd).socket_cookie() {
         Ok(cookie) if cookie == tunnel.socket_cookie => {

@@ -96,6 +96,12 @@ impl StoreError {
     pub fn is_conflict(&self, kind: Conflict) -> bool {
         matches!(self, StoreError::Conflict(k) if *k == kind)
     }
+
+    /// True when every database connection stayed busy past the pool's acquire timeout: worth
+    /// retrying in a moment, not a fault.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, StoreError::Database(sqlx::Error::PoolTimedOut))
+    }
 }
 
 /// Result alias of the store.

@@ -1,5 +1,5 @@
-//! Every repository behaviour, run against SQLite (a temp file) and, when
-//! `CLAWDEPLOY_TEST_POSTGRES_URL` is set, against PostgreSQL (each test in its own schema).
+//! Every repository behaviour, run against SQLite (a temp file) and against PostgreSQL at
+//! `CLAWDEPLOY_TEST_POSTGRES_URL` (each test in its own schema; unset fails, see `Db::postgres`).
 
 use clawdeploy_store::secrets::{self, new_token, TokenHash};
 use clawdeploy_store::time::{days_from_civil, now_ms, DAY_MS};
@@ -33,7 +33,16 @@ impl Db {
 
     async fn postgres() -> Option<Db> {
         let Ok(base) = std::env::var(PG_ENV) else {
-            eprintln!("note: {PG_ENV} unset; skipping the PostgreSQL run of this test");
+            // The same policy as tests/it/support.rs `service_missing`: fail, unless a local run
+            // asked to skip (never under CI).
+            let skip = std::env::var_os("CLAWDEPLOY_SKIP_MISSING_SERVICES").is_some()
+                && std::env::var_os("CI").is_none();
+            assert!(
+                skip,
+                "PostgreSQL ({PG_ENV}) is not configured: run scripts/test.sh (or set \
+                 CLAWDEPLOY_SKIP_MISSING_SERVICES=1 to skip such tests locally)"
+            );
+            eprintln!("SKIPPED: PostgreSQL ({PG_ENV}) is not configured");
             return None;
         };
         sqlx::any::install_default_drivers();

@@ -32,11 +32,11 @@ pub struct AcmeEnv {
 }
 
 impl AcmeEnv {
-    /// `None` (the test is skipped, saying so) when the test command did not start Pebble.
+    /// `None` when the test command did not start Pebble (see `support::service_missing`).
     pub fn get() -> Option<Self> {
         let var = |k: &str| std::env::var(k).ok();
         let Some(dir) = var("CLAWDEPLOY_TEST_PEBBLE_DIR") else {
-            eprintln!("CLAWDEPLOY_TEST_PEBBLE_DIR unset (run scripts/test.sh): ACME test skipped");
+            crate::support::service_missing("Pebble (CLAWDEPLOY_TEST_PEBBLE_DIR)");
             return None;
         };
         let lock = std::fs::OpenOptions::new()
@@ -569,7 +569,6 @@ async fn wait_domain(
 async fn a_domain_ordered_on_one_node_is_validated_through_another_after_timing_out_in_dns() {
     let Some(env) = AcmeEnv::get() else { return };
     let Some(Db::Postgres(url)) = Db::postgres().await else {
-        eprintln!("CLAWDEPLOY_TEST_POSTGRES_URL unset: multi-node ACME test skipped");
         return;
     };
     // Node B listens on Pebble's HTTP-01 port; its scheduler runs once at start and then not

@@ -358,16 +358,17 @@ async fn login_is_throttled_per_ip(db: Db) {
 
 async fn mfa_with_totp_and_recovery_codes(db: Db) {
     let edge = EdgeBuilder::new().db(&db).start().await;
-    let (token, _, _) = edge.register("mfa@example.com", PW).await;
+    let (token, _, _) = edge.register("mfa+totp@example.com", PW).await;
     let setup = edge
         .api("POST", "/api/auth/mfa/setup", Some(&token), None)
         .await;
     assert_eq!(setup.status, 200, "{}", setup.text());
     let secret = setup.json()["secret"].as_str().unwrap().to_string();
-    assert!(setup.json()["otpauthUrl"]
-        .as_str()
-        .unwrap()
-        .starts_with("otpauth://totp/"));
+    // The label is percent-encoded whole: a '+' left bare reads as a space in the app.
+    assert_eq!(
+        setup.json()["otpauthUrl"].as_str().unwrap(),
+        format!("otpauth://totp/ClawDeploy:mfa%2Btotp%40example.com?secret={secret}&issuer=ClawDeploy&algorithm=SHA1&digits=6&period=30")
+    );
 
     let wrong = edge
         .api(
@@ -398,7 +399,7 @@ async fn mfa_with_totp_and_recovery_codes(db: Db) {
             .collect();
         assert_eq!(codes.len(), 10);
 
-        let no_code = edge.login("mfa@example.com", PW).await;
+        let no_code = edge.login("mfa+totp@example.com", PW).await;
         assert_eq!(no_code.status, 401);
         assert_eq!(no_code.error_code(), "MFA_REQUIRED");
         let bad = edge
@@ -406,18 +407,20 @@ async fn mfa_with_totp_and_recovery_codes(db: Db) {
                 "POST",
                 "/api/auth/login",
                 None,
-                Some(json!({ "email": "mfa@example.com", "password": PW, "mfaCode": "12345x" })),
+                Some(
+                    json!({ "email": "mfa+totp@example.com", "password": PW, "mfaCode": "12345x" }),
+                ),
             )
             .await;
         assert_eq!(bad.status, 401);
         assert_eq!(bad.error_code(), "INVALID_MFA_CODE");
         let good = edge
-            .api("POST", "/api/auth/login", None, Some(json!({ "email": "mfa@example.com", "password": PW, "mfaCode": totp_now(&secret) })))
+            .api("POST", "/api/auth/login", None, Some(json!({ "email": "mfa+totp@example.com", "password": PW, "mfaCode": totp_now(&secret) })))
             .await;
         assert_eq!(good.status, 200, "{}", good.text());
         assert_eq!(good.json()["user"]["mfaEnabled"], true);
         // A recovery code works once.
-        let rc = json!({ "email": "mfa@example.com", "password": PW, "mfaCode": codes[0] });
+        let rc = json!({ "email": "mfa+totp@example.com", "password": PW, "mfaCode": codes[0] });
         assert_eq!(
             edge.api("POST", "/api/auth/login", None, Some(rc.clone()))
                 .await
@@ -446,7 +449,7 @@ async fn mfa_with_totp_and_recovery_codes(db: Db) {
             )
             .await;
         assert_eq!(disable.status, 200, "{}", disable.text());
-        assert_eq!(edge.login("mfa@example.com", PW).await.status, 200);
+        assert_eq!(edge.login("mfa+totp@example.com", PW).await.status, 200);
     }
 }
 

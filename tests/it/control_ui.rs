@@ -131,7 +131,6 @@ async fn the_control_ui_connects_through_a_cookie_session_without_pairing() {
     use clawdeploy_pool::{DockerOptions, DockerRuntime};
     // PostgreSQL: the custom domain's activation is announced on its change broadcast.
     let Some(db) = Db::postgres().await else {
-        eprintln!("CLAWDEPLOY_TEST_POSTGRES_URL unset: Control UI test skipped");
         return;
     };
     // A network of its own: egress rules are per network.

@@ -37,6 +37,7 @@ struct ForwardedListener {
 }
 
 impl ForwardedListener {
+    #[allow(unsafe_code)] // the unsafe call below: see its SAFETY comment
     fn start() -> Self {
         let id = std::process::id();
         let netns = format!("cdegress-{id}");

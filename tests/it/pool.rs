@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clawdeploy_store::changes::ChangeBus;
 use clawdeploy_pool::{
     routing, Assigned, DockerOptions, DockerRuntime, FixtureConfig, PoolManager, PoolSettings,
     ProcessRuntime, Resources, Runtime,
 };
 use clawdeploy_proxy::{InstanceState, Resolution, RouteTable};
+use clawdeploy_store::changes::ChangeBus;
 use clawdeploy_store::{Instance, InstanceStatus, NewInstance, NewUser, Role, Store};
 
 use crate::runtime::{chat_as, fixture_bin, fixture_image_name};

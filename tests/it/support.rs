@@ -1,8 +1,6 @@
 //! Test support: the real `clawdeploy` binary on free loopback ports, real HTTP and WebSocket
 //! upstreams, and a raw HTTP/1.1 client that sends exactly the bytes a test gives it.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,8 +31,10 @@ pub const MASTER_KEY: &str = "dGVzdC1tYXN0ZXIta2V5LTAxMjM0NTY3ODlhYmNkZWY=";
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
 /// Raises this process's open-file limit (inherited by the edge it spawns), for many connections.
+#[allow(unsafe_code)] // the unsafe call below: see its SAFETY comment
 pub fn raise_fd_limit() {
     static ONCE: Once = Once::new();
+    // SAFETY: getrlimit/setrlimit read and write a local struct for this process only.
     ONCE.call_once(|| unsafe {
         let mut limit = libc::rlimit {
             rlim_cur: 0,
@@ -69,9 +69,9 @@ pub struct EdgeBuilder {
     /// Extra sections, e.g. ("limits", "login_failures_per_account = 3").
     sections: Vec<(String, String)>,
     database_url: Option<String>,
-    bcrypt_cost: Option<u32>,
     /// A fixed HTTP port (ACME tests: Pebble's httpPort); else a free one.
     http_port: Option<u16>,
+    bcrypt_cost: Option<u32>,
 }
 
 /// Which database a test runs against.
@@ -84,11 +84,14 @@ pub enum Db {
 }
 
 impl Db {
-    /// A fresh PostgreSQL database when `CLAWDEPLOY_TEST_POSTGRES_URL` is set (the role has
-    /// CREATEDB), else `None`.
+    /// A fresh PostgreSQL database on `CLAWDEPLOY_TEST_POSTGRES_URL` (the role has CREATEDB);
+    /// unset, see [`service_missing`].
     pub async fn postgres() -> Option<Db> {
         use sqlx::Connection;
-        let base = std::env::var("CLAWDEPLOY_TEST_POSTGRES_URL").ok()?;
+        let Ok(base) = std::env::var("CLAWDEPLOY_TEST_POSTGRES_URL") else {
+            service_missing("PostgreSQL (CLAWDEPLOY_TEST_POSTGRES_URL)");
+            return None;
+        };
         let name = format!("cdtest_{}", uuid::Uuid::new_v4().simple());
         let mut conn = sqlx::PgConnection::connect(&base)
             .await
@@ -100,13 +103,24 @@ impl Db {
         let (prefix, _) = base.rsplit_once('/').expect("database URL with a path");
         Some(Db::Postgres(format!("{prefix}/{name}")))
     }
-
-    pub fn is_postgres(&self) -> bool {
-        matches!(self, Db::Postgres(_))
-    }
 }
 
-/// Runs `async fn name(db: Db)` once on SQLite and once on PostgreSQL (skipped, with a note,
+/// A test's service (PostgreSQL, Pebble, BIND) is not configured. The test fails, naming it,
+/// unless a local run asked to skip such tests with `CLAWDEPLOY_SKIP_MISSING_SERVICES=1`; then
+/// it prints `SKIPPED: ...` (`cargo nextest run --success-output final` lists them) and the
+/// caller returns. Under CI (`CI` set) a missing service always fails.
+pub fn service_missing(what: &str) {
+    let skip = std::env::var_os("CLAWDEPLOY_SKIP_MISSING_SERVICES").is_some()
+        && std::env::var_os("CI").is_none();
+    assert!(
+        skip,
+        "{what} is not configured: run scripts/test.sh, which starts every service the tests \
+         need (or set CLAWDEPLOY_SKIP_MISSING_SERVICES=1 to skip such tests locally)"
+    );
+    eprintln!("SKIPPED: {what} is not configured");
+}
+
+/// Runs `async fn name(db: Db)` once on SQLite and once on PostgreSQL (see [`service_missing`]
 /// when `CLAWDEPLOY_TEST_POSTGRES_URL` is unset; `scripts/test.sh` always sets it).
 #[macro_export]
 macro_rules! both_dbs {
@@ -119,9 +133,8 @@ macro_rules! both_dbs {
                 }
                 #[tokio::test]
                 async fn postgres() {
-                    match $crate::support::Db::postgres().await {
-                        Some(db) => super::$name(db).await,
-                        None => eprintln!("CLAWDEPLOY_TEST_POSTGRES_URL unset: PostgreSQL variant skipped"),
+                    if let Some(db) = $crate::support::Db::postgres().await {
+                        super::$name(db).await
                     }
                 }
             }
@@ -171,15 +184,17 @@ impl EdgeBuilder {
         self
     }
 
-    /// A fixed port for the plain HTTP listener (Pebble validates HTTP-01 on one known port).
-    pub fn http_port(mut self, port: u16) -> Self {
-        self.http_port = Some(port);
+    /// bcrypt cost; tests default to 4 (the minimum) for speed, production uses 12 (the signup
+    /// bench measures with it).
+    #[allow(dead_code)] // only benches/signup.rs sets it
+    pub fn bcrypt_cost(mut self, cost: u32) -> Self {
+        self.bcrypt_cost = Some(cost);
         self
     }
 
-    /// bcrypt cost; tests default to 4 (the minimum) for speed, production uses 12.
-    pub fn bcrypt_cost(mut self, cost: u32) -> Self {
-        self.bcrypt_cost = Some(cost);
+    /// A fixed port for the plain HTTP listener (Pebble validates HTTP-01 on one known port).
+    pub fn http_port(mut self, port: u16) -> Self {
+        self.http_port = Some(port);
         self
     }
 
@@ -377,11 +392,6 @@ impl Edge {
         }
     }
 
-    /// The config file the edge runs with (for CLI subcommands against the same database).
-    pub fn config_path(&self) -> &std::path::Path {
-        &self.config
-    }
-
     /// The edge's data dir.
     pub fn data_dir(&self) -> PathBuf {
         self._dir.path().join("data")
@@ -526,8 +536,10 @@ impl Edge {
         ws
     }
 
+    #[allow(unsafe_code)] // the unsafe call below: see its SAFETY comment
     pub fn signal(&self, signal: i32) {
         let pid = self.child.id().expect("edge pid") as i32;
+        // SAFETY: kill(2) sends a signal to our own child; no memory is involved.
         assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
     }
 }

@@ -372,7 +372,6 @@ async fn production_redirects_plain_http_to_https_and_sends_hsts() {
 #[tokio::test]
 async fn a_second_node_serves_the_stored_certificate_and_picks_up_a_renewal() {
     let Some(db) = Db::postgres().await else {
-        eprintln!("CLAWDEPLOY_TEST_POSTGRES_URL unset: multi-node test skipped");
         return;
     };
     let first = EdgeBuilder::new().db(&db).start().await;

@@ -83,11 +83,13 @@ impl RemappedEngine {
 }
 
 impl Drop for RemappedEngine {
+    #[allow(unsafe_code)] // the unsafe call below: see its SAFETY comment
     fn drop(&mut self) {
         // Docker leaves a network's bridge interface on the host when it stops: remove it first.
         let _ = self.docker(&["rm", "-f", "-v", "cdtest-userns"]);
         let _ = self.docker(&["network", "rm", NETWORK]);
         // SIGTERM lets dockerd stop its containerd and unmount what it mounted.
+        // SAFETY: kill(2) sends a signal to our own child; no memory is involved.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.root);

@@ -2,8 +2,6 @@
 //! (scripts/test.sh installs `chromium` and `chromium-driver`). Plain HTTP/1.1 over loopback
 //! with the raw client in support.rs: no extra dependencies.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
