@@ -120,7 +120,7 @@ fn meter_alone() -> (f64, f64) {
         let mut relay = WsRelay::new(RelayTarget {
             meter: meter.clone(),
             instance_id: Arc::from(format!("bench{run}")),
-            tier: Arc::from("free"),
+            tier: clawdeploy_config::Tier::Free,
             billing_anchor_ms: None,
             max_message_bytes: 1 << 20,
             upgrade_url: Arc::from("https://example.com/billing"),

@@ -13,6 +13,7 @@ pub mod metering;
 #[cfg(test)]
 mod reference;
 pub mod sessions;
+pub mod tier;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -27,6 +28,7 @@ pub use metering::{
     TiersConfig,
 };
 pub use sessions::SessionsConfig;
+pub use tier::{Tier, UnknownTier};
 pub use tls::{AcmeConfig, DnsConfig, DnsProviderKind, DomainsConfig, TlsConfig, TlsMode};
 
 /// Prefix of environment overrides.

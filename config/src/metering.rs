@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::Tier;
+
 /// `[metrics]`: the Prometheus exposition.
 ///
 /// The metrics exported: [Metrics](operations.md#metrics).
@@ -64,8 +66,7 @@ pub struct TierConfig {
     pub tokens_per_month: u64,
 }
 
-/// `[tiers.free]`, `[tiers.pro]`, `[tiers.team]` (PRD §3.6.1); 0 means unlimited. An unknown tier
-/// gets the free quotas.
+/// `[tiers.free]`, `[tiers.pro]`, `[tiers.team]` (PRD §3.6.1); 0 means unlimited.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TiersConfig {
@@ -88,12 +89,12 @@ impl Default for TiersConfig {
 }
 
 impl TiersConfig {
-    /// The named tier; an unknown name gets the free tier's quotas (never more than paid for).
-    pub fn get(&self, tier: &str) -> &TierConfig {
+    /// The quotas of `tier`.
+    pub fn get(&self, tier: Tier) -> &TierConfig {
         match tier {
-            "pro" => &self.pro,
-            "team" => &self.team,
-            _ => &self.free,
+            Tier::Free => &self.free,
+            Tier::Pro => &self.pro,
+            Tier::Team => &self.team,
         }
     }
 }

@@ -11,8 +11,9 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use clawdeploy_config::UnknownTier;
 use clawdeploy_store::time::rfc3339;
-use clawdeploy_store::{InstanceStatus, Role, TokenHash};
+use clawdeploy_store::{InstanceStatus, Role, Tier, TokenHash};
 
 use clawdeploy_proxy::routes::{RouteEntry, RouteError};
 
@@ -233,9 +234,6 @@ pub struct TierBody {
     tier: String,
 }
 
-/// The tiers, lowest first.
-pub const TIERS: [&str; 3] = ["free", "pro", "team"];
-
 pub async fn set_tier(
     _: Admin,
     State(state): State<ApiState>,
@@ -245,30 +243,23 @@ pub async fn set_tier(
     let Json(b) = body?;
     let id = uuid::Uuid::parse_str(&id)
         .map_err(|_| ApiError::invalid("id", "INVALID_ID", "not a user id (UUID)"))?;
-    let Some(new) = TIERS.iter().position(|t| *t == b.tier) else {
-        return Err(ApiError::invalid(
-            "tier",
-            "INVALID_TIER",
-            format!("{:?} is not a tier; use free, pro or team", b.tier),
-        ));
-    };
+    let new: Tier = b
+        .tier
+        .parse()
+        .map_err(|e: UnknownTier| ApiError::invalid("tier", "INVALID_TIER", e.to_string()))?;
     let Some(user) = state.store.get_user(id).await? else {
         return Err(ApiError::not_found("There is no user with this id."));
     };
-    let old = TIERS.iter().position(|t| *t == user.tier).unwrap_or(0);
-    if new > old && !user.email_verified() {
+    if new > user.tier && !user.email_verified() {
         return Err(ApiError::conflict(
             "EMAIL_NOT_VERIFIED",
             "An unverified account cannot be upgraded; the user must verify their email first.",
         ));
     }
-    state.store.set_user_tier(id, TIERS[new]).await?;
+    state.store.set_user_tier(id, new).await?;
     let mut updated = Vec::new();
     for inst in state.store.list_instances_by_user(id).await? {
-        let inst = state
-            .store
-            .update_instance_tier(inst.id, TIERS[new])
-            .await?;
+        let inst = state.store.update_instance_tier(inst.id, new).await?;
         // Every edge meters by the tier in its route table.
         state.instance_changed(inst.id, &inst.subdomain).await;
         updated.push(crate::instances::instance_json(&state, &inst));
@@ -278,7 +269,7 @@ pub async fn set_tier(
         .get_user(id)
         .await?
         .ok_or_else(|| ApiError::not_found("There is no user with this id."))?;
-    tracing::info!(user = %id, tier = TIERS[new], "tier changed by an operator");
+    tracing::info!(user = %id, tier = %new, "tier changed by an operator");
     Ok(Json(json!({
         "user": crate::auth::user_json(&user),
         "instances": updated,

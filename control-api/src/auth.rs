@@ -13,8 +13,8 @@ use uuid::Uuid;
 use clawdeploy_proxy::browser_session::{percent_encode, request_cookies};
 use clawdeploy_store::time::{now_ms, rfc3339, DAY_MS};
 use clawdeploy_store::{
-    secrets, EmailTokenPurpose, NewSecurityEvent, NewUser, Role, Session, StoreError, TokenHash,
-    User,
+    secrets, EmailTokenPurpose, NewSecurityEvent, NewUser, Role, Session, StoreError, Tier,
+    TokenHash, User,
 };
 
 use crate::crypto::{self, Claims, JwtError, ACCESS_TTL_SECS};
@@ -435,7 +435,7 @@ pub async fn register(
             email,
             password_hash: &hash,
             name,
-            tier: "free",
+            tier: Tier::Free,
             role: Role::User,
             timezone: body.timezone.as_deref(),
         })

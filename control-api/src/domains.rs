@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use clawdeploy_certs::manager::DOMAIN_TXT_PREFIX;
 use clawdeploy_config::hostname::is_valid_label;
-use clawdeploy_store::{Conflict, CustomDomain, DomainStatus, StoreError};
+use clawdeploy_store::{Conflict, CustomDomain, DomainStatus, StoreError, Tier};
 
 use crate::admin::Admin;
 use crate::auth::AuthUser;
@@ -247,7 +247,7 @@ pub async fn create(
             "Custom domains are turned off on this platform.",
         ));
     }
-    if auth.user.tier == "free" {
+    if auth.user.tier == Tier::Free {
         return Err(ApiError::forbidden(
             "TIER_REQUIRED",
             "Custom domains come with the Pro tier and up; upgrade to add one.",

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use clawdeploy_pool::Assigned;
 use clawdeploy_proxy::{Resolution, RouteKind};
 use clawdeploy_store::time::rfc3339;
-use clawdeploy_store::{Conflict, Instance, InstanceStatus, NewInstance, StoreError};
+use clawdeploy_store::{Conflict, Instance, InstanceStatus, NewInstance, StoreError, Tier};
 
 use crate::account::{self, KeyMap};
 use crate::auth::{self, AuthUser, Client};
@@ -58,12 +58,7 @@ pub const RESERVED: &[&str] = &[
 pub const PENDING_RUNTIME: &str = "No container runtime is configured (runtime.kind = \"none\"): \
     the instance stays provisioning and its address answers 503 until a runtime assigns a container.";
 
-/// Tiers allowed one instance per user.
-fn single_instance_tier(tier: &str) -> bool {
-    matches!(tier, "free" | "pro")
-}
-
-fn instance_exists(tier: &str) -> ApiError {
+fn instance_exists(tier: Tier) -> ApiError {
     ApiError::conflict(
         "INSTANCE_EXISTS",
         format!("The {tier} tier includes one instance and you already have it: see GET /api/instances/me."),
@@ -250,17 +245,16 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(b) = body?;
     let user = &auth.user;
-    let only_instance = single_instance_tier(&user.tier);
     // Answered before the label is checked; the store decides for good (concurrent creates on
     // several nodes) when the instance is inserted.
-    if only_instance
+    if user.tier.one_instance()
         && !state
             .store
             .list_instances_by_user(user.id)
             .await?
             .is_empty()
     {
-        return Err(instance_exists(&user.tier));
+        return Err(instance_exists(user.tier));
     }
     if let Some(keys) = &b.api_keys {
         check_key_map(keys)?;
@@ -307,17 +301,16 @@ pub async fn create(
         .create_instance(&NewInstance {
             user_id: user.id,
             subdomain: &label,
-            tier: &user.tier,
+            tier: user.tier,
             status: InstanceStatus::Provisioning,
             soul_md: b.soul_md.as_deref(),
             timezone: b.timezone.as_deref().or(Some(user.timezone.as_str())),
-            only_instance,
         })
         .await;
     let inst = match inst {
         Ok(inst) => inst,
         Err(StoreError::Conflict(Conflict::InstanceExists)) => {
-            return Err(instance_exists(&user.tier))
+            return Err(instance_exists(user.tier))
         }
         Err(StoreError::Conflict(_)) => return Err(taken_error(&state, &label).await),
         Err(e) => return Err(e.into()),
@@ -423,7 +416,7 @@ pub async fn get_me(
 ) -> Result<Json<Value>, ApiError> {
     let inst = my_instance(&state, &auth).await?;
     // Paid tiers count per billing period from the owner's anchor, free per calendar month.
-    let plan = clawdeploy_metering::Plan::new(&inst.tier, inst.billing_anchor_at);
+    let plan = clawdeploy_metering::Plan::new(inst.tier, inst.billing_anchor_at);
     let period = plan.period(clawdeploy_store::time::now_ms());
     let usage = state
         .store
@@ -442,7 +435,7 @@ pub async fn get_me(
         .meter
         .as_ref()
         .map_or((0, 0), |m| m.usage(&inst.id.to_string(), plan));
-    let limits = state.ctx.config.tiers.get(&inst.tier);
+    let limits = state.ctx.config.tiers.get(inst.tier);
     let mut view = instance_json(&state, &inst);
     view["usage"] = json!({
         "messagesThisMonth": usage.messages.saturating_add(i64::try_from(messages).unwrap_or(i64::MAX)).max(i64::try_from(shared_messages).unwrap_or(i64::MAX)),

@@ -72,8 +72,7 @@ pub async fn series(
         ));
     }
     let inst = crate::instances::my_instance(&state, &auth).await?;
-    let period =
-        clawdeploy_metering::Plan::new(&inst.tier, inst.billing_anchor_at).period(now_ms());
+    let period = clawdeploy_metering::Plan::new(inst.tier, inst.billing_anchor_at).period(now_ms());
     let stored = state
         .store
         .usage_days(inst.id, &day_text(from), &day_text(to))

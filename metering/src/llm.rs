@@ -367,7 +367,7 @@ async fn forward(
     if let Err(refusal) =
         state
             .meter
-            .check_tokens(&instance_id, &instance.tier, instance.billing_anchor_at)
+            .check_tokens(&instance_id, instance.tier, instance.billing_anchor_at)
     {
         return error(
             StatusCode::TOO_MANY_REQUESTS,

@@ -6,6 +6,7 @@
 //! or 29th, and March's on the 31st again), because usage is stored per UTC day. Each period is
 //! computed from the anchor itself, so clamping never drifts.
 
+use clawdeploy_config::Tier;
 use clawdeploy_store::time::{civil_from_days, days_from_civil, DAY_MS};
 
 /// A half-open window `[start_ms, end_ms)` of unix milliseconds.
@@ -22,16 +23,11 @@ pub struct Plan {
     anchor_ms: Option<i64>,
 }
 
-/// Tiers billed per period from their anchor.
-pub fn is_paid(tier: &str) -> bool {
-    matches!(tier, "pro" | "team")
-}
-
 impl Plan {
     /// The plan of an instance of `tier` whose owner's billing anchor is `anchor_ms`.
-    pub fn new(tier: &str, anchor_ms: Option<i64>) -> Self {
+    pub fn new(tier: Tier, anchor_ms: Option<i64>) -> Self {
         Self {
-            anchor_ms: anchor_ms.filter(|_| is_paid(tier)),
+            anchor_ms: anchor_ms.filter(|_| tier.is_paid()),
         }
     }
 
@@ -195,15 +191,15 @@ mod tests {
         let anchor = Some(at(2027, 1, 20, 0));
         let now = at(2027, 2, 5, 0);
         assert_eq!(
-            show(Plan::new("free", anchor).period(now)),
+            show(Plan::new(Tier::Free, anchor).period(now)),
             pair("2027-02-01", "2027-03-01")
         );
         assert_eq!(
-            show(Plan::new("pro", None).period(now)),
+            show(Plan::new(Tier::Pro, None).period(now)),
             pair("2027-02-01", "2027-03-01")
         );
         assert_eq!(
-            show(Plan::new("team", anchor).period(now)),
+            show(Plan::new(Tier::Team, anchor).period(now)),
             pair("2027-01-20", "2027-02-20")
         );
     }

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::hash::Hasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use clawdeploy_config::TiersConfig;
+use clawdeploy_config::{Tier, TiersConfig};
 use clawdeploy_store::time::{now_ms, rfc3339, DAY_MS};
 use dashmap::DashMap;
 use siphasher::sip::SipHasher13;
@@ -69,7 +69,7 @@ struct Usage {
     unsynced: (u64, u64),
     /// The tier and billing anchor the route table last gave (tier changes reach every node
     /// through it); a connection's own copy, from when it opened, may be older.
-    tier: Option<(Arc<str>, Option<i64>)>,
+    tier: Option<(Tier, Option<i64>)>,
     /// When this node last decided or showed something for the instance (ms): only recently
     /// active instances are synced with nothing new, to learn the other nodes' counts.
     active_ms: i64,
@@ -386,9 +386,9 @@ impl Meter {
 
     /// Records an instance's current tier and billing anchor (from the route table) for
     /// connections already open; instances this node has not metered yet are left alone.
-    pub fn update_tier(&self, instance: &str, tier: &Arc<str>, anchor_ms: Option<i64>) {
+    pub fn update_tier(&self, instance: &str, tier: Tier, anchor_ms: Option<i64>) {
         if let Some(entry) = self.usage.get(instance) {
-            lock(entry.value()).tier = Some((tier.clone(), anchor_ms));
+            lock(entry.value()).tier = Some((tier, anchor_ms));
         }
     }
 
@@ -397,7 +397,7 @@ impl Meter {
     pub fn admit(
         &self,
         instance: &str,
-        tier: &Arc<str>,
+        tier: Tier,
         anchor_ms: Option<i64>,
         key: Option<&str>,
     ) -> Admission {
@@ -409,7 +409,7 @@ impl Meter {
         &self,
         handle: &UsageHandle,
         instance: &str,
-        tier: &Arc<str>,
+        tier: Tier,
         anchor_ms: Option<i64>,
         key: Option<&str>,
     ) -> Admission {
@@ -417,12 +417,9 @@ impl Meter {
         let entry = handle.0.clone();
         let mut usage = lock(&entry);
         let (plan, limit, label) = {
-            let (tier, anchor_ms) = match &usage.tier {
-                Some((current, anchor)) => (&**current, *anchor),
-                None => (&**tier, anchor_ms),
-            };
+            let (tier, anchor_ms) = usage.tier.unwrap_or((tier, anchor_ms));
             let limit = self.tiers.get(tier).messages_per_month;
-            (Plan::new(tier, anchor_ms), limit, tier_label(tier))
+            (Plan::new(tier, anchor_ms), limit, tier.as_str())
         };
         let now = now_ms();
         usage.roll(Some(plan), now);
@@ -451,7 +448,7 @@ impl Meter {
             period,
             admitted_ms: now,
             key,
-            counted: messages_counted(label),
+            counted: messages_counted(tier),
             done: false,
         })
     }
@@ -460,7 +457,7 @@ impl Meter {
     pub fn check_tokens(
         &self,
         instance: &str,
-        tier: &str,
+        tier: Tier,
         anchor_ms: Option<i64>,
     ) -> Result<(), Refusal> {
         let limit = self.tiers.get(tier).tokens_per_month;
@@ -476,7 +473,7 @@ impl Meter {
             let used = usage.tokens;
             let usage_end = usage.period.end_ms;
             drop(usage);
-            metrics::counter!("clawdeploy_quota_rejections_total", "tier" => tier_label(tier), "quota" => "tokens")
+            metrics::counter!("clawdeploy_quota_rejections_total", "tier" => tier.as_str(), "quota" => "tokens")
                 .increment(1);
             return Err(Refusal {
                 limit,
@@ -653,28 +650,13 @@ impl Meter {
 
 /// The `clawdeploy_messages_counted_total` counter of `tier` (handles made once: a registry lookup
 /// per counted message would cost more than the counting).
-fn messages_counted(tier: &str) -> &'static metrics::Counter {
-    static COUNTERS: std::sync::OnceLock<[metrics::Counter; 4]> = std::sync::OnceLock::new();
+fn messages_counted(tier: Tier) -> &'static metrics::Counter {
+    static COUNTERS: std::sync::OnceLock<[metrics::Counter; 3]> = std::sync::OnceLock::new();
     let counters = COUNTERS.get_or_init(|| {
-        ["free", "pro", "team", "other"]
-            .map(|t| metrics::counter!("clawdeploy_messages_counted_total", "tier" => t))
+        Tier::ALL
+            .map(|t| metrics::counter!("clawdeploy_messages_counted_total", "tier" => t.as_str()))
     });
-    match tier_label(tier) {
-        "free" => &counters[0],
-        "pro" => &counters[1],
-        "team" => &counters[2],
-        _ => &counters[3],
-    }
-}
-
-/// Tier label values from a fixed set (bounded metric cardinality).
-pub fn tier_label(tier: &str) -> &'static str {
-    match tier {
-        "free" => "free",
-        "pro" => "pro",
-        "team" => "team",
-        _ => "other",
-    }
+    &counters[tier as usize]
 }
 
 #[cfg(test)]
@@ -705,25 +687,25 @@ mod tests {
     #[test]
     fn the_limit_counts_sends_in_flight() {
         let m = meter(2);
-        let free: Arc<str> = Arc::from("free");
-        let Admission::Forward(a) = m.admit("i", &free, None, Some("k1")) else {
+        let free = Tier::Free;
+        let Admission::Forward(a) = m.admit("i", free, None, Some("k1")) else {
             panic!()
         };
-        let Admission::Forward(b) = m.admit("i", &free, None, Some("k2")) else {
+        let Admission::Forward(b) = m.admit("i", free, None, Some("k2")) else {
             panic!()
         };
         assert!(matches!(
-            m.admit("i", &free, None, Some("k3")),
+            m.admit("i", free, None, Some("k3")),
             Admission::Refuse(_)
         ));
         assert!(!b.commit(false));
-        let Admission::Forward(c) = m.admit("i", &free, None, Some("k3")) else {
+        let Admission::Forward(c) = m.admit("i", free, None, Some("k3")) else {
             panic!()
         };
         assert!(a.commit(true));
         assert!(c.commit(true));
         assert_eq!(m.usage("i", Plan::CALENDAR), (2, 0));
-        match m.admit("i", &free, None, Some("k4")) {
+        match m.admit("i", free, None, Some("k4")) {
             Admission::Refuse(r) => {
                 assert_eq!((r.limit, r.used), (2, 2));
                 assert!(r.resets_at.ends_with("-01T00:00:00.000Z"));
@@ -732,7 +714,7 @@ mod tests {
         }
         // A retry of a counted key goes through uncounted.
         assert!(matches!(
-            m.admit("i", &free, None, Some("k1")),
+            m.admit("i", free, None, Some("k1")),
             Admission::Retry
         ));
     }
@@ -740,10 +722,10 @@ mod tests {
     #[test]
     fn dropped_reservations_are_counted_refusals_are_not_and_keys_count_once() {
         let m = meter(2);
-        let free: Arc<str> = Arc::from("free");
+        let free = Tier::Free;
         // Dropped unanswered (the connection closed): the turn may have run, so it counts, and
         // its key with it.
-        let Admission::Forward(a) = m.admit("i", &free, None, Some("k")) else {
+        let Admission::Forward(a) = m.admit("i", free, None, Some("k")) else {
             panic!()
         };
         assert_eq!(
@@ -754,15 +736,15 @@ mod tests {
         drop(a);
         assert_eq!(m.usage("i", Plan::CALENDAR), (1, 0));
         assert!(matches!(
-            m.admit("i", &free, None, Some("k")),
+            m.admit("i", free, None, Some("k")),
             Admission::Retry
         ));
         // An explicit refusal gives the slot back.
-        let Admission::Forward(r) = m.admit("i", &free, None, Some("r")) else {
+        let Admission::Forward(r) = m.admit("i", free, None, Some("r")) else {
             panic!()
         };
         assert!(!r.commit(false));
-        let Admission::Forward(b) = m.admit("j", &free, None, None) else {
+        let Admission::Forward(b) = m.admit("j", free, None, None) else {
             panic!()
         };
         assert!(b.commit(true));
@@ -781,9 +763,9 @@ mod tests {
 
     #[test]
     fn counted_keys_survive_a_restart_through_their_stable_hashes() {
-        let free: Arc<str> = Arc::from("free");
+        let free = Tier::Free;
         let before = meter(10);
-        let Admission::Forward(a) = before.admit("i", &free, None, Some("k1")) else {
+        let Admission::Forward(a) = before.admit("i", free, None, Some("k1")) else {
             panic!()
         };
         assert!(a.commit(true));
@@ -797,13 +779,13 @@ mod tests {
         let after = meter(10);
         after.seed_keys("i", keys.iter().map(|(_, h, at)| (*h, *at)));
         assert!(matches!(
-            after.admit("i", &free, None, Some("k1")),
+            after.admit("i", free, None, Some("k1")),
             Admission::Retry
         ));
         // Keys from before the current period are ignored; another instance's key is its own.
         after.seed_keys("j", [(key_hash("j", "old"), this_month() - 1)]);
         assert!(matches!(
-            after.admit("j", &free, None, Some("old")),
+            after.admit("j", free, None, Some("old")),
             Admission::Forward(_)
         ));
         assert_ne!(key_hash("i", "k1"), key_hash("j", "k1"));
@@ -812,9 +794,9 @@ mod tests {
     #[test]
     fn a_retry_another_node_counted_is_taken_back_from_the_store_delta() {
         let m = Meter::new(TiersConfig::default()).shared();
-        let free: Arc<str> = Arc::from("free");
+        let free = Tier::Free;
         for key in ["k1", "k2"] {
-            let Admission::Forward(r) = m.admit("i", &free, None, Some(key)) else {
+            let Admission::Forward(r) = m.admit("i", free, None, Some(key)) else {
                 panic!("refused");
             };
             assert!(r.commit(true));
@@ -828,7 +810,7 @@ mod tests {
         assert_eq!(to_write, 1);
         // Without Redis no keys are kept for syncs.
         let alone = Meter::new(TiersConfig::default());
-        let Admission::Forward(r) = alone.admit("i", &free, None, Some("k")) else {
+        let Admission::Forward(r) = alone.admit("i", free, None, Some("k")) else {
             panic!("refused");
         };
         r.commit(true);
@@ -838,9 +820,9 @@ mod tests {
     #[test]
     fn idle_instances_with_nothing_new_are_left_out_of_syncs() {
         let m = Meter::new(TiersConfig::default()).shared();
-        let free: Arc<str> = Arc::from("free");
+        let free = Tier::Free;
         for instance in ["busy", "idle", "idle-with-counts"] {
-            let Admission::Forward(r) = m.admit(instance, &free, None, None) else {
+            let Admission::Forward(r) = m.admit(instance, free, None, None) else {
                 panic!("refused");
             };
             r.commit(true);
@@ -885,14 +867,14 @@ mod tests {
         let mut tiers = TiersConfig::default();
         tiers.pro.messages_per_month = 1;
         let m = Meter::new(tiers);
-        let pro: Arc<str> = Arc::from("pro");
+        let pro = Tier::Pro;
         let anchor = now_ms() - 3 * DAY_MS;
-        let period = Plan::new("pro", Some(anchor)).period(now_ms());
-        let Admission::Forward(a) = m.admit("p", &pro, Some(anchor), Some("k")) else {
+        let period = Plan::new(Tier::Pro, Some(anchor)).period(now_ms());
+        let Admission::Forward(a) = m.admit("p", pro, Some(anchor), Some("k")) else {
             panic!()
         };
         assert!(a.commit(true));
-        match m.admit("p", &pro, Some(anchor), Some("k2")) {
+        match m.admit("p", pro, Some(anchor), Some("k2")) {
             Admission::Refuse(r) => assert_eq!(r.resets_at, rfc3339(period.end_ms)),
             other => panic!("{other:?}"),
         }
@@ -900,13 +882,13 @@ mod tests {
         // free tier's calendar month holds today's message.
         assert_eq!(m.usage("p", Plan::CALENDAR).0, 1);
         assert!(matches!(
-            m.admit("p", &Arc::from("free"), None, Some("k2")),
+            m.admit("p", Tier::Free, None, Some("k2")),
             Admission::Forward(_)
         ));
         // Back on the paid tier, after its period has ended: a new period, empty.
         let entry = m.entry("p");
         let mut usage = lock(&entry);
-        usage.roll(Some(Plan::new("pro", Some(anchor))), period.end_ms);
+        usage.roll(Some(Plan::new(Tier::Pro, Some(anchor))), period.end_ms);
         assert_eq!((usage.messages, usage.keys.len()), (0, 0));
     }
 }

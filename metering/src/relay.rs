@@ -34,6 +34,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
+use clawdeploy_config::Tier;
 
 use crate::classify;
 use crate::frames::{encode_frame, opcode, FrameError, FrameEvent, FrameParser};
@@ -109,7 +110,7 @@ fn relay_metrics() -> &'static RelayMetrics {
 pub struct RelayTarget {
     pub meter: Arc<Meter>,
     pub instance_id: Arc<str>,
-    pub tier: Arc<str>,
+    pub tier: Tier,
     /// The owner's billing anchor (paid tiers count per period from it).
     pub billing_anchor_ms: Option<i64>,
     pub max_message_bytes: usize,
@@ -546,7 +547,7 @@ fn decide(
     match t.meter.admit_to(
         usage,
         &t.instance_id,
-        &t.tier,
+        t.tier,
         t.billing_anchor_ms,
         req.idempotency_key.as_deref(),
     ) {
@@ -675,11 +676,11 @@ mod tests {
     }
 
     /// A relay for instance `i` of `tier`.
-    fn relay(meter: Arc<Meter>, tier: &str) -> WsRelay {
+    fn relay(meter: Arc<Meter>, tier: Tier) -> WsRelay {
         WsRelay::new(RelayTarget {
             meter,
             instance_id: Arc::from("i"),
-            tier: Arc::from(tier),
+            tier,
             billing_anchor_ms: None,
             max_message_bytes: 1 << 20,
             upgrade_url: Arc::from("https://x/billing"),
@@ -700,7 +701,7 @@ mod tests {
             let mut tiers = TiersConfig::default();
             tiers.free.messages_per_month = limit.max(1);
             let limit = limit.max(1);
-            let mut relay = relay(Arc::new(Meter::new(tiers)), "free");
+            let mut relay = relay(Arc::new(Meter::new(tiers)), Tier::Free);
             let mut stream = Vec::new();
             let mut expected = Vec::new();
             let mut users = 0u64;
@@ -738,7 +739,7 @@ mod tests {
             cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..20),
         ) {
             let meter = Arc::new(Meter::new(TiersConfig::default()));
-            let mut relay = relay(meter.clone(), "pro");
+            let mut relay = relay(meter.clone(), Tier::Pro);
             let mut stream = Vec::new();
             for i in 0..sends {
                 let user = Msg { user: true, filler: String::new(), fragments: 1, ping: false };
@@ -862,7 +863,7 @@ mod tests {
             ok in prop_oneof![Just("true"), Just("false"), Just("null")],
         ) {
             let meter = Arc::new(Meter::new(TiersConfig::default()));
-            let mut relay = relay(meter.clone(), "pro");
+            let mut relay = relay(meter.clone(), Tier::Pro);
             let out = relay.client_chunk(client_text(&send(&spelled(&id, &sent), "k"))).unwrap();
             prop_assert!(!out.is_empty());
             prop_assert_eq!(relay.in_flight(), 1);
@@ -885,7 +886,7 @@ mod tests {
             send(r#""b""#, "k").as_bytes(),
             &mut binary,
         );
-        let mut r = relay(meter.clone(), "pro");
+        let mut r = relay(meter.clone(), Tier::Pro);
         let e = r.client_chunk(Bytes::from(binary)).unwrap_err();
         assert!(matches!(e, RelayError::BinaryMessage), "{e}");
         assert_eq!(
@@ -894,7 +895,7 @@ mod tests {
         );
         let mut compressed = client_text(&send(r#""c""#, "k")).to_vec();
         compressed[0] |= 0x40;
-        let mut r = relay(meter.clone(), "pro");
+        let mut r = relay(meter.clone(), Tier::Pro);
         let e = r.client_chunk(Bytes::from(compressed)).unwrap_err();
         assert!(matches!(e, RelayError::ReservedBits), "{e}");
         assert_eq!(
@@ -909,7 +910,7 @@ mod tests {
     #[test]
     fn a_request_reusing_an_id_in_flight_is_refused() {
         let meter = Arc::new(Meter::new(TiersConfig::default()));
-        let mut relay = relay(meter.clone(), "pro");
+        let mut relay = relay(meter.clone(), Tier::Pro);
         let history = r#"{"type":"req","id":"h","method":"chat.history","params":{}}"#;
         let one_write = [
             history.to_string(),
@@ -960,7 +961,7 @@ mod tests {
     #[test]
     fn large_answers_are_read_from_their_head_and_unanswered_sends_count() {
         let meter = Arc::new(Meter::new(TiersConfig::default()));
-        let mut relay = relay(meter.clone(), "pro");
+        let mut relay = relay(meter.clone(), Tier::Pro);
         let key = "k".repeat(200_000);
         relay
             .client_chunk(client_text(&send(r#""big""#, &key)))
@@ -994,7 +995,7 @@ mod tests {
     #[test]
     fn an_interim_answer_keeps_its_id_in_use() {
         let meter = Arc::new(Meter::new(TiersConfig::default()));
-        let mut relay = relay(meter.clone(), "pro");
+        let mut relay = relay(meter.clone(), Tier::Pro);
         let agent = r#"{"type":"req","id":"a","method":"agent","params":{"message":"m","idempotencyKey":"k1"}}"#;
         relay.client_chunk(client_text(agent)).unwrap();
         relay
@@ -1026,7 +1027,7 @@ mod tests {
         let mut tiers = TiersConfig::default();
         tiers.free.messages_per_month = 1;
         let meter = Arc::new(Meter::new(tiers));
-        let mut relay = relay(meter.clone(), "free");
+        let mut relay = relay(meter.clone(), Tier::Free);
         let send = |i: usize| {
             encode(
                 i,

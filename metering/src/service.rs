@@ -231,7 +231,7 @@ pub async fn seed_from_store(meter: &Meter, store: &Store) -> Result<usize, Stor
         let Some(day) = day_ms(&row.day) else {
             continue;
         };
-        let plan = Plan::new(&row.tier, row.billing_anchor_at);
+        let plan = Plan::new(row.tier, row.billing_anchor_at);
         days.entry(row.instance_id.clone())
             .or_insert((plan, Vec::new()))
             .1
@@ -397,7 +397,8 @@ mod tests {
 
         let meter = Meter::new(TiersConfig::default());
         let instance = "0b7e7c4e-4f63-4a57-9a0e-3c1f2d6b8a90";
-        let Admission::Forward(send) = meter.admit(instance, &Arc::from("free"), None, Some("k1"))
+        let Admission::Forward(send) =
+            meter.admit(instance, clawdeploy_config::Tier::Free, None, Some("k1"))
         else {
             panic!("refused");
         };

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use serde_json::json;
 
-use clawdeploy_store::Instance;
+use clawdeploy_store::{Instance, Tier};
 
 use crate::manager::{InstanceConfig, PoolError};
 use crate::runtime::{ConfigFile, Resources};
@@ -38,7 +38,7 @@ impl InstanceConfig for FixtureConfig {
         Ok(files)
     }
 
-    fn resources(&self, _tier: &str) -> Resources {
+    fn resources(&self, _tier: Tier) -> Resources {
         self.resources.clone()
     }
 }

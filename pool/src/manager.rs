@@ -19,7 +19,7 @@ use tokio::sync::{Notify, Semaphore};
 use uuid::Uuid;
 
 use clawdeploy_store::{
-    Instance, InstanceStatus, Placement, PoolMember, PoolMemberState, Store, StoreError,
+    Instance, InstanceStatus, Placement, PoolMember, PoolMemberState, Store, StoreError, Tier,
 };
 
 use crate::ready::{wait_ready, wait_ready_as};
@@ -55,7 +55,7 @@ pub struct PoolSettings {
 #[async_trait::async_trait]
 pub trait InstanceConfig: Send + Sync + 'static {
     async fn files(&self, instance: &Instance) -> Result<Vec<ConfigFile>, PoolError>;
-    fn resources(&self, tier: &str) -> Resources;
+    fn resources(&self, tier: Tier) -> Resources;
     /// A path that answers 200 to the owner (named in the trusted-proxy user header) only once the
     /// instance has applied the owner's config; `None` when the config applies at once.
     fn owner_ready_path(&self) -> Option<&'static str> {
@@ -271,7 +271,7 @@ impl PoolManager {
     /// Gives `instance` a running container: a warm one when there is one.
     pub async fn assign(self: &Arc<Self>, instance: &Instance) -> Result<Assigned, PoolError> {
         let files = self.config.files(instance).await?;
-        let resources = self.config.resources(&instance.tier);
+        let resources = self.config.resources(instance.tier);
         while let Some(member) = self
             .store
             .claim_pool_member(&self.settings.node_id, instance.id)
@@ -344,7 +344,7 @@ impl PoolManager {
     async fn provision(self: Arc<Self>, instance: Instance) {
         let result = async {
             let files = self.config.files(&instance).await?;
-            let resources = self.config.resources(&instance.tier);
+            let resources = self.config.resources(instance.tier);
             // The new member joins the idle pool; claim one (a concurrent signup may take it,
             // then the next one is made).
             for _ in 0..3 {
@@ -646,7 +646,7 @@ impl PoolManager {
                     .await?
                 {
                     let files = self.config.files(&instance).await?;
-                    let resources = self.config.resources(&instance.tier);
+                    let resources = self.config.resources(instance.tier);
                     if let Err(e) = self.hand_over(&instance, &member, &files, &resources).await {
                         tracing::warn!("queued instance hand-over failed: {e}");
                         self.discard(&member).await;

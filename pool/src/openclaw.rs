@@ -18,7 +18,7 @@
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
-use clawdeploy_store::{DomainStatus, Instance, Keyring, Store};
+use clawdeploy_store::{DomainStatus, Instance, Keyring, Store, Tier};
 
 use crate::manager::{InstanceConfig, PoolError};
 use crate::runtime::{ConfigFile, Resources};
@@ -320,7 +320,7 @@ impl InstanceConfig for OpenClawConfig {
         Ok(files)
     }
 
-    fn resources(&self, _tier: &str) -> Resources {
+    fn resources(&self, _tier: Tier) -> Resources {
         self.resources.clone()
     }
 
@@ -370,7 +370,7 @@ mod tests {
                 email: "llm@example.com",
                 password_hash: "x",
                 name: None,
-                tier: "free",
+                tier: Tier::Free,
                 role: Role::User,
                 timezone: None,
             })
@@ -394,11 +394,10 @@ mod tests {
             .create_instance(&NewInstance {
                 user_id: user.id,
                 subdomain: "llmbox",
-                tier: "free",
+                tier: Tier::Free,
                 status: InstanceStatus::Provisioning,
                 soul_md: None,
                 timezone: None,
-                only_instance: false,
             })
             .await
             .unwrap();
@@ -438,7 +437,7 @@ mod tests {
                 email: "other@example.com",
                 password_hash: "x",
                 name: None,
-                tier: "free",
+                tier: Tier::Free,
                 role: Role::User,
                 timezone: None,
             })
@@ -448,11 +447,10 @@ mod tests {
             .create_instance(&NewInstance {
                 user_id: other.id,
                 subdomain: "evilbox",
-                tier: "free",
+                tier: Tier::Free,
                 status: InstanceStatus::Running,
                 soul_md: None,
                 timezone: None,
-                only_instance: false,
             })
             .await
             .unwrap();
@@ -512,7 +510,7 @@ mod tests {
             user_id: uuid::Uuid::new_v4(),
             subdomain: "alice".into(),
             status: clawdeploy_store::InstanceStatus::Running,
-            tier: "free".into(),
+            tier: Tier::Free,
             node_id: None,
             node_ip: None,
             container_id: None,

@@ -9,6 +9,7 @@ use metrics::{Counter, Histogram};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
+use clawdeploy_config::Tier;
 use clawdeploy_metering::{Meter, RateLimiter, RelayTarget, Scope, WsRelay};
 
 use crate::responses::EdgeError;
@@ -50,7 +51,9 @@ impl EdgeMetering {
         Some(Box::new(WsRelay::new(RelayTarget {
             meter: self.meter.clone(),
             instance_id,
-            tier: route.tier.clone().unwrap_or_else(|| Arc::from("free")),
+            // Every instance route carries its owner's tier (pool::routing::route_for); were one
+            // ever missing, the cheapest tier's quotas apply, never more than paid for.
+            tier: route.tier.unwrap_or(Tier::Free),
             billing_anchor_ms: route.billing_anchor_ms,
             max_message_bytes: self.max_message_bytes,
             upgrade_url: self.upgrade_url.clone(),

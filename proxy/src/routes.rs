@@ -10,7 +10,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use serde::Serialize;
 
-use clawdeploy_config::{normalize_host, validate_hostname};
+use clawdeploy_config::{normalize_host, validate_hostname, Tier};
 
 /// Who serves a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -69,7 +69,7 @@ pub struct Route {
     /// The user an instance belongs to: only they get through.
     pub owner_id: Option<Arc<str>>,
     /// The owner's tier, for quotas (instances only).
-    pub tier: Option<Arc<str>>,
+    pub tier: Option<Tier>,
     /// The owner's billing anchor (unix ms): paid tiers count per period from it.
     pub billing_anchor_ms: Option<i64>,
     pub upstream: SocketAddr,
@@ -264,7 +264,7 @@ impl RouteTable {
     /// Inserts or replaces the route of an instance subdomain (`<label>.<base_domain>`).
     pub fn upsert_subdomain(&self, label: &str, route: Route) {
         if let (Some(meter), Some(instance), Some(tier)) =
-            (self.meter.get(), &route.instance_id, &route.tier)
+            (self.meter.get(), &route.instance_id, route.tier)
         {
             meter.update_tier(instance, tier, route.billing_anchor_ms);
         }

@@ -64,6 +64,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Executor, Row};
 use uuid::Uuid;
 
+pub use clawdeploy_config::Tier;
 pub use error::{Conflict, Result, SecretError, StoreError};
 pub use models::*;
 pub use repo::accounts::normalize_email;
@@ -325,10 +326,7 @@ pub(crate) fn opt_uuid_col(row: &AnyRow, col: &str) -> Result<Option<Uuid>> {
         .transpose()
 }
 
-pub(crate) fn parse_col<T: std::str::FromStr<Err = StoreError>>(
-    row: &AnyRow,
-    col: &str,
-) -> Result<T> {
+pub(crate) fn parse_col<T: std::str::FromStr>(row: &AnyRow, col: &str) -> Result<T> {
     let s: String = row.try_get(col)?;
     s.parse()
         .map_err(|_| StoreError::Corrupt(format!("{col}: unexpected value {s:?}")))

@@ -1,6 +1,7 @@
 //! Rows returned by the store. Times are unix milliseconds (UTC); see [`crate::time`].
 //! Types that hold a secret or a hash redact it in `Debug` and never serialize it.
 
+use clawdeploy_config::Tier;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -128,7 +129,7 @@ pub struct User {
     #[serde(skip)]
     pub password_hash: String,
     pub name: Option<String>,
-    pub tier: String,
+    pub tier: Tier,
     pub role: Role,
     pub email_verified_at: Option<i64>,
     pub timezone: String,
@@ -177,7 +178,7 @@ pub struct NewUser<'a> {
     pub email: &'a str,
     pub password_hash: &'a str,
     pub name: Option<&'a str>,
-    pub tier: &'a str,
+    pub tier: Tier,
     pub role: Role,
     pub timezone: Option<&'a str>,
 }
@@ -300,7 +301,7 @@ pub struct Instance {
     /// Lower case.
     pub subdomain: String,
     pub status: InstanceStatus,
-    pub tier: String,
+    pub tier: Tier,
     pub node_id: Option<String>,
     pub node_ip: Option<String>,
     pub container_id: Option<String>,
@@ -322,13 +323,10 @@ pub struct NewInstance<'a> {
     pub user_id: Uuid,
     /// Stored lower case; the API validates the label.
     pub subdomain: &'a str,
-    pub tier: &'a str,
+    pub tier: Tier,
     pub status: InstanceStatus,
     pub soul_md: Option<&'a str>,
     pub timezone: Option<&'a str>,
-    /// The user's tier allows one instance: refused with `Conflict(InstanceExists)` when the user
-    /// already has one, decided in the database so two edge nodes cannot both pass the check.
-    pub only_instance: bool,
 }
 
 /// Where an instance runs; all `None` clears it.

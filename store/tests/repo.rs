@@ -152,7 +152,7 @@ async fn user(store: &Store, email: &str) -> User {
             email,
             password_hash: "$2b$12$abcdefghijklmnopqrstuv0123456789ABCDEFGHIJKLMNOPQRSTU",
             name: Some("Test"),
-            tier: "free",
+            tier: Tier::Free,
             role: Role::User,
             timezone: None,
         })
@@ -170,7 +170,7 @@ async fn users_crud(db: &Db) {
     let s = &db.store;
     let u = user(s, "  Alice@Example.COM ").await;
     assert_eq!(u.email, "alice@example.com");
-    assert_eq!(u.tier, "free");
+    assert_eq!(u.tier, Tier::Free);
     assert_eq!(u.role, Role::User);
     assert_eq!(u.timezone, "UTC");
     assert!(!u.email_verified() && !u.mfa_enabled());
@@ -249,7 +249,7 @@ async fn users_crud(db: &Db) {
         s.get_user(u.id).await.unwrap().unwrap().password_hash,
         "$2b$12$new"
     );
-    s.set_user_tier(u.id, "pro").await.unwrap();
+    s.set_user_tier(u.id, Tier::Pro).await.unwrap();
     s.set_user_role(u.id, Role::Operator).await.unwrap();
     let r = s.get_user(u.id).await.unwrap().unwrap();
     assert_eq!((r.tier.as_str(), r.role), ("pro", Role::Operator));
@@ -258,7 +258,7 @@ async fn users_crud(db: &Db) {
 
     let missing = Uuid::new_v4();
     assert!(matches!(
-        s.set_user_tier(missing, "pro").await,
+        s.set_user_tier(missing, Tier::Pro).await,
         Err(StoreError::NotFound("user"))
     ));
     assert!(matches!(
@@ -280,7 +280,7 @@ async fn duplicate_email_conflicts(db: &Db) {
             email: "DUP@Example.com",
             password_hash: "x",
             name: None,
-            tier: "free",
+            tier: Tier::Free,
             role: Role::User,
             timezone: None,
         })
@@ -791,17 +791,17 @@ fn new_instance(user_id: Uuid, sub: &str) -> NewInstance<'_> {
     NewInstance {
         user_id,
         subdomain: sub,
-        tier: "free",
+        // Several instances per user are allowed on team (the one-instance rule has its own test).
+        tier: Tier::Team,
         status: InstanceStatus::Provisioning,
         soul_md: None,
         timezone: None,
-        only_instance: false,
     }
 }
 
-/// Edge nodes sharing the database create concurrently: with `only_instance`, exactly one of
+/// Edge nodes sharing the database create concurrently: on a one-instance tier, exactly one of
 /// many simultaneous creates for one user succeeds (each runs on its own pooled connection, as
-/// on separate nodes); without it, a user may have several.
+/// on separate nodes); on team, a user may have several.
 async fn one_instance_per_user_holds_under_concurrency(db: &Db) {
     let s = &db.store;
     let u = user(s, "one@example.com").await;
@@ -809,7 +809,7 @@ async fn one_instance_per_user_holds_under_concurrency(db: &Db) {
     let news: Vec<NewInstance> = labels
         .iter()
         .map(|label| NewInstance {
-            only_instance: true,
+            tier: Tier::Free,
             ..new_instance(u.id, label)
         })
         .collect();
@@ -830,7 +830,7 @@ async fn one_instance_per_user_holds_under_concurrency(db: &Db) {
     // An unknown user is still "not found", not "exists".
     assert!(matches!(
         s.create_instance(&NewInstance {
-            only_instance: true,
+            tier: Tier::Pro,
             ..new_instance(Uuid::new_v4(), "nobody-here")
         })
         .await,
@@ -901,8 +901,8 @@ async fn instances_crud(db: &Db) {
         .await
         .unwrap();
     assert_eq!(tz.timezone.as_deref(), Some("Asia/Tokyo"));
-    let tier = s.update_instance_tier(i.id, "pro").await.unwrap();
-    assert_eq!(tier.tier, "pro");
+    let tier = s.update_instance_tier(i.id, Tier::Pro).await.unwrap();
+    assert_eq!(tier.tier, Tier::Pro);
     s.touch_instance(i.id, 1_000).await.unwrap();
     s.touch_instance(i.id, 500).await.unwrap();
     assert_eq!(

@@ -13,7 +13,7 @@ use clawdeploy_pool::{
 };
 use clawdeploy_proxy::{InstanceState, Resolution, RouteTable};
 use clawdeploy_store::changes::ChangeBus;
-use clawdeploy_store::{Instance, InstanceStatus, NewInstance, NewUser, Role, Store};
+use clawdeploy_store::{Instance, InstanceStatus, NewInstance, NewUser, Role, Store, Tier};
 
 use crate::runtime::{chat_as, fixture_bin, fixture_image_name};
 use crate::support::*;
@@ -103,7 +103,7 @@ impl Harness {
                 email: &format!("user{n}@example.com"),
                 password_hash: "x",
                 name: None,
-                tier: "free",
+                tier: Tier::Free,
                 role: Role::User,
                 timezone: None,
             })
@@ -115,10 +115,9 @@ impl Harness {
                 user_id: user.id,
                 subdomain: &format!("user-{n}"),
                 status: InstanceStatus::Provisioning,
-                tier: "free",
+                tier: Tier::Free,
                 soul_md: None,
                 timezone: None,
-                only_instance: false,
             })
             .await
             .unwrap();

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use clawdeploy_proxy::browser_session::percent_encode;
 use clawdeploy_store::time::{now_ms, rfc3339};
-use clawdeploy_store::{Instance, InstanceStatus, Role};
+use clawdeploy_store::{Instance, InstanceStatus, Role, Tier};
 
 use crate::auth::{self, AuthUser};
 use crate::ApiState;
@@ -84,7 +84,7 @@ async fn landing(State(state): State<ApiState>, headers: HeaderMap) -> Response 
     } else {
         r#"<a class="button primary big" href="/signup" id="deploy-free">Deploy Free</a>"#
     };
-    let free = match tier_limits(&state, "free").0 {
+    let free = match tier_limits(&state, Tier::Free).0 {
         Some(n) => format!("{n} messages a month"),
         None => "unlimited messages".to_string(),
     };
@@ -238,7 +238,7 @@ fn instance_target(state: &ApiState, next: &str) -> Option<String> {
 
 /// Monthly limits of a tier from the config's tier table: (messages, LLM tokens); `None` is
 /// unlimited.
-fn tier_limits(state: &ApiState, tier: &str) -> (Option<i64>, Option<i64>) {
+fn tier_limits(state: &ApiState, tier: Tier) -> (Option<i64>, Option<i64>) {
     let t = state.ctx.config.tiers.get(tier);
     let limit = |v: u64| (v > 0).then(|| i64::try_from(v).unwrap_or(i64::MAX));
     (limit(t.messages_per_month), limit(t.tokens_per_month))
@@ -305,7 +305,7 @@ async fn dashboard(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) 
             .html(body);
     };
     let usage = state.store.usage_this_month(inst.id).await.ok();
-    let (msg_limit, tok_limit) = tier_limits(&state, &inst.tier);
+    let (msg_limit, tok_limit) = tier_limits(&state, inst.tier);
     let (messages, tokens) = usage.map_or((0, 0), |u| (u.messages, u.tokens));
     let view = crate::instances::instance_json(&state, &inst);
     let url = view["url"].as_str().unwrap_or_default().to_string();
@@ -395,7 +395,7 @@ async fn dashboard(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) 
         status_text = status_text(inst.status),
         msg_meter = meter("usage-messages", "Messages", messages, msg_limit),
         tok_meter = meter("usage-tokens", "AI tokens", tokens, tok_limit),
-        tier = esc(&inst.tier),
+        tier = inst.tier,
         chat_status = if running {
             "Connecting…"
         } else {
@@ -709,12 +709,12 @@ async fn billing(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) ->
     let Some(auth) = signed_in(&state, &headers).await else {
         return to_login(&uri);
     };
-    let rows: String = ["free", "pro", "team"]
-        .iter()
+    let rows: String = Tier::ALL
+        .into_iter()
         .map(|tier| {
             let (messages, tokens) = tier_limits(&state, tier);
             let show = |v: Option<i64>| v.map_or("unlimited".to_string(), |v| v.to_string());
-            let current = if *tier == auth.user.tier {
+            let current = if tier == auth.user.tier {
                 " (your plan)"
             } else {
                 ""

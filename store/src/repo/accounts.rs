@@ -8,7 +8,7 @@ use crate::error::{conflict_or, Conflict, Result, StoreError};
 use crate::models::*;
 use crate::secrets::{sha256_hex, Keyring};
 use crate::time::now_ms;
-use crate::{id_str, opt_uuid_col, parse_col, uuid_col, Store, Zeroizing};
+use crate::{id_str, opt_uuid_col, parse_col, uuid_col, Store, Tier, Zeroizing};
 
 pub(crate) const USER_COLS: &str = "id, email, password_hash, name, tier, role, \
     email_verified_at, timezone, language, avatar_url, mfa_enabled_at, deletion_requested_at, \
@@ -20,7 +20,7 @@ pub(crate) fn user_from_row(row: &AnyRow) -> Result<User> {
         email: row.try_get("email")?,
         password_hash: row.try_get("password_hash")?,
         name: row.try_get("name")?,
-        tier: row.try_get("tier")?,
+        tier: parse_col(row, "tier")?,
         role: parse_col(row, "role")?,
         email_verified_at: row.try_get("email_verified_at")?,
         timezone: row.try_get("timezone")?,
@@ -72,7 +72,7 @@ impl Store {
             .bind(normalize_email(new.email))
             .bind(new.password_hash)
             .bind(new.name)
-            .bind(new.tier)
+            .bind(new.tier.as_str())
             .bind(new.role.as_str())
             .bind(new.timezone.unwrap_or("UTC"))
             .bind(now)
@@ -161,15 +161,15 @@ impl Store {
         not_found_if_zero(r.rows_affected(), "user")
     }
 
-    /// Sets the tier (e.g. `free`, `pro`, `team`: the tier table lives in config). A change of
-    /// tier starts a new billing period now (the billing anchor); the same tier keeps it.
-    pub async fn set_user_tier(&self, id: Uuid, tier: &str) -> Result<()> {
+    /// Sets the tier (its quotas live in config). A change of tier starts a new billing period
+    /// now (the billing anchor); the same tier keeps it.
+    pub async fn set_user_tier(&self, id: Uuid, tier: Tier) -> Result<()> {
         let r = sqlx::query(
             "UPDATE users SET billing_anchor_at = CASE WHEN tier = $2 THEN billing_anchor_at \
              ELSE $3 END, tier = $2, updated_at = $3 WHERE id = $1",
         )
         .bind(id_str(id))
-        .bind(tier)
+        .bind(tier.as_str())
         .bind(now_ms())
         .execute(&self.pool)
         .await?;

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use crate::error::{conflict_or, Conflict, Result, StoreError};
 use crate::models::*;
 use crate::time::now_ms;
-use crate::{id_str, parse_col, uuid_col, Backend, Store};
+use crate::{id_str, parse_col, uuid_col, Backend, Store, Tier};
 
 pub(crate) const INSTANCE_COLS: &str = "id, user_id, subdomain, status, tier, node_id, node_ip, \
     container_id, container_ip, upstream, soul_md, timezone, created_at, updated_at, last_active_at, \
@@ -19,7 +19,7 @@ pub(crate) fn instance_from_row(row: &AnyRow) -> Result<Instance> {
         user_id: uuid_col(row, "user_id")?,
         subdomain: row.try_get("subdomain")?,
         status: parse_col(row, "status")?,
-        tier: row.try_get("tier")?,
+        tier: parse_col(row, "tier")?,
         node_id: row.try_get("node_id")?,
         node_ip: row.try_get("node_ip")?,
         container_id: row.try_get("container_id")?,
@@ -41,8 +41,8 @@ pub fn normalize_subdomain(sub: &str) -> String {
 
 impl Store {
     /// Creates an instance. A taken subdomain (any case) → `Conflict(Subdomain)`; an unknown
-    /// user → `NotFound("user")`; with `only_instance`, a user who already has an instance →
-    /// `Conflict(InstanceExists)`. The check and the insert are one transaction holding the
+    /// user → `NotFound("user")`; on a tier with one instance ([`Tier::one_instance`]), a user who
+    /// already has an instance → `Conflict(InstanceExists)`. The check and the insert are one transaction holding the
     /// user's row (PostgreSQL: `FOR UPDATE`; SQLite serializes writers), so concurrent creates
     /// on several edge nodes cannot both pass it.
     pub async fn create_instance(&self, new: &NewInstance<'_>) -> Result<Instance> {
@@ -66,11 +66,11 @@ impl Store {
             .bind(id_str(new.user_id))
             .bind(normalize_subdomain(new.subdomain))
             .bind(new.status.as_str())
-            .bind(new.tier)
+            .bind(new.tier.as_str())
             .bind(new.soul_md)
             .bind(new.timezone)
             .bind(now)
-            .bind(new.only_instance)
+            .bind(new.tier.one_instance())
             .fetch_optional(&mut *tx)
             .await
             .map_err(|e| conflict_or(e, Conflict::Subdomain))?;
@@ -253,12 +253,12 @@ impl Store {
     }
 
     /// Sets the tier (resources follow in the pool), with the owner's billing anchor.
-    pub async fn update_instance_tier(&self, id: Uuid, tier: &str) -> Result<Instance> {
+    pub async fn update_instance_tier(&self, id: Uuid, tier: Tier) -> Result<Instance> {
         self.update_instance(
             id,
             "tier = $3, billing_anchor_at = \
              (SELECT billing_anchor_at FROM users WHERE users.id = instances.user_id)",
-            vec![Some(tier.to_owned())],
+            vec![Some(tier.as_str().to_owned())],
         )
         .await
     }

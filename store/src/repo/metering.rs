@@ -4,7 +4,7 @@ use sqlx::Row;
 
 use crate::error::Result;
 use crate::models::UsageTotals;
-use crate::Store;
+use crate::{parse_col, Store, Tier};
 
 impl Store {
     /// This month's totals of every instance with usage (`month` 1–12), for seeding the meter.
@@ -42,7 +42,7 @@ pub struct UsageSeedRow {
     pub day: String,
     pub messages: i64,
     pub tokens: i64,
-    pub tier: String,
+    pub tier: Tier,
     pub billing_anchor_at: Option<i64>,
 }
 
@@ -64,7 +64,7 @@ impl Store {
                     day: r.try_get("day")?,
                     messages: r.try_get("messages")?,
                     tokens: r.try_get("tokens")?,
-                    tier: r.try_get("tier")?,
+                    tier: parse_col(r, "tier")?,
                     billing_anchor_at: r.try_get("billing_anchor_at")?,
                 })
             })
