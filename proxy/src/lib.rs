@@ -59,8 +59,9 @@ pub fn edge_service(
     }
     if let Some(resolver) = &listeners.cert_resolver {
         for addr in &listeners.https {
-            // Paths are unused once a resolver is set; ALPN offers h2 and http/1.1.
-            match pingora::listeners::tls::TlsSettings::intermediate("", "") {
+            // The resolver picks the certificate, `RecordSni` keeps the SNI for `tls::check_sni`;
+            // ALPN offers h2 and http/1.1.
+            match pingora::listeners::tls::TlsSettings::with_callbacks(Box::new(tls::RecordSni)) {
                 Ok(mut tls) => {
                     tls.set_cert_resolver(resolver.clone());
                     tls.enable_h2();
