@@ -5,8 +5,10 @@
 # applied in order by `patch -p1`. See vendor/README.md.
 #
 # Idempotent and quick when nothing changed: each generated directory holds a stamp, the hash of
-# its tarball checksum and its patches; a changed, added or removed patch re-extracts that crate.
-# Tarballs are kept in vendor/.cache, so re-extracting needs no network.
+# its tarball checksum and its patches, and the hash of the tree it generated. A changed, added or
+# removed patch re-extracts that crate; so does a tree that no longer matches (files deleted by a
+# checkout of an older commit, or edited by hand: those are moved aside to vendor/.<crate>.prev, not
+# lost). Tarballs are kept in vendor/.cache, so re-extracting needs no network.
 #
 # Usage: scripts/vendor-pingora.sh [--force]   (--force re-extracts even when the stamps match)
 set -euo pipefail
@@ -38,9 +40,16 @@ stamp_of() {
         echo "== $(basename "$p")"; cat "$p"; done; } | sha256sum | cut -d' ' -f1
 }
 
+# The hash of a generated tree: every file but the stamp, by path and content.
+tree_of() {
+    (cd "$1" && find . -type f ! -name "$STAMP" -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) \
+        | sha256sum | cut -d' ' -f1
+}
+
 todo=()
 for crate in "${CRATES[@]}"; do
-    if ! $force && [ -f "vendor/$crate/$STAMP" ] && [ "$(cat "vendor/$crate/$STAMP")" = "$(stamp_of "$crate")" ]; then
+    if ! $force && [ -f "vendor/$crate/$STAMP" ] \
+        && [ "$(cat "vendor/$crate/$STAMP")" = "$(stamp_of "$crate") $(tree_of "vendor/$crate")" ]; then
         continue
     fi
     todo+=("$crate")
@@ -88,7 +97,15 @@ to $locked (vendor/README.md, \"Moving to a new Pingora\")."
             die "$p does not apply to $crate $locked (see above); vendor/$crate is left as it was"
         fi
     done < <(patches_of "$crate")
-    stamp_of "$crate" >"$work/$STAMP"
+    echo "$(stamp_of "$crate") $(tree_of "$work")" >"$work/$STAMP"
+    # A tree changed since it was generated (edits, or files a checkout of an older commit
+    # deleted) is kept aside rather than lost.
+    if [ -f "vendor/$crate/$STAMP" ] \
+        && [ "$(cut -d' ' -f2 "vendor/$crate/$STAMP")" != "$(tree_of "vendor/$crate")" ]; then
+        rm -rf "vendor/.$crate.prev"
+        mv "vendor/$crate" "vendor/.$crate.prev"
+        echo "vendor-pingora: vendor/$crate had changed since it was generated; regenerated, the changed tree is in vendor/.$crate.prev" >&2
+    fi
     rm -rf "vendor/$crate"
     mv "$work" "vendor/$crate"
     echo "vendor-pingora: vendor/$crate = $crate $locked + $(patches_of "$crate" | wc -l) patch(es)" >&2
