@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages that building ClawDeploy needs (run as root; idempotent).
-# Pingora needs cmake (zlib-ng); clang + mold link its ~360 crates quickly (see .cargo/config.toml).
+# Pingora needs cmake (zlib-ng); clang + mold link its ~360 crates quickly (see .cargo/config.toml);
+# curl and patch: scripts/vendor-pingora.sh downloads Pingora's crates and applies our patches.
 set -euo pipefail
 
 # Packages whose system service apt must not start: the tests run these programs as their own
@@ -9,7 +10,7 @@ set -euo pipefail
 # invoke-rc.d and deb-systemd-invoke); the previous policy-rc.d, if any, is put back.
 NO_START=(prometheus)
 
-PACKAGES=(cmake clang mold pkg-config "$@")
+PACKAGES=(cmake clang mold pkg-config curl patch "$@")
 missing=()
 no_start_missing=()
 for pkg in "${PACKAGES[@]}"; do

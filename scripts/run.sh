@@ -7,6 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+# The patched Pingora crates (vendor/README.md); quick when they are already there.
+scripts/vendor-pingora.sh
 cargo build --release --bin clawdeploy
 scripts/start-docker.sh || echo "run.sh: no Docker Engine: OpenClaw will run as local processes" >&2
 cargo run --quiet --release --bin clawdeploy -- image build \

@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 # prometheus: tests/it/prometheus.rs runs its own Prometheus scraping an edge (no system service).
 scripts/install-deps.sh python3-aiosmtpd chromium chromium-driver prometheus
 scripts/check-docs.sh    # every relative link and #anchor in README.md and docs/*.md resolves
+# The patched Pingora crates every build needs (vendor/README.md); quick when already there.
+scripts/vendor-pingora.sh
 # The 1,000-WebSocket test needs a few thousand file descriptors across test and edge processes.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 

@@ -39,6 +39,17 @@ pub use metered::EdgeMetering;
 pub use routes::{InstanceState, Resolution, Route, RouteError, RouteKind, RouteTable};
 pub use tls::{ChallengeResponder, EdgeTls};
 
+// Build-time guard: the edge needs Pingora with ClawDeploy's patch series (vendor/patches, see
+// vendor/README.md). Each patch adds one of these markers to its crate's root. If this does not
+// compile ("cannot find value `CLAWDEPLOY_PATCH_...`"), the build used unpatched crates.io sources:
+// run `scripts/vendor-pingora.sh`, and check that the `pingora = "=X.Y.Z"` pin in Cargo.toml is
+// the version the patches are for (Cargo silently ignores a [patch] whose version does not match).
+const _: [&str; 3] = [
+    pingora::CLAWDEPLOY_PATCH_BODY_BUFFERS,
+    pingora::proxy::CLAWDEPLOY_PATCH_UPGRADE_RACE,
+    pingora::proxy::CLAWDEPLOY_PATCH_HEADER_DEADLINE,
+];
+
 /// The edge's listeners: plain HTTP, and HTTPS with a certificate resolver chosen per SNI.
 #[derive(Clone)]
 pub struct Listeners {
@@ -59,8 +70,9 @@ pub fn edge_service(
     }
     if let Some(resolver) = &listeners.cert_resolver {
         for addr in &listeners.https {
-            // Paths are unused once a resolver is set; ALPN offers h2 and http/1.1.
-            match pingora::listeners::tls::TlsSettings::intermediate("", "") {
+            // The resolver picks the certificate, `RecordSni` keeps the SNI for `tls::check_sni`;
+            // ALPN offers h2 and http/1.1.
+            match pingora::listeners::tls::TlsSettings::with_callbacks(Box::new(tls::RecordSni)) {
                 Ok(mut tls) => {
                     tls.set_cert_resolver(resolver.clone());
                     tls.enable_h2();

@@ -1,13 +1,17 @@
 //! The edge's HTTPS duties on the request path: answering ACME HTTP-01 challenges on the plain
 //! listener, redirecting plain HTTP to HTTPS (when configured), and HSTS on HTTPS responses.
 //! Certificates themselves are chosen during the handshake by the `certs` crate's store. On HTTPS,
-//! [`check_sni`] refuses a request whose Host names another server than the connection's SNI.
+//! [`check_sni`] refuses a request whose Host names another server than the connection's SNI,
+//! which [`RecordSni`] keeps in the connection's TLS digest at the end of the handshake.
 
+use std::any::Any;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderValue};
 use pingora::http::ResponseHeader;
+use pingora::listeners::TlsAccept;
+use pingora::protocols::tls::TlsRef;
 use pingora::proxy::Session;
 use pingora::Result;
 
@@ -130,15 +134,36 @@ impl EdgeTls {
     }
 }
 
-/// The SNI the client sent on this connection (HTTP/1 and HTTP/2 alike; the patched pingora-core
-/// keeps it in the TLS digest).
+/// The HTTPS listeners' end-of-handshake callback: keeps the server name the client sent (SNI,
+/// rustls' `TlsRef::server_name`) in the connection's TLS digest. Pingora stores what
+/// `handshake_complete_callback` returns in `SslDigest::extension`, and the digest reaches HTTP/1
+/// and HTTP/2 filters alike ([`sni`]).
+pub struct RecordSni;
+
+/// The SNI of a connection, as [`RecordSni`] stored it.
+struct ServerName(String);
+
+#[async_trait::async_trait]
+impl TlsAccept for RecordSni {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &TlsRef,
+    ) -> Option<Arc<dyn Any + Send + Sync>> {
+        let name = tls.server_name()?;
+        Some(Arc::new(ServerName(name.to_owned())))
+    }
+}
+
+/// The SNI the client sent on this connection (HTTP/1 and HTTP/2 alike), recorded by
+/// [`RecordSni`]; `None` on plain HTTP and when the client sent none.
 pub fn sni(session: &Session) -> Option<&str> {
-    session
+    let name = session
         .digest()?
         .ssl_digest
         .as_ref()?
-        .server_name
-        .as_deref()
+        .extension
+        .get::<ServerName>()?;
+    Some(&name.0)
 }
 
 /// On an HTTPS connection, every name the request gives for its server (`Host`, and the URI's
