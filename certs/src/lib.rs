@@ -30,16 +30,23 @@ pub use store::CertStore;
 pub enum CertError {
     #[error("invalid certificate or key: {0}")]
     Invalid(String),
+    /// rcgen's error is part of the message, not a `source()`: shown once by chain printers.
     #[error("certificate generation failed: {0}")]
-    Generate(#[from] rcgen::Error),
+    Generate(rcgen::Error),
     #[error("ACME: {0}")]
     Acme(String),
     #[error("DNS: {0}")]
     Dns(String),
-    #[error("store: {0}")]
+    #[error(transparent)]
     Store(#[from] clawdeploy_store::StoreError),
-    #[error("io: {0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+impl From<rcgen::Error> for CertError {
+    fn from(e: rcgen::Error) -> Self {
+        CertError::Generate(e)
+    }
 }
 
 impl From<instant_acme::Error> for CertError {

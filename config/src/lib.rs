@@ -439,10 +439,11 @@ impl std::fmt::Display for ConfigIssue {
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    // The I/O error is in the message, so it is not a `source()` (chain printers show it once).
+    #[error("cannot read config file {}: {error}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("config file {path} is not valid TOML: {message}")]
     Parse { path: PathBuf, message: String },
@@ -475,9 +476,9 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let text = match path {
-            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            Some(path) => std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
                 path: path.to_path_buf(),
-                source,
+                error,
             })?,
             None => String::new(),
         };

@@ -241,7 +241,11 @@ pub async fn change_password(
         ));
     }
     if let Err(why) = crypto::check_password(&b.new_password, &auth.user.email) {
-        return Err(ApiError::invalid("newPassword", "WEAK_PASSWORD", why));
+        return Err(ApiError::invalid(
+            "newPassword",
+            "WEAK_PASSWORD",
+            why.to_string(),
+        ));
     }
     let hash = auth::hash_password(&state, &b.new_password).await?;
     state

@@ -408,7 +408,11 @@ pub async fn register(
         ));
     }
     if let Err(why) = crypto::check_password(&body.password, email) {
-        return Err(ApiError::invalid("password", "WEAK_PASSWORD", why));
+        return Err(ApiError::invalid(
+            "password",
+            "WEAK_PASSWORD",
+            why.to_string(),
+        ));
     }
     let name = body
         .name
@@ -846,7 +850,11 @@ pub async fn reset_password(
         .await?
         .ok_or_else(|| token_error(StoreError::TokenUnknown))?;
     if let Err(why) = crypto::check_password(&b.password, &peek.email) {
-        return Err(ApiError::invalid("password", "WEAK_PASSWORD", why));
+        return Err(ApiError::invalid(
+            "password",
+            "WEAK_PASSWORD",
+            why.to_string(),
+        ));
     }
     let t = state
         .store

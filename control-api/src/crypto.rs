@@ -219,18 +219,33 @@ pub fn new_recovery_codes() -> Result<Vec<String>, getrandom::Error> {
     Ok(codes)
 }
 
+/// Why a password is too weak (the message completes "The password ...").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WeakPassword {
+    #[error("must be at least 10 characters long")]
+    Short,
+    #[error("must be at most 72 bytes long (bcrypt's limit)")]
+    Long,
+    #[error("must mix letters with digits or symbols")]
+    OneKind,
+    #[error("must not contain your email address")]
+    ContainsEmail,
+    #[error("must use at least 5 different characters")]
+    Repetitive,
+}
+
 /// The minimum strength rule; `Err` says what is missing.
-pub fn check_password(password: &str, email: &str) -> Result<(), String> {
+pub fn check_password(password: &str, email: &str) -> Result<(), WeakPassword> {
     if password.chars().count() < 10 {
-        return Err("must be at least 10 characters long".into());
+        return Err(WeakPassword::Short);
     }
     if password.len() > 72 {
-        return Err("must be at most 72 bytes long (bcrypt's limit)".into());
+        return Err(WeakPassword::Long);
     }
     let letters = password.chars().any(char::is_alphabetic);
     let others = password.chars().any(|c| !c.is_alphabetic());
     if !(letters && others) {
-        return Err("must mix letters with digits or symbols".into());
+        return Err(WeakPassword::OneKind);
     }
     let lower = password.to_lowercase();
     if lower == email.to_lowercase()
@@ -239,11 +254,11 @@ pub fn check_password(password: &str, email: &str) -> Result<(), String> {
             .next()
             .is_some_and(|local| local.len() >= 4 && lower.contains(&local.to_lowercase()))
     {
-        return Err("must not contain your email address".into());
+        return Err(WeakPassword::ContainsEmail);
     }
     let distinct: std::collections::HashSet<char> = password.chars().collect();
     if distinct.len() < 5 {
-        return Err("must use at least 5 different characters".into());
+        return Err(WeakPassword::Repetitive);
     }
     Ok(())
 }

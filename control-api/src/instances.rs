@@ -65,24 +65,35 @@ fn instance_exists(tier: Tier) -> ApiError {
     )
 }
 
+/// Why a subdomain label was refused (the message completes "The subdomain ...").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadLabel {
+    #[error("must be 3 to 63 characters long")]
+    Length,
+    #[error("may contain only letters a-z, digits and hyphens")]
+    Characters,
+    #[error("must not start or end with a hyphen")]
+    EdgeHyphen,
+    #[error("must not have hyphens in the third and fourth positions (reserved for IDNs)")]
+    IdnPrefix,
+}
+
 /// An RFC 1123 label of 3–63 characters: lower-case letters, digits and inner hyphens.
-pub fn check_label(label: &str) -> Result<(), String> {
+pub fn check_label(label: &str) -> Result<(), BadLabel> {
     if !(3..=63).contains(&label.len()) {
-        return Err("must be 3 to 63 characters long".into());
+        return Err(BadLabel::Length);
     }
     if !label
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     {
-        return Err("may contain only letters a-z, digits and hyphens".into());
+        return Err(BadLabel::Characters);
     }
     if label.starts_with('-') || label.ends_with('-') {
-        return Err("must not start or end with a hyphen".into());
+        return Err(BadLabel::EdgeHyphen);
     }
     if label.len() >= 4 && &label[2..4] == "--" {
-        return Err(
-            "must not have hyphens in the third and fourth positions (reserved for IDNs)".into(),
-        );
+        return Err(BadLabel::IdnPrefix);
     }
     Ok(())
 }
@@ -272,7 +283,11 @@ pub async fn create(
     let label = match &requested {
         Some(label) => {
             if let Err(why) = check_label(label) {
-                return Err(ApiError::invalid("subdomain", "INVALID_SUBDOMAIN", why));
+                return Err(ApiError::invalid(
+                    "subdomain",
+                    "INVALID_SUBDOMAIN",
+                    why.to_string(),
+                ));
             }
             if is_reserved(&state, label) {
                 let suggestion = free_suggestion(&state, label).await?;
@@ -486,7 +501,11 @@ pub async fn patch_me(
     {
         Some(label) if label != inst.subdomain => {
             if let Err(why) = check_label(&label) {
-                return Err(ApiError::invalid("subdomain", "INVALID_SUBDOMAIN", why));
+                return Err(ApiError::invalid(
+                    "subdomain",
+                    "INVALID_SUBDOMAIN",
+                    why.to_string(),
+                ));
             }
             if is_reserved(&state, &label) {
                 let suggestion = free_suggestion(&state, &label).await?;

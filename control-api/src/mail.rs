@@ -28,8 +28,9 @@ pub enum MailError {
     Build(String),
     #[error("SMTP: {0}")]
     Smtp(String),
+    /// The store's error is part of the message, not a `source()`: shown once by chain printers.
     #[error("outbox: {0}")]
-    Outbox(#[from] clawdeploy_store::StoreError),
+    Outbox(clawdeploy_store::StoreError),
 }
 
 impl Mailer {
@@ -83,7 +84,10 @@ impl Mailer {
     ) -> Result<(), MailError> {
         match self {
             Mailer::Outbox => {
-                store.push_outbox(to, subject, body).await?;
+                store
+                    .push_outbox(to, subject, body)
+                    .await
+                    .map_err(MailError::Outbox)?;
                 Ok(())
             }
             Mailer::Smtp { transport, from } => {

@@ -36,17 +36,15 @@ pub enum GuardError {
     Refused { host: String, ip: IpAddr },
     #[error("{0} went through the instance network, which the meter never calls")]
     InstanceNetwork(SocketAddr),
-    #[error("{host} has no address: {source}")]
-    Resolve {
-        host: String,
-        source: std::io::Error,
-    },
+    // I/O errors are in the messages, so they are not a `source()` (shown once by chain printers).
+    #[error("{host} has no address: {error}")]
+    Resolve { host: String, error: std::io::Error },
     #[error("the URL has no host")]
     NoHost,
-    #[error("connecting to {addr}: {source}")]
+    #[error("connecting to {addr}: {error}")]
     Connect {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("connecting to {0} timed out")]
     Timeout(SocketAddr),
@@ -130,9 +128,9 @@ async fn connect(policy: &EgressPolicy, uri: &Uri) -> Result<TcpStream, GuardErr
         Ok(ip) => vec![SocketAddr::new(ip, port)],
         Err(_) => tokio::net::lookup_host((host, port))
             .await
-            .map_err(|source| GuardError::Resolve {
+            .map_err(|error| GuardError::Resolve {
                 host: host.to_string(),
-                source,
+                error,
             })?
             .collect(),
     };
@@ -153,8 +151,8 @@ async fn connect(policy: &EgressPolicy, uri: &Uri) -> Result<TcpStream, GuardErr
         }
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
-            Ok(Err(source)) => {
-                last = Some(GuardError::Connect { addr, source });
+            Ok(Err(error)) => {
+                last = Some(GuardError::Connect { addr, error });
                 continue;
             }
             Err(_) => {
@@ -164,7 +162,7 @@ async fn connect(policy: &EgressPolicy, uri: &Uri) -> Result<TcpStream, GuardErr
         };
         let checked = match (stream.local_addr(), stream.peer_addr()) {
             (Ok(local), Ok(peer)) => policy.permits_connection(local, peer),
-            (Err(source), _) | (_, Err(source)) => Err(GuardError::Connect { addr, source }),
+            (Err(error), _) | (_, Err(error)) => Err(GuardError::Connect { addr, error }),
         };
         match checked {
             Ok(()) => {
@@ -176,7 +174,7 @@ async fn connect(policy: &EgressPolicy, uri: &Uri) -> Result<TcpStream, GuardErr
     }
     Err(last.unwrap_or_else(|| GuardError::Resolve {
         host: host.to_string(),
-        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
+        error: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
     }))
 }
 

@@ -50,8 +50,9 @@ pub const OPENCLAW_VERSION: &str = "2026.9.6";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
+    /// The I/O error is part of the message, not a `source()`: shown once by chain printers.
     #[error("cannot run the image build: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("the image build failed ({0}); its progress above says where")]
     Failed(std::process::ExitStatus),
 }
@@ -59,9 +60,11 @@ pub enum ImageError {
 /// Builds `tag` (default [`OPENCLAW_IMAGE`]); progress goes to this process's stderr.
 pub async fn build(tag: Option<&str>) -> Result<String, ImageError> {
     let tag = tag.unwrap_or(OPENCLAW_IMAGE).to_string();
-    let dir = tempfile_dir()?;
+    let dir = tempfile_dir().map_err(ImageError::Io)?;
     let script = dir.join("build-openclaw-image.sh");
-    tokio::fs::write(&script, BUILD_SCRIPT).await?;
+    tokio::fs::write(&script, BUILD_SCRIPT)
+        .await
+        .map_err(ImageError::Io)?;
     let status = Command::new("bash")
         .arg(&script)
         .arg(&tag)
@@ -73,7 +76,7 @@ pub async fn build(tag: Option<&str>) -> Result<String, ImageError> {
         .status()
         .await;
     let _ = tokio::fs::remove_dir_all(&dir).await;
-    let status = status?;
+    let status = status.map_err(ImageError::Io)?;
     if status.success() {
         Ok(tag)
     } else {

@@ -22,7 +22,7 @@ use clawdeploy_store::{
     Instance, InstanceStatus, Placement, PoolMember, PoolMemberState, Store, StoreError, Tier,
 };
 
-use crate::ready::{wait_ready, wait_ready_as};
+use crate::ready::{wait_ready, wait_ready_as, NotReady};
 use crate::runtime::{
     ConfigFile, InstanceSpec, Resources, RunState, Runtime, RuntimeError, RuntimeEvent,
 };
@@ -79,8 +79,9 @@ pub enum PoolError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// `.1` is in the message, so it is not a `source()` (chain printers show it once).
     #[error("instance {0} is not ready: {1}")]
-    NotReady(String, String),
+    NotReady(String, NotReady),
     #[error("config: {0}")]
     Config(String),
 }
@@ -311,7 +312,7 @@ impl PoolManager {
         let runtime_id = member
             .runtime_id
             .as_deref()
-            .ok_or_else(|| PoolError::NotReady(member.name.clone(), "no runtime id".into()))?;
+            .ok_or_else(|| PoolError::NotReady(member.name.clone(), NotReady::NoRuntimeId))?;
         // Config and resources are independent: both Docker calls at once.
         let (assigned, resized) = tokio::join!(
             self.runtime.assign(runtime_id, files),
@@ -359,7 +360,7 @@ impl PoolManager {
             }
             Err(PoolError::NotReady(
                 instance.subdomain.clone(),
-                "every new container was taken".into(),
+                NotReady::AllTaken,
             ))
         }
         .await;
@@ -439,7 +440,7 @@ impl PoolManager {
         inspection.address.ok_or_else(|| {
             PoolError::NotReady(
                 runtime_id.to_string(),
-                format!("no address ({:?})", inspection.state),
+                NotReady::NoAddress(format!("{:?}", inspection.state)),
             )
         })
     }
@@ -580,7 +581,7 @@ impl PoolManager {
             .pool_member_for_instance(instance.id)
             .await?
             .ok_or_else(|| {
-                PoolError::NotReady(instance.subdomain.clone(), "no container assigned".into())
+                PoolError::NotReady(instance.subdomain.clone(), NotReady::NoContainer)
             })?;
         let runtime_id = member.runtime_id.clone().unwrap_or_default();
         self.set_status(instance, InstanceStatus::Starting).await?;
@@ -589,7 +590,7 @@ impl PoolManager {
             RunState::Missing => {
                 return Err(PoolError::NotReady(
                     instance.subdomain.clone(),
-                    "container is gone".into(),
+                    NotReady::ContainerGone,
                 ))
             }
             _ => self.runtime.start(&runtime_id).await?,

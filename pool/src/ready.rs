@@ -48,8 +48,38 @@ async fn probe_path(
         .unwrap_or(false)
 }
 
+/// An instance that did not become ready in time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    /// Its health path never answered 200.
+    #[error("{addr}/readyz did not answer 200 within {} ms", .waited.as_millis())]
+    Health { addr: SocketAddr, waited: Duration },
+    /// It never admitted its owner on the owner's readiness path.
+    #[error("{addr}{path} did not admit the owner within {} ms", .waited.as_millis())]
+    Owner {
+        addr: SocketAddr,
+        path: String,
+        waited: Duration,
+    },
+    /// A warm member without a container id.
+    #[error("no runtime id")]
+    NoRuntimeId,
+    /// Every container created for this assignment was claimed by another.
+    #[error("every new container was taken")]
+    AllTaken,
+    /// The runtime reports no address for the container (its state as the runtime said it).
+    #[error("no address ({0})")]
+    NoAddress(String),
+    /// The instance has no container assigned.
+    #[error("no container assigned")]
+    NoContainer,
+    /// The instance's container no longer exists.
+    #[error("container is gone")]
+    ContainerGone,
+}
+
 /// Polls until ready or `timeout`; the error says for how long it was not.
-pub async fn wait_ready(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+pub async fn wait_ready(addr: SocketAddr, timeout: Duration) -> Result<(), NotReady> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(10);
     loop {
@@ -57,10 +87,10 @@ pub async fn wait_ready(addr: SocketAddr, timeout: Duration) -> Result<(), Strin
             return Ok(());
         }
         if started.elapsed() >= timeout {
-            return Err(format!(
-                "{addr}/readyz did not answer 200 within {} ms",
-                timeout.as_millis()
-            ));
+            return Err(NotReady::Health {
+                addr,
+                waited: timeout,
+            });
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(250));
@@ -74,7 +104,7 @@ pub async fn wait_ready_as(
     user: &str,
     headers: &[(String, String)],
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), NotReady> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(10);
     loop {
@@ -82,10 +112,11 @@ pub async fn wait_ready_as(
             return Ok(());
         }
         if started.elapsed() >= timeout {
-            return Err(format!(
-                "{addr}{path} did not admit the owner within {} ms",
-                timeout.as_millis()
-            ));
+            return Err(NotReady::Owner {
+                addr,
+                path: path.to_string(),
+                waited: timeout,
+            });
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(250));

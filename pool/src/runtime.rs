@@ -107,9 +107,10 @@ pub enum RuntimeError {
     Refused(String),
     #[error("container runtime unavailable: {0}")]
     Unavailable(String),
-    #[error("docker: {0}")]
+    // bollard's messages name Docker ("Docker responded with status code ..."): shown as they are.
+    #[error(transparent)]
     Docker(#[from] bollard::errors::Error),
-    #[error("i/o: {0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 

@@ -81,14 +81,21 @@ pub enum StoreError {
     Invalid(String),
     #[error(transparent)]
     Secret(#[from] SecretError),
-    #[error("database: {0}")]
+    // sqlx's messages say what failed ("error returned from database: ...", "pool timed out
+    // ..."): shown as they are, and the error stays the source for chain printers.
+    #[error(transparent)]
     Database(#[from] sqlx::Error),
-    #[error("migration: {0}")]
+    #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("corrupt row: {0}")]
     Corrupt(String),
-    #[error("io: {0}")]
-    Io(#[from] std::io::Error),
+    /// Creating the SQLite file's directory failed. The I/O error is part of the message, not a
+    /// `source()`, so that a printer of the error chain shows it once.
+    #[error("cannot create the database directory {}: {error}", path.display())]
+    CreateDir {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
 }
 
 impl StoreError {

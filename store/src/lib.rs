@@ -37,8 +37,9 @@
 //! The route table of the edge is loaded with [`Store::list_instances`]; nothing on the
 //! request path reads the database.
 //!
-//! Migrations are append-only: never edit an applied file (sqlx checks its checksum), add
-//! `0002_*.sql` to both directories and a line to `MIGRATIONS` in this file.
+//! Migrations are append-only: never edit an applied file (sqlx checks its checksum); add a
+//! `NNNN_description.sql` with the same version to both `migrations/sqlite` and
+//! `migrations/postgres` (`sqlx::migrate!` embeds them; a test checks the versions agree).
 //!
 //! ## Tests
 //!
@@ -55,12 +56,11 @@ pub mod time;
 
 mod repo;
 
-use std::borrow::Cow;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor, Row};
 use uuid::Uuid;
 
@@ -116,90 +116,15 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// (version, description, SQLite DDL, PostgreSQL DDL)
-const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
-    (
-        1,
-        "init",
-        include_str!("../migrations/sqlite/0001_init.sql"),
-        include_str!("../migrations/postgres/0001_init.sql"),
-    ),
-    (
-        2,
-        "outbox",
-        include_str!("../migrations/sqlite/0002_outbox.sql"),
-        include_str!("../migrations/postgres/0002_outbox.sql"),
-    ),
-    (
-        10,
-        "pool",
-        include_str!("../migrations/sqlite/0010_pool.sql"),
-        include_str!("../migrations/postgres/0010_pool.sql"),
-    ),
-    (
-        20,
-        "certs",
-        include_str!("../migrations/sqlite/0020_certs.sql"),
-        include_str!("../migrations/postgres/0020_certs.sql"),
-    ),
-    (
-        40,
-        "host session codes",
-        include_str!("../migrations/sqlite/0040_host_session_codes.sql"),
-        include_str!("../migrations/postgres/0040_host_session_codes.sql"),
-    ),
-    (
-        50,
-        "user language",
-        include_str!("../migrations/sqlite/0050_user_language.sql"),
-        include_str!("../migrations/postgres/0050_user_language.sql"),
-    ),
-    (
-        60,
-        "domain retries and shared challenges",
-        include_str!("../migrations/sqlite/0060_domain_retries.sql"),
-        include_str!("../migrations/postgres/0060_domain_retries.sql"),
-    ),
-    (
-        70,
-        "billing anchor",
-        include_str!("../migrations/sqlite/0070_billing_anchor.sql"),
-        include_str!("../migrations/postgres/0070_billing_anchor.sql"),
-    ),
-    (
-        71,
-        "usage keys",
-        include_str!("../migrations/sqlite/0071_usage_keys.sql"),
-        include_str!("../migrations/postgres/0071_usage_keys.sql"),
-    ),
-    (
-        80,
-        "domain claims",
-        include_str!("../migrations/sqlite/0080_domain_claims.sql"),
-        include_str!("../migrations/postgres/0080_domain_claims.sql"),
-    ),
-];
+/// The migrations of each dialect, embedded at build time from `migrations/<dialect>/` (one
+/// `NNNN_description.sql` per version, the same versions in both directories).
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
-fn migrator(backend: Backend) -> Migrator {
-    let migrations = MIGRATIONS
-        .iter()
-        .map(|(version, desc, sqlite, pg)| {
-            let sql = match backend {
-                Backend::Sqlite => *sqlite,
-                Backend::Postgres => *pg,
-            };
-            Migration::new(
-                *version,
-                Cow::Borrowed(*desc),
-                MigrationType::Simple,
-                Cow::Borrowed(sql),
-                false,
-            )
-        })
-        .collect::<Vec<_>>();
-    Migrator {
-        migrations: Cow::Owned(migrations),
-        ..Migrator::DEFAULT
+fn migrator(backend: Backend) -> &'static Migrator {
+    match backend {
+        Backend::Sqlite => &SQLITE_MIGRATIONS,
+        Backend::Postgres => &POSTGRES_MIGRATIONS,
     }
 }
 
@@ -241,7 +166,10 @@ impl Store {
             match &path {
                 Some(path) => {
                     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                        std::fs::create_dir_all(dir)?;
+                        std::fs::create_dir_all(dir).map_err(|error| StoreError::CreateDir {
+                            path: dir.to_path_buf(),
+                            error,
+                        })?;
                     }
                     let has_mode =
                         query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("mode=")));
@@ -349,5 +277,17 @@ mod tests {
         assert_eq!(p.unwrap(), PathBuf::from("/abs/x.db"));
         assert!(sqlite_path("sqlite::memory:").unwrap().0.is_none());
         assert!(sqlite_path("sqlite://").is_err());
+    }
+
+    /// Both dialects carry the same versions, in the same order, with the same names.
+    #[test]
+    fn both_dialects_have_the_same_migrations() {
+        let list = |m: &Migrator| {
+            m.iter()
+                .map(|m| (m.version, m.description.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(list(&SQLITE_MIGRATIONS), list(&POSTGRES_MIGRATIONS));
+        assert!(SQLITE_MIGRATIONS.iter().count() >= 10);
     }
 }
