@@ -65,9 +65,14 @@ fn is_port(s: &str) -> bool {
 /// Why a name is not a valid DNS host name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostnameError {
+    /// The name is empty.
     Empty,
+    /// The name is longer than [`MAX_HOSTNAME_LEN`] bytes.
     TooLong,
+    /// The name is an IPv4 or IPv6 address (bracketed or not).
     IpLiteral,
+    /// This label (between dots) is not 1-63 characters of `a-z`, `0-9` and `-`, or starts or ends
+    /// with `-`.
     BadLabel(String),
 }
 

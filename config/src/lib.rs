@@ -6,6 +6,8 @@
 //! names the key, the bad value and what is allowed. Every key is documented in `docs/config.md`,
 //! generated from the doc comments here (`reference`).
 
+#![warn(missing_docs)]
+
 pub mod addresses;
 pub mod hostname;
 pub mod instances;
@@ -41,6 +43,7 @@ pub const MASK: &str = "********";
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// `[server]`: listeners, domains, timeouts and logging of the edge process.
     pub server: ServerConfig,
     /// `[database]`: where accounts and instances are stored.
     pub database: DatabaseConfig,
@@ -72,8 +75,12 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `[tls]`, `[acme]`, `[dns]`, `[domains]`: HTTPS and its certificates (see tls.rs).
     pub tls: TlsConfig,
+    /// `[acme]`: the ACME CA that issues certificates when `tls.mode = "acme"`.
     pub acme: AcmeConfig,
+    /// `[dns]`: the DNS provider that answers DNS-01 challenges, and the resolver records are
+    /// checked with.
     pub dns: DnsConfig,
+    /// `[domains]`: customers' own domains.
     pub domains: DomainsConfig,
 }
 
@@ -172,10 +179,13 @@ impl ServerConfig {
     }
 }
 
+/// How log lines are written to stderr (`server.log_format`).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Human-readable lines, tracing-subscriber's default format.
     Text,
+    /// One JSON object per line, the event's fields flattened into it.
     Json,
 }
 
@@ -277,8 +287,12 @@ pub struct SmtpConfig {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum SmtpTls {
+    /// Connect in plain text, then upgrade with `STARTTLS` (usually port 587).
     Starttls,
+    /// TLS from the first byte (implicit TLS, usually port 465).
     Tls,
+    /// Plain SMTP, unencrypted: only for a relay on this host (credentials are refused unless the
+    /// relay is on loopback).
     None,
 }
 
@@ -425,6 +439,8 @@ pub struct RouteConfig {
 pub struct ConfigIssue {
     /// Dotted key, e.g. `server.http_listen` or `routes[2].upstream`.
     pub key: String,
+    /// The value found, as given (a secret shows as [`MASK`]); empty when the problem is not one
+    /// value.
     pub value: String,
     /// What would have been accepted.
     pub allowed: String,
@@ -439,14 +455,25 @@ impl std::fmt::Display for ConfigIssue {
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    // The I/O error is in the message, so it is not a `source()` (chain printers show it once).
+    /// The config file could not be read. The I/O error is in the message, so it is not a
+    /// `source()` (chain printers show it once).
     #[error("cannot read config file {}: {error}", path.display())]
     Read {
+        /// The file, as given with `--config`.
         path: PathBuf,
+        /// Why reading failed.
         error: std::io::Error,
     },
+    /// The config file is not TOML, or holds an unknown key or a value of the wrong type.
     #[error("config file {path} is not valid TOML: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The file the text came from (`<embedded defaults>` without `--config`).
+        path: PathBuf,
+        /// The TOML parser's message, with line and column.
+        message: String,
+    },
+    /// Values that are not allowed, in the file or in environment overrides: every problem
+    /// found, at least one.
     #[error("{}", format_issues(.0))]
     Invalid(Vec<ConfigIssue>),
 }

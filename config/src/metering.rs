@@ -70,8 +70,11 @@ pub struct TierConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TiersConfig {
+    /// `[tiers.free]`: quotas of the free tier.
     pub free: TierConfig,
+    /// `[tiers.pro]`: quotas of the Pro tier.
     pub pro: TierConfig,
+    /// `[tiers.team]`: quotas of the Team tier.
     pub team: TierConfig,
 }
 

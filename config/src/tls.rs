@@ -46,10 +46,14 @@ impl Default for TlsConfig {
     }
 }
 
+/// Where the edge's certificates come from (`tls.mode`).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum TlsMode {
+    /// `local-ca`: signed by a CA generated into `<data_dir>/local-ca/`, so HTTPS works without an
+    /// ACME server (development, tests).
     LocalCa,
+    /// `acme`: ordered from the ACME CA of `[acme]`.
     Acme,
 }
 
@@ -156,11 +160,15 @@ impl DnsConfig {
     }
 }
 
+/// Which DNS provider writes DNS-01 TXT records (`dns.provider`).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum DnsProviderKind {
+    /// No provider: DNS-01 is unavailable, so no wildcard certificate from ACME.
     None,
+    /// RFC 2136 dynamic update signed with TSIG (`dns.server`, `dns.zone`, `dns.tsig_*`).
     Rfc2136,
+    /// Cloudflare's DNS API (`dns.cloudflare_*`).
     Cloudflare,
 }
 

@@ -16,17 +16,33 @@ use crate::{Backend, Store, StoreError};
 /// The PostgreSQL channel.
 pub const CHANNEL: &str = "clawdeploy_changes";
 
+/// One change every edge process must apply; sent as JSON tagged by `kind`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Change {
     /// An instance's route changed (or it was deleted): reload it from the store.
-    Instance { id: Uuid, subdomain: String },
+    Instance {
+        /// The instance's id.
+        id: Uuid,
+        /// The subdomain its route had before the change (the old one after a rename), so that
+        /// route is removed.
+        subdomain: String,
+    },
     /// A session was revoked (logout, password change): refuse its token from now on.
-    SessionRevoked { session_id: Uuid },
+    SessionRevoked {
+        /// The session's id (the tokens' `sid`).
+        session_id: Uuid,
+    },
     /// A certificate was stored, renewed or removed: reload it from the store.
-    Certificate { name: String },
+    Certificate {
+        /// The certificate's primary name (see [`CertificateRecord`](crate::CertificateRecord)).
+        name: String,
+    },
     /// A custom domain's route changed (activated or removed): reload it from the store.
-    Domain { hostname: String },
+    Domain {
+        /// The custom domain, lower case.
+        hostname: String,
+    },
     /// The channel had a gap: reload everything.
     Resync,
 }
@@ -46,6 +62,8 @@ pub struct ChangeBus {
 }
 
 impl ChangeBus {
+    /// A bus over `store`. On PostgreSQL, [`ChangeBus::listen`] connects to `database_url` (the
+    /// store's URL) to receive the other processes' changes.
     pub fn new(store: Store, database_url: &str) -> Arc<Self> {
         Arc::new(Self {
             store,

@@ -38,20 +38,30 @@ impl std::fmt::Display for Conflict {
 /// Errors from [`crate::secrets`].
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
+    /// A master key is not 32 bytes, or, given as text, not base64.
     #[error("master key must be 32 bytes (base64 of 32 random bytes)")]
     BadKey,
+    /// A master key's id is not 1-32 characters of `[A-Za-z0-9_-]`, or a previous key reuses
+    /// the current key's id.
     #[error("key id must be 1-32 characters of [A-Za-z0-9_-]")]
     BadKeyId,
+    /// A sealed value (or a token hash) is not in the format this crate writes.
     #[error("sealed value is malformed")]
     Malformed,
+    /// A sealed value names a key id the keyring does not hold (a retired key, or another
+    /// deployment's); the id is given.
     #[error("sealed value uses unknown key id {0:?}")]
     UnknownKey(String),
+    /// AES-GCM rejected a sealed value: the key is wrong or the value was altered.
     #[error("sealed value failed authentication (wrong key or tampered)")]
     Decrypt,
+    /// AES-GCM failed to seal a value.
     #[error("encryption failed")]
     Encrypt,
+    /// A sealed value opened, but its plaintext is not the UTF-8 text expected.
     #[error("sealed value is not UTF-8")]
     NotUtf8,
+    /// The operating system's random number generator failed (no key, nonce or token made).
     #[error("random number generator failed")]
     Random,
 }
@@ -59,41 +69,61 @@ pub enum SecretError {
 /// Errors returned by [`crate::Store`] methods.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A write broke a uniqueness rule.
     #[error("{0}")]
     Conflict(Conflict),
+    /// The row a write needs is missing; names what, e.g. `"user"` or `"session"`.
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// No stored token has this hash (for this purpose), or a concurrent use won the race.
     #[error("token unknown")]
     TokenUnknown,
+    /// The token is past its `expires_at`.
     #[error("token expired")]
     TokenExpired,
+    /// The one-time token was used (or invalidated) before.
     #[error("token already used")]
     TokenUsed,
     /// A refresh token that had already been rotated was presented again. The session it
     /// belongs to has been revoked as a precaution (the token was probably stolen).
     #[error("refresh token reuse detected; session revoked")]
-    RefreshTokenReuse { session_id: Uuid, user_id: Uuid },
+    RefreshTokenReuse {
+        /// The session revoked.
+        session_id: Uuid,
+        /// The session's user, for the security log.
+        user_id: Uuid,
+    },
+    /// The refresh token's session was revoked or has expired.
     #[error("session revoked or expired")]
     SessionInvalid,
+    /// The database URL is neither `sqlite:` with a path (or `:memory:`) nor `postgres://`; says
+    /// what was expected.
     #[error("invalid database url: {0}")]
     InvalidUrl(String),
+    /// An argument the store cannot take, e.g. a month outside 1–12; names it.
     #[error("invalid value: {0}")]
     Invalid(String),
+    /// Sealing or opening a secret failed.
     #[error(transparent)]
     Secret(#[from] SecretError),
-    // sqlx's messages say what failed ("error returned from database: ...", "pool timed out
-    // ..."): shown as they are, and the error stays the source for chain printers.
+    /// The database refused or failed a query, or no connection was free in time (see
+    /// [`StoreError::is_busy`]). sqlx's messages say what failed: shown as they are.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// Applying the embedded migrations failed, e.g. an applied file was edited.
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value this crate cannot have written (not a UUID, an unknown status); names
+    /// the column.
     #[error("corrupt row: {0}")]
     Corrupt(String),
     /// Creating the SQLite file's directory failed. The I/O error is part of the message, not a
     /// `source()`, so that a printer of the error chain shows it once.
     #[error("cannot create the database directory {}: {error}", path.display())]
     CreateDir {
+        /// The directory that could not be created.
         path: std::path::PathBuf,
+        /// Why.
         error: std::io::Error,
     },
 }

@@ -48,6 +48,8 @@
 //! its own schema): `CLAWDEPLOY_TEST_POSTGRES_URL=$(scripts/start-postgres.sh) cargo test -p
 //! clawdeploy-store`.
 
+#![warn(missing_docs)]
+
 pub mod changes;
 pub mod error;
 pub mod models;
@@ -78,7 +80,9 @@ pub use zeroize::Zeroizing;
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
+    /// A `sqlite:` URL: one file (or memory), one edge node.
     Sqlite,
+    /// A `postgres://` or `postgresql://` URL: shared by several edge nodes.
     Postgres,
 }
 
@@ -87,6 +91,8 @@ pub enum Backend {
 pub struct StoreOptions {
     /// Defaults: 8 for SQLite (one writer at a time anyway), 10 for PostgreSQL.
     pub max_connections: Option<u32>,
+    /// How long a query waits for a free connection before it fails (an error for which
+    /// [`StoreError::is_busy`] is true). Default: 10 s.
     pub acquire_timeout: Duration,
 }
 

@@ -11,11 +11,14 @@ use crate::error::StoreError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// A customer: the dashboard and the API, for their own account.
     User,
+    /// May also use the admin pages, with a normal login.
     Operator,
 }
 
 impl Role {
+    /// The name as stored and serialized: `user` or `operator`.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::User => "user",
@@ -39,16 +42,26 @@ impl std::str::FromStr for Role {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InstanceStatus {
+    /// Waiting for room on the node (its capacity is used up); served first when room frees.
     Queued,
+    /// Getting its container: claimed from the warm pool or created on demand.
     Provisioning,
+    /// Its container is (re)starting: a restart, or healing after a failure.
     Starting,
+    /// Ready: the only status the edge proxies to.
     Running,
+    /// Not running, and not restarted by the pool: the account's email stayed unverified, or the
+    /// instance was restored after a deletion. Its owner can restart it.
     Stopped,
+    /// The pool gave up after too many restarts in a short time; it stays down until its owner
+    /// restarts it.
     Crashed,
+    /// Deleted by its owner: kept stopped and restorable for the grace period, then removed.
     Deleting,
 }
 
 impl InstanceStatus {
+    /// Every status, in the order of an instance's life.
     pub const ALL: [InstanceStatus; 7] = [
         InstanceStatus::Queued,
         InstanceStatus::Provisioning,
@@ -59,6 +72,7 @@ impl InstanceStatus {
         InstanceStatus::Deleting,
     ];
 
+    /// The name as stored, serialized and shown by the API, e.g. `running`.
     pub fn as_str(self) -> &'static str {
         match self {
             InstanceStatus::Queued => "queued",
@@ -92,11 +106,14 @@ impl std::str::FromStr for InstanceStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EmailTokenPurpose {
+    /// Proves the account owns the address it was sent to (at signup, or after a change).
     Verify,
+    /// Lets the account set a new password without the old one.
     Reset,
 }
 
 impl EmailTokenPurpose {
+    /// The name as stored: `verify` or `reset`.
     pub fn as_str(self) -> &'static str {
         match self {
             EmailTokenPurpose::Verify => "verify",
@@ -123,30 +140,45 @@ impl std::str::FromStr for EmailTokenPurpose {
 #[derive(Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct User {
+    /// The user's id (UUID v4).
     pub id: Uuid,
     /// Lower case.
     pub email: String,
+    /// bcrypt hash of the password.
     #[serde(skip)]
     pub password_hash: String,
+    /// Display name, if the user gave one.
     pub name: Option<String>,
+    /// The user's plan; its quotas are in the config (`[tiers]`).
     pub tier: Tier,
+    /// Whether the user may use the admin pages.
     pub role: Role,
+    /// When the current address was first verified (unix ms); `None` until then, and again
+    /// after the address changes.
     pub email_verified_at: Option<i64>,
+    /// An IANA time zone name such as `Europe/Berlin`; `UTC` unless the user chose one.
     pub timezone: String,
     /// Language for the dashboard (a BCP 47 primary tag such as `en`), stored for later localisation.
     pub language: String,
+    /// An `https://` URL of the user's picture (the API checks the scheme).
     pub avatar_url: Option<String>,
     /// When MFA was turned on; `None` when off.
     pub mfa_enabled_at: Option<i64>,
+    /// When the user asked to delete the account (unix ms; the first request, if repeated): it
+    /// is deleted `limits.deletion_grace_days` later unless cancelled. `None` when not requested.
     pub deletion_requested_at: Option<i64>,
+    /// When the account was created (unix ms).
     pub created_at: i64,
+    /// When any column of the row last changed (unix ms).
     pub updated_at: i64,
 }
 
 impl User {
+    /// True once the current email address is verified.
     pub fn email_verified(&self) -> bool {
         self.email_verified_at.is_some()
     }
+    /// True while MFA is on: a login needs a TOTP or recovery code.
     pub fn mfa_enabled(&self) -> bool {
         self.mfa_enabled_at.is_some()
     }
@@ -175,11 +207,17 @@ impl std::fmt::Debug for User {
 /// Input of [`crate::Store::create_user`].
 #[derive(Clone)]
 pub struct NewUser<'a> {
+    /// The address, in any case; stored trimmed and lower case.
     pub email: &'a str,
+    /// bcrypt hash of the password, made by the caller.
     pub password_hash: &'a str,
+    /// Display name, if the user gave one.
     pub name: Option<&'a str>,
+    /// The plan the account starts on.
     pub tier: Tier,
+    /// Whether the account may use the admin pages.
     pub role: Role,
+    /// An IANA time zone name; `None` stores `UTC`.
     pub timezone: Option<&'a str>,
 }
 
@@ -199,11 +237,15 @@ impl std::fmt::Debug for NewUser<'_> {
 /// Profile fields; `None` leaves a field unchanged, `Some(None)` clears a nullable one.
 #[derive(Debug, Clone, Default)]
 pub struct ProfileUpdate<'a> {
+    /// A new display name; `Some(None)` removes it.
     pub name: Option<Option<&'a str>>,
     /// A new address; it becomes unverified. Duplicate → `Conflict(Email)`.
     pub email: Option<&'a str>,
+    /// A new IANA time zone name.
     pub timezone: Option<&'a str>,
+    /// A new picture URL (`https://`); `Some(None)` removes it.
     pub avatar_url: Option<Option<&'a str>>,
+    /// A new dashboard language (BCP 47 primary tag such as `en`).
     pub language: Option<&'a str>,
 }
 
@@ -211,13 +253,23 @@ pub struct ProfileUpdate<'a> {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Session {
+    /// The session's id (UUID v4), the JWT's `sid` claim.
     pub id: Uuid,
+    /// The signed-in user's id.
     pub user_id: Uuid,
+    /// When the user logged in (unix ms).
     pub created_at: i64,
+    /// When it ends (unix ms), unless [`Store::touch_session`](crate::Store::touch_session)
+    /// extends it.
     pub expires_at: i64,
+    /// When it was logged out or revoked (unix ms); `None` while it stands.
     pub revoked_at: Option<i64>,
+    /// Last activity (unix ms) recorded by [`Store::touch_session`](crate::Store::touch_session)
+    /// (the API records each refresh); `None` until then.
     pub last_seen_at: Option<i64>,
+    /// The client's IP at login, as the edge passed it (`X-Real-IP`).
     pub ip: Option<String>,
+    /// The client's `User-Agent` at login (the API keeps at most 256 characters).
     pub user_agent: Option<String>,
 }
 
@@ -231,25 +283,38 @@ impl Session {
 /// A stored refresh token (only its hash is kept).
 #[derive(Debug, Clone)]
 pub struct RefreshToken {
+    /// The token's id (UUID v4); not the token, which is never stored.
     pub id: Uuid,
+    /// The id of the session it renews.
     pub session_id: Uuid,
+    /// That session's user id.
     pub user_id: Uuid,
+    /// When it was issued (unix ms).
     pub created_at: i64,
+    /// When it stops being accepted (unix ms).
     pub expires_at: i64,
+    /// When it was exchanged for its successor (unix ms); presenting it again after that is reuse.
     pub rotated_at: Option<i64>,
+    /// The successor's id, once rotated.
     pub replaced_by: Option<Uuid>,
 }
 
 /// A one-time email token (only its hash is kept).
 #[derive(Debug, Clone)]
 pub struct EmailToken {
+    /// The token's id (UUID v4); not the token, which is never stored.
     pub id: Uuid,
+    /// The id of the account the link acts on.
     pub user_id: Uuid,
+    /// What the link does.
     pub purpose: EmailTokenPurpose,
     /// The address the token was sent to.
     pub email: String,
+    /// When it was issued (unix ms).
     pub created_at: i64,
+    /// When it stops being accepted (unix ms).
     pub expires_at: i64,
+    /// When it was used, or invalidated by a newer link (unix ms); `None` while usable.
     pub used_at: Option<i64>,
 }
 
@@ -257,23 +322,34 @@ pub struct EmailToken {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SecurityEvent {
+    /// Increasing with each entry (a database identity); pages of the log are cut by it.
     pub id: i64,
+    /// The id of the account concerned; `None` when no account was identified.
     pub user_id: Option<Uuid>,
     /// e.g. `login_success`, `login_failure`, `mfa_enabled`, `api_key_changed`.
     pub event: String,
+    /// The client's IP, as the edge passed it (`X-Real-IP`).
     pub ip: Option<String>,
+    /// The client's `User-Agent`.
     pub user_agent: Option<String>,
+    /// Free text for the user, e.g. `wrong password`.
     pub detail: Option<String>,
+    /// When it happened (unix ms).
     pub created_at: i64,
 }
 
 /// Input of [`crate::Store::append_security_event`].
 #[derive(Debug, Clone, Default)]
 pub struct NewSecurityEvent<'a> {
+    /// The id of the account concerned, if one was identified.
     pub user_id: Option<Uuid>,
+    /// What happened, in `snake_case`: see [`SecurityEvent::event`].
     pub event: &'a str,
+    /// The client's IP.
     pub ip: Option<&'a str>,
+    /// The client's `User-Agent`.
     pub user_agent: Option<&'a str>,
+    /// Free text for the user.
     pub detail: Option<&'a str>,
 }
 
@@ -281,14 +357,21 @@ pub struct NewSecurityEvent<'a> {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ApiKey {
+    /// The key's id (UUID v4).
     pub id: Uuid,
+    /// The owning user's id.
     pub user_id: Uuid,
+    /// `openai`, `anthropic`, `google` or `custom`; one key per user and provider.
     pub provider: String,
+    /// The endpoint calls go to instead of the provider's own (required for `custom`).
     pub base_url: Option<String>,
     /// Masked key, e.g. `sk-...abcd`.
     pub masked: String,
+    /// A disabled key is kept but not used.
     pub is_active: bool,
+    /// When it was first stored (unix ms).
     pub created_at: i64,
+    /// When it was last replaced, enabled or disabled (unix ms).
     pub updated_at: i64,
 }
 
@@ -296,22 +379,36 @@ pub struct ApiKey {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Instance {
+    /// The instance's id (UUID v4).
     pub id: Uuid,
+    /// The owning user's id.
     pub user_id: Uuid,
     /// Lower case.
     pub subdomain: String,
+    /// Where it is in its life; the edge routes only `running`.
     pub status: InstanceStatus,
+    /// A copy of the owner's tier, changed with it (the meter reads it from here).
     pub tier: Tier,
+    /// The node it runs on (`pool.node_id`); `None` until placed.
     pub node_id: Option<String>,
+    /// That node's IP address; the pool does not set it yet.
     pub node_ip: Option<String>,
+    /// The runtime's id of what runs it: a Docker container id, or the process name.
     pub container_id: Option<String>,
+    /// The IP address the container listens on.
     pub container_ip: Option<String>,
     /// `host:port` the edge proxies to, once known.
     pub upstream: Option<String>,
+    /// The owner's SOUL.md for the OpenClaw agent, written into its workspace.
     pub soul_md: Option<String>,
+    /// An IANA time zone name for the agent; `None`: OpenClaw's default.
     pub timezone: Option<String>,
+    /// When it was created (unix ms).
     pub created_at: i64,
+    /// When any column of the row last changed (unix ms).
     pub updated_at: i64,
+    /// Last activity (unix ms) recorded by
+    /// [`Store::touch_instance`](crate::Store::touch_instance); `None` until then.
     pub last_active_at: Option<i64>,
     /// Start of the owner's paid billing periods (unix ms); `None`: calendar months.
     pub billing_anchor_at: Option<i64>,
@@ -320,22 +417,32 @@ pub struct Instance {
 /// Input of [`crate::Store::create_instance`].
 #[derive(Debug, Clone)]
 pub struct NewInstance<'a> {
+    /// The owning user's id.
     pub user_id: Uuid,
     /// Stored lower case; the API validates the label.
     pub subdomain: &'a str,
+    /// The owner's tier; on a tier with one instance, a second one is refused.
     pub tier: Tier,
+    /// The first status, usually `provisioning`.
     pub status: InstanceStatus,
+    /// The agent's SOUL.md.
     pub soul_md: Option<&'a str>,
+    /// An IANA time zone name for the agent.
     pub timezone: Option<&'a str>,
 }
 
 /// Where an instance runs; all `None` clears it.
 #[derive(Debug, Clone, Default)]
 pub struct Placement<'a> {
+    /// See [`Instance::node_id`].
     pub node_id: Option<&'a str>,
+    /// See [`Instance::node_ip`].
     pub node_ip: Option<&'a str>,
+    /// See [`Instance::container_id`].
     pub container_id: Option<&'a str>,
+    /// See [`Instance::container_ip`].
     pub container_ip: Option<&'a str>,
+    /// See [`Instance::upstream`].
     pub upstream: Option<&'a str>,
 }
 
@@ -343,7 +450,9 @@ pub struct Placement<'a> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageTotals {
+    /// OpenClaw user messages counted by the edge's meter.
     pub messages: i64,
+    /// LLM tokens (input + output) counted by the LLM meter.
     pub tokens: i64,
 }
 
@@ -353,7 +462,9 @@ pub struct UsageTotals {
 pub struct UsageDay {
     /// `YYYY-MM-DD`, UTC.
     pub day: String,
+    /// OpenClaw user messages counted that day.
     pub messages: i64,
+    /// LLM tokens (input + output) counted that day.
     pub tokens: i64,
 }
 
@@ -361,10 +472,15 @@ pub struct UsageDay {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AdminToken {
+    /// The token's id (UUID v4); not the token, which is never stored.
     pub id: Uuid,
+    /// The operator's label for it; unique among unrevoked tokens.
     pub name: String,
+    /// When it was created (unix ms).
     pub created_at: i64,
+    /// When it was revoked (unix ms); `None` while it is accepted.
     pub revoked_at: Option<i64>,
+    /// When it was last accepted (unix ms); `None` if never.
     pub last_used_at: Option<i64>,
 }
 
@@ -381,6 +497,7 @@ pub enum PoolMemberState {
 }
 
 impl PoolMemberState {
+    /// The name as stored and serialized: `creating`, `idle` or `claimed`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Creating => "creating",
@@ -407,13 +524,21 @@ impl std::str::FromStr for PoolMemberState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolMember {
+    /// The member's id (UUID v4).
     pub id: Uuid,
+    /// The node that created it and runs it (`pool.node_id`).
     pub node_id: String,
+    /// The name given to the runtime, `cd-<node_id>-<uuid without hyphens>`; unique.
     pub name: String,
+    /// The runtime's id (Docker container id, or the process name), once created.
     pub runtime_id: Option<String>,
+    /// Where it is in its life.
     pub state: PoolMemberState,
+    /// `IP:port` of its gateway, once ready.
     pub upstream: Option<String>,
+    /// The id of the instance it serves, once claimed (cleared if that instance is deleted).
     pub instance_id: Option<Uuid>,
+    /// When the pool started creating it (unix ms).
     pub created_at: i64,
 }
 
@@ -421,9 +546,14 @@ pub struct PoolMember {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OutboxMail {
+    /// Increasing with each mail (a database identity).
     pub id: i64,
+    /// The recipient's address.
     pub to: String,
+    /// The subject line.
     pub subject: String,
+    /// The plain-text body, verification or reset links included.
     pub body: String,
+    /// When the mail was kept (unix ms).
     pub created_at: i64,
 }

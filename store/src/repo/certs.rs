@@ -14,16 +14,30 @@ use crate::{Store, Zeroizing};
 /// A stored certificate with its key still sealed.
 #[derive(Clone)]
 pub struct CertificateRecord {
+    /// The primary name, the record's key: the base domain (its certificate covers the apex and
+    /// the wildcard) or a custom domain.
     pub name: String,
+    /// Every DNS name the certificate covers.
     pub domains: Vec<String>,
+    /// The certificate chain, PEM, leaf first.
     pub chain_pem: String,
+    /// The private key (PKCS#8 PEM) sealed with the [`Keyring`]; open it with
+    /// [`CertificateRecord::open_key`].
     pub key_sealed: String,
+    /// Who signed it: `acme` or `local-ca`.
     pub issuer: String,
+    /// Start of the leaf's validity (unix ms).
     pub not_before: i64,
+    /// End of the leaf's validity (unix ms).
     pub not_after: i64,
+    /// When the scheduler orders a successor (unix ms): in the CA's renewal window (ARI), else 2/3
+    /// into the lifetime; moved later after a failure.
     pub renew_at: i64,
+    /// Failed renewals since this certificate was stored.
     pub failures: i64,
+    /// Why the last renewal failed; `None` when none has since this certificate was stored.
     pub last_error: Option<String>,
+    /// When the row last changed (unix ms).
     pub updated_at: i64,
 }
 
@@ -63,6 +77,7 @@ pub enum DomainStatus {
 }
 
 impl DomainStatus {
+    /// The name as stored and serialized, e.g. `pending_dns`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::PendingDns => "pending_dns",
@@ -89,19 +104,28 @@ impl DomainStatus {
     }
 }
 
+/// One account's claim on a custom domain, and, once proven, the domain routed to its instance.
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CustomDomain {
+    /// The claim's id (UUID v4).
     pub id: Uuid,
+    /// The claiming user's id.
     pub user_id: Uuid,
+    /// The id of the instance it is to serve.
     pub instance_id: Uuid,
+    /// The domain, lower case. Several claims may name it; at most one is verified.
     pub hostname: String,
     /// The value the customer puts in `_clawdeploy-challenge.<hostname>` TXT (not a secret: it
     /// is published in DNS).
     pub token: String,
+    /// Where it is in its lifecycle.
     pub status: DomainStatus,
+    /// When `failed`: what the customer should fix.
     pub reason: Option<String>,
+    /// When the claim was added (unix ms); an unproven claim expires counted from here.
     pub created_at: i64,
+    /// When the row last changed (unix ms).
     pub updated_at: i64,
     /// When this claim's records (its own token) were seen in DNS: from then on it owns the
     /// hostname, and no other claim on it can be proven. Set for at most one claim per hostname.
@@ -201,6 +225,7 @@ impl Store {
         Ok(())
     }
 
+    /// The certificate stored under this primary name.
     pub async fn get_certificate(&self, name: &str) -> Result<Option<CertificateRecord>> {
         let row = sqlx::query(&format!(
             "SELECT {CERT_COLUMNS} FROM certificates WHERE name = $1"
@@ -211,6 +236,7 @@ impl Store {
         row.as_ref().map(cert_from_row).transpose()
     }
 
+    /// Every stored certificate, by name.
     pub async fn list_certificates(&self) -> Result<Vec<CertificateRecord>> {
         let rows = sqlx::query(&format!(
             "SELECT {CERT_COLUMNS} FROM certificates ORDER BY name"
@@ -252,6 +278,7 @@ impl Store {
         Ok(())
     }
 
+    /// Removes a certificate; false when there was none.
     pub async fn delete_certificate(&self, name: &str) -> Result<bool> {
         let done = sqlx::query("DELETE FROM certificates WHERE name = $1")
             .bind(name)
@@ -325,6 +352,7 @@ impl Store {
         Ok(row.is_some())
     }
 
+    /// Releases the order lock of `name` if `holder` still has it.
     pub async fn unlock_certificate(&self, name: &str, holder: &str) -> Result<()> {
         sqlx::query("DELETE FROM cert_locks WHERE name = $1 AND holder = $2")
             .bind(name)
@@ -437,6 +465,7 @@ impl Store {
         rows.iter().map(domain_from_row).collect()
     }
 
+    /// A user's claims, proven or not, oldest first.
     pub async fn list_custom_domains_of(&self, user_id: Uuid) -> Result<Vec<CustomDomain>> {
         let rows = sqlx::query(&format!(
             "SELECT {DOMAIN_COLUMNS} FROM custom_domains WHERE user_id = $1 ORDER BY created_at, hostname"
@@ -447,6 +476,7 @@ impl Store {
         rows.iter().map(domain_from_row).collect()
     }
 
+    /// Every claim of every user, oldest first.
     pub async fn list_custom_domains(&self) -> Result<Vec<CustomDomain>> {
         let rows = sqlx::query(&format!(
             "SELECT {DOMAIN_COLUMNS} FROM custom_domains ORDER BY created_at, hostname"
@@ -534,6 +564,7 @@ impl Store {
             .transpose()
     }
 
+    /// Forgets a challenge once its order is done.
     pub async fn delete_acme_challenge(&self, token: &str) -> Result<()> {
         sqlx::query("DELETE FROM acme_challenges WHERE token = $1")
             .bind(token)

@@ -13,12 +13,15 @@ use crate::{id_str, uuid_col, Store};
 /// A code as stored (its plaintext is never stored).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostCode {
+    /// The id of the user signed in on the dashboard.
     pub user_id: Uuid,
+    /// The id of the dashboard session the code was made from; the host session ends no later.
     pub session_id: Uuid,
     /// The normalised host the code is valid on.
     pub host: String,
     /// Where the browser goes on that host once signed in (a path, with its query).
     pub next_path: String,
+    /// When the code stops being accepted (unix ms; `sessions.code_ttl_secs` after it was made).
     pub expires_at: i64,
 }
 
@@ -29,6 +32,7 @@ pub enum Redemption {
     Claimed(HostCode),
     /// Used before: a replay.
     AlreadyUsed,
+    /// No such code: never made, or purged an hour after it expired.
     Unknown,
 }
 

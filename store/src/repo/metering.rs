@@ -37,12 +37,17 @@ impl Store {
 /// One stored day of an instance's usage with what decides its billing period.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageSeedRow {
+    /// The instance's id (hyphenated UUID), as stored.
     pub instance_id: String,
     /// `YYYY-MM-DD` (UTC).
     pub day: String,
+    /// OpenClaw user messages counted that day.
     pub messages: i64,
+    /// LLM tokens (input + output) counted that day.
     pub tokens: i64,
+    /// The instance's tier now.
     pub tier: Tier,
+    /// Start of the instance's paid billing periods (unix ms); `None`: calendar months.
     pub billing_anchor_at: Option<i64>,
 }
 

@@ -106,6 +106,7 @@ impl Store {
         Ok(None)
     }
 
+    /// How many members of `node_id` are in `state`.
     pub async fn count_pool_members(&self, node_id: &str, state: PoolMemberState) -> Result<i64> {
         let row = sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM pool_members WHERE node_id = $1 AND state = $2")
             .bind(node_id)
@@ -147,6 +148,7 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets a member; false when there was none. The caller removes its container or process.
     pub async fn delete_pool_member(&self, id: Uuid) -> Result<bool> {
         let done = sqlx::query("DELETE FROM pool_members WHERE id = $1")
             .bind(id_str(id))
