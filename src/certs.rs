@@ -14,7 +14,7 @@ use clawdeploy_store::Keyring;
 /// `tls.listen` is empty.
 pub fn start(
     config: &Config,
-    keyring: Keyring,
+    keyring: Arc<Keyring>,
     routes: Arc<RouteTable>,
 ) -> anyhow::Result<Option<Arc<CertManager>>> {
     if config.tls.listen.is_empty() {

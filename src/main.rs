@@ -233,7 +233,8 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
             })?;
         tracing::info!(path = %data_dir.join("master_key").display(), "master key kept in the data dir");
     }
-    let keyring = build_keyring(&config)?;
+    // Built once: the store, the API, the pool, the certificate manager and the LLM meter share it.
+    let keyring = Arc::new(build_keyring(&config)?);
 
     // Migrations and the route table's instances, on a runtime that is dropped before Pingora
     // starts its own (a pool is bound to the runtime that made it, so the API opens its own).
@@ -258,7 +259,7 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         }
         let instances = store.list_instances().await?;
         // Usage and counted idempotency keys before the first request (a retry must find its key).
-        match clawdeploy_metering::service::seed_from_store(&meter, &store).await {
+        match clawdeploy_metering::flush::seed_from_store(&meter, &store).await {
             Ok(n) => tracing::info!(instances = n, "usage counters loaded from the store"),
             Err(e) => tracing::error!("cannot load this period's usage: {e}"),
         }
@@ -338,7 +339,7 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     .with_control_plane_secret(&control_plane_secret)
     .with_gateway_proof_key(config.secrets.jwt_key.as_bytes());
     // HTTPS: certificates chosen per SNI from the certificate manager's store (issue #6).
-    let cert_manager = certs::start(&config, build_keyring(&config)?, routes.clone())?;
+    let cert_manager = certs::start(&config, keyring.clone(), routes.clone())?;
     let edge = match &cert_manager {
         Some(manager) => edge.with_tls(certs::edge_tls(&config, manager)),
         None => edge,
@@ -376,33 +377,27 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     }
     // The LLM meter: at a fixed address, or (`auto`) on the listener the pool binds where its
     // instances reach it.
-    let llm_handoff = clawdeploy_metering::llm::ListenerHandoff::new();
+    let llm_handoff = clawdeploy_llm_egress::ListenerHandoff::new();
     let llm_listen = match config.llm.listen_mode() {
         clawdeploy_config::LlmListen::Off => None,
         clawdeploy_config::LlmListen::At(address) => Some(
-            clawdeploy_metering::llm::MeterListen::Bind(address.to_string()),
+            clawdeploy_llm_egress::MeterListen::Bind(address.to_string()),
         ),
-        clawdeploy_config::LlmListen::Auto(_) => Some(
-            clawdeploy_metering::llm::MeterListen::Handoff(llm_handoff.clone()),
-        ),
+        clawdeploy_config::LlmListen::Auto(_) => Some(clawdeploy_llm_egress::MeterListen::Handoff(
+            llm_handoff.clone(),
+        )),
     };
     if let Some(llm_listen) = llm_listen {
-        let mut llm_keyring =
-            Keyring::from_base64(&config.secrets.master_key_id, &config.secrets.master_key)
-                .context("secrets.master_key")?;
-        for (id, key) in config.secrets.previous_keys().unwrap_or_default() {
-            llm_keyring.add_previous_base64(&id, &key)?;
-        }
         server.add_service(pingora::services::background::background_service(
             "llm meter",
-            clawdeploy_metering::llm::LlmMeterService::new(
+            clawdeploy_llm_egress::LlmMeterService::new(
                 llm_listen,
                 meter.clone(),
                 database_url.clone(),
                 options.clone(),
-                llm_keyring,
+                keyring.clone(),
                 config.secrets.jwt_key.as_bytes().to_vec(),
-                clawdeploy_metering::llm::Upstreams {
+                clawdeploy_llm_egress::Upstreams {
                     openai: config.llm.openai_url.clone(),
                     anthropic: config.llm.anthropic_url.clone(),
                     google: config.llm.google_url.clone(),
@@ -466,7 +461,7 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     // Pingora's runtimes are gone: the counts since the last flush are written here.
     match block_on(async {
         let store = Store::open_with(&database_url, options).await?;
-        let rows = clawdeploy_metering::service::flush(&meter, &store).await;
+        let rows = clawdeploy_metering::flush::flush(&meter, &store).await;
         store.close().await;
         anyhow::Ok(rows)
     }) {

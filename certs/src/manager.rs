@@ -64,7 +64,7 @@ fn serves_per_host(routes: Arc<RouteTable>) -> impl Fn(&str) -> bool + Send + Sy
 
 pub struct CertManager {
     config: Config,
-    keyring: Keyring,
+    keyring: Arc<Keyring>,
     certs: Arc<CertStore>,
     challenges: Arc<Http01Challenges>,
     routes: Arc<RouteTable>,
@@ -122,7 +122,7 @@ impl CertManager {
     /// or loads the CA under `<data_dir>/local-ca`).
     pub fn new(
         config: &Config,
-        keyring: Keyring,
+        keyring: Arc<Keyring>,
         routes: Arc<RouteTable>,
     ) -> Result<Arc<Self>, CertError> {
         let certs = CertStore::new();

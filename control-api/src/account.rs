@@ -87,7 +87,7 @@ pub(crate) async fn set_provider_key(
         }
         (_, Some(url)) => {
             let allowed = state.ctx.config.llm.allowed_private_networks();
-            if let Err(e) = clawdeploy_metering::llm::custom_base_url(url, &allowed) {
+            if let Err(e) = clawdeploy_llm_egress::custom_base_url(url, &allowed) {
                 return Err(ApiError::invalid(
                     "baseUrl",
                     "INVALID_BASE_URL",

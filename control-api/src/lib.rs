@@ -48,7 +48,7 @@ pub struct ApiContext {
     /// The bootstrap operator credential (`server.admin_token`, or the generated one).
     pub admin_token: Zeroizing<String>,
     pub jwt_key: Zeroizing<Vec<u8>>,
-    pub keyring: Keyring,
+    pub keyring: Arc<Keyring>,
     pub mailer: mail::Mailer,
     pub throttle: throttle::Throttle,
     /// Bounds concurrent bcrypt work to the CPUs, so a signup spike queues instead of thrashing.
@@ -58,7 +58,7 @@ pub struct ApiContext {
     /// The edge's usage counters: counts not yet flushed to the store are added to usage views.
     pub meter: Option<Arc<clawdeploy_metering::Meter>>,
     /// Where the pool hands the LLM meter its listener (`llm.listen = "auto"`).
-    pub llm_listener: Option<clawdeploy_metering::llm::ListenerHandoff>,
+    pub llm_listener: Option<clawdeploy_llm_egress::ListenerHandoff>,
     /// What the edge sends in [`clawdeploy_proxy::CONTROL_PLANE_SECRET_HEADER`] with every request
     /// it passes here: random per process, so no other process on the host can call the control
     /// API directly (and forge the `X-Real-IP` and `X-Forwarded-*` it trusts from the edge).
@@ -70,7 +70,7 @@ impl ApiContext {
         config: Config,
         admin_token: String,
         jwt_key: Vec<u8>,
-        keyring: Keyring,
+        keyring: Arc<Keyring>,
     ) -> Result<Self, mail::MailError> {
         let from = if config.smtp.from.is_empty() {
             format!("ClawDeploy <no-reply@{}>", config.server.app_domain())
@@ -328,6 +328,7 @@ impl BackgroundService for ControlApiService {
             store.clone(),
             bus.clone(),
             self.ctx.llm_listener.as_ref(),
+            self.ctx.keyring.clone(),
         )
         .await
         {

@@ -15,6 +15,8 @@
 //! with an `allowUsers` entry no user id can match, so an unassigned gateway admits nobody.
 //! Assignment overwrites the file; OpenClaw applies trusted-proxy, model and origin changes live.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
@@ -70,7 +72,7 @@ pub struct OpenClawConfig {
     pub base_domain: String,
     pub resources: Resources,
     /// Where users' provider keys are read from (none: instances get no provider).
-    pub keys: Option<(Store, Keyring)>,
+    pub keys: Option<(Store, Arc<Keyring>)>,
     /// The edge's LLM meter (`IP:port` instances reach) and the key of per-instance tokens: every
     /// provider's `baseUrl` points there and the container holds only its instance token. `None`
     /// gives instances the user's keys directly (no meter configured; development only).
@@ -216,7 +218,7 @@ impl OpenClawConfig {
                             key.provider != "custom" || base_url.is_some_and(|u| !u.is_empty());
                         ProviderKey {
                             base_url: usable.then(|| format!("http://{endpoint}/{path}")),
-                            key: clawdeploy_metering::llm::instance_token(
+                            key: clawdeploy_llm_egress::instance_token(
                                 token_key,
                                 &instance.id.to_string(),
                             ),
@@ -402,14 +404,13 @@ mod tests {
             .await
             .unwrap();
         let mut generator = generator();
-        generator.keys = Some((store.clone(), keyring));
+        generator.keys = Some((store.clone(), Arc::new(keyring)));
         generator.llm_meter = Some(("172.18.0.1:9480".into(), b"token key".to_vec()));
         let files = generator.files(&instance).await.unwrap();
         let text = String::from_utf8(files[0].contents.clone()).unwrap();
         assert!(!text.contains("sk-real"), "{text}");
         let config: Value = serde_json::from_str(&text).unwrap();
-        let token =
-            clawdeploy_metering::llm::instance_token(b"token key", &instance.id.to_string());
+        let token = clawdeploy_llm_egress::instance_token(b"token key", &instance.id.to_string());
         let providers = &config["models"]["providers"];
         assert_eq!(
             providers["openai"]["baseUrl"],

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clawdeploy_config::instances::{InstanceConfigKind, OPENCLAW_IMAGE};
 use clawdeploy_config::{Config, LlmListen, RuntimeKind};
-use clawdeploy_metering::llm::ListenerHandoff;
+use clawdeploy_llm_egress::ListenerHandoff;
 use clawdeploy_store::{Keyring, Store};
 
 use crate::instance_config::FixtureConfig;
@@ -26,6 +26,7 @@ pub async fn pool_from_config(
     store: Store,
     bus: Arc<ChangeBus>,
     llm_meter: Option<&ListenerHandoff>,
+    keyring: Arc<Keyring>,
 ) -> Result<Option<Arc<PoolManager>>, PoolError> {
     let rt = &config.runtime;
     // The addresses instances see the edge's connections come from.
@@ -200,9 +201,6 @@ pub async fn pool_from_config(
                     rt.docker_network
                 )));
             }
-            let keyring =
-                Keyring::from_base64(&config.secrets.master_key_id, &config.secrets.master_key)
-                    .map_err(|e| PoolError::Config(format!("secrets.master_key: {e}")))?;
             let generator = OpenClawConfig {
                 user_header,
                 allow_loopback: kind == RuntimeKind::Process,

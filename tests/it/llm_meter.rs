@@ -115,7 +115,7 @@ async fn the_llm_meter_injects_the_key_streams_unchanged_counts_tokens_and_enfor
     let missing = post(meter, "/custom/chat/completions", None, &chat).await;
     assert_eq!(missing.status, 401, "{}", missing.text());
     assert_eq!(missing.error_code(), "INVALID_INSTANCE_TOKEN");
-    let forged = clawdeploy_metering::llm::instance_token(b"another key", &instance_id);
+    let forged = clawdeploy_llm_egress::instance_token(b"another key", &instance_id);
     assert_eq!(
         post(meter, "/custom/chat/completions", Some(&forged), &chat)
             .await
@@ -251,7 +251,7 @@ pub async fn user_with_key(
         )
         .await;
     assert_eq!(put.status, 200, "{}", put.text());
-    let instance_token = clawdeploy_metering::llm::instance_token(JWT_KEY.as_bytes(), &instance_id);
+    let instance_token = clawdeploy_llm_egress::instance_token(JWT_KEY.as_bytes(), &instance_id);
     (token, instance_id, instance_token)
 }
 

@@ -371,7 +371,7 @@ pub async fn assert_container_holds_only_the_token(
     real_key: &str,
     provider_addr: SocketAddr,
 ) {
-    let meter_token = clawdeploy_metering::llm::instance_token(JWT_KEY.as_bytes(), instance_id);
+    let meter_token = clawdeploy_llm_egress::instance_token(JWT_KEY.as_bytes(), instance_id);
     let container = container_of(node_id).await;
     let path = format!("/data/{}", clawdeploy_pool::openclaw::CONFIG_FILE);
     let config: Value = serde_json::from_str(&exec_output(&container, &["cat", &path]).await)

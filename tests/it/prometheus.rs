@@ -217,7 +217,7 @@ async fn a_real_prometheus_scrapes_requests_latency_llm_tokens_and_open_websocke
     let answer = crate::llm_meter::post(
         meter,
         "/custom/chat/completions",
-        Some(&clawdeploy_metering::llm::instance_token(
+        Some(&clawdeploy_llm_egress::instance_token(
             JWT_KEY.as_bytes(),
             &instance_id,
         )),

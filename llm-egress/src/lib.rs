@@ -26,10 +26,12 @@ use pingora::services::background::BackgroundService;
 use sha2::Sha256;
 
 use clawdeploy_config::addresses::{is_public_unicast, IpNet};
+use clawdeploy_metering::Meter;
 use clawdeploy_store::{Keyring, Store, StoreOptions};
 
+pub mod guarded_connect;
+
 use crate::guarded_connect::{guard_error, EgressPolicy, GuardError, GuardedConnector};
-use crate::quota::Meter;
 
 /// Largest request body the meter reads (to add `include_usage`); larger ones are refused.
 const MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
@@ -189,7 +191,7 @@ type GuardedClient = Client<hyper_rustls::HttpsConnector<GuardedConnector>, Body
 pub struct LlmMeter {
     meter: Arc<Meter>,
     store: Store,
-    keyring: Keyring,
+    keyring: Arc<Keyring>,
     token_key: Vec<u8>,
     upstreams: Upstreams,
     allowed_private: Vec<IpNet>,
@@ -667,7 +669,7 @@ pub struct LlmMeterService {
     meter: Arc<Meter>,
     database_url: String,
     store_options: StoreOptions,
-    keyring: Mutex<Option<Keyring>>,
+    keyring: Arc<Keyring>,
     token_key: Vec<u8>,
     upstreams: Upstreams,
     allowed_private: Vec<IpNet>,
@@ -680,7 +682,7 @@ impl LlmMeterService {
         meter: Arc<Meter>,
         database_url: String,
         store_options: StoreOptions,
-        keyring: Keyring,
+        keyring: Arc<Keyring>,
         token_key: Vec<u8>,
         upstreams: Upstreams,
         allowed_private: Vec<IpNet>,
@@ -690,7 +692,7 @@ impl LlmMeterService {
             meter,
             database_url,
             store_options,
-            keyring: Mutex::new(Some(keyring)),
+            keyring,
             token_key,
             upstreams,
             allowed_private,
@@ -701,9 +703,6 @@ impl LlmMeterService {
 #[async_trait]
 impl BackgroundService for LlmMeterService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some(keyring) = self.keyring.lock().ok().and_then(|mut k| k.take()) else {
-            return;
-        };
         let store = match Store::open_with(&self.database_url, self.store_options.clone()).await {
             Ok(s) => s,
             Err(e) => {
@@ -774,7 +773,7 @@ impl BackgroundService for LlmMeterService {
         let state = Arc::new(LlmMeter {
             meter: self.meter.clone(),
             store,
-            keyring,
+            keyring: self.keyring.clone(),
             token_key: self.token_key.clone(),
             upstreams: self.upstreams.clone(),
             allowed_private: self.allowed_private.clone(),
