@@ -4,6 +4,7 @@
 //! control API as a background service behind it. `check-config` validates and prints the config;
 //! `migrate` applies database migrations; `admin` manages operator credentials.
 
+mod app;
 mod certs;
 mod secrets;
 
@@ -17,7 +18,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 
 use clawdeploy_config::{mask_url_password, Config, LogFormat};
-use clawdeploy_control_api::{ApiContext, ControlApiService, SessionVerifier};
+use clawdeploy_control_api::{ApiContext, SessionVerifier};
 use clawdeploy_proxy::{Drain, DrainingShutdown, EdgeProxy, EdgeSettings, Listeners, RouteTable};
 use clawdeploy_store::{Keyring, Role, Store, StoreOptions};
 
@@ -387,44 +388,30 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
             llm_handoff.clone(),
         )),
     };
-    if let Some(llm_listen) = llm_listen {
-        server.add_service(pingora::services::background::background_service(
-            "llm meter",
-            clawdeploy_llm_egress::LlmMeterService::new(
-                llm_listen,
-                meter.clone(),
-                database_url.clone(),
-                options.clone(),
-                keyring.clone(),
-                config.secrets.jwt_key.as_bytes().to_vec(),
-                clawdeploy_llm_egress::Upstreams {
-                    openai: config.llm.openai_url.clone(),
-                    anthropic: config.llm.anthropic_url.clone(),
-                    google: config.llm.google_url.clone(),
-                },
-                config.llm.allowed_private_networks(),
-            ),
-        ));
+    let llm_meter = llm_listen.map(|listen| {
+        clawdeploy_llm_egress::LlmMeterService::new(
+            listen,
+            meter.clone(),
+            keyring.clone(),
+            config.secrets.jwt_key.as_bytes().to_vec(),
+            clawdeploy_llm_egress::Upstreams {
+                openai: config.llm.openai_url.clone(),
+                anthropic: config.llm.anthropic_url.clone(),
+                google: config.llm.google_url.clone(),
+            },
+            config.llm.allowed_private_networks(),
+        )
+    });
+    let mut usage_flush = clawdeploy_metering::UsageFlush::new(
+        meter.clone(),
+        Duration::from_secs(config.metering.flush_interval_secs),
+    );
+    if !config.redis.url.is_empty() {
+        usage_flush = usage_flush.with_redis(
+            config.redis.url.clone(),
+            Duration::from_millis(config.redis.sync_interval_ms),
+        );
     }
-    server.add_service(pingora::services::background::background_service(
-        "usage flush",
-        {
-            let flush = clawdeploy_metering::UsageFlushService::new(
-                meter.clone(),
-                database_url.clone(),
-                options.clone(),
-                Duration::from_secs(config.metering.flush_interval_secs),
-            );
-            if config.redis.url.is_empty() {
-                flush
-            } else {
-                flush.with_redis(
-                    config.redis.url.clone(),
-                    Duration::from_millis(config.redis.sync_interval_ms),
-                )
-            }
-        },
-    ));
     let http_listen = server_config.http_listen.clone();
     let base_domain = server_config.base_domain.clone();
     let grace = Duration::from_secs(server_config.grace_period_secs);
@@ -435,19 +422,21 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     ctx.llm_listener = Some(llm_handoff);
     ctx.edge_secret = control_plane_secret.into();
     tracing::info!(mail = ctx.mailer.kind(), "outgoing mail");
-    let api = ControlApiService::new(
+    let app = app::AppService::new(app::App {
         control_listener,
-        database_url.clone(),
-        options.clone(),
-        routes.clone(),
-        drain.clone(),
-        Arc::new(ctx),
+        database_url: database_url.clone(),
+        store_options: options.clone(),
+        routes: routes.clone(),
+        drain: drain.clone(),
+        ctx: Arc::new(ctx),
         verifier,
-    )
-    .with_certs(cert_manager);
-    let mut api_service = pingora::services::background::background_service("control api", api);
-    api_service.threads = Some(2);
-    server.add_service(api_service);
+        certs: cert_manager,
+        llm_meter,
+        usage_flush,
+    });
+    let mut app_service = pingora::services::background::background_service("app", app);
+    app_service.threads = Some(2);
+    server.add_service(app_service);
 
     tracing::info!(
         http = %http_listen,

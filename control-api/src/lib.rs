@@ -1,6 +1,6 @@
-//! The control API: an axum app for `/api`, `/admin` and health, run inside the edge process as a
-//! Pingora background service on an internal loopback listener. Clients reach it only through the
-//! edge, at the app domain.
+//! The control API: an axum app for `/api`, `/admin` and health, served inside the edge process by
+//! the binary's app (`src/app.rs`) on an internal loopback listener. Clients reach it only through
+//! the edge, at the app domain.
 //!
 //! Every endpoint is declared once, in [`openapi::endpoints`]: the router and the OpenAPI document
 //! at `/api/openapi.json` are both built from that list, so they cannot disagree.
@@ -22,22 +22,19 @@ pub mod security;
 pub mod throttle;
 pub mod usage;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::{Json, Router};
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 
 use clawdeploy_config::Config;
 use clawdeploy_pool::{routing, PoolManager};
 use clawdeploy_proxy::{Drain, RouteTable};
 use clawdeploy_store::changes::{Change, ChangeBus};
-use clawdeploy_store::{Keyring, Store, StoreOptions, Zeroizing};
+use clawdeploy_store::{Keyring, Store, Zeroizing};
 
 pub use edge_auth::SessionVerifier;
 pub use error::ApiError;
@@ -241,133 +238,4 @@ async fn method_not_allowed() -> ApiError {
         "METHOD_NOT_ALLOWED",
         "This endpoint does not accept that method.",
     )
-}
-
-/// The API as a Pingora background service on a listener bound before the server starts (so its
-/// address, possibly an ephemeral port, is known to the route table). The database pool is
-/// opened here, on the service's own runtime: tokio I/O belongs to the runtime that created it.
-pub struct ControlApiService {
-    listener: Mutex<Option<std::net::TcpListener>>,
-    database_url: String,
-    store_options: StoreOptions,
-    routes: Arc<RouteTable>,
-    drain: Arc<Drain>,
-    ctx: Arc<ApiContext>,
-    verifier: Arc<SessionVerifier>,
-    certs: Option<Arc<clawdeploy_certs::CertManager>>,
-}
-
-impl ControlApiService {
-    /// Runs the certificate manager here too (it needs the store and the change broadcast).
-    pub fn with_certs(mut self, certs: Option<Arc<clawdeploy_certs::CertManager>>) -> Self {
-        self.certs = certs;
-        self
-    }
-
-    pub fn new(
-        listener: std::net::TcpListener,
-        database_url: String,
-        store_options: StoreOptions,
-        routes: Arc<RouteTable>,
-        drain: Arc<Drain>,
-        ctx: Arc<ApiContext>,
-        verifier: Arc<SessionVerifier>,
-    ) -> Self {
-        Self {
-            listener: Mutex::new(Some(listener)),
-            database_url,
-            store_options,
-            routes,
-            drain,
-            ctx,
-            verifier,
-            certs: None,
-        }
-    }
-}
-
-#[async_trait]
-impl BackgroundService for ControlApiService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some(listener) = self.listener.lock().ok().and_then(|mut l| l.take()) else {
-            tracing::error!("control API started twice");
-            return;
-        };
-        let store = match Store::open_with(&self.database_url, self.store_options.clone()).await {
-            Ok(store) => store,
-            Err(e) => {
-                tracing::error!("control API cannot open the database: {e}");
-                return;
-            }
-        };
-        let listener = match listener
-            .set_nonblocking(true)
-            .and_then(|()| tokio::net::TcpListener::from_std(listener))
-        {
-            Ok(listener) => listener,
-            Err(e) => {
-                tracing::error!("control API listener unusable: {e}");
-                return;
-            }
-        };
-        // The change broadcast, the route table and the revoked sessions follow the store; the
-        // pool runs here too, on this service's runtime.
-        let bus = ChangeBus::new(store.clone(), &self.database_url);
-        tokio::spawn(bus.clone().listen(shutdown.clone()));
-        tokio::spawn(clawdeploy_pool::routing::follow(
-            store.clone(),
-            self.routes.clone(),
-            bus.subscribe(),
-        ));
-        if let Err(e) = self.verifier.reload(&store).await {
-            tracing::error!("cannot load revoked sessions: {e}");
-        }
-        tokio::spawn(self.verifier.clone().follow(store.clone(), bus.subscribe()));
-        let pool = match clawdeploy_pool::setup::pool_from_config(
-            &self.ctx.config,
-            store.clone(),
-            bus.clone(),
-            self.ctx.llm_listener.as_ref(),
-            self.ctx.keyring.clone(),
-        )
-        .await
-        {
-            Ok(pool) => pool,
-            Err(e) => {
-                tracing::error!(
-                    "the instance runtime is unavailable, instances will not start: {e}"
-                );
-                None
-            }
-        };
-        if let Some(pool) = &pool {
-            tokio::spawn(pool.clone().run(shutdown.clone()));
-        }
-        if let Some(certs) = &self.certs {
-            tokio::spawn(
-                certs
-                    .clone()
-                    .run(store.clone(), bus.clone(), shutdown.clone()),
-            );
-        }
-        let state = ApiState {
-            routes: self.routes.clone(),
-            drain: self.drain.clone(),
-            store: store.clone(),
-            ctx: self.ctx.clone(),
-            bus,
-            pool,
-            verifier: self.verifier.clone(),
-            certs: self.certs.clone(),
-        };
-        let sweeper = tokio::spawn(account::sweep_forever(state.clone()));
-        let serve = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!("control API stopped: {e}");
-        }
-        sweeper.abort();
-        store.close().await;
-    }
 }

@@ -11,7 +11,6 @@
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -22,12 +21,11 @@ use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use sha2::Sha256;
 
 use clawdeploy_config::addresses::{is_public_unicast, IpNet};
 use clawdeploy_metering::Meter;
-use clawdeploy_store::{Keyring, Store, StoreOptions};
+use clawdeploy_store::{Keyring, Store};
 
 pub mod guarded_connect;
 
@@ -663,12 +661,11 @@ impl ListenerHandoff {
     }
 }
 
-/// The meter's listener, as a background service (its own store pool and HTTP client).
+/// The meter's listener, run on the app's runtime with the app's store ([`LlmMeterService::run`]);
+/// its HTTP clients are its own.
 pub struct LlmMeterService {
-    listen: Mutex<Option<MeterListen>>,
+    listen: MeterListen,
     meter: Arc<Meter>,
-    database_url: String,
-    store_options: StoreOptions,
     keyring: Arc<Keyring>,
     token_key: Vec<u8>,
     upstreams: Upstreams,
@@ -676,22 +673,17 @@ pub struct LlmMeterService {
 }
 
 impl LlmMeterService {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         listen: MeterListen,
         meter: Arc<Meter>,
-        database_url: String,
-        store_options: StoreOptions,
         keyring: Arc<Keyring>,
         token_key: Vec<u8>,
         upstreams: Upstreams,
         allowed_private: Vec<IpNet>,
     ) -> Self {
         Self {
-            listen: Mutex::new(Some(listen)),
+            listen,
             meter,
-            database_url,
-            store_options,
             keyring,
             token_key,
             upstreams,
@@ -700,20 +692,10 @@ impl LlmMeterService {
     }
 }
 
-#[async_trait]
-impl BackgroundService for LlmMeterService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let store = match Store::open_with(&self.database_url, self.store_options.clone()).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("LLM meter cannot open the database: {e}");
-                return;
-            }
-        };
-        let Some(listen) = self.listen.lock().ok().and_then(|mut l| l.take()) else {
-            return;
-        };
-        let listener = match listen {
+impl LlmMeterService {
+    /// Listens (binding, or waiting for the pool's listener) and serves until `shutdown`.
+    pub async fn run(self, store: Store, mut shutdown: ShutdownWatch) {
+        let listener = match self.listen {
             MeterListen::Bind(address) => loop {
                 // The instance network's address may appear only once the pool has created it.
                 match tokio::net::TcpListener::bind(&address).await {

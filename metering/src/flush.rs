@@ -1,42 +1,33 @@
-//! The background service that keeps the meter's counts in the store, and the seeding of the
-//! meter from the store at start.
+//! The task that keeps the meter's counts in the store, and the seeding of the meter from the
+//! store at start.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 
 use clawdeploy_store::time::{day_string, days_from_civil, now_ms, DAY_MS};
-use clawdeploy_store::{Store, StoreError, StoreOptions};
+use clawdeploy_store::{Store, StoreError};
 
 use crate::period::Plan;
 use crate::quota::{Meter, UsageDelta};
 
 /// Writes the meter's counts back to the store every interval (the binary seeds the meter with
-/// [`seed_from_store`] before it serves the first request).
-pub struct UsageFlushService {
+/// [`seed_from_store`] before it serves the first request). Runs on the app's runtime with the
+/// app's store ([`UsageFlush::run`]).
+pub struct UsageFlush {
     meter: Arc<Meter>,
-    database_url: String,
-    store_options: StoreOptions,
     interval: Duration,
     /// Redis URL and sync interval, to share counters with other edge nodes.
     redis: Option<(String, Duration)>,
 }
 
-impl UsageFlushService {
-    pub fn new(
-        meter: Arc<Meter>,
-        database_url: String,
-        store_options: StoreOptions,
-        interval: Duration,
-    ) -> Self {
+impl UsageFlush {
+    /// Flushes `meter` every `interval`.
+    pub fn new(meter: Arc<Meter>, interval: Duration) -> Self {
         Self {
             meter,
-            database_url,
-            store_options,
             interval,
             redis: None,
         }
@@ -178,21 +169,10 @@ pub async fn flush(meter: &Meter, store: &Store) -> usize {
     written
 }
 
-#[async_trait]
-impl BackgroundService for UsageFlushService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let store = loop {
-            match Store::open_with(&self.database_url, self.store_options.clone()).await {
-                Ok(store) => break store,
-                Err(e) => {
-                    tracing::error!("usage flush cannot open the database, retrying: {e}");
-                    tokio::select! {
-                        _ = tokio::time::sleep(self.interval) => {}
-                        _ = shutdown.changed() => return,
-                    }
-                }
-            }
-        };
+impl UsageFlush {
+    /// Flushes to `store` every interval until `shutdown`, and (with Redis) syncs the shared
+    /// counters.
+    pub async fn run(self, store: Store, mut shutdown: ShutdownWatch) {
         if let Some((url, interval)) = &self.redis {
             tokio::spawn(crate::shared::sync_forever(
                 self.meter.clone(),
@@ -217,7 +197,6 @@ impl BackgroundService for UsageFlushService {
         }
         // The last counts are written by the binary once Pingora's runtimes have stopped (a
         // task here would be cancelled at its first await).
-        store.close().await;
     }
 }
 

@@ -23,7 +23,7 @@ pub mod shared;
 pub mod shared_limits;
 pub mod telemetry;
 
-pub use flush::UsageFlushService;
+pub use flush::UsageFlush;
 pub use frames::{FrameError, FrameEvent, FrameHeader, FrameParser};
 pub use period::{Period, Plan};
 pub use quota::{Admission, Meter, Refusal, Reservation, UsageHandle};

@@ -1,0 +1,140 @@
+//! The app beside the edge: the control API, the change broadcast and what follows it (routes,
+//! revoked sessions), the instance pool, the certificate manager's work, the LLM meter and the
+//! usage flush. They run on one Pingora background service, so they share one runtime and one
+//! database pool: tokio I/O belongs to the runtime that created it, so a pool cannot be shared
+//! across Pingora's services.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use clawdeploy_certs::CertManager;
+use clawdeploy_control_api::{account, router, ApiContext, ApiState, SessionVerifier};
+use clawdeploy_llm_egress::LlmMeterService;
+use clawdeploy_metering::UsageFlush;
+use clawdeploy_pool::routing;
+use clawdeploy_proxy::{Drain, RouteTable};
+use clawdeploy_store::changes::ChangeBus;
+use clawdeploy_store::{Store, StoreOptions};
+
+/// What the app needs to start; built by `serve` before Pingora starts (the control API's
+/// listener is bound first, so its address, an ephemeral port, is in the route table).
+pub struct App {
+    pub control_listener: std::net::TcpListener,
+    pub database_url: String,
+    pub store_options: StoreOptions,
+    pub routes: Arc<RouteTable>,
+    pub drain: Arc<Drain>,
+    pub ctx: Arc<ApiContext>,
+    pub verifier: Arc<SessionVerifier>,
+    pub certs: Option<Arc<CertManager>>,
+    pub llm_meter: Option<LlmMeterService>,
+    pub usage_flush: UsageFlush,
+}
+
+/// [`App`] as a Pingora background service (it starts once).
+pub struct AppService(Mutex<Option<App>>);
+
+impl AppService {
+    pub fn new(app: App) -> Self {
+        Self(Mutex::new(Some(app)))
+    }
+}
+
+#[async_trait]
+impl BackgroundService for AppService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let Some(app) = self.0.lock().ok().and_then(|mut a| a.take()) else {
+            tracing::error!("the app started twice");
+            return;
+        };
+        app.run(shutdown).await;
+    }
+}
+
+impl App {
+    async fn run(self, mut shutdown: ShutdownWatch) {
+        let store = match Store::open_with(&self.database_url, self.store_options.clone()).await {
+            Ok(store) => store,
+            Err(e) => {
+                tracing::error!("the app cannot open the database: {e}");
+                return;
+            }
+        };
+        let listener = match self
+            .control_listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(self.control_listener))
+        {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!("control API listener unusable: {e}");
+                return;
+            }
+        };
+        // The change broadcast; the route table and the revoked sessions follow it.
+        let bus = ChangeBus::new(store.clone(), &self.database_url);
+        tokio::spawn(bus.clone().listen(shutdown.clone()));
+        tokio::spawn(routing::follow(
+            store.clone(),
+            self.routes.clone(),
+            bus.subscribe(),
+        ));
+        if let Err(e) = self.verifier.reload(&store).await {
+            tracing::error!("cannot load revoked sessions: {e}");
+        }
+        tokio::spawn(self.verifier.clone().follow(store.clone(), bus.subscribe()));
+        let pool = match clawdeploy_pool::setup::pool_from_config(
+            &self.ctx.config,
+            store.clone(),
+            bus.clone(),
+            self.ctx.llm_listener.as_ref(),
+            self.ctx.keyring.clone(),
+        )
+        .await
+        {
+            Ok(pool) => pool,
+            Err(e) => {
+                tracing::error!(
+                    "the instance runtime is unavailable, instances will not start: {e}"
+                );
+                None
+            }
+        };
+        if let Some(pool) = &pool {
+            tokio::spawn(pool.clone().run(shutdown.clone()));
+        }
+        if let Some(certs) = &self.certs {
+            tokio::spawn(
+                certs
+                    .clone()
+                    .run(store.clone(), bus.clone(), shutdown.clone()),
+            );
+        }
+        if let Some(llm_meter) = self.llm_meter {
+            tokio::spawn(llm_meter.run(store.clone(), shutdown.clone()));
+        }
+        tokio::spawn(self.usage_flush.run(store.clone(), shutdown.clone()));
+        let state = ApiState {
+            routes: self.routes,
+            drain: self.drain,
+            store: store.clone(),
+            ctx: self.ctx,
+            bus,
+            pool,
+            verifier: self.verifier,
+            certs: self.certs,
+        };
+        let sweeper = tokio::spawn(account::sweep_forever(state.clone()));
+        let serve = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!("control API stopped: {e}");
+        }
+        sweeper.abort();
+        store.close().await;
+    }
+}
