@@ -34,6 +34,31 @@ const LOCK_TTL: Duration = Duration::from_secs(300);
 /// Per-host certificates the local CA keeps in memory (about 1 KiB each).
 const PER_HOST_CERTS: std::num::NonZeroUsize = std::num::NonZeroUsize::new(10_000).unwrap();
 
+/// Why a custom domain is not ready for a certificate yet. The message is shown to its owner as
+/// the domain's last error, so it says what to fix.
+#[derive(Debug, thiserror::Error)]
+enum NotReady {
+    #[error("No DNS resolver is configured on this platform ([dns] resolver).")]
+    NoResolver,
+    /// What is missing, one item per record.
+    #[error("DNS records not found yet: {}.", .0.join("; "))]
+    Records(Vec<String>),
+    /// The probe token could not be stored (in the message, not a `source()`).
+    #[error("The reachability check could not start ({0}); it is retried.")]
+    CheckNotStarted(CertError),
+    #[error(
+        "{hostname} does not reach this platform over HTTP ({detail}): the CA fetches \
+         http://{hostname}/.well-known/acme-challenge/ before it issues the certificate. Make sure \
+         {hostname} has only the CNAME to {expected_target} (no other A or AAAA records) and \
+         nothing in front of it blocks port 80."
+    )]
+    Unreachable {
+        hostname: String,
+        expected_target: String,
+        detail: String,
+    },
+}
+
 /// The hosts that get a per-host certificate from the local CA when the base domain is a single
 /// label (`localhost`, the embedded default), whose wildcard clients refuse: the dashboard host and
 /// each instance host (`<sub>.<base_domain>` with an instance route). Operator routes and unknown
@@ -666,7 +691,12 @@ impl CertManager {
         if domain.status != DomainStatus::Issuing {
             if let Err(missing) = self.verify_dns(&domain, &expected_target).await {
                 return self
-                    .not_ready(store, &domain, DomainStatus::PendingDns, &missing)
+                    .not_ready(
+                        store,
+                        &domain,
+                        DomainStatus::PendingDns,
+                        &missing.to_string(),
+                    )
                     .await;
             }
             // This account's own token is in the name's TXT: it owns the name, unless another
@@ -690,7 +720,12 @@ impl CertManager {
             }
             if let Err(unreachable) = self.probe_http(&domain.hostname, &expected_target).await {
                 return self
-                    .not_ready(store, &domain, DomainStatus::Verifying, &unreachable)
+                    .not_ready(
+                        store,
+                        &domain,
+                        DomainStatus::Verifying,
+                        &unreachable.to_string(),
+                    )
                     .await;
             }
             // Verified: only now may a certificate be ordered for this name.
@@ -813,16 +848,12 @@ impl CertManager {
     /// Fetches a probe token at `http://<hostname>:<domains.http01_port>/.well-known/acme-challenge/`
     /// the way the CA will (name resolved through the configured resolver) and checks that this
     /// platform (any of its nodes: the probe is in the shared store) answered it.
-    async fn probe_http(&self, hostname: &str, expected_target: &str) -> Result<(), String> {
+    async fn probe_http(&self, hostname: &str, expected_target: &str) -> Result<(), NotReady> {
         if self.local_ca.is_some() {
             return Ok(()); // no CA validates anything
         }
-        let fix = format!(
-            "the CA fetches http://{hostname}/.well-known/acme-challenge/ before it issues the certificate. \
-             Make sure {hostname} has only the CNAME to {expected_target} (no other A or AAAA records) and nothing in front of it blocks port 80."
-        );
         let Some(resolver) = &self.resolver else {
-            return Err("No DNS resolver is configured on this platform ([dns] resolver).".into());
+            return Err(NotReady::NoResolver);
         };
         let token = random_token();
         let value = format!("{}.{}", token, random_token());
@@ -832,9 +863,7 @@ impl CertManager {
             .insert(&token, &value, hostname, expires)
             .await
         {
-            return Err(format!(
-                "The reachability check could not start ({e}); it is retried."
-            ));
+            return Err(NotReady::CheckNotStarted(e));
         }
         let result = async {
             let addresses = resolver
@@ -860,15 +889,21 @@ impl CertManager {
         }
         .await;
         self.challenges.remove(&token).await;
-        result.map_err(|detail| {
-            format!("{hostname} does not reach this platform over HTTP ({detail}): {fix}")
+        result.map_err(|detail| NotReady::Unreachable {
+            hostname: hostname.to_string(),
+            expected_target: expected_target.to_string(),
+            detail,
         })
     }
 
     /// Checks the customer's records; `Err` says what is missing and how to fix it.
-    async fn verify_dns(&self, domain: &CustomDomain, expected_target: &str) -> Result<(), String> {
+    async fn verify_dns(
+        &self,
+        domain: &CustomDomain,
+        expected_target: &str,
+    ) -> Result<(), NotReady> {
         let Some(resolver) = &self.resolver else {
-            return Err("No DNS resolver is configured on this platform ([dns] resolver).".into());
+            return Err(NotReady::NoResolver);
         };
         let txt_name = format!("{DOMAIN_TXT_PREFIX}{}", domain.hostname);
         let mut missing = Vec::new();
@@ -900,10 +935,7 @@ impl CertManager {
         if missing.is_empty() {
             Ok(())
         } else {
-            Err(format!(
-                "DNS records not found yet: {}.",
-                missing.join("; ")
-            ))
+            Err(NotReady::Records(missing))
         }
     }
 
