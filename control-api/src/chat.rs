@@ -7,17 +7,20 @@
 //! To the browser the bridge speaks the gateway's own frames (`req`/`res`/`event`), plus three
 //! events of its own: `bridge.ready` (the gateway accepted the connection; payload has `hello`),
 //! `bridge.error` (`{code, message}`, then the socket closes) and `bridge.closed`.
+//!
+//! The browser side is axum's `WebSocketUpgrade`; the gateway side is a `tokio-tungstenite` client.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::extract::ws::{self, close_code, CloseFrame, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -33,18 +36,36 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Largest frame accepted from the browser (a chat message, not a file upload).
 const MAX_BROWSER_FRAME: usize = 1024 * 1024;
 
-fn bad_upgrade(message: &str) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "WEBSOCKET_REQUIRED", message)
-}
+/// `WebSocketUpgrade` whose refusals are the API's JSON errors (`400 WEBSOCKET_REQUIRED` saying
+/// what is wrong) instead of axum's plain-text ones.
+pub struct ChatUpgrade(WebSocketUpgrade);
 
-/// The `Sec-WebSocket-Accept` of a key (RFC 6455 §4.2.2).
-fn accept_key(key: &[u8]) -> String {
-    use base64::Engine as _;
-    use sha1::{Digest, Sha1};
-    let mut sha = Sha1::new();
-    sha.update(key);
-    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+impl<S: Send + Sync> FromRequestParts<S> for ChatUpgrade {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        use axum::extract::ws::rejection::WebSocketUpgradeRejection as R;
+        WebSocketUpgrade::from_request_parts(parts, state)
+            .await
+            .map(ChatUpgrade)
+            .map_err(|rejection| {
+                let message = match rejection {
+                    R::WebSocketKeyHeaderMissing(_) => "Sec-WebSocket-Key is missing.",
+                    R::InvalidWebSocketVersionHeader(_) => {
+                        "Only WebSocket version 13 is supported."
+                    }
+                    // Upgrade: websocket without Connection: upgrade (with neither, the general
+                    // message below).
+                    R::InvalidConnectionHeader(_)
+                        if parts.headers.contains_key(header::UPGRADE) =>
+                    {
+                        "This endpoint is a WebSocket: send Connection: upgrade."
+                    }
+                    R::ConnectionNotUpgradable(_) => "This connection cannot be upgraded.",
+                    _ => "This endpoint is a WebSocket: connect with GET and Upgrade: websocket.",
+                };
+                ApiError::new(StatusCode::BAD_REQUEST, "WEBSOCKET_REQUIRED", message)
+            })
+    }
 }
 
 /// Where this process's edge listens, as seen from here.
@@ -59,28 +80,10 @@ fn edge_addr(state: &ApiState) -> Option<SocketAddr> {
 pub async fn chat(
     State(state): State<ApiState>,
     auth: AuthUser,
-    mut request: Request,
+    ChatUpgrade(upgrade): ChatUpgrade,
+    method: Method,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let headers = request.headers();
-    if request.method() != Method::GET
-        || !headers
-            .get(header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
-    {
-        return Err(bad_upgrade(
-            "This endpoint is a WebSocket: connect with GET and Upgrade: websocket.",
-        ));
-    }
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        return Err(bad_upgrade("Sec-WebSocket-Key is missing."));
-    };
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .is_none_or(|v| v.as_bytes() != b"13")
-    {
-        return Err(bad_upgrade("Only WebSocket version 13 is supported."));
-    }
     // A page on another site must not open a socket with this user's cookie.
     if let Some(origin) = headers.get(header::ORIGIN) {
         let app = state.ctx.config.server.app_domain();
@@ -96,54 +99,29 @@ pub async fn chat(
             ));
         }
     }
-    let token = auth::request_token(request.method(), request.headers())?.to_string();
-    let accept = accept_key(key.as_bytes());
-    let on_upgrade = hyper::upgrade::on(&mut request);
-    tokio::spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(e) => {
-                tracing::debug!("chat upgrade failed: {e}");
-                return;
-            }
-        };
-        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-            .max_message_size(Some(MAX_BROWSER_FRAME))
-            .max_frame_size(Some(MAX_BROWSER_FRAME));
-        let browser = WebSocketStream::from_raw_socket(
-            hyper_util::rt::TokioIo::new(upgraded),
-            Role::Server,
-            Some(config),
-        )
-        .await;
-        bridge(state, auth, token, browser).await;
-    });
-    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
-    let h = response.headers_mut();
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    if let Ok(accept) = HeaderValue::from_str(&accept) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    }
-    Ok(response)
+    let token = auth::request_token(&method, &headers)?.to_string();
+    Ok(upgrade
+        .max_message_size(MAX_BROWSER_FRAME)
+        .max_frame_size(MAX_BROWSER_FRAME)
+        .on_failed_upgrade(|e| tracing::debug!("chat upgrade failed: {e}"))
+        .on_upgrade(move |browser| bridge(state, auth, token, browser)))
 }
 
-type Browser = WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
 type Gateway = WebSocketStream<tokio::net::TcpStream>;
 
-async fn fail(browser: &mut Browser, code: &str, message: &str) {
+async fn fail(browser: &mut WebSocket, code: &str, message: &str) {
     let event =
         json!({"type":"event","event":"bridge.error","payload":{"code":code,"message":message}});
-    let _ = browser.send(Message::text(event.to_string())).await;
+    let _ = browser.send(ws::Message::text(event.to_string())).await;
     let _ = browser
-        .send(Message::Close(Some(CloseFrame {
-            code: CloseCode::Again,
-            reason: code.to_string().into(),
+        .send(ws::Message::Close(Some(CloseFrame {
+            code: close_code::AGAIN,
+            reason: code.into(),
         })))
         .await;
 }
 
-async fn bridge(state: ApiState, auth: AuthUser, token: String, mut browser: Browser) {
+async fn bridge(state: ApiState, auth: AuthUser, token: String, mut browser: WebSocket) {
     let inst = match crate::instances::my_instance(&state, &auth).await {
         Ok(inst) => inst,
         Err(e) => return fail(&mut browser, "NO_INSTANCE", &e.message).await,
@@ -166,7 +144,7 @@ async fn bridge(state: ApiState, auth: AuthUser, token: String, mut browser: Bro
         Ok((gateway, hello)) => {
             let ready = json!({"type":"event","event":"bridge.ready","payload":{"instance":inst.subdomain,"hello":hello}});
             if browser
-                .send(Message::text(ready.to_string()))
+                .send(ws::Message::text(ready.to_string()))
                 .await
                 .is_err()
             {
@@ -182,13 +160,13 @@ async fn bridge(state: ApiState, auth: AuthUser, token: String, mut browser: Bro
     tracing::debug!(instance = %inst.id, "chat bridge open");
     loop {
         tokio::select! {
-            from_browser = browser.next() => match from_browser {
-                Some(Ok(Message::Text(text))) => {
-                    if gateway.send(Message::Text(text)).await.is_err() {
+            from_browser = browser.recv() => match from_browser {
+                Some(Ok(ws::Message::Text(text))) => {
+                    if gateway.send(Message::text(text.as_str())).await.is_err() {
                         break;
                     }
                 }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                Some(Ok(ws::Message::Close(_))) | None | Some(Err(_)) => {
                     let _ = gateway.close(None).await;
                     return;
                 }
@@ -197,7 +175,7 @@ async fn bridge(state: ApiState, auth: AuthUser, token: String, mut browser: Bro
             },
             from_gateway = gateway.next() => match from_gateway {
                 Some(Ok(Message::Text(text))) => {
-                    if browser.send(Message::Text(text)).await.is_err() {
+                    if browser.send(ws::Message::text(text.as_str())).await.is_err() {
                         let _ = gateway.close(None).await;
                         return;
                     }
@@ -208,10 +186,9 @@ async fn bridge(state: ApiState, auth: AuthUser, token: String, mut browser: Bro
         }
     }
     let closed = json!({"type":"event","event":"bridge.closed","payload":{"message":"The instance closed the connection; reconnecting."}});
-    let _ = browser.send(Message::text(closed.to_string())).await;
-    let _ = browser.close(None).await;
+    let _ = browser.send(ws::Message::text(closed.to_string())).await;
+    let _ = browser.send(ws::Message::Close(None)).await;
 }
-
 /// Opens the gateway at `host` through this node's edge with the user's token, and completes the
 /// `connect.challenge` → `connect` → `hello-ok` handshake as a backend client.
 async fn connect_gateway(
@@ -279,11 +256,49 @@ async fn connect_gateway(
 mod tests {
     use super::*;
 
-    #[test]
-    fn accept_key_matches_rfc_6455_example() {
-        assert_eq!(
-            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
+    /// What the extractor answers for a request with these method and headers (no connection
+    /// behind it, so a well-formed handshake ends at "cannot be upgraded").
+    async fn refusal(
+        method: Method,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, &'static str, String) {
+        let mut request = axum::http::Request::builder()
+            .method(method)
+            .uri("/api/instances/me/chat");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let (mut parts, ()) = request.body(()).unwrap().into_parts();
+        match ChatUpgrade::from_request_parts(&mut parts, &()).await {
+            Ok(_) => panic!("accepted without a connection to upgrade"),
+            Err(e) => (e.status, e.code, e.message),
+        }
+    }
+
+    #[tokio::test]
+    async fn malformed_handshakes_get_the_apis_json_error_saying_what_is_wrong() {
+        let conn = ("connection", "Upgrade");
+        let up = ("upgrade", "websocket");
+        let key = ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        let v13 = ("sec-websocket-version", "13");
+        let v8 = ("sec-websocket-version", "8");
+        let get = Method::GET;
+        for (method, headers, says) in [
+            (&Method::POST, vec![conn, up, key, v13], "connect with GET"),
+            (&get, vec![key, v13], "connect with GET"),
+            (&get, vec![conn, key, v13], "connect with GET"),
+            (&get, vec![up, key, v13], "Connection: upgrade"),
+            (&get, vec![conn, up, v13], "Sec-WebSocket-Key"),
+            (&get, vec![conn, up, key, v8], "version 13"),
+            (&get, vec![conn, up, key, v13], "cannot be upgraded"),
+        ] {
+            let (status, code, message) = refusal(method.clone(), &headers).await;
+            assert_eq!(
+                (status, code),
+                (StatusCode::BAD_REQUEST, "WEBSOCKET_REQUIRED"),
+                "{method} {headers:?}"
+            );
+            assert!(message.contains(says), "{method} {headers:?}: {message}");
+        }
     }
 }

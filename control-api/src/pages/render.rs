@@ -1,25 +1,11 @@
-//! The page layout and HTML escaping.
+//! The page layout. Pages are `maud` templates: every spliced value is escaped at compile time,
+//! so no page escapes by hand.
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use maud::{html, Markup, DOCTYPE};
 
 use clawdeploy_store::{Role, User};
-
-/// Escapes text for HTML element content and double-quoted attribute values.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// One page: title, the `data-page` that `app.js` dispatches on, and the signed-in user (for
 /// the navigation).
@@ -43,65 +29,55 @@ impl<'a> Page<'a> {
         self
     }
 
-    pub fn html(self, main: String) -> Response {
+    pub fn html(self, main: Markup) -> Response {
         let link = |href: &str, label: &str, page: &str| {
-            let current = if page == self.id {
-                r#" aria-current="page""#
-            } else {
-                ""
-            };
-            format!(r#"<li><a href="{href}"{current}>{label}</a></li>"#)
-        };
-        let nav = match self.user {
-            Some(user) => {
-                let operator = if user.role == Role::Operator {
-                    link("/operator", "Operator", "operator")
-                } else {
-                    String::new()
-                };
-                format!(
-                    r#"<nav aria-label="Main"><ul>{}{}{}{}{operator}<li><button type="button" class="link" id="logout">Log out</button></li></ul></nav>"#,
-                    link("/dashboard", "Dashboard", "dashboard"),
-                    link("/settings", "Settings", "settings"),
-                    link("/security", "Security log", "security"),
-                    link("/domains", "Domains", "domains"),
-                )
+            html! {
+                li { a href=(href) aria-current=[(page == self.id).then_some("page")] { (label) } }
             }
-            None => format!(
-                r#"<nav aria-label="Main"><ul>{}{}</ul></nav>"#,
-                link("/login", "Log in", "login"),
-                link("/signup", "Sign up", "signup"),
-            ),
         };
-        let html = format!(
-            r##"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<link rel="stylesheet" href="/static/app.css">
-<script src="/static/app.js" defer></script>
-</head>
-<body data-page="{id}">
-<a class="skip" href="#main">Skip to content</a>
-<header class="top"><a class="brand" href="/">ClawDeploy</a>{nav}</header>
-<main id="main" tabindex="-1">
-{main}
-</main>
-<footer class="foot"><p>ClawDeploy · managed OpenClaw hosting</p></footer>
-</body>
-</html>
-"##,
-            title = esc(&self.title),
-            id = self.id,
-        );
+        let nav = html! {
+            nav aria-label="Main" {
+                ul {
+                    @if let Some(user) = self.user {
+                        (link("/dashboard", "Dashboard", "dashboard"))
+                        (link("/settings", "Settings", "settings"))
+                        (link("/security", "Security log", "security"))
+                        (link("/domains", "Domains", "domains"))
+                        @if user.role == Role::Operator {
+                            (link("/operator", "Operator", "operator"))
+                        }
+                        li { button type="button" .link #logout { "Log out" } }
+                    } @else {
+                        (link("/login", "Log in", "login"))
+                        (link("/signup", "Sign up", "signup"))
+                    }
+                }
+            }
+        };
+        let page = html! {
+            (DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    meta name="viewport" content="width=device-width, initial-scale=1";
+                    title { (self.title) }
+                    link rel="stylesheet" href="/static/app.css";
+                    script src="/static/app.js" defer {}
+                }
+                body data-page=(self.id) {
+                    a .skip href="#main" { "Skip to content" }
+                    header .top { a .brand href="/" { "ClawDeploy" } (nav) }
+                    main #main tabindex="-1" { (main) }
+                    footer .foot { p { "ClawDeploy · managed OpenClaw hosting" } }
+                }
+            }
+        };
         (
             [
                 (header::CONTENT_TYPE, "text/html; charset=utf-8"),
                 (header::CACHE_CONTROL, "no-store"),
             ],
-            html,
+            page.into_string(),
         )
             .into_response()
     }
@@ -111,11 +87,31 @@ impl<'a> Page<'a> {
 mod tests {
     use super::*;
 
+    fn body(response: Response) -> String {
+        let bytes = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(axum::body::to_bytes(response.into_body(), usize::MAX))
+            .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
     #[test]
-    fn escapes_markup_and_quotes() {
-        assert_eq!(
-            esc(r#"<a href="x">'&'</a>"#),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+    fn spliced_text_is_escaped_and_the_current_page_marked() {
+        let page =
+            body(Page::new(r#"<a href="x">&</a>"#, "login").html(html! { p { (r#"<b>"'&"#) } }));
+        assert!(
+            page.contains("<title>&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;</title>"),
+            "{page}"
+        );
+        assert!(
+            page.contains(r#"<a href="/login" aria-current="page">Log in</a>"#),
+            "{page}"
+        );
+        assert!(page.contains(r#"<a href="/signup">Sign up</a>"#), "{page}");
+        assert!(
+            page.contains(r#"<main id="main" tabindex="-1"><p>&lt;b&gt;&quot;'&amp;</p></main>"#),
+            "{page}"
         );
     }
 }
