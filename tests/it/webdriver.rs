@@ -250,12 +250,14 @@ impl Browser {
                 .next()
                 .unwrap_or_default()
                 .to_string();
-            if here == path {
+            // A dashboard page is ready once app.js has attached its handlers (a click before that
+            // would submit the form natively).
+            if here == path && (!url.starts_with(&self.app) || self.app_js_ready().await) {
                 return;
             }
             if Instant::now() > deadline {
                 self.screenshot("timeout").await;
-                panic!("never reached {path}; at {url}");
+                panic!("never reached {path} (with app.js ready); at {url}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -298,6 +300,12 @@ impl Browser {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Whether app.js has attached its handlers (false while a page is still loading).
+    async fn app_js_ready(&self) -> bool {
+        let script = json!({"script": "return document.documentElement.dataset.ready === 'true';", "args": []});
+        self.try_cmd("POST", "/execute/sync", Some(script)).await == Ok(Value::Bool(true))
     }
 
     /// Runs a script in the page; its return value.

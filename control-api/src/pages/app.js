@@ -570,4 +570,6 @@ document.addEventListener("DOMContentLoaded", () => {
   else if (page === "dashboard") dashboardPage();
   else if (page === "settings") settingsPage();
   else if (page === "domains") domainsPage();
+  // Every handler is attached: tests (and nothing else) wait for this before they type and click.
+  document.documentElement.dataset.ready = "true";
 });

@@ -136,7 +136,7 @@ async fn signup(State(state): State<ApiState>, headers: HeaderMap) -> Response {
         section .card.narrow {
             h1 { "Deploy your OpenClaw" }
             p .muted { "Already have an account? " a href="/login" { "Log in" } "." }
-            form #signup-form novalidate {
+            form #signup-form method="post" novalidate {
                 div .field {
                     label for="email" { "Email" }
                     input #email name="email" type="email" autocomplete="email" required data-field="email" aria-describedby="email-error";
@@ -192,7 +192,7 @@ async fn login(
         section .card.narrow {
             h1 { "Log in" }
             p .muted { "New here? " a href="/signup" { "Deploy free" } "." }
-            form #login-form data-next=(next) novalidate {
+            form #login-form method="post" data-next=(next) novalidate {
                 div .field {
                     label for="email" { "Email" }
                     input #email name="email" type="email" autocomplete="username" required data-field="email";
@@ -325,7 +325,7 @@ async fn dashboard(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) 
             h1 { "Dashboard" }
             section .card.narrow aria-labelledby="create-h" {
                 h2 #create-h { "Create your instance" }
-                form #create-form novalidate {
+                form #create-form method="post" novalidate {
                     (subdomain_field("Your address", state.routes.base_domain(), None, None))
                     p .form-error #form-error role="alert" {}
                     button type="submit" .button.primary { "Deploy" }
@@ -403,7 +403,7 @@ async fn dashboard(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) 
                     @if running { "Connecting…" } @else { "The chat connects when your instance is running." }
                 }
                 ol #chat-log .chat-log aria-label="Conversation" aria-live="polite" {}
-                form #chat-form .chat-form {
+                form #chat-form method="post" .chat-form {
                     label for="chat-input" { "Message" }
                     textarea #chat-input name="message" rows="2" required {}
                     button type="submit" .button.primary #chat-send disabled { "Send" }
@@ -453,7 +453,7 @@ async fn settings(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -
                 Some(inst) => {
                     section .card aria-labelledby="instance-h" {
                         h2 #instance-h { "Instance" }
-                        form #subdomain-form novalidate {
+                        form #subdomain-form method="post" novalidate {
                             (subdomain_field("Address", state.routes.base_domain(), None, Some(&inst.subdomain)))
                             button type="submit" .button { "Change address" }
                         }
@@ -464,7 +464,7 @@ async fn settings(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -
                     }
                     section .card.wide aria-labelledby="soul-h" {
                         h2 #soul-h { "SOUL.md" }
-                        form #soul-form {
+                        form #soul-form method="post" {
                             label for="soul" { "Your assistant's personality and standing instructions (Markdown, up to 64 KiB)" }
                             textarea #soul name="soulMd" rows="10" data-field="soulMd" { (inst.soul_md.as_deref().unwrap_or_default()) }
                             p .form-error #soul-error role="alert" {}
@@ -480,7 +480,7 @@ async fn settings(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -
             }
             section .card aria-labelledby="prefs-h" {
                 h2 #prefs-h { "Preferences" }
-                form #prefs-form {
+                form #prefs-form method="post" {
                     div .field {
                         label for="timezone" { "Time zone" }
                         input #timezone name="timezone" type="text" list="timezones" value=(user.timezone) autocomplete="off" required data-field="timezone";
@@ -523,7 +523,7 @@ async fn settings(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -
                         }
                     }
                 }
-                form #key-form {
+                form #key-form method="post" {
                     div .field {
                         label for="key-provider" { "Provider" }
                         select #key-provider name="provider" {
@@ -543,7 +543,7 @@ async fn settings(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -
                 h2 #mfa-h { "Two-factor authentication" }
                 @if user.mfa_enabled() {
                     p { "Two-factor authentication is " strong { "on" } "." }
-                    form #mfa-disable-form {
+                    form #mfa-disable-form method="post" {
                         div .field { label for="mfa-disable-password" { "Password" } input #mfa-disable-password name="password" type="password" autocomplete="current-password" required data-field="password"; }
                         div .field { label for="mfa-disable-code" { "Current code" } input #mfa-disable-code name="code" type="text" inputmode="numeric" autocomplete="one-time-code" required data-field="code"; }
                         p .form-error #mfa-error role="alert" {}
@@ -556,7 +556,7 @@ async fn settings(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -
                         p { "Add this secret to your authenticator app (or open the link on your phone), then enter the code it shows." }
                         p { "Secret: " code #mfa-secret {} }
                         p { a #mfa-uri { "otpauth link" } }
-                        form #mfa-enable-form {
+                        form #mfa-enable-form method="post" {
                             div .field { label for="mfa-enable-code" { "Code from the app" } input #mfa-enable-code name="code" type="text" inputmode="numeric" autocomplete="one-time-code" required data-field="code"; }
                             button type="submit" .button.primary { "Turn on" }
                         }
@@ -583,7 +583,7 @@ async fn settings(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -
                             (state.ctx.config.limits.deletion_grace_days)
                             " days after you ask; until then you can change your mind."
                         }
-                        form #delete-form {
+                        form #delete-form method="post" {
                             div .field { label for="delete-confirm" { "Type DELETE to confirm" } input #delete-confirm name="confirm" type="text" autocomplete="off" required; }
                             button type="submit" .button.danger { "Delete my account" }
                         }
@@ -679,7 +679,7 @@ async fn domains(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) ->
                 "Custom domains come with the Pro tier and up. A domain is served over HTTPS, with its own certificate, once its CNAME and TXT records are seen. The TXT value is yours alone: whoever's records are seen first owns the domain, and a domain whose records are not seen within "
                 (ttl) " is removed. Your instance is reachable at " strong { (target) } "."
             }
-            form #domain-form novalidate {
+            form #domain-form method="post" novalidate {
                 div .field {
                     label for="hostname" { "Domain" }
                     input #hostname name="hostname" type="text" autocomplete="off" autocapitalize="none" spellcheck="false" placeholder="claw.example.com" required data-field="hostname" aria-describedby="hostname-error";
