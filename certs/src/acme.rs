@@ -24,20 +24,27 @@ use crate::CertError;
 pub enum Proof<'a> {
     /// HTTP-01, answered by every edge node's HTTP listener until `expires_at` (unix ms).
     Http01 {
+        /// Where the challenge tokens are put (this node, and the store for the others).
         challenges: &'a Http01Challenges,
+        /// When the stored tokens may be pruned (unix ms).
         expires_at: i64,
     },
     /// DNS-01 through a provider, checked visible at `resolver` before the CA is told.
     Dns01 {
+        /// Publishes and removes the `_acme-challenge` TXT records.
         provider: &'a dyn DnsProvider,
+        /// Where the TXT records are checked visible.
         resolver: &'a Resolver,
+        /// How long to wait for the records to become visible before giving up.
         propagation_timeout: Duration,
     },
 }
 
 /// An issued certificate: chain PEM (leaf first) and its private key PEM.
 pub struct Issued {
+    /// The certificate chain in PEM, leaf first.
     pub chain_pem: String,
+    /// The leaf's private key in PEM (ECDSA P-256, generated for this order).
     pub key_pem: String,
 }
 
@@ -119,6 +126,7 @@ impl AcmeClient {
         }
     }
 
+    /// The CA's directory URL (`acme.directory_url`), which keys the account in the store.
     pub fn directory_url(&self) -> &str {
         &self.directory_url
     }

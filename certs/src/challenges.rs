@@ -72,6 +72,8 @@ impl Http01Challenges {
         Ok(())
     }
 
+    /// Stops serving `token`, here and in the store (a failed delete is logged: the stored token
+    /// expires with its order).
     pub async fn remove(&self, token: &str) {
         self.local.remove(token);
         if let Some(store) = self.store.get() {

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use crate::dns::DnsProvider;
 use crate::CertError;
 
+/// Cloudflare's DNS API for one zone, as a [`DnsProvider`].
 pub struct Cloudflare {
     api_url: String,
     token: String,
@@ -20,6 +21,9 @@ pub struct Cloudflare {
 }
 
 impl Cloudflare {
+    /// A client of the API at `api_url` (`dns.cloudflare_api_url`, a trailing `/` ignored) with an
+    /// API `token` allowed to edit DNS in zone `zone_id`; fails only if the platform's TLS roots
+    /// cannot be loaded.
     pub fn new(api_url: &str, token: &str, zone_id: &str) -> Result<Self, CertError> {
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .try_with_platform_verifier()

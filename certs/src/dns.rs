@@ -29,7 +29,10 @@ const TXT_TTL: u32 = 60;
 /// wildcard and the apex share `_acme-challenge.<base>`).
 #[async_trait]
 pub trait DnsProvider: Send + Sync {
+    /// Adds the TXT record `value` at `name` (a full name, `_acme-challenge.<domain>`; TTL 60 s),
+    /// beside any other values there.
     async fn add_txt(&self, name: &str, value: &str) -> Result<(), CertError>;
+    /// Removes the TXT record `value` at `name`, leaving other values there.
     async fn remove_txt(&self, name: &str, value: &str) -> Result<(), CertError>;
 }
 
@@ -54,6 +57,8 @@ pub struct Rfc2136 {
 }
 
 impl Rfc2136 {
+    /// Updates `zone` on the primary `server`, signing with the TSIG key `key_name` (secret in
+    /// standard base64; `algorithm` is `hmac-sha256`, `hmac-sha384` or `hmac-sha512`).
     pub fn new(
         server: SocketAddr,
         zone: &str,
@@ -85,6 +90,7 @@ impl Rfc2136 {
         })
     }
 
+    /// [`Rfc2136::new`] from `[dns]` (`server`, `zone`, `tsig_*`).
     pub fn from_config(config: &DnsConfig) -> Result<Self, CertError> {
         let server = config.server.parse().map_err(|_| {
             CertError::Dns(format!("dns.server {:?} is not IP:port", config.server))
@@ -212,10 +218,12 @@ pub struct Resolver {
 }
 
 impl Resolver {
+    /// Asks the DNS server at `server` over UDP (5 s per query).
     pub fn new(server: SocketAddr) -> Self {
         Self { server }
     }
 
+    /// The resolver of `[dns]`: `dns.resolver`, else the RFC 2136 server, else `1.1.1.1:53`.
     pub fn from_config(config: &DnsConfig) -> Result<Self, CertError> {
         let addr = config.resolver_addr();
         addr.parse()

@@ -11,6 +11,8 @@
 //! - [`renewal`]: when a certificate is renewed (ARI window, else two thirds of its lifetime).
 //! - [`manager`]: ties them to the store (keys sealed), the order lock and the change broadcast.
 
+#![warn(missing_docs)]
+
 pub mod acme;
 pub mod challenges;
 pub mod cloudflare;
@@ -28,17 +30,24 @@ pub use store::CertStore;
 /// Why a certificate operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
+    /// A certificate, key or chain could not be parsed or does not match (from a file, the store or
+    /// the CA).
     #[error("invalid certificate or key: {0}")]
     Invalid(String),
     /// rcgen's error is part of the message, not a `source()`: shown once by chain printers.
     #[error("certificate generation failed: {0}")]
     Generate(rcgen::Error),
+    /// The ACME CA refused or failed an account, an order or a challenge (or its credentials are
+    /// unusable).
     #[error("ACME: {0}")]
     Acme(String),
+    /// A DNS provider failed to publish or remove a record, or is misconfigured.
     #[error("DNS: {0}")]
     Dns(String),
+    /// Reading or writing certificates, keys or the order lock in the store failed.
     #[error(transparent)]
     Store(#[from] clawdeploy_store::StoreError),
+    /// A local I/O error, such as reading or writing the local CA's files in the data directory.
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

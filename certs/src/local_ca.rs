@@ -26,6 +26,8 @@ pub const LEAF_LIFETIME: Duration = Duration::from_secs(90 * 86_400);
 
 const CA_NAME: &str = "ClawDeploy local development CA";
 
+/// A certificate authority of this installation (`ca.pem` and `ca.key` in its directory, valid ten
+/// years), which signs the edge's leaves when no ACME CA is configured.
 pub struct LocalCa {
     dir: PathBuf,
     cert_pem: String,
@@ -92,6 +94,7 @@ impl LocalCa {
         &self.cert_pem
     }
 
+    /// Where the CA certificate is (`<dir>/ca.pem`): the file to make clients trust.
     pub fn ca_path(&self) -> PathBuf {
         self.dir.join("ca.pem")
     }
@@ -130,6 +133,7 @@ pub struct PerHostCerts {
 }
 
 impl PerHostCerts {
+    /// Signs for the names `serves` accepts, keeping at most `capacity` certificates.
     pub fn new(
         ca: Arc<LocalCa>,
         capacity: NonZeroUsize,
@@ -147,6 +151,7 @@ impl PerHostCerts {
         self.cache.lock().map_or(0, |c| c.len())
     }
 
+    /// True when no certificate is kept.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -87,6 +87,7 @@ fn serves_per_host(routes: Arc<RouteTable>) -> impl Fn(&str) -> bool + Send + Sy
     }
 }
 
+/// The certificate manager of one edge node (see the module docs); shared as an `Arc`.
 pub struct CertManager {
     config: Config,
     keyring: Arc<Keyring>,
@@ -117,13 +118,21 @@ impl std::fmt::Debug for CertManager {
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CertSummary {
+    /// The primary name: the base domain (apex and wildcard) or a custom domain.
     pub name: String,
+    /// Every DNS name the certificate covers.
     pub domains: Vec<String>,
+    /// Who signed it: `acme` or `local-ca`.
     pub issuer: String,
+    /// Start of the leaf's validity (unix ms).
     pub not_before: i64,
+    /// End of the leaf's validity (unix ms).
     pub not_after: i64,
+    /// When a successor is ordered (unix ms).
     pub renew_at: i64,
+    /// Failed renewals since this certificate was stored.
     pub failures: i64,
+    /// Why the last renewal failed, if one has since this certificate was stored.
     pub last_error: Option<String>,
 }
 
@@ -184,18 +193,22 @@ impl CertManager {
         }))
     }
 
+    /// The certificates the HTTPS listener resolves from (its `ResolvesServerCert`).
     pub fn cert_store(&self) -> Arc<CertStore> {
         self.certs.clone()
     }
 
+    /// The HTTP-01 tokens the edge's plain listener answers.
     pub fn challenges(&self) -> Arc<Http01Challenges> {
         self.challenges.clone()
     }
 
+    /// The local CA, in `tls.mode = "local-ca"`; `None` with ACME.
     pub fn local_ca(&self) -> Option<&LocalCa> {
         self.local_ca.as_deref()
     }
 
+    /// The domain whose apex and wildcard certificate the manager keeps (`server.base_domain`).
     pub fn base_domain(&self) -> &str {
         &self.config.server.base_domain
     }

@@ -27,10 +27,15 @@ pub fn certified_key(chain_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>
 /// What the scheduler and the API show of a leaf certificate.
 #[derive(Debug, Clone)]
 pub struct LeafInfo {
+    /// Start of validity (unix ms).
     pub not_before_ms: i64,
+    /// End of validity (unix ms).
     pub not_after_ms: i64,
+    /// The DNS names of its subject alternative names, as written (wildcards included).
     pub names: Vec<String>,
+    /// The serial number in hex, bytes separated by `:` (for logs).
     pub serial_hex: String,
+    /// The issuer's distinguished name, attributes in certificate order (`C=US, O=…, CN=…`).
     pub issuer: String,
 }
 

@@ -39,6 +39,7 @@ impl std::fmt::Debug for CertStore {
 }
 
 impl CertStore {
+    /// An empty store: every handshake fails until a certificate or a fallback is installed.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }

@@ -32,20 +32,39 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why a connection for a user was not made.
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
+    /// `host` resolved to `ip`, which is neither public unicast nor allowed (or is this node
+    /// itself).
     #[error("{host} is {ip}, which is not a public address")]
-    Refused { host: String, ip: IpAddr },
+    Refused {
+        /// The host of the URL (or, for a connection to this node itself, the peer address).
+        host: String,
+        /// The address refused.
+        ip: IpAddr,
+    },
+    /// The connection to this address would leave through the instance network.
     #[error("{0} went through the instance network, which the meter never calls")]
     InstanceNetwork(SocketAddr),
     // I/O errors are in the messages, so they are not a `source()` (shown once by chain printers).
+    /// Resolving `host` failed.
     #[error("{host} has no address: {error}")]
-    Resolve { host: String, error: std::io::Error },
-    #[error("the URL has no host")]
-    NoHost,
-    #[error("connecting to {addr}: {error}")]
-    Connect {
-        addr: SocketAddr,
+    Resolve {
+        /// The host of the URL.
+        host: String,
+        /// The resolver's error.
         error: std::io::Error,
     },
+    /// The URL has no host to connect to.
+    #[error("the URL has no host")]
+    NoHost,
+    /// Connecting to `addr`, a permitted address, failed.
+    #[error("connecting to {addr}: {error}")]
+    Connect {
+        /// The address connected to.
+        addr: SocketAddr,
+        /// The socket's error.
+        error: std::io::Error,
+    },
+    /// Connecting to this address took longer than 10 s.
     #[error("connecting to {0} timed out")]
     Timeout(SocketAddr),
 }
@@ -95,6 +114,7 @@ pub struct GuardedConnector {
 }
 
 impl GuardedConnector {
+    /// A connector that resolves each host itself and connects only to addresses `policy` permits.
     pub fn new(policy: EgressPolicy) -> Self {
         Self {
             policy: Arc::new(policy),

@@ -8,6 +8,8 @@
 //! tier's monthly token budget is enforced before each call. OpenAI streaming requests get
 //! `stream_options.include_usage = true` so their usage is reported.
 
+#![warn(missing_docs)]
+
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -42,8 +44,11 @@ pub const PROVIDERS: [&str; 4] = ["openai", "anthropic", "google", "custom"];
 /// Upstream base URLs (no trailing slash).
 #[derive(Debug, Clone)]
 pub struct Upstreams {
+    /// OpenAI's API base (`llm.openai_url`), the target of `/openai/…`.
     pub openai: String,
+    /// Anthropic's API base (`llm.anthropic_url`), the target of `/anthropic/…`.
     pub anthropic: String,
+    /// Google's Gemini API base (`llm.google_url`), the target of `/google/…`.
     pub google: String,
 }
 
@@ -85,11 +90,16 @@ pub fn verify_instance_token(key: &[u8], token: &str) -> Option<String> {
 /// report cumulative counts in several events).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
+    /// Input (prompt) tokens: OpenAI `prompt_tokens`, Anthropic `input_tokens`, Google
+    /// `promptTokenCount`.
     pub input: u64,
+    /// Output tokens: OpenAI `completion_tokens`, Anthropic `output_tokens`, Google
+    /// `candidatesTokenCount` plus `thoughtsTokenCount`.
     pub output: u64,
 }
 
 impl Usage {
+    /// Input plus output tokens: what the call costs against the tier's monthly token budget.
     pub fn total(&self) -> u64 {
         self.input + self.output
     }
@@ -126,10 +136,14 @@ pub struct UsageScanner {
     sse: bool,
     buf: Vec<u8>,
     overflow: bool,
+    /// The usage seen so far (complete once [`finish`](Self::finish) has run).
     pub usage: Usage,
 }
 
 impl UsageScanner {
+    /// A scanner for an answer of `content_type`: `text/event-stream` is read event by event,
+    /// anything else as one JSON document of at most 4 MiB (a larger one is not inspected: its
+    /// usage reads 0).
     pub fn new(content_type: &str) -> Self {
         Self {
             sse: content_type.starts_with("text/event-stream"),
@@ -137,6 +151,7 @@ impl UsageScanner {
         }
     }
 
+    /// Reads the next piece of the body, in the order it arrived.
     pub fn feed(&mut self, chunk: &[u8]) {
         if self.sse {
             self.buf.extend_from_slice(chunk);
@@ -167,6 +182,8 @@ impl UsageScanner {
         }
     }
 
+    /// The body ended: reads what was held back (the JSON document, or an SSE line without its
+    /// final newline) and returns the usage.
     pub fn finish(&mut self) -> Usage {
         if self.sse {
             let rest = std::mem::take(&mut self.buf);
@@ -234,16 +251,29 @@ fn presented_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
 /// Why a custom provider's `baseUrl` is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BaseUrlError {
+    /// Not a URL at all: the text as given, and the parser's reason.
     #[error("{0:?} is not a URL ({1}); write it like https://llm.example.com/v1")]
     Syntax(String, String),
+    /// A scheme other than `http` or `https`.
     #[error("the URL must start with http:// or https://")]
     Scheme,
+    /// A `user:password@` part.
     #[error("the URL may not carry a user name or password; put the credential in the key field")]
     Userinfo,
+    /// A `#fragment`.
     #[error("the URL may not carry a #fragment")]
     Fragment,
+    /// A host not written the way the URL parser reads it (`127.1`, `2130706433`, `0x7f.1`…):
+    /// refused so that what is checked is what was written.
     #[error("write the host as {canonical} (it was written {written:?})")]
-    NotCanonical { written: String, canonical: String },
+    NotCanonical {
+        /// The host as written in the URL.
+        written: String,
+        /// The host as the URL parser reads it, which is what would be connected to.
+        canonical: String,
+    },
+    /// A literal address that is neither public unicast nor in `llm.allow_private_custom` (the
+    /// host, canonical).
     #[error("{0} is not a public address; the platform calls public endpoints only")]
     Private(String),
 }
@@ -636,6 +666,7 @@ pub struct ListenerHandoff {
 }
 
 impl ListenerHandoff {
+    /// An empty slot (same as `default()`).
     pub fn new() -> Self {
         Self::default()
     }
@@ -673,6 +704,10 @@ pub struct LlmMeterService {
 }
 
 impl LlmMeterService {
+    /// Serves on `listen`: verifies instance tokens against `token_key` (HMACs by
+    /// [`instance_token`]), counts tokens in `meter`, unseals users' provider keys with `keyring`,
+    /// forwards to `upstreams`, and lets custom endpoints reach the private networks in
+    /// `allowed_private` (none by default).
     pub fn new(
         listen: MeterListen,
         meter: Arc<Meter>,

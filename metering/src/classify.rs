@@ -53,7 +53,9 @@ pub enum Turn {
 
 /// Params that carry the text of a turn, as bits for [`Turn::When`] (at most 32).
 pub mod text_params {
+    /// `params.message`: the user's text (`chat.send`, `sessions.create`, `agent`…).
     pub const MESSAGE: u32 = 1 << 0;
+    /// `params.task`: a task's text, which starts a turn like a message.
     pub const TASK: u32 = 1 << 1;
 
     /// Names by bit position.
@@ -93,6 +95,8 @@ pub struct Request<'a> {
     method: Option<JsonStr<'a>>,
     /// Whether it can start an agent turn (see the module docs).
     pub turn: bool,
+    /// `params.idempotencyKey` (a non-empty string, or a number as written) of a turn; `None` for
+    /// other requests. A retry with a key already counted this period is not counted again.
     pub idempotency_key: Option<Cow<'a, str>>,
 }
 
@@ -172,6 +176,7 @@ pub fn request(text: &[u8]) -> Option<Request<'_>> {
 pub struct UserMessage<'a> {
     /// The request id as raw JSON text, echoed in the answer.
     pub id: &'a [u8],
+    /// `params.idempotencyKey`, decoded, if the request has one (see [`Request::idempotency_key`]).
     pub idempotency_key: Option<Cow<'a, str>>,
 }
 

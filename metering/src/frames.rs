@@ -7,26 +7,37 @@
 
 /// Frame opcodes.
 pub mod opcode {
+    /// Continues a fragmented data message.
     pub const CONTINUATION: u8 = 0x0;
+    /// Starts a UTF-8 text message.
     pub const TEXT: u8 = 0x1;
+    /// Starts a binary message.
     pub const BINARY: u8 = 0x2;
+    /// Close (control): an optional 2-byte status code, then a UTF-8 reason.
     pub const CLOSE: u8 = 0x8;
+    /// Ping (control): the peer answers with a pong carrying the same payload.
     pub const PING: u8 = 0x9;
+    /// Pong (control): the answer to a ping, or an unsolicited heartbeat.
     pub const PONG: u8 = 0xA;
 }
 
 /// One frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
+    /// The final frame of its message (always true for control frames).
     pub fin: bool,
     /// RSV1..3 as the low three bits.
     pub rsv: u8,
+    /// One of [`opcode`]'s values (4 bits).
     pub opcode: u8,
+    /// The masking key: present on client-to-server frames, absent on server-to-client ones.
     pub mask: Option<[u8; 4]>,
+    /// Payload length in bytes (at most 2^63 − 1; at most 125 for control frames).
     pub payload_len: u64,
 }
 
 impl FrameHeader {
+    /// True for close, ping and pong (opcodes with the top bit set), which may not be fragmented.
     pub fn is_control(&self) -> bool {
         self.opcode & 0x8 != 0
     }
@@ -55,16 +66,22 @@ impl FrameHeader {
 /// Why a byte stream is not WebSocket framing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
+    /// An opcode RFC 6455 reserves (0x3–0x7, 0xB–0xF).
     #[error("reserved opcode {0:#x}")]
     ReservedOpcode(u8),
+    /// A close, ping or pong whose payload exceeds 125 bytes.
     #[error("control frame with a {0}-byte payload (at most 125 allowed)")]
     ControlTooLong(u64),
+    /// A close, ping or pong without FIN.
     #[error("fragmented control frame")]
     FragmentedControl,
+    /// A 64-bit payload length with its most significant bit set.
     #[error("64-bit payload length with the top bit set")]
     LengthOverflow,
+    /// A continuation frame outside a fragmented message.
     #[error("continuation frame without a message to continue")]
     UnexpectedContinuation,
+    /// A text or binary frame before the previous fragmented message's final frame.
     #[error("new data frame while a fragmented message is still open")]
     UnfinishedMessage,
 }
@@ -73,16 +90,31 @@ pub enum FrameError {
 #[derive(Debug, PartialEq, Eq)]
 pub enum FrameEvent<'a> {
     /// A complete header; `end` is the offset in the fed chunk just past it.
-    Header { header: FrameHeader, end: usize },
+    Header {
+        /// The decoded header.
+        header: FrameHeader,
+        /// Offset in the chunk just past the header's last byte.
+        end: usize,
+    },
     /// Payload bytes of the current frame, unmasked; `end` is the offset in the chunk past them.
-    Payload { data: PayloadBytes<'a>, end: usize },
+    Payload {
+        /// The bytes, as on the wire (masked or not: see [`PayloadBytes::unmask_into`]).
+        data: PayloadBytes<'a>,
+        /// Offset in the chunk just past them.
+        end: usize,
+    },
     /// The current frame is complete; `end` is the offset in the chunk just past it.
-    FrameEnd { end: usize },
+    FrameEnd {
+        /// Offset in the chunk just past the frame's last byte.
+        end: usize,
+    },
 }
 
 /// A run of payload bytes as they were on the wire, with what unmasks them.
 #[derive(Debug, PartialEq, Eq)]
 pub struct PayloadBytes<'a> {
+    /// The bytes as fed, still masked if the frame is; [`unmask_into`](Self::unmask_into) unmasks
+    /// them.
     pub raw: &'a [u8],
     pub(crate) mask: Option<[u8; 4]>,
     /// Position in the frame's payload of `raw[0]`, modulo 4.
@@ -131,6 +163,7 @@ pub struct FrameParser {
 }
 
 impl FrameParser {
+    /// A parser at the start of a stream (same as `default()`).
     pub fn new() -> Self {
         Self::default()
     }

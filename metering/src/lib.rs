@@ -12,6 +12,8 @@
 //! - [`flush`]: the usage flush to the store, and the meter's seeding from it.
 //! - [`telemetry`]: the Prometheus recorder and the `/metrics` listener.
 
+#![warn(missing_docs)]
+
 pub mod classify;
 pub mod flush;
 pub mod frames;

@@ -12,7 +12,9 @@ use clawdeploy_store::time::{civil_from_days, days_from_civil, DAY_MS};
 /// A half-open window `[start_ms, end_ms)` of unix milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Period {
+    /// First millisecond of the window (00:00 UTC of its first day), included.
     pub start_ms: i64,
+    /// First millisecond after the window (the next window's start), excluded.
     pub end_ms: i64,
 }
 

@@ -191,7 +191,9 @@ pub struct UsageHandle(Entry);
 /// Why a send or an LLM call was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
+    /// The tier's limit for the period: messages for a send, tokens for an LLM call.
     pub limit: u64,
+    /// What the period has used, in the same unit (for messages, in-flight sends included).
     pub used: u64,
     /// RFC 3339, the end of the current period (next month's start for the free tier).
     pub resets_at: String,
@@ -276,24 +278,30 @@ impl Drop for Reservation {
 /// One instance's counters to write to the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageDelta {
+    /// The instance the counts belong to (its id, a UUID in text form).
     pub instance_id: String,
     /// Days since 1970-01-01 (UTC).
     pub day: i64,
+    /// Messages counted that day.
     pub messages: u64,
+    /// LLM tokens (input plus output) counted that day.
     pub tokens: u64,
 }
 
 /// One instance's counts for the shared-counter sync.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncDelta {
+    /// The instance the counts belong to (its id, a UUID in text form).
     pub instance_id: String,
     /// Start (ms) of the period the counts belong to.
     pub period_start_ms: i64,
     /// New since the last sync.
     pub messages: u64,
+    /// LLM tokens new since the last sync.
     pub tokens: u64,
     /// This node's total when the delta was taken.
     pub known_messages: u64,
+    /// This node's token total for the period when the delta was taken.
     pub known_tokens: u64,
     /// Idempotency keys of the new messages (those without a key are not listed).
     pub keys: Vec<u64>,
@@ -309,6 +317,8 @@ pub struct Meter {
 }
 
 impl Meter {
+    /// An empty meter whose limits come from `tiers`; counts stay on this node (see
+    /// [`Meter::shared`]).
     pub fn new(tiers: TiersConfig) -> Self {
         Self {
             usage: DashMap::new(),
@@ -325,6 +335,7 @@ impl Meter {
         self
     }
 
+    /// The tier table the meter's limits come from.
     pub fn tiers(&self) -> &TiersConfig {
         &self.tiers
     }

@@ -23,11 +23,16 @@ use crate::shared_limits::{SharedDecision, SharedLimits};
 /// Which limit refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
+    /// The per-client-IP limit (`rate_limits.per_ip_per_minute`).
     Ip,
+    /// The per-user limit (`rate_limits.per_user_per_minute`): the instance's owner, or the API
+    /// token's user.
     User,
 }
 
 impl Scope {
+    /// `"ip"` or `"user"`: the `scope` label of `clawdeploy_rate_limited_total` and part of the
+    /// Redis key.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Ip => "ip",
@@ -43,7 +48,9 @@ pub struct RateLimiter {
     clock: DefaultClock,
     max_keys: usize,
     checks: AtomicU64,
+    /// Requests a minute allowed per client IP, as configured (quoted in the 429's message).
     pub per_ip_per_minute: u32,
+    /// Requests a minute allowed per user, as configured (quoted in the 429's message).
     pub per_user_per_minute: u32,
     shared: Option<Arc<SharedLimits>>,
 }
@@ -55,6 +62,7 @@ fn quota(per_minute: u32, burst: u32) -> Quota {
 }
 
 impl RateLimiter {
+    /// Limiters for this node alone, empty; [`with_shared`](Self::with_shared) adds Redis.
     pub fn new(config: &RateLimitsConfig) -> Self {
         Self {
             ip: DefaultKeyedRateLimiter::keyed(quota(config.per_ip_per_minute, config.burst)),

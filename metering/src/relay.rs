@@ -55,14 +55,21 @@ pub const MAX_TRACKED_REQUESTS: usize = 1024;
 /// Why the relay must stop.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
+    /// The client's bytes are not valid WebSocket framing (closed with 1002).
     #[error("the client sent invalid WebSocket framing: {0}")]
     ClientFraming(FrameError),
+    /// The gateway's bytes are not valid WebSocket framing (closed with 1011).
     #[error("the gateway sent invalid WebSocket framing: {0}")]
     ServerFraming(FrameError),
+    /// A client text message grew past `max_message_bytes` (the limit, in bytes; closed with 1009).
     #[error("a client message exceeds {0} bytes")]
     MessageTooBig(usize),
+    /// A client binary data message: refused, since the gateway would read it as text (closed with
+    /// 1003).
     #[error("the client sent a binary message (the gateway protocol is text)")]
     BinaryMessage,
+    /// A client data frame with RSV bits set, meaning an extension nobody negotiated (closed with
+    /// 1002).
     #[error("the client set RSV bits (no extension is negotiated)")]
     ReservedBits,
 }
@@ -108,12 +115,19 @@ fn relay_metrics() -> &'static RelayMetrics {
 /// What one instance's WebSocket is metered against.
 #[derive(Clone)]
 pub struct RelayTarget {
+    /// The node's counters, which admit or refuse each turn.
     pub meter: Arc<Meter>,
+    /// The instance behind the WebSocket (its id, a UUID in text form).
     pub instance_id: Arc<str>,
+    /// The instance's tier when the connection opened; a newer one from the route table wins (see
+    /// [`Meter::update_tier`]).
     pub tier: Tier,
     /// The owner's billing anchor (paid tiers count per period from it).
     pub billing_anchor_ms: Option<i64>,
+    /// The largest client text message held while it is decided (bytes,
+    /// `metering.max_message_bytes`); a larger one closes the WebSocket with 1009.
     pub max_message_bytes: usize,
+    /// Where a quota refusal sends the user to upgrade (`details.upgradeUrl` of the refusal).
     pub upgrade_url: Arc<str>,
 }
 
@@ -159,6 +173,7 @@ pub struct WsRelay {
 }
 
 impl WsRelay {
+    /// A relay at the start of both streams, metered against `target`.
     pub fn new(target: RelayTarget) -> Self {
         Self {
             usage: target.meter.handle(&target.instance_id),

@@ -66,6 +66,7 @@ pub struct SharedLimits {
 /// The shared decision on one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SharedDecision {
+    /// Under the shared limit, and counted in Redis.
     Allowed,
     /// Over the shared limit; retry after this long.
     Refused(Duration),
@@ -74,6 +75,9 @@ pub enum SharedDecision {
 }
 
 impl SharedLimits {
+    /// Limits through the Redis at `url` (`redis://…`), each answer awaited at most `timeout`; not
+    /// connected until [`maintain`](Self::maintain) connects, so every request is decided locally
+    /// until then.
     pub fn new(url: String, timeout: Duration) -> Self {
         Self {
             url,

@@ -101,6 +101,8 @@ pub struct MetricsService {
 }
 
 impl MetricsService {
+    /// Serves `handle`'s metrics on `listener` (bound by the caller, so a busy port fails at
+    /// start).
     pub fn new(listener: std::net::TcpListener, handle: PrometheusHandle) -> Self {
         Self {
             listener: Mutex::new(Some(listener)),

@@ -40,6 +40,7 @@ pub const DATA_DIR: &str = "/data";
 /// Size of the in-container `/tmp` (counted against the memory limit).
 const TMP_BYTES: i64 = 64 << 20;
 
+/// How the Docker runtime places instances on the network.
 #[derive(Debug, Clone)]
 pub struct DockerOptions {
     /// The dedicated bridge network instances join.
@@ -58,6 +59,7 @@ impl Default for DockerOptions {
     }
 }
 
+/// The Docker runtime (see the module docs): one engine client and its event stream.
 pub struct DockerRuntime {
     docker: Docker,
     options: DockerOptions,
@@ -103,6 +105,7 @@ impl DockerRuntime {
         &self.docker
     }
 
+    /// The name of the bridge network instances join ([`DockerOptions::network`]).
     pub fn network(&self) -> &str {
         &self.options.network
     }

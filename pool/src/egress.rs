@@ -47,9 +47,11 @@ const WIDEST_NODE_SUBNET: u8 = 8;
 /// The instance network as the host's firewall sees it.
 #[derive(Debug, Clone)]
 pub struct NetworkInfo {
+    /// Docker's network id (64 hex digits); its first 12 name the chains.
     pub id: String,
     /// The host-side bridge interface, e.g. `br-0123456789ab`.
     pub bridge: String,
+    /// The network's IPv4 subnet in CIDR form (`172.18.0.0/16`), when Docker reports one.
     pub subnet: Option<String>,
     /// Whether the network has IPv6 enabled (these rules cover IPv4 only).
     pub ipv6: bool,
@@ -85,10 +87,14 @@ impl EgressRules {
         }
     }
 
+    /// The forward chain's name, `CLAWDEPLOY-E-<first 12 digits of the network id>`, jumped to from
+    /// `DOCKER-USER`.
     pub fn forward_chain(&self) -> &str {
         &self.forward_chain
     }
 
+    /// The input chain's name, `CLAWDEPLOY-I-<first 12 digits of the network id>`, jumped to from
+    /// `INPUT`.
     pub fn input_chain(&self) -> &str {
         &self.input_chain
     }

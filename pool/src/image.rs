@@ -46,13 +46,17 @@ pub fn write_launcher(dir: &std::path::Path) -> std::io::Result<std::path::PathB
 
 /// Pinned versions (the script's defaults).
 pub const NODE_VERSION: &str = "24.21.0";
+/// The OpenClaw release the image installs (and the process runtime's launcher runs); the
+/// meter's gateway method table (`clawdeploy_metering::classify::METHODS`) is that release's.
 pub const OPENCLAW_VERSION: &str = "2026.9.6";
 
+/// Why `clawdeploy image build` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     /// The I/O error is part of the message, not a `source()`: shown once by chain printers.
     #[error("cannot run the image build: {0}")]
     Io(std::io::Error),
+    /// The build script ran and exited unsuccessfully, with this status.
     #[error("the image build failed ({0}); its progress above says where")]
     Failed(std::process::ExitStatus),
 }

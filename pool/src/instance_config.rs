@@ -14,6 +14,7 @@ use crate::runtime::{ConfigFile, Resources};
 pub struct FixtureConfig {
     /// The header the edge sets with the authenticated user.
     pub user_header: String,
+    /// The limits of every instance, whatever its tier.
     pub resources: Resources,
 }
 

@@ -2,6 +2,8 @@
 //! ([`docker`]) and a local-process one for machines without Docker ([`process`]), and the
 //! instance network's egress rules ([`egress`]).
 
+#![warn(missing_docs)]
+
 pub mod docker;
 pub mod egress;
 pub mod image;

@@ -31,20 +31,34 @@ use clawdeploy_store::changes::{Change, ChangeBus};
 /// How a node's pool behaves.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
+    /// This node's id in the store (`pool.node_id`, else the host name); pool members and instances
+    /// are placed by it, and container names start `cd-<node_id>-`.
     pub node_id: String,
+    /// Idle, ready instances kept warm (`pool.min_idle`), within `capacity`.
     pub min_idle: usize,
+    /// Idle instances beyond this are removed (`pool.max_idle`).
     pub max_idle: usize,
+    /// How often health checks and refills run (`pool.tick_secs`); a claim triggers a refill at
+    /// once too.
     pub tick: Duration,
     /// Most instances this node runs (idle, being created and assigned), from its memory.
     pub capacity: usize,
     /// Instances created at once (refill and on-demand): the signup throttle.
     pub create_concurrency: usize,
+    /// The Docker image, or the program the process runtime runs.
     pub image: String,
+    /// The `uid:gid` instances run as; root is refused.
     pub user: String,
+    /// The port instances serve inside (the gateway's).
     pub port: u16,
+    /// Limits of a warm instance; an assigned one gets its tier's ([`InstanceConfig::resources`]).
     pub idle_resources: Resources,
+    /// How long a new or restarted instance may take to answer `/readyz`
+    /// (`pool.ready_timeout_secs`).
     pub ready_timeout: Duration,
+    /// Labels on every instance created (`clawdeploy.node` = `node_id`), beside the runtime's own.
     pub labels: BTreeMap<String, String>,
+    /// Environment variables of every instance created (name, value).
     pub env: Vec<(String, String)>,
     /// Written into each new instance's data directory before its first start.
     pub boot_files: Vec<ConfigFile>,
@@ -54,7 +68,10 @@ pub struct PoolSettings {
 /// plane knows users' settings; the pool only applies them.
 #[async_trait::async_trait]
 pub trait InstanceConfig: Send + Sync + 'static {
+    /// The files written into `instance`'s data directory at assignment and whenever its settings
+    /// change (its gateway config, workspace files).
     async fn files(&self, instance: &Instance) -> Result<Vec<ConfigFile>, PoolError>;
+    /// The limits of an instance of `tier`, applied when it is assigned a container.
     fn resources(&self, tier: Tier) -> Resources;
     /// A path that answers 200 to the owner (named in the trusted-proxy user header) only once the
     /// instance has applied the owner's config; `None` when the config applies at once.
@@ -73,15 +90,19 @@ pub trait InstanceConfig: Send + Sync + 'static {
     }
 }
 
+/// Why a pool operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
+    /// A store query failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A runtime operation (Docker or the process runtime) failed.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     /// `.1` is in the message, so it is not a `source()` (chain printers show it once).
     #[error("instance {0} is not ready: {1}")]
     NotReady(String, NotReady),
+    /// The instance's config could not be made, or the pool is misconfigured or shut down.
     #[error("config: {0}")]
     Config(String),
 }
@@ -101,12 +122,19 @@ pub enum Assigned {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeStatus {
+    /// This node's id in the store.
     pub node_id: String,
+    /// The runtime's kind: `docker` or `process`.
     pub runtime: &'static str,
+    /// Most instances this node runs (idle, being created and assigned).
     pub capacity: usize,
+    /// Warm instances waiting for a user.
     pub idle: usize,
+    /// Instances being created (refill or on demand).
     pub creating: usize,
+    /// Instances serving a user.
     pub assigned: usize,
+    /// Instances waiting for room (all nodes' `queued` instances: the queue is not per node).
     pub queued: usize,
 }
 
@@ -119,6 +147,8 @@ struct Restarts {
 const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(600);
 const CRASH_LOOP_LIMIT: usize = 5;
 
+/// A node's pool of instances: warm members, assignment, healing (see the module docs). One per
+/// node, shared as an `Arc`.
 pub struct PoolManager {
     runtime: Arc<dyn Runtime>,
     store: Store,
@@ -135,6 +165,8 @@ pub struct PoolManager {
 }
 
 impl PoolManager {
+    /// A manager for this node's instances on `runtime`, recorded in `store`, announcing instance
+    /// changes on `bus`; nothing runs until [`run`](Self::run).
     pub fn new(
         runtime: Arc<dyn Runtime>,
         store: Store,
@@ -157,6 +189,7 @@ impl PoolManager {
         })
     }
 
+    /// The settings it was made with.
     pub fn settings(&self) -> &PoolSettings {
         &self.settings
     }
@@ -250,6 +283,7 @@ impl PoolManager {
         self.refill.notify_one();
     }
 
+    /// This node's members by state, from the store, for `/admin/nodes`.
     pub async fn node_status(&self) -> Result<NodeStatus, PoolError> {
         let members = self.store.list_pool_members(&self.settings.node_id).await?;
         let count = |state| members.iter().filter(|m| m.state == state).count();

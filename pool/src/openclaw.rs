@@ -40,7 +40,12 @@ pub use clawdeploy_proxy::gateway_trust::OWNER_SCOPES;
 pub struct ProviderKey {
     /// `openai`, `anthropic`, `google` or `custom`.
     pub provider: String,
+    /// What the container holds as the key: the instance token
+    /// ([`clawdeploy_llm_egress::instance_token`]) when the LLM meter is on, else the user's plain
+    /// key.
     pub key: String,
+    /// The provider's `baseUrl`: the meter's `http://<meter>/<provider path>` when it is on, else
+    /// the user's own endpoint (`custom` only); `None` or empty means the provider's default.
     pub base_url: Option<String>,
 }
 
@@ -69,7 +74,10 @@ pub struct OpenClawConfig {
     pub port: u16,
     /// Origins of an instance host, with `{host}` for `<sub>.<base_domain>`.
     pub origin_templates: Vec<String>,
+    /// The domain instance hosts are under (`server.base_domain`): an instance's host is
+    /// `<subdomain>.<base_domain>`.
     pub base_domain: String,
+    /// The limits of every instance (the pool's `memory_mb`, `cpus`, `pids`), whatever its tier.
     pub resources: Resources,
     /// Where users' provider keys are read from (none: instances get no provider).
     pub keys: Option<(Store, Arc<Keyring>)>,

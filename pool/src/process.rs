@@ -28,6 +28,8 @@ struct Process {
     state: RunState,
 }
 
+/// The process runtime (see the module docs): instances are children of the edge, killed when it
+/// dies.
 pub struct ProcessRuntime {
     base_dir: PathBuf,
     processes: Arc<Mutex<HashMap<String, Process>>>,

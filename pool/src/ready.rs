@@ -53,12 +53,20 @@ async fn probe_path(
 pub enum NotReady {
     /// Its health path never answered 200.
     #[error("{addr}/readyz did not answer 200 within {} ms", .waited.as_millis())]
-    Health { addr: SocketAddr, waited: Duration },
+    Health {
+        /// The instance's address.
+        addr: SocketAddr,
+        /// How long it was tried.
+        waited: Duration,
+    },
     /// It never admitted its owner on the owner's readiness path.
     #[error("{addr}{path} did not admit the owner within {} ms", .waited.as_millis())]
     Owner {
+        /// The instance's address.
         addr: SocketAddr,
+        /// The owner readiness path ([`crate::InstanceConfig::owner_ready_path`]).
         path: String,
+        /// How long it was tried.
         waited: Duration,
     },
     /// A warm member without a container id.

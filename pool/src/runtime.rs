@@ -10,6 +10,7 @@ use tokio::sync::broadcast;
 /// CPU, memory and process limits of one instance, from its tier.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resources {
+    /// Memory limit in MiB (Docker gets the same limit for memory plus swap: no swap).
     pub memory_mb: u64,
     /// CPUs, e.g. 0.5.
     pub cpus: f64,
@@ -28,9 +29,11 @@ pub struct InstanceSpec {
     pub user: String,
     /// The port the instance serves inside (the gateway's 18789).
     pub port: u16,
+    /// Limits at creation (an idle instance's; the tier's are applied at assignment).
     pub resources: Resources,
     /// Extra labels (Docker) or tags, beside the platform's own.
     pub labels: BTreeMap<String, String>,
+    /// Environment variables (name, value), beside the runtime's own.
     pub env: Vec<(String, String)>,
     /// Written into the data directory before the first start (the idle config).
     pub files: Vec<ConfigFile>,
@@ -41,6 +44,7 @@ pub struct InstanceSpec {
 pub struct ConfigFile {
     /// Relative to the data directory, `/`-separated, no `..`.
     pub path: String,
+    /// The file's bytes, written as they are.
     pub contents: Vec<u8>,
     /// Whether the instance may change it. The platform's config is not: a tenant runs code in
     /// its instance, and a config it could rewrite would undo the platform's lockdown (Docker
@@ -73,43 +77,80 @@ impl ConfigFile {
 pub struct InstanceRef {
     /// The runtime's id (container id, or the name for processes).
     pub id: String,
+    /// The platform's name for it ([`InstanceSpec::name`]).
     pub name: String,
 }
 
+/// Where an instance is in its life, as the runtime reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunState {
+    /// Created but never started.
     Created,
+    /// Running (not necessarily ready: see [`crate::ready`]).
     Running,
-    Exited { code: Option<i64>, oom_killed: bool },
+    /// Started once, now stopped: its exit code, if known, and whether the kernel killed it for
+    /// memory.
+    Exited {
+        /// The exit code, if the runtime knows it.
+        code: Option<i64>,
+        /// Whether the kernel killed it for exceeding its memory limit (Docker only).
+        oom_killed: bool,
+    },
+    /// The runtime does not know it (removed, or never created).
     Missing,
 }
 
 /// State and the address the edge reaches the instance at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inspection {
+    /// The instance's state now.
     pub state: RunState,
+    /// Where the edge reaches its port: its address on the instance network, or a loopback port;
+    /// `None` unless running.
     pub address: Option<SocketAddr>,
 }
 
 /// Lifecycle events, as the runtime reports them (Docker's arrive within ~50-200 ms).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuntimeEvent {
-    Started { id: String },
-    Died { id: String, exit_code: Option<i64> },
-    OutOfMemory { id: String },
+    /// The instance with this runtime id started.
+    Started {
+        /// The runtime's id of the instance ([`InstanceRef::id`]).
+        id: String,
+    },
+    /// The instance exited (or was killed), with its exit code if the runtime reports one.
+    Died {
+        /// The runtime's id of the instance ([`InstanceRef::id`]).
+        id: String,
+        /// Its exit code, if the runtime reports one.
+        exit_code: Option<i64>,
+    },
+    /// The instance hit its memory limit (Docker's `oom` event); the manager only logs it, a `Died`
+    /// follows if it was killed.
+    OutOfMemory {
+        /// The runtime's id of the instance ([`InstanceRef::id`]).
+        id: String,
+    },
 }
 
+/// Why a runtime operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
+    /// No instance has this runtime id.
     #[error("instance {0} does not exist")]
     NotFound(String),
+    /// The request itself is refused (a root user, a path outside the data directory, an unsafe
+    /// network…): retrying will not help.
     #[error("refused: {0}")]
     Refused(String),
+    /// The runtime cannot be reached or used (no Docker engine on its socket…).
     #[error("container runtime unavailable: {0}")]
     Unavailable(String),
     // bollard's messages name Docker ("Docker responded with status code ..."): shown as they are.
+    /// The Docker engine answered with an error.
     #[error(transparent)]
     Docker(#[from] bollard::errors::Error),
+    /// A local I/O error (process runtime, data directories).
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -121,13 +162,18 @@ pub trait Runtime: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
     /// Creates a stopped instance with its own empty data volume.
     async fn create(&self, spec: &InstanceSpec) -> Result<InstanceRef, RuntimeError>;
+    /// Starts a created or stopped instance.
     async fn start(&self, id: &str) -> Result<(), RuntimeError>;
     /// Injects a user's config into a running (or stopped) instance: files in its data directory.
     async fn assign(&self, id: &str, files: &[ConfigFile]) -> Result<(), RuntimeError>;
+    /// Stops the instance (Docker gives it 5 s after SIGTERM); already stopped is not an error.
     async fn stop(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Stops and starts the instance, keeping its data.
     async fn restart(&self, id: &str) -> Result<(), RuntimeError>;
     /// Removes the instance and its data.
     async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+    /// The instance's state and address; an instance the runtime does not know is
+    /// [`RunState::Missing`], not an error.
     async fn inspect(&self, id: &str) -> Result<Inspection, RuntimeError>;
     /// Applies new limits to a running instance, without a restart where the runtime can.
     async fn update_resources(&self, id: &str, resources: &Resources) -> Result<(), RuntimeError>;

@@ -169,6 +169,7 @@ pub fn is_navigation(req: &RequestHeader) -> bool {
 /// How the request was authenticated on an instance host.
 #[derive(Debug)]
 pub struct Access {
+    /// The user the credential belongs to (the instance's owner, once [`owner_only`] returns it).
     pub identity: Identity,
     /// By the host's session cookie (so cross-site writes need an origin check), not a bearer token.
     pub by_cookie: bool,
@@ -177,6 +178,7 @@ pub struct Access {
 /// Why an instance host refused a request.
 #[derive(Debug)]
 pub enum Denied {
+    /// Answer with this error: 401 with a reason, or 403 for another user's instance.
     Error(EdgeError),
     /// A browser without a session: send it to the dashboard's login.
     Login,

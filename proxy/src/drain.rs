@@ -35,6 +35,7 @@ impl Drop for InflightGuard {
 }
 
 impl Drain {
+    /// Nothing in flight, not draining; shared by the edge, the control API and the shutdown watch.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
@@ -45,10 +46,13 @@ impl Drain {
         InflightGuard(self.clone())
     }
 
+    /// Requests in flight now.
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::Acquire)
     }
 
+    /// True once [`drain`](Self::drain) has started (it never stops): the edge stops keep-alive and
+    /// `/readyz` answers 503.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
@@ -75,7 +79,10 @@ impl Drain {
 ///
 /// SIGTERM drains then terminates; SIGINT exits at once; SIGQUIT is Pingora's graceful upgrade.
 pub struct DrainingShutdown {
+    /// The edge's in-flight count, drained on SIGTERM.
     pub drain: Arc<Drain>,
+    /// The longest SIGTERM waits for in-flight requests (`server.grace_period_secs`) before closing
+    /// them.
     pub grace: Duration,
 }
 

@@ -58,12 +58,25 @@ const STRIPPED_HEADERS: [&str; 8] = [
 /// Timeouts and limits of the request path, from `[server]`.
 #[derive(Debug, Clone)]
 pub struct EdgeSettings {
+    /// How long connecting to an upstream may take before the edge answers 502
+    /// (`server.connect_timeout_ms`).
     pub connect_timeout: Duration,
+    /// How long a plain HTTP exchange may wait on a silent upstream (504) or client
+    /// (`server.read_timeout_secs`).
     pub read_timeout: Duration,
+    /// How long an upgraded WebSocket may stay silent, both ways, before it is closed
+    /// (`server.ws_idle_timeout_secs`); replaces `read_timeout` once upgraded.
     pub ws_idle_timeout: Duration,
+    /// Largest request line plus headers, in bytes; larger requests get 431
+    /// (`server.max_header_bytes`).
     pub max_header_bytes: usize,
+    /// Largest request body, in bytes: a larger `Content-Length` gets 413, a longer chunked body is
+    /// cut (`server.max_body_bytes`).
     pub max_body_bytes: u64,
+    /// How long a client may take to send a whole request header, idle keep-alive included
+    /// (`server.header_timeout_secs`).
     pub header_timeout: Duration,
+    /// Log one `access` line per finished request (`server.access_log`).
     pub access_log: bool,
 }
 
@@ -113,6 +126,10 @@ pub struct EdgeProxy {
 }
 
 impl EdgeProxy {
+    /// The edge over `routes`, with `settings`, counting requests in `drain`, and checking instance
+    /// hosts' tokens with `verifier`; metering, TLS, the control-plane secret and the gateway proof
+    /// key are added by the `with_*` builders. Sets Pingora's process-wide request-header deadline
+    /// from `settings.header_timeout`.
     pub fn new(
         routes: Arc<RouteTable>,
         settings: EdgeSettings,

@@ -10,6 +10,7 @@ use pingora::http::RequestHeader;
 /// An authenticated user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
+    /// The user's id (a UUID in text form): compared with the route's owner.
     pub user_id: Arc<str>,
     /// The platform session behind the credential: revoking it closes this user's open WebSockets.
     pub session_id: Arc<str>,
@@ -18,13 +19,18 @@ pub struct Identity {
 /// Why a credential was not accepted (said to the client, so it knows what to fix).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
+    /// No credential: no bearer token, and no session cookie for the host.
     Missing,
+    /// Malformed, or signed with another key, or (a host cookie) minted for another host.
     Invalid,
+    /// Well signed but past its expiry.
     Expired,
+    /// Its platform session has ended (logout, password change).
     Revoked,
 }
 
 impl Rejection {
+    /// The message of the 401 that refuses it: what the client should do.
     pub fn message(self) -> &'static str {
         match self {
             Self::Missing => "This instance is private: send Authorization: Bearer <token> with the token from logging in.",
@@ -37,6 +43,8 @@ impl Rejection {
 
 /// Checks a bearer token; implemented by the control plane.
 pub trait TokenVerifier: Send + Sync + 'static {
+    /// Checks a bearer token (a platform access token) in memory: no I/O, called on the request
+    /// path.
     fn verify(&self, token: &str) -> Result<Identity, Rejection>;
 
     /// Checks an instance host's session cookie, valid on `host` (normalised) only.

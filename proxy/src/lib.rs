@@ -12,6 +12,8 @@
 //! - [`limits`]: request body limits.
 //! - [`framing`]: request heads with bare-LF line endings are refused.
 
+#![warn(missing_docs)]
+
 pub mod browser_session;
 pub mod drain;
 pub mod edge;
@@ -53,8 +55,12 @@ const _: [&str; 3] = [
 /// The edge's listeners: plain HTTP, and HTTPS with a certificate resolver chosen per SNI.
 #[derive(Clone)]
 pub struct Listeners {
+    /// Plain-HTTP listen addresses (`IP:port`).
     pub http: Vec<String>,
+    /// HTTPS listen addresses (`IP:port`); ignored without a `cert_resolver`.
     pub https: Vec<String>,
+    /// Picks each handshake's certificate by SNI (the certificate manager's store); `None` serves
+    /// no HTTPS.
     pub cert_resolver: Option<Arc<dyn pingora::tls::ResolvesServerCert>>,
 }
 

@@ -37,6 +37,8 @@ pub struct LiveConnections {
 }
 
 impl LiveConnections {
+    /// An empty registry, shared by the edge (which registers tunnels) and the token verifier
+    /// (which closes them).
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }

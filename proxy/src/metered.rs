@@ -17,11 +17,16 @@ use crate::routes::{Route, RouteKind};
 
 /// What the edge meters and limits with. Built once per process.
 pub struct EdgeMetering {
+    /// The node's message and token counters (shared with the LLM meter and the usage flush).
     pub meter: Arc<Meter>,
+    /// The per-IP and per-user rate limits (`[rate_limits]`, shared through Redis when configured).
     pub limiter: Arc<RateLimiter>,
     /// Meter gateway WebSockets (`metering.enabled`).
     pub websockets: bool,
+    /// The largest client text message held while it is decided, in bytes
+    /// (`metering.max_message_bytes`).
     pub max_message_bytes: usize,
+    /// Where a quota refusal points the user (`metering.upgrade_url`, else `<app origin>/billing`).
     pub upgrade_url: Arc<str>,
 }
 

@@ -12,15 +12,21 @@ use pingora::Result;
 /// An error answered by the edge.
 #[derive(Debug, Clone)]
 pub struct EdgeError {
+    /// The HTTP status answered (4xx or 5xx).
     pub status: u16,
+    /// A stable `SNAKE_CASE` code (`UNKNOWN_HOST`, `RATE_LIMITED`…): `error.code` of the body, for
+    /// programs.
     pub code: &'static str,
+    /// What happened and how to fix it, for people: `error.message` of the body (escaped in HTML).
     pub message: String,
+    /// Sent as `Retry-After` (seconds), e.g. on a 429.
     pub retry_after_secs: Option<u64>,
     /// Extra response headers (e.g. `Sec-WebSocket-Version` on a 426).
     pub headers: Vec<(&'static str, &'static str)>,
 }
 
 impl EdgeError {
+    /// An error with no `Retry-After` and no extra headers.
     pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
@@ -31,11 +37,13 @@ impl EdgeError {
         }
     }
 
+    /// Adds `Retry-After: secs`.
     pub fn retry_after(mut self, secs: u64) -> Self {
         self.retry_after_secs = Some(secs);
         self
     }
 
+    /// Adds a response header.
     pub fn header(mut self, name: &'static str, value: &'static str) -> Self {
         self.headers.push((name, value));
         self

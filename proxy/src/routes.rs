@@ -25,6 +25,8 @@ pub enum RouteKind {
 }
 
 impl RouteKind {
+    /// The `snake_case` name, as serialized: the `kind` label of the request metrics and the access
+    /// log.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Instance => "instance",
@@ -38,16 +40,27 @@ impl RouteKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InstanceState {
+    /// Waiting for room on the node.
     Queued,
+    /// Getting its container (from the warm pool or created).
     Provisioning,
+    /// Its container is (re)starting; also shown for a `running` instance without a usable
+    /// upstream.
     Starting,
+    /// Ready: the only state proxied.
     Running,
+    /// Not running, and not restarted by the pool (an unverified account, an instance restored
+    /// after a deletion) until its owner restarts it.
     Stopped,
+    /// Given up on after too many restarts; down until its owner restarts it.
     Crashed,
+    /// Deleted by its owner, restorable during the grace period.
     Deleting,
 }
 
 impl InstanceState {
+    /// The `snake_case` name, as serialized and stored (the store's `InstanceStatus` spells it the
+    /// same).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Queued => "queued",
@@ -65,6 +78,8 @@ impl InstanceState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Route {
+    /// The instance served (its id, a UUID in text form); `None` for control-plane and operator
+    /// routes.
     pub instance_id: Option<Arc<str>>,
     /// The user an instance belongs to: only they get through.
     pub owner_id: Option<Arc<str>>,
@@ -72,8 +87,13 @@ pub struct Route {
     pub tier: Option<Tier>,
     /// The owner's billing anchor (unix ms): paid tiers count per period from it.
     pub billing_anchor_ms: Option<i64>,
+    /// Where requests are proxied: an instance's gateway, the control API, or an operator's server.
+    /// A placeholder (`0.0.0.0:0`) for an instance that is not `running`.
     pub upstream: SocketAddr,
+    /// Who serves the route.
     pub kind: RouteKind,
+    /// The instance's state; always `running` for control-plane and operator routes. Other states
+    /// are answered by the edge.
     pub state: InstanceState,
 }
 
@@ -95,6 +115,7 @@ impl Route {
 /// What a request's host resolves to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolution {
+    /// A route: proxied if its state is `running`, else answered by the edge with the state.
     Route(Route),
     /// The bare base domain: redirect to the dashboard.
     RedirectToApp,
@@ -105,10 +126,13 @@ pub enum Resolution {
 /// Why a route cannot be written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
+    /// The text (as given) is not a valid host name.
     #[error("{0:?} is not a valid host name: use a DNS name such as status.example.com")]
     InvalidHost(String),
+    /// The host is the base domain or the app domain, which the edge serves itself.
     #[error("{0} is served by the edge itself and cannot be routed elsewhere")]
     ReservedHost(String),
+    /// The host is routed to an instance or the control plane, which operators cannot change.
     #[error("{0} is not an operator route; instance routes are managed through the instance API")]
     NotOperatorRoute(String),
 }
@@ -116,7 +140,9 @@ pub enum RouteError {
 /// One row of [`RouteTable::list`].
 #[derive(Debug, Clone, Serialize)]
 pub struct RouteEntry {
+    /// The normalised host (for a subdomain, `<label>.<base_domain>`).
     pub host: String,
+    /// Where it goes (its fields flattened into the row when serialized).
     #[serde(flatten)]
     pub route: Route,
 }
@@ -139,6 +165,8 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
+    /// An empty table for instance subdomains of `base_domain` and the dashboard at `app_domain`
+    /// (both normalised: lower case, no port, no trailing dot).
     pub fn new(base_domain: &str, app_domain: &str) -> Self {
         Self {
             base_domain: base_domain.to_string(),
@@ -156,10 +184,12 @@ impl RouteTable {
         let _ = self.meter.set(meter);
     }
 
+    /// The domain under which instances get their `<label>.<base_domain>` hosts.
     pub fn base_domain(&self) -> &str {
         &self.base_domain
     }
 
+    /// The dashboard's and control API's host.
     pub fn app_domain(&self) -> &str {
         &self.app_domain
     }

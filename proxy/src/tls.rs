@@ -26,12 +26,17 @@ pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 /// node's, looked up in the shared store).
 #[async_trait::async_trait]
 pub trait ChallengeResponder: Send + Sync {
+    /// The key authorization (`<token>.<account key thumbprint>`) to answer
+    /// `GET /.well-known/acme-challenge/<token>` with; on `None` the request is routed like any
+    /// other (most likely to a 404).
     async fn key_authorization(&self, token: &str) -> Option<String>;
 }
 
 /// HTTPS settings of the request path.
 #[derive(Default)]
 pub struct EdgeTls {
+    /// Answers HTTP-01 challenges on the plain listener; with `None` (no certificate manager),
+    /// challenge paths are routed like any other.
     pub challenges: Option<Arc<dyn ChallengeResponder>>,
     /// Redirect plain HTTP to HTTPS (ACME challenges and health checks excepted).
     pub redirect_http: bool,
@@ -42,6 +47,8 @@ pub struct EdgeTls {
 }
 
 impl EdgeTls {
+    /// Settings with an HSTS header of `max-age=<hsts_max_age_secs>` (none when 0); `https_port` is
+    /// the HTTPS listener's port.
     pub fn new(
         challenges: Option<Arc<dyn ChallengeResponder>>,
         redirect_http: bool,

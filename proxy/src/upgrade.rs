@@ -16,7 +16,9 @@ pub enum Upgrade {
 /// Why a WebSocket handshake is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpgradeError {
+    /// 400 for a malformed handshake, 426 for a `Sec-WebSocket-Version` other than 13.
     pub status: u16,
+    /// Which part of the handshake is wrong and how to fix it (the error's message).
     pub message: &'static str,
 }
 
