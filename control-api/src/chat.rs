@@ -189,67 +189,93 @@ async fn bridge(state: ApiState, auth: AuthUser, token: String, mut browser: Web
     let _ = browser.send(ws::Message::text(closed.to_string())).await;
     let _ = browser.send(ws::Message::Close(None)).await;
 }
+/// Why the bridge could not open the instance's gateway (shown to the user, so said plainly).
+#[derive(Debug, thiserror::Error)]
+enum GatewayError {
+    #[error("the edge's listen address is not an IP:port")]
+    NoEdgeAddress,
+    #[error("edge unreachable: {0}")]
+    Unreachable(std::io::Error),
+    #[error("the edge answered {0}")]
+    Refused(StatusCode),
+    #[error("{0}")]
+    WebSocket(tokio_tungstenite::tungstenite::Error),
+    #[error("not a gateway frame: {0}")]
+    Frame(serde_json::Error),
+    #[error("closed: {0}")]
+    Closed(String),
+    #[error("{0}")]
+    ConnectRefused(String),
+    #[error("the gateway closed during the handshake")]
+    ClosedInHandshake,
+    #[error("the gateway did not answer in time")]
+    Timeout,
+}
+
+impl From<tokio_tungstenite::tungstenite::Error> for GatewayError {
+    fn from(e: tokio_tungstenite::tungstenite::Error) -> Self {
+        match e {
+            tokio_tungstenite::tungstenite::Error::Http(resp) => {
+                GatewayError::Refused(resp.status())
+            }
+            other => GatewayError::WebSocket(other),
+        }
+    }
+}
+
 /// Opens the gateway at `host` through this node's edge with the user's token, and completes the
 /// `connect.challenge` → `connect` → `hello-ok` handshake as a backend client.
 async fn connect_gateway(
     state: &ApiState,
     host: &str,
     token: &str,
-) -> Result<(Gateway, Value), String> {
-    let addr = edge_addr(state).ok_or("the edge's listen address is not an IP:port")?;
+) -> Result<(Gateway, Value), GatewayError> {
+    let addr = edge_addr(state).ok_or(GatewayError::NoEdgeAddress)?;
     tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("edge unreachable: {e}"))?;
-        let mut request = format!("ws://{host}/ws")
-            .into_client_request()
-            .map_err(|e| e.to_string())?;
-        let bearer = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| e.to_string())?;
-        request.headers_mut().insert(header::AUTHORIZATION, bearer);
-        let (mut ws, _) = tokio_tungstenite::client_async(request, tcp)
-            .await
-            .map_err(|e| match e {
-                tokio_tungstenite::tungstenite::Error::Http(resp) => {
-                    format!("the edge answered {}", resp.status())
-                }
-                other => other.to_string(),
-            })?;
+            .map_err(GatewayError::Unreachable)?;
+        let mut request = format!("ws://{host}/ws").into_client_request()?;
+        // The token passed the API's own checks, so it is a valid header value.
+        if let Ok(bearer) = HeaderValue::from_str(&format!("Bearer {token}")) {
+            request.headers_mut().insert(header::AUTHORIZATION, bearer);
+        }
+        let (mut ws, _) = tokio_tungstenite::client_async(request, tcp).await?;
         let connect = json!({"type":"req","id":"bridge-connect","method":"connect","params":{
             "minProtocol":4,"maxProtocol":4,
             "client":{"id":"gateway-client","version":env!("CARGO_PKG_VERSION"),"platform":"clawdeploy-dashboard","mode":"backend"},
             "role":"operator","scopes":["operator.read","operator.write"]}});
         let mut sent = false;
         while let Some(frame) = ws.next().await {
-            let text = match frame.map_err(|e| e.to_string())? {
+            let text = match frame? {
                 Message::Text(text) => text,
                 Message::Close(frame) => {
-                    return Err(format!(
-                        "closed: {}",
-                        frame.map(|f| f.reason.to_string()).unwrap_or_default()
+                    return Err(GatewayError::Closed(
+                        frame.map(|f| f.reason.to_string()).unwrap_or_default(),
                     ))
                 }
                 _ => continue,
             };
-            let frame: Value = serde_json::from_str(text.as_str()).map_err(|e| e.to_string())?;
+            let frame: Value = serde_json::from_str(text.as_str()).map_err(GatewayError::Frame)?;
             if !sent && frame["event"] == "connect.challenge" {
-                ws.send(Message::text(connect.to_string()))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                ws.send(Message::text(connect.to_string())).await?;
                 sent = true;
             } else if frame["id"] == "bridge-connect" {
                 if frame["ok"] == true {
                     return Ok((ws, frame["payload"].clone()));
                 }
-                return Err(frame["error"]["message"]
-                    .as_str()
-                    .unwrap_or("connect refused")
-                    .to_string());
+                return Err(GatewayError::ConnectRefused(
+                    frame["error"]["message"]
+                        .as_str()
+                        .unwrap_or("connect refused")
+                        .to_string(),
+                ));
             }
         }
-        Err("the gateway closed during the handshake".to_string())
+        Err(GatewayError::ClosedInHandshake)
     })
     .await
-    .map_err(|_| "the gateway did not answer in time".to_string())?
+    .map_err(|_| GatewayError::Timeout)?
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! of its own. For machines without Docker. NOT isolated: development only, and it logs so.
 //!
 //! Same semantics as the Docker runtime where they can hold: create → start → assign (files in the
-//! data directory) → inspect (address 127.0.0.1:<port>) → stop/restart/remove, and `Started`/`Died`
+//! data directory) → inspect (address `127.0.0.1:<port>`) → stop/restart/remove, and `Started`/`Died`
 //! events. Resource limits are not enforced.
 
 use std::collections::HashMap;
