@@ -124,7 +124,10 @@ async fn fail(browser: &mut WebSocket, code: &str, message: &str) {
 async fn bridge(state: ApiState, auth: AuthUser, token: String, mut browser: WebSocket) {
     let inst = match crate::instances::my_instance(&state, &auth).await {
         Ok(inst) => inst,
-        Err(e) => return fail(&mut browser, "NO_INSTANCE", &e.message).await,
+        Err(e) => {
+            e.log_cause();
+            return fail(&mut browser, "NO_INSTANCE", &e.message).await;
+        }
     };
     if inst.status != InstanceStatus::Running {
         let message = match inst.status {

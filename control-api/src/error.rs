@@ -16,6 +16,9 @@ pub struct ApiError {
     pub extra: Vec<(&'static str, serde_json::Value)>,
     /// Seconds for a `Retry-After` header.
     pub retry_after: Option<u64>,
+    /// What failed on our side (a 500's context and error): logged when the error is answered,
+    /// never sent to the client.
+    pub cause: Option<String>,
 }
 
 impl ApiError {
@@ -26,6 +29,7 @@ impl ApiError {
             message: message.into(),
             extra: Vec::new(),
             retry_after: None,
+            cause: None,
         }
     }
 
@@ -58,12 +62,22 @@ impl ApiError {
 
     /// An internal failure: logged with its cause, answered without it.
     pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
-        tracing::error!("{context}: {err}");
-        Self::new(
+        let mut error = Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "INTERNAL",
             "Something went wrong on our side; try again shortly.",
-        )
+        );
+        error.cause = Some(format!("{context}: {err}"));
+        error
+    }
+
+    /// Logs what failed on our side, if anything. Called where the error is answered (the HTTP
+    /// response, or a WebSocket close): one line per failure, none for an error built and then
+    /// handled.
+    pub fn log_cause(&self) {
+        if let Some(cause) = &self.cause {
+            tracing::error!(status = self.status.as_u16(), code = self.code, "{cause}");
+        }
     }
 
     pub fn with(mut self, key: &'static str, value: serde_json::Value) -> Self {
@@ -94,6 +108,7 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        self.log_cause();
         let mut error = serde_json::Map::new();
         error.insert("code".into(), self.code.into());
         error.insert("message".into(), self.message.into());
