@@ -5,19 +5,21 @@
 //! across Pingora's services.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use clawdeploy_certs::CertManager;
+use clawdeploy_config::{Config, LlmListen};
 use clawdeploy_control_api::{account, router, ApiContext, ApiState, SessionVerifier};
-use clawdeploy_llm_egress::LlmMeterService;
-use clawdeploy_metering::UsageFlush;
+use clawdeploy_llm_egress::{ListenerHandoff, LlmMeterService, MeterListen, Upstreams};
+use clawdeploy_metering::{Meter, UsageFlush};
 use clawdeploy_pool::routing;
 use clawdeploy_proxy::{Drain, RouteTable};
 use clawdeploy_store::changes::ChangeBus;
-use clawdeploy_store::{Store, StoreOptions};
+use clawdeploy_store::{Keyring, Store, StoreOptions};
 
 /// What the app needs to start; built by `serve` before Pingora starts (the control API's
 /// listener is bound first, so its address, an ephemeral port, is in the route table).
@@ -32,6 +34,49 @@ pub struct App {
     pub certs: Option<Arc<CertManager>>,
     pub llm_meter: Option<LlmMeterService>,
     pub usage_flush: UsageFlush,
+}
+
+/// The LLM meter the config asks for: at a fixed address, or (`auto`) on the listener the pool
+/// binds where its instances reach it (handed over through `handoff`); `None` when off.
+pub fn llm_meter(
+    config: &Config,
+    meter: &Arc<Meter>,
+    keyring: &Arc<Keyring>,
+    handoff: &ListenerHandoff,
+) -> Option<LlmMeterService> {
+    let listen = match config.llm.listen_mode() {
+        LlmListen::Off => return None,
+        LlmListen::At(address) => MeterListen::Bind(address.to_string()),
+        LlmListen::Auto(_) => MeterListen::Handoff(handoff.clone()),
+    };
+    Some(LlmMeterService::new(
+        listen,
+        meter.clone(),
+        keyring.clone(),
+        config.secrets.jwt_key.as_bytes().to_vec(),
+        Upstreams {
+            openai: config.llm.openai_url.clone(),
+            anthropic: config.llm.anthropic_url.clone(),
+            google: config.llm.google_url.clone(),
+        },
+        config.llm.allowed_private_networks(),
+    ))
+}
+
+/// The usage flush the config asks for (with Redis, it also syncs the shared counters).
+pub fn usage_flush(config: &Config, meter: &Arc<Meter>) -> UsageFlush {
+    let flush = UsageFlush::new(
+        meter.clone(),
+        Duration::from_secs(config.metering.flush_interval_secs),
+    );
+    if config.redis.url.is_empty() {
+        flush
+    } else {
+        flush.with_redis(
+            config.redis.url.clone(),
+            Duration::from_millis(config.redis.sync_interval_ms),
+        )
+    }
 }
 
 /// [`App`] as a Pingora background service (it starts once).

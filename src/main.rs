@@ -19,8 +19,9 @@ use pingora::server::{RunArgs, Server};
 
 use clawdeploy_config::{mask_url_password, Config, LogFormat};
 use clawdeploy_control_api::{ApiContext, SessionVerifier};
+use clawdeploy_metering::Meter;
 use clawdeploy_proxy::{Drain, DrainingShutdown, EdgeProxy, EdgeSettings, Listeners, RouteTable};
-use clawdeploy_store::{Keyring, Role, Store, StoreOptions};
+use clawdeploy_store::{Instance, Keyring, Role, Store, StoreOptions};
 
 #[derive(Parser)]
 #[command(
@@ -217,74 +218,19 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     init_logging(config.server.log_format);
     // Before anything records: every crate records through the `metrics` facade.
     let metrics_handle = clawdeploy_metering::install_recorder()?;
-    if config.server.admin_token.is_empty() {
-        config.server.admin_token =
-            secrets::load_or_generate(&config.server.data_dir, "admin_token")?;
-        tracing::info!(path = %config.server.data_dir.join("admin_token").display(), "admin token kept in the data dir");
-    }
-    let data_dir = config.server.data_dir.clone();
-    if config.secrets.jwt_key.is_empty() {
-        config.secrets.jwt_key = secrets::load_or_generate(&data_dir, "jwt_key")?;
-        tracing::info!(path = %data_dir.join("jwt_key").display(), "JWT signing key kept in the data dir");
-    }
-    if config.secrets.master_key.is_empty() {
-        config.secrets.master_key =
-            secrets::load_or_generate_with(&data_dir, "master_key", || {
-                Ok(clawdeploy_store::secrets::generate_key_base64()?.to_string())
-            })?;
-        tracing::info!(path = %data_dir.join("master_key").display(), "master key kept in the data dir");
-    }
+    load_secrets(&mut config)?;
     // Built once: the store, the API, the pool, the certificate manager and the LLM meter share it.
     let keyring = Arc::new(build_keyring(&config)?);
 
-    // Migrations and the route table's instances, on a runtime that is dropped before Pingora
-    // starts its own (a pool is bound to the runtime that made it, so the API opens its own).
     let mut meter = clawdeploy_metering::Meter::new(config.tiers.clone());
     if !config.redis.url.is_empty() {
         meter = meter.shared();
     }
     let meter = Arc::new(meter);
-    let instances = block_on(async {
-        let store = open_store(&config).await?;
-        // After a master-key rotation, secrets sealed under an older key move to the current one.
-        let resealed = store
-            .reseal_secrets(&keyring)
-            .await
-            .context("re-sealing secrets")?;
-        if resealed > 0 {
-            tracing::info!(
-                resealed,
-                key_id = keyring.current_id(),
-                "secrets re-sealed under the current master key"
-            );
-        }
-        let instances = store.list_instances().await?;
-        // Usage and counted idempotency keys before the first request (a retry must find its key).
-        match clawdeploy_metering::flush::seed_from_store(&meter, &store).await {
-            Ok(n) => tracing::info!(instances = n, "usage counters loaded from the store"),
-            Err(e) => tracing::error!("cannot load this period's usage: {e}"),
-        }
-        store.close().await;
-        anyhow::Ok(instances)
-    })??;
+    let instances = prepare_store(&config, &keyring, &meter)?;
     let server_config = &config.server;
 
-    let routes = Arc::new(RouteTable::new(
-        &server_config.base_domain,
-        &server_config.app_domain(),
-    ));
-    for route in &config.routes {
-        let upstream = route.upstream.parse().context("validated upstream")?;
-        routes.upsert_operator(&route.host, upstream)?;
-    }
-    routes.inform_meter(meter.clone());
-    for inst in &instances {
-        routes.upsert_subdomain(&inst.subdomain, clawdeploy_pool::routing::route_for(inst));
-    }
-    tracing::info!(
-        instances = instances.len(),
-        "route table loaded from the store"
-    );
+    let routes = route_table(&config, &meter, &instances)?;
     // The control API listens on an ephemeral loopback port that only the edge routes to.
     let control_listener =
         std::net::TcpListener::bind("127.0.0.1:0").context("binding the control API listener")?;
@@ -379,39 +325,8 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     // The LLM meter: at a fixed address, or (`auto`) on the listener the pool binds where its
     // instances reach it.
     let llm_handoff = clawdeploy_llm_egress::ListenerHandoff::new();
-    let llm_listen = match config.llm.listen_mode() {
-        clawdeploy_config::LlmListen::Off => None,
-        clawdeploy_config::LlmListen::At(address) => Some(
-            clawdeploy_llm_egress::MeterListen::Bind(address.to_string()),
-        ),
-        clawdeploy_config::LlmListen::Auto(_) => Some(clawdeploy_llm_egress::MeterListen::Handoff(
-            llm_handoff.clone(),
-        )),
-    };
-    let llm_meter = llm_listen.map(|listen| {
-        clawdeploy_llm_egress::LlmMeterService::new(
-            listen,
-            meter.clone(),
-            keyring.clone(),
-            config.secrets.jwt_key.as_bytes().to_vec(),
-            clawdeploy_llm_egress::Upstreams {
-                openai: config.llm.openai_url.clone(),
-                anthropic: config.llm.anthropic_url.clone(),
-                google: config.llm.google_url.clone(),
-            },
-            config.llm.allowed_private_networks(),
-        )
-    });
-    let mut usage_flush = clawdeploy_metering::UsageFlush::new(
-        meter.clone(),
-        Duration::from_secs(config.metering.flush_interval_secs),
-    );
-    if !config.redis.url.is_empty() {
-        usage_flush = usage_flush.with_redis(
-            config.redis.url.clone(),
-            Duration::from_millis(config.redis.sync_interval_ms),
-        );
-    }
+    let llm_meter = app::llm_meter(&config, &meter, &keyring, &llm_handoff);
+    let usage_flush = app::usage_flush(&config, &meter);
     let http_listen = server_config.http_listen.clone();
     let base_domain = server_config.base_domain.clone();
     let grace = Duration::from_secs(server_config.grace_period_secs);
@@ -461,6 +376,87 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     }
     tracing::info!("clawdeploy stopped");
     Ok(())
+}
+
+/// The secrets a config may leave empty (admin token, JWT key, master key), generated once and
+/// kept in the data dir.
+fn load_secrets(config: &mut Config) -> anyhow::Result<()> {
+    if config.server.admin_token.is_empty() {
+        config.server.admin_token =
+            secrets::load_or_generate(&config.server.data_dir, "admin_token")?;
+        tracing::info!(path = %config.server.data_dir.join("admin_token").display(), "admin token kept in the data dir");
+    }
+    let data_dir = config.server.data_dir.clone();
+    if config.secrets.jwt_key.is_empty() {
+        config.secrets.jwt_key = secrets::load_or_generate(&data_dir, "jwt_key")?;
+        tracing::info!(path = %data_dir.join("jwt_key").display(), "JWT signing key kept in the data dir");
+    }
+    if config.secrets.master_key.is_empty() {
+        config.secrets.master_key =
+            secrets::load_or_generate_with(&data_dir, "master_key", || {
+                Ok(clawdeploy_store::secrets::generate_key_base64()?.to_string())
+            })?;
+        tracing::info!(path = %data_dir.join("master_key").display(), "master key kept in the data dir");
+    }
+    Ok(())
+}
+
+/// Migrations, re-sealing after a key rotation, the meter's counts and the instances the route
+/// table starts with, on a runtime dropped before Pingora starts its own (a database pool is
+/// bound to the runtime that made it, so the app opens its own).
+fn prepare_store(
+    config: &Config,
+    keyring: &Keyring,
+    meter: &Meter,
+) -> anyhow::Result<Vec<Instance>> {
+    block_on(async {
+        let store = open_store(config).await?;
+        // After a master-key rotation, secrets sealed under an older key move to the current one.
+        let resealed = store
+            .reseal_secrets(keyring)
+            .await
+            .context("re-sealing secrets")?;
+        if resealed > 0 {
+            tracing::info!(
+                resealed,
+                key_id = keyring.current_id(),
+                "secrets re-sealed under the current master key"
+            );
+        }
+        let instances = store.list_instances().await?;
+        // Usage and counted idempotency keys before the first request (a retry must find its key).
+        match clawdeploy_metering::flush::seed_from_store(meter, &store).await {
+            Ok(n) => tracing::info!(instances = n, "usage counters loaded from the store"),
+            Err(e) => tracing::error!("cannot load this period's usage: {e}"),
+        }
+        store.close().await;
+        anyhow::Ok(instances)
+    })?
+}
+
+/// The route table: the config's operator routes and every instance in the store.
+fn route_table(
+    config: &Config,
+    meter: &Arc<Meter>,
+    instances: &[Instance],
+) -> anyhow::Result<Arc<RouteTable>> {
+    let routes = Arc::new(RouteTable::new(
+        &config.server.base_domain,
+        &config.server.app_domain(),
+    ));
+    for route in &config.routes {
+        let upstream = route.upstream.parse().context("validated upstream")?;
+        routes.upsert_operator(&route.host, upstream)?;
+    }
+    routes.inform_meter(meter.clone());
+    for inst in instances {
+        routes.upsert_subdomain(&inst.subdomain, clawdeploy_pool::routing::route_for(inst));
+    }
+    tracing::info!(
+        instances = instances.len(),
+        "route table loaded from the store"
+    );
+    Ok(routes)
 }
 
 /// The master key (and older keys) that seal secrets at rest.
