@@ -103,10 +103,13 @@ pub(crate) async fn set_provider_key(
         .await?)
 }
 
+/// `GET /api/account`: the caller's profile ([`auth::user_json`]).
 pub async fn me(auth: AuthUser) -> Json<Value> {
     Json(json!({ "user": auth::user_json(&auth.user) }))
 }
 
+/// The body of `PATCH /api/account`: absent fields stay as they are; `null` clears `name` and
+/// `avatarUrl`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProfileBody {
@@ -134,6 +137,8 @@ pub const LANGUAGES: [(&str, &str); 8] = [
     ("zh", "中文"),
 ];
 
+/// `PATCH /api/account`: updates the profile and answers with the user. A new email address is
+/// unverified until its mailed link is opened (`verificationEmailSent` says whether it went out).
 pub async fn update_profile(
     State(state): State<ApiState>,
     auth: AuthUser,
@@ -218,6 +223,7 @@ pub async fn update_profile(
     Ok(Json(body))
 }
 
+/// The body of `POST /api/account/password`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PasswordBody {
@@ -225,7 +231,7 @@ pub struct PasswordBody {
     new_password: String,
 }
 
-/// Changes the password and ends every other session.
+/// `POST /api/account/password`: changes the password and ends every other session.
 pub async fn change_password(
     State(state): State<ApiState>,
     auth: AuthUser,
@@ -271,6 +277,7 @@ pub async fn change_password(
     })))
 }
 
+/// `GET /api/account/api-keys`: the caller's provider keys, masked, by provider.
 pub async fn list_api_keys(
     State(state): State<ApiState>,
     auth: AuthUser,
@@ -279,6 +286,7 @@ pub async fn list_api_keys(
     Ok(Json(json!({ "apiKeys": keys })))
 }
 
+/// The body of `PUT /api/account/api-keys/{provider}`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApiKeyBody {
@@ -287,6 +295,8 @@ pub struct ApiKeyBody {
     base_url: Option<String>,
 }
 
+/// `PUT /api/account/api-keys/{provider}`: sets (or replaces) the key of one of [`PROVIDERS`],
+/// sealed with the keyring; answers with it masked.
 pub async fn put_api_key(
     State(state): State<ApiState>,
     auth: AuthUser,
@@ -316,6 +326,7 @@ pub async fn put_api_key(
     Ok(Json(json!({ "apiKey": key })))
 }
 
+/// `DELETE /api/account/api-keys/{provider}`: removes the key; 204, or 404 when there is none.
 pub async fn delete_api_key(
     State(state): State<ApiState>,
     auth: AuthUser,
@@ -337,6 +348,8 @@ pub async fn delete_api_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The query of `GET /api/account/security-log`: `limit` (1–200, default 50) and `before`, an
+/// event id to page back from.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LogQuery {
@@ -346,6 +359,7 @@ pub struct LogQuery {
     before: Option<i64>,
 }
 
+/// `GET /api/account/security-log`: the caller's security events, newest first.
 pub async fn security_log(
     State(state): State<ApiState>,
     auth: AuthUser,
@@ -373,6 +387,8 @@ pub async fn security_log(
     Ok(Json(json!({ "events": events })))
 }
 
+/// `GET /api/account/export`: everything stored about the caller, as one JSON document; secrets
+/// and hashes left out, provider keys masked.
 pub async fn export(
     State(state): State<ApiState>,
     auth: AuthUser,
@@ -392,6 +408,8 @@ fn deletion_json(state: &ApiState, requested_at: i64) -> Value {
     })
 }
 
+/// `DELETE /api/account`: schedules the account's deletion after `limits.deletion_grace_days`;
+/// 202 with the dates. The hourly [`sweep`] deletes it then.
 pub async fn request_deletion(
     State(state): State<ApiState>,
     auth: AuthUser,
@@ -409,6 +427,7 @@ pub async fn request_deletion(
     Ok((StatusCode::ACCEPTED, Json(deletion_json(&state, at))))
 }
 
+/// `POST /api/account/restore`: cancels a pending deletion; 409 when none is pending.
 pub async fn restore(
     State(state): State<ApiState>,
     auth: AuthUser,

@@ -84,6 +84,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// `GET /admin/routes`: every route in this node's table, with its host.
 pub async fn list_routes(_: Admin, State(state): State<ApiState>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "routes": state.routes.list() }))
 }
@@ -155,6 +156,7 @@ pub async fn nodes(_: Admin, State(state): State<ApiState>) -> Result<Json<Value
     Ok(Json(json!({ "nodes": [node] })))
 }
 
+/// The query of `GET /admin/instances`: `status`, one instance status to filter by.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct InstancesQuery {
@@ -162,6 +164,8 @@ pub struct InstancesQuery {
     status: Option<String>,
 }
 
+/// `GET /admin/instances`: every instance (or those of one `status`), with its owner, node and
+/// upstream.
 pub async fn instances(
     _: Admin,
     State(state): State<ApiState>,
@@ -194,6 +198,8 @@ pub async fn instances(
     Ok(Json(json!({ "instances": list })))
 }
 
+/// `POST /admin/instances/migrate`: always 501 `NOT_IMPLEMENTED`, until instances can move
+/// between nodes.
 pub async fn migrate_instance(_: Admin) -> ApiError {
     ApiError::new(
         StatusCode::NOT_IMPLEMENTED,
@@ -202,6 +208,7 @@ pub async fn migrate_instance(_: Admin) -> ApiError {
     )
 }
 
+/// The query of `GET /admin/users`: `limit` (1–1000, default 100) and `offset`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UsersQuery {
@@ -211,6 +218,7 @@ pub struct UsersQuery {
     offset: Option<i64>,
 }
 
+/// `GET /admin/users`: a page of users.
 pub async fn users(
     _: Admin,
     State(state): State<ApiState>,
@@ -228,12 +236,15 @@ pub async fn users(
     Ok(Json(json!({ "users": users })))
 }
 
+/// The body of `PUT /admin/users/{id}/tier`: `tier` is `free`, `pro` or `team`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TierBody {
     tier: String,
 }
 
+/// `PUT /admin/users/{id}/tier`: sets a user's tier and the tier of their instances, which every
+/// edge node meters by at once. Upgrading an unverified account is refused (409).
 pub async fn set_tier(
     _: Admin,
     State(state): State<ApiState>,
@@ -277,6 +288,7 @@ pub async fn set_tier(
     })))
 }
 
+/// The query of `GET /admin/outbox`: `to`, one recipient, and `limit` (1–500, default 50).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboxQuery {
@@ -307,6 +319,7 @@ pub async fn outbox(
     ))
 }
 
+/// `GET /admin/routes/{host}`: one route of this node's table.
 pub async fn get_route(
     _: Admin,
     State(state): State<ApiState>,
@@ -322,12 +335,15 @@ pub async fn get_route(
         .ok_or_else(|| ApiError::not_found(format!("There is no route for {host}.")))
 }
 
+/// The body of `PUT /admin/routes/{host}`: `upstream`, an `IP:port` (host names are not resolved).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpsertRoute {
     upstream: String,
 }
 
+/// `PUT /admin/routes/{host}`: creates (201) or replaces (200) an operator route in this node's
+/// table. Hosts of instances and of the platform itself are refused.
 pub async fn upsert_route(
     _: Admin,
     State(state): State<ApiState>,
@@ -359,6 +375,7 @@ pub async fn upsert_route(
     Ok((status, Json(entry)))
 }
 
+/// `DELETE /admin/routes/{host}`: removes an operator route from this node's table; 204.
 pub async fn delete_route(
     _: Admin,
     State(state): State<ApiState>,

@@ -31,11 +31,14 @@ type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 /// Where a request came from: the edge overwrites `X-Real-IP`, and only the edge reaches us.
 #[derive(Debug, Clone, Default)]
 pub struct Client {
+    /// `X-Real-IP`, at most 256 characters.
     pub ip: Option<String>,
+    /// `User-Agent`, at most 256 characters.
     pub user_agent: Option<String>,
 }
 
 impl Client {
+    /// Reads the client from the headers the edge set; never fails (absent headers give `None`).
     pub fn from_headers(headers: &HeaderMap) -> Self {
         let get = |name: &str| {
             headers
@@ -59,7 +62,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Client {
 
 /// The user behind a valid access token whose session is still active.
 pub struct AuthUser {
+    /// The account, as stored when the request arrived.
     pub user: User,
+    /// The session the token belongs to (active, of this user).
     pub session: Session,
 }
 
@@ -382,6 +387,7 @@ pub(crate) async fn send_link(
     }
 }
 
+/// The body of `POST /api/auth/register`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegisterBody {
@@ -393,6 +399,8 @@ pub struct RegisterBody {
     timezone: Option<String>,
 }
 
+/// `POST /api/auth/register`: creates a free, unverified account, mails the verification link and
+/// answers 201 with the user and a session's tokens (the account may deploy before it verifies).
 pub async fn register(
     State(state): State<ApiState>,
     client: Client,
@@ -464,6 +472,7 @@ fn duplicate_email() -> ApiError {
     .with("field", json!("email"))
 }
 
+/// The body of `POST /api/auth/login`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoginBody {
@@ -484,6 +493,9 @@ fn too_many(wait: std::time::Duration) -> ApiError {
     err
 }
 
+/// `POST /api/auth/login`: the user and a new session's tokens. Failures count per account and
+/// per IP (`limits.login_failures_per_*` in `limits.login_window_secs`, then 429 with
+/// `Retry-After`); an account with MFA also needs `mfaCode`, a TOTP or recovery code.
 pub async fn login(
     State(state): State<ApiState>,
     client: Client,
@@ -592,12 +604,16 @@ pub(crate) async fn check_mfa(state: &ApiState, user: &User, code: &str) -> Resu
     Ok(false)
 }
 
+/// The body of `POST /api/auth/refresh`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RefreshBody {
     refresh_token: String,
 }
 
+/// `POST /api/auth/refresh`: swaps a refresh token for a new access token and a new refresh
+/// token, and extends the session to [`REFRESH_TTL_MS`] from now. Presenting an already rotated
+/// token ends the session, as the token may have leaked.
 pub async fn refresh(
     State(state): State<ApiState>,
     client: Client,
@@ -648,6 +664,8 @@ pub async fn refresh(
     Ok(Json(auth_response(&user, token, new)))
 }
 
+/// `POST /api/auth/logout`: ends the caller's session on every edge node at once and clears the
+/// dashboard cookie; 204.
 pub async fn logout(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -663,6 +681,7 @@ pub async fn logout(
     ))
 }
 
+/// A mailed token: the query of the links in mails, and the body of `POST /api/auth/verify-email`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenQuery {
@@ -725,6 +744,8 @@ pub async fn verify_email_link(
     do_verify(&state, &q.token, &client).await
 }
 
+/// `POST /api/auth/verify-email`: marks the address verified with the mailed token (once, and
+/// only while the account still has that address).
 pub async fn verify_email(
     State(state): State<ApiState>,
     client: Client,
@@ -734,6 +755,8 @@ pub async fn verify_email(
     do_verify(&state, &b.token, &client).await
 }
 
+/// `POST /api/auth/resend-verification`: voids the earlier links and mails a new one; 202, or 409
+/// when already verified.
 pub async fn resend_verification(
     State(state): State<ApiState>,
     auth: AuthUser,
@@ -761,12 +784,15 @@ pub async fn resend_verification(
     ))
 }
 
+/// The body of `POST /api/auth/forgot-password`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForgotBody {
     email: String,
 }
 
+/// `POST /api/auth/forgot-password`: mails a reset link (one hour, single use) if the account
+/// exists; 202 either way.
 pub async fn forgot_password(
     State(state): State<ApiState>,
     client: Client,
@@ -830,6 +856,7 @@ pub async fn reset_password_link(
     })))
 }
 
+/// The body of `POST /api/auth/reset-password`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResetBody {
@@ -837,6 +864,8 @@ pub struct ResetBody {
     password: String,
 }
 
+/// `POST /api/auth/reset-password`: sets the new password with the mailed token and ends every
+/// session; the mail having arrived, the address counts as verified if the account still has it.
 pub async fn reset_password(
     State(state): State<ApiState>,
     client: Client,
@@ -910,6 +939,7 @@ pub async fn mfa_setup(auth: AuthUser) -> Result<Json<Value>, ApiError> {
     })))
 }
 
+/// The body of `POST /api/auth/mfa/enable`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MfaEnableBody {
@@ -917,6 +947,8 @@ pub struct MfaEnableBody {
     code: String,
 }
 
+/// `POST /api/auth/mfa/enable`, step 2 of MFA: stores the secret from [`mfa_setup`] once a code
+/// from it matches, and answers with ten recovery codes, shown this once.
 pub async fn mfa_enable(
     State(state): State<ApiState>,
     auth: AuthUser,
@@ -956,6 +988,7 @@ pub async fn mfa_enable(
     })))
 }
 
+/// The body of `POST /api/auth/mfa/disable`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MfaDisableBody {
@@ -963,6 +996,8 @@ pub struct MfaDisableBody {
     code: String,
 }
 
+/// `POST /api/auth/mfa/disable`: turns TOTP off; needs the password and a current TOTP or
+/// recovery code.
 pub async fn mfa_disable(
     State(state): State<ApiState>,
     auth: AuthUser,

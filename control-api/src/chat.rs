@@ -77,6 +77,9 @@ fn edge_addr(state: &ApiState) -> Option<SocketAddr> {
     Some(addr)
 }
 
+/// `GET /api/instances/me/chat`: upgrades to the chat WebSocket (101) and bridges it to the
+/// caller's instance gateway. A browser's `Origin` must be the app domain (403 otherwise); frames
+/// from the browser are at most 1 MiB.
 pub async fn chat(
     State(state): State<ApiState>,
     auth: AuthUser,

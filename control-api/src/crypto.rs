@@ -22,18 +22,26 @@ pub struct Claims {
     pub sub: Uuid,
     /// The session id: revoking the session revokes the token.
     pub sid: Uuid,
+    /// Issued at (unix seconds).
     pub iat: i64,
+    /// Expires at (unix seconds): `iat` + [`ACCESS_TTL_SECS`].
     pub exp: i64,
 }
 
+/// Why a JWT was refused. Only [`Expired`](Self::Expired) is worth telling apart to a client: it
+/// can refresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum JwtError {
+    /// Not three base64url parts, or a header or payload that is not the expected JSON.
     #[error("the token is not a well-formed JWT")]
     Malformed,
+    /// `alg` is not `HS256` (or `typ` is present and not `JWT`).
     #[error("the token's algorithm is not HS256")]
     Algorithm,
+    /// The signature does not match the key.
     #[error("the token's signature is not valid")]
     Signature,
+    /// Correctly signed, but `exp` is not after now.
     #[error("the token has expired")]
     Expired,
 }
@@ -111,18 +119,26 @@ fn verify_jwt_claims<T: serde::de::DeserializeOwned>(
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct HostClaims {
+    /// The user id: the instance's owner.
     pub sub: Uuid,
+    /// The platform session the handoff came from.
     pub sid: Uuid,
     /// The normalised host the cookie was issued for.
     pub host: String,
+    /// Issued at (unix seconds).
     pub iat: i64,
+    /// Expires at (unix seconds): `sessions.host_session_ttl_secs` after `iat`, never after the
+    /// platform session ends.
     pub exp: i64,
 }
 
+/// Why a host-session token was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HostTokenError {
+    /// The token itself: shape, algorithm, signature or expiry.
     #[error(transparent)]
     Jwt(#[from] JwtError),
+    /// Valid, but for another host: a cookie does not carry over between instances.
     #[error("the session was issued for another host")]
     WrongHost,
 }
@@ -222,14 +238,19 @@ pub fn new_recovery_codes() -> Result<Vec<String>, getrandom::Error> {
 /// Why a password is too weak (the message completes "The password ...").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum WeakPassword {
+    /// Fewer than 10 characters.
     #[error("must be at least 10 characters long")]
     Short,
+    /// More than 72 bytes: bcrypt would ignore the rest.
     #[error("must be at most 72 bytes long (bcrypt's limit)")]
     Long,
+    /// Only letters, or no letters at all.
     #[error("must mix letters with digits or symbols")]
     OneKind,
+    /// The email address, or its local part (4 characters or more), case-insensitively.
     #[error("must not contain your email address")]
     ContainsEmail,
+    /// Fewer than 5 distinct characters.
     #[error("must use at least 5 different characters")]
     Repetitive,
 }

@@ -24,6 +24,7 @@ use crate::{ApiError, ApiState};
 
 type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
+/// The body of `POST /api/domains`: `hostname`, such as `shop.example.com`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DomainBody {
@@ -227,6 +228,9 @@ fn new_token() -> Result<String, ApiError> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// `POST /api/domains`: adds a custom domain for the caller's instance (Pro tier and up, up to
+/// `domains.max_per_user`); 201 with the CNAME and TXT records to create. 503 when no HTTPS is
+/// served.
 pub async fn create(
     State(state): State<ApiState>,
     auth: AuthUser,
@@ -310,6 +314,7 @@ pub async fn create(
     ))
 }
 
+/// `GET /api/domains`: the caller's domains with status, reason, records and next check.
 pub async fn list(State(state): State<ApiState>, auth: AuthUser) -> Result<Json<Value>, ApiError> {
     let mut out = Vec::new();
     for domain in state.store.list_custom_domains_of(auth.user.id).await? {
@@ -318,9 +323,10 @@ pub async fn list(State(state): State<ApiState>, auth: AuthUser) -> Result<Json<
     Ok(Json(json!({ "domains": out })))
 }
 
-/// The owner's "check again" (after fixing DNS, or to retry a failed order before its backoff is
-/// over): back to `verifying` with a new DNS wait; the records and the platform's reachability
-/// are checked before any new order, so this cannot make the CA see failed validations.
+/// `POST /api/domains/{hostname}/verify`: the owner's "check again" (after fixing DNS, or to retry
+/// a failed order before its backoff is over): back to `verifying` with a new DNS wait; the
+/// records and the platform's reachability are checked before any new order, so this cannot make
+/// the CA see failed validations.
 pub async fn verify(
     State(state): State<ApiState>,
     auth: AuthUser,
@@ -374,6 +380,8 @@ pub async fn verify(
     ))
 }
 
+/// `DELETE /api/domains/{hostname}`: removes the caller's domain with its route and certificate;
+/// 204.
 pub async fn delete(
     State(state): State<ApiState>,
     auth: AuthUser,
@@ -401,6 +409,8 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `GET /admin/certificates`: every certificate the edge serves, without key material (empty when
+/// no HTTPS is served).
 pub async fn list_certificates(
     _: Admin,
     State(state): State<ApiState>,
@@ -415,6 +425,8 @@ pub async fn list_certificates(
     Ok(Json(json!({ "certificates": list })))
 }
 
+/// `POST /admin/certificates/{name}/renew`: renews the certificate now and answers with it; 404
+/// for an unknown name.
 pub async fn renew_certificate(
     _: Admin,
     State(state): State<ApiState>,

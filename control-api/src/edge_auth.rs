@@ -14,6 +14,8 @@ use clawdeploy_store::{Store, StoreError, Zeroizing};
 
 use crate::crypto::{host_session_key, verify_host_token, verify_jwt, HostTokenError, JwtError};
 
+/// The edge's [`TokenVerifier`]: access tokens and instance hosts' session cookies, checked
+/// against the JWT key and the revoked sessions. One per process, shared by the edge and the API.
 pub struct SessionVerifier {
     jwt_key: Zeroizing<Vec<u8>>,
     /// Signs and checks instance hosts' session cookies (derived from the JWT key).
@@ -25,6 +27,8 @@ pub struct SessionVerifier {
 }
 
 impl SessionVerifier {
+    /// A verifier for `jwt_key` with no revoked sessions yet: [`reload`](Self::reload) before
+    /// serving.
     pub fn new(jwt_key: Vec<u8>) -> Arc<Self> {
         Arc::new(Self {
             host_key: Zeroizing::new(host_session_key(&jwt_key)),

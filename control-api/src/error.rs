@@ -7,10 +7,16 @@ use axum::Json;
 
 use clawdeploy_store::StoreError;
 
+/// An error answered by a handler: [`IntoResponse`] turns it into the status and the JSON body
+/// (`WWW-Authenticate: Bearer` on a 401, `Retry-After` when set).
 #[derive(Debug, Clone)]
 pub struct ApiError {
+    /// The HTTP status answered (4xx or 5xx).
     pub status: StatusCode,
+    /// A stable `SNAKE_CASE` code (`EMAIL_TAKEN`, `INVALID_TOKEN`…): `error.code` of the body, for
+    /// programs.
     pub code: &'static str,
+    /// What happened and how to fix it, for people: `error.message` of the body.
     pub message: String,
     /// Extra members of the `error` object (e.g. `field`, `suggestion`).
     pub extra: Vec<(&'static str, serde_json::Value)>,
@@ -22,6 +28,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// An error with no extra members and no `Retry-After`.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
@@ -33,6 +40,7 @@ impl ApiError {
         }
     }
 
+    /// A 404 `NOT_FOUND`.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
     }
@@ -48,14 +56,17 @@ impl ApiError {
         .with("field", serde_json::Value::String(field.to_string()))
     }
 
+    /// A 401: no credential, or one that is not (or no longer) valid.
     pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, code, message)
     }
 
+    /// A 403: the credential is valid but does not allow this.
     pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, code, message)
     }
 
+    /// A 409: the request is well-formed but clashes with the current state.
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)
     }
@@ -80,6 +91,7 @@ impl ApiError {
         }
     }
 
+    /// Adds a member to the body's `error` object, such as `suggestion`.
     pub fn with(mut self, key: &'static str, value: serde_json::Value) -> Self {
         self.extra.push((key, value));
         self

@@ -26,11 +26,13 @@ use crate::crypto::{sign_host_token, HostClaims};
 use crate::error::ApiError;
 use crate::ApiState;
 
+/// The query of `GET /api/session/handoff`: `next`, the instance URL to sign in to.
 #[derive(Deserialize)]
 pub struct HandoffQuery {
     next: Option<String>,
 }
 
+/// The body of `POST /api/session/handoff`: `next`, the instance URL to sign in to.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HandoffBody {
@@ -201,6 +203,7 @@ pub async fn handoff_json(
         .into_response())
 }
 
+/// The query of `GET /_clawdeploy/session`: `code`, the one-time code of the handoff.
 #[derive(Deserialize)]
 pub struct ExchangeQuery {
     code: Option<String>,

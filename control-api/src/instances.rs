@@ -68,12 +68,16 @@ fn instance_exists(tier: Tier) -> ApiError {
 /// Why a subdomain label was refused (the message completes "The subdomain ...").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BadLabel {
+    /// Shorter than 3 or longer than 63 bytes.
     #[error("must be 3 to 63 characters long")]
     Length,
+    /// A byte other than `a-z`, `0-9` and `-` (upper case included).
     #[error("may contain only letters a-z, digits and hyphens")]
     Characters,
+    /// A leading or trailing `-`.
     #[error("must not start or end with a hyphen")]
     EdgeHyphen,
+    /// `--` in positions 3–4, as in `xn--`.
     #[error("must not have hyphens in the third and fourth positions (reserved for IDNs)")]
     IdnPrefix,
 }
@@ -178,6 +182,7 @@ pub fn instance_json(state: &ApiState, inst: &Instance) -> Value {
     })
 }
 
+/// The body of `POST /api/instances`; every field is optional.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateBody {
@@ -248,6 +253,9 @@ async fn apply_keys(
     Ok(())
 }
 
+/// `POST /api/instances`: creates the caller's instance, routes it on every edge node and asks the
+/// pool for a container; 201 with the instance. Without a requested subdomain, one is made from the
+/// name or the email. 409 when the tier's one instance exists or the subdomain is taken.
 pub async fn create(
     State(state): State<ApiState>,
     auth: AuthUser,
@@ -425,6 +433,8 @@ pub(crate) async fn my_instance(state: &ApiState, auth: &AuthUser) -> Result<Ins
         })
 }
 
+/// `GET /api/instances/me`: the caller's instance, its provider keys (masked) and this period's
+/// usage against the tier's quotas, including counts the meter has not flushed yet.
 pub async fn get_me(
     State(state): State<ApiState>,
     auth: AuthUser,
@@ -465,6 +475,7 @@ pub async fn get_me(
     Ok(Json(json!({ "instance": view })))
 }
 
+/// The body of `PATCH /api/instances/me`: absent fields stay as they are; at least one is needed.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PatchBody {
@@ -478,6 +489,8 @@ pub struct PatchBody {
     timezone: Option<String>,
 }
 
+/// `PATCH /api/instances/me`: changes the subdomain, provider keys, SOUL.md or time zone;
+/// `restartRequired` says whether the running instance picks the change up by itself.
 pub async fn patch_me(
     State(state): State<ApiState>,
     auth: AuthUser,
@@ -600,6 +613,9 @@ pub async fn patch_me(
     })))
 }
 
+/// `POST /api/instances/me/restart`: restarts the instance in the background and answers 202 at
+/// once; its route flips back to running when it is ready. Refused (403) for an account unverified
+/// past `limits.unverified_grace_days`.
 pub async fn restart(
     State(state): State<ApiState>,
     auth: AuthUser,

@@ -5,6 +5,8 @@
 //! Every endpoint is declared once, in [`openapi::endpoints`]: the router and the OpenAPI document
 //! at `/api/openapi.json` are both built from that list, so they cannot disagree.
 
+#![warn(missing_docs)]
+
 pub mod account;
 pub mod admin;
 pub mod auth;
@@ -41,12 +43,17 @@ pub use error::ApiError;
 
 /// Secrets and settings the handlers share; built once at start.
 pub struct ApiContext {
+    /// The validated configuration the process started with.
     pub config: Config,
     /// The bootstrap operator credential (`server.admin_token`, or the generated one).
     pub admin_token: Zeroizing<String>,
+    /// The HS256 key of access tokens (`secrets.jwt_key`); host-session keys derive from it.
     pub jwt_key: Zeroizing<Vec<u8>>,
+    /// Seals and opens stored secrets: provider API keys, TOTP secrets.
     pub keyring: Arc<Keyring>,
+    /// Where verification and reset mails go: the SMTP relay, or the outbox.
     pub mailer: mail::Mailer,
+    /// Failed logins per account and per IP (window `limits.login_window_secs`).
     pub throttle: throttle::Throttle,
     /// Bounds concurrent bcrypt work to the CPUs, so a signup spike queues instead of thrashing.
     pub hashing: tokio::sync::Semaphore,
@@ -63,6 +70,9 @@ pub struct ApiContext {
 }
 
 impl ApiContext {
+    /// The context for `config`, with no meter, no LLM listener and an empty edge secret (which
+    /// refuses every request until the caller sets it). Fails when `[smtp]` is unusable, e.g. a bad
+    /// sender address.
     pub fn new(
         config: Config,
         admin_token: String,
@@ -100,9 +110,13 @@ impl ApiContext {
 /// What the handlers share.
 #[derive(Clone)]
 pub struct ApiState {
+    /// This edge's route table, shared with the proxy.
     pub routes: Arc<RouteTable>,
+    /// The process's shutdown state: `/readyz` answers 503 once it drains.
     pub drain: Arc<Drain>,
+    /// The database.
     pub store: Store,
+    /// Secrets and settings.
     pub ctx: Arc<ApiContext>,
     /// Route changes and revocations to every edge node.
     pub bus: Arc<ChangeBus>,

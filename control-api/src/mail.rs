@@ -10,22 +10,30 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use clawdeploy_config::{SmtpConfig, SmtpTls};
 use clawdeploy_store::Store;
 
+/// How mail leaves: chosen once, from `[smtp]`.
 pub enum Mailer {
     /// No relay: mails go to the `outbox` table (`GET /admin/outbox`).
     Outbox,
+    /// Through the relay at `smtp.host`.
     Smtp {
+        /// The relay connection settings (TLS mode, port, timeout, credentials).
         // Boxed: the TLS-capable transport is large, and mailers are built once.
         transport: Box<AsyncSmtpTransport<Tokio1Executor>>,
+        /// The sender of every mail (`smtp.from`, or `no-reply@<app domain>`).
         from: Mailbox,
     },
 }
 
+/// Why a mailer cannot be built or a mail was not sent.
 #[derive(Debug, thiserror::Error)]
 pub enum MailError {
+    /// The sender, a recipient or `smtp.host` does not parse.
     #[error("bad address: {0}")]
     Address(String),
+    /// lettre could not assemble the message.
     #[error("building the message: {0}")]
     Build(String),
+    /// The relay refused the mail or could not be reached in `smtp.timeout_secs`.
     #[error("SMTP: {0}")]
     Smtp(String),
     /// The store's error is part of the message, not a `source()`: shown once by chain printers.
@@ -67,6 +75,7 @@ impl Mailer {
         })
     }
 
+    /// `outbox` or `smtp`, for the start-up log and `GET /admin/outbox`.
     pub fn kind(&self) -> &'static str {
         match self {
             Mailer::Outbox => "outbox",

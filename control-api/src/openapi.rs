@@ -10,8 +10,9 @@ use crate::{account, admin, auth, chat, domains, host_sessions, instances, ApiSt
 /// Who may call an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
+    /// Anyone, without credentials.
     Public,
-    /// `Authorization: Bearer <access token>`.
+    /// `Authorization: Bearer <access token>`, or the dashboard's session cookie.
     User,
     /// `Authorization: Bearer <admin token | operator's access token>`.
     Admin,
@@ -20,10 +21,15 @@ pub enum Access {
 /// One documented endpoint.
 #[derive(Debug, Clone)]
 pub struct Spec {
+    /// The HTTP method, lower case (`get`, `post`…), as OpenAPI spells it.
     pub method: &'static str,
+    /// The axum path, `{name}` for a path parameter (`/admin/routes/{host}`).
     pub path: &'static str,
+    /// The OpenAPI tag that groups it (`auth`, `account`, `instances`, `admin`…).
     pub tag: &'static str,
+    /// One line on what it does, for the document's readers.
     pub summary: &'static str,
+    /// Who may call it; the handler's extractors enforce it, this only documents it.
     pub access: Access,
     /// Success status and what it returns.
     pub ok: (u16, &'static str),

@@ -5,12 +5,15 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Failed attempts by key (`account:<email>`, `ip:<address>`), each counted in a fixed window
+/// that starts at its first failure.
 pub struct Throttle {
     window: Duration,
     entries: Mutex<HashMap<String, (u32, Instant)>>,
 }
 
 impl Throttle {
+    /// A throttle whose windows last `window`.
     pub fn new(window: Duration) -> Self {
         Self {
             window,

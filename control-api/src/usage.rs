@@ -14,6 +14,7 @@ use crate::ApiState;
 /// The longest series one request returns.
 const MAX_DAYS: i64 = 366;
 
+/// The query of `GET /api/usage`: `from` and `to`, UTC days as `YYYY-MM-DD`, both included.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UsageQuery {
@@ -41,6 +42,9 @@ fn day_text(days: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// `GET /api/usage`: the caller's instance's messages and tokens per UTC day, oldest first, from
+/// `from` (default: the first of this month) to `to` (default: today), at most 366 days; today
+/// includes counts the meter has not flushed yet. Also the current billing period.
 pub async fn series(
     State(state): State<ApiState>,
     auth: AuthUser,
