@@ -212,15 +212,15 @@ mod tests {
     async fn what_a_flush_cancelled_midway_had_taken_is_handed_back() {
         let path = std::env::temp_dir().join(format!("cd-flush-{}.db", std::process::id()));
         let url = format!("sqlite://{}", path.display());
-        let store = Store::open(&url).await.unwrap();
+        let one_connection = clawdeploy_store::StoreOptions {
+            max_connections: Some(1),
+            ..Default::default()
+        };
+        let store = Store::open_with(&url, one_connection).await.unwrap();
         store.migrate().await.unwrap();
-        // Another connection holds the database, so every write waits (busy timeout 5 s).
-        let holder = Store::open(&url).await.unwrap();
-        let mut lock = holder.pool().acquire().await.unwrap();
-        sqlx::query("BEGIN EXCLUSIVE")
-            .execute(&mut *lock)
-            .await
-            .unwrap();
+        // The store's only connection is held, so every write waits for it (as for a busy
+        // database: the flush is stuck at an await when it is dropped).
+        let held = store.pool().acquire().await.unwrap();
 
         let meter = Meter::new(TiersConfig::default());
         let instance = "0b7e7c4e-4f63-4a57-9a0e-3c1f2d6b8a90";
@@ -242,9 +242,7 @@ mod tests {
         assert!(flushing.await.is_err());
         assert!(meter.take_unflushed().is_empty());
 
-        sqlx::query("ROLLBACK").execute(&mut *lock).await.unwrap();
-        drop(lock);
-        holder.close().await;
+        drop(held);
         store.close().await;
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
