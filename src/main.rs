@@ -251,29 +251,7 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
 
     // Instance hosts admit only their owner: tokens checked in memory, revocations broadcast.
     let verifier = SessionVerifier::new(config.secrets.jwt_key.as_bytes().to_vec());
-    let upgrade_url = if config.metering.upgrade_url.is_empty() {
-        format!(
-            "{}/billing",
-            config.public_origin(&server_config.app_domain())
-        )
-    } else {
-        config.metering.upgrade_url.clone()
-    };
-    let (limiter, shared_limits) =
-        clawdeploy_metering::shared_limits::build(&config.rate_limits, &config.redis);
-    if let Some(service) = shared_limits {
-        server.add_service(pingora::services::background::background_service(
-            "shared rate limits",
-            service,
-        ));
-    }
-    let metering = clawdeploy_proxy::EdgeMetering {
-        meter: meter.clone(),
-        limiter: Arc::new(limiter),
-        websockets: config.metering.enabled,
-        max_message_bytes: config.metering.max_message_bytes,
-        upgrade_url: upgrade_url.into(),
-    };
+    let metering = edge_metering(&config, &meter, &mut server);
     // Only this process's edge can call its control API (random per start, never stored).
     let control_plane_secret = secrets::random_hex()?;
     let edge = EdgeProxy::new(
@@ -376,6 +354,38 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     }
     tracing::info!("clawdeploy stopped");
     Ok(())
+}
+
+/// What the edge meters and limits: the meter, rate limits (shared through Redis by a service of
+/// their own when configured) and where a refused user is sent to upgrade.
+fn edge_metering(
+    config: &Config,
+    meter: &Arc<Meter>,
+    server: &mut Server,
+) -> clawdeploy_proxy::EdgeMetering {
+    let upgrade_url = if config.metering.upgrade_url.is_empty() {
+        format!(
+            "{}/billing",
+            config.public_origin(&config.server.app_domain())
+        )
+    } else {
+        config.metering.upgrade_url.clone()
+    };
+    let (limiter, shared_limits) =
+        clawdeploy_metering::shared_limits::build(&config.rate_limits, &config.redis);
+    if let Some(service) = shared_limits {
+        server.add_service(pingora::services::background::background_service(
+            "shared rate limits",
+            service,
+        ));
+    }
+    clawdeploy_proxy::EdgeMetering {
+        meter: meter.clone(),
+        limiter: Arc::new(limiter),
+        websockets: config.metering.enabled,
+        max_message_bytes: config.metering.max_message_bytes,
+        upgrade_url: upgrade_url.into(),
+    }
 }
 
 /// The secrets a config may leave empty (admin token, JWT key, master key), generated once and
