@@ -16,8 +16,8 @@ use clawdeploy_config::{Config, LlmListen};
 use clawdeploy_control_api::{account, router, ApiContext, ApiState, SessionVerifier};
 use clawdeploy_llm_egress::{ListenerHandoff, LlmMeterService, MeterListen, Upstreams};
 use clawdeploy_metering::{Meter, UsageFlush};
-use clawdeploy_pool::routing;
-use clawdeploy_proxy::{Drain, RouteTable};
+use clawdeploy_pool::{routing, PoolWaker};
+use clawdeploy_proxy::{Activity, Drain, RouteTable};
 use clawdeploy_store::changes::ChangeBus;
 use clawdeploy_store::{Keyring, Store, StoreOptions};
 
@@ -34,6 +34,10 @@ pub struct App {
     pub certs: Option<Arc<CertManager>>,
     pub llm_meter: Option<LlmMeterService>,
     pub usage_flush: UsageFlush,
+    /// Instances' traffic at the edge, read by the pool to put idle ones to sleep.
+    pub activity: Arc<Activity>,
+    /// The edge's waker, given the pool once it exists.
+    pub waker: Arc<PoolWaker>,
 }
 
 /// The LLM meter the config asks for: at a fixed address, or (`auto`) on the listener the pool
@@ -137,6 +141,7 @@ impl App {
             bus.clone(),
             self.ctx.llm_listener.as_ref(),
             self.ctx.keyring.clone(),
+            self.activity,
         )
         .await
         {
@@ -149,6 +154,7 @@ impl App {
             }
         };
         if let Some(pool) = &pool {
+            self.waker.set(pool.clone());
             tokio::spawn(pool.clone().run(shutdown.clone()));
         }
         if let Some(certs) = &self.certs {

@@ -263,6 +263,11 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     .with_metering(Arc::new(metering))
     .with_control_plane_secret(&control_plane_secret)
     .with_gateway_proof_key(config.secrets.jwt_key.as_bytes());
+    // Idle instances sleep: the edge records their traffic for the pool and wakes them on a
+    // request (the pool, made by the app, is handed to the waker when it starts).
+    let activity = clawdeploy_proxy::Activity::new();
+    let waker = clawdeploy_pool::PoolWaker::new();
+    let edge = edge.with_sleep(activity.clone(), waker.clone());
     // HTTPS: certificates chosen per SNI from the certificate manager's store (issue #6).
     let cert_manager = certs::start(&config, keyring.clone(), routes.clone())?;
     let edge = match &cert_manager {
@@ -326,6 +331,8 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         certs: cert_manager,
         llm_meter,
         usage_flush,
+        activity,
+        waker,
     });
     let mut app_service = pingora::services::background::background_service("app", app);
     app_service.threads = Some(2);

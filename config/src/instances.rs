@@ -19,6 +19,19 @@ pub enum RuntimeKind {
     Process,
 }
 
+/// How an idle instance sleeps (`pool.sleep`); see [Sleep and wake](instances.md#sleep-and-wake).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SleepMode {
+    /// `freeze` when the node has swap, else `stop`.
+    Auto,
+    /// The container is stopped: all its memory is freed, and a wake boots it again.
+    Stop,
+    /// The container is frozen and its memory pushed out to swap (zram on a node without a swap
+    /// disk): a wake thaws it in well under a second; the node holds its compressed pages.
+    Freeze,
+}
+
 /// What instances run: the config format the pool writes into them.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -125,9 +138,20 @@ pub struct PoolConfig {
     pub create_concurrency: usize,
     /// How long a new or restarted instance may take to answer `/readyz`.
     pub ready_timeout_secs: u64,
-    /// Memory per instance. OpenClaw needs about 825 MiB at ready and about 1 GiB after a few
-    /// turns, and a 1 GiB cap has been reported to kill it at boot, hence 2 GiB.
+    /// Memory limit per instance (tiers may set their own: `tiers.<tier>.memory_mb`). OpenClaw
+    /// needs about 825 MiB at ready and about 1 GiB after a few turns, and a 1 GiB cap has been
+    /// reported to kill it at boot, hence 2 GiB.
     pub memory_mb: u64,
+    /// Memory an awake instance is counted for in the node's capacity, in MiB (below its limit:
+    /// most instances never reach it); 0 means `memory_mb`. Sleeping instances count for what they
+    /// hold ([Capacity](instances.md#capacity)).
+    pub reserve_mb: u64,
+    /// Seconds without traffic (no request, no open WebSocket, no agent turn running, no scheduled
+    /// job due) after which an assigned instance sleeps; 0: never. Tiers may set their own
+    /// (`tiers.<tier>.idle_stop_secs`).
+    pub idle_stop_secs: u64,
+    /// How an idle instance sleeps: `auto`, `stop` or `freeze` (see [`SleepMode`]).
+    pub sleep: SleepMode,
     /// CPUs per instance.
     pub cpus: f64,
     /// Most processes and threads per instance.
@@ -151,6 +175,9 @@ impl Default for PoolConfig {
             create_concurrency: 4,
             ready_timeout_secs: 60,
             memory_mb: 2048,
+            reserve_mb: 1280,
+            idle_stop_secs: 1800,
+            sleep: SleepMode::Auto,
             cpus: 1.0,
             pids: 512,
             cancel_grace_days: 7,
@@ -160,12 +187,22 @@ impl Default for PoolConfig {
 }
 
 impl PoolConfig {
-    /// The node's instance budget: `capacity`, or 80% of `mem_total_mb` over `memory_mb`.
+    /// The node's budget of awake instances: `capacity`, or 80% of `mem_total_mb` over the
+    /// reservation ([`Self::reservation_mb`]).
     pub fn capacity_for(&self, mem_total_mb: u64) -> usize {
         if self.capacity > 0 {
             self.capacity
         } else {
-            (mem_total_mb * 8 / 10 / self.memory_mb.max(1)) as usize
+            (mem_total_mb * 8 / 10 / self.reservation_mb().max(1)) as usize
+        }
+    }
+
+    /// What an awake instance is counted for: `reserve_mb`, or `memory_mb` when it is 0.
+    pub fn reservation_mb(&self) -> u64 {
+        if self.reserve_mb > 0 {
+            self.reserve_mb.min(self.memory_mb)
+        } else {
+            self.memory_mb
         }
     }
 }

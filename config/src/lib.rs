@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use hostname::{normalize_host, validate_hostname, HostnameError};
-pub use instances::{PoolConfig, RuntimeConfig, RuntimeKind};
+pub use instances::{PoolConfig, RuntimeConfig, RuntimeKind, SleepMode};
 pub use metering::{
     LlmConfig, LlmListen, MeteringConfig, MetricsConfig, RateLimitsConfig, RedisConfig, TierConfig,
     TiersConfig,

@@ -54,7 +54,8 @@ impl Default for MeteringConfig {
     }
 }
 
-/// One tier's quotas. 0 means unlimited.
+/// One tier's quotas and instance limits. 0 means unlimited (quotas) or the pool's default
+/// (limits).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TierConfig {
@@ -64,6 +65,16 @@ pub struct TierConfig {
     /// LLM tokens (input + output) per instance and month, windowed the same way (the LLM meter;
     /// see [The LLM meter](metering.md#the-llm-meter)).
     pub tokens_per_month: u64,
+    /// Memory limit of this tier's instances, in MiB; 0: `pool.memory_mb`. Applied when an
+    /// instance is assigned and when its tier changes.
+    pub memory_mb: u64,
+    /// CPUs of this tier's instances; 0: `pool.cpus`.
+    pub cpus: f64,
+    /// Seconds without traffic after which this tier's instances sleep; 0: `pool.idle_stop_secs`
+    /// (see [Sleep and wake](instances.md#sleep-and-wake)).
+    pub idle_stop_secs: u64,
+    /// This tier's instances never sleep (e.g. a paid tier that promises an always-on assistant).
+    pub never_sleep: bool,
 }
 
 /// `[tiers.free]`, `[tiers.pro]`, `[tiers.team]` (PRD §3.6.1); 0 means unlimited.
@@ -84,6 +95,7 @@ impl Default for TiersConfig {
             free: TierConfig {
                 messages_per_month: 100,
                 tokens_per_month: 100_000,
+                ..TierConfig::default()
             },
             pro: TierConfig::default(),
             team: TierConfig::default(),

@@ -132,7 +132,11 @@ async fn bridge(state: ApiState, auth: AuthUser, token: String, mut browser: Web
             return fail(&mut browser, "NO_INSTANCE", &e.message).await;
         }
     };
-    if inst.status != InstanceStatus::Running {
+    // The edge wakes a sleeping instance for the gateway connection below and holds it meanwhile.
+    if !matches!(
+        inst.status,
+        InstanceStatus::Running | InstanceStatus::Sleeping
+    ) {
         let message = match inst.status {
             InstanceStatus::Stopped | InstanceStatus::Crashed => format!(
                 "Your instance is {}: restart it from Settings to chat.",

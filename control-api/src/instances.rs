@@ -633,7 +633,10 @@ pub async fn restart(
         ));
     }
     let inst = match inst.status {
-        InstanceStatus::Running | InstanceStatus::Stopped | InstanceStatus::Crashed => {
+        InstanceStatus::Running
+        | InstanceStatus::Sleeping
+        | InstanceStatus::Stopped
+        | InstanceStatus::Crashed => {
             let inst = state
                 .store
                 .update_instance_status(inst.id, InstanceStatus::Starting)

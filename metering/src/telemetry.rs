@@ -88,6 +88,24 @@ fn describe() {
         "clawdeploy_pool_instances",
         "Pool members on this node by state (idle, creating, assigned), set every pool tick"
     );
+    describe_gauge!(
+        "clawdeploy_instances_awake",
+        "Assigned instances on this node that are awake (running, starting), set every pool tick"
+    );
+    describe_gauge!(
+        "clawdeploy_instances_sleeping",
+        "Assigned instances on this node asleep after being idle, set every pool tick"
+    );
+    describe_histogram!(
+        "clawdeploy_wake_seconds",
+        Unit::Seconds,
+        "Time to wake a sleeping instance, from the wake's start to the instance serving, by outcome (woken, failed)"
+    );
+    describe_histogram!(
+        "clawdeploy_wake_wait_seconds",
+        Unit::Seconds,
+        "Time a request to a sleeping instance was held at the edge, by outcome (woken, failed, pending: answered the waking page or 503 while the wake goes on)"
+    );
     describe_counter!(
         "clawdeploy_usage_flush_failures_total",
         "Failed writes of usage counters to the store (retried at the next flush)"

@@ -28,7 +28,7 @@ use tokio::sync::broadcast;
 use crate::egress::NetworkInfo;
 use crate::runtime::{
     non_root_user, safe_relative_path, ConfigFile, Inspection, InstanceRef, InstanceSpec,
-    Resources, RunState, Runtime, RuntimeError, RuntimeEvent,
+    Resources, RunState, Runtime, RuntimeError, RuntimeEvent, Sleep,
 };
 
 /// Label on everything the platform creates.
@@ -39,6 +39,8 @@ pub const NAME_LABEL: &str = "clawdeploy.instance";
 pub const DATA_DIR: &str = "/data";
 /// Size of the in-container `/tmp` (counted against the memory limit).
 const TMP_BYTES: i64 = 64 << 20;
+/// The memory limit of a frozen instance, in MiB: the rest of its pages go to swap.
+pub const FROZEN_LIMIT_MB: i64 = 16;
 
 /// How the Docker runtime places instances on the network.
 #[derive(Debug, Clone)]
@@ -327,6 +329,8 @@ impl Runtime for DockerRuntime {
     }
 
     async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
+        // A frozen (sleeping) container cannot handle SIGTERM: thawed first (409: not paused).
+        let _ = self.docker.unpause_container(id).await;
         match self
             .docker
             .stop_container(
@@ -477,6 +481,65 @@ impl Runtime for DockerRuntime {
         };
         self.docker
             .update_container(id, update)
+            .await
+            .map_err(|e| not_found(e, id))
+    }
+
+    /// `Freeze`: the container is paused (cgroup freezer: no CPU, nothing touches its memory),
+    /// allowed swap, and its memory limit lowered to [`FROZEN_LIMIT_MB`], which makes the kernel
+    /// push its pages out to swap before the call returns (cgroup v1 reclaims synchronously on a
+    /// lowered `memory.limit_in_bytes`).
+    async fn sleep(&self, id: &str, how: Sleep) -> Result<(), RuntimeError> {
+        if how == Sleep::Stop {
+            return self.stop(id).await;
+        }
+        self.docker
+            .pause_container(id)
+            .await
+            .map_err(|e| not_found(e, id))?;
+        let squeeze = ContainerUpdateBody {
+            memory: Some(FROZEN_LIMIT_MB << 20),
+            memory_swap: Some(-1),
+            ..Default::default()
+        };
+        if let Err(e) = self.docker.update_container(id, squeeze).await {
+            // Not squeezed (no swap to push to): thawed again, so the caller can stop it instead.
+            let _ = self.docker.unpause_container(id).await;
+            return Err(not_found(e, id));
+        }
+        Ok(())
+    }
+
+    /// A frozen container gets its limits back (no swap again; its swapped pages come back as
+    /// they are touched) and is thawed; a stopped one is started.
+    async fn wake(&self, id: &str, resources: &Resources) -> Result<(), RuntimeError> {
+        let state = self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| not_found(e, id))?
+            .state
+            .unwrap_or_default();
+        if state.running != Some(true) {
+            return self.start(id).await;
+        }
+        if state.paused != Some(true) {
+            return Ok(());
+        }
+        // Memory plus swap capped at the limit again, so an awake tenant cannot grow into swap;
+        // what it holds in swap now is at most what it held before, within that limit.
+        let bytes = (resources.memory_mb as i64) << 20;
+        let restore = ContainerUpdateBody {
+            memory: Some(bytes),
+            memory_swap: Some(bytes),
+            ..Default::default()
+        };
+        self.docker
+            .update_container(id, restore)
+            .await
+            .map_err(|e| not_found(e, id))?;
+        self.docker
+            .unpause_container(id)
             .await
             .map_err(|e| not_found(e, id))
     }

@@ -4,18 +4,16 @@
 use async_trait::async_trait;
 use serde_json::json;
 
-use clawdeploy_store::{Instance, Tier};
+use clawdeploy_store::Instance;
 
 use crate::manager::{InstanceConfig, PoolError};
-use crate::runtime::{ConfigFile, Resources};
+use crate::runtime::ConfigFile;
 
 /// Config for the protocol-speaking test fixture (never OpenClaw): the owner the edge's
 /// trusted-proxy header must name, and the SOUL.md text.
 pub struct FixtureConfig {
     /// The header the edge sets with the authenticated user.
     pub user_header: String,
-    /// The limits of every instance, whatever its tier.
-    pub resources: Resources,
 }
 
 #[async_trait]
@@ -25,6 +23,7 @@ impl InstanceConfig for FixtureConfig {
             "owner": instance.user_id.to_string(),
             "soul": instance.soul_md,
             "userHeader": self.user_header,
+            "platformUser": crate::work::PLATFORM_USER,
         });
         let mut files = vec![ConfigFile::platform(
             "config.json",
@@ -39,7 +38,12 @@ impl InstanceConfig for FixtureConfig {
         Ok(files)
     }
 
-    fn resources(&self, _tier: Tier) -> Resources {
-        self.resources.clone()
+    /// The fixture speaks the gateway's work questions too (`cron.status`,
+    /// `gateway.suspend.*`), and admits the platform by the same user header.
+    fn platform_headers(&self, _instance: &Instance) -> Option<Vec<(String, String)>> {
+        Some(vec![(
+            self.user_header.clone(),
+            crate::work::PLATFORM_USER.to_string(),
+        )])
     }
 }

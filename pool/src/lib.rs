@@ -15,6 +15,8 @@ pub mod ready;
 pub mod routing;
 pub mod runtime;
 pub mod setup;
+pub mod sleep;
+pub mod work;
 
 pub use docker::{DockerOptions, DockerRuntime};
 pub use egress::{EgressRules, NetworkInfo};
@@ -24,5 +26,6 @@ pub use openclaw::OpenClawConfig;
 pub use process::ProcessRuntime;
 pub use runtime::{
     ConfigFile, Inspection, InstanceRef, InstanceSpec, Resources, RunState, Runtime, RuntimeError,
-    RuntimeEvent,
+    RuntimeEvent, Sleep,
 };
+pub use sleep::PoolWaker;

@@ -8,9 +8,11 @@
 //!   first when room frees.
 //! - Healing: runtime `die`/`oom` events and failed `/readyz` checks restart an instance (its
 //!   route shows `starting` meanwhile) with exponential backoff; a crash loop ends as `crashed`.
+//! - Sleep and wake: idle instances sleep and the edge wakes them ([`crate::sleep`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,13 +20,15 @@ use serde::Serialize;
 use tokio::sync::{Notify, Semaphore};
 use uuid::Uuid;
 
+use clawdeploy_config::TiersConfig;
+use clawdeploy_proxy::Activity;
 use clawdeploy_store::{
     Instance, InstanceStatus, Placement, PoolMember, PoolMemberState, Store, StoreError, Tier,
 };
 
 use crate::ready::{wait_ready, wait_ready_as, NotReady};
 use crate::runtime::{
-    ConfigFile, InstanceSpec, Resources, RunState, Runtime, RuntimeError, RuntimeEvent,
+    ConfigFile, InstanceSpec, Resources, RunState, Runtime, RuntimeError, RuntimeEvent, Sleep,
 };
 use clawdeploy_store::changes::{Change, ChangeBus};
 
@@ -41,7 +45,8 @@ pub struct PoolSettings {
     /// How often health checks and refills run (`pool.tick_secs`); a claim triggers a refill at
     /// once too.
     pub tick: Duration,
-    /// Most instances this node runs (idle, being created and assigned), from its memory.
+    /// Most awake instances this node runs (idle, being created and assigned), from its memory;
+    /// sleeping ones count for what they hold ([`Sleep::held_mb`]).
     pub capacity: usize,
     /// Instances created at once (refill and on-demand): the signup throttle.
     pub create_concurrency: usize,
@@ -51,8 +56,18 @@ pub struct PoolSettings {
     pub user: String,
     /// The port instances serve inside (the gateway's).
     pub port: u16,
-    /// Limits of a warm instance; an assigned one gets its tier's ([`InstanceConfig::resources`]).
+    /// Limits of a warm instance, and of an assigned one whose tier sets none
+    /// ([`PoolSettings::resources`]).
     pub idle_resources: Resources,
+    /// The tier table: each tier's limits and idle time before sleep.
+    pub tiers: TiersConfig,
+    /// Idle time before an assigned instance sleeps, unless its tier says otherwise
+    /// (`pool.idle_stop_secs`); `None`: never.
+    pub idle_stop: Option<Duration>,
+    /// How idle instances sleep (`pool.sleep`, `auto` resolved by the node's swap).
+    pub sleep: Sleep,
+    /// What an awake instance counts for in `capacity`, in MiB (`pool.reserve_mb`).
+    pub reserve_mb: u64,
     /// How long a new or restarted instance may take to answer `/readyz`
     /// (`pool.ready_timeout_secs`).
     pub ready_timeout: Duration,
@@ -64,15 +79,38 @@ pub struct PoolSettings {
     pub boot_files: Vec<ConfigFile>,
 }
 
-/// Turns an instance record into what its container needs: files and resources. The control
-/// plane knows users' settings; the pool only applies them.
+impl PoolSettings {
+    /// The limits of an instance of `tier`: the tier table's, else the pool's.
+    pub fn resources(&self, tier: Tier) -> Resources {
+        let t = self.tiers.get(tier);
+        let mut resources = self.idle_resources.clone();
+        if t.memory_mb > 0 {
+            resources.memory_mb = t.memory_mb;
+        }
+        if t.cpus > 0.0 {
+            resources.cpus = t.cpus;
+        }
+        resources
+    }
+
+    /// How long an instance of `tier` may be idle before it sleeps; `None`: never.
+    pub fn idle_stop(&self, tier: Tier) -> Option<Duration> {
+        let t = self.tiers.get(tier);
+        match t.idle_stop_secs {
+            _ if t.never_sleep => None,
+            0 => self.idle_stop,
+            secs => Some(Duration::from_secs(secs)),
+        }
+    }
+}
+
+/// Turns an instance record into the files its container needs. The control plane knows users'
+/// settings; the pool only applies them.
 #[async_trait::async_trait]
 pub trait InstanceConfig: Send + Sync + 'static {
     /// The files written into `instance`'s data directory at assignment and whenever its settings
     /// change (its gateway config, workspace files).
     async fn files(&self, instance: &Instance) -> Result<Vec<ConfigFile>, PoolError>;
-    /// The limits of an instance of `tier`, applied when it is assigned a container.
-    fn resources(&self, tier: Tier) -> Resources;
     /// A path that answers 200 to the owner (named in the trusted-proxy user header) only once the
     /// instance has applied the owner's config; `None` when the config applies at once.
     fn owner_ready_path(&self) -> Option<&'static str> {
@@ -87,6 +125,12 @@ pub trait InstanceConfig: Send + Sync + 'static {
     /// part of the config the runtime read at start).
     fn restart_for_new_origins(&self) -> bool {
         false
+    }
+    /// Headers the pool connects to the instance's gateway with as the platform
+    /// ([`crate::work::PLATFORM_USER`]), to ask about its work before it sleeps; `None`: it
+    /// cannot be asked, and sleeps when its traffic at the edge is idle.
+    fn platform_headers(&self, _instance: &Instance) -> Option<Vec<(String, String)>> {
+        None
     }
 }
 
@@ -105,6 +149,9 @@ pub enum PoolError {
     /// The instance's config could not be made, or the pool is misconfigured or shut down.
     #[error("config: {0}")]
     Config(String),
+    /// The instance's gateway could not be asked about its work.
+    #[error(transparent)]
+    Work(#[from] crate::work::WorkError),
 }
 
 /// What an assignment achieved.
@@ -150,11 +197,11 @@ const CRASH_LOOP_LIMIT: usize = 5;
 /// A node's pool of instances: warm members, assignment, healing (see the module docs). One per
 /// node, shared as an `Arc`.
 pub struct PoolManager {
-    runtime: Arc<dyn Runtime>,
-    store: Store,
+    pub(crate) runtime: Arc<dyn Runtime>,
+    pub(crate) store: Store,
     bus: Arc<ChangeBus>,
-    config: Arc<dyn InstanceConfig>,
-    settings: PoolSettings,
+    pub(crate) config: Arc<dyn InstanceConfig>,
+    pub(crate) settings: PoolSettings,
     refill: Notify,
     creating: Semaphore,
     restarts: Mutex<HashMap<Uuid, Restarts>>,
@@ -162,17 +209,33 @@ pub struct PoolManager {
     health_failures: Mutex<HashMap<Uuid, u32>>,
     /// Instances being healed, so an event and a health check do not restart one twice.
     healing: Mutex<std::collections::HashSet<Uuid>>,
+    /// Instances' traffic at this node's edge: who is idle, and the sleep/request race's flag.
+    pub(crate) activity: Arc<Activity>,
+    /// One lock per instance that sleeps or wakes: a wake waits for a sleep in progress, and
+    /// concurrent wakes of one instance run once.
+    pub(crate) lifecycle_locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+    /// Wakes admitted but not yet `running`: counted in capacity so concurrent wakes cannot
+    /// overcommit the node.
+    pub(crate) waking: AtomicUsize,
+    /// Taken to admit a wake (check room, count it), one at a time.
+    pub(crate) admission: tokio::sync::Mutex<()>,
+    /// Signalled when capacity frees (a sleep, a removal), for wakes waiting for room.
+    pub(crate) room_freed: Notify,
+    /// Frozen instances' gateway suspension leases, released after their wake.
+    pub(crate) suspensions: Mutex<HashMap<Uuid, String>>,
 }
 
 impl PoolManager {
     /// A manager for this node's instances on `runtime`, recorded in `store`, announcing instance
-    /// changes on `bus`; nothing runs until [`run`](Self::run).
+    /// changes on `bus`, reading their traffic at the edge from `activity`; nothing runs until
+    /// [`run`](Self::run).
     pub fn new(
         runtime: Arc<dyn Runtime>,
         store: Store,
         bus: Arc<ChangeBus>,
         config: Arc<dyn InstanceConfig>,
         settings: PoolSettings,
+        activity: Arc<Activity>,
     ) -> Arc<Self> {
         let creating = Semaphore::new(settings.create_concurrency.max(1));
         Arc::new(Self {
@@ -186,6 +249,12 @@ impl PoolManager {
             restarts: Mutex::default(),
             health_failures: Mutex::default(),
             healing: Mutex::default(),
+            activity,
+            lifecycle_locks: Mutex::default(),
+            waking: AtomicUsize::new(0),
+            admission: tokio::sync::Mutex::new(()),
+            room_freed: Notify::new(),
+            suspensions: Mutex::default(),
         })
     }
 
@@ -209,6 +278,8 @@ impl PoolManager {
                 _ = tick.tick() => {
                     self.check_health().await;
                     self.maintain().await;
+                    self.sleep_idle().await;
+                    self.wake_scheduled().await;
                 }
                 _ = self.refill.notified() => self.maintain().await,
                 event = events.recv() => match event {
@@ -306,7 +377,7 @@ impl PoolManager {
     /// Gives `instance` a running container: a warm one when there is one.
     pub async fn assign(self: &Arc<Self>, instance: &Instance) -> Result<Assigned, PoolError> {
         let files = self.config.files(instance).await?;
-        let resources = self.config.resources(instance.tier);
+        let resources = self.settings.resources(instance.tier);
         while let Some(member) = self
             .store
             .claim_pool_member(&self.settings.node_id, instance.id)
@@ -322,7 +393,7 @@ impl PoolManager {
                 }
             }
         }
-        if self.total_members().await? < self.settings.capacity {
+        if self.room().await? > 0 {
             self.set_status(instance, InstanceStatus::Provisioning)
                 .await?;
             let (pool, instance) = (self.clone(), instance.clone());
@@ -379,7 +450,7 @@ impl PoolManager {
     async fn provision(self: Arc<Self>, instance: Instance) {
         let result = async {
             let files = self.config.files(&instance).await?;
-            let resources = self.config.resources(instance.tier);
+            let resources = self.settings.resources(instance.tier);
             // The new member joins the idle pool; claim one (a concurrent signup may take it,
             // then the next one is made).
             for _ in 0..3 {
@@ -469,7 +540,7 @@ impl PoolManager {
         }
     }
 
-    async fn address_of(&self, runtime_id: &str) -> Result<SocketAddr, PoolError> {
+    pub(crate) async fn address_of(&self, runtime_id: &str) -> Result<SocketAddr, PoolError> {
         let inspection = self.runtime.inspect(runtime_id).await?;
         inspection.address.ok_or_else(|| {
             PoolError::NotReady(
@@ -479,16 +550,36 @@ impl PoolManager {
         })
     }
 
-    async fn total_members(&self) -> Result<usize, PoolError> {
+    /// Awake instances this node can still take: `capacity` less the awake members (idle,
+    /// creating, assigned and awake), the wakes under way, and what sleeping instances hold.
+    pub(crate) async fn room(&self) -> Result<usize, PoolError> {
+        let members = self.store.list_pool_members(&self.settings.node_id).await?;
+        Ok(self.room_among(&members).await?)
+    }
+
+    async fn room_among(&self, members: &[PoolMember]) -> Result<usize, StoreError> {
+        let sleeping = self.sleeping_here().await?.len() as u64;
+        let reserve = self.settings.reserve_mb.max(1);
+        let awake = (members.len() as u64).saturating_sub(sleeping)
+            + self.waking.load(std::sync::atomic::Ordering::SeqCst) as u64;
+        let used = awake * reserve + sleeping * self.settings.sleep.held_mb();
+        let budget = self.settings.capacity as u64 * reserve;
+        Ok((budget.saturating_sub(used) / reserve) as usize)
+    }
+
+    /// This node's sleeping instances.
+    pub(crate) async fn sleeping_here(&self) -> Result<Vec<Instance>, StoreError> {
         Ok(self
             .store
-            .list_pool_members(&self.settings.node_id)
+            .list_instances_by_status(InstanceStatus::Sleeping)
             .await?
-            .len())
+            .into_iter()
+            .filter(|i| i.node_id.as_deref() == Some(self.settings.node_id.as_str()))
+            .collect())
     }
 
     /// Records where an instance runs and routes it, here and on every edge node.
-    async fn place(
+    pub(crate) async fn place(
         &self,
         instance: &Instance,
         runtime_id: &str,
@@ -512,7 +603,7 @@ impl PoolManager {
         self.set_status(instance, status).await
     }
 
-    async fn set_status(
+    pub(crate) async fn set_status(
         &self,
         instance: &Instance,
         status: InstanceStatus,
@@ -520,6 +611,11 @@ impl PoolManager {
         self.store
             .update_instance_status(instance.id, status)
             .await?;
+        self.announce(instance).await
+    }
+
+    /// Tells every edge node (this one included) that `instance`'s record changed.
+    pub(crate) async fn announce(&self, instance: &Instance) -> Result<(), PoolError> {
         self.bus
             .publish(Change::Instance {
                 id: instance.id,
@@ -530,13 +626,17 @@ impl PoolManager {
     }
 
     /// Removes a member and its container or process.
-    async fn discard(&self, member: &PoolMember) {
+    pub(crate) async fn discard(&self, member: &PoolMember) {
         if let Some(runtime_id) = &member.runtime_id {
             if let Err(e) = self.runtime.remove(runtime_id).await {
                 tracing::warn!(member = %member.name, "cannot remove: {e}");
             }
         }
         let _ = self.store.delete_pool_member(member.id).await;
+        if let Some(id) = member.instance_id {
+            self.activity.forget(&id.to_string());
+        }
+        self.room_freed.notify_waiters();
     }
 
     /// Releases an instance's container (instance deleted or cancelled after its grace).
@@ -620,7 +720,13 @@ impl PoolManager {
         let runtime_id = member.runtime_id.clone().unwrap_or_default();
         self.set_status(instance, InstanceStatus::Starting).await?;
         match self.runtime.inspect(&runtime_id).await?.state {
-            RunState::Running => self.runtime.restart(&runtime_id).await?,
+            RunState::Running => {
+                // A frozen (sleeping) instance is thawed first: a paused container cannot restart.
+                self.runtime
+                    .wake(&runtime_id, &self.settings.resources(instance.tier))
+                    .await?;
+                self.runtime.restart(&runtime_id).await?
+            }
             RunState::Missing => {
                 return Err(PoolError::NotReady(
                     instance.subdomain.clone(),
@@ -665,7 +771,11 @@ impl PoolManager {
             ] {
                 metrics::gauge!("clawdeploy_pool_instances", "state" => state).set(n as f64);
             }
-            let room = self.settings.capacity.saturating_sub(members.len());
+            let sleeping = self.sleeping_here().await?.len();
+            metrics::gauge!("clawdeploy_instances_sleeping").set(sleeping as f64);
+            metrics::gauge!("clawdeploy_instances_awake")
+                .set(assigned.saturating_sub(sleeping) as f64);
+            let room = self.room_among(&members).await?;
 
             // Queued instances first: they are people waiting.
             let mut queued = self
@@ -681,7 +791,7 @@ impl PoolManager {
                     .await?
                 {
                     let files = self.config.files(&instance).await?;
-                    let resources = self.config.resources(instance.tier);
+                    let resources = self.settings.resources(instance.tier);
                     if let Err(e) = self.hand_over(&instance, &member, &files, &resources).await {
                         tracing::warn!("queued instance hand-over failed: {e}");
                         self.discard(&member).await;
@@ -723,7 +833,15 @@ impl PoolManager {
         let Ok(members) = self.store.list_pool_members(&self.settings.node_id).await else {
             return;
         };
+        // Sleeping instances are stopped or frozen: not probed (a frozen one never answers).
+        let sleeping: std::collections::HashSet<Uuid> = match self.sleeping_here().await {
+            Ok(instances) => instances.into_iter().map(|i| i.id).collect(),
+            Err(_) => return,
+        };
         for member in members {
+            if member.instance_id.is_some_and(|id| sleeping.contains(&id)) {
+                continue;
+            }
             let Some(addr) = member
                 .upstream
                 .as_deref()
@@ -820,7 +938,8 @@ impl PoolManager {
             let Some(instance) = self.store.get_instance(instance_id).await? else { return Ok(()) };
             // Stopped on purpose, or being (re)started right now (its own `die` event comes here
             // too): nothing to heal.
-            if matches!(instance.status, InstanceStatus::Stopped | InstanceStatus::Deleting | InstanceStatus::Starting) {
+            // A sleeping one was stopped or frozen on purpose; a wake starts it.
+            if matches!(instance.status, InstanceStatus::Stopped | InstanceStatus::Deleting | InstanceStatus::Starting | InstanceStatus::Sleeping) {
                 return Ok(());
             }
             // A late event or check about an instance that is serving again.

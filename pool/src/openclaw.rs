@@ -4,7 +4,8 @@
 //! Every instance gets a gateway locked down for a hosted tenant:
 //! - `trusted-proxy` auth trusting only the edge's address (the Docker network's gateway, as the
 //!   container sees the edge), the user header the edge sets, `allowUsers` = the owner's id and
-//!   device auto-approval for that owner only (no `operator.admin`);
+//!   device auto-approval for that owner only (no `operator.admin`), plus the platform's own
+//!   identity ([`PLATFORM_USER`]), which the pool asks about work as before the instance sleeps;
 //! - `controlUi.allowedOrigins` = the instance's own origins;
 //! - the admin terminal and the OpenAI-compatible HTTP endpoints off, no channels, OpenClaw's own
 //!   update checks off (the image also sets `OPENCLAW_CONFIG_READONLY=1`,
@@ -20,10 +21,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
-use clawdeploy_store::{DomainStatus, Instance, Keyring, Store, Tier};
+use clawdeploy_store::{DomainStatus, Instance, Keyring, Store};
 
 use crate::manager::{InstanceConfig, PoolError};
-use crate::runtime::{ConfigFile, Resources};
+use crate::runtime::ConfigFile;
 
 /// The config file, relative to the data directory.
 pub const CONFIG_FILE: &str = "openclaw.json";
@@ -34,6 +35,7 @@ pub const UNASSIGNED_USER: &str = "clawdeploy-unassigned";
 /// Scopes an owner's devices are auto-approved with, and the edge caps HTTP calls to: never
 /// `operator.admin`.
 pub use clawdeploy_proxy::gateway_trust::OWNER_SCOPES;
+use clawdeploy_proxy::gateway_trust::{PLATFORM_SCOPES, PLATFORM_USER};
 
 /// A provider key the user configured, opened for the instance's config.
 #[derive(Clone)]
@@ -77,8 +79,6 @@ pub struct OpenClawConfig {
     /// The domain instance hosts are under (`server.base_domain`): an instance's host is
     /// `<subdomain>.<base_domain>`.
     pub base_domain: String,
-    /// The limits of every instance (the pool's `memory_mb`, `cpus`, `pids`), whatever its tier.
-    pub resources: Resources,
     /// Where users' provider keys are read from (none: instances get no provider).
     pub keys: Option<(Store, Arc<Keyring>)>,
     /// The edge's LLM meter (`IP:port` instances reach) and the key of per-instance tokens: every
@@ -116,7 +116,7 @@ impl OpenClawConfig {
     ) -> Value {
         let mut trusted_proxy = json!({
             "userHeader": self.user_header,
-            "allowUsers": [owner],
+            "allowUsers": [owner, PLATFORM_USER],
             "deviceAutoApprove": { "enabled": true, "scopes": OWNER_SCOPES },
         });
         if let Some(proof) = proof {
@@ -144,7 +144,7 @@ impl OpenClawConfig {
                 "auth": {
                     "mode": "trusted-proxy",
                     "trustedProxy": trusted_proxy,
-                    "identityScopes": { owner: OWNER_SCOPES },
+                    "identityScopes": { owner: OWNER_SCOPES, PLATFORM_USER: PLATFORM_SCOPES },
                 },
                 "controlUi": { "allowedOrigins": origins },
                 "terminal": { "enabled": false },
@@ -330,8 +330,17 @@ impl InstanceConfig for OpenClawConfig {
         Ok(files)
     }
 
-    fn resources(&self, _tier: Tier) -> Resources {
-        self.resources.clone()
+    /// The platform identity, allowed `operator.admin` for the suspension handshake only the
+    /// pool performs ([`crate::work`]).
+    fn platform_headers(&self, instance: &Instance) -> Option<Vec<(String, String)>> {
+        Some(vec![
+            (self.user_header.clone(), PLATFORM_USER.to_string()),
+            (self.proof_header(instance), "1".into()),
+            (
+                clawdeploy_proxy::gateway_trust::SCOPES_HEADER.into(),
+                PLATFORM_SCOPES.join(","),
+            ),
+        ])
     }
 
     /// Served behind the gateway's HTTP auth: 200 for the owner once the hot reload has applied
@@ -366,7 +375,7 @@ mod tests {
     /// holds only its instance token, never the user's key.
     #[tokio::test]
     async fn with_the_llm_meter_instances_hold_only_their_token() {
-        use clawdeploy_store::{InstanceStatus, NewInstance, NewUser, Role};
+        use clawdeploy_store::{InstanceStatus, NewInstance, NewUser, Role, Tier};
         let dir = std::env::temp_dir().join(format!("clawdeploy-llm-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let store = Store::open(&format!("sqlite://{}", dir.join("t.db").display()))
@@ -503,11 +512,6 @@ mod tests {
             origin_templates: vec!["http://{host}:8080".into(), "https://{host}".into()],
             base_domain: "example.test".into(),
             gateway_proof_key: b"proof key".to_vec(),
-            resources: Resources {
-                memory_mb: 2048,
-                cpus: 1.0,
-                pids: 512,
-            },
             keys: None,
             llm_meter: None,
         }
@@ -519,7 +523,7 @@ mod tests {
             user_id: uuid::Uuid::new_v4(),
             subdomain: "alice".into(),
             status: clawdeploy_store::InstanceStatus::Running,
-            tier: Tier::Free,
+            tier: clawdeploy_store::Tier::Free,
             node_id: None,
             node_ip: None,
             container_id: None,
@@ -531,6 +535,7 @@ mod tests {
             updated_at: 0,
             last_active_at: None,
             billing_anchor_at: None,
+            wake_at: None,
         }
     }
 
@@ -548,7 +553,11 @@ mod tests {
         assert_eq!(g["auth"]["mode"], "trusted-proxy");
         let tp = &g["auth"]["trustedProxy"];
         assert_eq!(tp["userHeader"], "x-forwarded-user");
-        assert_eq!(tp["allowUsers"], json!([inst.user_id.to_string()]));
+        // The owner, and the platform identity the pool asks about work as.
+        assert_eq!(
+            tp["allowUsers"],
+            json!([inst.user_id.to_string(), PLATFORM_USER])
+        );
         assert_eq!(tp["deviceAutoApprove"]["enabled"], true);
         assert_eq!(
             g["auth"]["identityScopes"][inst.user_id.to_string()],
@@ -588,7 +597,7 @@ mod tests {
     fn an_idle_gateway_admits_nobody() {
         let c = generator().idle_config();
         let users = &c["gateway"]["auth"]["trustedProxy"]["allowUsers"];
-        assert_eq!(users, &json!([UNASSIGNED_USER]));
+        assert_eq!(users, &json!([UNASSIGNED_USER, PLATFORM_USER]));
         assert!(uuid::Uuid::parse_str(UNASSIGNED_USER).is_err());
         assert_eq!(c["gateway"]["controlUi"]["allowedOrigins"], json!([]));
         assert!(c.get("models").is_none());

@@ -19,6 +19,7 @@ pub fn route_for(instance: &Instance) -> Route {
         InstanceStatus::Provisioning => InstanceState::Provisioning,
         InstanceStatus::Starting => InstanceState::Starting,
         InstanceStatus::Running => InstanceState::Running,
+        InstanceStatus::Sleeping => InstanceState::Sleeping,
         InstanceStatus::Stopped => InstanceState::Stopped,
         InstanceStatus::Crashed => InstanceState::Crashed,
         InstanceStatus::Deleting => InstanceState::Deleting,

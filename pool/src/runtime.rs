@@ -110,6 +110,28 @@ pub struct Inspection {
     pub address: Option<SocketAddr>,
 }
 
+/// How a sleeping instance gives its memory back (`pool.sleep`, with `auto` resolved by the
+/// node's swap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sleep {
+    /// Stopped: all memory freed; a wake boots it again.
+    Stop,
+    /// Frozen, with its memory pushed out to swap; a wake thaws it.
+    Freeze,
+}
+
+impl Sleep {
+    /// What a sleeping instance still holds of the node's memory, in MiB, as capacity counts it:
+    /// nothing when stopped; when frozen, its pages compressed in zram (about 3:1 for OpenClaw's
+    /// ~900 MiB, measured: see docs/instances.md#sleep-and-wake).
+    pub fn held_mb(self) -> u64 {
+        match self {
+            Sleep::Stop => 0,
+            Sleep::Freeze => 320,
+        }
+    }
+}
+
 /// Lifecycle events, as the runtime reports them (Docker's arrive within ~50-200 ms).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuntimeEvent {
@@ -175,6 +197,27 @@ pub trait Runtime: Send + Sync + 'static {
     /// The instance's state and address; an instance the runtime does not know is
     /// [`RunState::Missing`], not an error.
     async fn inspect(&self, id: &str) -> Result<Inspection, RuntimeError>;
+    /// Puts a running instance to sleep `how`, keeping its data. A runtime that cannot freeze
+    /// refuses [`Sleep::Freeze`].
+    async fn sleep(&self, id: &str, how: Sleep) -> Result<(), RuntimeError> {
+        match how {
+            Sleep::Stop => self.stop(id).await,
+            Sleep::Freeze => Err(RuntimeError::Refused(format!(
+                "the {} runtime cannot freeze instances; set pool.sleep = \"stop\"",
+                self.kind()
+            ))),
+        }
+    }
+    /// Wakes a sleeping instance, however it sleeps (stopped: started; frozen: thawed with
+    /// `resources` as its limits again); a running one is left as it is.
+    async fn wake(&self, id: &str, resources: &Resources) -> Result<(), RuntimeError> {
+        let _ = resources;
+        match self.inspect(id).await?.state {
+            RunState::Running => Ok(()),
+            RunState::Missing => Err(RuntimeError::NotFound(id.to_string())),
+            RunState::Created | RunState::Exited { .. } => self.start(id).await,
+        }
+    }
     /// Applies new limits to a running instance, without a restart where the runtime can.
     async fn update_resources(&self, id: &str, resources: &Resources) -> Result<(), RuntimeError>;
     /// The instance's data directory as a tar archive (for the archive after a cancellation).

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clawdeploy_config::instances::{InstanceConfigKind, OPENCLAW_IMAGE};
-use clawdeploy_config::{Config, LlmListen, RuntimeKind};
+use clawdeploy_config::{Config, LlmListen, RuntimeKind, SleepMode};
 use clawdeploy_llm_egress::ListenerHandoff;
 use clawdeploy_store::{Keyring, Store};
 
 use crate::instance_config::FixtureConfig;
 use crate::manager::{InstanceConfig, PoolError, PoolManager, PoolSettings};
 use crate::openclaw::OpenClawConfig;
-use crate::runtime::{ConfigFile, Resources, Runtime};
+use crate::runtime::{ConfigFile, Resources, Runtime, Sleep};
 use crate::{DockerOptions, DockerRuntime, EgressRules, ProcessRuntime};
 use clawdeploy_store::changes::ChangeBus;
 
@@ -27,6 +27,7 @@ pub async fn pool_from_config(
     bus: Arc<ChangeBus>,
     llm_meter: Option<&ListenerHandoff>,
     keyring: Arc<Keyring>,
+    activity: Arc<clawdeploy_proxy::Activity>,
 ) -> Result<Option<Arc<PoolManager>>, PoolError> {
     let rt = &config.runtime;
     // The addresses instances see the edge's connections come from.
@@ -182,7 +183,11 @@ pub async fn pool_from_config(
         image,
         user: rt.user.clone(),
         port: rt.port,
-        idle_resources: resources.clone(),
+        idle_resources: resources,
+        tiers: config.tiers.clone(),
+        idle_stop: (pool.idle_stop_secs > 0).then(|| Duration::from_secs(pool.idle_stop_secs)),
+        sleep: sleep_mode(pool.sleep, kind),
+        reserve_mb: pool.reservation_mb(),
         ready_timeout: Duration::from_secs(pool.ready_timeout_secs),
         labels: BTreeMap::from([("clawdeploy.node".to_string(), node_id)]),
         env: vec![],
@@ -190,10 +195,7 @@ pub async fn pool_from_config(
     };
     let user_header = clawdeploy_proxy::edge::USER_HEADER.to_string();
     let instance_config: Arc<dyn InstanceConfig> = match rt.config {
-        InstanceConfigKind::Fixture => Arc::new(FixtureConfig {
-            user_header,
-            resources,
-        }),
+        InstanceConfigKind::Fixture => Arc::new(FixtureConfig { user_header }),
         InstanceConfigKind::OpenClaw => {
             if trusted_proxies.is_empty() {
                 return Err(PoolError::Config(format!(
@@ -222,7 +224,6 @@ pub async fn pool_from_config(
                     origins
                 },
                 base_domain: config.server.base_domain.clone(),
-                resources,
                 keys: Some((store.clone(), keyring)),
                 llm_meter: meter_address.map(|address| {
                     (
@@ -253,6 +254,8 @@ pub async fn pool_from_config(
         runtime = runtime.kind(),
         node = %settings.node_id,
         capacity = settings.capacity,
+        reserve_mb = settings.reserve_mb,
+        sleep = ?settings.sleep,
         min_idle = settings.min_idle,
         "instance pool configured"
     );
@@ -262,6 +265,7 @@ pub async fn pool_from_config(
         bus,
         instance_config,
         settings,
+        activity,
     )))
 }
 
@@ -305,6 +309,22 @@ async fn network_gateways(docker: &DockerRuntime) -> Result<Vec<String>, PoolErr
         .collect())
 }
 
+/// `pool.sleep` for this node: `auto` freezes where the runtime can (Docker) and the node has
+/// swap to push frozen memory to, and stops otherwise.
+fn sleep_mode(mode: SleepMode, kind: RuntimeKind) -> Sleep {
+    match mode {
+        SleepMode::Stop => Sleep::Stop,
+        SleepMode::Freeze => Sleep::Freeze,
+        SleepMode::Auto if kind != RuntimeKind::Process && swap_total_mb() > 0 => Sleep::Freeze,
+        SleepMode::Auto => Sleep::Stop,
+    }
+}
+
+/// Swap configured on this node, in MiB (`SwapTotal` in /proc/meminfo).
+fn swap_total_mb() -> u64 {
+    meminfo_mb("SwapTotal:").unwrap_or(0)
+}
+
 /// This machine's host name (the default node id).
 pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -316,10 +336,15 @@ pub fn host_name() -> String {
 
 /// Total memory in MiB, from /proc/meminfo (4 GiB when unknown).
 fn mem_total_mb() -> u64 {
-    let meminfo = std::fs::read_to_string(PathBuf::from("/proc/meminfo")).unwrap_or_default();
+    meminfo_mb("MemTotal:").unwrap_or(4096)
+}
+
+/// One /proc/meminfo field in MiB.
+fn meminfo_mb(field: &str) -> Option<u64> {
+    let meminfo = std::fs::read_to_string(PathBuf::from("/proc/meminfo")).ok()?;
     meminfo
         .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(4096, |kb| kb / 1024)
+        .map(|kb| kb / 1024)
 }

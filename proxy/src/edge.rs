@@ -31,6 +31,7 @@ use crate::live::{self, LiveConnections, TunnelGuard};
 use crate::metered::{self, EdgeMetering, RequestMetrics};
 use crate::responses::{write_error, write_redirect, write_see_other, EdgeError};
 use crate::routes::{InstanceState, Resolution, Route, RouteKind, RouteTable};
+use crate::sleep::{Activity, ActivityGuard, WakeError, Waker};
 use crate::tls::EdgeTls;
 use crate::upgrade::{self, check_upgrade, Upgrade};
 
@@ -123,6 +124,9 @@ pub struct EdgeProxy {
     control_plane_secret: Option<HeaderValue>,
     /// The key of each instance's proof header (see [`crate::gateway_trust`]).
     gateway_proof_key: Option<Arc<[u8]>>,
+    /// Instances' traffic, and who wakes a sleeping one (see [`crate::sleep`]); `None`: no
+    /// instance ever sleeps, and a sleeping route is answered 503.
+    sleep: Option<(Arc<Activity>, Arc<dyn Waker>)>,
 }
 
 impl EdgeProxy {
@@ -150,7 +154,15 @@ impl EdgeProxy {
             tls: EdgeTls::default(),
             control_plane_secret: None,
             gateway_proof_key: None,
+            sleep: None,
         }
+    }
+
+    /// Records instances' traffic in `activity` and holds a request to a sleeping instance while
+    /// `waker` wakes it (see [`crate::sleep`]).
+    pub fn with_sleep(mut self, activity: Arc<Activity>, waker: Arc<dyn Waker>) -> Self {
+        self.sleep = Some((activity, waker));
+        self
     }
 
     /// The key of the per-instance header each gateway requires of its proxy
@@ -210,6 +222,8 @@ pub struct EdgeCtx {
     server_frames: Option<clawdeploy_metering::FrameParser>,
     /// Request body bytes forwarded so far (bounded by `max_body_bytes`).
     body_bytes: u64,
+    /// Counts this request as the instance's traffic until it ends (see [`crate::sleep`]).
+    activity: Option<ActivityGuard>,
     _inflight: InflightGuard,
 }
 
@@ -233,6 +247,7 @@ impl ProxyHttp for EdgeProxy {
             upgraded: false,
             server_frames: None,
             body_bytes: 0,
+            activity: None,
             _inflight: self.drain.enter(),
         }
     }
@@ -264,6 +279,10 @@ impl ProxyHttp for EdgeProxy {
         match self.route_request(session, ctx) {
             Ok(Routed::Proxy) => {
                 if let Some(error) = self.rate_limit_user(session, ctx).await {
+                    write_error(session, &error, &ctx.request_id).await?;
+                    return Ok(true);
+                }
+                if let Some(error) = self.hold_for_wake(session, ctx).await {
                     write_error(session, &error, &ctx.request_id).await?;
                     return Ok(true);
                 }
@@ -609,6 +628,76 @@ enum Routed {
 
 impl EdgeProxy {
     /// Validates the request and picks its route, or says why not.
+    /// Counts a request to an instance as its traffic and, when the instance sleeps (or is going
+    /// to sleep), holds the request while it wakes, then sends it to the woken address. A browser
+    /// opening a page is answered a "waking" page that reloads itself if the wake passes 1 s (the
+    /// wake goes on); other clients and WebSocket upgrades are held up to `read_timeout`. A wake
+    /// that fails or cannot start answers 503 with `Retry-After`.
+    async fn hold_for_wake(&self, session: &Session, ctx: &mut EdgeCtx) -> Option<EdgeError> {
+        let (activity, waker) = self.sleep.as_ref()?;
+        let route = ctx.route.as_mut()?;
+        if route.kind != RouteKind::Instance || ctx.session_exchange {
+            return None;
+        }
+        let id = route.instance_id.clone()?;
+        let (guard, asleep) = activity.enter(&id);
+        ctx.activity = Some(guard);
+        if !asleep && route.state != InstanceState::Sleeping {
+            return None;
+        }
+        let page = !ctx.websocket
+            && session.req_header().method == http::Method::GET
+            && crate::responses::wants_html(session.req_header());
+        let patience = if page {
+            Duration::from_secs(1)
+        } else {
+            self.settings.read_timeout
+        };
+        let started = Instant::now();
+        let woken = tokio::time::timeout(patience, waker.wake(&id)).await;
+        metered::record_wake_wait(
+            started.elapsed(),
+            woken
+                .as_ref()
+                .map_or("pending", |r| if r.is_ok() { "woken" } else { "failed" }),
+        );
+        match woken {
+            Ok(Ok(upstream)) => {
+                route.upstream = upstream;
+                route.state = InstanceState::Running;
+                None
+            }
+            Ok(Err(WakeError::NoRoom | WakeError::NotAwake(_))) | Err(_) if page => Some(
+                EdgeError::new(
+                    503,
+                    "INSTANCE_WAKING",
+                    format!("Waking your assistant at {}: it was asleep after being idle. This page reloads by itself in a moment.", ctx.host),
+                )
+                .retry_after(1)
+                .header("refresh", "2"),
+            ),
+            Ok(Err(WakeError::NoRoom | WakeError::NotAwake(_))) | Err(_) => Some(
+                EdgeError::new(
+                    503,
+                    "INSTANCE_WAKING",
+                    format!("The instance at {} is waking up after being idle; retry in a few seconds.", ctx.host),
+                )
+                .retry_after(2),
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(instance = %id, host = %ctx.host, "wake failed: {e}");
+                Some(
+                    EdgeError::new(
+                        503,
+                        "INSTANCE_WAKE_FAILED",
+                        format!("The instance at {} could not be woken ({e}); its owner can restart it from the dashboard.", ctx.host),
+                    )
+                    .retry_after(30),
+                )
+            }
+        }
+    }
+
     fn route_request(&self, session: &mut Session, ctx: &mut EdgeCtx) -> Result<Routed, EdgeError> {
         let req = session.req_header();
         let header_bytes: usize = req
@@ -704,7 +793,7 @@ impl EdgeProxy {
                 Err(Denied::Error(error)) => return Err(error),
             }
         }
-        if let Some(error) = state_error(&route, &ctx.host) {
+        if let Some(error) = state_error(&route, &ctx.host, self.sleep.is_some()) {
             return Err(error);
         }
         let upgrade = check_upgrade(session.req_header());
@@ -853,10 +942,18 @@ impl EdgeProxy {
     }
 }
 
-/// A route that exists but must not be proxied right now.
-fn state_error(route: &Route, host: &str) -> Option<EdgeError> {
+/// A route that exists but must not be proxied right now. A sleeping instance is woken when the
+/// edge can (`can_wake`, see [`EdgeProxy::hold_for_wake`]).
+fn state_error(route: &Route, host: &str, can_wake: bool) -> Option<EdgeError> {
     let message = match route.state {
         InstanceState::Running => return None,
+        InstanceState::Sleeping if can_wake => return None,
+        InstanceState::Sleeping => {
+            return Some(
+                EdgeError::new(503, "INSTANCE_SLEEPING", format!("The instance at {host} is asleep and this edge node cannot wake it; retry in a few seconds."))
+                    .retry_after(5),
+            )
+        }
         InstanceState::Queued => {
             return Some(
                 EdgeError::new(503, "INSTANCE_QUEUED", format!("The instance at {host} is waiting for capacity; it starts as soon as room frees."))

@@ -27,6 +27,15 @@ pub const OWNER_SCOPES: [&str; 4] = [
     "operator.questions",
 ];
 
+/// The platform's own gateway identity (never a user id, which are UUIDs): the pool connects as
+/// it to ask an instance about its work before it sleeps. Only the edge's address with the
+/// instance's proof header can name it, like any trusted-proxy user.
+pub const PLATFORM_USER: &str = "clawdeploy-platform";
+
+/// The platform identity's scopes: `operator.admin` for OpenClaw's suspension handshake
+/// (`gateway.suspend.*`), which the owner never has.
+pub const PLATFORM_SCOPES: [&str; 2] = ["operator.read", "operator.admin"];
+
 /// The header OpenClaw caps a proxied request's scopes with.
 pub const SCOPES_HEADER: &str = "x-openclaw-scopes";
 

@@ -11,6 +11,7 @@
 //! - [`live`]: open WebSockets by session, closed when their session is revoked.
 //! - [`limits`]: request body limits.
 //! - [`framing`]: request heads with bare-LF line endings are refused.
+//! - [`sleep`]: instances' traffic, for putting idle ones to sleep, and waking them on a request.
 
 #![warn(missing_docs)]
 
@@ -25,6 +26,7 @@ pub mod live;
 pub mod metered;
 pub mod responses;
 pub mod routes;
+pub mod sleep;
 pub mod tls;
 pub mod upgrade;
 
@@ -39,6 +41,7 @@ pub use edge::{EdgeProxy, EdgeSettings, CONTROL_PLANE_SECRET_HEADER};
 pub use identity::{DenyAll, Identity, Rejection, TokenVerifier};
 pub use metered::EdgeMetering;
 pub use routes::{InstanceState, Resolution, Route, RouteError, RouteKind, RouteTable};
+pub use sleep::{Activity, WakeError, Waker};
 pub use tls::{ChallengeResponder, EdgeTls};
 
 // Build-time guard: the edge needs Pingora with ClawDeploy's patch series (vendor/patches, see

@@ -179,6 +179,12 @@ impl RequestMetrics {
     }
 }
 
+/// Records how long a request to a sleeping instance was held, by `outcome`.
+pub fn record_wake_wait(elapsed: Duration, outcome: &'static str) {
+    metrics::histogram!("clawdeploy_wake_wait_seconds", "outcome" => outcome)
+        .record(elapsed.as_secs_f64());
+}
+
 fn requests_counter(kind: usize, status: String, method: usize) -> Counter {
     metrics::counter!("clawdeploy_http_requests_total", "kind" => KINDS[kind], "status" => status, "method" => METHODS[method])
 }

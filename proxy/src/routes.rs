@@ -49,6 +49,8 @@ pub enum InstanceState {
     Starting,
     /// Ready: the only state proxied.
     Running,
+    /// Asleep after being idle: the edge wakes it and holds the request meanwhile.
+    Sleeping,
     /// Not running, and not restarted by the pool (an unverified account, an instance restored
     /// after a deletion) until its owner restarts it.
     Stopped,
@@ -67,6 +69,7 @@ impl InstanceState {
             Self::Provisioning => "provisioning",
             Self::Starting => "starting",
             Self::Running => "running",
+            Self::Sleeping => "sleeping",
             Self::Stopped => "stopped",
             Self::Crashed => "crashed",
             Self::Deleting => "deleting",

@@ -50,6 +50,9 @@ pub enum InstanceStatus {
     Starting,
     /// Ready: the only status the edge proxies to.
     Running,
+    /// Put to sleep after being idle (`pool.idle_stop_secs` of its tier): its memory is given back
+    /// and the edge wakes it on the next request, which it holds meanwhile.
+    Sleeping,
     /// Not running, and not restarted by the pool: the account's email stayed unverified, or the
     /// instance was restored after a deletion. Its owner can restart it.
     Stopped,
@@ -62,11 +65,12 @@ pub enum InstanceStatus {
 
 impl InstanceStatus {
     /// Every status, in the order of an instance's life.
-    pub const ALL: [InstanceStatus; 7] = [
+    pub const ALL: [InstanceStatus; 8] = [
         InstanceStatus::Queued,
         InstanceStatus::Provisioning,
         InstanceStatus::Starting,
         InstanceStatus::Running,
+        InstanceStatus::Sleeping,
         InstanceStatus::Stopped,
         InstanceStatus::Crashed,
         InstanceStatus::Deleting,
@@ -79,6 +83,7 @@ impl InstanceStatus {
             InstanceStatus::Provisioning => "provisioning",
             InstanceStatus::Starting => "starting",
             InstanceStatus::Running => "running",
+            InstanceStatus::Sleeping => "sleeping",
             InstanceStatus::Stopped => "stopped",
             InstanceStatus::Crashed => "crashed",
             InstanceStatus::Deleting => "deleting",
@@ -412,6 +417,9 @@ pub struct Instance {
     pub last_active_at: Option<i64>,
     /// Start of the owner's paid billing periods (unix ms); `None`: calendar months.
     pub billing_anchor_at: Option<i64>,
+    /// When the pool must wake this sleeping instance for its next scheduled job (unix ms);
+    /// `None`: only a request wakes it.
+    pub wake_at: Option<i64>,
 }
 
 /// Input of [`crate::Store::create_instance`].

@@ -903,6 +903,27 @@ async fn instances_crud(db: &Db) {
     assert_eq!(tz.timezone.as_deref(), Some("Asia/Tokyo"));
     let tier = s.update_instance_tier(i.id, Tier::Pro).await.unwrap();
     assert_eq!(tier.tier, Tier::Pro);
+    // Sleeping, with the time its next job is due; any other status clears that time.
+    let asleep = s.set_instance_sleeping(i.id, Some(42_000)).await.unwrap();
+    assert_eq!(
+        (asleep.status, asleep.wake_at),
+        (InstanceStatus::Sleeping, Some(42_000))
+    );
+    assert_eq!(
+        s.list_instances_by_status(InstanceStatus::Sleeping)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let awake = s
+        .update_instance_status(i.id, InstanceStatus::Running)
+        .await
+        .unwrap();
+    assert_eq!(
+        (awake.status, awake.wake_at),
+        (InstanceStatus::Running, None)
+    );
     s.touch_instance(i.id, 1_000).await.unwrap();
     s.touch_instance(i.id, 500).await.unwrap();
     assert_eq!(

@@ -28,6 +28,7 @@ mod runtime;
 mod sessions;
 mod shared_counters;
 mod shared_limits;
+mod sleep;
 mod support;
 mod tls;
 mod userns;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use clawdeploy_pool::{
     routing, Assigned, DockerOptions, DockerRuntime, FixtureConfig, PoolManager, PoolSettings,
-    ProcessRuntime, Resources, Runtime,
+    ProcessRuntime, Resources, Runtime, Sleep,
 };
 use clawdeploy_proxy::{InstanceState, Resolution, RouteTable};
 use clawdeploy_store::changes::ChangeBus;
@@ -72,7 +72,11 @@ async fn harness(
         image,
         user: "65534:65534".into(),
         port: 18789,
-        idle_resources: resources.clone(),
+        idle_resources: resources,
+        tiers: Default::default(),
+        idle_stop: None,
+        sleep: Sleep::Stop,
+        reserve_mb: memory_mb,
         ready_timeout: Duration::from_secs(30),
         labels: BTreeMap::from([("clawdeploy.test".to_string(), "true".to_string())]),
         env: vec![],
@@ -80,9 +84,15 @@ async fn harness(
     };
     let config = Arc::new(FixtureConfig {
         user_header: "x-forwarded-user".into(),
-        resources,
     });
-    let manager = PoolManager::new(runtime.clone(), store.clone(), bus, config, settings);
+    let manager = PoolManager::new(
+        runtime.clone(),
+        store.clone(),
+        bus,
+        config,
+        settings,
+        clawdeploy_proxy::Activity::new(),
+    );
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(manager.clone().run(shutdown_rx));
     Harness {

@@ -164,8 +164,12 @@ impl EdgeBuilder {
         self
     }
 
-    /// A line in another section, e.g. `.section("limits", "login_window_secs = 60")`.
+    /// A line in another section, e.g. `.section("limits", "login_window_secs = 60")`; a key set
+    /// again replaces its earlier value.
     pub fn section(mut self, section: &str, line: &str) -> Self {
+        let key = |l: &str| l.split('=').next().unwrap_or_default().trim().to_string();
+        self.sections
+            .retain(|(s, l)| s != section || key(l) != key(line));
         self.sections.push((section.to_string(), line.to_string()));
         self
     }

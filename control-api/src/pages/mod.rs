@@ -282,6 +282,7 @@ fn status_text(status: InstanceStatus) -> &'static str {
         InstanceStatus::Provisioning => "Preparing your instance…",
         InstanceStatus::Starting => "Starting OpenClaw…",
         InstanceStatus::Running => "Running",
+        InstanceStatus::Sleeping => "Asleep after being idle: it wakes in a moment when you chat or open it.",
         InstanceStatus::Stopped => "Stopped. Restart it from Settings to chat again.",
         InstanceStatus::Crashed => "Crashed. Restart it from Settings; if it keeps crashing, check the security log and your SOUL.md.",
         InstanceStatus::Deleting => "Cancelled: kept stopped for the grace period. Restore it from Settings.",
@@ -341,12 +342,16 @@ async fn dashboard(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) 
     let (messages, tokens) = usage.map_or((0, 0), |u| (u.messages, u.tokens));
     let view = crate::instances::instance_json(&state, &inst);
     let url = view["url"].as_str().unwrap_or_default();
-    let running = inst.status == InstanceStatus::Running;
+    // A sleeping instance is woken by the edge when the chat or its host is opened.
+    let running = matches!(
+        inst.status,
+        InstanceStatus::Running | InstanceStatus::Sleeping
+    );
     let step = match inst.status {
         InstanceStatus::Queued => 1,
         InstanceStatus::Provisioning => 2,
         InstanceStatus::Starting => 3,
-        InstanceStatus::Running => 4,
+        InstanceStatus::Running | InstanceStatus::Sleeping => 4,
         _ => 0,
     };
     let status = inst.status.as_str();

@@ -11,7 +11,7 @@ use crate::{id_str, parse_col, uuid_col, Backend, Store, Tier};
 
 pub(crate) const INSTANCE_COLS: &str = "id, user_id, subdomain, status, tier, node_id, node_ip, \
     container_id, container_ip, upstream, soul_md, timezone, created_at, updated_at, last_active_at, \
-    billing_anchor_at";
+    billing_anchor_at, wake_at";
 
 pub(crate) fn instance_from_row(row: &AnyRow) -> Result<Instance> {
     Ok(Instance {
@@ -31,6 +31,7 @@ pub(crate) fn instance_from_row(row: &AnyRow) -> Result<Instance> {
         updated_at: row.try_get("updated_at")?,
         last_active_at: row.try_get("last_active_at")?,
         billing_anchor_at: row.try_get("billing_anchor_at")?,
+        wake_at: row.try_get("wake_at")?,
     })
 }
 
@@ -180,14 +181,37 @@ impl Store {
         }
     }
 
-    /// Sets the status.
+    /// Sets the status (and clears `wake_at`, which only a sleeping instance has).
     pub async fn update_instance_status(
         &self,
         id: Uuid,
         status: InstanceStatus,
     ) -> Result<Instance> {
-        self.update_instance(id, "status = $3", vec![Some(status.as_str().to_owned())])
-            .await
+        self.update_instance(
+            id,
+            "status = $3, wake_at = NULL",
+            vec![Some(status.as_str().to_owned())],
+        )
+        .await
+    }
+
+    /// Marks the instance `sleeping`, to be woken by the pool at `wake_at` (unix ms) for a
+    /// scheduled job, or only by a request (`None`).
+    pub async fn set_instance_sleeping(&self, id: Uuid, wake_at: Option<i64>) -> Result<Instance> {
+        let sql = format!(
+            "UPDATE instances SET status = 'sleeping', wake_at = $3, updated_at = $2 \
+             WHERE id = $1 RETURNING {INSTANCE_COLS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(id_str(id))
+            .bind(now_ms())
+            .bind(wake_at)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => instance_from_row(&row),
+            None => Err(StoreError::NotFound("instance")),
+        }
     }
 
     /// Sets where the instance runs and the address the edge proxies to.

@@ -1,0 +1,376 @@
+//! Idle instances sleep, and wake when they are needed (issue 24).
+//!
+//! - **Sleep** (every pool tick): an assigned, running instance of a tier that sleeps
+//!   ([`PoolSettings::idle_stop`](crate::PoolSettings::idle_stop)) whose traffic at the edge has
+//!   been quiet that long ([`Activity`]) is asked whether an agent turn runs or a scheduled job is
+//!   due ([`crate::work`]). If not, the edge is told first ([`Activity::begin_sleep`], which loses
+//!   no request: see [`clawdeploy_proxy::sleep`]), then the runtime stops or freezes it, and it is
+//!   recorded `sleeping` with the time its next job is due.
+//! - **Wake** (a request at the edge, or a job coming due): one wake per instance at a time (a
+//!   per-instance lock; other callers wait on it and find it running), admitted only when the
+//!   node has room (waiting for room, or taking it from the warm pool, never overcommitting), then
+//!   thawed or started, readied, and routed `running` again. A wake that fails leaves the instance
+//!   `crashed`, so the edge answers 503 and the dashboard says so.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use clawdeploy_proxy::sleep::{WakeError, Waker};
+use clawdeploy_store::{Instance, InstanceStatus, PoolMemberState};
+
+use crate::manager::{PoolError, PoolManager};
+use crate::ready::wait_ready;
+use crate::runtime::Sleep;
+use crate::work::{Gateway, Suspension};
+
+/// How long before a sleeping instance's next scheduled job it is woken: one pool tick plus a
+/// wake's worst case, so the job never finds it asleep.
+fn wake_lead(tick: Duration) -> Duration {
+    tick + Duration::from_secs(30)
+}
+
+/// Counts a wake admitted into capacity until it ends.
+struct WakeSlot<'a>(&'a PoolManager);
+
+impl Drop for WakeSlot<'_> {
+    fn drop(&mut self) {
+        self.0.waking.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl PoolManager {
+    fn lifecycle_lock(&self, id: Uuid) -> Arc<tokio::sync::Mutex<()>> {
+        self.lifecycle_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id)
+            .or_default()
+            .clone()
+    }
+
+    /// Puts every idle instance of this node to sleep (see the module docs).
+    pub(crate) async fn sleep_idle(self: &Arc<Self>) {
+        let members = match self.store.list_pool_members(&self.settings.node_id).await {
+            Ok(members) => members,
+            Err(e) => return tracing::warn!("cannot list pool members to sleep idle ones: {e}"),
+        };
+        for member in members {
+            let (PoolMemberState::Claimed, Some(id), Some(runtime_id)) = (
+                member.state,
+                member.instance_id,
+                member.runtime_id.as_deref(),
+            ) else {
+                continue;
+            };
+            match self.sleep_if_idle(id, runtime_id).await {
+                Ok(true) => tracing::info!(instance = %id, "idle instance put to sleep"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(instance = %id, "cannot put an idle instance to sleep: {e}")
+                }
+            }
+        }
+    }
+
+    /// Sleeps `id` if it is running, idle long enough and has no work; whether it now sleeps.
+    async fn sleep_if_idle(&self, id: Uuid, runtime_id: &str) -> Result<bool, PoolError> {
+        let Some(instance) = self.store.get_instance(id).await? else {
+            return Ok(false);
+        };
+        let Some(idle) = self.settings.idle_stop(instance.tier) else {
+            return Ok(false);
+        };
+        let key = id.to_string();
+        let since = instance.updated_at.max(0) as u64;
+        let quiet = |activity: &clawdeploy_proxy::Activity| match activity.idleness(&key, since) {
+            clawdeploy_proxy::sleep::Idleness::IdleFor(d) => d >= idle,
+            clawdeploy_proxy::sleep::Idleness::Busy => false,
+        };
+        if instance.status != InstanceStatus::Running || !quiet(&self.activity) {
+            return Ok(false);
+        }
+        let Some(addr) = instance
+            .upstream
+            .as_deref()
+            .and_then(|u| u.parse::<SocketAddr>().ok())
+        else {
+            return Ok(false);
+        };
+        // Never guessed: an instance whose gateway cannot be asked stays awake.
+        let mut gateway = match self.config.platform_headers(&instance) {
+            Some(headers) => Some(Gateway::connect(addr, &headers).await?),
+            None => None,
+        };
+        let next_job_at_ms = match gateway.as_mut() {
+            Some(gateway) => gateway.next_job_at_ms().await?,
+            None => None,
+        };
+        let now = clawdeploy_store::time::now_ms();
+        let lead = wake_lead(self.settings.tick).as_millis() as i64;
+        if next_job_at_ms.is_some_and(|due| due - now <= lead) {
+            return Ok(false);
+        }
+        let lock = self.lifecycle_lock(id);
+        let _held = lock.lock().await;
+        // Re-read under the lock: a restart or a wake may have happened meanwhile.
+        let current = self.store.get_instance(id).await?;
+        if current.is_none_or(|i| {
+            i.status != InstanceStatus::Running || i.updated_at != instance.updated_at
+        }) {
+            return Ok(false);
+        }
+        if !self.activity.begin_sleep(&key, idle, since) {
+            return Ok(false);
+        }
+        // From here requests wait at the edge; the gateway fences its own work until resumed.
+        if let Some(gateway) = gateway.as_mut() {
+            match gateway
+                .prepare_suspend(&format!("clawdeploy-sleep-{id}-{now}"))
+                .await
+            {
+                Ok(Suspension::Ready(suspension)) => {
+                    self.suspensions
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(id, suspension);
+                }
+                Ok(Suspension::Busy(reason)) => {
+                    self.activity.awake(&key);
+                    tracing::debug!(instance = %id, %reason, "idle at the edge, but its gateway is busy");
+                    return Ok(false);
+                }
+                Err(e) => {
+                    self.activity.awake(&key);
+                    return Err(e.into());
+                }
+            }
+        }
+        drop(gateway);
+        let slept = match self.runtime.sleep(runtime_id, self.settings.sleep).await {
+            Err(e) if self.settings.sleep == Sleep::Freeze => {
+                tracing::warn!(instance = %id, "cannot freeze ({e}); stopping it instead");
+                self.runtime.sleep(runtime_id, Sleep::Stop).await
+            }
+            other => other,
+        };
+        if let Err(e) = slept {
+            self.resume_gateway(&instance, addr).await;
+            self.activity.awake(&key);
+            return Err(e.into());
+        }
+        let wake_at = next_job_at_ms.map(|due| due - lead);
+        self.store.set_instance_sleeping(id, wake_at).await?;
+        self.announce(&instance).await?;
+        self.room_freed.notify_waiters();
+        Ok(true)
+    }
+
+    /// Wakes the sleeping instances whose next scheduled job comes due.
+    pub(crate) async fn wake_scheduled(self: &Arc<Self>) {
+        let now = clawdeploy_store::time::now_ms();
+        let due = match self.sleeping_here().await {
+            Ok(sleeping) => sleeping
+                .into_iter()
+                .filter(|i| i.wake_at.is_some_and(|at| at <= now)),
+            Err(e) => return tracing::warn!("cannot list sleeping instances: {e}"),
+        };
+        for instance in due {
+            let pool = self.clone();
+            tokio::spawn(async move {
+                match pool.wake_instance(instance.id).await {
+                    Ok(_) => tracing::info!(instance = %instance.id, "woken for a scheduled job"),
+                    Err(e) => tracing::warn!(instance = %instance.id, "scheduled wake failed: {e}"),
+                }
+            });
+        }
+    }
+
+    /// Wakes `id` and answers the address it serves at (see the module docs). The wake runs in its
+    /// own task: it completes even if the caller stops waiting.
+    pub async fn wake_instance(self: &Arc<Self>, id: Uuid) -> Result<SocketAddr, WakeError> {
+        let pool = self.clone();
+        tokio::spawn(async move { pool.wake_locked(id).await })
+            .await
+            .unwrap_or_else(|e| Err(WakeError::Failed(format!("the wake task failed: {e}"))))
+    }
+
+    async fn wake_locked(&self, id: Uuid) -> Result<SocketAddr, WakeError> {
+        let lock = self.lifecycle_lock(id);
+        let _held = lock.lock().await;
+        let failed = |e: PoolError| WakeError::Failed(e.to_string());
+        let instance = self
+            .store
+            .get_instance(id)
+            .await
+            .map_err(|e| failed(e.into()))?
+            .ok_or(WakeError::NotHere)?;
+        let key = id.to_string();
+        match instance.status {
+            InstanceStatus::Sleeping => {}
+            InstanceStatus::Running => {
+                // Woken by an earlier caller (or its sleep was abandoned).
+                self.activity.awake(&key);
+                return instance
+                    .upstream
+                    .as_deref()
+                    .and_then(|u| u.parse().ok())
+                    .ok_or(WakeError::NotAwake("running without an address"));
+            }
+            InstanceStatus::Queued | InstanceStatus::Provisioning | InstanceStatus::Starting => {
+                return Err(WakeError::NotAwake(instance.status.as_str()))
+            }
+            InstanceStatus::Stopped | InstanceStatus::Crashed | InstanceStatus::Deleting => {
+                self.activity.awake(&key);
+                return Err(WakeError::Failed(format!(
+                    "the instance is {}",
+                    instance.status
+                )));
+            }
+        }
+        if instance.node_id.as_deref() != Some(self.settings.node_id.as_str()) {
+            return Err(WakeError::NotHere);
+        }
+        let _slot = self.admit_wake().await?;
+        let started = Instant::now();
+        let woken = self.thaw(&instance).await;
+        let outcome = if woken.is_ok() { "woken" } else { "failed" };
+        metrics::histogram!("clawdeploy_wake_seconds", "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        match woken {
+            Ok(addr) => {
+                self.activity.awake(&key);
+                tracing::info!(instance = %id, %addr, ms = started.elapsed().as_millis() as u64, "instance woken");
+                Ok(addr)
+            }
+            Err(e) => {
+                tracing::error!(instance = %id, "wake failed; the instance is now crashed: {e}");
+                let _ = self.set_status(&instance, InstanceStatus::Crashed).await;
+                self.activity.awake(&key);
+                Err(failed(e))
+            }
+        }
+    }
+
+    /// Thaws or starts a sleeping instance's container, waits until it serves, routes it.
+    async fn thaw(&self, instance: &Instance) -> Result<SocketAddr, PoolError> {
+        let member = self
+            .store
+            .pool_member_for_instance(instance.id)
+            .await?
+            .ok_or_else(|| {
+                PoolError::NotReady(
+                    instance.subdomain.clone(),
+                    crate::ready::NotReady::NoContainer,
+                )
+            })?;
+        let runtime_id = member.runtime_id.clone().unwrap_or_default();
+        self.runtime
+            .wake(&runtime_id, &self.settings.resources(instance.tier))
+            .await?;
+        // A started container may have a new address; a thawed one keeps its own.
+        let addr = self.address_of(&runtime_id).await?;
+        wait_ready(addr, self.settings.ready_timeout)
+            .await
+            .map_err(|e| PoolError::NotReady(instance.subdomain.clone(), e))?;
+        self.resume_gateway(instance, addr).await;
+        if member.upstream.as_deref() != Some(addr.to_string().as_str()) {
+            self.store
+                .set_pool_member_upstream(member.id, &addr.to_string())
+                .await?;
+        }
+        self.place(instance, &runtime_id, addr, InstanceStatus::Running)
+            .await?;
+        Ok(addr)
+    }
+
+    /// Releases the gateway's suspension lease after a thaw (a restarted gateway has none): until
+    /// then it fences every method. Best effort: the lease ends by itself two minutes after it
+    /// was taken, and a gateway frozen longer reopens as soon as it is thawed.
+    async fn resume_gateway(&self, instance: &Instance, addr: SocketAddr) {
+        let suspension = self
+            .suspensions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&instance.id);
+        let (Some(suspension), Some(headers)) =
+            (suspension, self.config.platform_headers(instance))
+        else {
+            return;
+        };
+        let resumed = async {
+            Gateway::connect(addr, &headers)
+                .await?
+                .resume(&suspension)
+                .await
+        }
+        .await;
+        if let Err(e) = resumed {
+            tracing::warn!(instance = %instance.id, "cannot resume the gateway after a wake: {e}");
+        }
+    }
+
+    /// Admits one wake into capacity, waiting for room up to the ready timeout. A warm idle
+    /// member gives up its room to a wake: a person waiting beats a future signup.
+    async fn admit_wake(&self) -> Result<WakeSlot<'_>, WakeError> {
+        let deadline = Instant::now() + self.settings.ready_timeout;
+        loop {
+            let freed = self.room_freed.notified();
+            {
+                let _admitting = self.admission.lock().await;
+                let members = self
+                    .store
+                    .list_pool_members(&self.settings.node_id)
+                    .await
+                    .map_err(|e| WakeError::Failed(e.to_string()))?;
+                let room = self
+                    .room()
+                    .await
+                    .map_err(|e| WakeError::Failed(e.to_string()))?;
+                if room > 0 {
+                    self.waking.fetch_add(1, Ordering::SeqCst);
+                    return Ok(WakeSlot(self));
+                }
+                if let Some(idle) = members.iter().find(|m| m.state == PoolMemberState::Idle) {
+                    tracing::info!(member = %idle.name, "a warm member makes room for a wake");
+                    self.discard(idle).await;
+                    continue;
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, freed).await.is_err() {
+                return Err(WakeError::NoRoom);
+            }
+        }
+    }
+}
+
+/// The edge's waker: this node's pool, once the app has made it (the edge is built first).
+/// Until then, or on a node without a pool, a wake fails as [`WakeError::NotHere`].
+#[derive(Default)]
+pub struct PoolWaker(std::sync::OnceLock<Arc<PoolManager>>);
+
+impl PoolWaker {
+    /// A waker with no pool yet.
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// Wakes instances with `pool` from now on.
+    pub fn set(&self, pool: Arc<PoolManager>) {
+        let _ = self.0.set(pool);
+    }
+}
+
+#[async_trait]
+impl Waker for PoolWaker {
+    async fn wake(&self, instance_id: &str) -> Result<SocketAddr, WakeError> {
+        let pool = self.0.get().ok_or(WakeError::NotHere)?;
+        let id = Uuid::parse_str(instance_id).map_err(|_| WakeError::NotHere)?;
+        pool.wake_instance(id).await
+    }
+}

@@ -1,0 +1,279 @@
+//! Idle instances sleep and the edge wakes them (issue 24), with the protocol-speaking fixture
+//! (not OpenClaw) in Docker and as local processes: sleep after the idle time, a held HTTP request
+//! or WebSocket upgrade answered by the woken instance, work that keeps an instance awake (asked of
+//! its gateway, as OpenClaw's suspension handshake answers), a scheduled job woken for in time,
+//! concurrent requests during a wake, and a wake storm that never overcommits the node.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use serde_json::Value;
+
+use crate::instance_access::{gateway, running_instance};
+use crate::openclaw::Cleanup;
+use crate::runtime::chat_turn;
+use crate::support::*;
+
+const PW: &str = "correct horse battery staple 9";
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn node_id() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "s{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A fixture pool whose instances sleep after `idle_secs` without traffic (ticks every second).
+fn sleepy_edge(docker: bool, node: &str, idle_secs: u64) -> EdgeBuilder {
+    fixture_pool_edge(docker, 0, node)
+        .section("pool", "tick_secs = 1")
+        .section("pool", &format!("idle_stop_secs = {idle_secs}"))
+        .section("pool", "sleep = \"stop\"")
+}
+
+/// The route of `host` in the edge's table.
+async fn route(edge: &Edge, host: &str) -> Value {
+    let routes = edge
+        .admin("GET", "/admin/routes", Some(ADMIN_TOKEN), None)
+        .await
+        .json();
+    routes["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["host"] == host)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+async fn wait_state(edge: &Edge, host: &str, state: &str) -> Value {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let route = route(edge, host).await;
+        if route["state"] == state {
+            return route;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{host} never {state}: {route}\n{}",
+            edge.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A user with a running instance at `<sub>.<base>`: (token, host, upstream).
+async fn tenant(edge: &Edge, sub: &str) -> (String, String, SocketAddr) {
+    let (token, _, _) = edge.register(&format!("{sub}@example.com"), PW).await;
+    let (host, upstream) = running_instance(edge, &token, sub).await;
+    (token, host, upstream)
+}
+
+/// The edge's Prometheus metrics.
+async fn scrape(edge: &Edge) -> String {
+    try_send(edge.metrics_addr, get_request("m", "/metrics").as_bytes())
+        .await
+        .unwrap()
+        .text()
+}
+
+/// Instance routes running now, from the admin API at `addr`.
+async fn awake_routes(addr: SocketAddr) -> usize {
+    let raw = format!(
+        "GET /admin/routes HTTP/1.1\r\nHost: {APP_DOMAIN}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nConnection: close\r\n\r\n"
+    );
+    let routes = try_send(addr, raw.as_bytes()).await.unwrap().json();
+    routes["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["kind"] == "instance" && r["state"] == "running")
+        .count()
+}
+
+/// A request the fixture answers with the headers it got: proof that it reached the instance.
+async fn whoami(edge: &Edge, host: &str, token: &str) -> Response {
+    edge.get_as(host, "/whoami", token).await
+}
+
+async fn sleeps_then_a_request_wakes_it(docker: bool) {
+    let node = node_id();
+    let _cleanup = Cleanup(node.clone());
+    let edge = sleepy_edge(docker, &node, 1).start().await;
+    let (token, host, _) = tenant(&edge, "dozy").await;
+    wait_state(&edge, &host, "sleeping").await;
+    let me = edge
+        .api("GET", "/api/instances/me", Some(&token), None)
+        .await;
+    assert_eq!(me.json()["instance"]["status"], "sleeping", "{}", me.text());
+
+    // An API client's request is held while the instance wakes, then answered by it.
+    let resp = whoami(&edge, &host, &token).await;
+    assert_eq!(resp.status, 200, "{}\n{}", resp.text(), edge.log_text());
+    assert!(resp.json()["headers"].is_object(), "{}", resp.text());
+    assert_eq!(route(&edge, &host).await["state"], "running");
+
+    // It sleeps again once idle, and a WebSocket upgrade wakes it the same way.
+    wait_state(&edge, &host, "sleeping").await;
+    let mut ws = gateway(&edge, &host, "/ws", Some(&token))
+        .await
+        .expect("the upgrade is held, then proxied");
+    assert_eq!(
+        chat_turn(&mut ws, "still there?").await,
+        "echo: still there?"
+    );
+    // An open WebSocket is traffic: no sleep while it is open, whatever the idle time.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(route(&edge, &host).await["state"], "running");
+    drop(ws);
+    wait_state(&edge, &host, "sleeping").await;
+
+    let metrics = scrape(&edge).await;
+    assert!(
+        metrics.contains("clawdeploy_wake_seconds_count{outcome=\"woken\"} 2"),
+        "{metrics}"
+    );
+    // The gauges are set every pool tick.
+    let deadline = Instant::now() + PATIENCE;
+    while !scrape(&edge)
+        .await
+        .contains("clawdeploy_instances_sleeping 1")
+    {
+        assert!(Instant::now() < deadline, "{}", scrape(&edge).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_an_idle_instance_sleeps_and_a_request_wakes_it() {
+    sleeps_then_a_request_wakes_it(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_an_idle_instance_sleeps_and_a_request_wakes_it() {
+    sleeps_then_a_request_wakes_it(false).await;
+}
+
+/// Many requests arrive while an instance sleeps: one wake serves them all, none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_to_a_sleeping_instance_share_one_wake() {
+    let node = node_id();
+    let _cleanup = Cleanup(node.clone());
+    let edge = sleepy_edge(true, &node, 1).start().await;
+    let (token, host, _) = tenant(&edge, "crowd").await;
+    for round in 1..=3 {
+        wait_state(&edge, &host, "sleeping").await;
+        let answers = join_all((0..20).map(|_| whoami(&edge, &host, &token))).await;
+        for resp in answers {
+            assert_eq!(resp.status, 200, "round {round}: {}", resp.text());
+        }
+        let metrics = scrape(&edge).await;
+        let woken = format!("clawdeploy_wake_seconds_count{{outcome=\"woken\"}} {round}");
+        assert!(metrics.contains(&woken), "round {round}: {metrics}");
+    }
+}
+
+/// Work the gateway reports keeps an instance awake; a scheduled job wakes it in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_work_keeps_an_instance_awake_and_a_due_job_wakes_it() {
+    let node = node_id();
+    let _cleanup = Cleanup(node.clone());
+    let edge = sleepy_edge(true, &node, 1).start().await;
+    let (token, host, upstream) = tenant(&edge, "worker").await;
+    let post = |path: &str| {
+        format!("POST {path} HTTP/1.1\r\nHost: i\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    };
+    let stats = || async {
+        try_send(upstream, get_request("i", "/stats").as_bytes())
+            .await
+            .unwrap()
+            .json()
+    };
+    // A pretend agent turn for 6 s: the pool asks (and is told busy) but does not sleep it.
+    try_send(upstream, post("/work?busy_secs=6").as_bytes())
+        .await
+        .unwrap();
+    let busy_until = Instant::now() + Duration::from_secs(6);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        route(&edge, &host).await["state"],
+        "running",
+        "slept while busy"
+    );
+    assert_eq!(stats().await["suspensions"], 0);
+    wait_state(&edge, &host, "sleeping").await;
+    assert!(Instant::now() >= busy_until, "slept before its work ended");
+
+    // Woken by a request, then given a job due in 40 s: it sleeps and is woken for the job
+    // (one tick plus 30 s ahead) without any request.
+    assert_eq!(whoami(&edge, &host, &token).await.status, 200);
+    let upstream: SocketAddr = route(&edge, &host).await["upstream"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    try_send(upstream, post("/work?job_in_secs=40").as_bytes())
+        .await
+        .unwrap();
+    let due = Instant::now() + Duration::from_secs(40);
+    wait_state(&edge, &host, "sleeping").await;
+    wait_state(&edge, &host, "running").await;
+    assert!(Instant::now() < due, "woken after its job was due");
+    let metrics = scrape(&edge).await;
+    assert!(
+        metrics.contains("clawdeploy_wake_seconds_count{outcome=\"woken\"} 2"),
+        "{metrics}"
+    );
+}
+
+/// Six sleeping instances on a node with room for three awake ones, all requested at once: the
+/// wakes queue for room (instances go back to sleep as they idle), never more than three are
+/// awake, and every request is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wake_storm_queues_and_never_overcommits() {
+    let node = node_id();
+    let _cleanup = Cleanup(node.clone());
+    let edge = sleepy_edge(true, &node, 1)
+        .section("pool", "capacity = 3")
+        .start()
+        .await;
+    let mut tenants = Vec::new();
+    for n in 0..6 {
+        let t = tenant(&edge, &format!("storm{n}")).await;
+        wait_state(&edge, &t.1, "sleeping").await;
+        tenants.push(t);
+    }
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let most_awake = {
+        let watching = watching.clone();
+        let addr = edge.addr;
+        tokio::spawn(async move {
+            let mut most = 0;
+            while watching.load(std::sync::atomic::Ordering::SeqCst) {
+                most = most.max(awake_routes(addr).await);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            most
+        })
+    };
+    let answers = join_all(
+        tenants
+            .iter()
+            .map(|(token, host, _)| whoami(&edge, host, token)),
+    )
+    .await;
+    watching.store(false, std::sync::atomic::Ordering::SeqCst);
+    for resp in &answers {
+        assert_eq!(resp.status, 200, "{}\n{}", resp.text(), edge.log_text());
+    }
+    let most = most_awake.await.unwrap();
+    assert!(
+        (1..=3).contains(&most),
+        "{most} instances awake at once on a node with room for 3"
+    );
+}
