@@ -277,3 +277,50 @@ async fn a_wake_storm_queues_and_never_overcommits() {
         "{most} instances awake at once on a node with room for 3"
     );
 }
+
+/// A browser opening a sleeping instance whose wake takes longer than 1 s sees a "waking" page that
+/// reloads itself; the wake goes on, and the reload reaches the woken instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_sees_a_waking_page_only_while_a_slow_wake_goes_on() {
+    let node = node_id();
+    let edge = sleepy_edge(false, &node, 1).start().await;
+    let (token, host, upstream) = tenant(&edge, "slowpoke").await;
+    let post = "POST /work?startup_delay_ms=2500 HTTP/1.1\r\nHost: i\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    try_send(upstream, post.as_bytes()).await.unwrap();
+    wait_state(&edge, &host, "sleeping").await;
+
+    let page = |token: &str| {
+        format!(
+            "GET / HTTP/1.1\r\nHost: {host}\r\nAccept: text/html,*/*;q=0.8\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let started = Instant::now();
+    let waking = edge.send(page(&token).as_bytes()).await;
+    let waited = started.elapsed();
+    assert_eq!(waking.status, 503, "{}", waking.text());
+    assert_eq!(waking.header("refresh"), Some("2"));
+    assert_eq!(waking.header("retry-after"), Some("1"));
+    assert!(
+        waking.text().contains("Waking your assistant"),
+        "{}",
+        waking.text()
+    );
+    assert!(waited < Duration::from_millis(2_000), "held {waited:?}");
+
+    // The wake went on without the browser: the reload finds it running.
+    wait_state(&edge, &host, "running").await;
+    let reloaded = edge.send(page(&token).as_bytes()).await;
+    assert_ne!(reloaded.status, 503, "{}", reloaded.text());
+
+    // A fast wake is answered without the page: the next sleep boots at once.
+    let upstream: SocketAddr = route(&edge, &host).await["upstream"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let post = "POST /work?startup_delay_ms=0 HTTP/1.1\r\nHost: i\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    try_send(upstream, post.as_bytes()).await.unwrap();
+    wait_state(&edge, &host, "sleeping").await;
+    let direct = edge.send(page(&token).as_bytes()).await;
+    assert_ne!(direct.status, 503, "{}", direct.text());
+}
