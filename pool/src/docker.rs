@@ -39,8 +39,9 @@ pub const NAME_LABEL: &str = "clawdeploy.instance";
 pub const DATA_DIR: &str = "/data";
 /// Size of the in-container `/tmp` (counted against the memory limit).
 const TMP_BYTES: i64 = 64 << 20;
-/// The memory limit of a frozen instance, in MiB: the rest of its pages go to swap.
-pub const FROZEN_LIMIT_MB: i64 = 16;
+/// The memory limit of a frozen instance, in MiB: the rest of its pages go to swap (measured
+/// with OpenClaw: 96 MiB charged plus about 215 MiB of compressed pages in zram).
+pub const FROZEN_LIMIT_MB: i64 = 96;
 
 /// How the Docker runtime places instances on the network.
 #[derive(Debug, Clone)]
@@ -485,29 +486,54 @@ impl Runtime for DockerRuntime {
             .map_err(|e| not_found(e, id))
     }
 
-    /// `Freeze`: the container is paused (cgroup freezer: no CPU, nothing touches its memory),
-    /// allowed swap, and its memory limit lowered to [`FROZEN_LIMIT_MB`], which makes the kernel
-    /// push its pages out to swap before the call returns (cgroup v1 reclaims synchronously on a
-    /// lowered `memory.limit_in_bytes`).
+    /// `Freeze`: the container is paused (cgroup freezer: no CPU, and nothing touches its memory
+    /// back in) and its memory limit lowered to [`FROZEN_LIMIT_MB`], which makes the kernel push
+    /// its pages out to swap before the call returns (cgroup v1 reclaims synchronously on a lowered
+    /// `memory.limit_in_bytes`); memory plus swap stays capped at its limit. The kernel may refuse
+    /// a limit it cannot reclaim down to in one pass (EBUSY, seen at 64 MiB): a second, larger one
+    /// is tried. Without swap nothing can be pushed out: the container is thawed and the error
+    /// returned, so the pool stops it instead.
     async fn sleep(&self, id: &str, how: Sleep) -> Result<(), RuntimeError> {
         if how == Sleep::Stop {
             return self.stop(id).await;
         }
+        let limit = self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| not_found(e, id))?
+            .host_config
+            .and_then(|h| h.memory_swap.or(h.memory))
+            .filter(|bytes| *bytes > 0)
+            .ok_or_else(|| RuntimeError::Refused(format!("container {id} has no memory limit")))?;
         self.docker
             .pause_container(id)
             .await
             .map_err(|e| not_found(e, id))?;
-        let squeeze = ContainerUpdateBody {
-            memory: Some(FROZEN_LIMIT_MB << 20),
-            memory_swap: Some(-1),
-            ..Default::default()
-        };
-        if let Err(e) = self.docker.update_container(id, squeeze).await {
-            // Not squeezed (no swap to push to): thawed again, so the caller can stop it instead.
-            let _ = self.docker.unpause_container(id).await;
-            return Err(not_found(e, id));
+        let mut squeezed = Ok(());
+        // An instance limited to less than the frozen limit has nothing to push out.
+        for bytes in [FROZEN_LIMIT_MB << 20, 2 * FROZEN_LIMIT_MB << 20]
+            .into_iter()
+            .filter(|bytes| *bytes < limit)
+        {
+            let squeeze = ContainerUpdateBody {
+                memory: Some(bytes),
+                memory_swap: Some(limit),
+                ..Default::default()
+            };
+            squeezed = self
+                .docker
+                .update_container(id, squeeze)
+                .await
+                .map_err(|e| not_found(e, id));
+            if squeezed.is_ok() {
+                break;
+            }
         }
-        Ok(())
+        if squeezed.is_err() {
+            let _ = self.docker.unpause_container(id).await;
+        }
+        squeezed
     }
 
     /// A frozen container gets its limits back (no swap again; its swapped pages come back as

@@ -221,8 +221,6 @@ pub struct PoolManager {
     pub(crate) admission: tokio::sync::Mutex<()>,
     /// Signalled when capacity frees (a sleep, a removal), for wakes waiting for room.
     pub(crate) room_freed: Notify,
-    /// Frozen instances' gateway suspension leases, released after their wake.
-    pub(crate) suspensions: Mutex<HashMap<Uuid, String>>,
 }
 
 impl PoolManager {
@@ -254,7 +252,6 @@ impl PoolManager {
             waking: AtomicUsize::new(0),
             admission: tokio::sync::Mutex::new(()),
             room_freed: Notify::new(),
-            suspensions: Mutex::default(),
         })
     }
 

@@ -536,6 +536,7 @@ mod tests {
             last_active_at: None,
             billing_anchor_at: None,
             wake_at: None,
+            sleep_lease: None,
         }
     }
 

@@ -128,17 +128,13 @@ impl PoolManager {
             return Ok(false);
         }
         // From here requests wait at the edge; the gateway fences its own work until resumed.
+        let mut lease = None;
         if let Some(gateway) = gateway.as_mut() {
             match gateway
                 .prepare_suspend(&format!("clawdeploy-sleep-{id}-{now}"))
                 .await
             {
-                Ok(Suspension::Ready(suspension)) => {
-                    self.suspensions
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(id, suspension);
-                }
+                Ok(Suspension::Ready(suspension)) => lease = Some(suspension),
                 Ok(Suspension::Busy(reason)) => {
                     self.activity.awake(&key);
                     tracing::debug!(instance = %id, %reason, "idle at the edge, but its gateway is busy");
@@ -151,20 +147,33 @@ impl PoolManager {
             }
         }
         drop(gateway);
-        let slept = match self.runtime.sleep(runtime_id, self.settings.sleep).await {
-            Err(e) if self.settings.sleep == Sleep::Freeze => {
+        let how = self.settings.sleep;
+        let slept = match self.runtime.sleep(runtime_id, how).await {
+            Err(e) if how == Sleep::Freeze => {
                 tracing::warn!(instance = %id, "cannot freeze ({e}); stopping it instead");
-                self.runtime.sleep(runtime_id, Sleep::Stop).await
+                self.runtime
+                    .sleep(runtime_id, Sleep::Stop)
+                    .await
+                    .map(|()| Sleep::Stop)
             }
-            other => other,
+            other => other.map(|()| how),
         };
-        if let Err(e) = slept {
-            self.resume_gateway(&instance, addr).await;
-            self.activity.awake(&key);
-            return Err(e.into());
-        }
+        let how = match slept {
+            Ok(how) => how,
+            Err(e) => {
+                if let Some(lease) = &lease {
+                    self.resume_gateway(&instance, addr, lease).await;
+                }
+                self.activity.awake(&key);
+                return Err(e.into());
+            }
+        };
+        // A stopped gateway's lease ends with its process; a frozen one's is released at the wake.
+        let lease = lease.filter(|_| how == Sleep::Freeze);
         let wake_at = next_job_at_ms.map(|due| due - lead);
-        self.store.set_instance_sleeping(id, wake_at).await?;
+        self.store
+            .set_instance_sleeping(id, wake_at, lease.as_deref())
+            .await?;
         self.announce(&instance).await?;
         self.room_freed.notify_waiters();
         Ok(true)
@@ -274,10 +283,13 @@ impl PoolManager {
             .await?;
         // A started container may have a new address; a thawed one keeps its own.
         let addr = self.address_of(&runtime_id).await?;
+        // A thawed gateway answers `/readyz` 503 until its lease is released.
+        if let Some(lease) = &instance.sleep_lease {
+            self.resume_gateway(instance, addr, lease).await;
+        }
         wait_ready(addr, self.settings.ready_timeout)
             .await
             .map_err(|e| PoolError::NotReady(instance.subdomain.clone(), e))?;
-        self.resume_gateway(instance, addr).await;
         if member.upstream.as_deref() != Some(addr.to_string().as_str()) {
             self.store
                 .set_pool_member_upstream(member.id, &addr.to_string())
@@ -288,29 +300,24 @@ impl PoolManager {
         Ok(addr)
     }
 
-    /// Releases the gateway's suspension lease after a thaw (a restarted gateway has none): until
-    /// then it fences every method. Best effort: the lease ends by itself two minutes after it
-    /// was taken, and a gateway frozen longer reopens as soon as it is thawed.
-    async fn resume_gateway(&self, instance: &Instance, addr: SocketAddr) {
-        let suspension = self
-            .suspensions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&instance.id);
-        let (Some(suspension), Some(headers)) =
-            (suspension, self.config.platform_headers(instance))
-        else {
+    /// Releases the gateway's suspension `lease` (after a thaw, or an abandoned sleep): until then
+    /// it fences every method and answers `/readyz` 503. A just-thawed gateway may take a moment
+    /// to accept connections, so connecting is retried for a few seconds. If it still fails, the
+    /// lease ends by itself two minutes after it was taken.
+    async fn resume_gateway(&self, instance: &Instance, addr: SocketAddr, lease: &str) {
+        let Some(headers) = self.config.platform_headers(instance) else {
             return;
         };
-        let resumed = async {
-            Gateway::connect(addr, &headers)
-                .await?
-                .resume(&suspension)
-                .await
-        }
-        .await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let resumed = loop {
+            match Gateway::connect(addr, &headers).await {
+                Ok(mut gateway) => break gateway.resume(lease).await,
+                Err(e) if Instant::now() >= deadline => break Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
         if let Err(e) = resumed {
-            tracing::warn!(instance = %instance.id, "cannot resume the gateway after a wake: {e}");
+            tracing::warn!(instance = %instance.id, "cannot release the gateway's suspension lease: {e}");
         }
     }
 

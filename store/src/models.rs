@@ -420,6 +420,9 @@ pub struct Instance {
     /// When the pool must wake this sleeping instance for its next scheduled job (unix ms);
     /// `None`: only a request wakes it.
     pub wake_at: Option<i64>,
+    /// The gateway's suspension lease a frozen instance holds (OpenClaw's
+    /// `gateway.suspend.prepare`), released when it is woken; `None` unless frozen.
+    pub sleep_lease: Option<String>,
 }
 
 /// Input of [`crate::Store::create_instance`].

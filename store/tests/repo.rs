@@ -904,10 +904,13 @@ async fn instances_crud(db: &Db) {
     let tier = s.update_instance_tier(i.id, Tier::Pro).await.unwrap();
     assert_eq!(tier.tier, Tier::Pro);
     // Sleeping, with the time its next job is due; any other status clears that time.
-    let asleep = s.set_instance_sleeping(i.id, Some(42_000)).await.unwrap();
+    let asleep = s
+        .set_instance_sleeping(i.id, Some(42_000), Some("lease-1"))
+        .await
+        .unwrap();
     assert_eq!(
-        (asleep.status, asleep.wake_at),
-        (InstanceStatus::Sleeping, Some(42_000))
+        (asleep.status, asleep.wake_at, asleep.sleep_lease.as_deref()),
+        (InstanceStatus::Sleeping, Some(42_000), Some("lease-1"))
     );
     assert_eq!(
         s.list_instances_by_status(InstanceStatus::Sleeping)
@@ -921,8 +924,8 @@ async fn instances_crud(db: &Db) {
         .await
         .unwrap();
     assert_eq!(
-        (awake.status, awake.wake_at),
-        (InstanceStatus::Running, None)
+        (awake.status, awake.wake_at, awake.sleep_lease),
+        (InstanceStatus::Running, None, None)
     );
     s.touch_instance(i.id, 1_000).await.unwrap();
     s.touch_instance(i.id, 500).await.unwrap();

@@ -324,3 +324,61 @@ async fn a_browser_sees_a_waking_page_only_while_a_slow_wake_goes_on() {
     let direct = edge.send(page(&token).as_bytes()).await;
     assert_ne!(direct.status, 503, "{}", direct.text());
 }
+
+/// `freeze`: the container is paused with its memory limit lowered (the fixture needs no swap to
+/// fit), the gateway's suspension lease is held while it sleeps and released at the wake, before
+/// the held request is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_a_frozen_instance_thaws_and_releases_its_gateway_lease() {
+    let node = node_id();
+    let _cleanup = Cleanup(node.clone());
+    let edge = sleepy_edge(true, &node, 1)
+        .section("pool", "sleep = \"freeze\"")
+        .section("pool", "memory_mb = 256")
+        .start()
+        .await;
+    let (token, host, upstream) = tenant(&edge, "frosty").await;
+    wait_state(&edge, &host, "sleeping").await;
+    let inspect = |format: &'static str| {
+        let node = node.clone();
+        async move {
+            let out = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "docker inspect --format '{format}' $(docker ps -q --filter label=clawdeploy.node={node})"
+                ))
+                .output()
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        }
+    };
+    assert_eq!(inspect("{{.State.Paused}}").await, "true");
+    assert_eq!(
+        inspect("{{.HostConfig.Memory}}").await,
+        (96u64 << 20).to_string(),
+        "frozen with its limit lowered"
+    );
+
+    let resp = whoami(&edge, &host, &token).await;
+    assert_eq!(resp.status, 200, "{}\n{}", resp.text(), edge.log_text());
+    assert_eq!(inspect("{{.State.Paused}}").await, "false");
+    assert_eq!(
+        inspect("{{.HostConfig.Memory}}").await,
+        (256u64 << 20).to_string(),
+        "its limit restored"
+    );
+    // The same process (a thaw, not a boot) took one lease and had it released.
+    let stats = try_send(upstream, get_request("i", "/stats").as_bytes())
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(
+        (stats["suspensions"].as_u64(), stats["resumes"].as_u64()),
+        (Some(1), Some(1)),
+        "{stats}"
+    );
+    assert_eq!(stats["suspended"], false);
+    let mut ws = gateway(&edge, &host, "/ws", Some(&token)).await.unwrap();
+    assert_eq!(chat_turn(&mut ws, "thawed?").await, "echo: thawed?");
+}

@@ -11,7 +11,7 @@ use crate::{id_str, parse_col, uuid_col, Backend, Store, Tier};
 
 pub(crate) const INSTANCE_COLS: &str = "id, user_id, subdomain, status, tier, node_id, node_ip, \
     container_id, container_ip, upstream, soul_md, timezone, created_at, updated_at, last_active_at, \
-    billing_anchor_at, wake_at";
+    billing_anchor_at, wake_at, sleep_lease";
 
 pub(crate) fn instance_from_row(row: &AnyRow) -> Result<Instance> {
     Ok(Instance {
@@ -32,6 +32,7 @@ pub(crate) fn instance_from_row(row: &AnyRow) -> Result<Instance> {
         last_active_at: row.try_get("last_active_at")?,
         billing_anchor_at: row.try_get("billing_anchor_at")?,
         wake_at: row.try_get("wake_at")?,
+        sleep_lease: row.try_get("sleep_lease")?,
     })
 }
 
@@ -181,7 +182,8 @@ impl Store {
         }
     }
 
-    /// Sets the status (and clears `wake_at`, which only a sleeping instance has).
+    /// Sets the status (and clears `wake_at` and `sleep_lease`, which only a sleeping instance
+    /// has).
     pub async fn update_instance_status(
         &self,
         id: Uuid,
@@ -189,23 +191,30 @@ impl Store {
     ) -> Result<Instance> {
         self.update_instance(
             id,
-            "status = $3, wake_at = NULL",
+            "status = $3, wake_at = NULL, sleep_lease = NULL",
             vec![Some(status.as_str().to_owned())],
         )
         .await
     }
 
     /// Marks the instance `sleeping`, to be woken by the pool at `wake_at` (unix ms) for a
-    /// scheduled job, or only by a request (`None`).
-    pub async fn set_instance_sleeping(&self, id: Uuid, wake_at: Option<i64>) -> Result<Instance> {
+    /// scheduled job, or only by a request (`None`), holding its gateway's suspension `lease`
+    /// (frozen instances) until then.
+    pub async fn set_instance_sleeping(
+        &self,
+        id: Uuid,
+        wake_at: Option<i64>,
+        lease: Option<&str>,
+    ) -> Result<Instance> {
         let sql = format!(
-            "UPDATE instances SET status = 'sleeping', wake_at = $3, updated_at = $2 \
-             WHERE id = $1 RETURNING {INSTANCE_COLS}"
+            "UPDATE instances SET status = 'sleeping', wake_at = $3, sleep_lease = $4, \
+             updated_at = $2 WHERE id = $1 RETURNING {INSTANCE_COLS}"
         );
         let row = sqlx::query(&sql)
             .bind(id_str(id))
             .bind(now_ms())
             .bind(wake_at)
+            .bind(lease)
             .fetch_optional(&self.pool)
             .await?;
         match row {
