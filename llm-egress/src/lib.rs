@@ -1,8 +1,11 @@
 //! The LLM egress meter: the endpoint OpenClaw's `models.providers.<id>.baseUrl` points at.
 //!
 //! `/<provider>/<path>` (provider `openai`, `anthropic`, `google` or `custom`) is forwarded to the
-//! provider's upstream with the user's real key injected; the container only holds a per-instance
-//! token ([`instance_token`]), an HMAC of the instance id, so nothing per instance is stored. The
+//! provider's upstream with the user's real key injected; the container only holds a token: an
+//! HMAC of its pool member's name ([`member_token`], in its config from its first boot, so
+//! assignment never changes it), or of its instance id ([`instance_token`], containers configured
+//! before member tokens). A member not yet assigned is answered by a local stub ([`warm_up_answer`]):
+//! the pool's warm-up turn never leaves the node and is never metered. The
 //! answer streams back unchanged while its token usage is read from it (JSON bodies and SSE streams:
 //! OpenAI `usage`, Anthropic `usage.input_tokens`/`output_tokens`, Google `usageMetadata`), and the
 //! tier's monthly token budget is enforced before each call. OpenAI streaming requests get
@@ -52,26 +55,36 @@ pub struct Upstreams {
     pub google: String,
 }
 
-/// The per-instance token a container presents: `cdi.<instance id>.<hex HMAC-SHA256>`.
+/// What a token names: `(prefix, HMAC label)`.
+const INSTANCE: (&str, &[u8]) = ("cdi.", b"clawdeploy llm token\0");
+const MEMBER: (&str, &[u8]) = ("cdm.", b"clawdeploy llm member token\0");
+
+/// The per-instance token: `cdi.<instance id>.<hex HMAC-SHA256>`.
 pub fn instance_token(key: &[u8], instance_id: &str) -> String {
-    let mut out = format!("cdi.{instance_id}.");
-    for b in mac(key, instance_id) {
+    token(INSTANCE, key, instance_id)
+}
+
+/// The per-member token: `cdm.<member name>.<hex HMAC-SHA256>`. A member is one container for
+/// its whole life, so its token never changes at assignment (a changed key makes OpenClaw rebuild
+/// its provider runtime: about 2 s more on the owner's first turn, measured).
+pub fn member_token(key: &[u8], member: &str) -> String {
+    token(MEMBER, key, member)
+}
+
+fn token((prefix, label): (&str, &[u8]), key: &[u8], subject: &str) -> String {
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    m.update(label);
+    m.update(subject.as_bytes());
+    let mut out = format!("{prefix}{subject}.");
+    for b in m.finalize().into_bytes() {
         out.push_str(&format!("{b:02x}"));
     }
     out
 }
 
-fn mac(key: &[u8], instance_id: &str) -> [u8; 32] {
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
-    m.update(b"clawdeploy llm token\0");
-    m.update(instance_id.as_bytes());
-    m.finalize().into_bytes().into()
-}
-
-/// The instance id of a valid token.
-pub fn verify_instance_token(key: &[u8], token: &str) -> Option<String> {
-    let rest = token.strip_prefix("cdi.")?;
-    let (id, hex) = rest.rsplit_once('.')?;
+fn verify((prefix, label): (&str, &[u8]), key: &[u8], token: &str) -> Option<String> {
+    let rest = token.strip_prefix(prefix)?;
+    let (subject, hex) = rest.rsplit_once('.')?;
     if hex.len() != 64 {
         return None;
     }
@@ -80,10 +93,65 @@ pub fn verify_instance_token(key: &[u8], token: &str) -> Option<String> {
         *byte = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
     }
     let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).ok()?;
-    m.update(b"clawdeploy llm token\0");
-    m.update(id.as_bytes());
+    m.update(label);
+    m.update(subject.as_bytes());
     m.verify_slice(&given).ok()?;
-    Some(id.to_string())
+    Some(subject.to_string())
+}
+
+/// The instance id of a valid instance token.
+pub fn verify_instance_token(key: &[u8], token: &str) -> Option<String> {
+    verify(INSTANCE, key, token)
+}
+
+/// The member name of a valid member token.
+pub fn verify_member_token(key: &[u8], token: &str) -> Option<String> {
+    verify(MEMBER, key, token)
+}
+
+/// Who a valid token belongs to.
+enum Caller {
+    /// An assigned instance (its id).
+    Instance(String),
+    /// A warm pool member nobody has yet: answered by [`warm_up_answer`].
+    Unassigned,
+}
+
+/// What the meter answers a warm member's model call, without calling anyone: a fixed reply in
+/// the OpenAI Chat Completions shape (JSON, or SSE chunks ending in `data: [DONE]` when `stream`
+/// is set), so the pool's warm-up turn pays OpenClaw's first-turn costs before a user arrives.
+pub fn warm_up_answer(request_body: &[u8]) -> Response {
+    let streaming = serde_json::from_slice::<serde_json::Value>(request_body)
+        .is_ok_and(|body| body["stream"] == true);
+    let usage = serde_json::json!({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0});
+    if streaming {
+        let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
+            serde_json::json!({"id": "clawdeploy-warm-up", "object": "chat.completion.chunk",
+                "created": 0, "model": "warm-up",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        };
+        let last = serde_json::json!({"id": "clawdeploy-warm-up", "object": "chat.completion.chunk",
+            "created": 0, "model": "warm-up", "choices": [], "usage": usage});
+        let body = format!(
+            "data: {}\n\ndata: {}\n\ndata: {last}\n\ndata: [DONE]\n\n",
+            chunk(
+                serde_json::json!({"role": "assistant", "content": "Ready."}),
+                serde_json::Value::Null
+            ),
+            chunk(serde_json::json!({}), serde_json::json!("stop")),
+        );
+        return ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response();
+    }
+    let body = serde_json::json!({"id": "clawdeploy-warm-up", "object": "chat.completion",
+        "created": 0, "model": "warm-up",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Ready."},
+            "finish_reason": "stop"}],
+        "usage": usage});
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 /// Usage read from one answer: the largest input and output counts seen (Anthropic and Google
@@ -364,10 +432,46 @@ async fn forward(
     }
     let (parts, body) = request.into_parts();
     let query = parts.uri.query().map(str::to_string);
-    let Some(instance_id) = presented_token(&parts.headers, query.as_deref())
-        .and_then(|t| verify_instance_token(&state.token_key, &t))
-    else {
-        return error(StatusCode::UNAUTHORIZED, "INVALID_INSTANCE_TOKEN", "This endpoint serves ClawDeploy instances only; present the instance's token as the provider API key.");
+    let caller = match presented_token(&parts.headers, query.as_deref()) {
+        Some(t) => match verify_instance_token(&state.token_key, &t) {
+            Some(id) => Some(Caller::Instance(id)),
+            None => match verify_member_token(&state.token_key, &t) {
+                Some(member) => match state.store.pool_member_by_name(&member).await {
+                    Ok(Some(m)) => Some(match m.instance_id {
+                        Some(id) => Caller::Instance(id.to_string()),
+                        None => Caller::Unassigned,
+                    }),
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::error!("LLM meter cannot read the pool member: {e}");
+                        return error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "STORE_UNAVAILABLE",
+                            "Retry in a few seconds.",
+                        );
+                    }
+                },
+                None => None,
+            },
+        },
+        None => None,
+    };
+    let instance_id = match caller {
+        Some(Caller::Instance(id)) => id,
+        Some(Caller::Unassigned) if provider == "openai" && rest.ends_with("chat/completions") => {
+            let body = http_body_util::Limited::new(body, MAX_REQUEST_BYTES).collect().await;
+            return warm_up_answer(&body.map(|b| b.to_bytes()).unwrap_or_default());
+        }
+        Some(Caller::Unassigned) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "NOT_ASSIGNED",
+                "This instance has no user yet; only its warm-up turn is answered.",
+            )
+        }
+        None => {
+            return error(StatusCode::UNAUTHORIZED, "INVALID_INSTANCE_TOKEN", "This endpoint serves ClawDeploy instances only; present the instance's token as the provider API key.")
+        }
     };
     let Ok(instance_uuid) = instance_id.parse() else {
         return error(
@@ -817,6 +921,12 @@ mod tests {
     fn tokens_verify_only_for_their_instance_and_key() {
         let t = instance_token(b"k1", "abc");
         assert_eq!(verify_instance_token(b"k1", &t).as_deref(), Some("abc"));
+        // Member tokens are their own kind: neither verifies as the other.
+        let m = member_token(b"k1", "cd-node-1");
+        assert_eq!(verify_member_token(b"k1", &m).as_deref(), Some("cd-node-1"));
+        assert_eq!(verify_instance_token(b"k1", &m), None);
+        assert_eq!(verify_member_token(b"k1", &t), None);
+        assert_eq!(verify_member_token(b"k2", &m), None);
         assert_eq!(verify_instance_token(b"k2", &t), None);
         assert_eq!(verify_instance_token(b"k1", &t.replace("abc", "abd")), None);
         assert_eq!(verify_instance_token(b"k1", "sk-real-key"), None);

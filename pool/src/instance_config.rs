@@ -18,7 +18,11 @@ pub struct FixtureConfig {
 
 #[async_trait]
 impl InstanceConfig for FixtureConfig {
-    async fn files(&self, instance: &Instance) -> Result<Vec<ConfigFile>, PoolError> {
+    async fn files(
+        &self,
+        instance: &Instance,
+        _member: &str,
+    ) -> Result<Vec<ConfigFile>, PoolError> {
         let config = json!({
             "owner": instance.user_id.to_string(),
             "soul": instance.soul_md,

@@ -75,8 +75,6 @@ pub struct PoolSettings {
     pub labels: BTreeMap<String, String>,
     /// Environment variables of every instance created (name, value).
     pub env: Vec<(String, String)>,
-    /// Written into each new instance's data directory before its first start.
-    pub boot_files: Vec<ConfigFile>,
 }
 
 impl PoolSettings {
@@ -108,9 +106,19 @@ impl PoolSettings {
 /// settings; the pool only applies them.
 #[async_trait::async_trait]
 pub trait InstanceConfig: Send + Sync + 'static {
-    /// The files written into `instance`'s data directory at assignment and whenever its settings
-    /// change (its gateway config, workspace files).
-    async fn files(&self, instance: &Instance) -> Result<Vec<ConfigFile>, PoolError>;
+    /// The files written into `instance`'s data directory at assignment to the pool member named
+    /// `member`, and whenever its settings change (its gateway config, workspace files).
+    async fn files(&self, instance: &Instance, member: &str) -> Result<Vec<ConfigFile>, PoolError>;
+    /// The files a new pool member named `member` boots on, before anyone has it (OpenClaw: the
+    /// locked-down idle config).
+    fn boot_files(&self, _member: &str) -> Vec<ConfigFile> {
+        Vec::new()
+    }
+    /// Prepares a ready, unassigned member at `addr` so its first user finds it warm (OpenClaw: a
+    /// first turn, answered by the LLM meter's stub, then removed). Failing costs only speed.
+    async fn warm_up(&self, _addr: SocketAddr, _member: &str) -> Result<(), PoolError> {
+        Ok(())
+    }
     /// A path that answers 200 to the owner (named in the trusted-proxy user header) only once the
     /// instance has applied the owner's config; `None` when the config applies at once.
     fn owner_ready_path(&self) -> Option<&'static str> {
@@ -373,15 +381,13 @@ impl PoolManager {
 
     /// Gives `instance` a running container: a warm one when there is one.
     pub async fn assign(self: &Arc<Self>, instance: &Instance) -> Result<Assigned, PoolError> {
-        let files = self.config.files(instance).await?;
-        let resources = self.settings.resources(instance.tier);
         while let Some(member) = self
             .store
             .claim_pool_member(&self.settings.node_id, instance.id)
             .await?
         {
             self.wake();
-            match self.hand_over(instance, &member, &files, &resources).await {
+            match self.hand_over(instance, &member).await {
                 Ok(addr) => return Ok(Assigned::Running(addr)),
                 Err(e) => {
                     // A member that cannot take the config is discarded; try the next one.
@@ -408,17 +414,17 @@ impl PoolManager {
         &self,
         instance: &Instance,
         member: &PoolMember,
-        files: &[ConfigFile],
-        resources: &Resources,
     ) -> Result<SocketAddr, PoolError> {
         let runtime_id = member
             .runtime_id
             .as_deref()
             .ok_or_else(|| PoolError::NotReady(member.name.clone(), NotReady::NoRuntimeId))?;
+        let files = self.config.files(instance, &member.name).await?;
+        let resources = self.settings.resources(instance.tier);
         // Config and resources are independent: both Docker calls at once.
         let (assigned, resized) = tokio::join!(
-            self.runtime.assign(runtime_id, files),
-            self.runtime.update_resources(runtime_id, resources)
+            self.runtime.assign(runtime_id, &files),
+            self.runtime.update_resources(runtime_id, &resources)
         );
         assigned?;
         resized?;
@@ -446,8 +452,6 @@ impl PoolManager {
     /// Creates a container for `instance` on demand (pool empty), then routes it.
     async fn provision(self: Arc<Self>, instance: Instance) {
         let result = async {
-            let files = self.config.files(&instance).await?;
-            let resources = self.settings.resources(instance.tier);
             // The new member joins the idle pool; claim one (a concurrent signup may take it,
             // then the next one is made).
             for _ in 0..3 {
@@ -457,7 +461,7 @@ impl PoolManager {
                     .claim_pool_member(&self.settings.node_id, instance.id)
                     .await?
                 {
-                    return self.hand_over(&instance, &member, &files, &resources).await;
+                    return self.hand_over(&instance, &member).await;
                 }
             }
             Err(PoolError::NotReady(
@@ -498,7 +502,7 @@ impl PoolManager {
                 resources: self.settings.idle_resources.clone(),
                 labels: self.settings.labels.clone(),
                 env: self.settings.env.clone(),
-                files: self.settings.boot_files.clone(),
+                files: self.config.boot_files(&name),
             };
             let created = self.runtime.create(&spec).await?;
             self.store
@@ -509,6 +513,11 @@ impl PoolManager {
             wait_ready(addr, self.settings.ready_timeout)
                 .await
                 .map_err(|e| PoolError::NotReady(name.clone(), e))?;
+            let warming = Instant::now();
+            match self.config.warm_up(addr, &name).await {
+                Ok(()) => tracing::debug!(member = %name, ms = warming.elapsed().as_millis() as u64, "member warmed up"),
+                Err(e) => tracing::warn!(member = %name, "warm-up failed (its first user waits longer): {e}"),
+            }
             self.store
                 .mark_pool_member_idle(member.id, &addr.to_string())
                 .await?;
@@ -700,7 +709,7 @@ impl PoolManager {
         let Some(runtime_id) = member.runtime_id else {
             return Ok(false);
         };
-        let files = self.config.files(instance).await?;
+        let files = self.config.files(instance, &member.name).await?;
         self.runtime.assign(&runtime_id, &files).await?;
         Ok(true)
     }
@@ -787,9 +796,7 @@ impl PoolManager {
                     .claim_pool_member(&self.settings.node_id, instance.id)
                     .await?
                 {
-                    let files = self.config.files(&instance).await?;
-                    let resources = self.settings.resources(instance.tier);
-                    if let Err(e) = self.hand_over(&instance, &member, &files, &resources).await {
+                    if let Err(e) = self.hand_over(&instance, &member).await {
                         tracing::warn!("queued instance hand-over failed: {e}");
                         self.discard(&member).await;
                     }

@@ -13,8 +13,15 @@
 //! - the providers the user configured (`PUT /api/account/api-keys/...`), the model, the time zone.
 //!
 //! Before assignment a warm instance boots on [`OpenClawConfig::idle_config`]: the same lockdown
-//! with an `allowUsers` entry no user id can match, so an unassigned gateway admits nobody.
-//! Assignment overwrites the file; OpenClaw applies trusted-proxy, model and origin changes live.
+//! with an `allowUsers` entry no user id can match, so an unassigned gateway admits nobody but the
+//! platform. Assignment overwrites the file, changing only what OpenClaw applies live (measured on
+//! 2026.9.6: the trusted-proxy users and headers, the origins, the model; `env.vars` would restart
+//! the gateway, about 7 s, so keys are never passed that way). The provider block is the same
+//! before and after (the LLM meter's address and the member's token, [`member_token`]), so the
+//! provider runtime OpenClaw built for the warm-up turn ([`OpenClawConfig::warm_up`]) serves the
+//! owner's first turn too (1.1 s instead of about 3 s with a changed key).
+//!
+//! [`member_token`]: clawdeploy_llm_egress::member_token
 
 use std::sync::Arc;
 
@@ -30,8 +37,16 @@ use crate::runtime::ConfigFile;
 pub const CONFIG_FILE: &str = "openclaw.json";
 /// SOUL.md, relative to the data directory (the workspace is `<data dir>/workspace`).
 pub const SOUL_FILE: &str = "workspace/SOUL.md";
-/// Never a user id (those are UUIDs): the only user an unassigned gateway "allows".
+/// Never a user id (those are UUIDs): the only user an unassigned gateway "allows" besides the
+/// platform.
 pub const UNASSIGNED_USER: &str = "clawdeploy-unassigned";
+/// An unassigned gateway's only allowed origin: never a real one (`.invalid`), but not empty, since
+/// OpenClaw refuses to hot-reload a non-loopback Control UI with no allowed origin.
+pub const UNASSIGNED_ORIGIN: &str = "https://unassigned.invalid";
+/// The model of a warm member, and of an owner with an OpenAI key (the default).
+const DEFAULT_PRIMARY: &str = "openai/gpt-5-mini";
+/// The session a warm member's warm-up turn runs in, removed afterwards.
+const WARM_UP_SESSION: &str = "agent:main:clawdeploy-warm-up";
 /// Scopes an owner's devices are auto-approved with, and the edge caps HTTP calls to: never
 /// `operator.admin`.
 pub use clawdeploy_proxy::gateway_trust::OWNER_SCOPES;
@@ -42,8 +57,8 @@ use clawdeploy_proxy::gateway_trust::{PLATFORM_SCOPES, PLATFORM_USER};
 pub struct ProviderKey {
     /// `openai`, `anthropic`, `google` or `custom`.
     pub provider: String,
-    /// What the container holds as the key: the instance token
-    /// ([`clawdeploy_llm_egress::instance_token`]) when the LLM meter is on, else the user's plain
+    /// What the container holds as the key: its member token
+    /// ([`clawdeploy_llm_egress::member_token`]) when the LLM meter is on, else the user's plain
     /// key.
     pub key: String,
     /// The provider's `baseUrl`: the meter's `http://<meter>/<provider path>` when it is on, else
@@ -91,9 +106,58 @@ pub struct OpenClawConfig {
 }
 
 impl OpenClawConfig {
-    /// The config a warm, unassigned instance boots on: locked down, nobody allowed.
-    pub fn idle_config(&self) -> Value {
-        self.gateway_config(UNASSIGNED_USER, None, &[], &[], None)
+    /// The config the warm member `member` boots on: locked down, nobody allowed but the platform,
+    /// with the provider an owner most often has (OpenAI through the LLM meter, with the member's
+    /// token) so that the warm-up turn prepares what the owner's first turn uses.
+    pub fn idle_config(&self, member: &str) -> Value {
+        let providers: Vec<ProviderKey> = self
+            .llm_meter
+            .as_ref()
+            .map(|(endpoint, token_key)| ProviderKey {
+                provider: "openai".into(),
+                key: clawdeploy_llm_egress::member_token(token_key, member),
+                base_url: Some(format!("http://{endpoint}/openai/v1")),
+            })
+            .into_iter()
+            .collect();
+        self.gateway_config(
+            UNASSIGNED_USER,
+            None,
+            &[UNASSIGNED_ORIGIN.to_string()],
+            &providers,
+            None,
+        )
+    }
+
+    /// The warm-up turn: as the platform, one chat turn in [`WARM_UP_SESSION`] (the LLM meter's
+    /// stub answers its model calls), then the session archived and deleted, so the owner never
+    /// sees it. OpenClaw's first turn opens and checks its agent database, loads its tool catalogue
+    /// and builds the provider runtime (5-7 s on 2 vCPU, measured); afterwards a turn takes ~1 s.
+    async fn warm_up_turn(&self, addr: std::net::SocketAddr) -> Result<(), PoolError> {
+        let headers = vec![(self.user_header.clone(), PLATFORM_USER.to_string())];
+        let mut gateway = crate::work::Gateway::connect(addr, &headers).await?;
+        gateway
+            .chat(WARM_UP_SESSION, "Warm-up: reply with one word.")
+            .await?;
+        let sessions = gateway.call("sessions.list", json!({})).await?;
+        let session_id = sessions["sessions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["key"] == WARM_UP_SESSION)
+            .and_then(|s| s["sessionId"].as_str().map(str::to_string));
+        let mut patch = json!({"key": WARM_UP_SESSION, "archived": true});
+        if let Some(id) = session_id {
+            patch["expectedSessionId"] = json!(id);
+        }
+        gateway.call("sessions.patch", patch).await?;
+        gateway
+            .call(
+                "sessions.delete",
+                json!({"key": WARM_UP_SESSION, "archivedOnly": true, "deleteTranscript": true}),
+            )
+            .await?;
+        Ok(())
     }
 
     /// The header the edge proves itself to `instance`'s gateway with.
@@ -133,6 +197,10 @@ impl OpenClawConfig {
         if let Some(tz) = timezone.filter(|tz| !tz.is_empty()) {
             defaults["userTimezone"] = json!(tz);
         }
+        // OpenClaw's recurring heartbeat turn (every 30 min by default) has no channel to reach the
+        // owner here (channels are off), would spend their tokens, and would wake every sleeping
+        // instance twice an hour.
+        defaults["heartbeat"] = json!({ "every": "0m" });
         let mut config = json!({
             "gateway": {
                 "mode": "local",
@@ -157,15 +225,12 @@ impl OpenClawConfig {
             "update": { "checkOnStart": false, "auto": { "enabled": false } },
             "agents": { "defaults": defaults },
         });
-        let (models, env, primary) = provider_settings(providers);
+        let (models, primary) = provider_settings(providers);
         if let Some(primary) = primary {
             config["agents"]["defaults"]["model"] = json!({ "primary": primary });
         }
         if !models.is_empty() {
             config["models"] = json!({ "mode": "merge", "providers": models });
-        }
-        if !env.is_empty() {
-            config["env"] = json!({ "vars": env });
         }
         config
     }
@@ -200,7 +265,11 @@ impl OpenClawConfig {
         Ok(hosts)
     }
 
-    async fn provider_keys(&self, instance: &Instance) -> Result<Vec<ProviderKey>, PoolError> {
+    async fn provider_keys(
+        &self,
+        instance: &Instance,
+        member: &str,
+    ) -> Result<Vec<ProviderKey>, PoolError> {
         let Some((store, keyring)) = &self.keys else {
             return Ok(vec![]);
         };
@@ -226,10 +295,7 @@ impl OpenClawConfig {
                             key.provider != "custom" || base_url.is_some_and(|u| !u.is_empty());
                         ProviderKey {
                             base_url: usable.then(|| format!("http://{endpoint}/{path}")),
-                            key: clawdeploy_llm_egress::instance_token(
-                                token_key,
-                                &instance.id.to_string(),
-                            ),
+                            key: clawdeploy_llm_egress::member_token(token_key, member),
                             provider: key.provider,
                         }
                     }
@@ -250,20 +316,18 @@ impl OpenClawConfig {
 pub fn default_model(provider: &str) -> Option<&'static str> {
     match provider {
         "custom" => Some("custom/default"),
-        "openai" => Some("openai/gpt-5-mini"),
+        "openai" => Some(DEFAULT_PRIMARY),
         "anthropic" => Some("anthropic/claude-sonnet-4-5"),
         "google" => Some("google/gemini-2.5-flash"),
         _ => None,
     }
 }
 
-/// `models.providers`, `env.vars` and the primary model for the user's keys. A custom endpoint
-/// wins the primary model, then OpenAI, Anthropic, Google.
-fn provider_settings(
-    providers: &[ProviderKey],
-) -> (Map<String, Value>, Map<String, Value>, Option<&'static str>) {
+/// `models.providers` and the primary model for the user's keys. A custom endpoint wins the
+/// primary model, then OpenAI, Anthropic, Google. Keys are never passed as `env.vars`: a change
+/// there restarts the gateway (and, set, it overrides a provider's `apiKey`).
+fn provider_settings(providers: &[ProviderKey]) -> (Map<String, Value>, Option<&'static str>) {
     let mut models = Map::new();
-    let mut env = Map::new();
     let mut primary = None;
     for provider in ["custom", "openai", "anthropic", "google"] {
         let Some(key) = providers.iter().find(|p| p.provider == provider) else {
@@ -284,36 +348,31 @@ fn provider_settings(
                 );
             }
             (_, url) => {
-                let var = match provider {
-                    "openai" => "OPENAI_API_KEY",
-                    "anthropic" => "ANTHROPIC_API_KEY",
-                    _ => "GEMINI_API_KEY",
+                let (api, public_url) = match provider {
+                    "openai" => ("openai-completions", "https://api.openai.com/v1"),
+                    "anthropic" => ("anthropic-messages", "https://api.anthropic.com"),
+                    _ => (
+                        "google-generative-ai",
+                        "https://generativelanguage.googleapis.com/v1beta",
+                    ),
                 };
-                env.insert(var.into(), json!(key.key));
-                if let Some(url) = url {
-                    let api = match provider {
-                        "openai" => "openai-completions",
-                        "anthropic" => "anthropic-messages",
-                        _ => "google-generative-ai",
-                    };
-                    models.insert(
-                        provider.into(),
-                        json!({ "baseUrl": url, "apiKey": key.key, "api": api, "models": [] }),
-                    );
-                }
+                models.insert(
+                    provider.into(),
+                    json!({ "baseUrl": url.unwrap_or(public_url), "apiKey": key.key, "api": api, "models": [] }),
+                );
             }
         }
         if primary.is_none() {
             primary = default_model(provider);
         }
     }
-    (models, env, primary)
+    (models, primary)
 }
 
 #[async_trait]
 impl InstanceConfig for OpenClawConfig {
-    async fn files(&self, instance: &Instance) -> Result<Vec<ConfigFile>, PoolError> {
-        let providers = self.provider_keys(instance).await?;
+    async fn files(&self, instance: &Instance, member: &str) -> Result<Vec<ConfigFile>, PoolError> {
+        let providers = self.provider_keys(instance, member).await?;
         let config = self.gateway_config(
             &instance.user_id.to_string(),
             Some(&self.proof_header(instance)),
@@ -364,6 +423,22 @@ impl InstanceConfig for OpenClawConfig {
     /// domain the owner just added must work, so the gateway restarts on it.
     fn restart_for_new_origins(&self) -> bool {
         true
+    }
+
+    fn boot_files(&self, member: &str) -> Vec<ConfigFile> {
+        vec![ConfigFile::platform(
+            CONFIG_FILE,
+            self.idle_config(member).to_string().into_bytes(),
+        )]
+    }
+
+    /// Only with the LLM meter, whose stub answers the warm-up's model calls (without it the
+    /// turn would call a real provider, with no key).
+    async fn warm_up(&self, addr: std::net::SocketAddr, _member: &str) -> Result<(), PoolError> {
+        if self.llm_meter.is_none() {
+            return Ok(());
+        }
+        self.warm_up_turn(addr).await
     }
 }
 
@@ -423,11 +498,11 @@ mod tests {
         let mut generator = generator();
         generator.keys = Some((store.clone(), Arc::new(keyring)));
         generator.llm_meter = Some(("172.18.0.1:9480".into(), b"token key".to_vec()));
-        let files = generator.files(&instance).await.unwrap();
+        let files = generator.files(&instance, MEMBER).await.unwrap();
         let text = String::from_utf8(files[0].contents.clone()).unwrap();
         assert!(!text.contains("sk-real"), "{text}");
         let config: Value = serde_json::from_str(&text).unwrap();
-        let token = clawdeploy_llm_egress::instance_token(b"token key", &instance.id.to_string());
+        let token = clawdeploy_llm_egress::member_token(b"token key", MEMBER);
         let providers = &config["models"]["providers"];
         assert_eq!(
             providers["openai"]["baseUrl"],
@@ -484,13 +559,16 @@ mod tests {
             "http://llmbox.example.test:8080",
             "https://llmbox.example.test"
         ]);
-        assert_eq!(origins(&generator.files(&instance).await.unwrap()), own);
+        assert_eq!(
+            origins(&generator.files(&instance, MEMBER).await.unwrap()),
+            own
+        );
         store
             .set_custom_domain_status(domain.id, DomainStatus::Active, None)
             .await
             .unwrap();
         assert_eq!(
-            origins(&generator.files(&instance).await.unwrap()),
+            origins(&generator.files(&instance, MEMBER).await.unwrap()),
             json!([
                 "http://llmbox.example.test:8080",
                 "https://llmbox.example.test",
@@ -501,6 +579,8 @@ mod tests {
         store.close().await;
         let _ = std::fs::remove_dir_all(dir);
     }
+
+    const MEMBER: &str = "cd-node-0123";
 
     fn generator() -> OpenClawConfig {
         OpenClawConfig {
@@ -544,7 +624,7 @@ mod tests {
     async fn an_instance_gets_a_locked_down_trusted_proxy_gateway() {
         let gen = generator();
         let inst = instance();
-        let files = gen.files(&inst).await.unwrap();
+        let files = gen.files(&inst, MEMBER).await.unwrap();
         assert_eq!(files[0].path, "openclaw.json");
         let c: Value = serde_json::from_slice(&files[0].contents).unwrap();
         let g = &c["gateway"];
@@ -595,13 +675,63 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_gateway_admits_nobody() {
-        let c = generator().idle_config();
+    fn an_idle_gateway_admits_nobody_but_the_platform() {
+        let c = generator().idle_config(MEMBER);
         let users = &c["gateway"]["auth"]["trustedProxy"]["allowUsers"];
         assert_eq!(users, &json!([UNASSIGNED_USER, PLATFORM_USER]));
         assert!(uuid::Uuid::parse_str(UNASSIGNED_USER).is_err());
-        assert_eq!(c["gateway"]["controlUi"]["allowedOrigins"], json!([]));
+        assert!(uuid::Uuid::parse_str(PLATFORM_USER).is_err());
+        assert_eq!(
+            c["gateway"]["controlUi"]["allowedOrigins"],
+            json!([UNASSIGNED_ORIGIN])
+        );
+        // Without the LLM meter a warm member has no provider (and no warm-up).
         assert!(c.get("models").is_none());
+        assert_eq!(c["agents"]["defaults"]["heartbeat"]["every"], "0m");
+    }
+
+    /// The idle config already holds what the owner's config will (the meter's OpenAI provider
+    /// with the member's token, the default model), so assignment changes nothing OpenClaw must
+    /// restart or rebuild for, and no key is ever passed as `env.vars` (a restart).
+    #[tokio::test]
+    async fn assignment_changes_only_what_openclaw_applies_live() {
+        let mut generator = generator();
+        generator.llm_meter = Some(("172.18.0.1:9480".into(), b"token key".to_vec()));
+        let idle = generator.idle_config(MEMBER);
+        let token = clawdeploy_llm_egress::member_token(b"token key", MEMBER);
+        let openai = json!({"baseUrl": "http://172.18.0.1:9480/openai/v1", "apiKey": token,
+            "api": "openai-completions", "models": []});
+        assert_eq!(idle["models"]["providers"]["openai"], openai);
+        assert_eq!(
+            idle["agents"]["defaults"]["model"]["primary"],
+            DEFAULT_PRIMARY
+        );
+        let owner = ProviderKey {
+            provider: "openai".into(),
+            key: token.clone(),
+            base_url: Some("http://172.18.0.1:9480/openai/v1".into()),
+        };
+        let assigned = generator.gateway_config(
+            "6d1f0a4e-0000-4000-8000-000000000000",
+            Some("x-clawdeploy-proof-ab"),
+            &["https://alice.example.test".into()],
+            &[owner],
+            None,
+        );
+        assert_eq!(assigned["models"], idle["models"]);
+        assert_eq!(
+            assigned["agents"]["defaults"]["model"],
+            idle["agents"]["defaults"]["model"]
+        );
+        assert!(assigned.get("env").is_none() && idle.get("env").is_none());
+        // What differs is only the gateway's trusted users, proof header and origins.
+        let mut a = assigned.clone();
+        let mut i = idle.clone();
+        for c in [&mut a, &mut i] {
+            c["gateway"]["auth"] = Value::Null;
+            c["gateway"]["controlUi"] = Value::Null;
+        }
+        assert_eq!(a, i);
     }
 
     #[test]
@@ -627,8 +757,11 @@ mod tests {
             c["agents"]["defaults"]["model"]["primary"],
             "custom/default"
         );
-        assert_eq!(c["env"]["vars"]["OPENAI_API_KEY"], "sk-openai");
-        assert!(c["models"]["providers"].get("openai").is_none());
+        // Without the meter a provider gets its public API and the plain key, never env.vars.
+        let openai = &c["models"]["providers"]["openai"];
+        assert_eq!(openai["baseUrl"], "https://api.openai.com/v1");
+        assert_eq!(openai["apiKey"], "sk-openai");
+        assert!(c.get("env").is_none());
         assert!(!format!("{:?}", keys[0]).contains("sk-openai"));
     }
 
@@ -636,7 +769,7 @@ mod tests {
     fn a_process_gateway_trusts_the_loopback_edge() {
         let mut gen = generator();
         gen.allow_loopback = true;
-        let c = gen.idle_config();
+        let c = gen.idle_config(MEMBER);
         assert_eq!(c["gateway"]["auth"]["trustedProxy"]["allowLoopback"], true);
     }
 }

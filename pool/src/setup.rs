@@ -14,7 +14,7 @@ use clawdeploy_store::{Keyring, Store};
 use crate::instance_config::FixtureConfig;
 use crate::manager::{InstanceConfig, PoolError, PoolManager, PoolSettings};
 use crate::openclaw::OpenClawConfig;
-use crate::runtime::{ConfigFile, Resources, Runtime, Sleep};
+use crate::runtime::{Resources, Runtime, Sleep};
 use crate::{DockerOptions, DockerRuntime, EgressRules, ProcessRuntime};
 use clawdeploy_store::changes::ChangeBus;
 
@@ -191,7 +191,6 @@ pub async fn pool_from_config(
         ready_timeout: Duration::from_secs(pool.ready_timeout_secs),
         labels: BTreeMap::from([("clawdeploy.node".to_string(), node_id)]),
         env: vec![],
-        boot_files: vec![],
     };
     let user_header = clawdeploy_proxy::edge::USER_HEADER.to_string();
     let instance_config: Arc<dyn InstanceConfig> = match rt.config {
@@ -234,12 +233,6 @@ pub async fn pool_from_config(
                 // The edge derives the same headers from the same key (main.rs).
                 gateway_proof_key: config.secrets.jwt_key.as_bytes().to_vec(),
             };
-            // A warm instance boots on the idle config: locked down, nobody allowed. The platform
-            // writes it (read-only to the instance) before the first start.
-            settings.boot_files.push(ConfigFile::platform(
-                crate::openclaw::CONFIG_FILE,
-                generator.idle_config().to_string().into_bytes(),
-            ));
             // The pool rewrites openclaw.json through Docker's archive upload, which replaces the
             // file (a new inode). OpenClaw's file watcher (chokidar, inotify) missed such a second
             // replacement in about half of our runs, so a custom domain's origin never applied;

@@ -21,6 +21,8 @@ pub use clawdeploy_proxy::gateway_trust::{PLATFORM_SCOPES, PLATFORM_USER};
 
 /// How long one exchange with a gateway may take.
 const PATIENCE: Duration = Duration::from_secs(5);
+/// How long a whole chat turn may take.
+const TURN_PATIENCE: Duration = Duration::from_secs(120);
 
 /// Why a gateway could not be asked.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +151,38 @@ impl Gateway {
         tokio::time::timeout(PATIENCE, exchange)
             .await
             .map_err(|_| WorkError::Timeout(PATIENCE))?
+    }
+
+    /// One chat turn in `session`: returns once its final event arrives (a first turn on 2 vCPU
+    /// takes 5-11 s, more while other instances boot).
+    pub async fn chat(&mut self, session: &str, message: &str) -> Result<(), WorkError> {
+        let run = format!("clawdeploy-{}", uuid::Uuid::new_v4());
+        self.call(
+            "chat.send",
+            json!({"sessionKey": session, "message": message, "idempotencyKey": run}),
+        )
+        .await?;
+        let turn = async {
+            loop {
+                let frame = self.frame().await?;
+                if frame["event"] != "chat" || frame["payload"]["runId"] != run.as_str() {
+                    continue;
+                }
+                match frame["payload"]["state"].as_str() {
+                    Some("final") => return Ok(()),
+                    Some("error" | "aborted") => {
+                        return Err(WorkError::Refused {
+                            method: "chat.send",
+                            answer: frame["payload"].to_string(),
+                        })
+                    }
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(TURN_PATIENCE, turn)
+            .await
+            .map_err(|_| WorkError::Timeout(TURN_PATIENCE))?
     }
 
     /// When the next scheduled job is due (unix ms), if any.

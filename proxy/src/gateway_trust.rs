@@ -32,9 +32,10 @@ pub const OWNER_SCOPES: [&str; 4] = [
 /// instance's proof header can name it, like any trusted-proxy user.
 pub const PLATFORM_USER: &str = "clawdeploy-platform";
 
-/// The platform identity's scopes: `operator.admin` for OpenClaw's suspension handshake
-/// (`gateway.suspend.*`), which the owner never has.
-pub const PLATFORM_SCOPES: [&str; 2] = ["operator.read", "operator.admin"];
+/// The platform identity's scopes: `operator.write` for a warm member's warm-up turn, and
+/// `operator.admin` for OpenClaw's suspension handshake (`gateway.suspend.*`), which the owner
+/// never has.
+pub const PLATFORM_SCOPES: [&str; 3] = ["operator.read", "operator.write", "operator.admin"];
 
 /// The header OpenClaw caps a proxied request's scopes with.
 pub const SCOPES_HEADER: &str = "x-openclaw-scopes";

@@ -1420,6 +1420,13 @@ async fn pool_claims_are_exclusive(db: &Db) {
         }
     }
     let member = claimed.expect("a claimed member");
+    // Found by its name too (the LLM meter's member tokens name it).
+    let by_name = s.pool_member_by_name(&member.name).await.unwrap().unwrap();
+    assert_eq!(
+        (by_name.id, by_name.instance_id),
+        (member.id, member.instance_id)
+    );
+    assert!(s.pool_member_by_name("nobody").await.unwrap().is_none());
     s.set_pool_member_upstream(member.id, "127.0.0.1:7000")
         .await
         .unwrap();

@@ -461,3 +461,85 @@ async fn the_meter_forwards_only_provider_headers() {
     assert_eq!(headers["content-type"], "application/json");
     assert_eq!(headers["authorization"], "Bearer sk-real-openai");
 }
+
+/// A warm pool member's token (in its config from its first boot): while nobody has the member,
+/// its model calls are answered by the meter's stub (the warm-up turn), never forwarded nor
+/// counted; once the member serves an instance, the same token is that instance's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_token_gets_the_warm_up_stub_until_assigned_then_is_its_instances() {
+    let (provider, seen) = fake_provider().await;
+    let meter = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let edge = EdgeBuilder::new()
+        .section("llm", &format!("listen = \"{meter}\""))
+        .section("llm", &format!("openai_url = \"http://{provider}\""))
+        .start()
+        .await;
+    let (_token, instance_id, _) =
+        user_with_key(&edge, "warm", "openai", json!({"key": "sk-real-openai"})).await;
+    let db = format!(
+        "sqlite://{}",
+        edge.data_dir().join("clawdeploy.db").display()
+    );
+    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    sqlx::query(
+        "INSERT INTO pool_members (id, node_id, name, state, created_at, updated_at) \
+         VALUES ('6a0c1f9e-1b7c-4d43-9b7e-2f4f1c9d0a11', 'n', 'cd-n-warm', 'idle', 0, 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let member = clawdeploy_llm_egress::member_token(JWT_KEY.as_bytes(), "cd-n-warm");
+    wait_listening(meter).await;
+
+    let chat = json!({"model": "gpt-5-mini", "messages": [{"role": "user", "content": "warm up"}]});
+    let stub = post(meter, "/openai/v1/chat/completions", Some(&member), &chat).await;
+    assert_eq!(stub.status, 200, "{}", stub.text());
+    assert_eq!(stub.json()["choices"][0]["message"]["content"], "Ready.");
+    let streamed = post(
+        meter,
+        "/openai/v1/chat/completions",
+        Some(&member),
+        &json!({"model": "gpt-5-mini", "stream": true, "messages": []}),
+    )
+    .await;
+    assert_eq!(streamed.header("content-type"), Some("text/event-stream"));
+    assert!(
+        streamed.text().trim_end().ends_with("data: [DONE]"),
+        "{}",
+        streamed.text()
+    );
+    let other = post(meter, "/openai/v1/embeddings", Some(&member), &chat).await;
+    assert_eq!(
+        (other.status, other.error_code().as_str()),
+        (403, "NOT_ASSIGNED")
+    );
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "a warm-up call left the node"
+    );
+    // A forged member token is refused like any other.
+    let forged = clawdeploy_llm_egress::member_token(b"another key", "cd-n-warm");
+    assert_eq!(
+        post(meter, "/openai/v1/chat/completions", Some(&forged), &chat)
+            .await
+            .status,
+        401
+    );
+
+    // Assigned: the same token now calls the provider with the owner's key.
+    sqlx::query("UPDATE pool_members SET state = 'claimed', instance_id = ? WHERE name = 'cd-n-warm'")
+        .bind(&instance_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let forwarded = post(meter, "/openai/v1/chat/completions", Some(&member), &chat).await;
+    assert_eq!(forwarded.status, 200, "{}", forwarded.text());
+    assert_eq!(
+        forwarded.json()["choices"][0]["message"]["content"],
+        "hi there"
+    );
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].0, "Bearer sk-real-openai");
+}

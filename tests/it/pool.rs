@@ -80,7 +80,6 @@ async fn harness(
         ready_timeout: Duration::from_secs(30),
         labels: BTreeMap::from([("clawdeploy.test".to_string(), "true".to_string())]),
         env: vec![],
-        boot_files: vec![],
     };
     let config = Arc::new(FixtureConfig {
         user_header: "x-forwarded-user".into(),

@@ -137,6 +137,16 @@ impl Store {
         row.as_ref().map(member_from_row).transpose()
     }
 
+    /// The member named `name` (its runtime name, `cd-<node>-<uuid>`), if any.
+    pub async fn pool_member_by_name(&self, name: &str) -> Result<Option<PoolMember>> {
+        let sql = format!("SELECT {COLS} FROM pool_members WHERE name = $1");
+        let row = sqlx::query(&sql)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(member_from_row).transpose()
+    }
+
     /// Updates a member's address (a restart may move it).
     pub async fn set_pool_member_upstream(&self, id: Uuid, upstream: &str) -> Result<()> {
         sqlx::query("UPDATE pool_members SET upstream = $2, updated_at = $3 WHERE id = $1")
