@@ -39,6 +39,8 @@ eval "$(scripts/start-pebble.sh)"
 # Instance runtime tests run against a real Docker Engine with the locally built fixture image
 # (a test program speaking a subset of the gateway protocol; not OpenClaw) and its binary.
 scripts/start-docker.sh
+# Swap (zram) for frozen instances: the sleep tests freeze OpenClaw (tests/it/openclaw_lifecycle.rs).
+scripts/setup-swap.sh
 docker ps -aq --filter label=clawdeploy.test=true | xargs -r docker rm -f >/dev/null
 docker volume ls -q --filter label=clawdeploy.test=true | xargs -r docker volume rm >/dev/null
 CLAWDEPLOY_FIXTURE_IMAGE="$(scripts/build-fixture-image.sh)"

@@ -512,7 +512,7 @@ impl Runtime for DockerRuntime {
             .map_err(|e| not_found(e, id))?;
         let mut squeezed = Ok(());
         // An instance limited to less than the frozen limit has nothing to push out.
-        for bytes in [FROZEN_LIMIT_MB << 20, 2 * FROZEN_LIMIT_MB << 20]
+        for bytes in [FROZEN_LIMIT_MB << 20, (2 * FROZEN_LIMIT_MB) << 20]
             .into_iter()
             .filter(|bytes| *bytes < limit)
         {

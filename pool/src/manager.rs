@@ -556,21 +556,33 @@ impl PoolManager {
         })
     }
 
-    /// Awake instances this node can still take: `capacity` less the awake members (idle,
-    /// creating, assigned and awake), the wakes under way, and what sleeping instances hold.
+    /// Awake instances this node can still take (signups, refills): `capacity` less the awake
+    /// members (idle, creating, assigned and awake), the wakes under way, and what sleeping
+    /// instances hold.
     pub(crate) async fn room(&self) -> Result<usize, PoolError> {
         let members = self.store.list_pool_members(&self.settings.node_id).await?;
-        Ok(self.room_among(&members).await?)
+        Ok(self.budget_left_mb(&members, true).await?.max(0) as usize
+            / self.settings.reserve_mb.max(1) as usize)
     }
 
-    async fn room_among(&self, members: &[PoolMember]) -> Result<usize, StoreError> {
-        let sleeping = self.sleeping_here().await?.len() as u64;
-        let reserve = self.settings.reserve_mb.max(1);
-        let awake = (members.len() as u64).saturating_sub(sleeping)
-            + self.waking.load(std::sync::atomic::Ordering::SeqCst) as u64;
-        let used = awake * reserve + sleeping * self.settings.sleep.held_mb();
-        let budget = self.settings.capacity as u64 * reserve;
-        Ok((budget.saturating_sub(used) / reserve) as usize)
+    /// MiB of the node's budget (`capacity` × `reserve_mb`) left, negative when over it. With
+    /// `warm` false, warm members (idle or being created) are not counted: a wake takes their
+    /// room, and the next maintenance removes idle ones until the node is within budget again.
+    pub(crate) async fn budget_left_mb(
+        &self,
+        members: &[PoolMember],
+        warm: bool,
+    ) -> Result<i64, StoreError> {
+        let sleeping = self.sleeping_here().await?.len() as i64;
+        let reserve = self.settings.reserve_mb.max(1) as i64;
+        let counted = members
+            .iter()
+            .filter(|m| warm || m.state == PoolMemberState::Claimed)
+            .count() as i64;
+        let awake = (counted - sleeping).max(0)
+            + self.waking.load(std::sync::atomic::Ordering::SeqCst) as i64;
+        let used = awake * reserve + sleeping * self.settings.sleep.held_mb() as i64;
+        Ok(self.settings.capacity as i64 * reserve - used)
     }
 
     /// This node's sleeping instances.
@@ -781,7 +793,16 @@ impl PoolManager {
             metrics::gauge!("clawdeploy_instances_sleeping").set(sleeping as f64);
             metrics::gauge!("clawdeploy_instances_awake")
                 .set(assigned.saturating_sub(sleeping) as f64);
-            let room = self.room_among(&members).await?;
+            let left = self.budget_left_mb(&members, true).await?;
+            let reserve = self.settings.reserve_mb.max(1) as i64;
+            // Over budget (wakes took warm members' room): idle members go first.
+            let excess = if left < 0 { (-left + reserve - 1) / reserve } else { 0 };
+            for member in idle.iter().take(excess as usize) {
+                tracing::info!(member = %member.name, "node over budget after wakes: removing a warm member");
+                self.discard(member).await;
+            }
+            let idle: Vec<&PoolMember> = idle.into_iter().skip(excess as usize).collect();
+            let room = (left.max(0) / reserve) as usize;
 
             // Queued instances first: they are people waiting.
             let mut queued = self

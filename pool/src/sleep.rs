@@ -321,8 +321,10 @@ impl PoolManager {
         }
     }
 
-    /// Admits one wake into capacity, waiting for room up to the ready timeout. A warm idle
-    /// member gives up its room to a wake: a person waiting beats a future signup.
+    /// Admits one wake into capacity, waiting for room up to the ready timeout. Warm members
+    /// (idle or being created) do not count: a person waiting beats a future signup, and the
+    /// next maintenance removes idle members until the node is within budget again. What the
+    /// sleeping instance itself holds is freed by its wake.
     async fn admit_wake(&self) -> Result<WakeSlot<'_>, WakeError> {
         let deadline = Instant::now() + self.settings.ready_timeout;
         loop {
@@ -334,18 +336,14 @@ impl PoolManager {
                     .list_pool_members(&self.settings.node_id)
                     .await
                     .map_err(|e| WakeError::Failed(e.to_string()))?;
-                let room = self
-                    .room()
+                let left = self
+                    .budget_left_mb(&members, false)
                     .await
                     .map_err(|e| WakeError::Failed(e.to_string()))?;
-                if room > 0 {
+                let needed = self.settings.reserve_mb as i64 - self.settings.sleep.held_mb() as i64;
+                if left >= needed {
                     self.waking.fetch_add(1, Ordering::SeqCst);
                     return Ok(WakeSlot(self));
-                }
-                if let Some(idle) = members.iter().find(|m| m.state == PoolMemberState::Idle) {
-                    tracing::info!(member = %idle.name, "a warm member makes room for a wake");
-                    self.discard(idle).await;
-                    continue;
                 }
             }
             let left = deadline.saturating_duration_since(Instant::now());

@@ -76,6 +76,12 @@ impl Gateway {
         let mut request = format!("ws://{addr}/")
             .into_client_request()
             .map_err(|e| WorkError::Connection(e.to_string()))?;
+        // OpenClaw refuses a trusted proxy's request that names no non-loopback client
+        // (`proxy_attribution_required`): the platform names a documentation address, as the
+        // readiness probe does.
+        request
+            .headers_mut()
+            .insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
         for (name, value) in headers {
             let name = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|e| WorkError::Connection(format!("header {name}: {e}")))?;

@@ -527,11 +527,13 @@ async fn a_member_token_gets_the_warm_up_stub_until_assigned_then_is_its_instanc
     );
 
     // Assigned: the same token now calls the provider with the owner's key.
-    sqlx::query("UPDATE pool_members SET state = 'claimed', instance_id = ? WHERE name = 'cd-n-warm'")
-        .bind(&instance_id)
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE pool_members SET state = 'claimed', instance_id = ? WHERE name = 'cd-n-warm'",
+    )
+    .bind(&instance_id)
+    .execute(&pool)
+    .await
+    .unwrap();
     pool.close().await;
     let forwarded = post(meter, "/openai/v1/chat/completions", Some(&member), &chat).await;
     assert_eq!(forwarded.status, 200, "{}", forwarded.text());

@@ -21,6 +21,7 @@ mod meter_attacks;
 mod metering;
 mod openapi;
 mod openclaw;
+mod openclaw_lifecycle;
 mod pool;
 mod prometheus;
 mod routing;

@@ -362,17 +362,26 @@ pub async fn assert_metered(edge: &Edge, token: &str, provider: &FakeProvider, r
     }
 }
 
-/// The container on `node_id` holds the instance's meter token as its provider key and the
+/// The container on `node_id` holds its member's meter token as its provider key and the
 /// user's real key nowhere: not in its config or data volume, its processes' environments or
 /// its Docker config; its provider's `baseUrl` is the meter, not the provider.
 pub async fn assert_container_holds_only_the_token(
     node_id: &str,
-    instance_id: &str,
     real_key: &str,
     provider_addr: SocketAddr,
 ) {
-    let meter_token = clawdeploy_llm_egress::instance_token(JWT_KEY.as_bytes(), instance_id);
     let container = container_of(node_id).await;
+    // The member's token: its container is named after it.
+    let name = tokio::process::Command::new("docker")
+        .args(["inspect", "--format", "{{.Name}}", &container])
+        .output()
+        .await
+        .expect("docker inspect");
+    let member = String::from_utf8_lossy(&name.stdout)
+        .trim()
+        .trim_start_matches('/')
+        .to_string();
+    let meter_token = clawdeploy_llm_egress::member_token(JWT_KEY.as_bytes(), &member);
     let path = format!("/data/{}", clawdeploy_pool::openclaw::CONFIG_FILE);
     let config: Value = serde_json::from_str(&exec_output(&container, &["cat", &path]).await)
         .expect("the instance's openclaw.json");
@@ -626,8 +635,7 @@ async fn openclaw_behind_the_edge_chats_refuses_strangers_and_reloads_its_soul()
         "SOUL.md not in the system prompt"
     );
     assert_metered(&edge, &token, &provider, "sk-test-olivia").await;
-    assert_container_holds_only_the_token(&node_id, &instance_id, "sk-test-olivia", provider_addr)
-        .await;
+    assert_container_holds_only_the_token(&node_id, "sk-test-olivia", provider_addr).await;
     assert_config_is_read_only_to_the_tenant(&node_id).await;
 
     // Locked down: no admin scope (config writes refused), terminal off.
