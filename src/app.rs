@@ -16,10 +16,10 @@ use clawdeploy_config::{Config, LlmListen};
 use clawdeploy_control_api::{account, router, ApiContext, ApiState, SessionVerifier};
 use clawdeploy_llm_egress::{ListenerHandoff, LlmMeterService, MeterListen, Upstreams};
 use clawdeploy_metering::{Meter, UsageFlush};
-use clawdeploy_pool::{routing, PoolWaker};
+use clawdeploy_pool::{routing, CrashNotice, PoolWaker};
 use clawdeploy_proxy::{Activity, Drain, RouteTable};
 use clawdeploy_store::changes::ChangeBus;
-use clawdeploy_store::{Keyring, Store, StoreOptions};
+use clawdeploy_store::{Instance, Keyring, Store, StoreOptions};
 
 /// What the app needs to start; built by `serve` before Pingora starts (the control API's
 /// listener is bound first, so its address, an ephemeral port, is in the route table).
@@ -80,6 +80,40 @@ pub fn usage_flush(config: &Config, meter: &Arc<Meter>) -> UsageFlush {
             config.redis.url.clone(),
             Duration::from_millis(config.redis.sync_interval_ms),
         )
+    }
+}
+
+/// Mails an instance's owner when it ends `crashed`.
+struct MailOwner {
+    store: Store,
+    ctx: Arc<ApiContext>,
+}
+
+#[async_trait]
+impl CrashNotice for MailOwner {
+    async fn crashed(&self, instance: &Instance, reason: &str) {
+        let user = match self.store.get_user(instance.user_id).await {
+            Ok(Some(user)) => user,
+            Ok(None) => return,
+            Err(e) => return tracing::warn!(instance = %instance.id, "crash mail not sent: {e}"),
+        };
+        let body = format!(
+            "Hello,\n\nYour assistant at {sub}.{base} has stopped: {reason}. Its data is kept.\n\n\
+             Restart it from your dashboard: {app}/dashboard\n\nIf it keeps stopping, check your \
+             SOUL.md and the security log there, or reply to this mail.\n\n-- ClawDeploy\n",
+            sub = instance.subdomain,
+            base = self.ctx.config.server.base_domain,
+            app = self.ctx.app_origin(),
+        );
+        let subject = format!("Your assistant {} has stopped", instance.subdomain);
+        if let Err(e) = self
+            .ctx
+            .mailer
+            .send(&self.store, &user.email, &subject, &body)
+            .await
+        {
+            tracing::warn!(instance = %instance.id, "crash mail not sent: {e}");
+        }
     }
 }
 
@@ -155,6 +189,10 @@ impl App {
         };
         if let Some(pool) = &pool {
             self.waker.set(pool.clone());
+            pool.notify_crashes(Arc::new(MailOwner {
+                store: store.clone(),
+                ctx: self.ctx.clone(),
+            }));
             tokio::spawn(pool.clone().run(shutdown.clone()));
         }
         if let Some(certs) = &self.certs {

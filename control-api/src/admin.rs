@@ -143,6 +143,7 @@ pub async fn nodes(_: Admin, State(state): State<ApiState>) -> Result<Json<Value
                 "idle": pool_status.idle,
                 "creating": pool_status.creating,
                 "assigned": pool_status.assigned,
+                "sleeping": pool_status.sleeping,
                 "capacity": pool_status.capacity,
                 "queued": pool_status.queued,
             });

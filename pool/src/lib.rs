@@ -21,7 +21,9 @@ pub mod work;
 pub use docker::{DockerOptions, DockerRuntime};
 pub use egress::{EgressRules, NetworkInfo};
 pub use instance_config::FixtureConfig;
-pub use manager::{Assigned, InstanceConfig, NodeStatus, PoolError, PoolManager, PoolSettings};
+pub use manager::{
+    Assigned, CrashNotice, InstanceConfig, NodeStatus, PoolError, PoolManager, PoolSettings,
+};
 pub use openclaw::OpenClawConfig;
 pub use process::ProcessRuntime;
 pub use runtime::{

@@ -142,6 +142,14 @@ pub trait InstanceConfig: Send + Sync + 'static {
     }
 }
 
+/// Told when an instance ends `crashed` (a failed wake, a crash loop), so its owner hears of
+/// it: the app mails them.
+#[async_trait::async_trait]
+pub trait CrashNotice: Send + Sync + 'static {
+    /// `instance` is now `crashed`, for `reason`.
+    async fn crashed(&self, instance: &Instance, reason: &str);
+}
+
 /// Why a pool operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -181,7 +189,7 @@ pub struct NodeStatus {
     pub node_id: String,
     /// The runtime's kind: `docker` or `process`.
     pub runtime: &'static str,
-    /// Most instances this node runs (idle, being created and assigned).
+    /// Most awake instances this node runs (idle, being created, assigned and awake).
     pub capacity: usize,
     /// Warm instances waiting for a user.
     pub idle: usize,
@@ -189,6 +197,8 @@ pub struct NodeStatus {
     pub creating: usize,
     /// Instances serving a user.
     pub assigned: usize,
+    /// Of the assigned, those asleep ([`crate::sleep`]).
+    pub sleeping: usize,
     /// Instances waiting for room (all nodes' `queued` instances: the queue is not per node).
     pub queued: usize,
 }
@@ -229,6 +239,8 @@ pub struct PoolManager {
     pub(crate) admission: tokio::sync::Mutex<()>,
     /// Signalled when capacity frees (a sleep, a removal), for wakes waiting for room.
     pub(crate) room_freed: Notify,
+    /// Who is told of crashes ([`PoolManager::notify_crashes`]).
+    crash_notice: std::sync::OnceLock<Arc<dyn CrashNotice>>,
 }
 
 impl PoolManager {
@@ -260,7 +272,23 @@ impl PoolManager {
             waking: AtomicUsize::new(0),
             admission: tokio::sync::Mutex::new(()),
             room_freed: Notify::new(),
+            crash_notice: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Tells `notice` of every instance that ends `crashed` from now on.
+    pub fn notify_crashes(&self, notice: Arc<dyn CrashNotice>) {
+        let _ = self.crash_notice.set(notice);
+    }
+
+    /// Marks `instance` crashed and tells its owner (when a notice is set).
+    pub(crate) async fn crashed(&self, instance: &Instance, reason: &str) {
+        if let Err(e) = self.set_status(instance, InstanceStatus::Crashed).await {
+            tracing::error!(instance = %instance.id, "cannot mark the instance crashed: {e}");
+        }
+        if let Some(notice) = self.crash_notice.get() {
+            notice.crashed(instance, reason).await;
+        }
     }
 
     /// The settings it was made with.
@@ -375,6 +403,7 @@ impl PoolManager {
             idle: count(PoolMemberState::Idle),
             creating: count(PoolMemberState::Creating),
             assigned: count(PoolMemberState::Claimed),
+            sleeping: self.sleeping_here().await?.len(),
             queued,
         })
     }
@@ -726,8 +755,16 @@ impl PoolManager {
         Ok(true)
     }
 
-    /// Restarts an instance's container (API restart, or healing), re-routing to its new address.
+    /// Restarts an instance's container (API restart, a newly active domain), re-routing to its
+    /// new address; waits for a sleep or wake of the instance in progress.
     pub async fn restart(&self, instance: &Instance) -> Result<SocketAddr, PoolError> {
+        let lock = self.lifecycle_lock(instance.id);
+        let _held = lock.lock().await;
+        self.restart_now(instance).await
+    }
+
+    /// [`Self::restart`], for a caller holding the instance's lifecycle lock.
+    async fn restart_now(&self, instance: &Instance) -> Result<SocketAddr, PoolError> {
         let member = self
             .store
             .pool_member_for_instance(instance.id)
@@ -959,12 +996,17 @@ impl PoolManager {
         {
             return;
         }
+        // After a sleep or wake in progress (a stopped instance's own `die` event comes here while
+        // it is being put to sleep): the status read below is then the settled one.
+        let lock = self.lifecycle_lock(instance_id);
+        let held = lock.lock().await;
         let outcome = async {
             let Some(instance) = self.store.get_instance(instance_id).await? else { return Ok(()) };
             // Stopped on purpose, or being (re)started right now (its own `die` event comes here
             // too): nothing to heal.
-            // A sleeping one was stopped or frozen on purpose; a wake starts it.
-            if matches!(instance.status, InstanceStatus::Stopped | InstanceStatus::Deleting | InstanceStatus::Starting | InstanceStatus::Sleeping) {
+            // A sleeping one was stopped or frozen on purpose (a wake starts it); a crashed one stays
+            // down until its owner restarts it.
+            if matches!(instance.status, InstanceStatus::Stopped | InstanceStatus::Deleting | InstanceStatus::Starting | InstanceStatus::Sleeping | InstanceStatus::Crashed) {
                 return Ok(());
             }
             // A late event or check about an instance that is serving again.
@@ -982,21 +1024,24 @@ impl PoolManager {
             };
             if attempts > CRASH_LOOP_LIMIT {
                 tracing::error!(instance = %instance_id, "crash loop: giving up until its owner restarts it");
-                return self.set_status(&instance, InstanceStatus::Crashed).await;
+                self.crashed(&instance, &format!("it stopped {CRASH_LOOP_LIMIT} times within {} minutes", CRASH_LOOP_WINDOW.as_secs() / 60)).await;
+                return Ok(());
             }
             // 0 s, 1 s, 2 s, 4 s, 8 s between attempts.
             let backoff = Duration::from_secs(if attempts <= 1 { 0 } else { 1 << (attempts - 2).min(4) });
             self.set_status(&instance, InstanceStatus::Starting).await?;
             tokio::time::sleep(backoff).await;
-            self.restart(&instance).await.map(|addr| tracing::info!(instance = %instance_id, %addr, "instance healed"))
+            self.restart_now(&instance).await.map(|addr| tracing::info!(instance = %instance_id, %addr, "instance healed"))
         }
         .await;
         if let Err(e) = outcome {
             tracing::error!(instance = %instance_id, "healing failed: {e}");
             if let Ok(Some(instance)) = self.store.get_instance(instance_id).await {
-                let _ = self.set_status(&instance, InstanceStatus::Crashed).await;
+                self.crashed(&instance, &format!("it could not be restarted ({e})"))
+                    .await;
             }
         }
+        drop(held);
         if let Ok(mut healing) = self.healing.lock() {
             healing.remove(&instance_id);
         }

@@ -44,7 +44,8 @@ impl Drop for WakeSlot<'_> {
 }
 
 impl PoolManager {
-    fn lifecycle_lock(&self, id: Uuid) -> Arc<tokio::sync::Mutex<()>> {
+    /// The lock one instance's sleep, wake, restart and healing take in turn.
+    pub(crate) fn lifecycle_lock(&self, id: Uuid) -> Arc<tokio::sync::Mutex<()>> {
         self.lifecycle_locks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -258,7 +259,8 @@ impl PoolManager {
             }
             Err(e) => {
                 tracing::error!(instance = %id, "wake failed; the instance is now crashed: {e}");
-                let _ = self.set_status(&instance, InstanceStatus::Crashed).await;
+                self.crashed(&instance, &format!("it did not wake up ({e})"))
+                    .await;
                 self.activity.awake(&key);
                 Err(failed(e))
             }

@@ -627,7 +627,6 @@ enum Routed {
 }
 
 impl EdgeProxy {
-    /// Validates the request and picks its route, or says why not.
     /// Counts a request to an instance as its traffic and, when the instance sleeps (or is going
     /// to sleep), holds the request while it wakes, then sends it to the woken address. A browser
     /// opening a page is answered a "waking" page that reloads itself if the wake passes 1 s (the
@@ -698,6 +697,7 @@ impl EdgeProxy {
         }
     }
 
+    /// Validates the request and picks its route, or says why not.
     fn route_request(&self, session: &mut Session, ctx: &mut EdgeCtx) -> Result<Routed, EdgeError> {
         let req = session.req_header();
         let header_bytes: usize = req

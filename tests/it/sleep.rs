@@ -382,3 +382,79 @@ async fn docker_a_frozen_instance_thaws_and_releases_its_gateway_lease() {
     let mut ws = gateway(&edge, &host, "/ws", Some(&token)).await.unwrap();
     assert_eq!(chat_turn(&mut ws, "thawed?").await, "echo: thawed?");
 }
+
+/// A tenant whose instance does not come back from sleep: the held request gets 503 with
+/// `Retry-After` (never hangs), the instance is `crashed`, and its owner gets a mail saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_that_crashes_on_wake_ends_crashed_and_its_owner_is_told() {
+    let node = node_id();
+    let edge = sleepy_edge(false, &node, 1)
+        .section("pool", "ready_timeout_secs = 3")
+        .start()
+        .await;
+    let (token, host, upstream) = tenant(&edge, "crashy").await;
+    let post = "POST /work?crash_on_start=1 HTTP/1.1\r\nHost: i\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    try_send(upstream, post.as_bytes()).await.unwrap();
+    wait_state(&edge, &host, "sleeping").await;
+
+    let resp = whoami(&edge, &host, &token).await;
+    assert_eq!(resp.status, 503, "{}", resp.text());
+    assert_eq!(resp.error_code(), "INSTANCE_WAKE_FAILED");
+    assert_eq!(resp.header("retry-after"), Some("30"));
+    wait_state(&edge, &host, "crashed").await;
+    let mail = edge.last_mail("crashy@example.com").await;
+    assert!(
+        mail["subject"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("has stopped"),
+        "{mail}"
+    );
+    assert!(
+        mail["body"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("did not wake"),
+        "{mail}"
+    );
+}
+
+/// The edge restarts while an instance is frozen: its record, route and gateway lease are in the
+/// store, so the new edge process wakes it on the next request, thawing the same process and
+/// releasing the lease the old one took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_an_edge_restart_while_an_instance_sleeps_loses_nothing() {
+    let node = node_id();
+    let _cleanup = Cleanup(node.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("shared.db").display());
+    let builder = || {
+        sleepy_edge(true, &node, 1)
+            .section("pool", "sleep = \"freeze\"")
+            .database_url(&url)
+    };
+    let mut edge = builder().start().await;
+    let (token, host, upstream) = tenant(&edge, "restful").await;
+    wait_state(&edge, &host, "sleeping").await;
+    edge.signal(libc::SIGTERM);
+    let status = tokio::time::timeout(PATIENCE, edge.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    drop(edge);
+
+    let edge = builder().start().await;
+    assert_eq!(route(&edge, &host).await["state"], "sleeping");
+    let resp = whoami(&edge, &host, &token).await;
+    assert_eq!(resp.status, 200, "{}\n{}", resp.text(), edge.log_text());
+    let stats = try_send(upstream, get_request("i", "/stats").as_bytes())
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(
+        (stats["suspensions"].as_u64(), stats["resumes"].as_u64()),
+        (Some(1), Some(1)),
+        "the same process, its lease released: {stats}"
+    );
+}
