@@ -58,7 +58,10 @@ async fn openclaw_handover_without_restart_then_sleep_wake_and_a_due_job() {
     let node_id = format!("oclife{}", std::process::id());
     let _cleanup = Cleanup(node_id.clone());
     let mode = if node_swaps() { "freeze" } else { "stop" };
+    // A network of its own: each edge installs the egress rules of its network, allowing its own
+    // LLM meter only, so edges running at once must not share one.
     let edge = openclaw_edge(&image, &node_id, 1, 2)
+        .section("runtime", "docker_network = \"clawdeploy-lifecycle-test\"")
         .section("llm", &format!("openai_url = \"http://{provider_addr}\""))
         .section("pool", "tick_secs = 1")
         .section("pool", "idle_stop_secs = 4")
