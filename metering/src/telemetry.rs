@@ -96,6 +96,10 @@ fn describe() {
         "clawdeploy_instances_sleeping",
         "Assigned instances on this node asleep after being idle, set every pool tick"
     );
+    describe_counter!(
+        "clawdeploy_sleep_checks_total",
+        "Idle checks of awake instances by outcome: traffic (requests at the edge), working (the gateway said busy), job_due, slept"
+    );
     describe_histogram!(
         "clawdeploy_wake_seconds",
         Unit::Seconds,

@@ -791,13 +791,27 @@ impl PoolManager {
             _ => self.runtime.start(&runtime_id).await?,
         }
         let addr = self.address_of(&runtime_id).await?;
+        self.serve_again(instance, &member, &runtime_id, addr).await
+    }
+
+    /// Waits until a restarted or woken instance at `addr` is ready, then records its address and
+    /// routes it `running` again.
+    pub(crate) async fn serve_again(
+        &self,
+        instance: &Instance,
+        member: &PoolMember,
+        runtime_id: &str,
+        addr: SocketAddr,
+    ) -> Result<SocketAddr, PoolError> {
         wait_ready(addr, self.settings.ready_timeout)
             .await
             .map_err(|e| PoolError::NotReady(instance.subdomain.clone(), e))?;
-        self.store
-            .set_pool_member_upstream(member.id, &addr.to_string())
-            .await?;
-        self.place(instance, &runtime_id, addr, InstanceStatus::Running)
+        if member.upstream.as_deref() != Some(addr.to_string().as_str()) {
+            self.store
+                .set_pool_member_upstream(member.id, &addr.to_string())
+                .await?;
+        }
+        self.place(instance, runtime_id, addr, InstanceStatus::Running)
             .await?;
         Ok(addr)
     }

@@ -24,7 +24,6 @@ use clawdeploy_proxy::sleep::{WakeError, Waker};
 use clawdeploy_store::{Instance, InstanceStatus, PoolMemberState};
 
 use crate::manager::{PoolError, PoolManager};
-use crate::ready::wait_ready;
 use crate::runtime::Sleep;
 use crate::work::{Gateway, Suspension};
 
@@ -32,6 +31,33 @@ use crate::work::{Gateway, Suspension};
 /// wake's worst case, so the job never finds it asleep.
 fn wake_lead(tick: Duration) -> Duration {
     tick + Duration::from_secs(30)
+}
+
+/// What one idle check decided (`clawdeploy_sleep_checks_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// Not running, or of a tier that never sleeps: nothing was asked.
+    NotEligible,
+    /// A request or WebSocket at the edge, or one within the idle time.
+    Traffic,
+    /// The gateway said work runs (an agent turn, a cron run, a pending write).
+    Working,
+    /// A scheduled job comes due too soon to sleep before it.
+    JobDue,
+    /// Put to sleep.
+    Slept,
+}
+
+impl Check {
+    fn outcome(self) -> Option<&'static str> {
+        match self {
+            Check::NotEligible => None,
+            Check::Traffic => Some("traffic"),
+            Check::Working => Some("working"),
+            Check::JobDue => Some("job_due"),
+            Check::Slept => Some("slept"),
+        }
+    }
 }
 
 /// Counts a wake admitted into capacity until it ends.
@@ -69,8 +95,15 @@ impl PoolManager {
                 continue;
             };
             match self.sleep_if_idle(id, runtime_id).await {
-                Ok(true) => tracing::info!(instance = %id, "idle instance put to sleep"),
-                Ok(false) => {}
+                Ok(check) => {
+                    if let Some(outcome) = check.outcome() {
+                        metrics::counter!("clawdeploy_sleep_checks_total", "outcome" => outcome)
+                            .increment(1);
+                    }
+                    if check == Check::Slept {
+                        tracing::info!(instance = %id, "idle instance put to sleep");
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(instance = %id, "cannot put an idle instance to sleep: {e}")
                 }
@@ -78,13 +111,13 @@ impl PoolManager {
         }
     }
 
-    /// Sleeps `id` if it is running, idle long enough and has no work; whether it now sleeps.
-    async fn sleep_if_idle(&self, id: Uuid, runtime_id: &str) -> Result<bool, PoolError> {
+    /// Sleeps `id` if it is running, idle long enough and has no work; what was decided.
+    async fn sleep_if_idle(&self, id: Uuid, runtime_id: &str) -> Result<Check, PoolError> {
         let Some(instance) = self.store.get_instance(id).await? else {
-            return Ok(false);
+            return Ok(Check::NotEligible);
         };
         let Some(idle) = self.settings.idle_stop(instance.tier) else {
-            return Ok(false);
+            return Ok(Check::NotEligible);
         };
         let key = id.to_string();
         let since = instance.updated_at.max(0) as u64;
@@ -92,15 +125,18 @@ impl PoolManager {
             clawdeploy_proxy::sleep::Idleness::IdleFor(d) => d >= idle,
             clawdeploy_proxy::sleep::Idleness::Busy => false,
         };
-        if instance.status != InstanceStatus::Running || !quiet(&self.activity) {
-            return Ok(false);
+        if instance.status != InstanceStatus::Running {
+            return Ok(Check::NotEligible);
+        }
+        if !quiet(&self.activity) {
+            return Ok(Check::Traffic);
         }
         let Some(addr) = instance
             .upstream
             .as_deref()
             .and_then(|u| u.parse::<SocketAddr>().ok())
         else {
-            return Ok(false);
+            return Ok(Check::NotEligible);
         };
         // Never guessed: an instance whose gateway cannot be asked stays awake.
         let mut gateway = match self.config.platform_headers(&instance) {
@@ -114,7 +150,7 @@ impl PoolManager {
         let now = clawdeploy_store::time::now_ms();
         let lead = wake_lead(self.settings.tick).as_millis() as i64;
         if next_job_at_ms.is_some_and(|due| due - now <= lead) {
-            return Ok(false);
+            return Ok(Check::JobDue);
         }
         let lock = self.lifecycle_lock(id);
         let _held = lock.lock().await;
@@ -123,10 +159,10 @@ impl PoolManager {
         if current.is_none_or(|i| {
             i.status != InstanceStatus::Running || i.updated_at != instance.updated_at
         }) {
-            return Ok(false);
+            return Ok(Check::NotEligible);
         }
         if !self.activity.begin_sleep(&key, idle, since) {
-            return Ok(false);
+            return Ok(Check::Traffic);
         }
         // From here requests wait at the edge; the gateway fences its own work until resumed.
         let mut lease = None;
@@ -139,7 +175,7 @@ impl PoolManager {
                 Ok(Suspension::Busy(reason)) => {
                     self.activity.awake(&key);
                     tracing::debug!(instance = %id, %reason, "idle at the edge, but its gateway is busy");
-                    return Ok(false);
+                    return Ok(Check::Working);
                 }
                 Err(e) => {
                     self.activity.awake(&key);
@@ -177,7 +213,7 @@ impl PoolManager {
             .await?;
         self.announce(&instance).await?;
         self.room_freed.notify_waiters();
-        Ok(true)
+        Ok(Check::Slept)
     }
 
     /// Wakes the sleeping instances whose next scheduled job comes due.
@@ -289,17 +325,7 @@ impl PoolManager {
         if let Some(lease) = &instance.sleep_lease {
             self.resume_gateway(instance, addr, lease).await;
         }
-        wait_ready(addr, self.settings.ready_timeout)
-            .await
-            .map_err(|e| PoolError::NotReady(instance.subdomain.clone(), e))?;
-        if member.upstream.as_deref() != Some(addr.to_string().as_str()) {
-            self.store
-                .set_pool_member_upstream(member.id, &addr.to_string())
-                .await?;
-        }
-        self.place(instance, &runtime_id, addr, InstanceStatus::Running)
-            .await?;
-        Ok(addr)
+        self.serve_again(instance, &member, &runtime_id, addr).await
     }
 
     /// Releases the gateway's suspension `lease` (after a thaw, or an abandoned sleep): until then

@@ -68,6 +68,19 @@ async fn fake_provider() -> (SocketAddr, Seen) {
     (addr, seen)
 }
 
+/// An edge whose LLM meter listens on a free loopback port and calls the fake provider for
+/// OpenAI: (edge, meter address, what the provider saw).
+async fn openai_meter_edge() -> (Edge, SocketAddr, Seen) {
+    let (provider, seen) = fake_provider().await;
+    let meter = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let edge = EdgeBuilder::new()
+        .section("llm", &format!("listen = \"{meter}\""))
+        .section("llm", &format!("openai_url = \"http://{provider}\""))
+        .start()
+        .await;
+    (edge, meter, seen)
+}
+
 /// A raw HTTP/1.1 POST to the meter; the response.
 pub async fn post(meter: SocketAddr, path: &str, token: Option<&str>, body: &Value) -> Response {
     let body = body.to_string();
@@ -415,13 +428,7 @@ async fn the_meter_never_connects_to_a_private_address_from_the_store() {
 /// cookies and `x-openclaw-*` headers never leave the edge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_meter_forwards_only_provider_headers() {
-    let (provider, seen) = fake_provider().await;
-    let meter = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let edge = EdgeBuilder::new()
-        .section("llm", &format!("listen = \"{meter}\""))
-        .section("llm", &format!("openai_url = \"http://{provider}\""))
-        .start()
-        .await;
+    let (edge, meter, seen) = openai_meter_edge().await;
     let (_, _, instance_token) =
         user_with_key(&edge, "headers", "openai", json!({"key": "sk-real-openai"})).await;
     wait_listening(meter).await;
@@ -467,13 +474,7 @@ async fn the_meter_forwards_only_provider_headers() {
 /// counted; once the member serves an instance, the same token is that instance's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_token_gets_the_warm_up_stub_until_assigned_then_is_its_instances() {
-    let (provider, seen) = fake_provider().await;
-    let meter = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let edge = EdgeBuilder::new()
-        .section("llm", &format!("listen = \"{meter}\""))
-        .section("llm", &format!("openai_url = \"http://{provider}\""))
-        .start()
-        .await;
+    let (edge, meter, seen) = openai_meter_edge().await;
     let (_token, instance_id, _) =
         user_with_key(&edge, "warm", "openai", json!({"key": "sk-real-openai"})).await;
     let db = format!(

@@ -82,6 +82,16 @@ async fn scrape(edge: &Edge) -> String {
         .text()
 }
 
+/// Idle checks that found traffic at the edge (`clawdeploy_sleep_checks_total{outcome="traffic"}`).
+async fn traffic_checks(edge: &Edge) -> u64 {
+    scrape(edge)
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix("clawdeploy_sleep_checks_total{outcome=\"traffic\"} "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Instance routes running now, from the admin API at `addr`.
 async fn awake_routes(addr: SocketAddr) -> usize {
     let raw = format!(
@@ -94,6 +104,31 @@ async fn awake_routes(addr: SocketAddr) -> usize {
         .flatten()
         .filter(|r| r["kind"] == "instance" && r["state"] == "running")
         .count()
+}
+
+/// Sets the fixture's pretend work (`POST /work?<query>`), straight to the instance.
+async fn fixture_work(upstream: SocketAddr, query: &str) {
+    let post = format!(
+        "POST /work?{query} HTTP/1.1\r\nHost: i\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    assert_eq!(
+        try_send(upstream, post.as_bytes()).await.unwrap().status,
+        200
+    );
+}
+
+/// The fixture's `/stats`, straight from the instance.
+async fn fixture_stats(upstream: SocketAddr) -> Value {
+    try_send(upstream, get_request("i", "/stats").as_bytes())
+        .await
+        .unwrap()
+        .json()
+}
+
+/// How many suspension leases the fixture's gateway gave and had released.
+async fn leases(upstream: SocketAddr) -> (Option<u64>, Option<u64>) {
+    let stats = fixture_stats(upstream).await;
+    (stats["suspensions"].as_u64(), stats["resumes"].as_u64())
 }
 
 /// A request the fixture answers with the headers it got: proof that it reached the instance.
@@ -127,8 +162,14 @@ async fn sleeps_then_a_request_wakes_it(docker: bool) {
         chat_turn(&mut ws, "still there?").await,
         "echo: still there?"
     );
-    // An open WebSocket is traffic: no sleep while it is open, whatever the idle time.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // An open WebSocket is traffic: no sleep while it is open, whatever the idle time (two more
+    // idle checks say so).
+    let checked = traffic_checks(&edge).await;
+    let deadline = Instant::now() + PATIENCE;
+    while traffic_checks(&edge).await < checked + 2 {
+        assert!(Instant::now() < deadline, "no idle checks");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(route(&edge, &host).await["state"], "running");
     drop(ws);
     wait_state(&edge, &host, "sleeping").await;
@@ -185,27 +226,23 @@ async fn gateway_work_keeps_an_instance_awake_and_a_due_job_wakes_it() {
     let _cleanup = Cleanup(node.clone());
     let edge = sleepy_edge(true, &node, 1).start().await;
     let (token, host, upstream) = tenant(&edge, "worker").await;
-    let post = |path: &str| {
-        format!("POST {path} HTTP/1.1\r\nHost: i\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-    };
-    let stats = || async {
-        try_send(upstream, get_request("i", "/stats").as_bytes())
-            .await
-            .unwrap()
-            .json()
-    };
-    // A pretend agent turn for 6 s: the pool asks (and is told busy) but does not sleep it.
-    try_send(upstream, post("/work?busy_secs=6").as_bytes())
-        .await
-        .unwrap();
+    // A pretend agent turn for 6 s: the pool asks twice, is told busy, and does not sleep it.
+    fixture_work(upstream, "busy_secs=6").await;
     let busy_until = Instant::now() + Duration::from_secs(6);
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let deadline = Instant::now() + PATIENCE;
+    while fixture_stats(upstream).await["busyAnswers"].as_u64() < Some(2) {
+        assert!(
+            Instant::now() < deadline,
+            "the pool never asked the gateway"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(
         route(&edge, &host).await["state"],
         "running",
         "slept while busy"
     );
-    assert_eq!(stats().await["suspensions"], 0);
+    assert_eq!(fixture_stats(upstream).await["suspensions"], 0);
     wait_state(&edge, &host, "sleeping").await;
     assert!(Instant::now() >= busy_until, "slept before its work ended");
 
@@ -217,9 +254,7 @@ async fn gateway_work_keeps_an_instance_awake_and_a_due_job_wakes_it() {
         .unwrap()
         .parse()
         .unwrap();
-    try_send(upstream, post("/work?job_in_secs=40").as_bytes())
-        .await
-        .unwrap();
+    fixture_work(upstream, "job_in_secs=40").await;
     let due = Instant::now() + Duration::from_secs(40);
     wait_state(&edge, &host, "sleeping").await;
     wait_state(&edge, &host, "running").await;
@@ -285,8 +320,7 @@ async fn a_browser_sees_a_waking_page_only_while_a_slow_wake_goes_on() {
     let node = node_id();
     let edge = sleepy_edge(false, &node, 1).start().await;
     let (token, host, upstream) = tenant(&edge, "slowpoke").await;
-    let post = "POST /work?startup_delay_ms=2500 HTTP/1.1\r\nHost: i\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-    try_send(upstream, post.as_bytes()).await.unwrap();
+    fixture_work(upstream, "startup_delay_ms=2500").await;
     wait_state(&edge, &host, "sleeping").await;
 
     let page = |token: &str| {
@@ -318,8 +352,7 @@ async fn a_browser_sees_a_waking_page_only_while_a_slow_wake_goes_on() {
         .unwrap()
         .parse()
         .unwrap();
-    let post = "POST /work?startup_delay_ms=0 HTTP/1.1\r\nHost: i\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-    try_send(upstream, post.as_bytes()).await.unwrap();
+    fixture_work(upstream, "startup_delay_ms=0").await;
     wait_state(&edge, &host, "sleeping").await;
     let direct = edge.send(page(&token).as_bytes()).await;
     assert_ne!(direct.status, 503, "{}", direct.text());
@@ -369,16 +402,8 @@ async fn docker_a_frozen_instance_thaws_and_releases_its_gateway_lease() {
         "its limit restored"
     );
     // The same process (a thaw, not a boot) took one lease and had it released.
-    let stats = try_send(upstream, get_request("i", "/stats").as_bytes())
-        .await
-        .unwrap()
-        .json();
-    assert_eq!(
-        (stats["suspensions"].as_u64(), stats["resumes"].as_u64()),
-        (Some(1), Some(1)),
-        "{stats}"
-    );
-    assert_eq!(stats["suspended"], false);
+    assert_eq!(leases(upstream).await, (Some(1), Some(1)));
+    assert_eq!(fixture_stats(upstream).await["suspended"], false);
     let mut ws = gateway(&edge, &host, "/ws", Some(&token)).await.unwrap();
     assert_eq!(chat_turn(&mut ws, "thawed?").await, "echo: thawed?");
 }
@@ -393,8 +418,7 @@ async fn a_tenant_that_crashes_on_wake_ends_crashed_and_its_owner_is_told() {
         .start()
         .await;
     let (token, host, upstream) = tenant(&edge, "crashy").await;
-    let post = "POST /work?crash_on_start=1 HTTP/1.1\r\nHost: i\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-    try_send(upstream, post.as_bytes()).await.unwrap();
+    fixture_work(upstream, "crash_on_start=1").await;
     wait_state(&edge, &host, "sleeping").await;
 
     let resp = whoami(&edge, &host, &token).await;
@@ -448,13 +472,6 @@ async fn docker_an_edge_restart_while_an_instance_sleeps_loses_nothing() {
     assert_eq!(route(&edge, &host).await["state"], "sleeping");
     let resp = whoami(&edge, &host, &token).await;
     assert_eq!(resp.status, 200, "{}\n{}", resp.text(), edge.log_text());
-    let stats = try_send(upstream, get_request("i", "/stats").as_bytes())
-        .await
-        .unwrap()
-        .json();
-    assert_eq!(
-        (stats["suspensions"].as_u64(), stats["resumes"].as_u64()),
-        (Some(1), Some(1)),
-        "the same process, its lease released: {stats}"
-    );
+    // The same process, its lease released.
+    assert_eq!(leases(upstream).await, (Some(1), Some(1)));
 }
