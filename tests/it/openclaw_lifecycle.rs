@@ -23,28 +23,11 @@ const PW: &str = "correct horse battery staple 9";
 const PATIENCE: Duration = Duration::from_secs(300);
 
 async fn route_state(edge: &Edge, host: &str) -> Value {
-    let routes = edge
-        .admin("GET", "/admin/routes", Some(ADMIN_TOKEN), None)
-        .await
-        .json();
-    routes["routes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|r| r["host"] == host)
-        .map_or(Value::Null, |r| r["state"].clone())
+    route_of(edge, host).await["state"].clone()
 }
 
 async fn wait_state(edge: &Edge, host: &str, state: &str) {
-    let deadline = Instant::now() + PATIENCE;
-    while route_state(edge, host).await != state {
-        assert!(
-            Instant::now() < deadline,
-            "{host} never {state}\n{}",
-            edge.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_route_state(edge, host, state, PATIENCE).await;
 }
 
 fn node_swaps() -> bool {
@@ -159,15 +142,9 @@ async fn openclaw_handover_without_restart_then_sleep_wake_and_a_due_job() {
         .as_str()
         .unwrap()
         .to_string();
-    let upstream: std::net::SocketAddr = edge
-        .admin("GET", "/admin/routes", Some(ADMIN_TOKEN), None)
-        .await
-        .json()["routes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|r| r["host"] == host)
-        .and_then(|r| r["upstream"].as_str()?.parse().ok())
+    let upstream: std::net::SocketAddr = route_of(&edge, &host).await["upstream"]
+        .as_str()
+        .and_then(|u| u.parse().ok())
         .expect("the instance's upstream");
     let mut ws = as_platform(upstream, &instance_id).await;
     let due_ms = clawdeploy_store::time::now_ms() + 45_000;

@@ -36,35 +36,8 @@ fn sleepy_edge(docker: bool, node: &str, idle_secs: u64) -> EdgeBuilder {
         .section("pool", "sleep = \"stop\"")
 }
 
-/// The route of `host` in the edge's table.
-async fn route(edge: &Edge, host: &str) -> Value {
-    let routes = edge
-        .admin("GET", "/admin/routes", Some(ADMIN_TOKEN), None)
-        .await
-        .json();
-    routes["routes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["host"] == host)
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
 async fn wait_state(edge: &Edge, host: &str, state: &str) -> Value {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let route = route(edge, host).await;
-        if route["state"] == state {
-            return route;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{host} never {state}: {route}\n{}",
-            edge.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_route_state(edge, host, state, PATIENCE).await
 }
 
 /// A user with a running instance at `<sub>.<base>`: (token, host, upstream).
@@ -151,7 +124,7 @@ async fn sleeps_then_a_request_wakes_it(docker: bool) {
     let resp = whoami(&edge, &host, &token).await;
     assert_eq!(resp.status, 200, "{}\n{}", resp.text(), edge.log_text());
     assert!(resp.json()["headers"].is_object(), "{}", resp.text());
-    assert_eq!(route(&edge, &host).await["state"], "running");
+    assert_eq!(route_of(&edge, &host).await["state"], "running");
 
     // It sleeps again once idle, and a WebSocket upgrade wakes it the same way.
     wait_state(&edge, &host, "sleeping").await;
@@ -170,7 +143,7 @@ async fn sleeps_then_a_request_wakes_it(docker: bool) {
         assert!(Instant::now() < deadline, "no idle checks");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(route(&edge, &host).await["state"], "running");
+    assert_eq!(route_of(&edge, &host).await["state"], "running");
     drop(ws);
     wait_state(&edge, &host, "sleeping").await;
 
@@ -238,7 +211,7 @@ async fn gateway_work_keeps_an_instance_awake_and_a_due_job_wakes_it() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(
-        route(&edge, &host).await["state"],
+        route_of(&edge, &host).await["state"],
         "running",
         "slept while busy"
     );
@@ -249,7 +222,7 @@ async fn gateway_work_keeps_an_instance_awake_and_a_due_job_wakes_it() {
     // Woken by a request, then given a job due in 40 s: it sleeps and is woken for the job
     // (one tick plus 30 s ahead) without any request.
     assert_eq!(whoami(&edge, &host, &token).await.status, 200);
-    let upstream: SocketAddr = route(&edge, &host).await["upstream"]
+    let upstream: SocketAddr = route_of(&edge, &host).await["upstream"]
         .as_str()
         .unwrap()
         .parse()
@@ -347,7 +320,7 @@ async fn a_browser_sees_a_waking_page_only_while_a_slow_wake_goes_on() {
     assert_ne!(reloaded.status, 503, "{}", reloaded.text());
 
     // A fast wake is answered without the page: the next sleep boots at once.
-    let upstream: SocketAddr = route(&edge, &host).await["upstream"]
+    let upstream: SocketAddr = route_of(&edge, &host).await["upstream"]
         .as_str()
         .unwrap()
         .parse()
@@ -469,7 +442,7 @@ async fn docker_an_edge_restart_while_an_instance_sleeps_loses_nothing() {
     drop(edge);
 
     let edge = builder().start().await;
-    assert_eq!(route(&edge, &host).await["state"], "sleeping");
+    assert_eq!(route_of(&edge, &host).await["state"], "sleeping");
     let resp = whoami(&edge, &host, &token).await;
     assert_eq!(resp.status, 200, "{}\n{}", resp.text(), edge.log_text());
     // The same process, its lease released.

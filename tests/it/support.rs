@@ -961,3 +961,40 @@ pub fn fixture_pool_edge(docker: bool, min_idle: usize, node: &str) -> EdgeBuild
     }
     builder
 }
+
+/// The route of `host` in the edge's table (`GET /admin/routes`), `null` when there is none.
+pub async fn route_of(edge: &Edge, host: &str) -> serde_json::Value {
+    let routes = edge
+        .admin("GET", "/admin/routes", Some(ADMIN_TOKEN), None)
+        .await
+        .json();
+    routes["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["host"] == host)
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Waits until the route of `host` is in `state`; the route.
+pub async fn wait_route_state(
+    edge: &Edge,
+    host: &str,
+    state: &str,
+    within: Duration,
+) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let route = route_of(edge, host).await;
+        if route["state"] == state {
+            return route;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{host} never {state}: {route}\n{}",
+            edge.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
