@@ -602,13 +602,39 @@ impl PoolManager {
         members: &[PoolMember],
         warm: bool,
     ) -> Result<i64, StoreError> {
-        let sleeping = self.sleeping_here().await?.len() as i64;
-        let reserve = self.settings.reserve_mb.max(1) as i64;
-        let counted = members
+        // Assigned instances hold memory by their status: awake ones their reservation, sleeping
+        // ones what they keep; stopped, crashed and deleted ones (their containers exited) none.
+        let statuses: HashMap<Uuid, InstanceStatus> = self
+            .store
+            .list_instances()
+            .await?
+            .into_iter()
+            .filter(|i| i.node_id.as_deref() == Some(self.settings.node_id.as_str()))
+            .map(|i| (i.id, i.status))
+            .collect();
+        let holds = |m: &&PoolMember| match m.instance_id.and_then(|id| statuses.get(&id)) {
+            Some(InstanceStatus::Stopped | InstanceStatus::Crashed | InstanceStatus::Deleting) => {
+                None
+            }
+            Some(InstanceStatus::Sleeping) => Some(false),
+            _ => Some(true),
+        };
+        let assigned = members
             .iter()
-            .filter(|m| warm || m.state == PoolMemberState::Claimed)
-            .count() as i64;
-        let awake = (counted - sleeping).max(0)
+            .filter(|m| m.state == PoolMemberState::Claimed);
+        let sleeping = assigned.clone().filter(|m| holds(m) == Some(false)).count() as i64;
+        let awake_assigned = assigned.filter(|m| holds(m) == Some(true)).count() as i64;
+        let warm_members = if warm {
+            members
+                .iter()
+                .filter(|m| m.state != PoolMemberState::Claimed)
+                .count() as i64
+        } else {
+            0
+        };
+        let reserve = self.settings.reserve_mb.max(1) as i64;
+        let awake = awake_assigned
+            + warm_members
             + self.waking.load(std::sync::atomic::Ordering::SeqCst) as i64;
         let used = awake * reserve + sleeping * self.settings.sleep.held_mb() as i64;
         Ok(self.settings.capacity as i64 * reserve - used)

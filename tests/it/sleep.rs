@@ -448,3 +448,23 @@ async fn docker_an_edge_restart_while_an_instance_sleeps_loses_nothing() {
     // The same process, its lease released.
     assert_eq!(leases(upstream).await, (Some(1), Some(1)));
 }
+
+/// Capacity counts what instances hold: a deleted instance (kept stopped for its grace period)
+/// holds nothing, so on a node with room for one awake instance the next signup is served, not
+/// queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_instance_takes_no_room() {
+    let node = node_id();
+    let edge = sleepy_edge(false, &node, 3600)
+        .section("pool", "capacity = 1")
+        .start()
+        .await;
+    let (token, host, _) = tenant(&edge, "leaver").await;
+    let deleted = edge
+        .api("DELETE", "/api/instances/me", Some(&token), None)
+        .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    wait_state(&edge, &host, "deleting").await;
+    // Running, not queued: `tenant` waits for the route to run.
+    tenant(&edge, "joiner").await;
+}
