@@ -39,6 +39,12 @@ pub const NAME_LABEL: &str = "clawdeploy.instance";
 pub const DATA_DIR: &str = "/data";
 /// Size of the in-container `/tmp` (counted against the memory limit).
 const TMP_BYTES: i64 = 64 << 20;
+/// CPU weight of a new pool member while it boots and warms up: a quarter of a serving
+/// instance's, so the refill a signup starts never slows that owner's first turn on a busy node
+/// (OpenClaw's boot is ~15 s of CPU). Its tier's limits, and the full weight, come at assignment.
+pub const WARMING_CPU_SHARES: i64 = 256;
+/// CPU weight of an assigned instance (Docker's default).
+pub const SERVING_CPU_SHARES: i64 = 1024;
 /// The memory limit of a frozen instance, in MiB: the rest of its pages go to swap (measured
 /// with OpenClaw: 96 MiB charged plus about 215 MiB of compressed pages in zram).
 pub const FROZEN_LIMIT_MB: i64 = 96;
@@ -205,6 +211,7 @@ fn host_config(spec: &InstanceSpec, options: &DockerOptions) -> HostConfig {
         memory: Some((spec.resources.memory_mb as i64) << 20),
         memory_swap: Some((spec.resources.memory_mb as i64) << 20),
         nano_cpus: Some((spec.resources.cpus * 1e9) as i64),
+        cpu_shares: Some(WARMING_CPU_SHARES),
         pids_limit: Some(spec.resources.pids),
         readonly_rootfs: Some(true),
         cap_drop: Some(vec!["ALL".into()]),
@@ -477,6 +484,7 @@ impl Runtime for DockerRuntime {
             memory: Some(bytes),
             memory_swap: Some(bytes),
             nano_cpus: Some((resources.cpus * 1e9) as i64),
+            cpu_shares: Some(SERVING_CPU_SHARES),
             pids_limit: Some(resources.pids),
             ..Default::default()
         };

@@ -255,6 +255,11 @@ async fn docker_containers_are_hardened() {
         "no swap beyond the memory limit"
     );
     assert_eq!(host.nano_cpus, Some(500_000_000));
+    // A new member boots at a quarter of a serving instance's CPU weight.
+    assert_eq!(
+        host.cpu_shares,
+        Some(clawdeploy_pool::docker::WARMING_CPU_SHARES)
+    );
     assert_eq!(host.network_mode.as_deref(), Some("clawdeploy-test"));
     let labels = config.labels.unwrap();
     assert_eq!(
@@ -288,6 +293,30 @@ async fn docker_containers_are_hardened() {
             .get("com.docker.network.bridge.enable_icc")
             .map(String::as_str),
         Some("false")
+    );
+    // Assigned: its tier's limits, and a serving instance's full CPU weight.
+    let assigned = Resources {
+        memory_mb: 256,
+        cpus: 1.0,
+        pids: 128,
+    };
+    runtime
+        .update_resources(&created.id, &assigned)
+        .await
+        .unwrap();
+    let host = runtime
+        .docker()
+        .inspect_container(&created.id, None)
+        .await
+        .unwrap()
+        .host_config
+        .unwrap();
+    assert_eq!(
+        (host.memory, host.cpu_shares),
+        (
+            Some(256 << 20),
+            Some(clawdeploy_pool::docker::SERVING_CPU_SHARES)
+        )
     );
     runtime.remove(&created.id).await.unwrap();
 }
