@@ -220,9 +220,56 @@ fn lifecycle_edge(
     capacity: usize,
     provider: SocketAddr,
 ) -> EdgeBuilder {
-    openclaw_edge(image, node_id, min_idle, capacity)
+    // `openclaw_edge` (tests/it/openclaw.rs) on the bench's own network.
+    EdgeBuilder::new()
+        .section("runtime", "kind = \"docker\"")
+        .section("runtime", "config = \"openclaw\"")
+        .section("runtime", &format!("image = \"{image}\""))
+        .section("runtime", &format!("docker_network = \"{BENCH_NETWORK}\""))
+        .section("runtime", "publish_loopback = true")
+        .section("runtime", "egress_rules = true")
+        .section("llm", "allow_private_custom = [\"127.0.0.1\"]")
+        .section("pool", &format!("node_id = \"{node_id}\""))
+        .section("pool", &format!("min_idle = {min_idle}"))
+        .section("pool", &format!("capacity = {capacity}"))
+        .section("pool", "ready_timeout_secs = 240")
         .section("llm", &format!("openai_url = \"http://{provider}\""))
         .section("pool", "tick_secs = 1")
+}
+
+/// The bench's own instance network: the egress rules are per bridge, and an edge installing
+/// them flushes the chains another edge on the same network installed (the test suite's
+/// `clawdeploy-openclaw-test`, which a concurrent test run uses), refusing this edge's LLM meter.
+const BENCH_NETWORK: &str = "clawdeploy-lifecycle-bench";
+
+/// Keeps the edge's log when the bench panics (the edge's temp dir goes with it).
+fn keep_log_on_panic(edge: &Edge, mode: &str) {
+    let log = edge.data_dir().parent().map(|d| d.join("edge.log"));
+    let keep = std::path::PathBuf::from(format!(
+        "/tmp/lifecycle-{mode}-edge-{}.log",
+        std::process::id()
+    ));
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if let Some(log) = &log {
+            let _ = std::fs::copy(log, &keep);
+            eprintln!("lifecycle bench: edge log kept in {}", keep.display());
+        }
+        previous(info);
+    }));
+}
+
+/// Removes the bench's instance network (dropped after `Cleanup` removed the containers).
+struct NetworkCleanup;
+
+impl Drop for NetworkCleanup {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["network", "rm", BENCH_NETWORK])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -231,9 +278,10 @@ async fn main() {
     let image = openclaw_image().await;
     let (provider, provider_addr) = FakeProvider::start(IpAddr::from([127, 0, 0, 1])).await;
     let node_id = format!("lcbench{}", std::process::id());
+    let _network = NetworkCleanup;
     let _cleanup = Cleanup(node_id.clone());
     match mode.as_str() {
-        "signup" => signup(&image, &node_id, provider_addr).await,
+        "signup" => signup(&image, &node_id, provider_addr, &provider).await,
         "wake" => wake(&image, &node_id, provider_addr).await,
         "density" => density(&image, &node_id, provider_addr).await,
         other => panic!("LIFECYCLE_BENCH={other}: signup, wake or density"),
@@ -243,16 +291,20 @@ async fn main() {
 
 // --- 1. click on Deploy → rendered first reply -------------------------------------------------
 
-async fn signup(image: &str, node_id: &str, provider: SocketAddr) {
+async fn signup(image: &str, node_id: &str, provider: SocketAddr, fake: &FakeProvider) {
     let n = env_usize("LIFECYCLE_SIGNUPS", 20);
     // bcrypt at the production default (12), not the test suites' 4: the click registers the account.
-    let edge = lifecycle_edge(image, node_id, 1, 3, provider)
+    // Capacity for every signup: a deleted instance keeps its slot (its stopped container stays
+    // `assigned` through the 7-day grace period), so a small capacity stops the pool's refill.
+    let edge = lifecycle_edge(image, node_id, 1, n + 3, provider)
         .bcrypt_cost(12)
         .start()
         .await;
+    keep_log_on_panic(&edge, "signup");
     let mut rows = String::new();
-    let (mut total, mut to_dash, mut to_enabled, mut send_to_reply) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut total, mut to_dash, mut to_enabled, mut send_to_reply, mut second_turn) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut provider_called = Vec::new();
     let started = Instant::now();
     for i in 0..n {
         let refill = Instant::now();
@@ -283,6 +335,18 @@ async fn signup(image: &str, node_id: &str, provider: SocketAddr) {
         let enabled = clicked.elapsed();
         browser.type_into("#chat-input", "hello").await;
         let sent = Instant::now();
+        // When the turn's first completion request reaches the provider (OpenClaw's own work
+        // before the model call, versus the answer's way back to the page).
+        let reached = {
+            let fake = fake.clone();
+            let before = fake.requests().len();
+            tokio::spawn(async move {
+                while fake.requests().len() == before {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Instant::now()
+            })
+        };
         browser.click("#chat-send").await;
         let reply = browser
             .wait_text_within("#chat-log li.final", Duration::from_secs(180), |t| {
@@ -291,7 +355,26 @@ async fn signup(image: &str, node_id: &str, provider: SocketAddr) {
             .await;
         let elapsed = clicked.elapsed();
         let turn = sent.elapsed();
+        let to_provider = reached
+            .await
+            .map_or(Duration::ZERO, |at| at.saturating_duration_since(sent));
         assert_eq!(reply, ANSWER, "{}", tail(&edge.log_text(), 40));
+        // A second turn in the same page: the first turn's own cost, against a warm one.
+        browser.type_into("#chat-input", "again").await;
+        let again = Instant::now();
+        browser.click("#chat-send").await;
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while browser
+            .script("return document.querySelectorAll('#chat-log li.final').length;")
+            .await
+            .as_u64()
+            .unwrap_or(0)
+            < 2
+        {
+            assert!(Instant::now() < deadline, "no second reply");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let second = again.elapsed();
         eprintln!(
             "lifecycle signup {i}: click→reply {} (dashboard {}, chat enabled {}, send→reply {}), load {load_before}",
             ms(elapsed),
@@ -314,11 +397,13 @@ async fn signup(image: &str, node_id: &str, provider: SocketAddr) {
         drop(browser);
         let _ = writeln!(
             rows,
-            "| {i} | {} | {} | {} | {} | {:.1} s | {load_before} | {:.1} GiB | {status} |",
+            "| {i} | {} | {} | {} | {} | {} | {} | {:.1} s | {load_before} | {:.1} GiB | {status} |",
             ms(elapsed),
             ms(dash),
             ms(enabled),
             ms(turn),
+            ms(to_provider),
+            ms(second),
             refill.as_secs_f64(),
             used_before / 1024.0
         );
@@ -326,13 +411,15 @@ async fn signup(image: &str, node_id: &str, provider: SocketAddr) {
         to_dash.push(dash);
         to_enabled.push(enabled);
         send_to_reply.push(turn);
+        provider_called.push(to_provider);
+        second_turn.push(second);
     }
     let report = format!(
         "# Click on Deploy to rendered first reply, real OpenClaw ({date})\n\n\
          `LIFECYCLE_BENCH=signup cargo bench --bench lifecycle`: image `{image}`, {n} signups in headless \
          Chromium (chromedriver, `tests/it/webdriver.rs`), one at a time, each with a fresh browser and a warm \
-         pool member idle before the click (`min_idle = 1`, `capacity = 3`; the instance is deleted after its \
-         reply). The signup form carries an OpenAI key; the edge's `llm.openai_url` is the fake provider on \
+         pool member idle before the click (`min_idle = 1`, `capacity = signups + 3`; the instance is deleted \
+         after its reply, which keeps its slot: see the summary). The signup form carries an OpenAI key; the edge's `llm.openai_url` is the fake provider on \
          loopback (answers at once), so the owner takes the warm fast path. bcrypt cost 12 (production). \
          Wall time {wall:.0} s. Load at the end: {load_end}.\n\n\
          The figure is measured by the bench process around WebDriver commands, as the dashboard journey \
@@ -341,17 +428,19 @@ async fn signup(image: &str, node_id: &str, provider: SocketAddr) {
          instance, loads `/dashboard`, its chat bridge connects (`#chat-send` enabled), the bench types \
          \"hello\" (one WebDriver call, ~20-60 ms) and clicks send. Each wait polls WebDriver every 20-25 ms, \
          so every figure carries up to ~50 ms of polling.\n\n\
-         {SUMMARY_HEAD}{s1}{s2}{s3}{s4}\n\
+         {SUMMARY_HEAD}{s1}{s2}{s3}{s4}{s6}{s5}\n\
          ## Every run\n\n\
-         | # | click→reply | click→/dashboard ready | click→chat enabled | send→reply | pool refill wait | load (1/5/15 min) before | node used | status after |\n\
-         |---|---|---|---|---|---|---|---|---|\n{rows}",
+         | # | click→reply | click→/dashboard ready | click→chat enabled | send→reply | send→provider called | 2nd turn send→reply | pool refill wait | load (1/5/15 min) before | node used | status after |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n{rows}",
         date = date(),
         wall = started.elapsed().as_secs_f64(),
         load_end = load(),
         s1 = summary_row("click → rendered reply", &total),
         s2 = summary_row("click → /dashboard (app.js ready)", &to_dash),
         s3 = summary_row("click → chat enabled", &to_enabled),
-        s4 = summary_row("send → rendered reply", &send_to_reply),
+        s4 = summary_row("send → rendered reply (first turn)", &send_to_reply),
+        s5 = summary_row("second turn: send → rendered reply", &second_turn),
+        s6 = summary_row("send → provider called (first turn)", &provider_called),
     );
     write_result("signup", &report);
 }
@@ -391,6 +480,7 @@ async fn wake(image: &str, node_id: &str, provider: SocketAddr) {
         .section("pool", "sleep = \"freeze\"")
         .start()
         .await;
+    keep_log_on_panic(&edge, "wake");
     wait_idle(&edge, 1, PATIENCE_LONG).await;
     let (token, host) = tenant(&edge, "sleeper").await;
     let (mut ws, _) = connect_owner(&edge, &host, &token).await;
@@ -583,7 +673,7 @@ fn all_containers(node_id: &str) -> Vec<String> {
 async fn density(image: &str, node_id: &str, provider: SocketAddr) {
     let tenants = env_usize("LIFECYCLE_TENANTS", 15);
     let awake_n = env_usize("LIFECYCLE_AWAKE", 3).min(tenants);
-    let idle = env_usize("LIFECYCLE_IDLE_SECS", 15);
+    let idle = env_usize("LIFECYCLE_IDLE_SECS", 10);
     let ceiling_mib = env_usize("LIFECYCLE_MAX_USED_MIB", 17 * 1024) as f64;
     let started = Instant::now();
     let (load0, used0, zram0) = (load(), used_mib(), zram());
@@ -593,6 +683,7 @@ async fn density(image: &str, node_id: &str, provider: SocketAddr) {
         .section("pool", "sleep = \"freeze\"")
         .start()
         .await;
+    keep_log_on_panic(&edge, "density");
     let mut chatters = Vec::new();
     let mut hosts = Vec::new();
     let mut log = String::new();
