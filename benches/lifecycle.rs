@@ -670,6 +670,41 @@ fn all_containers(node_id: &str) -> Vec<String> {
         .collect()
 }
 
+/// One chat turn of a chatting tenant on its open WebSocket; when the socket was closed under it,
+/// the drop is recorded and the owner reconnects (the turn is retried on the new socket).
+async fn chatter_turn(
+    edge: &Edge,
+    host: &str,
+    token: &str,
+    ws: &mut Option<WebSocket>,
+    message: &'static str,
+    drops: &mut String,
+    started: &Instant,
+) {
+    let mut socket = ws.take().expect("socket");
+    let turn = tokio::spawn(async move {
+        let answer = chat(&mut socket, message).await;
+        (socket, answer)
+    });
+    let socket = match turn.await {
+        Ok((socket, answer)) => {
+            assert_eq!(answer, ANSWER);
+            socket
+        }
+        Err(e) => {
+            let _ = writeln!(
+                drops,
+                "- {host} at {:.0} s: {e}",
+                started.elapsed().as_secs_f64()
+            );
+            let (mut socket, _) = connect_owner(edge, host, token).await;
+            assert_eq!(chat(&mut socket, message).await, ANSWER);
+            socket
+        }
+    };
+    *ws = Some(socket);
+}
+
 async fn density(image: &str, node_id: &str, provider: SocketAddr) {
     let tenants = env_usize("LIFECYCLE_TENANTS", 15);
     let awake_n = env_usize("LIFECYCLE_AWAKE", 3).min(tenants);
@@ -685,6 +720,7 @@ async fn density(image: &str, node_id: &str, provider: SocketAddr) {
         .await;
     keep_log_on_panic(&edge, "density");
     let mut chatters = Vec::new();
+    let mut drops = String::new();
     let mut hosts = Vec::new();
     let mut log = String::new();
     for i in 0..tenants {
@@ -714,13 +750,13 @@ async fn density(image: &str, node_id: &str, provider: SocketAddr) {
             used_mib() / 1024.0
         );
         if i < awake_n {
-            chatters.push((ws, host.clone()));
+            chatters.push((Some(ws), host.clone(), token.clone()));
         } else {
             ws.close(None).await.ok();
         }
         // The chatting few keep talking.
-        for (ws, _) in chatters.iter_mut() {
-            assert_eq!(chat(ws, "still here").await, ANSWER);
+        for (ws, host, token) in chatters.iter_mut() {
+            chatter_turn(&edge, host, token, ws, "still here", &mut drops, &started).await;
         }
         hosts.push((host, token, i < awake_n));
     }
@@ -732,8 +768,8 @@ async fn density(image: &str, node_id: &str, provider: SocketAddr) {
     }
     // Settle: frozen pages pushed out, the pool's last member warm.
     tokio::time::sleep(Duration::from_secs(30)).await;
-    for (ws, _) in chatters.iter_mut() {
-        assert_eq!(chat(ws, "one more").await, ANSWER);
+    for (ws, host, token) in chatters.iter_mut() {
+        chatter_turn(&edge, host, token, ws, "one more", &mut drops, &started).await;
     }
     let (load1, used1, zram1) = (load(), used_mib(), zram());
     let by_port = containers_by_port(node_id);
@@ -777,8 +813,8 @@ async fn density(image: &str, node_id: &str, provider: SocketAddr) {
     }
     // Every awake tenant answers.
     let mut answered = 0;
-    for (ws, _) in chatters.iter_mut() {
-        assert_eq!(chat(ws, "are you there").await, ANSWER);
+    for (ws, host, token) in chatters.iter_mut() {
+        chatter_turn(&edge, host, token, ws, "are you there", &mut drops, &started).await;
         answered += 1;
     }
     let sleep_usage: f64 = sleeping.iter().map(|s| s.0).sum();
@@ -834,7 +870,8 @@ async fn density(image: &str, node_id: &str, provider: SocketAddr) {
          tenants**; all asleep {per_8g_asleep:.0}; all awake {per_8g_awake:.0}.\n\n\
          ## Every container (MiB)\n\n\
          | tenant | state | container | usage | rss | cache | swap |\n|---|---|---|---|---|---|---|\n{rows}\n\
-         ## Signups\n\n{log}",
+         ## Signups\n\n{log}\n\
+         ## Chatters' WebSockets closed under them (reconnected, the turn retried)\n\n{drops}",
         date = date(),
         cap = tenants + 2,
         wall = started.elapsed().as_secs_f64(),
