@@ -814,7 +814,16 @@ async fn density(image: &str, node_id: &str, provider: SocketAddr) {
     // Every awake tenant answers.
     let mut answered = 0;
     for (ws, host, token) in chatters.iter_mut() {
-        chatter_turn(&edge, host, token, ws, "are you there", &mut drops, &started).await;
+        chatter_turn(
+            &edge,
+            host,
+            token,
+            ws,
+            "are you there",
+            &mut drops,
+            &started,
+        )
+        .await;
         answered += 1;
     }
     let sleep_usage: f64 = sleeping.iter().map(|s| s.0).sum();

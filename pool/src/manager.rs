@@ -1012,6 +1012,26 @@ impl PoolManager {
         };
         match (member.state, member.instance_id) {
             (PoolMemberState::Claimed, Some(instance_id)) => {
+                // Stopped on purpose (a sleep, a cancellation, an unverified account): its own
+                // `die` event, nothing to heal (heal checks again, under the instance's lock).
+                let status = self
+                    .store
+                    .get_instance(instance_id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|i| i.status);
+                if matches!(
+                    status,
+                    Some(
+                        InstanceStatus::Stopped
+                            | InstanceStatus::Deleting
+                            | InstanceStatus::Sleeping
+                            | InstanceStatus::Crashed
+                    )
+                ) {
+                    return tracing::debug!(instance = %instance_id, ?exit_code, "instance stopped on purpose");
+                }
                 tracing::warn!(instance = %instance_id, ?exit_code, "instance died; restarting it");
                 tokio::spawn(self.heal(instance_id));
             }

@@ -122,12 +122,13 @@ pub enum Sleep {
 
 impl Sleep {
     /// What a sleeping instance still holds of the node's memory, in MiB, as capacity counts it:
-    /// nothing when stopped; when frozen, its pages compressed in zram (about 3:1 for OpenClaw's
-    /// ~900 MiB, measured: see docs/instances.md#sleep-and-wake).
+    /// nothing when stopped; when frozen, its 96 MiB limit plus its pages compressed in zram
+    /// (453 MiB per frozen OpenClaw in the density benchmark, 15 tenants:
+    /// benches/results/2026-12-07-lifecycle-density.md).
     pub fn held_mb(self) -> u64 {
         match self {
             Sleep::Stop => 0,
-            Sleep::Freeze => 320,
+            Sleep::Freeze => 450,
         }
     }
 }
