@@ -37,7 +37,7 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use openclaw::*;
@@ -139,30 +139,8 @@ fn write_result(mode: &str, report: &str) {
     eprintln!("lifecycle bench: wrote {}", path.display());
 }
 
-async fn route(edge: &Edge, host: &str) -> Value {
-    let routes = edge
-        .admin("GET", "/admin/routes", Some(ADMIN_TOKEN), None)
-        .await
-        .json();
-    routes["routes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|r| r["host"] == host)
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
 async fn wait_state(edge: &Edge, host: &str, state: &str, within: Duration) {
-    let deadline = Instant::now() + within;
-    while route(edge, host).await["state"] != state {
-        assert!(
-            Instant::now() < deadline,
-            "{host} never {state}\n{}",
-            tail(&edge.log_text(), 60)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_route_state(edge, host, state, within).await;
 }
 
 fn tail(text: &str, n: usize) -> String {
@@ -221,18 +199,8 @@ fn lifecycle_edge(
     provider: SocketAddr,
 ) -> EdgeBuilder {
     // `openclaw_edge` (tests/it/openclaw.rs) on the bench's own network.
-    EdgeBuilder::new()
-        .section("runtime", "kind = \"docker\"")
-        .section("runtime", "config = \"openclaw\"")
-        .section("runtime", &format!("image = \"{image}\""))
+    openclaw_edge(image, node_id, min_idle, capacity)
         .section("runtime", &format!("docker_network = \"{BENCH_NETWORK}\""))
-        .section("runtime", "publish_loopback = true")
-        .section("runtime", "egress_rules = true")
-        .section("llm", "allow_private_custom = [\"127.0.0.1\"]")
-        .section("pool", &format!("node_id = \"{node_id}\""))
-        .section("pool", &format!("min_idle = {min_idle}"))
-        .section("pool", &format!("capacity = {capacity}"))
-        .section("pool", "ready_timeout_secs = 240")
         .section("llm", &format!("openai_url = \"http://{provider}\""))
         .section("pool", "tick_secs = 1")
 }
@@ -777,7 +745,7 @@ async fn density(image: &str, node_id: &str, provider: SocketAddr) {
     let (mut sleeping, mut awake) = (Vec::new(), Vec::new());
     let mut tenant_ids = Vec::new();
     for (host, _, _) in &hosts {
-        let r = route(&edge, host).await;
+        let r = route_of(&edge, host).await;
         let state = r["state"].as_str().unwrap_or("?").to_string();
         let port = r["upstream"]
             .as_str()
