@@ -731,6 +731,14 @@ async fn openclaw_behind_the_edge_chats_refuses_strangers_and_reloads_its_soul()
             ("x-forwarded-user", owner_id.as_str()),
             ("x-clawdeploy-proof-00000000000000000000000000000000", "1"),
         ],
+        // The platform's own identity (operator.admin) needs the proof like any other.
+        vec![
+            xff,
+            (
+                "x-forwarded-user",
+                clawdeploy_proxy::gateway_trust::PLATFORM_USER,
+            ),
+        ],
     ] {
         let answer = direct(upstream, &headers).await;
         assert!(

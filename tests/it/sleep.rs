@@ -468,3 +468,34 @@ async fn a_stopped_instance_takes_no_room() {
     // Running, not queued: `tenant` waits for the route to run.
     tenant(&edge, "joiner").await;
 }
+
+/// A sleeping instance is woken only for its owner: another user's request (or none at all) is
+/// refused before anything is held, and the instance stays asleep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_owner_wakes_a_sleeping_instance() {
+    let node = node_id();
+    let edge = sleepy_edge(false, &node, 1).start().await;
+    let (_, host, _) = tenant(&edge, "sleeper").await;
+    let (stranger, _, _) = edge.register("stranger@example.com", PW).await;
+    wait_state(&edge, &host, "sleeping").await;
+    let theirs = whoami(&edge, &host, &stranger).await;
+    assert!(
+        matches!(theirs.status, 401 | 403),
+        "{} {}",
+        theirs.status,
+        theirs.text()
+    );
+    let anonymous = edge.get(&host, "/whoami").await;
+    assert!(
+        matches!(anonymous.status, 302 | 401 | 403),
+        "{}",
+        anonymous.status
+    );
+    assert_eq!(route_of(&edge, &host).await["state"], "sleeping");
+    assert!(
+        !scrape(&edge)
+            .await
+            .contains("clawdeploy_wake_seconds_count"),
+        "a stranger woke it"
+    );
+}
