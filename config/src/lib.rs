@@ -15,6 +15,7 @@ pub mod metering;
 #[cfg(test)]
 mod reference;
 pub mod sessions;
+pub mod skills;
 pub mod tier;
 pub mod tls;
 
@@ -30,6 +31,7 @@ pub use metering::{
     TiersConfig,
 };
 pub use sessions::SessionsConfig;
+pub use skills::SkillsConfig;
 pub use tier::{Tier, UnknownTier};
 pub use tls::{AcmeConfig, DnsConfig, DnsProviderKind, DomainsConfig, TlsConfig, TlsMode};
 
@@ -71,6 +73,8 @@ pub struct Config {
     pub redis: RedisConfig,
     /// `[llm]`: the LLM egress meter.
     pub llm: LlmConfig,
+    /// `[skills]`: the skill catalogue and the registry instances install from.
+    pub skills: SkillsConfig,
     /// Static operator routes: public hosts proxied to fixed upstreams.
     pub routes: Vec<RouteConfig>,
     /// `[tls]`, `[acme]`, `[dns]`, `[domains]`: HTTPS and its certificates (see tls.rs).
@@ -813,6 +817,7 @@ impl Config {
         }
         instances::validate(&self.runtime, &self.pool, &mut check);
         sessions::validate(&self.sessions, &mut check);
+        skills::validate(&self.skills, &mut check);
         metering::validate(
             &self.metrics,
             &self.metering,

@@ -75,6 +75,14 @@ pub struct TierConfig {
     pub idle_stop_secs: u64,
     /// This tier's instances never sleep (e.g. a paid tier that promises an always-on assistant).
     pub never_sleep: bool,
+    /// Skills an instance of this tier may have enabled at once (bundled and registry skills
+    /// alike); 0: unlimited. A downgrade keeps what is installed and disables the newest past the
+    /// cap (see [Skills](skills.md#tier-caps)).
+    pub skills: u32,
+    /// Sub-agents an instance of this tier may run at once, besides its main agent; 0: none (the
+    /// main agent only). Written into the tenant's config and enforced at the edge (see
+    /// [Sub-agents](skills.md#sub-agents)).
+    pub subagents: u32,
 }
 
 /// `[tiers.free]`, `[tiers.pro]`, `[tiers.team]` (PRD §3.6.1); 0 means unlimited.
@@ -95,10 +103,20 @@ impl Default for TiersConfig {
             free: TierConfig {
                 messages_per_month: 100,
                 tokens_per_month: 100_000,
+                skills: 3,
+                subagents: 0,
                 ..TierConfig::default()
             },
-            pro: TierConfig::default(),
-            team: TierConfig::default(),
+            pro: TierConfig {
+                skills: 20,
+                subagents: 5,
+                ..TierConfig::default()
+            },
+            team: TierConfig {
+                skills: 0,
+                subagents: 20,
+                ..TierConfig::default()
+            },
         }
     }
 }

@@ -17,6 +17,8 @@ pub enum Conflict {
     Hostname,
     /// Another account has proven it owns this custom domain (at most one owner per hostname).
     DomainVerified,
+    /// This skill is already installed in this instance.
+    Skill,
     /// A unique rule not covered above (the message names the constraint when the database does).
     Other,
 }
@@ -30,6 +32,7 @@ impl std::fmt::Display for Conflict {
             Conflict::AdminTokenName => "an active admin token already has this name",
             Conflict::Hostname => "custom domain already added",
             Conflict::DomainVerified => "custom domain verified by another account",
+            Conflict::Skill => "skill already installed",
             Conflict::Other => "unique constraint violated",
         })
     }
@@ -92,6 +95,15 @@ pub enum StoreError {
         session_id: Uuid,
         /// The session's user, for the security log.
         user_id: Uuid,
+    },
+    /// A per-tier cap stops the write: `what` names the capped thing (`"skills"`), `cap` the
+    /// tier's number.
+    #[error("{what} limit of {cap} reached")]
+    LimitReached {
+        /// What is capped.
+        what: &'static str,
+        /// The cap.
+        cap: u32,
     },
     /// The refresh token's session was revoked or has expired.
     #[error("session revoked or expired")]

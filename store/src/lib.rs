@@ -74,6 +74,7 @@ pub use repo::certs::{CertificateRecord, CustomDomain, DomainStatus};
 pub use repo::host_codes::{HostCode, Redemption};
 pub use repo::instances::normalize_subdomain;
 pub use repo::metering::UsageSeedRow;
+pub use repo::skills::{NewSkill, SkillChange, SkillSecrets};
 pub use secrets::{Keyring, TokenHash};
 pub use zeroize::Zeroizing;
 

@@ -425,6 +425,63 @@ pub struct Instance {
     pub sleep_lease: Option<String>,
 }
 
+/// Where an installed skill came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SkillSource {
+    /// Shipped with OpenClaw; installing it enables it in the instance's config.
+    Bundled,
+    /// From the platform's ClawHub-compatible registry (curated, or an allowed upstream skill);
+    /// OpenClaw's installer fetched it into the instance's workspace.
+    Registry,
+}
+
+impl SkillSource {
+    /// The name as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkillSource::Bundled => "bundled",
+            SkillSource::Registry => "registry",
+        }
+    }
+}
+
+impl std::str::FromStr for SkillSource {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "bundled" => Ok(SkillSource::Bundled),
+            "registry" => Ok(SkillSource::Registry),
+            _ => Err(StoreError::Invalid(format!("skill source {s:?}"))),
+        }
+    }
+}
+
+/// A skill installed in an instance (`skills_installed`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstalledSkill {
+    /// The catalogue id: a bundled skill's name or a registry slug.
+    pub skill_id: String,
+    /// The version installed (`bundled` skills: OpenClaw's version).
+    pub version: String,
+    /// Where it came from.
+    pub source: SkillSource,
+    /// Whether the instance's agent may use it.
+    pub enabled: bool,
+    /// Why the platform disabled it (a downgrade past the tier's cap); `None` when enabled or
+    /// disabled by the owner.
+    pub disabled_reason: Option<String>,
+    /// Plain config fields.
+    pub config: serde_json::Map<String, serde_json::Value>,
+    /// Names of the secret config fields set (their values are sealed and never shown).
+    pub secret_fields: Vec<String>,
+    /// When it was installed (unix ms).
+    pub installed_at: i64,
+    /// When it last changed (unix ms).
+    pub updated_at: i64,
+}
+
 /// Input of [`crate::Store::create_instance`].
 #[derive(Debug, Clone)]
 pub struct NewInstance<'a> {

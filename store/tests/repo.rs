@@ -140,6 +140,7 @@ both!(
     custom_domain_claims_block_nobody_until_proven,
     one_claim_wins_when_nodes_prove_a_hostname_at_once,
     unproven_custom_domain_claims_expire,
+    skills_installed_capped_and_sealed,
 );
 
 fn keyring() -> Keyring {
@@ -1652,4 +1653,195 @@ async fn unproven_custom_domain_claims_expire(db: &Db) {
         .await
         .unwrap()
         .is_empty());
+}
+
+/// Installed skills: the tier's cap holds under concurrent installs, secrets are sealed (never in
+/// the row in clear) and merged on change, a downgrade disables the newest past the cap, and a
+/// key rotation re-seals them.
+async fn skills_installed_capped_and_sealed(db: &Db) {
+    let s = &db.store;
+    let k = keyring();
+    let u = user(s, "skills@example.com").await;
+    let i = s
+        .create_instance(&new_instance(u.id, "skills-0001"))
+        .await
+        .unwrap();
+    let plain: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_value(serde_json::json!({"units": "metric"})).unwrap();
+    let secret = std::collections::BTreeMap::from([(
+        "NOTION_API_KEY".to_string(),
+        "secret_notion_value_123".to_string(),
+    )]);
+    let none = std::collections::BTreeMap::new();
+    // Eight concurrent installs against a cap of 3: exactly 3 succeed.
+    let ids: Vec<String> = (0..8).map(|n| format!("skill-{n}")).collect();
+    let news: Vec<NewSkill> = ids
+        .iter()
+        .map(|id| NewSkill {
+            instance_id: i.id,
+            skill_id: id,
+            version: "1.0.0",
+            source: SkillSource::Registry,
+            config: &plain,
+            secrets: if id == "skill-0" { &secret } else { &none },
+            cap: 3,
+        })
+        .collect();
+    let results = futures_util::future::join_all(news.iter().map(|n| s.install_skill(n, &k))).await;
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        3,
+        "{results:?}"
+    );
+    for r in &results {
+        if let Err(e) = r {
+            assert!(
+                matches!(
+                    e,
+                    StoreError::LimitReached {
+                        what: "skills",
+                        cap: 3
+                    }
+                ),
+                "{e:?}"
+            );
+        }
+    }
+    let installed = s.skills_of(i.id, &k).await.unwrap();
+    assert_eq!(installed.len(), 3);
+    let first = installed[0].skill_id.clone();
+    // Installed twice: a conflict, not a second row.
+    let again = NewSkill {
+        cap: 0,
+        ..*news.iter().find(|n| n.skill_id == first).unwrap()
+    };
+    assert!(s
+        .install_skill(&again, &k)
+        .await
+        .unwrap_err()
+        .is_conflict(Conflict::Skill));
+
+    // A secret is sealed: not in the row, in clear or otherwise recognisable.
+    let with_secret = NewSkill {
+        skill_id: "notion",
+        source: SkillSource::Bundled,
+        secrets: &secret,
+        cap: 0,
+        ..news[0]
+    };
+    let notion = s.install_skill(&with_secret, &k).await.unwrap();
+    assert_eq!(notion.secret_fields, vec!["NOTION_API_KEY".to_string()]);
+    let raw: Vec<String> =
+        sqlx::query_scalar("SELECT COALESCE(secrets_sealed, '') || config FROM skills_installed")
+            .fetch_all(s.pool())
+            .await
+            .unwrap();
+    assert!(
+        raw.iter().all(|r| !r.contains("secret_notion_value")),
+        "{raw:?}"
+    );
+    let opened = s.skills_with_secrets(i.id, &k).await.unwrap();
+    let (_, secrets) = opened
+        .iter()
+        .find(|(sk, _)| sk.skill_id == "notion")
+        .unwrap();
+    assert_eq!(
+        secrets["NOTION_API_KEY"].as_str(),
+        "secret_notion_value_123"
+    );
+
+    // A change merges: a new secret replaces, an empty one removes; config null removes a field.
+    let rotated = std::collections::BTreeMap::from([
+        ("NOTION_API_KEY".to_string(), "secret_rotated".to_string()),
+        ("EXTRA".to_string(), "x".to_string()),
+    ]);
+    let units_off: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_value(serde_json::json!({"units": null, "lang": "fr"})).unwrap();
+    let changed = s
+        .update_skill(
+            i.id,
+            "notion",
+            &SkillChange {
+                secrets: Some(&rotated),
+                config: Some(&units_off),
+                ..Default::default()
+            },
+            &k,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        changed.secret_fields,
+        vec!["EXTRA".to_string(), "NOTION_API_KEY".to_string()]
+    );
+    assert_eq!(
+        serde_json::Value::Object(changed.config),
+        serde_json::json!({"lang": "fr"})
+    );
+    let drop_extra = std::collections::BTreeMap::from([("EXTRA".to_string(), String::new())]);
+    let changed = s
+        .update_skill(
+            i.id,
+            "notion",
+            &SkillChange {
+                secrets: Some(&drop_extra),
+                ..Default::default()
+            },
+            &k,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(changed.secret_fields, vec!["NOTION_API_KEY".to_string()]);
+    assert!(s
+        .update_skill(i.id, "nope", &SkillChange::default(), &k)
+        .await
+        .unwrap()
+        .is_none());
+
+    // A downgrade to 2: the two newest are disabled, with the reason; enabling one again past
+    // the cap is refused.
+    let disabled = s
+        .cap_skills(i.id, 2, "tier free allows 2 skills")
+        .await
+        .unwrap();
+    assert_eq!(disabled.len(), 2);
+    assert_eq!(disabled[0], "notion", "newest first");
+    let all = s.skills_of(i.id, &k).await.unwrap();
+    assert_eq!(all.iter().filter(|sk| sk.enabled).count(), 2);
+    let off = all.iter().find(|sk| sk.skill_id == "notion").unwrap();
+    assert_eq!(
+        off.disabled_reason.as_deref(),
+        Some("tier free allows 2 skills")
+    );
+    let enable = SkillChange {
+        enabled: Some(true),
+        cap: 2,
+        ..Default::default()
+    };
+    assert!(matches!(
+        s.update_skill(i.id, "notion", &enable, &k).await,
+        Err(StoreError::LimitReached { cap: 2, .. })
+    ));
+    // Removing one makes room; enabling clears the reason.
+    assert!(s.remove_skill(i.id, &first).await.unwrap());
+    assert!(!s.remove_skill(i.id, &first).await.unwrap());
+    let on = s
+        .update_skill(i.id, "notion", &enable, &k)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(on.enabled && on.disabled_reason.is_none());
+
+    // Rotation re-seals skill secrets; they still open under the new keyring.
+    let mut rotated_ring = keyring();
+    rotated_ring.rotate_to("k2", &[7u8; 32]).unwrap();
+    assert!(s.reseal_secrets(&rotated_ring).await.unwrap() >= 1);
+    let opened = s.skills_with_secrets(i.id, &rotated_ring).await.unwrap();
+    let (_, secrets) = opened
+        .iter()
+        .find(|(sk, _)| sk.skill_id == "notion")
+        .unwrap();
+    assert_eq!(secrets["NOTION_API_KEY"].as_str(), "secret_rotated");
 }

@@ -130,7 +130,7 @@ impl Store {
         Ok(Some((keyring.open_str(&sealed)?, base_url)))
     }
 
-    /// Re-seals every stored secret (provider keys, MFA secrets) not under the keyring's
+    /// Re-seals every stored secret (provider keys, MFA secrets, skill secrets) not under the keyring's
     /// current key; run after [`Keyring::rotate_to`], then the old key can be dropped.
     /// Returns how many values were re-sealed.
     pub async fn reseal_secrets(&self, keyring: &Keyring) -> Result<u64> {
@@ -175,6 +175,7 @@ impl Store {
             count += r.rows_affected();
         }
         count += self.reseal_cert_secrets(keyring).await?;
+        count += self.reseal_skill_secrets(keyring).await?;
         Ok(count)
     }
 }

@@ -13,3 +13,4 @@ mod ops;
 pub(crate) mod outbox;
 mod pool;
 mod revocations;
+pub(crate) mod skills;
