@@ -4,7 +4,7 @@
 //! database pool: tokio I/O belongs to the runtime that created it, so a pool cannot be shared
 //! across Pingora's services.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,7 +16,9 @@ use clawdeploy_config::{Config, LlmListen};
 use clawdeploy_control_api::{account, router, ApiContext, ApiState, SessionVerifier};
 use clawdeploy_llm_egress::{ListenerHandoff, LlmMeterService, MeterListen, Upstreams};
 use clawdeploy_metering::{Meter, UsageFlush};
+use anyhow::Context;
 use clawdeploy_pool::{routing, CrashNotice, PoolWaker};
+use clawdeploy_skills::{Catalogue, Registry};
 use clawdeploy_proxy::{Activity, Drain, RouteTable};
 use clawdeploy_store::changes::ChangeBus;
 use clawdeploy_store::{Instance, Keyring, Store, StoreOptions};
@@ -38,6 +40,17 @@ pub struct App {
     pub activity: Arc<Activity>,
     /// The edge's waker, given the pool once it exists.
     pub waker: Arc<PoolWaker>,
+}
+
+/// The skill catalogue (bundled skills and the curated directory, `<data dir>/skills` by default)
+/// and the registry serving it to instances, which the control API shares.
+pub fn skills(config: &Config) -> anyhow::Result<(Arc<RwLock<Catalogue>>, Arc<Registry>)> {
+    let catalogue = Catalogue::load(&config.skills, &config.server.data_dir.join("skills"))
+        .context("loading the skill catalogue ([skills])")?;
+    tracing::info!(skills = catalogue.skills().count(), "skill catalogue loaded");
+    let catalogue = Arc::new(RwLock::new(catalogue));
+    let registry = Arc::new(Registry::new(catalogue.clone(), config.skills.clone()));
+    Ok((catalogue, registry))
 }
 
 /// The LLM meter the config asks for: at a fixed address, or (`auto`) on the listener the pool
@@ -204,6 +217,9 @@ impl App {
         }
         if let Some(llm_meter) = self.llm_meter {
             tokio::spawn(llm_meter.run(store.clone(), shutdown.clone()));
+        }
+        if let Some(registry) = self.ctx.registry.clone() {
+            tokio::spawn(async move { registry.refresh_upstream().await });
         }
         tokio::spawn(self.usage_flush.run(store.clone(), shutdown.clone()));
         let state = ApiState {

@@ -308,7 +308,10 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     // The LLM meter: at a fixed address, or (`auto`) on the listener the pool binds where its
     // instances reach it.
     let llm_handoff = clawdeploy_llm_egress::ListenerHandoff::new();
-    let llm_meter = app::llm_meter(&config, &meter, &keyring, &llm_handoff);
+    let (catalogue, registry) = app::skills(&config)?;
+    // The skill registry is served beside the meter, where instances reach it.
+    let llm_meter = app::llm_meter(&config, &meter, &keyring, &llm_handoff)
+        .map(|m| m.with_routes(registry.clone().router()));
     let usage_flush = app::usage_flush(&config, &meter);
     let http_listen = server_config.http_listen.clone();
     let base_domain = server_config.base_domain.clone();
@@ -318,6 +321,8 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     let mut ctx = ApiContext::new(config, admin_token, jwt_key, keyring).context("[smtp]")?;
     ctx.meter = Some(meter.clone());
     ctx.llm_listener = Some(llm_handoff);
+    ctx.catalogue = catalogue;
+    ctx.registry = llm_meter.is_some().then_some(registry);
     ctx.edge_secret = control_plane_secret.into();
     tracing::info!(mail = ctx.mailer.kind(), "outgoing mail");
     let app = app::AppService::new(app::App {

@@ -270,10 +270,13 @@ pub async fn set_tier(
     }
     state.store.set_user_tier(id, new).await?;
     let mut updated = Vec::new();
+    let mut skills_disabled = Vec::new();
     for inst in state.store.list_instances_by_user(id).await? {
         let inst = state.store.update_instance_tier(inst.id, new).await?;
         // Every edge meters by the tier in its route table.
         state.instance_changed(inst.id, &inst.subdomain).await;
+        // Skills past the new cap are disabled (kept installed); the sub-agent cap follows.
+        skills_disabled.extend(crate::skills::follow_tier(&state, &inst).await?);
         updated.push(crate::instances::instance_json(&state, &inst));
     }
     let user = state
@@ -285,7 +288,8 @@ pub async fn set_tier(
     Ok(Json(json!({
         "user": crate::auth::user_json(&user),
         "instances": updated,
-        "pending": "Message quotas and token budgets follow the new tier at once; container resources when the instance next restarts.",
+        "pending": "Message quotas, token budgets, skill and sub-agent caps follow the new tier at once; container resources when the instance next restarts.",
+        "skillsDisabled": skills_disabled,
     })))
 }
 

@@ -21,6 +21,7 @@ pub mod mail;
 pub mod openapi;
 pub mod pages;
 pub mod security;
+pub mod skills;
 pub mod throttle;
 pub mod usage;
 
@@ -67,6 +68,12 @@ pub struct ApiContext {
     /// it passes here: random per process, so no other process on the host can call the control
     /// API directly (and forge the `X-Real-IP` and `X-Forwarded-*` it trusts from the edge).
     pub edge_secret: Zeroizing<String>,
+    /// The skill catalogue (`GET /api/skills`), shared with the registry, which adds upstream
+    /// skills to it.
+    pub catalogue: Arc<std::sync::RwLock<clawdeploy_skills::Catalogue>>,
+    /// The registry instances install skills from; `None` without the LLM meter (no address
+    /// instances reach).
+    pub registry: Option<Arc<clawdeploy_skills::Registry>>,
 }
 
 impl ApiContext {
@@ -98,6 +105,10 @@ impl ApiContext {
             meter: None,
             llm_listener: None,
             edge_secret: Zeroizing::new(String::new()),
+            catalogue: Arc::new(std::sync::RwLock::new(
+                clawdeploy_skills::Catalogue::bundled().unwrap_or_default(),
+            )),
+            registry: None,
         })
     }
 

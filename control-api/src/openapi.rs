@@ -5,7 +5,7 @@ use axum::routing::{delete, get, patch, post, put, MethodRouter};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use crate::{account, admin, auth, chat, domains, host_sessions, instances, ApiState};
+use crate::{account, admin, auth, chat, domains, host_sessions, instances, skills, ApiState};
 
 /// Who may call an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +140,16 @@ pub fn endpoints() -> Vec<(Spec, Handler)> {
             "Cancel your instance (kept stopped for the grace period, then archived)"),
         ep!(post "/api/instances/me/restore", instances::restore_me, "instances", User, 202 "Restored and restarting",
             "Undo a cancellation within its grace period"),
+        // Skills
+        ep!(get "/api/skills", skills::list, "skills", User, 200 "The catalogue with what your instance has installed and enabled, the categories and your tier's cap",
+            "Browse installable skills", query: ["category", "q"]),
+        ep!(post "/api/skills/install", skills::install, "skills", User, 201 "The installed skill",
+            "Install a skill in your instance (no restart); secret config is sealed and never shown again",
+            body: [("skillId", "string", true), ("config", "object", false)]),
+        ep!(patch "/api/skills/{id}", skills::change, "skills", User, 200 "The changed skill",
+            "Change a skill's config (merged; a secret given is replaced) or enable/disable it",
+            body: [("config", "object", false), ("enabled", "boolean", false)]),
+        ep!(delete "/api/skills/{id}", skills::uninstall, "skills", User, 200 "Uninstalled", "Uninstall a skill"),
         // Admin
         ep!(get "/admin/routes", admin::list_routes, "admin", Admin, 200 "Every route", "The edge's route table"),
         ep!(get "/admin/routes/{host}", admin::get_route, "admin", Admin, 200 "The route", "One route"),

@@ -805,6 +805,7 @@ pub struct LlmMeterService {
     token_key: Vec<u8>,
     upstreams: Upstreams,
     allowed_private: Vec<IpNet>,
+    routes: Option<axum::Router>,
 }
 
 impl LlmMeterService {
@@ -827,7 +828,15 @@ impl LlmMeterService {
             token_key,
             upstreams,
             allowed_private,
+            routes: None,
         }
+    }
+
+    /// Also serves `routes` on the meter's listener, which instances reach and the egress rules
+    /// open (the skill registry); the meter's own paths start with a provider name.
+    pub fn with_routes(mut self, routes: axum::Router) -> Self {
+        self.routes = Some(routes);
+        self
     }
 }
 
@@ -901,9 +910,12 @@ impl LlmMeterService {
             client,
             custom_client,
         });
-        let app = axum::Router::new()
+        let mut app = axum::Router::new()
             .route("/{provider}/{*rest}", axum::routing::any(forward))
             .with_state(state);
+        if let Some(routes) = self.routes {
+            app = app.merge(routes);
+        }
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = shutdown.changed().await;
         });

@@ -336,6 +336,47 @@ impl Runtime for DockerRuntime {
         self.upload(id, &user, files).await
     }
 
+    async fn remove_path(&self, id: &str, path: &str) -> Result<(), RuntimeError> {
+        let path = safe_relative_path(path)?;
+        let inspected = self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| not_found(e, id))?;
+        let user = inspected.config.and_then(|c| c.user).unwrap_or_default();
+        // The instance's own user removes what it owns; `--` so no path reads as an option.
+        let exec = self
+            .docker
+            .create_exec(
+                id,
+                bollard::exec::CreateExecOptions {
+                    cmd: Some(vec![
+                        "rm".to_string(),
+                        "-rf".to_string(),
+                        "--".to_string(),
+                        format!("{DATA_DIR}/{path}"),
+                    ]),
+                    user: Some(user),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| not_found(e, id))?;
+        if let bollard::exec::StartExecResults::Attached { mut output, .. } =
+            self.docker.start_exec(&exec.id, None).await?
+        {
+            while output.next().await.is_some() {}
+        }
+        match self.docker.inspect_exec(&exec.id).await?.exit_code {
+            Some(0) => Ok(()),
+            code => Err(RuntimeError::Refused(format!(
+                "removing {path} in the instance exited with {code:?}"
+            ))),
+        }
+    }
+
     async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
         // A frozen (sleeping) container cannot handle SIGTERM: thawed first (409: not paused).
         let _ = self.docker.unpause_container(id).await;

@@ -15,6 +15,7 @@ pub mod ready;
 pub mod routing;
 pub mod runtime;
 pub mod setup;
+pub mod skills;
 pub mod sleep;
 pub mod work;
 

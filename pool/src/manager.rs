@@ -168,6 +168,9 @@ pub enum PoolError {
     /// The instance's gateway could not be asked about its work.
     #[error(transparent)]
     Work(#[from] crate::work::WorkError),
+    /// A sleeping instance the platform had to act on did not wake.
+    #[error(transparent)]
+    Wake(#[from] clawdeploy_proxy::sleep::WakeError),
 }
 
 /// What an assignment achieved.

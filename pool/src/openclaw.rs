@@ -28,7 +28,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
-use clawdeploy_store::{DomainStatus, Instance, Keyring, Store};
+use clawdeploy_config::TiersConfig;
+use clawdeploy_store::{
+    DomainStatus, InstalledSkill, Instance, Keyring, SkillSecrets, SkillSource, Store,
+};
 
 use crate::manager::{InstanceConfig, PoolError};
 use crate::runtime::ConfigFile;
@@ -76,6 +79,17 @@ impl std::fmt::Debug for ProviderKey {
     }
 }
 
+/// What an owner's config holds beyond the gateway's lockdown and the providers: the installed
+/// skills (secrets opened) and the tier's sub-agent cap. The default (no skills, no sub-agents) is
+/// a warm member's.
+#[derive(Default)]
+pub struct TenantExtras {
+    /// Installed skills with their opened secrets.
+    pub skills: Vec<(InstalledSkill, SkillSecrets)>,
+    /// The tier's sub-agent cap ([`subagent_limits`]).
+    pub subagents: u32,
+}
+
 /// Generates OpenClaw's config for each instance.
 pub struct OpenClawConfig {
     /// The header the edge sets with the authenticated user's id.
@@ -103,6 +117,51 @@ pub struct OpenClawConfig {
     /// The key of the per-instance header the edge proves itself with
     /// ([`clawdeploy_proxy::gateway_trust`]); every assigned gateway requires its own.
     pub gateway_proof_key: Vec<u8>,
+    /// The tier table: each instance's sub-agent cap.
+    pub tiers: TiersConfig,
+}
+
+/// The `skills` section of an instance's config: only the bundled skills the owner installed and
+/// enabled are visible to its agent (`allowBundled`; OpenClaw would otherwise offer every bundled
+/// skill it can run), and every installed skill's entry says whether it is enabled and carries
+/// its config as environment variables (secrets opened for this instance only).
+pub fn skills_section(installed: &[(InstalledSkill, SkillSecrets)]) -> Value {
+    let allow: Vec<&str> = installed
+        .iter()
+        .filter(|(s, _)| s.enabled && s.source == SkillSource::Bundled)
+        .map(|(s, _)| s.skill_id.as_str())
+        .collect();
+    let mut entries = Map::new();
+    for (skill, secrets) in installed {
+        let mut env = Map::new();
+        for (name, value) in &skill.config {
+            if let Some(text) = value.as_str() {
+                env.insert(name.clone(), json!(text));
+            }
+        }
+        for (name, value) in secrets {
+            env.insert(name.clone(), json!(value.as_str()));
+        }
+        let mut entry = json!({ "enabled": skill.enabled });
+        if !env.is_empty() {
+            entry["env"] = Value::Object(env);
+        }
+        entries.insert(skill.skill_id.clone(), entry);
+    }
+    json!({ "allowBundled": allow, "entries": entries })
+}
+
+/// `agents.defaults.subagents` for a tier's cap: at most `cap` sub-agents at once, none of them
+/// spawning more; 0 (the main agent only) also denies the spawn tool, so the model is not offered
+/// what it may not use.
+pub fn subagent_limits(cap: u32) -> (Value, Option<Value>) {
+    let limits = json!({
+        "maxConcurrent": cap.max(1),
+        "maxChildrenPerAgent": cap.max(1),
+        "maxSpawnDepth": 1,
+    });
+    let deny = (cap == 0).then(|| json!(["sessions_spawn"]));
+    (limits, deny)
 }
 
 impl OpenClawConfig {
@@ -126,6 +185,7 @@ impl OpenClawConfig {
             &[UNASSIGNED_ORIGIN.to_string()],
             &providers,
             None,
+            &TenantExtras::default(),
         )
     }
 
@@ -177,6 +237,7 @@ impl OpenClawConfig {
         origins: &[String],
         providers: &[ProviderKey],
         timezone: Option<&str>,
+        extras: &TenantExtras,
     ) -> Value {
         let mut trusted_proxy = json!({
             "userHeader": self.user_header,
@@ -225,6 +286,12 @@ impl OpenClawConfig {
             "update": { "checkOnStart": false, "auto": { "enabled": false } },
             "agents": { "defaults": defaults },
         });
+        let (subagents, deny) = subagent_limits(extras.subagents);
+        config["agents"]["defaults"]["subagents"] = subagents;
+        if let Some(deny) = deny {
+            config["tools"] = json!({ "deny": deny });
+        }
+        config["skills"] = skills_section(&extras.skills);
         let (models, primary) = provider_settings(providers);
         if let Some(primary) = primary {
             config["agents"]["defaults"]["model"] = json!({ "primary": primary });
@@ -373,12 +440,21 @@ fn provider_settings(providers: &[ProviderKey]) -> (Map<String, Value>, Option<&
 impl InstanceConfig for OpenClawConfig {
     async fn files(&self, instance: &Instance, member: &str) -> Result<Vec<ConfigFile>, PoolError> {
         let providers = self.provider_keys(instance, member).await?;
+        let skills = match &self.keys {
+            Some((store, keyring)) => store.skills_with_secrets(instance.id, keyring).await?,
+            None => Vec::new(),
+        };
+        let extras = TenantExtras {
+            skills,
+            subagents: self.tiers.get(instance.tier).subagents,
+        };
         let config = self.gateway_config(
             &instance.user_id.to_string(),
             Some(&self.proof_header(instance)),
             &self.origins(&self.hostnames(instance).await?),
             &providers,
             instance.timezone.as_deref(),
+            &extras,
         );
         let contents = serde_json::to_vec_pretty(&config)
             .map_err(|e| PoolError::Config(format!("openclaw.json: {e}")))?;
@@ -594,6 +670,7 @@ mod tests {
             gateway_proof_key: b"proof key".to_vec(),
             keys: None,
             llm_meter: None,
+            tiers: TiersConfig::default(),
         }
     }
 
@@ -717,6 +794,7 @@ mod tests {
             &["https://alice.example.test".into()],
             &[owner],
             None,
+            &TenantExtras::default(),
         );
         assert_eq!(assigned["models"], idle["models"]);
         assert_eq!(
@@ -748,7 +826,7 @@ mod tests {
                 base_url: Some("http://172.18.0.1:9000/v1".into()),
             },
         ];
-        let c = generator().gateway_config("u", None, &[], &keys, None);
+        let c = generator().gateway_config("u", None, &[], &keys, None, &TenantExtras::default());
         let custom = &c["models"]["providers"]["custom"];
         assert_eq!(custom["baseUrl"], "http://172.18.0.1:9000/v1");
         assert_eq!(custom["apiKey"], "sk-custom");

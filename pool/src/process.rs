@@ -164,6 +164,18 @@ impl Runtime for ProcessRuntime {
         write_files(&data_dir, files).await
     }
 
+    async fn remove_path(&self, id: &str, path: &str) -> Result<(), RuntimeError> {
+        let path = safe_relative_path(path)?;
+        let data_dir = self.with(id, |p| p.data_dir.clone())?;
+        match tokio::fs::remove_dir_all(data_dir.join(path)).await {
+            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+                Ok(tokio::fs::remove_file(data_dir.join(path)).await?)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => Ok(other?),
+        }
+    }
+
     async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
         let mut events = self.events.subscribe();
         let Some(kill) = self.with(id, |p| p.kill.take())? else {

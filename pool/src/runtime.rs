@@ -189,6 +189,10 @@ pub trait Runtime: Send + Sync + 'static {
     async fn start(&self, id: &str) -> Result<(), RuntimeError>;
     /// Injects a user's config into a running (or stopped) instance: files in its data directory.
     async fn assign(&self, id: &str, files: &[ConfigFile]) -> Result<(), RuntimeError>;
+    /// Removes a file or folder (recursively) from a running instance's data directory, as the
+    /// instance's own user; `path` is relative to the data directory (an uninstalled skill's
+    /// folder). Absent is fine.
+    async fn remove_path(&self, id: &str, path: &str) -> Result<(), RuntimeError>;
     /// Stops the instance (Docker gives it 5 s after SIGTERM); already stopped is not an error.
     async fn stop(&self, id: &str) -> Result<(), RuntimeError>;
     /// Stops and starts the instance, keeping its data.

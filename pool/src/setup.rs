@@ -232,7 +232,18 @@ pub async fn pool_from_config(
                 }),
                 // The edge derives the same headers from the same key (main.rs).
                 gateway_proof_key: config.secrets.jwt_key.as_bytes().to_vec(),
+                tiers: config.tiers.clone(),
             };
+            // OpenClaw's own skill installer fetches from the platform's registry, served
+            // beside the LLM meter (clawdeploy_skills::registry); no meter, no registry.
+            if let Some(address) = meter_address {
+                settings
+                    .env
+                    .push(("CLAWHUB_URL".into(), format!("http://{address}")));
+                settings
+                    .env
+                    .push(("CLAWHUB_DISABLE_TELEMETRY".into(), "1".into()));
+            }
             // The pool rewrites openclaw.json through Docker's archive upload, which replaces the
             // file (a new inode). OpenClaw's file watcher (chokidar, inotify) missed such a second
             // replacement in about half of our runs, so a custom domain's origin never applied;

@@ -132,6 +132,16 @@ impl Gateway {
 
     /// One request; its response's payload (an error response is [`WorkError::Refused`]).
     pub async fn call(&mut self, method: &'static str, params: Value) -> Result<Value, WorkError> {
+        self.call_within(method, params, PATIENCE).await
+    }
+
+    /// [`Self::call`] for a request that may take up to `patience` (a skill install).
+    pub async fn call_within(
+        &mut self,
+        method: &'static str,
+        params: Value,
+        patience: Duration,
+    ) -> Result<Value, WorkError> {
         self.next_id += 1;
         let id = format!("clawdeploy-{}", self.next_id);
         let request = json!({"type": "req", "id": id, "method": method, "params": params});
@@ -154,9 +164,9 @@ impl Gateway {
                 }
             }
         };
-        tokio::time::timeout(PATIENCE, exchange)
+        tokio::time::timeout(patience, exchange)
             .await
-            .map_err(|_| WorkError::Timeout(PATIENCE))?
+            .map_err(|_| WorkError::Timeout(patience))?
     }
 
     /// One chat turn in `session`: returns once its final event arrives (a first turn on 2 vCPU

@@ -88,11 +88,9 @@ pub struct Registry {
 
 impl Registry {
     /// A registry over `catalogue` (shared with the control API, which lists it). Upstream
-    /// connections never leave from `instance_side` (the node's address on the instance network).
     pub fn new(
         catalogue: Arc<RwLock<Catalogue>>,
         config: SkillsConfig,
-        instance_side: Option<std::net::IpAddr>,
     ) -> Self {
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
@@ -100,7 +98,8 @@ impl Registry {
             .enable_http1()
             .wrap_connector(GuardedConnector::new(EgressPolicy {
                 allowed: config.upstream_private_nets(),
-                instance_side,
+                // The instance network is private: refused like every private range.
+                instance_side: None,
             }));
         Self {
             catalogue,

@@ -1,0 +1,88 @@
+//! Skills in a running instance (issue 18). OpenClaw's own installer does the installing: the
+//! pool asks the instance's gateway, as the platform, for `skills.install {source: "clawhub"}`,
+//! and OpenClaw fetches the archive from the platform's registry (its `CLAWHUB_URL`), checks its
+//! verdict and checksum, and unpacks it into `workspace/skills/<slug>`, where its watcher picks it
+//! up without a restart. Which skills are enabled, and their config, travel in the instance's
+//! config (`skills.entries`, [`crate::openclaw::skills_section`]), rewritten by
+//! [`PoolManager::reconfigure`]. Removing a registry skill deletes its folder.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use clawdeploy_store::{Instance, InstanceStatus};
+
+use crate::manager::{PoolError, PoolManager};
+use crate::ready::NotReady;
+use crate::work::Gateway;
+
+impl PoolManager {
+    /// The instance's gateway, connected as the platform; a sleeping instance is woken first.
+    async fn platform_gateway(self: &Arc<Self>, instance: &Instance) -> Result<Gateway, PoolError> {
+        let addr: SocketAddr = match instance.status {
+            InstanceStatus::Sleeping => self.wake_instance(instance.id).await?,
+            _ => instance
+                .upstream
+                .as_deref()
+                .and_then(|u| u.parse().ok())
+                .ok_or_else(|| {
+                    PoolError::NotReady(instance.subdomain.clone(), NotReady::NoContainer)
+                })?,
+        };
+        let headers = self
+            .config
+            .platform_headers(instance)
+            .ok_or_else(|| {
+                PoolError::Config("this instance kind has no platform identity".into())
+            })?;
+        Ok(Gateway::connect(addr, &headers).await?)
+    }
+
+    /// Installs the registry skill `slug` at `version` in the instance through OpenClaw's own
+    /// installer, within `patience`; answers OpenClaw's result.
+    pub async fn install_registry_skill(
+        self: &Arc<Self>,
+        instance: &Instance,
+        slug: &str,
+        version: &str,
+        patience: Duration,
+    ) -> Result<Value, PoolError> {
+        let mut gateway = self.platform_gateway(instance).await?;
+        let params = json!({"source": "clawhub", "slug": slug, "version": version});
+        Ok(gateway
+            .call_within("skills.install", params, patience)
+            .await?)
+    }
+
+    /// Removes a registry skill's folder from the instance's workspace (OpenClaw's watcher drops
+    /// it from the agent's skills); a sleeping instance is woken first.
+    pub async fn remove_registry_skill(
+        self: &Arc<Self>,
+        instance: &Instance,
+        slug: &str,
+    ) -> Result<(), PoolError> {
+        if instance.status == InstanceStatus::Sleeping {
+            self.wake_instance(instance.id).await?;
+        }
+        let member = self
+            .store
+            .pool_member_for_instance(instance.id)
+            .await?
+            .and_then(|m| m.runtime_id)
+            .ok_or_else(|| {
+                PoolError::NotReady(instance.subdomain.clone(), NotReady::NoContainer)
+            })?;
+        Ok(self
+            .runtime
+            .remove_path(&member, &format!("workspace/skills/{slug}"))
+            .await?)
+    }
+
+    /// OpenClaw's `skills.status` of the instance: every skill its agent sees, with eligibility.
+    pub async fn skills_status(self: &Arc<Self>, instance: &Instance) -> Result<Value, PoolError> {
+        let mut gateway = self.platform_gateway(instance).await?;
+        Ok(gateway.call("skills.status", json!({})).await?)
+    }
+}
