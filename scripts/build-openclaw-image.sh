@@ -25,7 +25,10 @@ if [ "${1:-}" = "--host-only" ]; then
 fi
 IMAGE="${1:-clawdeploy-openclaw:$OPENCLAW_VERSION}"
 CACHE="${CLAWDEPLOY_IMAGE_CACHE:-/var/cache/clawdeploy/openclaw-image}"
-BASE_IMAGE="clawdeploy-debian:$SUITE-minbase"
+# curl and jq: bundled skills (notion, trello, whisper-api, weather's fallback) call them. The
+# package list is in the base image's tag, so a change to it builds a new base.
+BASE_PACKAGES="ca-certificates,curl,jq"
+BASE_IMAGE="clawdeploy-debian:$SUITE-minbase-curl-jq"
 
 START=$SECONDS
 step() { printf '[image %3ds] %s\n' "$((SECONDS - START))" "$*" >&2; }
@@ -80,7 +83,7 @@ docker info >/dev/null 2>&1 || { step "no Docker engine answers (scripts/start-d
 if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     step "base $BASE_IMAGE: cached"
 else
-    rootfs_tar="$CACHE/rootfs-$SUITE-minbase.tar"
+    rootfs_tar="$CACHE/rootfs-$SUITE-minbase-curl-jq.tar"
     if [ ! -s "$rootfs_tar" ]; then
         if ! command -v debootstrap >/dev/null 2>&1; then
             step "installing debootstrap"
@@ -90,7 +93,7 @@ else
         fi
         rootfs="$(mktemp -d "$CACHE/rootfs.XXXXXX")"
         step "debootstrap --variant=minbase $SUITE from $MIRROR (about 30-60 s)"
-        debootstrap --variant=minbase --include=ca-certificates "$SUITE" "$rootfs" "$MIRROR" \
+        debootstrap --variant=minbase --include="$BASE_PACKAGES" "$SUITE" "$rootfs" "$MIRROR" \
             | while IFS= read -r line; do
                 case "$line" in I:\ Retrieving* | I:\ Validating*) ;; *) step "  $line" ;; esac
             done

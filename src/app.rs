@@ -11,15 +11,15 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use anyhow::Context;
 use clawdeploy_certs::CertManager;
 use clawdeploy_config::{Config, LlmListen};
 use clawdeploy_control_api::{account, router, ApiContext, ApiState, SessionVerifier};
 use clawdeploy_llm_egress::{ListenerHandoff, LlmMeterService, MeterListen, Upstreams};
 use clawdeploy_metering::{Meter, UsageFlush};
-use anyhow::Context;
 use clawdeploy_pool::{routing, CrashNotice, PoolWaker};
-use clawdeploy_skills::{Catalogue, Registry};
 use clawdeploy_proxy::{Activity, Drain, RouteTable};
+use clawdeploy_skills::{Catalogue, Registry};
 use clawdeploy_store::changes::ChangeBus;
 use clawdeploy_store::{Instance, Keyring, Store, StoreOptions};
 
@@ -47,7 +47,10 @@ pub struct App {
 pub fn skills(config: &Config) -> anyhow::Result<(Arc<RwLock<Catalogue>>, Arc<Registry>)> {
     let catalogue = Catalogue::load(&config.skills, &config.server.data_dir.join("skills"))
         .context("loading the skill catalogue ([skills])")?;
-    tracing::info!(skills = catalogue.skills().count(), "skill catalogue loaded");
+    tracing::info!(
+        skills = catalogue.skills().count(),
+        "skill catalogue loaded"
+    );
     let catalogue = Arc::new(RwLock::new(catalogue));
     let registry = Arc::new(Registry::new(catalogue.clone(), config.skills.clone()));
     Ok((catalogue, registry))

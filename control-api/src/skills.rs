@@ -91,7 +91,11 @@ fn config_error(e: ConfigError) -> ApiError {
         ConfigError::Missing(f) | ConfigError::NotText(f) | ConfigError::BadText(f) => f.clone(),
         ConfigError::Unknown { field, .. } => field.clone(),
     };
-    ApiError::invalid(&format!("config.{field}"), "INVALID_SKILL_CONFIG", e.to_string())
+    ApiError::invalid(
+        &format!("config.{field}"),
+        "INVALID_SKILL_CONFIG",
+        e.to_string(),
+    )
 }
 
 fn registry_error(e: RegistryError) -> ApiError {
@@ -111,9 +115,11 @@ fn registry_error(e: RegistryError) -> ApiError {
             err.retry_after = Some(60);
             err
         }
-        refused @ (RegistryError::Verdict { .. } | RegistryError::Archive { .. }) => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "SKILL_REFUSED", format!("{refused}; nothing was installed."))
-        }
+        refused @ (RegistryError::Verdict { .. } | RegistryError::Archive { .. }) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "SKILL_REFUSED",
+            format!("{refused}; nothing was installed."),
+        ),
     }
 }
 
@@ -130,7 +136,12 @@ fn field_json(skill: &Skill) -> Value {
         .collect::<Vec<_>>())
 }
 
-fn skill_json(skill: Option<&Skill>, installed: Option<&InstalledSkill>, tier: Tier, id: &str) -> Value {
+fn skill_json(
+    skill: Option<&Skill>,
+    installed: Option<&InstalledSkill>,
+    tier: Tier,
+    id: &str,
+) -> Value {
     let mut v = match skill {
         Some(s) => json!({
             "id": s.id,
@@ -173,10 +184,17 @@ pub async fn list(
     let Query(q) = query?;
     let inst = my_instance(&state, &auth).await?;
     let installed = state.store.skills_of(inst.id, &state.ctx.keyring).await?;
-    let needle = q.q.as_deref().map(str::to_lowercase).filter(|s| !s.is_empty());
+    let needle =
+        q.q.as_deref()
+            .map(str::to_lowercase)
+            .filter(|s| !s.is_empty());
     let (mut skills, mut categories) = (Vec::new(), Vec::new());
     {
-        let catalogue = state.ctx.catalogue.read().map_err(|_| ApiError::internal("catalogue", "lock poisoned"))?;
+        let catalogue = state
+            .ctx
+            .catalogue
+            .read()
+            .map_err(|_| ApiError::internal("catalogue", "lock poisoned"))?;
         for s in catalogue.skills() {
             if !categories.contains(&s.category) {
                 categories.push(s.category.clone());
@@ -193,7 +211,10 @@ pub async fn list(
                 skills.push(skill_json(Some(s), mine, inst.tier, &s.id));
             }
         }
-        for i in installed.iter().filter(|i| catalogue.get(&i.skill_id).is_none()) {
+        for i in installed
+            .iter()
+            .filter(|i| catalogue.get(&i.skill_id).is_none())
+        {
             skills.push(skill_json(None, Some(i), inst.tier, &i.skill_id));
         }
     }
@@ -212,7 +233,11 @@ pub async fn list(
 }
 
 fn catalogue_skill(state: &ApiState, id: &str) -> Result<Skill, ApiError> {
-    let catalogue = state.ctx.catalogue.read().map_err(|_| ApiError::internal("catalogue", "lock poisoned"))?;
+    let catalogue = state
+        .ctx
+        .catalogue
+        .read()
+        .map_err(|_| ApiError::internal("catalogue", "lock poisoned"))?;
     catalogue.get(id).cloned().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -265,7 +290,10 @@ pub async fn install(
     if installed.iter().any(|i| i.skill_id == skill.id) {
         return Err(ApiError::conflict(
             "SKILL_INSTALLED",
-            format!("{} is already installed; change its config with PATCH /api/skills/{}.", skill.name, skill.id),
+            format!(
+                "{} is already installed; change its config with PATCH /api/skills/{}.",
+                skill.name, skill.id
+            ),
         ));
     }
     let cap = cap_of(&state, inst.tier);
@@ -274,11 +302,18 @@ pub async fn install(
     }
     let started = std::time::Instant::now();
     let (source, version) = if skill.origin.from_registry() {
-        (SkillSource::Registry, install_from_registry(&state, &inst, &skill).await?)
+        (
+            SkillSource::Registry,
+            install_from_registry(&state, &inst, &skill).await?,
+        )
     } else {
         (SkillSource::Bundled, skill.version.clone())
     };
-    let plain: Map<String, Value> = split.plain.into_iter().filter(|(_, v)| !v.is_null()).collect();
+    let plain: Map<String, Value> = split
+        .plain
+        .into_iter()
+        .filter(|(_, v)| !v.is_null())
+        .collect();
     let new = NewSkill {
         instance_id: inst.id,
         skill_id: &skill.id,
@@ -297,9 +332,10 @@ pub async fn install(
             }
             return Err(match e {
                 StoreError::LimitReached { cap, .. } => limit_error(&state, inst.tier, cap),
-                e if e.is_conflict(clawdeploy_store::Conflict::Skill) => {
-                    ApiError::conflict("SKILL_INSTALLED", format!("{} is already installed.", skill.name))
-                }
+                e if e.is_conflict(clawdeploy_store::Conflict::Skill) => ApiError::conflict(
+                    "SKILL_INSTALLED",
+                    format!("{} is already installed.", skill.name),
+                ),
                 e => e.into(),
             });
         }
@@ -316,7 +352,8 @@ pub async fn install(
         Origin::Curated => "curated",
         Origin::Upstream => "upstream",
     };
-    metrics::histogram!("clawdeploy_skill_install_seconds", "origin" => origin).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("clawdeploy_skill_install_seconds", "origin" => origin)
+        .record(started.elapsed().as_secs_f64());
     tracing::info!(instance = %inst.id, skill = %skill.id, %version, origin, ms = started.elapsed().as_millis() as u64, "skill installed");
     Ok((
         StatusCode::CREATED,
@@ -329,7 +366,11 @@ pub async fn install(
 
 /// The registry half of an install: the skill fetched and checked by the registry, then OpenClaw's
 /// installer asked (and its files removed again if it fails). Answers the version installed.
-async fn install_from_registry(state: &ApiState, inst: &Instance, skill: &Skill) -> Result<String, ApiError> {
+async fn install_from_registry(
+    state: &ApiState,
+    inst: &Instance,
+    skill: &Skill,
+) -> Result<String, ApiError> {
     let (Some(registry), Some(pool)) = (&state.ctx.registry, &state.pool) else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -337,7 +378,10 @@ async fn install_from_registry(state: &ApiState, inst: &Instance, skill: &Skill)
             "This node serves no skill registry (it needs the LLM meter and a container runtime); bundled skills still install.",
         ));
     };
-    if !matches!(inst.status, InstanceStatus::Running | InstanceStatus::Sleeping) {
+    if !matches!(
+        inst.status,
+        InstanceStatus::Running | InstanceStatus::Sleeping
+    ) {
         return Err(ApiError::conflict(
             "INSTANCE_NOT_RUNNING",
             format!("Your instance is {}; registry skills install into a running instance. Start it and try again.", inst.status),
@@ -345,12 +389,18 @@ async fn install_from_registry(state: &ApiState, inst: &Instance, skill: &Skill)
     }
     let version = registry.prepare(&skill.id).await.map_err(registry_error)?;
     let patience = Duration::from_secs(state.ctx.config.skills.install_timeout_secs);
-    if let Err(e) = pool.install_registry_skill(inst, &skill.id, &version, patience).await {
+    if let Err(e) = pool
+        .install_registry_skill(inst, &skill.id, &version, patience)
+        .await
+    {
         remove_files(state, inst, &skill.id).await;
         let mut err = ApiError::new(
             StatusCode::BAD_GATEWAY,
             "SKILL_INSTALL_FAILED",
-            format!("Your instance could not install {}: {e}. Nothing was installed.", skill.name),
+            format!(
+                "Your instance could not install {}: {e}. Nothing was installed.",
+                skill.name
+            ),
         );
         err.cause = Some(format!("skills.install {}: {e}", skill.id));
         return Err(err);
@@ -376,7 +426,12 @@ pub async fn change(
 ) -> Result<Json<Value>, ApiError> {
     let Json(b) = body?;
     let inst = my_instance(&state, &auth).await?;
-    let skill = state.ctx.catalogue.read().ok().and_then(|c| c.get(&id).cloned());
+    let skill = state
+        .ctx
+        .catalogue
+        .read()
+        .ok()
+        .and_then(|c| c.get(&id).cloned());
     let split = match (&b.config, &skill) {
         (Some(config), Some(skill)) => Some(skill.split_config(config, false).map_err(config_error)?),
         (Some(config), None) if !config.is_empty() => {
@@ -386,7 +441,15 @@ pub async fn change(
     };
     if b.enabled == Some(true) {
         if let Some(s) = skill.as_ref().filter(|s| s.min_tier > inst.tier) {
-            return Err(ApiError::forbidden("SKILL_TIER", format!("{} needs the {} tier; upgrade: {}", s.name, s.min_tier, upgrade_url(&state))));
+            return Err(ApiError::forbidden(
+                "SKILL_TIER",
+                format!(
+                    "{} needs the {} tier; upgrade: {}",
+                    s.name,
+                    s.min_tier,
+                    upgrade_url(&state)
+                ),
+            ));
         }
     }
     let cap = cap_of(&state, inst.tier);
@@ -396,10 +459,16 @@ pub async fn change(
         enabled: b.enabled,
         cap,
     };
-    let updated = match state.store.update_skill(inst.id, &id, &change, &state.ctx.keyring).await {
+    let updated = match state
+        .store
+        .update_skill(inst.id, &id, &change, &state.ctx.keyring)
+        .await
+    {
         Ok(Some(u)) => u,
         Ok(None) => return Err(not_installed(&id)),
-        Err(StoreError::LimitReached { cap, .. }) => return Err(limit_error(&state, inst.tier, cap)),
+        Err(StoreError::LimitReached { cap, .. }) => {
+            return Err(limit_error(&state, inst.tier, cap))
+        }
         Err(e) => return Err(e.into()),
     };
     apply(&state, &inst).await?;

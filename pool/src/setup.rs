@@ -240,9 +240,6 @@ pub async fn pool_from_config(
                 settings
                     .env
                     .push(("CLAWHUB_URL".into(), format!("http://{address}")));
-                settings
-                    .env
-                    .push(("CLAWHUB_DISABLE_TELEMETRY".into(), "1".into()));
             }
             // The pool rewrites openclaw.json through Docker's archive upload, which replaces the
             // file (a new inode). OpenClaw's file watcher (chokidar, inotify) missed such a second

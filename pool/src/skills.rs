@@ -31,12 +31,9 @@ impl PoolManager {
                     PoolError::NotReady(instance.subdomain.clone(), NotReady::NoContainer)
                 })?,
         };
-        let headers = self
-            .config
-            .platform_headers(instance)
-            .ok_or_else(|| {
-                PoolError::Config("this instance kind has no platform identity".into())
-            })?;
+        let headers = self.config.platform_headers(instance).ok_or_else(|| {
+            PoolError::Config("this instance kind has no platform identity".into())
+        })?;
         Ok(Gateway::connect(addr, &headers).await?)
     }
 
@@ -50,7 +47,9 @@ impl PoolManager {
         patience: Duration,
     ) -> Result<Value, PoolError> {
         let mut gateway = self.platform_gateway(instance).await?;
-        let params = json!({"source": "clawhub", "slug": slug, "version": version});
+        // `force`: the platform's record decides what is installed; leftovers of an earlier,
+        // undone install must not block this one ("already exists").
+        let params = json!({"source": "clawhub", "slug": slug, "version": version, "force": true});
         Ok(gateway
             .call_within("skills.install", params, patience)
             .await?)

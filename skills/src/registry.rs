@@ -88,10 +88,7 @@ pub struct Registry {
 
 impl Registry {
     /// A registry over `catalogue` (shared with the control API, which lists it). Upstream
-    pub fn new(
-        catalogue: Arc<RwLock<Catalogue>>,
-        config: SkillsConfig,
-    ) -> Self {
+    pub fn new(catalogue: Arc<RwLock<Catalogue>>, config: SkillsConfig) -> Self {
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
             .https_or_http()
@@ -486,6 +483,9 @@ async fn verdicts(
                 "decision": if ok { "pass" } else { "blocked" },
                 "reasons": if ok { json!([]) } else { json!(["not served by this registry"]) },
                 "security": {"status": if ok { "clean" } else { "unknown" }, "passed": ok},
+                // OpenClaw's installer requires both fields.
+                "overview": if ok { "Served by this platform's registry after its checks." } else { "Not served by this registry." },
+                "securityAuditUrl": format!("/api/v1/skills/{}/verify?version={}", i.slug, i.version),
             })
         })
         .collect();

@@ -29,6 +29,7 @@ mod runtime;
 mod sessions;
 mod shared_counters;
 mod shared_limits;
+mod skills;
 mod sleep;
 mod support;
 mod tls;
