@@ -48,6 +48,8 @@ pub const UNASSIGNED_USER: &str = "clawdeploy-unassigned";
 pub const UNASSIGNED_ORIGIN: &str = "https://unassigned.invalid";
 /// The model of a warm member, and of an owner with an OpenAI key (the default).
 const DEFAULT_PRIMARY: &str = "openai/gpt-5-mini";
+/// The only entry of `skills.allowBundled` when the owner installed no bundled skill.
+pub const NO_BUNDLED_SKILL: &str = "clawdeploy-none";
 /// The session a warm member's warm-up turn runs in, removed afterwards.
 const WARM_UP_SESSION: &str = "agent:main:clawdeploy-warm-up";
 /// Scopes an owner's devices are auto-approved with, and the edge caps HTTP calls to: never
@@ -126,11 +128,16 @@ pub struct OpenClawConfig {
 /// skill it can run), and every installed skill's entry says whether it is enabled and carries
 /// its config as environment variables (secrets opened for this instance only).
 pub fn skills_section(installed: &[(InstalledSkill, SkillSecrets)]) -> Value {
-    let allow: Vec<&str> = installed
+    let mut allow: Vec<&str> = installed
         .iter()
         .filter(|(s, _)| s.enabled && s.source == SkillSource::Bundled)
         .map(|(s, _)| s.skill_id.as_str())
         .collect();
+    if allow.is_empty() {
+        // OpenClaw reads an empty allowlist as none at all (every bundled skill offered, seen on
+        // 2026.9.6): a name no skill has keeps them all out.
+        allow.push(NO_BUNDLED_SKILL);
+    }
     let mut entries = Map::new();
     for (skill, secrets) in installed {
         let mut env = Map::new();

@@ -22,6 +22,7 @@ mod metering;
 mod openapi;
 mod openclaw;
 mod openclaw_lifecycle;
+mod openclaw_skills;
 mod pool;
 mod prometheus;
 mod routing;
