@@ -98,6 +98,8 @@ pub struct Request<'a> {
     /// `params.idempotencyKey` (a non-empty string, or a number as written) of a turn; `None` for
     /// other requests. A retry with a key already counted this period is not counted again.
     pub idempotency_key: Option<Cow<'a, str>>,
+    /// Whether it asks for a sub-agent ([`SPAWN_PARAMS`]), whatever its method.
+    pub spawn: bool,
 }
 
 impl Request<'_> {
@@ -168,6 +170,7 @@ pub fn request(text: &[u8]) -> Option<Request<'_>> {
         method,
         turn,
         idempotency_key: if turn { params.idempotency_key } else { None },
+        spawn: params.spawn,
     })
 }
 
@@ -198,6 +201,8 @@ struct ParamsSeen<'a> {
     /// [`text_params`] present and not `null`.
     text: u32,
     idempotency_key: Option<Cow<'a, str>>,
+    /// A [`SPAWN_PARAMS`] param present and not `null` (the last of repeated keys wins).
+    spawn: bool,
 }
 
 impl<'a> ParamsSeen<'a> {
@@ -206,9 +211,10 @@ impl<'a> ParamsSeen<'a> {
             scan.value()?;
             return Some(Self::default());
         }
-        let (mut text, mut key) = (0u32, None);
+        let (mut text, mut key, mut spawn) = (0u32, None, false);
         scan.object(|scan, k| {
             match k {
+                Key::Spawn => spawn = scan.value()? != b"null",
                 Key::Text(bit) => {
                     // Of repeated keys the last one wins, `null` included.
                     if scan.value()? == b"null" {
@@ -238,6 +244,7 @@ impl<'a> ParamsSeen<'a> {
         Some(Self {
             text,
             idempotency_key: key,
+            spawn,
         })
     }
 }
@@ -403,8 +410,15 @@ enum Key {
     /// One of [`text_params`] (its bit).
     Text(u32),
     Idempotency,
+    /// A param naming a parent session ([`SPAWN_PARAMS`]): the request starts a sub-agent.
+    Spawn,
     Other,
 }
+
+/// Params by which a request asks for a sub-agent: a child session under a parent
+/// (`sessions.create {parentSessionKey, spawnDepth}` in OpenClaw 2026.9.6; `spawnedBy` as its
+/// sessions record it). Any of them present and not `null` makes [`Request::spawn`].
+pub const SPAWN_PARAMS: [&str; 3] = ["parentSessionKey", "spawnDepth", "spawnedBy"];
 
 /// Bit `n` set when some key metering reads is `n` bytes long.
 const KEY_LENGTHS: u64 = {
@@ -427,6 +441,11 @@ const KEY_LENGTHS: u64 = {
     let mut i = 0;
     while i < text_params::NAMES.len() {
         mask |= 1 << text_params::NAMES[i].len();
+        i += 1;
+    }
+    let mut i = 0;
+    while i < SPAWN_PARAMS.len() {
+        mask |= 1 << SPAWN_PARAMS[i].len();
         i += 1;
     }
     mask
@@ -457,6 +476,7 @@ impl Key {
             b"payload" => Self::Payload,
             b"status" => Self::Status,
             b"idempotencyKey" => Self::Idempotency,
+            b"parentSessionKey" | b"spawnDepth" | b"spawnedBy" => Self::Spawn,
             _ => text_params::NAMES
                 .iter()
                 .position(|n| n.as_bytes() == name)
@@ -704,6 +724,31 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::Value;
+
+    #[test]
+    fn sub_agent_requests_are_recognised_however_spelled() {
+        let spawn = |text: &str| request(text.as_bytes()).unwrap().spawn;
+        assert!(spawn(
+            r#"{"type":"req","id":"a","method":"sessions.create","params":{"key":"agent:main:subagent:x","parentSessionKey":"agent:main:main","task":"t"}}"#
+        ));
+        assert!(spawn(
+            r#"{"type":"req","id":"a","method":"agent","params":{"spawnDepth":1}}"#
+        ));
+        assert!(spawn(
+            r#"{"type":"req","id":"a","method":"x","params":{"spawn\u0065dBy":"agent:main:main"}}"#
+        ));
+        // The last of repeated keys wins, as in the gateway's JSON.parse.
+        assert!(!spawn(
+            r#"{"type":"req","id":"a","method":"sessions.create","params":{"parentSessionKey":"p","parentSessionKey":null}}"#
+        ));
+        assert!(!spawn(
+            r#"{"type":"req","id":"a","method":"sessions.create","params":{"label":"new chat"}}"#
+        ));
+        // Only params count: a nested or top-level key of that name is not a spawn.
+        assert!(!spawn(
+            r#"{"type":"req","id":"a","parentSessionKey":"p","method":"chat.send","params":{"message":"m","meta":{"parentSessionKey":"p"}}}"#
+        ));
+    }
 
     #[test]
     fn user_messages_are_recognised() {

@@ -533,6 +533,19 @@ fn decide(
         injections.push(text_frame(&text));
         false
     };
+    // Sub-agents past the tier's cap never reach the gateway. The tenant's config caps them too
+    // (OpenClaw's own limits, and no spawn tool on a tier without sub-agents); this holds
+    // whatever a client asks.
+    if req.spawn && target.meter.tiers().get(target.tier).subagents == 0 {
+        return refuse(
+            injections,
+            "SUBAGENT_LIMIT",
+            &format!(
+                "The {} tier runs the main agent only; sub-agents come with a paid tier: {}",
+                target.tier, target.upgrade_url
+            ),
+        );
+    }
     if !req.turn {
         if let Some(id) = id {
             if book.pending.contains_key(&id) {
@@ -700,6 +713,35 @@ mod tests {
             max_message_bytes: 1 << 20,
             upgrade_url: Arc::from("https://x/billing"),
         })
+    }
+
+    /// A client's sub-agent request on a tier without sub-agents is answered by the edge, never
+    /// forwarded; on a tier with them it passes (the tenant's config caps how many).
+    #[test]
+    fn sub_agents_past_the_tier_cap_never_reach_the_gateway() {
+        let spawn = br#"{"type":"req","id":"s1","method":"sessions.create","params":{"key":"agent:main:subagent:x","parentSessionKey":"agent:main:main","task":"research"}}"#;
+        let mut frame = Vec::new();
+        encode_frame(true, opcode::TEXT, Some([1, 2, 3, 4]), spawn, &mut frame);
+        let meter = Arc::new(Meter::new(TiersConfig::default()));
+        let mut free = relay(meter.clone(), Tier::Free);
+        assert!(free
+            .client_chunk(Bytes::from(frame.clone()))
+            .unwrap()
+            .is_empty());
+        let answers = free.take_injections_if_at_boundary();
+        assert_eq!(answers.len(), 1);
+        let text = String::from_utf8_lossy(&answers[0]);
+        assert!(
+            text.contains(r#""id":"s1""#) && text.contains("SUBAGENT_LIMIT"),
+            "{text}"
+        );
+        assert!(text.contains("https://x/billing"), "{text}");
+        let mut pro = relay(meter, Tier::Pro);
+        assert_eq!(
+            &pro.client_chunk(Bytes::from(frame.clone())).unwrap()[..],
+            &frame[..]
+        );
+        assert!(pro.take_injections_if_at_boundary().is_empty());
     }
 
     proptest! {
