@@ -177,6 +177,7 @@ pub fn instance_json(state: &ApiState, inst: &Instance) -> Value {
         "tier": inst.tier,
         "timezone": inst.timezone,
         "soulMd": inst.soul_md,
+        "preset": inst.preset,
         "createdAt": rfc3339(inst.created_at),
         "updatedAt": rfc3339(inst.updated_at),
     })
@@ -194,6 +195,10 @@ pub struct CreateBody {
     soul_md: Option<String>,
     #[serde(default)]
     timezone: Option<String>,
+    /// An agent preset (`general`, `coder`…): its SOUL.md unless `soulMd` is given, its AGENTS.md
+    /// and its skills.
+    #[serde(default)]
+    preset: Option<String>,
 }
 
 fn check_soul(soul: &str) -> Result<(), ApiError> {
@@ -284,6 +289,11 @@ pub async fn create(
     if let Some(tz) = &b.timezone {
         account::check_timezone("timezone", tz)?;
     }
+    let preset = b
+        .preset
+        .as_deref()
+        .map(crate::skills::preset_named)
+        .transpose()?;
     let requested = b
         .subdomain
         .as_deref()
@@ -326,7 +336,7 @@ pub async fn create(
             subdomain: &label,
             tier: user.tier,
             status: InstanceStatus::Provisioning,
-            soul_md: b.soul_md.as_deref(),
+            soul_md: b.soul_md.as_deref().or(preset.map(|p| p.soul.as_str())),
             timezone: b.timezone.as_deref().or(Some(user.timezone.as_str())),
         })
         .await;
@@ -345,6 +355,18 @@ pub async fn create(
             return Err(e);
         }
     }
+    // The preset and its skills are recorded before assignment, which writes them in.
+    let inst = match preset {
+        Some(preset) => {
+            let inst = state
+                .store
+                .set_instance_preset(inst.id, &preset.id, None)
+                .await?;
+            crate::skills::install_preset_skills(&state, &inst, preset).await?;
+            inst
+        }
+        None => inst,
+    };
     // The route exists at once (503 with Retry-After until a container runs), then the pool hands
     // over a warm container: the instance is usually running when this returns.
     state.instance_changed(inst.id, &inst.subdomain).await;

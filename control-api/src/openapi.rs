@@ -124,7 +124,7 @@ pub fn endpoints() -> Vec<(Spec, Handler)> {
         // Instances
         ep!(post "/api/instances", instances::create, "instances", User, 201 "The instance (provisioning) and what is pending",
             "Create your instance; a requested subdomain is used as given when free",
-            body: [("subdomain", "string", false), ("apiKeys", "object", false), ("soulMd", "string", false), ("timezone", "string", false)]),
+            body: [("subdomain", "string", false), ("apiKeys", "object", false), ("soulMd", "string", false), ("timezone", "string", false), ("preset", "string", false)]),
         ep!(get "/api/subdomains/{label}", instances::subdomain_availability, "instances", Public, 200 "available, and when not: reason (invalid, reserved, taken), message and a free suggestion",
             "Whether a subdomain can be had (the signup page's live check)"),
         ep!(get "/api/instances/me/chat", chat::chat, "instances", User, 101 "WebSocket: the instance gateway's frames, plus bridge.ready, bridge.error and bridge.closed events",
@@ -150,6 +150,11 @@ pub fn endpoints() -> Vec<(Spec, Handler)> {
             "Change a skill's config (merged; a secret given is replaced) or enable/disable it",
             body: [("config", "object", false), ("enabled", "boolean", false)]),
         ep!(delete "/api/skills/{id}", skills::uninstall, "skills", User, 200 "Uninstalled", "Uninstall a skill"),
+        ep!(get "/api/presets", skills::list_presets, "skills", User, 200 "The agent presets and your instance's",
+            "Agent presets: a SOUL.md, an AGENTS.md and starting skills"),
+        ep!(post "/api/instances/me/preset", skills::apply_preset, "skills", User, 200 "Applied: what was installed and skipped",
+            "Apply an agent preset (409 SOUL_EDITED before replacing your own SOUL.md)",
+            body: [("preset", "string", true), ("replaceSoul", "boolean", false)]),
         // Admin
         ep!(get "/admin/routes", admin::list_routes, "admin", Admin, 200 "Every route", "The edge's route table"),
         ep!(get "/admin/routes/{host}", admin::get_route, "admin", Admin, 200 "The route", "One route"),

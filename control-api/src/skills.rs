@@ -516,3 +516,130 @@ pub async fn follow_tier(state: &ApiState, inst: &Instance) -> Result<Vec<String
     }
     Ok(disabled)
 }
+
+/// Records a preset's skills for an instance (bundled skills the tier allows, up to its cap;
+/// already installed ones are kept). The caller applies the config. Answers what was installed
+/// and what was skipped, with why.
+pub(crate) async fn install_preset_skills(
+    state: &ApiState,
+    inst: &Instance,
+    preset: &clawdeploy_skills::Preset,
+) -> Result<(Vec<String>, Vec<Value>), ApiError> {
+    let cap = cap_of(state, inst.tier);
+    let (mut installed, mut skipped) = (Vec::new(), Vec::new());
+    let none = Map::new();
+    let no_secrets = std::collections::BTreeMap::new();
+    for id in &preset.skills {
+        let Ok(skill) = catalogue_skill(state, id) else {
+            skipped.push(json!({"skillId": id, "reason": "not in the catalogue"}));
+            continue;
+        };
+        if skill.min_tier > inst.tier {
+            skipped.push(
+                json!({"skillId": id, "reason": format!("needs the {} tier", skill.min_tier)}),
+            );
+            continue;
+        }
+        let new = NewSkill {
+            instance_id: inst.id,
+            skill_id: &skill.id,
+            version: &skill.version,
+            source: SkillSource::Bundled,
+            config: &none,
+            secrets: &no_secrets,
+            cap,
+        };
+        match state.store.install_skill(&new, &state.ctx.keyring).await {
+            Ok(_) => installed.push(skill.id.clone()),
+            Err(StoreError::LimitReached { cap, .. }) => skipped.push(json!({"skillId": id,
+                "reason": format!("the {} tier allows {cap} enabled skills", inst.tier)})),
+            Err(e) if e.is_conflict(clawdeploy_store::Conflict::Skill) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok((installed, skipped))
+}
+
+/// The preset named `id`, or 422 `INVALID_PRESET` listing the valid ones.
+pub(crate) fn preset_named(id: &str) -> Result<&'static clawdeploy_skills::Preset, ApiError> {
+    clawdeploy_skills::preset(id).ok_or_else(|| {
+        let ids: Vec<&str> = clawdeploy_skills::presets()
+            .iter()
+            .map(|p| p.id.as_str())
+            .collect();
+        ApiError::invalid(
+            "preset",
+            "INVALID_PRESET",
+            format!("{id:?} is not a preset; choose one of {}", ids.join(", ")),
+        )
+    })
+}
+
+/// `GET /api/presets`: the agent presets, and the one the caller's instance has.
+pub async fn list_presets(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+) -> Result<Json<Value>, ApiError> {
+    let current = my_instance(&state, &auth).await.ok().and_then(|i| i.preset);
+    let presets: Vec<Value> = clawdeploy_skills::presets()
+        .iter()
+        .map(|p| {
+            json!({"id": p.id, "name": p.name, "summary": p.summary, "skills": p.skills,
+            "soulMd": p.soul, "agentsMd": p.agents})
+        })
+        .collect();
+    Ok(Json(json!({ "presets": presets, "current": current })))
+}
+
+/// Body of `POST /api/instances/me/preset`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PresetBody {
+    preset: String,
+    /// Whether the preset's SOUL.md replaces one the owner wrote: absent asks (409
+    /// `SOUL_EDITED` when it would replace the owner's text), false keeps it.
+    replace_soul: Option<bool>,
+}
+
+/// `POST /api/instances/me/preset`: applies an agent preset: its SOUL.md (never over the owner's
+/// own without `replaceSoul: true`), its AGENTS.md and its skills (within the tier).
+pub async fn apply_preset(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    body: Result<Json<PresetBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(b) = body?;
+    let preset = preset_named(&b.preset)?;
+    let inst = my_instance(&state, &auth).await?;
+    // The owner's own SOUL.md is one that is neither empty nor the text of a preset.
+    let own_soul = inst.soul_md.as_deref().filter(|s| {
+        !s.trim().is_empty() && !clawdeploy_skills::presets().iter().any(|p| p.soul == *s)
+    });
+    let replace = match (own_soul, b.replace_soul) {
+        (None, _) => true,
+        (Some(_), Some(replace)) => replace,
+        (Some(_), None) => {
+            return Err(ApiError::conflict(
+                "SOUL_EDITED",
+                format!(
+                    "Your SOUL.md has your own text. Send replaceSoul: true to replace it with the {} preset's, or replaceSoul: false to keep it and apply the rest.",
+                    preset.name
+                ),
+            ))
+        }
+    };
+    let inst = state
+        .store
+        .set_instance_preset(inst.id, &preset.id, replace.then_some(preset.soul.as_str()))
+        .await?;
+    let (installed, skipped) = install_preset_skills(&state, &inst, preset).await?;
+    apply(&state, &inst).await?;
+    Ok(Json(json!({
+        "preset": preset.id,
+        "soulReplaced": replace,
+        "skillsInstalled": installed,
+        "skillsSkipped": skipped,
+        "instance": crate::instances::instance_json(&state, &inst),
+        "message": format!("The {} preset is applied; your assistant uses it from its next message.", preset.name),
+    })))
+}

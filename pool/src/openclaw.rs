@@ -40,6 +40,8 @@ use crate::runtime::ConfigFile;
 pub const CONFIG_FILE: &str = "openclaw.json";
 /// SOUL.md, relative to the data directory (the workspace is `<data dir>/workspace`).
 pub const SOUL_FILE: &str = "workspace/SOUL.md";
+/// AGENTS.md, written from the instance's agent preset.
+pub const AGENTS_FILE: &str = "workspace/AGENTS.md";
 /// Never a user id (those are UUIDs): the only user an unassigned gateway "allows" besides the
 /// platform.
 pub const UNASSIGNED_USER: &str = "clawdeploy-unassigned";
@@ -469,6 +471,16 @@ impl InstanceConfig for OpenClawConfig {
         if let Some(soul) = &instance.soul_md {
             files.push(ConfigFile::instance(SOUL_FILE, soul.clone().into_bytes()));
         }
+        if let Some(preset) = instance
+            .preset
+            .as_deref()
+            .and_then(clawdeploy_skills::preset)
+        {
+            files.push(ConfigFile::instance(
+                AGENTS_FILE,
+                preset.agents.clone().into_bytes(),
+            ));
+        }
         Ok(files)
     }
 
@@ -701,6 +713,7 @@ mod tests {
             billing_anchor_at: None,
             wake_at: None,
             sleep_lease: None,
+            preset: None,
         }
     }
 

@@ -1,14 +1,16 @@
 //! Skills: the catalogue users install from ([`catalogue`]), the archives curated and upstream
-//! skills travel in ([`archive`]), and the ClawHub-compatible registry instances install them
-//! from ([`registry`]).
+//! skills travel in ([`archive`]), the ClawHub-compatible registry instances install them from
+//! ([`registry`]), and the agent presets that start an instance with some of them ([`presets`]).
 
 #![warn(missing_docs)]
 
 pub mod archive;
 pub mod catalogue;
+pub mod presets;
 pub mod registry;
 
 pub use catalogue::{Catalogue, ConfigError, FieldKind, Origin, Skill};
+pub use presets::{preset, presets, Preset};
 pub use registry::{Registry, RegistryError};
 
 /// Errors of the skills crate.

@@ -423,6 +423,8 @@ pub struct Instance {
     /// The gateway's suspension lease a frozen instance holds (OpenClaw's
     /// `gateway.suspend.prepare`), released when it is woken; `None` unless frozen.
     pub sleep_lease: Option<String>,
+    /// The agent preset last applied (`coder`, `writer`…); `None`: none.
+    pub preset: Option<String>,
 }
 
 /// Where an installed skill came from.

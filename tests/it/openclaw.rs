@@ -468,7 +468,7 @@ pub fn openclaw_edge(image: &str, node_id: &str, min_idle: usize, capacity: usiz
 }
 
 /// The instance's container on `node_id` (the test pools hold one).
-async fn container_of(node_id: &str) -> String {
+pub async fn container_of(node_id: &str) -> String {
     let out = tokio::process::Command::new("docker")
         .args([
             "ps",
@@ -527,7 +527,7 @@ async fn assert_config_is_read_only_to_the_tenant(node_id: &str) {
 }
 
 /// `docker exec <container> <argv>`: its stdout (the instance's own user and view).
-async fn exec_output(container: &str, argv: &[&str]) -> String {
+pub async fn exec_output(container: &str, argv: &[&str]) -> String {
     let out = tokio::process::Command::new("docker")
         .arg("exec")
         .arg(container)

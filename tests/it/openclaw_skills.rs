@@ -228,6 +228,34 @@ async fn openclaw_installs_uses_and_removes_bundled_and_registry_skills_without_
     .await;
     assert_eq!(call(&mut ws, "ping", "health", json!({})).await["ok"], true);
 
+    // A preset writes its SOUL.md and AGENTS.md into the workspace (the owner wrote no SOUL.md).
+    let applied = edge
+        .api(
+            "POST",
+            "/api/instances/me/preset",
+            Some(&token),
+            Some(json!({"preset": "researcher"})),
+        )
+        .await;
+    assert_eq!(applied.status, 200, "{}", applied.text());
+    let container = crate::openclaw::container_of(&node_id).await;
+    let agents_md =
+        crate::openclaw::exec_output(&container, &["cat", "/data/workspace/AGENTS.md"]).await;
+    assert!(agents_md.contains("source of every"), "{agents_md}");
+    let soul_md =
+        crate::openclaw::exec_output(&container, &["cat", "/data/workspace/SOUL.md"]).await;
+    assert!(soul_md.contains("careful researcher"), "{soul_md}");
+    // On the free tier the edge answers a client's sub-agent request itself.
+    let spawn = call(
+        &mut ws,
+        "spawn1",
+        "sessions.create",
+        json!({"key": "agent:main:subagent:t1", "parentSessionKey": "agent:main:main", "task": "look this up"}),
+    )
+    .await;
+    assert_eq!(spawn["ok"], false, "{spawn}");
+    assert_eq!(spawn["error"]["code"], "SUBAGENT_LIMIT", "{spawn}");
+
     assert!(
         !edge.log_text().contains("SKILLPLAINTEXT"),
         "a skill secret was logged"

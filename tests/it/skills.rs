@@ -645,3 +645,154 @@ async fn skills_install_within_the_tier_cap_with_sealed_secrets_and_clear_refusa
         "a secret in clear in the database"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presets_start_an_instance_and_never_replace_the_owners_soul_without_asking() {
+    let node = format!("presets{}", std::process::id());
+    let edge = fixture_pool_edge(false, 1, &node).start().await;
+    let (token, _, _) = edge.register("preset@example.com", PW).await;
+
+    let presets = edge.api("GET", "/api/presets", Some(&token), None).await;
+    assert_eq!(presets.status, 200, "{}", presets.text());
+    let body = presets.json();
+    let names: Vec<&str> = body["presets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["general", "coder", "researcher", "writer", "analyst"]
+    );
+
+    // Chosen at signup: its SOUL.md and its skills, installed before the instance runs.
+    let bad = edge
+        .api(
+            "POST",
+            "/api/instances",
+            Some(&token),
+            Some(json!({"subdomain": "presetted", "preset": "pirate"})),
+        )
+        .await;
+    assert_eq!(
+        (bad.status, bad.error_code().as_str()),
+        (422, "INVALID_PRESET")
+    );
+    assert!(
+        bad.text()
+            .contains("general, coder, researcher, writer, analyst"),
+        "{}",
+        bad.text()
+    );
+    let created = edge
+        .api(
+            "POST",
+            "/api/instances",
+            Some(&token),
+            Some(json!({"subdomain": "presetted", "preset": "coder"})),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let instance = &created.json()["instance"];
+    assert_eq!(instance["preset"], "coder");
+    assert!(
+        instance["soulMd"]
+            .as_str()
+            .unwrap()
+            .contains("pair programmer"),
+        "{instance}"
+    );
+    let skills = edge
+        .api("GET", "/api/skills", Some(&token), None)
+        .await
+        .json();
+    let mut installed: Vec<&str> = skills["skills"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["installed"] == true)
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    installed.sort();
+    assert_eq!(
+        installed,
+        ["node-inspect-debugger", "skill-creator", "spike"]
+    );
+
+    // Another preset over a preset's SOUL.md: replaced without asking; its skills past the free
+    // cap are skipped, with why.
+    let writer = edge
+        .api(
+            "POST",
+            "/api/instances/me/preset",
+            Some(&token),
+            Some(json!({"preset": "writer"})),
+        )
+        .await;
+    assert_eq!(writer.status, 200, "{}", writer.text());
+    assert_eq!(writer.json()["soulReplaced"], true);
+    assert!(writer.json()["instance"]["soulMd"]
+        .as_str()
+        .unwrap()
+        .contains("editor and writer"));
+    assert_eq!(writer.json()["skillsSkipped"][0]["skillId"], "visualize");
+    assert!(writer.json()["skillsSkipped"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("allows 3"));
+
+    // The owner's own SOUL.md: the preset asks first, and keeps it when told to.
+    const MINE: &str = "# Me\nYou are Captain Notes, terse and cheerful.\n";
+    let edited = edge
+        .api(
+            "PATCH",
+            "/api/instances/me",
+            Some(&token),
+            Some(json!({"soulMd": MINE})),
+        )
+        .await;
+    assert_eq!(edited.status, 200, "{}", edited.text());
+    let ask = edge
+        .api(
+            "POST",
+            "/api/instances/me/preset",
+            Some(&token),
+            Some(json!({"preset": "analyst"})),
+        )
+        .await;
+    assert_eq!(
+        (ask.status, ask.error_code().as_str()),
+        (409, "SOUL_EDITED")
+    );
+    let me = edge
+        .api("GET", "/api/instances/me", Some(&token), None)
+        .await
+        .json();
+    assert_eq!(me["instance"]["soulMd"], MINE, "nothing changed on the 409");
+    assert_eq!(me["instance"]["preset"], "writer");
+    let keep = edge
+        .api(
+            "POST",
+            "/api/instances/me/preset",
+            Some(&token),
+            Some(json!({"preset": "analyst", "replaceSoul": false})),
+        )
+        .await;
+    assert_eq!(keep.status, 200, "{}", keep.text());
+    assert_eq!(keep.json()["instance"]["soulMd"], MINE);
+    assert_eq!(keep.json()["instance"]["preset"], "analyst");
+    let replace = edge
+        .api(
+            "POST",
+            "/api/instances/me/preset",
+            Some(&token),
+            Some(json!({"preset": "analyst", "replaceSoul": true})),
+        )
+        .await;
+    assert_eq!(replace.status, 200, "{}", replace.text());
+    assert!(replace.json()["instance"]["soulMd"]
+        .as_str()
+        .unwrap()
+        .contains("data analyst"));
+}

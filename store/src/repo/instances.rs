@@ -11,7 +11,7 @@ use crate::{id_str, parse_col, uuid_col, Backend, Store, Tier};
 
 pub(crate) const INSTANCE_COLS: &str = "id, user_id, subdomain, status, tier, node_id, node_ip, \
     container_id, container_ip, upstream, soul_md, timezone, created_at, updated_at, last_active_at, \
-    billing_anchor_at, wake_at, sleep_lease";
+    billing_anchor_at, wake_at, sleep_lease, preset";
 
 pub(crate) fn instance_from_row(row: &AnyRow) -> Result<Instance> {
     Ok(Instance {
@@ -33,6 +33,7 @@ pub(crate) fn instance_from_row(row: &AnyRow) -> Result<Instance> {
         billing_anchor_at: row.try_get("billing_anchor_at")?,
         wake_at: row.try_get("wake_at")?,
         sleep_lease: row.try_get("sleep_lease")?,
+        preset: row.try_get("preset")?,
     })
 }
 
@@ -254,6 +255,30 @@ impl Store {
     pub async fn update_instance_soul(&self, id: Uuid, soul_md: Option<&str>) -> Result<Instance> {
         self.update_instance(id, "soul_md = $3", vec![soul_md.map(str::to_owned)])
             .await
+    }
+
+    /// Applies an agent preset: records it and sets the SOUL.md it brings (`None` keeps the
+    /// current one, which the owner chose to keep).
+    pub async fn set_instance_preset(
+        &self,
+        id: Uuid,
+        preset: &str,
+        soul_md: Option<&str>,
+    ) -> Result<Instance> {
+        match soul_md {
+            Some(soul) => {
+                self.update_instance(
+                    id,
+                    "preset = $3, soul_md = $4",
+                    vec![Some(preset.to_owned()), Some(soul.to_owned())],
+                )
+                .await
+            }
+            None => {
+                self.update_instance(id, "preset = $3", vec![Some(preset.to_owned())])
+                    .await
+            }
+        }
     }
 
     /// Moves the instance to another subdomain (stored lower case). A taken one (any case) →
