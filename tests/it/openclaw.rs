@@ -468,7 +468,7 @@ pub fn openclaw_edge(image: &str, node_id: &str, min_idle: usize, capacity: usiz
 }
 
 /// The instance's container on `node_id` (the test pools hold one).
-pub async fn container_of(node_id: &str) -> String {
+async fn container_of(node_id: &str) -> String {
     let out = tokio::process::Command::new("docker")
         .args([
             "ps",

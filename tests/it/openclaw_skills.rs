@@ -49,6 +49,27 @@ async fn wait_status(
     }
 }
 
+/// The container the route of `host` points at (the pool also holds a warm one).
+async fn container_serving(edge: &Edge, host: &str) -> String {
+    let port = route_of(edge, host).await["upstream"]
+        .as_str()
+        .and_then(|u| u.rsplit(':').next())
+        .expect("a routed upstream")
+        .to_string();
+    let out = tokio::process::Command::new("docker")
+        .args(["ps", "--format", "{{.ID}} {{.Ports}}"])
+        .output()
+        .await
+        .expect("docker ps");
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    listing
+        .lines()
+        .find(|l| l.contains(&format!(":{port}->")))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no container publishes {port}: {listing}"))
+        .to_string()
+}
+
 fn named<'a>(skills: &'a [Value], name: &str) -> Option<&'a Value> {
     skills.iter().find(|s| s["name"] == name)
 }
@@ -238,7 +259,7 @@ async fn openclaw_installs_uses_and_removes_bundled_and_registry_skills_without_
         )
         .await;
     assert_eq!(applied.status, 200, "{}", applied.text());
-    let container = crate::openclaw::container_of(&node_id).await;
+    let container = container_serving(&edge, &host).await;
     let agents_md =
         crate::openclaw::exec_output(&container, &["cat", "/data/workspace/AGENTS.md"]).await;
     assert!(agents_md.contains("source of every"), "{agents_md}");
