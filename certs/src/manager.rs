@@ -115,6 +115,7 @@ impl std::fmt::Debug for CertManager {
 }
 
 /// A summary of one certificate for the admin API (no key material).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CertSummary {
