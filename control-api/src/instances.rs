@@ -797,9 +797,7 @@ pub async fn restart(
         // Readiness can take a while: the response says `starting`, the route flips when ready.
         tokio::spawn(async move {
             let result = match pool.restart(&target).await {
-                Err(clawdeploy_pool::PoolError::NotReady(..)) => {
-                    pool.assign(&target).await.map(|_| ())
-                }
+                Err(clawdeploy_pool::Error::NotReady(..)) => pool.assign(&target).await.map(|_| ()),
                 other => other.map(|_| ()),
             };
             if let Err(e) = result {

@@ -40,6 +40,15 @@ use clawdeploy_store::changes::{Change, ChangeBus};
 use clawdeploy_store::{Keyring, Store, Zeroizing};
 
 pub use edge_auth::SessionVerifier;
+
+/// `Result` with the API's error: what a handler answers when it fails.
+///
+/// [`ApiError`] is the crate's one error for requests; the other error types are focused
+/// contracts of one API each: [`mail::MailError`] (the mailer, whose failures are logged where a
+/// mail was asked for), [`crypto::JwtError`] and [`crypto::HostTokenError`] (why a token is refused,
+/// mapped to error codes) and [`instances::BadLabel`] (why a subdomain is refused, shown as the
+/// field's error and by the signup page's live check).
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 pub use error::ApiError;
 pub use openapi::{NoBody, Reply};
 
