@@ -19,7 +19,7 @@
 //! [`EdgeError`](responses::EdgeError) is a refused request (status, code, message, answered in one
 //! place), [`RouteError`] a refused route-table write (the admin API maps it to 422 or 409),
 //! [`WakeError`] the outcome of the [`Waker`] seam the pool implements, `UpgradeError` and
-//! [`Rejection`](identity::Rejection) refused upgrades and credentials.
+//! [`Rejection`] refused upgrades and credentials.
 
 #![warn(missing_docs)]
 
