@@ -1,50 +1,450 @@
-//! The app beside the edge: the control API, the change broadcast and what follows it (routes,
-//! revoked sessions), the instance pool, the certificate manager's work, the LLM meter and the
-//! usage flush. They run on one Pingora background service, so they share one runtime and one
-//! database pool: tokio I/O belongs to the runtime that created it, so a pool cannot be shared
-//! across Pingora's services.
+//! The edge node as one app: [`App::build`] loads the config and the secrets, prepares the store,
+//! builds the route table, the edge (proxy, metering, sleep and wake, HTTPS) and the services
+//! beside it; [`App::run`] serves until a signal, then flushes the usage counters.
+//!
+//! Beside the edge, the background side runs the control API, the change broadcast and what
+//! follows it (routes, revoked sessions), the instance pool, the certificate manager's work, the
+//! LLM meter and the usage flush. They run on one Pingora background service, so they share one
+//! runtime and one database pool: tokio I/O belongs to the runtime that created it, so a pool
+//! cannot be shared across Pingora's services.
+//!
+//! One keyring is built, and one database pool is open at a time: startup's (migrations,
+//! re-sealing, the route table's instances, the meter's counts, the stored certificates), closed
+//! before Pingora starts its runtimes; the background side's while serving; the shutdown flush's.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use anyhow::Context;
 use async_trait::async_trait;
-use pingora::server::ShutdownWatch;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::BackgroundService;
 
-use anyhow::Context;
 use clawdeploy_certs::CertManager;
-use clawdeploy_config::{Config, LlmListen};
+use clawdeploy_config::{mask_url_password, Config, LlmListen, LogFormat};
 use clawdeploy_control_api::{account, router, ApiContext, ApiState, SessionVerifier};
 use clawdeploy_llm_egress::{ListenerHandoff, LlmMeterService, MeterListen, Upstreams};
 use clawdeploy_metering::{Meter, UsageFlush};
 use clawdeploy_pool::{routing, CrashNotice, PoolWaker};
-use clawdeploy_proxy::{Activity, Drain, RouteTable};
+use clawdeploy_proxy::{
+    Activity, Drain, DrainingShutdown, EdgeProxy, EdgeSettings, Listeners, RouteTable,
+};
 use clawdeploy_skills::{Catalogue, Registry};
 use clawdeploy_store::changes::ChangeBus;
 use clawdeploy_store::{Instance, Keyring, Store, StoreOptions};
 
-/// What the app needs to start; built by `serve` before Pingora starts (the control API's
-/// listener is bound first, so its address, an ephemeral port, is in the route table).
+use crate::{certs, secrets};
+
+/// An edge node ready to serve: the Pingora server with the edge and every service beside it.
 pub struct App {
-    pub control_listener: std::net::TcpListener,
-    pub database_url: String,
-    pub store_options: StoreOptions,
-    pub routes: Arc<RouteTable>,
-    pub drain: Arc<Drain>,
-    pub ctx: Arc<ApiContext>,
-    pub verifier: Arc<SessionVerifier>,
-    pub certs: Option<Arc<CertManager>>,
-    pub llm_meter: Option<LlmMeterService>,
-    pub usage_flush: UsageFlush,
+    server: Server,
+    drain: Arc<Drain>,
+    grace: Duration,
+    meter: Arc<Meter>,
+    database_url: String,
+    store_options: StoreOptions,
+    serving: Serving,
+}
+
+/// Where the node serves, for the log line that says it does.
+struct Serving {
+    http: String,
+    app: String,
+    base_domain: String,
+}
+
+impl App {
+    /// Builds the node from the config at `path` (the embedded defaults without one). Never inside
+    /// a tokio runtime: the startup work runs on a runtime of its own, dropped before Pingora
+    /// starts its own.
+    pub fn build(path: Option<&Path>) -> anyhow::Result<Self> {
+        let mut config = Config::load(path)?;
+        init_logging(config.server.log_format);
+        // Before anything records: every crate records through the `metrics` facade.
+        let metrics_handle = clawdeploy_metering::install_recorder()?;
+        load_secrets(&mut config)?;
+        // Built once: the store, the API, the pool, the certificate manager and the LLM meter share it.
+        let keyring = Arc::new(build_keyring(&config)?);
+        let mut meter = Meter::new(config.tiers.clone());
+        if !config.redis.url.is_empty() {
+            meter = meter.shared();
+        }
+        let meter = Arc::new(meter);
+        let (routes, cert_manager) = prepare(&config, &keyring, &meter)?;
+
+        // The control API listens on an ephemeral loopback port that only the edge routes to.
+        let control_listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .context("binding the control API listener")?;
+        routes.set_control_plane(control_listener.local_addr()?);
+        tracing::info!(listen = %control_listener.local_addr()?, "control API listening (for the edge only)");
+
+        let server_config = &config.server;
+        let drain = Drain::new();
+        let conf = ServerConf {
+            threads: server_config.worker_threads(),
+            upstream_keepalive_pool_size: server_config.upstream_keepalive_pool_size,
+            // The drain (DrainingShutdown) already waited for in-flight requests.
+            grace_period_seconds: Some(0),
+            graceful_shutdown_timeout_seconds: Some(1),
+            ..ServerConf::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(None, conf);
+        server.bootstrap();
+
+        // Instance hosts admit only their owner: tokens checked in memory, revocations broadcast.
+        let verifier = SessionVerifier::new(config.secrets.jwt_key.as_bytes().to_vec());
+        // Only this process's edge can call its control API (random per start, never stored).
+        let control_plane_secret = secrets::random_hex()?;
+        // Idle instances sleep: the edge records their traffic for the pool and wakes them on a
+        // request (the pool, made by the background side, is handed to the waker when it starts).
+        let activity = Activity::new();
+        let waker = PoolWaker::new();
+        let metering = edge_metering(&config, &meter, &mut server);
+        let edge = EdgeProxy::new(
+            routes.clone(),
+            EdgeSettings::from(server_config),
+            drain.clone(),
+            verifier.clone(),
+        )
+        .with_metering(Arc::new(metering))
+        .with_control_plane_secret(&control_plane_secret)
+        .with_gateway_proof_key(config.secrets.jwt_key.as_bytes())
+        .with_sleep(activity.clone(), waker.clone());
+        // HTTPS: certificates chosen per SNI from the certificate manager's store (issue #6).
+        let edge = match &cert_manager {
+            Some(manager) => edge.with_tls(certs::edge_tls(&config, manager)),
+            None => edge,
+        };
+        let listeners = Listeners {
+            http: vec![server_config.http_listen.clone()],
+            https: cert_manager
+                .as_ref()
+                .map(|_| vec![config.tls.listen.clone()])
+                .unwrap_or_default(),
+            cert_resolver: cert_manager
+                .as_ref()
+                .map(|m| m.cert_store() as Arc<dyn pingora::tls::ResolvesServerCert>),
+        };
+        server.add_service(clawdeploy_proxy::edge_service(
+            &server.configuration,
+            edge,
+            &listeners,
+        ));
+        if !config.metrics.listen.is_empty() {
+            let listener =
+                std::net::TcpListener::bind(&config.metrics.listen).with_context(|| {
+                    format!(
+                        "binding the metrics listener metrics.listen = {}",
+                        config.metrics.listen
+                    )
+                })?;
+            tracing::info!(listen = %config.metrics.listen, "Prometheus metrics at /metrics");
+            server.add_service(pingora::services::background::background_service(
+                "metrics",
+                clawdeploy_metering::MetricsService::new(listener, metrics_handle),
+            ));
+        }
+
+        // The LLM meter: at a fixed address, or (`auto`) on the listener the pool binds where its
+        // instances reach it.
+        let llm_handoff = ListenerHandoff::new();
+        let (catalogue, registry) = skills(&config)?;
+        // The skill registry is served beside the meter, where instances reach it.
+        let llm_meter = llm_meter(&config, &meter, &keyring, &llm_handoff)
+            .map(|m| m.with_routes(registry.clone().router()));
+        let usage_flush = usage_flush(&config, &meter);
+        let database_url = config.database_url();
+        let store_options = store_options(&config);
+        let grace = Duration::from_secs(server_config.grace_period_secs);
+        let serving = Serving {
+            http: server_config.http_listen.clone(),
+            app: format!("http://{}", routes.app_domain()),
+            base_domain: server_config.base_domain.clone(),
+        };
+        let admin_token = config.server.admin_token.clone();
+        let jwt_key = config.secrets.jwt_key.as_bytes().to_vec();
+        let mut ctx = ApiContext::new(config, admin_token, jwt_key, keyring).context("[smtp]")?;
+        ctx.meter = Some(meter.clone());
+        ctx.llm_listener = Some(llm_handoff);
+        ctx.catalogue = catalogue;
+        ctx.registry = llm_meter.is_some().then_some(registry);
+        ctx.edge_secret = control_plane_secret.into();
+        tracing::info!(mail = ctx.mailer.kind(), "outgoing mail");
+        let background = Background {
+            control_listener,
+            database_url: database_url.clone(),
+            store_options: store_options.clone(),
+            routes,
+            drain: drain.clone(),
+            ctx: Arc::new(ctx),
+            verifier,
+            certs: cert_manager,
+            llm_meter,
+            usage_flush,
+            activity,
+            waker,
+        };
+        let mut service = pingora::services::background::background_service(
+            "app",
+            BackgroundApp(Mutex::new(Some(background))),
+        );
+        service.threads = Some(2);
+        server.add_service(service);
+        Ok(Self {
+            server,
+            drain,
+            grace,
+            meter,
+            database_url,
+            store_options,
+            serving,
+        })
+    }
+
+    /// Serves until a signal stops the node (after draining), then writes the usage counted since
+    /// the last flush.
+    pub fn run(self) -> anyhow::Result<()> {
+        tracing::info!(
+            http = %self.serving.http,
+            app = %self.serving.app,
+            base_domain = %self.serving.base_domain,
+            "clawdeploy serving"
+        );
+        self.server.run(RunArgs {
+            shutdown_signal: Box::new(DrainingShutdown {
+                drain: self.drain,
+                grace: self.grace,
+            }),
+        });
+        // Pingora's runtimes are gone: the counts since the last flush are written here.
+        let meter = self.meter;
+        match block_on(async {
+            let store = Store::open_with(&self.database_url, self.store_options).await?;
+            let rows = clawdeploy_metering::flush::flush(&meter, &store).await;
+            store.close().await;
+            anyhow::Ok(rows)
+        }) {
+            Ok(Ok(rows)) => tracing::info!(rows, "usage counters flushed at shutdown"),
+            Ok(Err(e)) | Err(e) => {
+                tracing::error!("usage counters since the last flush are lost: {e:#}")
+            }
+        }
+        tracing::info!("clawdeploy stopped");
+        Ok(())
+    }
+}
+
+/// A small runtime for one-off database work outside Pingora's runtimes.
+pub fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime")?;
+    Ok(rt.block_on(f))
+}
+
+/// The database of `config`, migrated.
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let url = config.database_url();
+    let store = Store::open_with(&url, store_options(config))
+        .await
+        .with_context(|| format!("opening the database {}", mask_url_password(&url)))?;
+    store.migrate().await.context("applying migrations")?;
+    Ok(store)
+}
+
+fn store_options(config: &Config) -> StoreOptions {
+    StoreOptions {
+        max_connections: (config.database.max_connections > 0)
+            .then_some(config.database.max_connections),
+        ..StoreOptions::default()
+    }
+}
+
+/// Startup's work on the database, with one pool on a runtime dropped before Pingora starts its
+/// own (a pool is bound to the runtime that made it, so the background side opens its own):
+/// migrations, re-sealing after a key rotation, the meter's counts, the route table with every
+/// stored instance, and the certificate manager with its stored certificates (`None` without
+/// HTTPS).
+fn prepare(
+    config: &Config,
+    keyring: &Arc<Keyring>,
+    meter: &Arc<Meter>,
+) -> anyhow::Result<(Arc<RouteTable>, Option<Arc<CertManager>>)> {
+    block_on(async {
+        let store = open_store(config).await?;
+        let prepared = async {
+            let instances = prepare_store(&store, keyring, meter).await?;
+            let routes = route_table(config, meter, &instances)?;
+            let certs = certs::start(config, keyring.clone(), routes.clone(), &store).await?;
+            anyhow::Ok((routes, certs))
+        }
+        .await;
+        store.close().await;
+        prepared
+    })?
+}
+
+/// Re-sealing after a key rotation, the meter's counts, and the instances the route table
+/// starts with.
+async fn prepare_store(
+    store: &Store,
+    keyring: &Keyring,
+    meter: &Meter,
+) -> anyhow::Result<Vec<Instance>> {
+    // After a master-key rotation, secrets sealed under an older key move to the current one.
+    let resealed = store
+        .reseal_secrets(keyring)
+        .await
+        .context("re-sealing secrets")?;
+    if resealed > 0 {
+        tracing::info!(
+            resealed,
+            key_id = keyring.current_id(),
+            "secrets re-sealed under the current master key"
+        );
+    }
+    let instances = store.list_instances().await?;
+    // Usage and counted idempotency keys before the first request (a retry must find its key).
+    match clawdeploy_metering::flush::seed_from_store(meter, store).await {
+        Ok(n) => tracing::info!(instances = n, "usage counters loaded from the store"),
+        Err(e) => tracing::error!("cannot load this period's usage: {e}"),
+    }
+    Ok(instances)
+}
+
+/// The route table: the config's operator routes and every instance in the store.
+fn route_table(
+    config: &Config,
+    meter: &Arc<Meter>,
+    instances: &[Instance],
+) -> anyhow::Result<Arc<RouteTable>> {
+    let routes = Arc::new(RouteTable::new(
+        &config.server.base_domain,
+        &config.server.app_domain(),
+    ));
+    for route in &config.routes {
+        let upstream = route.upstream.parse().context("validated upstream")?;
+        routes.upsert_operator(&route.host, upstream)?;
+    }
+    routes.inform_meter(meter.clone());
+    for inst in instances {
+        routes.upsert_subdomain(&inst.subdomain, routing::route_for(inst));
+    }
+    tracing::info!(
+        instances = instances.len(),
+        "route table loaded from the store"
+    );
+    Ok(routes)
+}
+
+/// What the edge meters and limits: the meter, rate limits (shared through Redis by a service of
+/// their own when configured) and where a refused user is sent to upgrade.
+fn edge_metering(
+    config: &Config,
+    meter: &Arc<Meter>,
+    server: &mut Server,
+) -> clawdeploy_proxy::EdgeMetering {
+    let upgrade_url = if config.metering.upgrade_url.is_empty() {
+        format!(
+            "{}/billing",
+            config.public_origin(&config.server.app_domain())
+        )
+    } else {
+        config.metering.upgrade_url.clone()
+    };
+    let (limiter, shared_limits) =
+        clawdeploy_metering::shared_limits::build(&config.rate_limits, &config.redis);
+    if let Some(service) = shared_limits {
+        server.add_service(pingora::services::background::background_service(
+            "shared rate limits",
+            service,
+        ));
+    }
+    clawdeploy_proxy::EdgeMetering {
+        meter: meter.clone(),
+        limiter: Arc::new(limiter),
+        websockets: config.metering.enabled,
+        max_message_bytes: config.metering.max_message_bytes,
+        upgrade_url: upgrade_url.into(),
+    }
+}
+
+/// The secrets a config may leave empty (admin token, JWT key, master key), generated once and
+/// kept in the data dir.
+fn load_secrets(config: &mut Config) -> anyhow::Result<()> {
+    if config.server.admin_token.is_empty() {
+        config.server.admin_token =
+            secrets::load_or_generate(&config.server.data_dir, "admin_token")?;
+        tracing::info!(path = %config.server.data_dir.join("admin_token").display(), "admin token kept in the data dir");
+    }
+    let data_dir = config.server.data_dir.clone();
+    if config.secrets.jwt_key.is_empty() {
+        config.secrets.jwt_key = secrets::load_or_generate(&data_dir, "jwt_key")?;
+        tracing::info!(path = %data_dir.join("jwt_key").display(), "JWT signing key kept in the data dir");
+    }
+    if config.secrets.master_key.is_empty() {
+        config.secrets.master_key =
+            secrets::load_or_generate_with(&data_dir, "master_key", || {
+                Ok(clawdeploy_store::secrets::generate_key_base64()?.to_string())
+            })?;
+        tracing::info!(path = %data_dir.join("master_key").display(), "master key kept in the data dir");
+    }
+    Ok(())
+}
+
+/// The master key (and older keys) that seal secrets at rest.
+fn build_keyring(config: &Config) -> anyhow::Result<Keyring> {
+    let mut keyring =
+        Keyring::from_base64(&config.secrets.master_key_id, &config.secrets.master_key)
+            .context("secrets.master_key")?;
+    for (id, key) in config.secrets.previous_keys().unwrap_or_default() {
+        keyring
+            .add_previous_base64(&id, &key)
+            .with_context(|| format!("secrets.previous_master_keys: key {id:?}"))?;
+    }
+    Ok(keyring)
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// What the background side needs to start; built by [`App::build`] before Pingora starts (the
+/// control API's listener is bound first, so its address, an ephemeral port, is in the route
+/// table).
+struct Background {
+    control_listener: std::net::TcpListener,
+    database_url: String,
+    store_options: StoreOptions,
+    routes: Arc<RouteTable>,
+    drain: Arc<Drain>,
+    ctx: Arc<ApiContext>,
+    verifier: Arc<SessionVerifier>,
+    certs: Option<Arc<CertManager>>,
+    llm_meter: Option<LlmMeterService>,
+    usage_flush: UsageFlush,
     /// Instances' traffic at the edge, read by the pool to put idle ones to sleep.
-    pub activity: Arc<Activity>,
+    activity: Arc<Activity>,
     /// The edge's waker, given the pool once it exists.
-    pub waker: Arc<PoolWaker>,
+    waker: Arc<PoolWaker>,
 }
 
 /// The skill catalogue (bundled skills and the curated directory, `<data dir>/skills` by default)
 /// and the registry serving it to instances, which the control API shares.
-pub fn skills(config: &Config) -> anyhow::Result<(Arc<RwLock<Catalogue>>, Arc<Registry>)> {
+fn skills(config: &Config) -> anyhow::Result<(Arc<RwLock<Catalogue>>, Arc<Registry>)> {
     let catalogue = Catalogue::load(&config.skills, &config.server.data_dir.join("skills"))
         .context("loading the skill catalogue ([skills])")?;
     tracing::info!(
@@ -58,7 +458,7 @@ pub fn skills(config: &Config) -> anyhow::Result<(Arc<RwLock<Catalogue>>, Arc<Re
 
 /// The LLM meter the config asks for: at a fixed address, or (`auto`) on the listener the pool
 /// binds where its instances reach it (handed over through `handoff`); `None` when off.
-pub fn llm_meter(
+fn llm_meter(
     config: &Config,
     meter: &Arc<Meter>,
     keyring: &Arc<Keyring>,
@@ -84,7 +484,7 @@ pub fn llm_meter(
 }
 
 /// The usage flush the config asks for (with Redis, it also syncs the shared counters).
-pub fn usage_flush(config: &Config, meter: &Arc<Meter>) -> UsageFlush {
+fn usage_flush(config: &Config, meter: &Arc<Meter>) -> UsageFlush {
     let flush = UsageFlush::new(
         meter.clone(),
         Duration::from_secs(config.metering.flush_interval_secs),
@@ -133,17 +533,11 @@ impl CrashNotice for MailOwner {
     }
 }
 
-/// [`App`] as a Pingora background service (it starts once).
-pub struct AppService(Mutex<Option<App>>);
-
-impl AppService {
-    pub fn new(app: App) -> Self {
-        Self(Mutex::new(Some(app)))
-    }
-}
+/// [`Background`] as a Pingora background service (it starts once).
+struct BackgroundApp(Mutex<Option<Background>>);
 
 #[async_trait]
-impl BackgroundService for AppService {
+impl BackgroundService for BackgroundApp {
     async fn start(&self, shutdown: ShutdownWatch) {
         let Some(app) = self.0.lock().ok().and_then(|mut a| a.take()) else {
             tracing::error!("the app started twice");
@@ -153,7 +547,7 @@ impl BackgroundService for AppService {
     }
 }
 
-impl App {
+impl Background {
     async fn run(self, mut shutdown: ShutdownWatch) {
         let store = match Store::open_with(&self.database_url, self.store_options.clone()).await {
             Ok(store) => store,

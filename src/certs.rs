@@ -8,25 +8,21 @@ use anyhow::Context;
 use clawdeploy_certs::CertManager;
 use clawdeploy_config::Config;
 use clawdeploy_proxy::{ChallengeResponder, EdgeTls, RouteTable};
-use clawdeploy_store::Keyring;
+use clawdeploy_store::{Keyring, Store};
 
-/// The manager with every stored certificate and active domain loaded, or `None` when
-/// `tls.listen` is empty.
-pub fn start(
+/// The manager with every stored certificate and active domain loaded from `store`, or `None`
+/// when `tls.listen` is empty.
+pub async fn start(
     config: &Config,
     keyring: Arc<Keyring>,
     routes: Arc<RouteTable>,
+    store: &Store,
 ) -> anyhow::Result<Option<Arc<CertManager>>> {
     if config.tls.listen.is_empty() {
         return Ok(None);
     }
     let manager = CertManager::new(config, keyring, routes).context("[tls]")?;
-    let loaded = crate::block_on(async {
-        let store = crate::open_store(config).await?;
-        let loaded = manager.load_all(&store).await;
-        store.close().await;
-        anyhow::Ok(loaded?)
-    })??;
+    let loaded = manager.load_all(store).await?;
     if let Some(ca) = manager.local_ca() {
         tracing::info!(ca = %ca.ca_path().display(), "HTTPS certificates signed by the local CA");
     }

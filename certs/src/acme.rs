@@ -18,7 +18,7 @@ use clawdeploy_store::{Keyring, Store};
 
 use crate::challenges::Http01Challenges;
 use crate::dns::{DnsProvider, Resolver};
-use crate::CertError;
+use crate::Error;
 
 /// How an order proves control of its names.
 pub enum Proof<'a> {
@@ -62,7 +62,7 @@ impl AcmeClient {
         store: &Store,
         keyring: &Keyring,
         config: &AcmeConfig,
-    ) -> Result<Self, CertError> {
+    ) -> Result<Self, Error> {
         let builder = || {
             if config.ca_root_file.as_os_str().is_empty() {
                 Account::builder()
@@ -74,7 +74,7 @@ impl AcmeClient {
         let directory_url = config.directory_url.clone();
         if let Some(credentials) = store.get_acme_account(keyring, &directory_url).await? {
             let credentials = serde_json::from_str(&credentials)
-                .map_err(|e| CertError::Acme(format!("stored account credentials: {e}")))?;
+                .map_err(|e| Error::Acme(format!("stored account credentials: {e}")))?;
             let account = builder()?.from_credentials(credentials).await?;
             return Ok(Self {
                 account,
@@ -89,7 +89,7 @@ impl AcmeClient {
         } else {
             let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(config.eab_hmac_key.trim_end_matches('='))
-                .map_err(|_| CertError::Acme("acme.eab_hmac_key is not base64url".into()))?;
+                .map_err(|_| Error::Acme("acme.eab_hmac_key is not base64url".into()))?;
             Some(ExternalAccountKey::new(config.eab_kid.clone(), &key))
         };
         let (_, credentials) = builder()?
@@ -104,12 +104,12 @@ impl AcmeClient {
             )
             .await?;
         let json = serde_json::to_string(&credentials)
-            .map_err(|e| CertError::Acme(format!("account credentials: {e}")))?;
+            .map_err(|e| Error::Acme(format!("account credentials: {e}")))?;
         let stored = store
             .put_acme_account(keyring, &directory_url, &json)
             .await?;
         let credentials = serde_json::from_str(&stored)
-            .map_err(|e| CertError::Acme(format!("stored account credentials: {e}")))?;
+            .map_err(|e| Error::Acme(format!("stored account credentials: {e}")))?;
         let account = builder()?.from_credentials(credentials).await?;
         tracing::info!(directory = %directory_url, "ACME account ready");
         Ok(Self {
@@ -137,7 +137,7 @@ impl AcmeClient {
         names: &[String],
         proof: Proof<'_>,
         replaces: Option<CertificateIdentifier<'static>>,
-    ) -> Result<Issued, CertError> {
+    ) -> Result<Issued, Error> {
         let identifiers: Vec<Identifier> =
             names.iter().map(|n| Identifier::Dns(n.clone())).collect();
         let mut new_order = NewOrder::new(&identifiers);
@@ -155,7 +155,7 @@ impl AcmeClient {
                     AuthorizationStatus::Valid => continue,
                     AuthorizationStatus::Pending => {}
                     other => {
-                        return Err(CertError::Acme(format!(
+                        return Err(Error::Acme(format!(
                             "authorization for {} is {other:?}",
                             authz.identifier()
                         )))
@@ -165,9 +165,9 @@ impl AcmeClient {
                     Proof::Http01 { .. } => ChallengeType::Http01,
                     Proof::Dns01 { .. } => ChallengeType::Dns01,
                 };
-                let mut challenge = authz.challenge(kind.clone()).ok_or_else(|| {
-                    CertError::Acme(format!("the CA offers no {kind:?} challenge"))
-                })?;
+                let mut challenge = authz
+                    .challenge(kind.clone())
+                    .ok_or_else(|| Error::Acme(format!("the CA offers no {kind:?} challenge")))?;
                 let key_auth = challenge.key_authorization();
                 match &proof {
                     Proof::Http01 {
@@ -192,7 +192,7 @@ impl AcmeClient {
                     } => {
                         // The wildcard's identifier is the base name: both share the TXT name.
                         let Identifier::Dns(domain) = challenge.identifier().identifier else {
-                            return Err(CertError::Acme("not a DNS identifier".into()));
+                            return Err(Error::Acme("not a DNS identifier".into()));
                         };
                         let name = format!("_acme-challenge.{domain}");
                         let value = key_auth.dns_value();
@@ -211,7 +211,7 @@ impl AcmeClient {
                 .timeout(Duration::from_secs(90));
             let status = order.poll_ready(&retry).await?;
             if status != OrderStatus::Ready {
-                return Err(CertError::Acme(format!("order ended {status:?}")));
+                return Err(Error::Acme(format!("order ended {status:?}")));
             }
             let key_pem = order.finalize().await?;
             let chain_pem = order.poll_certificate(&retry).await?;
@@ -236,7 +236,7 @@ impl AcmeClient {
 
     /// The CA's suggested renewal window for a certificate (ARI), in unix ms; `None` when the
     /// CA has no ARI endpoint.
-    pub async fn renewal_window(&self, chain_pem: &str) -> Result<Option<(i64, i64)>, CertError> {
+    pub async fn renewal_window(&self, chain_pem: &str) -> Result<Option<(i64, i64)>, Error> {
         let Some(id) = certificate_id(chain_pem)? else {
             return Ok(None);
         };
@@ -258,13 +258,11 @@ impl AcmeClient {
 }
 
 /// RFC 9773 certificate identifier of the leaf: AKI keyIdentifier + serial.
-pub fn certificate_id(
-    chain_pem: &str,
-) -> Result<Option<CertificateIdentifier<'static>>, CertError> {
+pub fn certificate_id(chain_pem: &str) -> Result<Option<CertificateIdentifier<'static>>, Error> {
     let leaf = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
         .next()
-        .ok_or_else(|| CertError::Invalid("empty chain".into()))?
-        .map_err(|e| CertError::Invalid(format!("chain: {e}")))?;
+        .ok_or_else(|| Error::Invalid("empty chain".into()))?
+        .map_err(|e| Error::Invalid(format!("chain: {e}")))?;
     Ok(CertificateIdentifier::try_from(&leaf)
         .ok()
         .map(CertificateIdentifier::into_owned))

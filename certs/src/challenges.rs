@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use clawdeploy_proxy::ChallengeResponder;
 use clawdeploy_store::Store;
 
-use crate::CertError;
+use crate::Error;
 
 /// Store lookups in flight at most: ACME challenge paths skip the per-IP limit (the CA must get
 /// through), so a flood of made-up tokens is capped here instead; over the cap a token is
@@ -61,7 +61,7 @@ impl Http01Challenges {
         key_authorization: &str,
         name: &str,
         expires_at: i64,
-    ) -> Result<(), CertError> {
+    ) -> Result<(), Error> {
         self.local
             .insert(token.to_string(), key_authorization.to_string());
         if let Some(store) = self.store.get() {

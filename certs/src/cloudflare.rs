@@ -10,7 +10,7 @@ use hyper_util::client::legacy::Client;
 use serde_json::{json, Value};
 
 use crate::dns::DnsProvider;
-use crate::CertError;
+use crate::Error;
 
 /// Cloudflare's DNS API for one zone, as a [`DnsProvider`].
 pub struct Cloudflare {
@@ -24,10 +24,10 @@ impl Cloudflare {
     /// A client of the API at `api_url` (`dns.cloudflare_api_url`, a trailing `/` ignored) with an
     /// API `token` allowed to edit DNS in zone `zone_id`; fails only if the platform's TLS roots
     /// cannot be loaded.
-    pub fn new(api_url: &str, token: &str, zone_id: &str) -> Result<Self, CertError> {
+    pub fn new(api_url: &str, token: &str, zone_id: &str) -> Result<Self, Error> {
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .try_with_platform_verifier()
-            .map_err(|e| CertError::Dns(format!("TLS setup for the Cloudflare API: {e}")))?
+            .map_err(|e| Error::Dns(format!("TLS setup for the Cloudflare API: {e}")))?
             .https_or_http()
             .enable_http1()
             .build();
@@ -44,7 +44,7 @@ impl Cloudflare {
         method: http::Method,
         path: &str,
         body: Option<Value>,
-    ) -> Result<Value, CertError> {
+    ) -> Result<Value, Error> {
         let uri = format!("{}/zones/{}{path}", self.api_url, self.zone_id);
         let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
         let request = http::Request::builder()
@@ -53,23 +53,23 @@ impl Cloudflare {
             .header("authorization", format!("Bearer {}", self.token))
             .header("content-type", "application/json")
             .body(Full::new(body))
-            .map_err(|e| CertError::Dns(format!("Cloudflare request: {e}")))?;
+            .map_err(|e| Error::Dns(format!("Cloudflare request: {e}")))?;
         let response = self
             .client
             .request(request)
             .await
-            .map_err(|e| CertError::Dns(format!("Cloudflare API unreachable: {e}")))?;
+            .map_err(|e| Error::Dns(format!("Cloudflare API unreachable: {e}")))?;
         let status = response.status();
         let bytes = response
             .into_body()
             .collect()
             .await
-            .map_err(|e| CertError::Dns(format!("Cloudflare API: {e}")))?
+            .map_err(|e| Error::Dns(format!("Cloudflare API: {e}")))?
             .to_bytes();
         let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if !status.is_success() || json["success"] != Value::Bool(true) {
             let errors = json["errors"].to_string();
-            return Err(CertError::Dns(format!(
+            return Err(Error::Dns(format!(
                 "Cloudflare refused {method} {path} ({status}): {errors}"
             )));
         }
@@ -79,7 +79,7 @@ impl Cloudflare {
 
 #[async_trait]
 impl DnsProvider for Cloudflare {
-    async fn add_txt(&self, name: &str, value: &str) -> Result<(), CertError> {
+    async fn add_txt(&self, name: &str, value: &str) -> Result<(), Error> {
         self.call(
             http::Method::POST,
             "/dns_records",
@@ -89,7 +89,7 @@ impl DnsProvider for Cloudflare {
         .map(|_| ())
     }
 
-    async fn remove_txt(&self, name: &str, value: &str) -> Result<(), CertError> {
+    async fn remove_txt(&self, name: &str, value: &str) -> Result<(), Error> {
         let list = self
             .call(
                 http::Method::GET,

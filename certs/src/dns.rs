@@ -20,7 +20,7 @@ use hickory_proto::udp::UdpClientStream;
 
 use clawdeploy_config::{DnsConfig, DnsProviderKind};
 
-use crate::CertError;
+use crate::Error;
 
 /// TTL of the records written (short: they live for one order).
 const TXT_TTL: u32 = 60;
@@ -31,13 +31,13 @@ const TXT_TTL: u32 = 60;
 pub trait DnsProvider: Send + Sync {
     /// Adds the TXT record `value` at `name` (a full name, `_acme-challenge.<domain>`; TTL 60 s),
     /// beside any other values there.
-    async fn add_txt(&self, name: &str, value: &str) -> Result<(), CertError>;
+    async fn add_txt(&self, name: &str, value: &str) -> Result<(), Error>;
     /// Removes the TXT record `value` at `name`, leaving other values there.
-    async fn remove_txt(&self, name: &str, value: &str) -> Result<(), CertError>;
+    async fn remove_txt(&self, name: &str, value: &str) -> Result<(), Error>;
 }
 
 /// The provider `[dns]` names, if any.
-pub fn provider_from_config(config: &DnsConfig) -> Result<Option<Arc<dyn DnsProvider>>, CertError> {
+pub fn provider_from_config(config: &DnsConfig) -> Result<Option<Arc<dyn DnsProvider>>, Error> {
     match config.provider {
         DnsProviderKind::None => Ok(None),
         DnsProviderKind::Rfc2136 => Ok(Some(Arc::new(Rfc2136::from_config(config)?))),
@@ -65,24 +65,20 @@ impl Rfc2136 {
         key_name: &str,
         secret_b64: &str,
         algorithm: &str,
-    ) -> Result<Self, CertError> {
+    ) -> Result<Self, Error> {
         let algorithm = match algorithm {
             "hmac-sha256" => TsigAlgorithm::HmacSha256,
             "hmac-sha384" => TsigAlgorithm::HmacSha384,
             "hmac-sha512" => TsigAlgorithm::HmacSha512,
-            other => {
-                return Err(CertError::Dns(format!(
-                    "unsupported TSIG algorithm {other:?}"
-                )))
-            }
+            other => return Err(Error::Dns(format!("unsupported TSIG algorithm {other:?}"))),
         };
         let secret = base64::engine::general_purpose::STANDARD
             .decode(secret_b64.trim())
-            .map_err(|_| CertError::Dns("the TSIG secret is not base64".into()))?;
-        let key_name = Name::from_ascii(key_name)
-            .map_err(|e| CertError::Dns(format!("TSIG key name: {e}")))?;
+            .map_err(|_| Error::Dns("the TSIG secret is not base64".into()))?;
+        let key_name =
+            Name::from_ascii(key_name).map_err(|e| Error::Dns(format!("TSIG key name: {e}")))?;
         let signer = TSigner::new(secret, algorithm, key_name, 300)
-            .map_err(|e| CertError::Dns(format!("TSIG: {e}")))?;
+            .map_err(|e| Error::Dns(format!("TSIG: {e}")))?;
         Ok(Self {
             server,
             zone: fqdn(zone)?,
@@ -91,10 +87,11 @@ impl Rfc2136 {
     }
 
     /// [`Rfc2136::new`] from `[dns]` (`server`, `zone`, `tsig_*`).
-    pub fn from_config(config: &DnsConfig) -> Result<Self, CertError> {
-        let server = config.server.parse().map_err(|_| {
-            CertError::Dns(format!("dns.server {:?} is not IP:port", config.server))
-        })?;
+    pub fn from_config(config: &DnsConfig) -> Result<Self, Error> {
+        let server = config
+            .server
+            .parse()
+            .map_err(|_| Error::Dns(format!("dns.server {:?} is not IP:port", config.server)))?;
         Self::new(
             server,
             &config.zone,
@@ -104,23 +101,23 @@ impl Rfc2136 {
         )
     }
 
-    async fn client(&self) -> Result<Client, CertError> {
+    async fn client(&self) -> Result<Client, Error> {
         let stream = UdpClientStream::builder(self.server, TokioRuntimeProvider::default())
             .with_timeout(Some(Duration::from_secs(5)))
             .with_signer(Some(Arc::new(self.signer.clone())))
             .build();
         let (client, background) = Client::connect(stream)
             .await
-            .map_err(|e| CertError::Dns(format!("cannot reach {}: {e}", self.server)))?;
+            .map_err(|e| Error::Dns(format!("cannot reach {}: {e}", self.server)))?;
         tokio::spawn(background);
         Ok(client)
     }
 
-    fn check(&self, what: &str, code: ResponseCode) -> Result<(), CertError> {
+    fn check(&self, what: &str, code: ResponseCode) -> Result<(), Error> {
         if code == ResponseCode::NoError {
             Ok(())
         } else {
-            Err(CertError::Dns(format!(
+            Err(Error::Dns(format!(
                 "{} refused the update ({what}): {code}",
                 self.server
             )))
@@ -128,30 +125,30 @@ impl Rfc2136 {
     }
 
     /// Adds a record (any type): used for TXT here and by tests acting as a customer's DNS.
-    pub async fn add(&self, record: Record) -> Result<(), CertError> {
+    pub async fn add(&self, record: Record) -> Result<(), Error> {
         let mut client = self.client().await?;
         let what = format!("add {} {}", record.name(), record.record_type());
         let response = client
             .append(record, self.zone.clone(), false)
             .await
-            .map_err(|e| CertError::Dns(format!("update failed: {e}")))?;
+            .map_err(|e| Error::Dns(format!("update failed: {e}")))?;
         self.check(&what, response.response_code())
     }
 
     /// Deletes every record of `name` and `rtype`.
-    pub async fn delete_rrset(&self, name: &str, rtype: RecordType) -> Result<(), CertError> {
+    pub async fn delete_rrset(&self, name: &str, rtype: RecordType) -> Result<(), Error> {
         let mut client = self.client().await?;
         let mut record = Record::update0(fqdn(name)?, 0, rtype);
         record.set_dns_class(DNSClass::ANY);
         let response = client
             .delete_rrset(record.into_record_of_rdata(), self.zone.clone())
             .await
-            .map_err(|e| CertError::Dns(format!("update failed: {e}")))?;
+            .map_err(|e| Error::Dns(format!("update failed: {e}")))?;
         self.check(&format!("delete {name} {rtype}"), response.response_code())
     }
 
     /// Adds `name CNAME target`.
-    pub async fn add_cname(&self, name: &str, target: &str) -> Result<(), CertError> {
+    pub async fn add_cname(&self, name: &str, target: &str) -> Result<(), Error> {
         self.add(Record::from_rdata(
             fqdn(name)?,
             TXT_TTL,
@@ -161,18 +158,18 @@ impl Rfc2136 {
     }
 
     /// Removes `name CNAME target` (tests acting as a customer's DNS).
-    pub async fn remove_cname(&self, name: &str, target: &str) -> Result<(), CertError> {
+    pub async fn remove_cname(&self, name: &str, target: &str) -> Result<(), Error> {
         let mut client = self.client().await?;
         let record = Record::from_rdata(fqdn(name)?, TXT_TTL, RData::CNAME(CNAME(fqdn(target)?)));
         let response = client
             .delete_by_rdata(record, self.zone.clone())
             .await
-            .map_err(|e| CertError::Dns(format!("update failed: {e}")))?;
+            .map_err(|e| Error::Dns(format!("update failed: {e}")))?;
         self.check(&format!("remove CNAME {name}"), response.response_code())
     }
 
     /// Adds `name A ip`.
-    pub async fn add_a(&self, name: &str, ip: std::net::Ipv4Addr) -> Result<(), CertError> {
+    pub async fn add_a(&self, name: &str, ip: std::net::Ipv4Addr) -> Result<(), Error> {
         self.add(Record::from_rdata(fqdn(name)?, TXT_TTL, RData::A(A(ip))))
             .await
     }
@@ -180,7 +177,7 @@ impl Rfc2136 {
 
 #[async_trait]
 impl DnsProvider for Rfc2136 {
-    async fn add_txt(&self, name: &str, value: &str) -> Result<(), CertError> {
+    async fn add_txt(&self, name: &str, value: &str) -> Result<(), Error> {
         self.add(Record::from_rdata(
             fqdn(name)?,
             TXT_TTL,
@@ -189,7 +186,7 @@ impl DnsProvider for Rfc2136 {
         .await
     }
 
-    async fn remove_txt(&self, name: &str, value: &str) -> Result<(), CertError> {
+    async fn remove_txt(&self, name: &str, value: &str) -> Result<(), Error> {
         let mut client = self.client().await?;
         let record = Record::from_rdata(
             fqdn(name)?,
@@ -199,14 +196,14 @@ impl DnsProvider for Rfc2136 {
         let response = client
             .delete_by_rdata(record, self.zone.clone())
             .await
-            .map_err(|e| CertError::Dns(format!("update failed: {e}")))?;
+            .map_err(|e| Error::Dns(format!("update failed: {e}")))?;
         self.check(&format!("remove TXT {name}"), response.response_code())
     }
 }
 
-fn fqdn(name: &str) -> Result<Name, CertError> {
+fn fqdn(name: &str) -> Result<Name, Error> {
     let mut name =
-        Name::from_ascii(name).map_err(|e| CertError::Dns(format!("bad name {name:?}: {e}")))?;
+        Name::from_ascii(name).map_err(|e| Error::Dns(format!("bad name {name:?}: {e}")))?;
     name.set_fqdn(true);
     Ok(name)
 }
@@ -224,25 +221,25 @@ impl Resolver {
     }
 
     /// The resolver of `[dns]`: `dns.resolver`, else the RFC 2136 server, else `1.1.1.1:53`.
-    pub fn from_config(config: &DnsConfig) -> Result<Self, CertError> {
+    pub fn from_config(config: &DnsConfig) -> Result<Self, Error> {
         let addr = config.resolver_addr();
         addr.parse()
             .map(Self::new)
-            .map_err(|_| CertError::Dns(format!("dns.resolver {addr:?} is not IP:port")))
+            .map_err(|_| Error::Dns(format!("dns.resolver {addr:?} is not IP:port")))
     }
 
-    async fn query(&self, name: &str, rtype: RecordType) -> Result<Vec<RData>, CertError> {
+    async fn query(&self, name: &str, rtype: RecordType) -> Result<Vec<RData>, Error> {
         let stream = UdpClientStream::builder(self.server, TokioRuntimeProvider::default())
             .with_timeout(Some(Duration::from_secs(5)))
             .build();
-        let (mut client, background) = Client::connect(stream).await.map_err(|e| {
-            CertError::Dns(format!("cannot reach the resolver {}: {e}", self.server))
-        })?;
+        let (mut client, background) = Client::connect(stream)
+            .await
+            .map_err(|e| Error::Dns(format!("cannot reach the resolver {}: {e}", self.server)))?;
         tokio::spawn(background);
         let response = client
             .query(fqdn(name)?, DNSClass::IN, rtype)
             .await
-            .map_err(|e| CertError::Dns(format!("lookup of {name} {rtype} failed: {e}")))?;
+            .map_err(|e| Error::Dns(format!("lookup of {name} {rtype} failed: {e}")))?;
         Ok(response
             .answers()
             .iter()
@@ -252,7 +249,7 @@ impl Resolver {
     }
 
     /// The TXT values at `name` (each record's strings joined).
-    pub async fn txt(&self, name: &str) -> Result<Vec<String>, CertError> {
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, Error> {
         Ok(self
             .query(name, RecordType::TXT)
             .await?
@@ -270,7 +267,7 @@ impl Resolver {
     }
 
     /// The CNAME target of `name`, lower case without the trailing dot.
-    pub async fn cname(&self, name: &str) -> Result<Option<String>, CertError> {
+    pub async fn cname(&self, name: &str) -> Result<Option<String>, Error> {
         Ok(self
             .query(name, RecordType::CNAME)
             .await?
@@ -288,7 +285,7 @@ impl Resolver {
     }
 
     /// The IPv4 and IPv6 addresses `name` resolves to (CNAMEs followed by the resolver).
-    pub async fn addresses(&self, name: &str) -> Result<Vec<std::net::IpAddr>, CertError> {
+    pub async fn addresses(&self, name: &str) -> Result<Vec<std::net::IpAddr>, Error> {
         let mut out = Vec::new();
         for rtype in [RecordType::A, RecordType::AAAA] {
             for data in self.query(name, rtype).await? {
@@ -308,7 +305,7 @@ impl Resolver {
         name: &str,
         value: &str,
         timeout: Duration,
-    ) -> Result<(), CertError> {
+    ) -> Result<(), Error> {
         let deadline = Instant::now() + timeout;
         let mut last;
         loop {
@@ -318,7 +315,7 @@ impl Resolver {
                 Err(e) => last = e.to_string(),
             }
             if Instant::now() >= deadline {
-                return Err(CertError::Dns(format!(
+                return Err(Error::Dns(format!(
                     "TXT {name} not visible at {} within {} s ({last})",
                     self.server,
                     timeout.as_secs()

@@ -27,9 +27,9 @@ pub use challenges::Http01Challenges;
 pub use manager::CertManager;
 pub use store::CertStore;
 
-/// Why a certificate operation failed.
+/// Why a certificate operation failed: the crate's error.
 #[derive(Debug, thiserror::Error)]
-pub enum CertError {
+pub enum Error {
     /// A certificate, key or chain could not be parsed or does not match (from a file, the store or
     /// the CA).
     #[error("invalid certificate or key: {0}")]
@@ -52,15 +52,18 @@ pub enum CertError {
     Io(#[from] std::io::Error),
 }
 
-impl From<rcgen::Error> for CertError {
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<rcgen::Error> for Error {
     fn from(e: rcgen::Error) -> Self {
-        CertError::Generate(e)
+        Error::Generate(e)
     }
 }
 
-impl From<instant_acme::Error> for CertError {
+impl From<instant_acme::Error> for Error {
     fn from(e: instant_acme::Error) -> Self {
-        CertError::Acme(e.to_string())
+        Error::Acme(e.to_string())
     }
 }
 

@@ -19,7 +19,7 @@ use rcgen::{
 
 use crate::pem::certified_key;
 use crate::store::OnDemand;
-use crate::CertError;
+use crate::Error;
 
 /// How long a locally signed leaf lives (renewed at two thirds, like ACME certificates).
 pub const LEAF_LIFETIME: Duration = Duration::from_secs(90 * 86_400);
@@ -40,7 +40,7 @@ impl std::fmt::Debug for LocalCa {
     }
 }
 
-fn ca_params() -> Result<CertificateParams, CertError> {
+fn ca_params() -> Result<CertificateParams, Error> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, CA_NAME);
@@ -57,7 +57,7 @@ fn ca_params() -> Result<CertificateParams, CertError> {
 
 impl LocalCa {
     /// Loads the CA from `dir`, or creates it (key file mode 0600).
-    pub fn load_or_create(dir: &Path) -> Result<Self, CertError> {
+    pub fn load_or_create(dir: &Path) -> Result<Self, Error> {
         let cert_path = dir.join("ca.pem");
         let key_path = dir.join("ca.key");
         if cert_path.exists() && key_path.exists() {
@@ -100,7 +100,7 @@ impl LocalCa {
     }
 
     /// Signs a fresh ECDSA P-256 leaf for `names`: (chain PEM with the CA, key PEM).
-    pub fn issue(&self, names: &[String]) -> Result<(String, String), CertError> {
+    pub fn issue(&self, names: &[String]) -> Result<(String, String), Error> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::new(names.to_vec())?;
         let mut dn = DistinguishedName::new();
@@ -192,7 +192,7 @@ impl OnDemand for PerHostCerts {
 
 /// A self-signed certificate for clients whose SNI names nothing served here: it names nothing
 /// real, so no tenant's certificate is ever shown to a stranger.
-pub fn fallback_certificate() -> Result<(String, String), CertError> {
+pub fn fallback_certificate() -> Result<(String, String), Error> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::new(vec!["unknown-host.invalid".to_string()])?;
     let mut dn = DistinguishedName::new();

@@ -23,7 +23,7 @@ use crate::local_ca::{fallback_certificate, LocalCa, PerHostCerts};
 use crate::pem::{certified_key, leaf_info};
 use crate::renewal::{days_left, domain_retry_delay, in_window, retry_delay, two_thirds};
 use crate::store::CertStore;
-use crate::{now_ms, CertError};
+use crate::{now_ms, Error};
 
 /// TXT name prefix of custom domain ownership checks.
 pub const DOMAIN_TXT_PREFIX: &str = "_clawdeploy-challenge.";
@@ -45,7 +45,7 @@ enum NotReady {
     Records(Vec<String>),
     /// The probe token could not be stored (in the message, not a `source()`).
     #[error("The reachability check could not start ({0}); it is retried.")]
-    CheckNotStarted(CertError),
+    CheckNotStarted(Error),
     #[error(
         "{hostname} does not reach this platform over HTTP ({detail}): the CA fetches \
          http://{hostname}/.well-known/acme-challenge/ before it issues the certificate. Make sure \
@@ -115,6 +115,7 @@ impl std::fmt::Debug for CertManager {
 }
 
 /// A summary of one certificate for the admin API (no key material).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CertSummary {
@@ -158,7 +159,7 @@ impl CertManager {
         config: &Config,
         keyring: Arc<Keyring>,
         routes: Arc<RouteTable>,
-    ) -> Result<Arc<Self>, CertError> {
+    ) -> Result<Arc<Self>, Error> {
         let certs = CertStore::new();
         let (chain, key) = fallback_certificate()?;
         certs.set_fallback(certified_key(&chain, &key)?);
@@ -219,7 +220,7 @@ impl CertManager {
     }
 
     /// Loads every stored certificate and active domain route (at start, and after a gap).
-    pub async fn load_all(&self, store: &Store) -> Result<usize, CertError> {
+    pub async fn load_all(&self, store: &Store) -> Result<usize, Error> {
         let records = store.list_certificates().await?;
         for record in &records {
             if let Err(e) = self.install(record) {
@@ -236,7 +237,7 @@ impl CertManager {
         Ok(records.len())
     }
 
-    fn install(&self, record: &CertificateRecord) -> Result<(), CertError> {
+    fn install(&self, record: &CertificateRecord) -> Result<(), Error> {
         let key_pem = record.open_key(&self.keyring)?;
         let key = certified_key(&record.chain_pem, &key_pem)?;
         self.certs.install(&record.domains, key);
@@ -246,11 +247,7 @@ impl CertManager {
     }
 
     /// Routes an active domain to its instance, or stops routing it.
-    async fn apply_domain_route(
-        &self,
-        store: &Store,
-        domain: &CustomDomain,
-    ) -> Result<(), CertError> {
+    async fn apply_domain_route(&self, store: &Store, domain: &CustomDomain) -> Result<(), Error> {
         if domain.status == DomainStatus::Active {
             if let Some(instance) = store.get_instance(domain.instance_id).await? {
                 self.routes.set_alias(&domain.hostname, &instance.subdomain);
@@ -262,7 +259,7 @@ impl CertManager {
     }
 
     /// Reloads one certificate from the store (a change from another node).
-    async fn reload_certificate(&self, store: &Store, name: &str) -> Result<(), CertError> {
+    async fn reload_certificate(&self, store: &Store, name: &str) -> Result<(), Error> {
         match store.get_certificate(name).await? {
             Some(record) => self.install(&record),
             None => {
@@ -273,7 +270,7 @@ impl CertManager {
     }
 
     /// Follows the hostname's owner (its proven claim); without one, the name is not served.
-    async fn reload_domain(&self, store: &Store, hostname: &str) -> Result<(), CertError> {
+    async fn reload_domain(&self, store: &Store, hostname: &str) -> Result<(), Error> {
         match store.get_custom_domain_by_hostname(hostname).await? {
             Some(domain) => self.apply_domain_route(store, &domain).await,
             None => {
@@ -418,7 +415,7 @@ impl CertManager {
         names
     }
 
-    async fn ensure_base(&self, store: &Store, bus: &ChangeBus) -> Result<(), CertError> {
+    async fn ensure_base(&self, store: &Store, bus: &ChangeBus) -> Result<(), Error> {
         let wanted = match self.config.tls.mode {
             TlsMode::LocalCa => true,
             TlsMode::Acme => self.config.acme.wildcard,
@@ -437,7 +434,7 @@ impl CertManager {
         store: &Store,
         bus: &ChangeBus,
         record: &CertificateRecord,
-    ) -> Result<(), CertError> {
+    ) -> Result<(), Error> {
         match self
             .issue_and_store(
                 store,
@@ -466,7 +463,7 @@ impl CertManager {
         store: &Store,
         bus: &ChangeBus,
         name: &str,
-    ) -> Result<Option<CertSummary>, CertError> {
+    ) -> Result<Option<CertSummary>, Error> {
         let Some(record) = store.get_certificate(name).await? else {
             return Ok(None);
         };
@@ -490,13 +487,13 @@ impl CertManager {
         name: &str,
         names: &[String],
         previous_chain: Option<&str>,
-    ) -> Result<CertificateRecord, CertError> {
+    ) -> Result<CertificateRecord, Error> {
         let lock_until = now_ms() + LOCK_TTL.as_millis() as i64;
         if !store
             .try_lock_certificate(name, &self.node, lock_until)
             .await?
         {
-            return Err(CertError::Acme(format!(
+            return Err(Error::Acme(format!(
                 "another node is ordering {name}; it will be picked up from the store"
             )));
         }
@@ -541,7 +538,7 @@ impl CertManager {
                 let record = store
                     .get_certificate(name)
                     .await?
-                    .ok_or(CertError::Invalid("stored certificate vanished".into()))?;
+                    .ok_or(Error::Invalid("stored certificate vanished".into()))?;
                 self.install(&record)?;
                 if let Err(e) = bus
                     .publish(Change::Certificate {
@@ -562,17 +559,17 @@ impl CertManager {
         stored
     }
 
-    fn acme(&self) -> Result<&AcmeClient, CertError> {
+    fn acme(&self) -> Result<&AcmeClient, Error> {
         self.acme
             .get()
-            .ok_or_else(|| CertError::Acme("the ACME account is not ready".into()))
+            .ok_or_else(|| Error::Acme("the ACME account is not ready".into()))
     }
 
     async fn issue(
         &self,
         names: &[String],
         previous_chain: Option<&str>,
-    ) -> Result<(String, String), CertError> {
+    ) -> Result<(String, String), Error> {
         if let Some(ca) = &self.local_ca {
             return ca.issue(names);
         }
@@ -588,7 +585,7 @@ impl CertManager {
         };
         let issued = if wildcard {
             let (Some(provider), Some(resolver)) = (&self.dns, &self.resolver) else {
-                return Err(CertError::Dns(
+                return Err(Error::Dns(
                     "a wildcard needs DNS-01: configure a [dns] provider".into(),
                 ));
             };
@@ -627,7 +624,7 @@ impl CertManager {
     }
 
     /// Connects the ACME account (ACME mode); retried by the caller on failure.
-    pub async fn connect_acme(&self, store: &Store) -> Result<(), CertError> {
+    pub async fn connect_acme(&self, store: &Store) -> Result<(), Error> {
         if self.local_ca.is_some() || self.acme.get().is_some() {
             return Ok(());
         }
@@ -641,7 +638,7 @@ impl CertManager {
     /// their backoff is over. One node per hostname at a time (the name's order lock), whatever
     /// the number of accounts claiming it. Claims never proven within
     /// `domains.unverified_ttl_secs` are removed first.
-    async fn check_domains(&self, store: &Store, bus: &ChangeBus) -> Result<(), CertError> {
+    async fn check_domains(&self, store: &Store, bus: &ChangeBus) -> Result<(), Error> {
         let ttl_ms = (self.config.domains.unverified_ttl_secs as i64).saturating_mul(1000);
         for expired in store
             .expire_custom_domain_claims(now_ms().saturating_sub(ttl_ms))
@@ -685,7 +682,7 @@ impl CertManager {
         store: &Store,
         bus: &ChangeBus,
         domain: CustomDomain,
-    ) -> Result<(), CertError> {
+    ) -> Result<(), Error> {
         let Some(instance) = store.get_instance(domain.instance_id).await? else {
             return Ok(());
         };
@@ -796,7 +793,7 @@ impl CertManager {
     /// Another account owns the name: this claim fails for good, saying so, and is not looked
     /// at again until it expires (`domains.unverified_ttl_secs` after it was added). If the
     /// owner removes the name meanwhile, the claim's "check again" makes it a contender again.
-    async fn refuse_claim(&self, store: &Store, domain: &CustomDomain) -> Result<(), CertError> {
+    async fn refuse_claim(&self, store: &Store, domain: &CustomDomain) -> Result<(), Error> {
         let ttl_ms = (self.config.domains.unverified_ttl_secs as i64).saturating_mul(1000);
         let expires = domain.created_at.saturating_add(ttl_ms);
         let host = &domain.hostname;
@@ -831,7 +828,7 @@ impl CertManager {
         domain: &CustomDomain,
         status: DomainStatus,
         what: &str,
-    ) -> Result<(), CertError> {
+    ) -> Result<(), Error> {
         let timeout_secs = self.config.domains.pending_dns_timeout_secs;
         let timed_out = now_ms() - domain.pending_since >= (timeout_secs * 1000) as i64;
         if domain.status == DomainStatus::Failed || timed_out {
@@ -958,7 +955,7 @@ impl CertManager {
         store: &Store,
         bus: &ChangeBus,
         hostname: &str,
-    ) -> Result<(), CertError> {
+    ) -> Result<(), Error> {
         self.routes.remove_alias(hostname);
         store.delete_certificate(hostname).await?;
         self.certs.remove(&[hostname.to_string()]);
@@ -978,7 +975,7 @@ impl CertManager {
     }
 
     /// Summaries of every stored certificate.
-    pub async fn list(&self, store: &Store) -> Result<Vec<CertSummary>, CertError> {
+    pub async fn list(&self, store: &Store) -> Result<Vec<CertSummary>, Error> {
         Ok(store
             .list_certificates()
             .await?

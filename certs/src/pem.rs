@@ -6,21 +6,21 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
-use crate::CertError;
+use crate::Error;
 
 /// A chain (leaf first) and its private key as a rustls `CertifiedKey`, signed with ring.
-pub fn certified_key(chain_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, CertError> {
+pub fn certified_key(chain_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, Error> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
         .collect::<Result<_, _>>()
-        .map_err(|e| CertError::Invalid(format!("certificate chain: {e}")))?;
+        .map_err(|e| Error::Invalid(format!("certificate chain: {e}")))?;
     if chain.is_empty() {
-        return Err(CertError::Invalid("the chain holds no certificate".into()));
+        return Err(Error::Invalid("the chain holds no certificate".into()));
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| CertError::Invalid(format!("private key: {e}")))?;
+        .map_err(|e| Error::Invalid(format!("private key: {e}")))?;
     let provider = rustls::crypto::ring::default_provider();
     let certified = CertifiedKey::from_der(chain, key, &provider)
-        .map_err(|e| CertError::Invalid(format!("key does not match the certificate: {e}")))?;
+        .map_err(|e| Error::Invalid(format!("key does not match the certificate: {e}")))?;
     Ok(Arc::new(certified))
 }
 
@@ -40,13 +40,13 @@ pub struct LeafInfo {
 }
 
 /// Parses the leaf (first) certificate of a PEM chain.
-pub fn leaf_info(chain_pem: &str) -> Result<LeafInfo, CertError> {
+pub fn leaf_info(chain_pem: &str) -> Result<LeafInfo, Error> {
     let leaf = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
         .next()
-        .ok_or_else(|| CertError::Invalid("the chain holds no certificate".into()))?
-        .map_err(|e| CertError::Invalid(format!("certificate chain: {e}")))?;
+        .ok_or_else(|| Error::Invalid("the chain holds no certificate".into()))?
+        .map_err(|e| Error::Invalid(format!("certificate chain: {e}")))?;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
-        .map_err(|e| CertError::Invalid(format!("certificate: {e}")))?;
+        .map_err(|e| Error::Invalid(format!("certificate: {e}")))?;
     let validity = cert.validity();
     let mut names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {

@@ -456,9 +456,13 @@ impl std::fmt::Display for ConfigIssue {
     }
 }
 
-/// Why a configuration could not be loaded.
+/// Why a configuration could not be loaded: the crate's error.
+///
+/// Two focused errors stay apart, as the error types of public APIs whose callers use them on
+/// their own: [`HostnameError`] of [`validate_hostname`] (its message becomes a config issue or an
+/// API field error) and [`UnknownTier`], `Tier`'s `FromStr` error.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub enum Error {
     /// The config file could not be read. The I/O error is in the message, so it is not a
     /// `source()` (chain printers show it once).
     #[error("cannot read config file {}: {error}", path.display())]
@@ -482,6 +486,9 @@ pub enum ConfigError {
     Invalid(Vec<ConfigIssue>),
 }
 
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
 fn format_issues(issues: &[ConfigIssue]) -> String {
     let mut out = format!(
         "invalid configuration ({} problem{}):",
@@ -497,7 +504,7 @@ fn format_issues(issues: &[ConfigIssue]) -> String {
 
 impl Config {
     /// Loads the embedded defaults, the optional file, then the environment overrides, and validates.
-    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+    pub fn load(path: Option<&Path>) -> Result<Self, Error> {
         Self::load_with_env(path, std::env::vars())
     }
 
@@ -505,9 +512,9 @@ impl Config {
     pub fn load_with_env(
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
+    ) -> Result<Self, Error> {
         let text = match path {
-            Some(path) => std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            Some(path) => std::fs::read_to_string(path).map_err(|error| Error::Read {
                 path: path.to_path_buf(),
                 error,
             })?,
@@ -521,8 +528,8 @@ impl Config {
         text: &str,
         origin: &Path,
         env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
-        let parse_error = |e: toml::de::Error| ConfigError::Parse {
+    ) -> Result<Self, Error> {
+        let parse_error = |e: toml::de::Error| Error::Parse {
             path: origin.to_path_buf(),
             message: e.to_string(),
         };
@@ -542,10 +549,10 @@ impl Config {
             }
         }
         if !issues.is_empty() {
-            return Err(ConfigError::Invalid(issues));
+            return Err(Error::Invalid(issues));
         }
         let config: Config = tree.try_into().map_err(|e: toml::de::Error| {
-            ConfigError::Invalid(vec![ConfigIssue {
+            Error::Invalid(vec![ConfigIssue {
                 key: "<environment>".into(),
                 value: String::new(),
                 allowed: e.message().to_string(),
@@ -556,7 +563,7 @@ impl Config {
     }
 
     /// Checks every key; all problems are reported at once.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), Error> {
         let mut issues = Vec::new();
         let mut check = |ok: bool, key: &str, value: &dyn std::fmt::Display, allowed: &str| {
             if !ok {
@@ -831,7 +838,7 @@ impl Config {
         if issues.is_empty() {
             Ok(())
         } else {
-            Err(ConfigError::Invalid(issues))
+            Err(Error::Invalid(issues))
         }
     }
 
@@ -884,8 +891,8 @@ fn is_mailbox(s: &str) -> bool {
     }
 }
 
-fn invalid(key: &str, value: &str, allowed: &str) -> ConfigError {
-    ConfigError::Invalid(vec![ConfigIssue {
+fn invalid(key: &str, value: &str, allowed: &str) -> Error {
+    Error::Invalid(vec![ConfigIssue {
         key: key.into(),
         value: value.into(),
         allowed: allowed.into(),
@@ -954,7 +961,7 @@ fn apply_override(
 mod tests {
     use super::*;
 
-    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, Error> {
         Config::from_toml_with_env(
             text,
             Path::new("test.toml"),
@@ -962,9 +969,9 @@ mod tests {
         )
     }
 
-    fn issues(result: Result<Config, ConfigError>) -> Vec<ConfigIssue> {
+    fn issues(result: Result<Config, Error>) -> Vec<ConfigIssue> {
         match result {
-            Err(ConfigError::Invalid(issues)) => issues,
+            Err(Error::Invalid(issues)) => issues,
             other => panic!("expected validation issues, got {other:?}"),
         }
     }

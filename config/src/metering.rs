@@ -402,9 +402,9 @@ pub(crate) fn validate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Config, ConfigError};
+    use crate::{Config, Error};
 
-    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, Error> {
         Config::from_toml_with_env(
             text,
             std::path::Path::new("test.toml"),
@@ -427,8 +427,7 @@ mod tests {
             let config = load(&format!("[llm]\nlisten = \"{off}\"\n"), &[]).unwrap();
             assert_eq!(config.llm.listen_mode(), LlmListen::Off);
         }
-        let Err(ConfigError::Invalid(issues)) = load("[llm]\nlisten = \"gateway:9480\"\n", &[])
-        else {
+        let Err(Error::Invalid(issues)) = load("[llm]\nlisten = \"gateway:9480\"\n", &[]) else {
             panic!("an address that is no IP:port must be refused");
         };
         assert_eq!(issues[0].key, "llm.listen");

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 /// A subscription tier. Spelled in lower case wherever it is stored or shown (`free`, `pro`,
 /// `team`); quotas per tier are configured in `[tiers.<tier>]`.
 /// Ordered cheapest first (an upgrade is a move to a greater tier).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]

@@ -7,16 +7,17 @@ use std::time::Duration;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
 
 use clawdeploy_store::time::{now_ms, rfc3339, DAY_MS};
-use clawdeploy_store::{EmailTokenPurpose, ProfileUpdate, StoreError};
+use clawdeploy_store::{ApiKey, EmailTokenPurpose, ProfileUpdate, StoreError};
 
-use crate::auth::{self, AuthUser, Client};
+use crate::auth::{self, AuthUser, Client, PasswordChanged, UserReply};
 use crate::crypto;
 use crate::error::ApiError;
-use crate::ApiState;
+use crate::{ApiState, Reply};
 
 type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
@@ -103,23 +104,25 @@ pub(crate) async fn set_provider_key(
         .await?)
 }
 
-/// `GET /api/account`: the caller's profile ([`auth::user_json`]).
-pub async fn me(auth: AuthUser) -> Json<Value> {
-    Json(json!({ "user": auth::user_json(&auth.user) }))
+/// `GET /api/account`: the caller's profile ([`auth::UserView`]).
+pub async fn me(auth: AuthUser) -> Reply<UserReply> {
+    Reply(UserReply::new(&auth.user))
 }
 
 /// The body of `PATCH /api/account`: absent fields stay as they are; `null` clears `name` and
 /// `avatarUrl`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProfileBody {
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     name: Option<Option<String>>,
     #[serde(default)]
     email: Option<String>,
     #[serde(default)]
     timezone: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     avatar_url: Option<Option<String>>,
     #[serde(default)]
     language: Option<String>,
@@ -144,7 +147,7 @@ pub async fn update_profile(
     auth: AuthUser,
     client: Client,
     body: JsonBody<ProfileBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<UserReply>, ApiError> {
     let Json(b) = body?;
     if let Some(email) = &b.email {
         if !crypto::check_email(email) {
@@ -216,15 +219,13 @@ pub async fn update_profile(
             .await?;
         sent = Some(auth::send_link(&state, &user, &user.email, EmailTokenPurpose::Verify).await);
     }
-    let mut body = json!({ "user": auth::user_json(&user) });
-    if let Some(sent) = sent {
-        body["verificationEmailSent"] = json!(sent);
-    }
-    Ok(Json(body))
+    let mut body = UserReply::new(&user);
+    body.verification_email_sent = sent;
+    Ok(Reply(body))
 }
 
 /// The body of `POST /api/account/password`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PasswordBody {
     current_password: String,
@@ -237,7 +238,7 @@ pub async fn change_password(
     auth: AuthUser,
     client: Client,
     body: JsonBody<PasswordBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<PasswordChanged>, ApiError> {
     let Json(b) = body?;
     if !auth::verify_password(&state, &b.current_password, &auth.user.password_hash).await? {
         return Err(ApiError::invalid(
@@ -271,23 +272,39 @@ pub async fn change_password(
         None,
     )
     .await;
-    Ok(Json(json!({
-        "message": "Password changed; your other sessions were logged out.",
-        "sessionsRevoked": revoked.len(),
-    })))
+    Ok(Reply(PasswordChanged {
+        message: "Password changed; your other sessions were logged out.",
+        sessions_revoked: revoked.len(),
+    }))
+}
+
+/// The caller's provider keys, masked.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeys {
+    /// One per provider.
+    pub api_keys: Vec<ApiKey>,
+}
+
+/// One provider key, masked.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyReply {
+    /// The key as stored, masked.
+    pub api_key: ApiKey,
 }
 
 /// `GET /api/account/api-keys`: the caller's provider keys, masked, by provider.
 pub async fn list_api_keys(
     State(state): State<ApiState>,
     auth: AuthUser,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<ApiKeys>, ApiError> {
     let keys = state.store.list_api_keys(auth.user.id).await?;
-    Ok(Json(json!({ "apiKeys": keys })))
+    Ok(Reply(ApiKeys { api_keys: keys }))
 }
 
 /// The body of `PUT /api/account/api-keys/{provider}`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApiKeyBody {
     key: String,
@@ -303,7 +320,7 @@ pub async fn put_api_key(
     client: Client,
     Path(provider): Path<String>,
     body: JsonBody<ApiKeyBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<ApiKeyReply>, ApiError> {
     let Json(b) = body?;
     let provider = provider.to_ascii_lowercase();
     let key = set_provider_key(
@@ -323,7 +340,7 @@ pub async fn put_api_key(
         Some(&provider),
     )
     .await;
-    Ok(Json(json!({ "apiKey": key })))
+    Ok(Reply(ApiKeyReply { api_key: key }))
 }
 
 /// `DELETE /api/account/api-keys/{provider}`: removes the key; 204, or 404 when there is none.
@@ -350,7 +367,7 @@ pub async fn delete_api_key(
 
 /// The query of `GET /api/account/security-log`: `limit` (1–200, default 50) and `before`, an
 /// event id to page back from.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LogQuery {
     #[serde(default)]
@@ -359,33 +376,62 @@ pub struct LogQuery {
     before: Option<i64>,
 }
 
+/// One entry of the security log.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecurityEventView {
+    /// The event's id (`before` pages back from it).
+    pub id: i64,
+    /// What happened: `login_success`, `login_failure`, `mfa_enabled`…
+    pub event: String,
+    /// The client's address.
+    pub ip: Option<String>,
+    /// The client's `User-Agent`.
+    pub user_agent: Option<String>,
+    /// More about it, e.g. why a login failed.
+    pub detail: Option<String>,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
+/// The caller's security log, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SecurityLog {
+    /// The events.
+    pub events: Vec<SecurityEventView>,
+}
+
 /// `GET /api/account/security-log`: the caller's security events, newest first.
 pub async fn security_log(
     State(state): State<ApiState>,
     auth: AuthUser,
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<SecurityLog>, ApiError> {
     let Query(q) = query?;
     let limit = q.limit.unwrap_or(50).clamp(1, 200);
     let events = state
         .store
         .list_security_events(auth.user.id, limit, q.before)
         .await?;
-    let events: Vec<Value> = events
-        .iter()
-        .map(|e| {
-            json!({
-                "id": e.id,
-                "event": e.event,
-                "ip": e.ip,
-                "userAgent": e.user_agent,
-                "detail": e.detail,
-                "at": rfc3339(e.created_at),
-            })
+    let events = events
+        .into_iter()
+        .map(|e| SecurityEventView {
+            id: e.id,
+            event: e.event,
+            ip: e.ip,
+            user_agent: e.user_agent,
+            detail: e.detail,
+            at: rfc3339(e.created_at),
         })
         .collect();
-    Ok(Json(json!({ "events": events })))
+    Ok(Reply(SecurityLog { events }))
 }
+
+/// Everything stored about the caller, as the store exports it (no secrets, keys masked).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(transparent)]
+#[schema(value_type = Object)]
+pub struct Export(pub Value);
 
 /// `GET /api/account/export`: everything stored about the caller, as one JSON document; secrets
 /// and hashes left out, provider keys masked.
@@ -393,19 +439,40 @@ pub async fn export(
     State(state): State<ApiState>,
     auth: AuthUser,
     client: Client,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<Export>, ApiError> {
     let data = state.store.export_user(auth.user.id).await?;
     auth::log_event(&state, Some(auth.user.id), "data_exported", &client, None).await;
-    Ok(Json(data))
+    Ok(Reply(Export(data)))
 }
 
-fn deletion_json(state: &ApiState, requested_at: i64) -> Value {
-    let days = i64::from(state.ctx.config.limits.deletion_grace_days);
-    json!({
-        "deletionRequestedAt": rfc3339(requested_at),
-        "deletionScheduledAt": rfc3339(requested_at + days * DAY_MS),
-        "message": format!("The account and its instance will be deleted after {days} days; POST /api/account/restore before then to keep it."),
-    })
+/// A scheduled deletion of the account.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeletionScheduled {
+    /// When it was asked for (RFC 3339).
+    pub deletion_requested_at: String,
+    /// When the account goes (RFC 3339).
+    pub deletion_scheduled_at: String,
+    /// How to keep it.
+    pub message: String,
+}
+
+impl DeletionScheduled {
+    fn new(state: &ApiState, requested_at: i64) -> Self {
+        let days = i64::from(state.ctx.config.limits.deletion_grace_days);
+        Self {
+            deletion_requested_at: rfc3339(requested_at),
+            deletion_scheduled_at: rfc3339(requested_at + days * DAY_MS),
+            message: format!("The account and its instance will be deleted after {days} days; POST /api/account/restore before then to keep it."),
+        }
+    }
+}
+
+/// A cancelled deletion.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Restored {
+    /// Always `true`.
+    pub restored: bool,
 }
 
 /// `DELETE /api/account`: schedules the account's deletion after `limits.deletion_grace_days`;
@@ -414,7 +481,7 @@ pub async fn request_deletion(
     State(state): State<ApiState>,
     auth: AuthUser,
     client: Client,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Reply<DeletionScheduled>), ApiError> {
     let at = state.store.request_account_deletion(auth.user.id).await?;
     auth::log_event(
         &state,
@@ -424,7 +491,10 @@ pub async fn request_deletion(
         None,
     )
     .await;
-    Ok((StatusCode::ACCEPTED, Json(deletion_json(&state, at))))
+    Ok((
+        StatusCode::ACCEPTED,
+        Reply(DeletionScheduled::new(&state, at)),
+    ))
 }
 
 /// `POST /api/account/restore`: cancels a pending deletion; 409 when none is pending.
@@ -432,7 +502,7 @@ pub async fn restore(
     State(state): State<ApiState>,
     auth: AuthUser,
     client: Client,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<Restored>, ApiError> {
     if !state.store.cancel_account_deletion(auth.user.id).await? {
         return Err(ApiError::conflict(
             "NO_DELETION_PENDING",
@@ -447,7 +517,7 @@ pub async fn restore(
         None,
     )
     .await;
-    Ok(Json(json!({ "restored": true })))
+    Ok(Reply(Restored { restored: true }))
 }
 
 /// One pass of the account policies: deletes accounts past their grace period (and their

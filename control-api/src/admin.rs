@@ -1,15 +1,16 @@
 //! `/admin`: operator endpoints: routes, nodes, instances, users and tiers, the mail outbox.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use axum::extract::Query;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
 
 use clawdeploy_config::UnknownTier;
 use clawdeploy_store::time::rfc3339;
@@ -17,8 +18,10 @@ use clawdeploy_store::{InstanceStatus, Role, Tier, TokenHash};
 
 use clawdeploy_proxy::routes::{RouteEntry, RouteError};
 
+use crate::auth::UserView;
 use crate::error::ApiError;
-use crate::ApiState;
+use crate::instances::InstanceView;
+use crate::{ApiState, Reply};
 
 /// Proof that the request carries an operator credential: the config's bootstrap `admin_token`,
 /// a named admin token from the store (by hash), or a user login holding the operator role.
@@ -84,13 +87,83 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// This node's route table.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Routes {
+    /// Every route, with its host.
+    pub routes: Vec<RouteEntry>,
+}
+
 /// `GET /admin/routes`: every route in this node's table, with its host.
-pub async fn list_routes(_: Admin, State(state): State<ApiState>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "routes": state.routes.list() }))
+pub async fn list_routes(_: Admin, State(state): State<ApiState>) -> Reply<Routes> {
+    Reply(Routes {
+        routes: state.routes.list(),
+    })
+}
+
+/// The edge nodes.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Nodes {
+    /// This node (one edge node answers for itself).
+    pub nodes: Vec<Node>,
+}
+
+/// One edge node and its health.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Node {
+    /// The node's id (its host name).
+    pub id: String,
+    /// The address it listens on for HTTP.
+    pub ip: String,
+    /// `server.http_listen`.
+    pub listen: String,
+    /// `healthy`, `degraded` (database unreachable) or `draining`.
+    pub status: &'static str,
+    /// `ok` or `unreachable`.
+    pub database: &'static str,
+    /// Its instance routes.
+    pub routes: NodeRoutes,
+    /// The container runtime (`docker`, `process`), or `none`.
+    pub runtime: &'static str,
+    /// The pool's figures; `null` without a runtime.
+    pub containers: Option<Containers>,
+    /// Without a runtime: why instances do not start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending: Option<&'static str>,
+}
+
+/// A node's instance routes.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRoutes {
+    /// How many.
+    pub instances: u64,
+    /// How many in each state (`running`, `sleeping`…).
+    pub by_state: BTreeMap<String, u64>,
+}
+
+/// A node's containers, from the pool.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Containers {
+    /// Idle, creating and assigned together.
+    pub total: usize,
+    /// Warm members waiting for an owner.
+    pub idle: usize,
+    /// Members being created.
+    pub creating: usize,
+    /// Serving an owner.
+    pub assigned: usize,
+    /// Of those assigned, asleep.
+    pub sleeping: usize,
+    /// How many instances the node holds.
+    pub capacity: usize,
+    /// Instances waiting for room.
+    pub queued: usize,
 }
 
 /// This node, from the config and the route table; container figures come with the pool.
-pub async fn nodes(_: Admin, State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+pub async fn nodes(_: Admin, State(state): State<ApiState>) -> Result<Reply<Nodes>, ApiError> {
     let config = &state.ctx.config;
     let ip = config
         .server
@@ -98,14 +171,14 @@ pub async fn nodes(_: Admin, State(state): State<ApiState>) -> Result<Json<Value
         .parse::<SocketAddr>()
         .map(|a| a.ip().to_string())
         .unwrap_or_default();
-    let mut by_state = serde_json::Map::new();
+    let mut by_state = BTreeMap::new();
     let mut instance_routes = 0;
     for entry in state.routes.list() {
         if entry.route.kind == clawdeploy_proxy::RouteKind::Instance {
             instance_routes += 1;
-            let key = entry.route.state.as_str();
-            let n = by_state.get(key).and_then(Value::as_u64).unwrap_or(0);
-            by_state.insert(key.into(), json!(n + 1));
+            *by_state
+                .entry(entry.route.state.as_str().to_string())
+                .or_insert(0) += 1;
         }
     }
     let database = match state.store.ping().await {
@@ -122,47 +195,69 @@ pub async fn nodes(_: Admin, State(state): State<ApiState>) -> Result<Json<Value
     } else {
         "healthy"
     };
-    let mut node = json!({
-        "id": clawdeploy_pool::setup::host_name(),
-        "ip": ip,
-        "listen": config.server.http_listen,
-        "status": status,
-        "database": database,
-        "routes": { "instances": instance_routes, "byState": by_state },
-    });
-    match &state.pool {
-        Some(pool) => {
-            let pool_status = pool
-                .node_status()
-                .await
-                .map_err(|e| ApiError::internal("reading the pool", e))?;
-            node["id"] = json!(pool_status.node_id);
-            node["runtime"] = json!(pool_status.runtime);
-            node["containers"] = json!({
-                "total": pool_status.idle + pool_status.creating + pool_status.assigned,
-                "idle": pool_status.idle,
-                "creating": pool_status.creating,
-                "assigned": pool_status.assigned,
-                "sleeping": pool_status.sleeping,
-                "capacity": pool_status.capacity,
-                "queued": pool_status.queued,
-            });
-        }
-        None => {
-            node["runtime"] = json!("none");
-            node["containers"] = Value::Null;
-            node["pending"] = json!(crate::instances::PENDING_RUNTIME);
-        }
+    let mut node = Node {
+        id: clawdeploy_pool::setup::host_name(),
+        ip,
+        listen: config.server.http_listen.clone(),
+        status,
+        database,
+        routes: NodeRoutes {
+            instances: instance_routes,
+            by_state,
+        },
+        runtime: "none",
+        containers: None,
+        pending: Some(crate::instances::PENDING_RUNTIME),
+    };
+    if let Some(pool) = &state.pool {
+        let pool_status = pool
+            .node_status()
+            .await
+            .map_err(|e| ApiError::internal("reading the pool", e))?;
+        node.id = pool_status.node_id;
+        node.runtime = pool_status.runtime;
+        node.pending = None;
+        node.containers = Some(Containers {
+            total: pool_status.idle + pool_status.creating + pool_status.assigned,
+            idle: pool_status.idle,
+            creating: pool_status.creating,
+            assigned: pool_status.assigned,
+            sleeping: pool_status.sleeping,
+            capacity: pool_status.capacity,
+            queued: pool_status.queued,
+        });
     }
-    Ok(Json(json!({ "nodes": [node] })))
+    Ok(Reply(Nodes { nodes: vec![node] }))
 }
 
 /// The query of `GET /admin/instances`: `status`, one instance status to filter by.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct InstancesQuery {
     #[serde(default)]
     status: Option<String>,
+}
+
+/// An instance as operators see it: with its owner, node and upstream.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminInstance {
+    /// The public view.
+    #[serde(flatten)]
+    pub instance: InstanceView,
+    /// The owner's id.
+    pub user_id: Uuid,
+    /// The node it runs on.
+    pub node_id: Option<String>,
+    /// Where the edge sends its traffic.
+    pub upstream: Option<String>,
+}
+
+/// Instances, for operators.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Instances {
+    /// The instances.
+    pub instances: Vec<AdminInstance>,
 }
 
 /// `GET /admin/instances`: every instance (or those of one `status`), with its owner, node and
@@ -171,7 +266,7 @@ pub async fn instances(
     _: Admin,
     State(state): State<ApiState>,
     query: Result<Query<InstancesQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<Instances>, ApiError> {
     let Query(q) = query?;
     let list = match q.status.as_deref() {
         Some(s) => {
@@ -186,22 +281,34 @@ pub async fn instances(
         }
         None => state.store.list_instances().await?,
     };
-    let list: Vec<Value> = list
-        .iter()
-        .map(|inst| {
-            let mut v = crate::instances::instance_json(&state, inst);
-            v["userId"] = json!(inst.user_id);
-            v["nodeId"] = json!(inst.node_id);
-            v["upstream"] = json!(inst.upstream);
-            v
+    let instances = list
+        .into_iter()
+        .map(|inst| AdminInstance {
+            instance: InstanceView::new(&state, &inst),
+            user_id: inst.user_id,
+            node_id: inst.node_id,
+            upstream: inst.upstream,
         })
         .collect();
-    Ok(Json(json!({ "instances": list })))
+    Ok(Reply(Instances { instances }))
+}
+
+/// The body of `POST /admin/instances/migrate`.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MigrateBody {
+    /// The instance to move.
+    pub instance_id: String,
+    /// The node to move it to.
+    pub target_node: String,
 }
 
 /// `POST /admin/instances/migrate`: always 501 `NOT_IMPLEMENTED`, until instances can move
-/// between nodes.
-pub async fn migrate_instance(_: Admin) -> ApiError {
+/// between nodes. The body is read (so the endpoint documents it) but not used yet.
+pub async fn migrate_instance(
+    _: Admin,
+    _body: Result<Json<MigrateBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiError {
     ApiError::new(
         StatusCode::NOT_IMPLEMENTED,
         "NOT_IMPLEMENTED",
@@ -210,7 +317,7 @@ pub async fn migrate_instance(_: Admin) -> ApiError {
 }
 
 /// The query of `GET /admin/users`: `limit` (1–1000, default 100) and `offset`.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct UsersQuery {
     #[serde(default)]
@@ -219,12 +326,19 @@ pub struct UsersQuery {
     offset: Option<i64>,
 }
 
+/// A page of users.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Users {
+    /// The users.
+    pub users: Vec<UserView>,
+}
+
 /// `GET /admin/users`: a page of users.
 pub async fn users(
     _: Admin,
     State(state): State<ApiState>,
     query: Result<Query<UsersQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<Users>, ApiError> {
     let Query(q) = query?;
     let users = state
         .store
@@ -233,12 +347,13 @@ pub async fn users(
             q.offset.unwrap_or(0).max(0),
         )
         .await?;
-    let users: Vec<Value> = users.iter().map(crate::auth::user_json).collect();
-    Ok(Json(json!({ "users": users })))
+    Ok(Reply(Users {
+        users: users.iter().map(UserView::new).collect(),
+    }))
 }
 
 /// The body of `PUT /admin/users/{id}/tier`: `tier` is `free`, `pro` or `team`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TierBody {
     tier: String,
@@ -251,7 +366,7 @@ pub async fn set_tier(
     State(state): State<ApiState>,
     Path(id): Path<String>,
     body: Result<Json<TierBody>, axum::extract::rejection::JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<TierChanged>, ApiError> {
     let Json(b) = body?;
     let id = uuid::Uuid::parse_str(&id)
         .map_err(|_| ApiError::invalid("id", "INVALID_ID", "not a user id (UUID)"))?;
@@ -277,7 +392,7 @@ pub async fn set_tier(
         state.instance_changed(inst.id, &inst.subdomain).await;
         // Skills past the new cap are disabled (kept installed); the sub-agent cap follows.
         skills_disabled.extend(crate::skills::follow_tier(&state, &inst).await?);
-        updated.push(crate::instances::instance_json(&state, &inst));
+        updated.push(InstanceView::new(&state, &inst));
     }
     let user = state
         .store
@@ -285,16 +400,30 @@ pub async fn set_tier(
         .await?
         .ok_or_else(|| ApiError::not_found("There is no user with this id."))?;
     tracing::info!(user = %id, tier = %new, "tier changed by an operator");
-    Ok(Json(json!({
-        "user": crate::auth::user_json(&user),
-        "instances": updated,
-        "pending": "Message quotas, token budgets, skill and sub-agent caps follow the new tier at once; container resources when the instance next restarts.",
-        "skillsDisabled": skills_disabled,
-    })))
+    Ok(Reply(TierChanged {
+        user: UserView::new(&user),
+        instances: updated,
+        pending: "Message quotas, token budgets, skill and sub-agent caps follow the new tier at once; container resources when the instance next restarts.",
+        skills_disabled,
+    }))
+}
+
+/// A user's new tier.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TierChanged {
+    /// The user, on the new tier.
+    pub user: UserView,
+    /// The user's instances, on the new tier.
+    pub instances: Vec<InstanceView>,
+    /// What follows the tier when.
+    pub pending: &'static str,
+    /// Skills disabled because the new tier's cap is lower (newest first; they stay installed).
+    #[serde(rename = "skillsDisabled")]
+    pub skills_disabled: Vec<String>,
 }
 
 /// The query of `GET /admin/outbox`: `to`, one recipient, and `limit` (1–500, default 50).
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct OutboxQuery {
     #[serde(default)]
@@ -303,25 +432,56 @@ pub struct OutboxQuery {
     limit: Option<i64>,
 }
 
+/// One mail of the outbox.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Mail {
+    /// Its id.
+    pub id: i64,
+    /// The recipient.
+    pub to: String,
+    /// The subject.
+    pub subject: String,
+    /// The plain-text body.
+    pub body: String,
+    /// When it was kept (RFC 3339).
+    pub at: String,
+}
+
+/// The mail outbox.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Outbox {
+    /// `outbox` (mails kept here) or `smtp` (sent; the outbox holds older ones).
+    pub mode: &'static str,
+    /// The mails, newest first.
+    pub mails: Vec<Mail>,
+}
+
 /// Mails kept because no SMTP relay is configured, newest first.
 pub async fn outbox(
     _: Admin,
     State(state): State<ApiState>,
     query: Result<Query<OutboxQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<Outbox>, ApiError> {
     let Query(q) = query?;
     let to = q.to.as_deref().map(clawdeploy_store::normalize_email);
     let mails = state
         .store
         .list_outbox(to.as_deref(), q.limit.unwrap_or(50).clamp(1, 500))
         .await?;
-    let mails: Vec<Value> = mails
-        .iter()
-        .map(|m| json!({ "id": m.id, "to": m.to, "subject": m.subject, "body": m.body, "at": rfc3339(m.created_at) }))
+    let mails = mails
+        .into_iter()
+        .map(|m| Mail {
+            id: m.id,
+            to: m.to,
+            subject: m.subject,
+            body: m.body,
+            at: rfc3339(m.created_at),
+        })
         .collect();
-    Ok(Json(
-        json!({ "mode": state.ctx.mailer.kind(), "mails": mails }),
-    ))
+    Ok(Reply(Outbox {
+        mode: state.ctx.mailer.kind(),
+        mails,
+    }))
 }
 
 /// `GET /admin/routes/{host}`: one route of this node's table.
@@ -329,19 +489,19 @@ pub async fn get_route(
     _: Admin,
     State(state): State<ApiState>,
     Path(host): Path<String>,
-) -> Result<Json<RouteEntry>, ApiError> {
+) -> Result<Reply<RouteEntry>, ApiError> {
     let host = state.routes.operator_host(&host).map_err(route_error)?;
     state
         .routes
         .list()
         .into_iter()
         .find(|entry| entry.host == host)
-        .map(Json)
+        .map(Reply)
         .ok_or_else(|| ApiError::not_found(format!("There is no route for {host}.")))
 }
 
 /// The body of `PUT /admin/routes/{host}`: `upstream`, an `IP:port` (host names are not resolved).
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpsertRoute {
     upstream: String,
@@ -354,7 +514,7 @@ pub async fn upsert_route(
     State(state): State<ApiState>,
     Path(host): Path<String>,
     body: Result<Json<UpsertRoute>, axum::extract::rejection::JsonRejection>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<(StatusCode, Reply<RouteEntry>), ApiError> {
     let Json(body) = body?;
     let upstream: SocketAddr = body.upstream.parse().map_err(|_| {
         ApiError::new(
@@ -377,7 +537,7 @@ pub async fn upsert_route(
         host,
         route: clawdeploy_proxy::Route::operator(upstream),
     };
-    Ok((status, Json(entry)))
+    Ok((status, Reply(entry)))
 }
 
 /// `DELETE /admin/routes/{host}`: removes an operator route from this node's table; 204.

@@ -4,10 +4,10 @@
 use axum::extract::{FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::IntoResponse;
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use clawdeploy_proxy::browser_session::{percent_encode, request_cookies};
@@ -19,7 +19,7 @@ use clawdeploy_store::{
 
 use crate::crypto::{self, Claims, JwtError, ACCESS_TTL_SECS};
 use crate::error::ApiError;
-use crate::ApiState;
+use crate::{ApiState, Reply};
 
 /// A refresh token (and its session) lives 30 days; each use rotates it and extends the session.
 pub const REFRESH_TTL_MS: i64 = 30 * DAY_MS;
@@ -210,33 +210,93 @@ pub async fn browser_session(
     State(state): State<ApiState>,
     method: axum::http::Method,
     headers: HeaderMap,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<
+    (
+        StatusCode,
+        [(header::HeaderName, String); 1],
+        Reply<UserReply>,
+    ),
+    ApiError,
+> {
     let token = request_token(&method, &headers)?;
     let auth = authenticate(&state, token).await?;
     let cookie = session_set_cookie(token, &headers);
     Ok((
         StatusCode::OK,
         [(header::SET_COOKIE, cookie)],
-        Json(json!({ "user": user_json(&auth.user) })),
+        Reply(UserReply::new(&auth.user)),
     ))
 }
 
 /// The public view of a user.
-pub fn user_json(user: &User) -> Value {
-    json!({
-        "id": user.id,
-        "email": user.email,
-        "name": user.name,
-        "tier": user.tier,
-        "role": user.role,
-        "emailVerified": user.email_verified(),
-        "timezone": user.timezone,
-        "language": user.language,
-        "avatarUrl": user.avatar_url,
-        "mfaEnabled": user.mfa_enabled(),
-        "deletionRequestedAt": user.deletion_requested_at.map(rfc3339),
-        "createdAt": rfc3339(user.created_at),
-    })
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserView {
+    /// The user's id.
+    pub id: Uuid,
+    /// The email address, lower case.
+    pub email: String,
+    /// Display name, if the user gave one.
+    pub name: Option<String>,
+    /// The plan.
+    pub tier: Tier,
+    /// `user` or `admin`.
+    pub role: Role,
+    /// Whether the current address is verified.
+    pub email_verified: bool,
+    /// An IANA time zone name.
+    pub timezone: String,
+    /// The dashboard's language (`en`, `de`…).
+    pub language: String,
+    /// An `https://` URL of the user's picture.
+    pub avatar_url: Option<String>,
+    /// Whether logins need a TOTP or recovery code.
+    pub mfa_enabled: bool,
+    /// When the account's deletion was asked for (RFC 3339); `null` when not.
+    pub deletion_requested_at: Option<String>,
+    /// When the account was created (RFC 3339).
+    pub created_at: String,
+}
+
+impl UserView {
+    /// The view of `user`.
+    pub fn new(user: &User) -> Self {
+        Self {
+            id: user.id,
+            email: user.email.clone(),
+            name: user.name.clone(),
+            tier: user.tier,
+            role: user.role,
+            email_verified: user.email_verified(),
+            timezone: user.timezone.clone(),
+            language: user.language.clone(),
+            avatar_url: user.avatar_url.clone(),
+            mfa_enabled: user.mfa_enabled(),
+            deletion_requested_at: user.deletion_requested_at.map(rfc3339),
+            created_at: rfc3339(user.created_at),
+        }
+    }
+}
+
+/// `{"user": ...}`: the caller's profile (`GET`/`PATCH /api/account`, the browser session).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserReply {
+    /// The user.
+    pub user: UserView,
+    /// After an email change: whether the verification mail to the new address went out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification_email_sent: Option<bool>,
+}
+
+impl UserReply {
+    /// `{"user": ...}` of `user`.
+    pub fn new(user: &User) -> Self {
+        Self {
+            user: UserView::new(user),
+            verification_email_sent: None,
+        }
+    }
 }
 
 pub(crate) async fn log_event(
@@ -329,13 +389,31 @@ fn access_token(state: &ApiState, user_id: Uuid, session_id: Uuid) -> String {
     )
 }
 
-fn auth_response(user: &User, token: String, refresh: String) -> Value {
-    json!({
-        "user": user_json(user),
-        "token": token,
-        "refreshToken": refresh,
-        "expiresIn": ACCESS_TTL_SECS,
-    })
+/// A login's answer: the user and a session's tokens (register, login, refresh).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Tokens {
+    /// The user.
+    pub user: UserView,
+    /// The access token (a JWT, `Authorization: Bearer`).
+    pub token: String,
+    /// The refresh token, for `POST /api/auth/refresh`.
+    pub refresh_token: String,
+    /// Seconds the access token is valid.
+    pub expires_in: i64,
+    /// On registration: whether the verification mail went out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification_email_sent: Option<bool>,
+}
+
+fn auth_response(user: &User, token: String, refresh: String) -> Tokens {
+    Tokens {
+        user: UserView::new(user),
+        token,
+        refresh_token: refresh,
+        expires_in: ACCESS_TTL_SECS,
+        verification_email_sent: None,
+    }
 }
 
 /// Sends a one-time link by mail. Failures are logged, not returned: the action that asked for
@@ -388,7 +466,7 @@ pub(crate) async fn send_link(
 }
 
 /// The body of `POST /api/auth/register`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegisterBody {
     email: String,
@@ -405,7 +483,7 @@ pub async fn register(
     State(state): State<ApiState>,
     client: Client,
     body: JsonBody<RegisterBody>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<(StatusCode, Reply<Tokens>), ApiError> {
     let Json(body) = body?;
     let email = body.email.trim();
     if !crypto::check_email(email) {
@@ -460,8 +538,8 @@ pub async fn register(
     let (token, refresh) = issue_tokens(&state, &user, &client).await?;
     let sent = send_link(&state, &user, &user.email, EmailTokenPurpose::Verify).await;
     let mut body = auth_response(&user, token, refresh);
-    body["verificationEmailSent"] = json!(sent);
-    Ok((StatusCode::CREATED, Json(body)))
+    body.verification_email_sent = Some(sent);
+    Ok((StatusCode::CREATED, Reply(body)))
 }
 
 fn duplicate_email() -> ApiError {
@@ -473,7 +551,7 @@ fn duplicate_email() -> ApiError {
 }
 
 /// The body of `POST /api/auth/login`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoginBody {
     email: String,
@@ -500,7 +578,7 @@ pub async fn login(
     State(state): State<ApiState>,
     client: Client,
     body: JsonBody<LoginBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<Tokens>, ApiError> {
     let Json(body) = body?;
     let email = clawdeploy_store::normalize_email(&body.email);
     let limits = &state.ctx.config.limits;
@@ -579,7 +657,7 @@ pub async fn login(
     throttle.clear(&account_key);
     let (token, refresh) = issue_tokens(&state, &user, &client).await?;
     log_event(&state, Some(user.id), "login_success", &client, None).await;
-    Ok(Json(auth_response(&user, token, refresh)))
+    Ok(Reply(auth_response(&user, token, refresh)))
 }
 
 fn bad_credentials() -> ApiError {
@@ -605,7 +683,7 @@ pub(crate) async fn check_mfa(state: &ApiState, user: &User, code: &str) -> Resu
 }
 
 /// The body of `POST /api/auth/refresh`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RefreshBody {
     refresh_token: String,
@@ -618,7 +696,7 @@ pub async fn refresh(
     State(state): State<ApiState>,
     client: Client,
     body: JsonBody<RefreshBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<Tokens>, ApiError> {
     let Json(body) = body?;
     let old = TokenHash::of(body.refresh_token.trim());
     let (new, new_hash) = secrets::new_token().map_err(|e| ApiError::internal("token", e))?;
@@ -661,7 +739,7 @@ pub async fn refresh(
         ));
     };
     let token = access_token(&state, user.id, rotated.session_id);
-    Ok(Json(auth_response(&user, token, new)))
+    Ok(Reply(auth_response(&user, token, new)))
 }
 
 /// `POST /api/auth/logout`: ends the caller's session on every edge node at once and clears the
@@ -671,7 +749,7 @@ pub async fn logout(
     headers: HeaderMap,
     auth: AuthUser,
     client: Client,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<(StatusCode, [(header::HeaderName, String); 1]), ApiError> {
     state.store.revoke_session(auth.session.id).await?;
     state.revoked(&[auth.session.id]).await;
     log_event(&state, Some(auth.user.id), "logout", &client, None).await;
@@ -682,7 +760,7 @@ pub async fn logout(
 }
 
 /// A mailed token: the query of the links in mails, and the body of `POST /api/auth/verify-email`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct TokenQuery {
     token: String,
@@ -709,11 +787,20 @@ fn token_error(e: StoreError) -> ApiError {
     }
 }
 
+/// The answer of a verified email address.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Verified {
+    /// Always `true`.
+    pub verified: bool,
+    /// The address verified.
+    pub email: String,
+}
+
 async fn do_verify(
     state: &ApiState,
     token: &str,
     client: &Client,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<Verified>, ApiError> {
     let t = state
         .store
         .consume_email_token(&TokenHash::of(token.trim()), EmailTokenPurpose::Verify)
@@ -731,7 +818,10 @@ async fn do_verify(
     }
     state.store.set_email_verified(user.id, true).await?;
     log_event(state, Some(user.id), "email_verified", client, None).await;
-    Ok(Json(json!({ "verified": true, "email": user.email })))
+    Ok(Reply(Verified {
+        verified: true,
+        email: user.email,
+    }))
 }
 
 /// The link in the verification mail.
@@ -739,7 +829,7 @@ pub async fn verify_email_link(
     State(state): State<ApiState>,
     client: Client,
     query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<Verified>, ApiError> {
     let Query(q) = query?;
     do_verify(&state, &q.token, &client).await
 }
@@ -750,9 +840,17 @@ pub async fn verify_email(
     State(state): State<ApiState>,
     client: Client,
     body: JsonBody<TokenQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<Verified>, ApiError> {
     let Json(b) = body?;
     do_verify(&state, &b.token, &client).await
+}
+
+/// `{"verificationEmailSent": bool}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerificationSent {
+    /// Whether the mail went out (false: the relay failed; ask again).
+    pub verification_email_sent: bool,
 }
 
 /// `POST /api/auth/resend-verification`: voids the earlier links and mails a new one; 202, or 409
@@ -760,7 +858,7 @@ pub async fn verify_email(
 pub async fn resend_verification(
     State(state): State<ApiState>,
     auth: AuthUser,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Reply<VerificationSent>), ApiError> {
     if auth.user.email_verified() {
         return Err(ApiError::conflict(
             "ALREADY_VERIFIED",
@@ -780,12 +878,14 @@ pub async fn resend_verification(
     .await;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "verificationEmailSent": sent })),
+        Reply(VerificationSent {
+            verification_email_sent: sent,
+        }),
     ))
 }
 
 /// The body of `POST /api/auth/forgot-password`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForgotBody {
     email: String,
@@ -797,7 +897,7 @@ pub async fn forgot_password(
     State(state): State<ApiState>,
     client: Client,
     body: JsonBody<ForgotBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Reply<Notice>), ApiError> {
     let Json(b) = body?;
     if !crypto::check_email(&b.email) {
         return Err(ApiError::invalid(
@@ -824,17 +924,38 @@ pub async fn forgot_password(
     // The same answer either way, so this cannot be used to find accounts.
     Ok((
         StatusCode::ACCEPTED,
-        Json(
-            json!({ "message": "If an account exists for this address, a reset link valid for one hour is on its way." }),
-        ),
+        Reply(Notice {
+            message: "If an account exists for this address, a reset link valid for one hour is on its way.",
+        }),
     ))
+}
+
+/// `{"message": ...}`: what happened, for people.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Notice {
+    /// What happened.
+    pub message: &'static str,
+}
+
+/// What the link in the reset mail answers.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResetLink {
+    /// Always `true` (an unusable link is an error).
+    pub valid: bool,
+    /// The account's address.
+    pub email: String,
+    /// When the link stops working (RFC 3339).
+    pub expires_at: String,
+    /// What to do next.
+    pub next: &'static str,
 }
 
 /// The link in the reset mail: says whether the token can still be used (without using it).
 pub async fn reset_password_link(
     State(state): State<ApiState>,
     query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<ResetLink>, ApiError> {
     let Query(q) = query?;
     let t = state
         .store
@@ -848,16 +969,16 @@ pub async fn reset_password_link(
     if t.expires_at <= now_ms() {
         return Err(token_error(StoreError::TokenExpired));
     }
-    Ok(Json(json!({
-        "valid": true,
-        "email": t.email,
-        "expiresAt": rfc3339(t.expires_at),
-        "next": "POST this path with {\"token\": ..., \"password\": ...} to set the new password",
-    })))
+    Ok(Reply(ResetLink {
+        valid: true,
+        email: t.email,
+        expires_at: rfc3339(t.expires_at),
+        next: "POST this path with {\"token\": ..., \"password\": ...} to set the new password",
+    }))
 }
 
 /// The body of `POST /api/auth/reset-password`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResetBody {
     token: String,
@@ -870,7 +991,7 @@ pub async fn reset_password(
     State(state): State<ApiState>,
     client: Client,
     body: JsonBody<ResetBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<PasswordChanged>, ApiError> {
     let Json(b) = body?;
     let hash = TokenHash::of(b.token.trim());
     let peek = state
@@ -911,14 +1032,36 @@ pub async fn reset_password(
         Some(&format!("{} sessions revoked", revoked.len())),
     )
     .await;
-    Ok(Json(json!({
-        "message": "Password changed; every session was logged out. Log in with the new password.",
-        "sessionsRevoked": revoked.len(),
-    })))
+    Ok(Reply(PasswordChanged {
+        message: "Password changed; every session was logged out. Log in with the new password.",
+        sessions_revoked: revoked.len(),
+    }))
+}
+
+/// A changed password (reset or changed by its owner).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PasswordChanged {
+    /// What happened to the sessions.
+    pub message: &'static str,
+    /// How many sessions were ended.
+    pub sessions_revoked: usize,
+}
+
+/// Step 1 of MFA: what to put in the authenticator app.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MfaSetup {
+    /// The TOTP secret, base32.
+    pub secret: String,
+    /// The `otpauth://` URL of a QR code.
+    pub otpauth_url: String,
+    /// What to do next.
+    pub next: &'static str,
 }
 
 /// Step 1 of MFA: a fresh secret for the authenticator app (nothing stored yet).
-pub async fn mfa_setup(auth: AuthUser) -> Result<Json<Value>, ApiError> {
+pub async fn mfa_setup(auth: AuthUser) -> Result<Reply<MfaSetup>, ApiError> {
     if auth.user.mfa_enabled() {
         return Err(ApiError::conflict(
             "MFA_ALREADY_ENABLED",
@@ -932,15 +1075,15 @@ pub async fn mfa_setup(auth: AuthUser) -> Result<Json<Value>, ApiError> {
         "otpauth://totp/{issuer}:{}?secret={secret}&issuer={issuer}&algorithm=SHA1&digits=6&period=30",
         percent_encode(&auth.user.email)
     );
-    Ok(Json(json!({
-        "secret": secret,
-        "otpauthUrl": uri,
-        "next": "POST /api/auth/mfa/enable with {\"secret\": ..., \"code\": ...} using a code from the app",
-    })))
+    Ok(Reply(MfaSetup {
+        secret,
+        otpauth_url: uri,
+        next: "POST /api/auth/mfa/enable with {\"secret\": ..., \"code\": ...} using a code from the app",
+    }))
 }
 
 /// The body of `POST /api/auth/mfa/enable`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MfaEnableBody {
     secret: String,
@@ -954,7 +1097,7 @@ pub async fn mfa_enable(
     auth: AuthUser,
     client: Client,
     body: JsonBody<MfaEnableBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<MfaEnabled>, ApiError> {
     let Json(b) = body?;
     let secret = b.secret.trim().to_ascii_uppercase();
     if data_encoding::BASE32_NOPAD
@@ -981,15 +1124,35 @@ pub async fn mfa_enable(
         .enable_mfa(auth.user.id, &secret, &codes, &state.ctx.keyring)
         .await?;
     log_event(&state, Some(auth.user.id), "mfa_enabled", &client, None).await;
-    Ok(Json(json!({
-        "mfaEnabled": true,
-        "recoveryCodes": codes,
-        "message": "Keep these recovery codes somewhere safe: each one works once if you lose your device. They are not shown again.",
-    })))
+    Ok(Reply(MfaEnabled {
+        mfa_enabled: true,
+        recovery_codes: codes,
+        message: "Keep these recovery codes somewhere safe: each one works once if you lose your device. They are not shown again.",
+    }))
+}
+
+/// MFA turned on, with the recovery codes shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MfaEnabled {
+    /// Always `true`.
+    pub mfa_enabled: bool,
+    /// Ten one-time recovery codes.
+    pub recovery_codes: Vec<String>,
+    /// To keep them safe.
+    pub message: &'static str,
+}
+
+/// MFA turned off.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MfaDisabled {
+    /// Always `false`.
+    pub mfa_enabled: bool,
 }
 
 /// The body of `POST /api/auth/mfa/disable`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MfaDisableBody {
     password: String,
@@ -1003,7 +1166,7 @@ pub async fn mfa_disable(
     auth: AuthUser,
     client: Client,
     body: JsonBody<MfaDisableBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<MfaDisabled>, ApiError> {
     let Json(b) = body?;
     if !auth.user.mfa_enabled() {
         return Err(ApiError::conflict(
@@ -1027,7 +1190,7 @@ pub async fn mfa_disable(
     }
     state.store.disable_mfa(auth.user.id).await?;
     log_event(&state, Some(auth.user.id), "mfa_disabled", &client, None).await;
-    Ok(Json(json!({ "mfaEnabled": false })))
+    Ok(Reply(MfaDisabled { mfa_enabled: false }))
 }
 
 #[cfg(test)]

@@ -11,21 +11,21 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use clawdeploy_certs::manager::DOMAIN_TXT_PREFIX;
+use clawdeploy_certs::manager::{CertSummary, DOMAIN_TXT_PREFIX};
 use clawdeploy_config::hostname::is_valid_label;
 use clawdeploy_store::{Conflict, CustomDomain, DomainStatus, StoreError, Tier};
 
 use crate::admin::Admin;
 use crate::auth::AuthUser;
-use crate::{ApiError, ApiState};
+use crate::{ApiError, ApiState, Reply};
 
 type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
 /// The body of `POST /api/domains`: `hostname`, such as `shop.example.com`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DomainBody {
     hostname: String,
@@ -186,29 +186,96 @@ fn punycode_decode(input: &str) -> Option<String> {
     Some(output.into_iter().collect())
 }
 
-fn records(domain: &CustomDomain, target: &str) -> Value {
-    json!([
-        { "type": "CNAME", "name": domain.hostname, "value": target },
-        { "type": "TXT", "name": format!("{DOMAIN_TXT_PREFIX}{}", domain.hostname), "value": domain.token },
-    ])
+/// A DNS record the customer creates for their domain.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DnsRecord {
+    /// `CNAME` or `TXT`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The record's name.
+    pub name: String,
+    /// Its value.
+    pub value: String,
 }
 
-async fn domain_json(state: &ApiState, domain: &CustomDomain) -> Result<Value, ApiError> {
-    let target = match state.store.get_instance(domain.instance_id).await? {
-        Some(inst) => format!("{}.{}", inst.subdomain, state.ctx.config.server.base_domain),
-        None => String::new(),
-    };
-    Ok(json!({
-        "hostname": domain.hostname,
-        "status": domain.status,
-        "reason": domain.reason,
-        "records": records(domain, &target),
-        "createdAt": domain.created_at,
-        "verifiedAt": domain.verified_at,
-        // A failed domain is checked again from then on (backoff); null while not failed.
-        "nextCheckAt": (domain.status == DomainStatus::Failed).then_some(domain.next_check_at),
-        "failedAttempts": domain.attempts,
-    }))
+/// A custom domain with its status and the records to create.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainView {
+    /// The hostname.
+    pub hostname: String,
+    /// Where it is in its lifecycle.
+    pub status: DomainStatus,
+    /// What to fix, when it is stuck or failed.
+    pub reason: Option<String>,
+    /// The CNAME to the instance and the TXT proving ownership.
+    pub records: Vec<DnsRecord>,
+    /// When it was added (unix ms).
+    pub created_at: i64,
+    /// When its ownership was proven (unix ms).
+    pub verified_at: Option<i64>,
+    /// A failed domain is checked again from then on (backoff, unix ms); `null` while not failed.
+    pub next_check_at: Option<i64>,
+    /// Failed checks so far.
+    pub failed_attempts: i64,
+}
+
+impl DomainView {
+    async fn new(state: &ApiState, domain: &CustomDomain) -> Result<Self, ApiError> {
+        let target = match state.store.get_instance(domain.instance_id).await? {
+            Some(inst) => format!("{}.{}", inst.subdomain, state.ctx.config.server.base_domain),
+            None => String::new(),
+        };
+        Ok(Self {
+            hostname: domain.hostname.clone(),
+            status: domain.status,
+            reason: domain.reason.clone(),
+            records: vec![
+                DnsRecord {
+                    kind: "CNAME",
+                    name: domain.hostname.clone(),
+                    value: target,
+                },
+                DnsRecord {
+                    kind: "TXT",
+                    name: format!("{DOMAIN_TXT_PREFIX}{}", domain.hostname),
+                    value: domain.token.clone(),
+                },
+            ],
+            created_at: domain.created_at,
+            verified_at: domain.verified_at,
+            next_check_at: (domain.status == DomainStatus::Failed).then_some(domain.next_check_at),
+            failed_attempts: domain.attempts,
+        })
+    }
+}
+
+/// `{"domain": ...}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DomainReply {
+    /// The domain.
+    pub domain: DomainView,
+}
+
+/// The caller's custom domains.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Domains {
+    /// The domains.
+    pub domains: Vec<DomainView>,
+}
+
+/// The certificates the edge serves (no key material).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Certificates {
+    /// The certificates.
+    pub certificates: Vec<CertSummary>,
+}
+
+/// `{"certificate": ...}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CertificateReply {
+    /// The certificate.
+    pub certificate: CertSummary,
 }
 
 /// 409 `DOMAIN_TAKEN`: another account proved it owns `hostname`.
@@ -235,7 +302,7 @@ pub async fn create(
     State(state): State<ApiState>,
     auth: AuthUser,
     body: JsonBody<DomainBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Reply<DomainReply>), ApiError> {
     let Json(b) = body?;
     let config = &state.ctx.config;
     let Some(certs) = state.certs.clone() else {
@@ -310,17 +377,22 @@ pub async fn create(
     certs.wake();
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "domain": domain_json(&state, &domain).await? })),
+        Reply(DomainReply {
+            domain: DomainView::new(&state, &domain).await?,
+        }),
     ))
 }
 
 /// `GET /api/domains`: the caller's domains with status, reason, records and next check.
-pub async fn list(State(state): State<ApiState>, auth: AuthUser) -> Result<Json<Value>, ApiError> {
-    let mut out = Vec::new();
+pub async fn list(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+) -> Result<Reply<Domains>, ApiError> {
+    let mut domains = Vec::new();
     for domain in state.store.list_custom_domains_of(auth.user.id).await? {
-        out.push(domain_json(&state, &domain).await?);
+        domains.push(DomainView::new(&state, &domain).await?);
     }
-    Ok(Json(json!({ "domains": out })))
+    Ok(Reply(Domains { domains }))
 }
 
 /// `POST /api/domains/{hostname}/verify`: the owner's "check again" (after fixing DNS, or to retry
@@ -331,7 +403,7 @@ pub async fn verify(
     State(state): State<ApiState>,
     auth: AuthUser,
     Path(hostname): Path<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Reply<DomainReply>), ApiError> {
     let hostname = hostname.trim().trim_end_matches('.').to_ascii_lowercase();
     let Some(certs) = state.certs.clone() else {
         return Err(ApiError::new(
@@ -369,14 +441,18 @@ pub async fn verify(
     if domain.status == DomainStatus::Active {
         return Ok((
             StatusCode::OK,
-            Json(json!({ "domain": domain_json(&state, &domain).await? })),
+            Reply(DomainReply {
+                domain: DomainView::new(&state, &domain).await?,
+            }),
         ));
     }
     tracing::info!(user = %auth.user.id, %hostname, "custom domain re-check asked for");
     certs.wake();
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "domain": domain_json(&state, &domain).await? })),
+        Reply(DomainReply {
+            domain: DomainView::new(&state, &domain).await?,
+        }),
     ))
 }
 
@@ -414,15 +490,17 @@ pub async fn delete(
 pub async fn list_certificates(
     _: Admin,
     State(state): State<ApiState>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<Certificates>, ApiError> {
     let Some(certs) = &state.certs else {
-        return Ok(Json(json!({ "certificates": [] })));
+        return Ok(Reply(Certificates {
+            certificates: Vec::new(),
+        }));
     };
     let list = certs
         .list(&state.store)
         .await
         .map_err(|e| ApiError::internal("listing certificates", e))?;
-    Ok(Json(json!({ "certificates": list })))
+    Ok(Reply(Certificates { certificates: list }))
 }
 
 /// `POST /admin/certificates/{name}/renew`: renews the certificate now and answers with it; 404
@@ -431,12 +509,14 @@ pub async fn renew_certificate(
     _: Admin,
     State(state): State<ApiState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<CertificateReply>, ApiError> {
     let Some(certs) = &state.certs else {
         return Err(ApiError::not_found("This platform serves no HTTPS."));
     };
     match certs.renew_now(&state.store, &state.bus, &name).await {
-        Ok(Some(summary)) => Ok(Json(json!({ "certificate": summary }))),
+        Ok(Some(summary)) => Ok(Reply(CertificateReply {
+            certificate: summary,
+        })),
         Ok(None) => Err(ApiError::not_found(format!(
             "No certificate is named {name}."
         ))),

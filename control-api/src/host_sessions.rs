@@ -12,8 +12,8 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use clawdeploy_config::normalize_host;
 use clawdeploy_proxy::browser_session::{cookie_name, SESSION_PATH};
@@ -24,16 +24,16 @@ use clawdeploy_store::{secrets, HostCode, Redemption, TokenHash};
 use crate::auth::{log_event, AuthUser, Client};
 use crate::crypto::{sign_host_token, HostClaims};
 use crate::error::ApiError;
-use crate::ApiState;
+use crate::{ApiState, Reply};
 
 /// The query of `GET /api/session/handoff`: `next`, the instance URL to sign in to.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 pub struct HandoffQuery {
     next: Option<String>,
 }
 
 /// The body of `POST /api/session/handoff`: `next`, the instance URL to sign in to.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HandoffBody {
     next: String,
@@ -186,25 +186,37 @@ pub async fn handoff_redirect(
     no_store_redirect(StatusCode::SEE_OTHER, &location)
 }
 
+/// Where to navigate to hand the login over.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Handoff {
+    /// The instance host's sign-in URL with the one-time code (the GET's `Location`).
+    pub redirect: String,
+    /// Seconds the code works.
+    pub expires_in: u64,
+}
+
 /// `POST /api/session/handoff` `{"next": ...}`: the same, as JSON for a page that navigates itself.
 pub async fn handoff_json(
     State(state): State<ApiState>,
     headers: HeaderMap,
     auth: AuthUser,
     body: Result<Json<HandoffBody>, axum::extract::rejection::JsonRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<([(header::HeaderName, &'static str); 1], Reply<Handoff>), ApiError> {
     let Json(body) = body?;
     let location = issue(&state, &auth, &headers, Some(&body.next)).await?;
     let ttl = state.ctx.config.sessions.code_ttl_secs;
     Ok((
         [(header::CACHE_CONTROL, "no-store")],
-        Json(json!({ "redirect": location, "expiresIn": ttl })),
-    )
-        .into_response())
+        Reply(Handoff {
+            redirect: location,
+            expires_in: ttl,
+        }),
+    ))
 }
 
 /// The query of `GET /_clawdeploy/session`: `code`, the one-time code of the handoff.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 pub struct ExchangeQuery {
     code: Option<String>,
 }

@@ -5,18 +5,20 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+use uuid::Uuid;
 
 use clawdeploy_pool::Assigned;
 use clawdeploy_proxy::{Resolution, RouteKind};
 use clawdeploy_store::time::rfc3339;
-use clawdeploy_store::{Conflict, Instance, InstanceStatus, NewInstance, StoreError, Tier};
+use clawdeploy_store::{ApiKey, Conflict, Instance, InstanceStatus, NewInstance, StoreError, Tier};
 
 use crate::account::{self, KeyMap};
 use crate::auth::{self, AuthUser, Client};
 use crate::error::ApiError;
-use crate::ApiState;
+use crate::{ApiState, Reply};
 
 type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
@@ -165,31 +167,75 @@ async fn taken_error(state: &ApiState, label: &str) -> ApiError {
 }
 
 /// The public view of an instance.
-pub fn instance_json(state: &ApiState, inst: &Instance) -> Value {
-    let host = format!("{}.{}", inst.subdomain, state.routes.base_domain());
-    let config = &state.ctx.config;
-    json!({
-        "id": inst.id,
-        "subdomain": inst.subdomain,
-        "url": config.public_origin(&host),
-        "gatewayUrl": format!("{}/ws", config.public_ws_origin(&host)),
-        "status": inst.status,
-        "tier": inst.tier,
-        "timezone": inst.timezone,
-        "soulMd": inst.soul_md,
-        "preset": inst.preset,
-        "createdAt": rfc3339(inst.created_at),
-        "updatedAt": rfc3339(inst.updated_at),
-    })
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceView {
+    /// The instance's id.
+    pub id: Uuid,
+    /// Its label under the base domain.
+    pub subdomain: String,
+    /// Where it is served.
+    pub url: String,
+    /// Its gateway's WebSocket URL.
+    pub gateway_url: String,
+    /// Where it is in its lifecycle.
+    pub status: InstanceStatus,
+    /// The owner's plan.
+    pub tier: Tier,
+    /// An IANA time zone name, if set.
+    pub timezone: Option<String>,
+    /// The SOUL.md it runs with, if set.
+    pub soul_md: Option<String>,
+    /// The agent preset last applied, if any.
+    pub preset: Option<String>,
+    /// When it was created (RFC 3339).
+    pub created_at: String,
+    /// When it last changed (RFC 3339).
+    pub updated_at: String,
+}
+
+impl InstanceView {
+    /// The view of `inst` on this platform.
+    pub fn new(state: &ApiState, inst: &Instance) -> Self {
+        let host = format!("{}.{}", inst.subdomain, state.routes.base_domain());
+        let config = &state.ctx.config;
+        Self {
+            id: inst.id,
+            subdomain: inst.subdomain.clone(),
+            url: config.public_origin(&host),
+            gateway_url: format!("{}/ws", config.public_ws_origin(&host)),
+            status: inst.status,
+            tier: inst.tier,
+            timezone: inst.timezone.clone(),
+            soul_md: inst.soul_md.clone(),
+            preset: inst.preset.clone(),
+            created_at: rfc3339(inst.created_at),
+            updated_at: rfc3339(inst.updated_at),
+        }
+    }
+}
+
+/// An instance and what is pending (create, restart, restore).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InstanceReply {
+    /// The instance.
+    pub instance: InstanceView,
+    /// What happens next, when it is not simply running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<&'static str>,
+    /// Set when no container runtime is configured: why the instance does not start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending: Option<&'static str>,
 }
 
 /// The body of `POST /api/instances`; every field is optional.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateBody {
     #[serde(default)]
     subdomain: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<std::collections::BTreeMap<String, Option<String>>>)]
     api_keys: Option<KeyMap>,
     #[serde(default)]
     soul_md: Option<String>,
@@ -266,7 +312,7 @@ pub async fn create(
     auth: AuthUser,
     client: Client,
     body: JsonBody<CreateBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Reply<InstanceReply>), ApiError> {
     let Json(b) = body?;
     let user = &auth.user;
     // Answered before the label is checked; the store decides for good (concurrent creates on
@@ -392,23 +438,47 @@ pub async fn create(
     )
     .await;
     tracing::info!(instance = %inst.id, subdomain = %inst.subdomain, status = inst.status.as_str(), "instance created");
-    let mut body = json!({ "instance": instance_json(&state, &inst) });
+    let mut body = InstanceReply {
+        instance: InstanceView::new(&state, &inst),
+        message: None,
+        pending: None,
+    };
     match assigned {
         Some(Assigned::Running(_)) => {}
         Some(Assigned::Provisioning) => {
-            body["message"] = json!("No warm instance was free: a new one is being created; it answers within a minute.");
+            body.message = Some("No warm instance was free: a new one is being created; it answers within a minute.");
         }
         Some(Assigned::Queued) => {
-            body["message"] = json!("This node is at capacity: your instance is queued and starts as soon as room frees.");
+            body.message = Some("This node is at capacity: your instance is queued and starts as soon as room frees.");
         }
         None if state.pool.is_some() => {
-            body["message"] = json!(
-                "The instance could not be started; retry with POST /api/instances/me/restart."
+            body.message = Some(
+                "The instance could not be started; retry with POST /api/instances/me/restart.",
             );
         }
-        None => body["pending"] = json!(PENDING_RUNTIME),
+        None => body.pending = Some(PENDING_RUNTIME),
     }
-    Ok((StatusCode::CREATED, Json(body)))
+    Ok((StatusCode::CREATED, Reply(body)))
+}
+
+/// Whether a subdomain can be had.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Availability {
+    /// The label asked about, normalised.
+    pub subdomain: String,
+    /// Whether it can be had.
+    pub available: bool,
+    /// When available: the host it gives.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// When not: `invalid`, `reserved` or `taken`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    /// For people.
+    pub message: String,
+    /// When reserved or taken: a free label like it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suggestion: Option<String>,
 }
 
 /// `GET /api/subdomains/{label}`: whether a subdomain can be had, for the signup page's live
@@ -416,31 +486,45 @@ pub async fn create(
 pub async fn subdomain_availability(
     State(state): State<ApiState>,
     axum::extract::Path(label): axum::extract::Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<Availability>, ApiError> {
     let label = label.trim().to_ascii_lowercase();
     let host = format!("{label}.{}", state.routes.base_domain());
     if let Err(why) = check_label(&label) {
-        return Ok(Json(json!({
-            "subdomain": label, "available": false, "reason": "invalid",
-            "message": format!("A subdomain {why}."),
-        })));
+        return Ok(Reply(Availability {
+            subdomain: label,
+            available: false,
+            host: None,
+            reason: Some("invalid"),
+            message: format!("A subdomain {why}."),
+            suggestion: None,
+        }));
     }
     let (reason, message) = if is_reserved(&state, &label) {
         ("reserved", format!("{host} is reserved."))
     } else if state.store.subdomain_taken(&label).await? {
         ("taken", format!("{host} is already taken."))
     } else {
-        return Ok(Json(json!({
-            "subdomain": label, "available": true, "host": host,
-            "message": format!("{host} is available."),
-        })));
+        return Ok(Reply(Availability {
+            subdomain: label,
+            available: true,
+            message: format!("{host} is available."),
+            host: Some(host),
+            reason: None,
+            suggestion: None,
+        }));
     };
     let suggestion = free_suggestion(&state, &label).await?;
-    Ok(Json(json!({
-        "subdomain": label, "available": false, "reason": reason,
-        "message": format!("{message} {suggestion}.{} is free.", state.routes.base_domain()),
-        "suggestion": suggestion,
-    })))
+    Ok(Reply(Availability {
+        subdomain: label,
+        available: false,
+        host: None,
+        reason: Some(reason),
+        message: format!(
+            "{message} {suggestion}.{} is free.",
+            state.routes.base_domain()
+        ),
+        suggestion: Some(suggestion),
+    }))
 }
 
 pub(crate) async fn my_instance(state: &ApiState, auth: &AuthUser) -> Result<Instance, ApiError> {
@@ -455,12 +539,50 @@ pub(crate) async fn my_instance(state: &ApiState, auth: &AuthUser) -> Result<Ins
         })
 }
 
+/// This period's usage of an instance against its tier's quotas.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    /// Messages counted this period (the name says month: free tiers count per calendar month).
+    pub messages_this_month: i64,
+    /// LLM tokens counted this period.
+    pub tokens_this_month: i64,
+    /// The tier's message quota; `null` when unlimited.
+    pub messages_per_month: Option<u64>,
+    /// The tier's token budget; `null` when unlimited.
+    pub tokens_per_month: Option<u64>,
+    /// When the period began (RFC 3339).
+    pub period_start: String,
+    /// When the counts start again (RFC 3339).
+    pub resets_at: String,
+}
+
+/// The caller's instance with its usage and provider keys.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MyInstance {
+    /// The instance.
+    #[serde(flatten)]
+    pub instance: InstanceView,
+    /// This period's usage.
+    pub usage: Usage,
+    /// The owner's provider keys, masked.
+    pub api_keys: Vec<ApiKey>,
+}
+
+/// `{"instance": ...}` of `GET /api/instances/me`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MyInstanceReply {
+    /// The instance with its usage and keys.
+    pub instance: MyInstance,
+}
+
 /// `GET /api/instances/me`: the caller's instance, its provider keys (masked) and this period's
 /// usage against the tier's quotas, including counts the meter has not flushed yet.
 pub async fn get_me(
     State(state): State<ApiState>,
     auth: AuthUser,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<MyInstanceReply>, ApiError> {
     let inst = my_instance(&state, &auth).await?;
     // Paid tiers count per billing period from the owner's anchor, free per calendar month.
     let plan = clawdeploy_metering::Plan::new(inst.tier, inst.billing_anchor_at);
@@ -483,29 +605,41 @@ pub async fn get_me(
         .as_ref()
         .map_or((0, 0), |m| m.usage(&inst.id.to_string(), plan));
     let limits = state.ctx.config.tiers.get(inst.tier);
-    let mut view = instance_json(&state, &inst);
-    view["usage"] = json!({
-        "messagesThisMonth": usage.messages.saturating_add(i64::try_from(messages).unwrap_or(i64::MAX)).max(i64::try_from(shared_messages).unwrap_or(i64::MAX)),
-        "tokensThisMonth": usage.tokens.saturating_add(i64::try_from(tokens).unwrap_or(i64::MAX)).max(i64::try_from(shared_tokens).unwrap_or(i64::MAX)),
-        "messagesPerMonth": (limits.messages_per_month > 0).then_some(limits.messages_per_month),
-        "tokensPerMonth": (limits.tokens_per_month > 0).then_some(limits.tokens_per_month),
-        "periodStart": clawdeploy_store::time::rfc3339(period.start_ms),
-        "resetsAt": clawdeploy_store::time::rfc3339(period.end_ms),
-    });
-    let keys = state.store.list_api_keys(auth.user.id).await?;
-    view["apiKeys"] = json!(keys);
-    Ok(Json(json!({ "instance": view })))
+    let usage = Usage {
+        messages_this_month: usage
+            .messages
+            .saturating_add(i64::try_from(messages).unwrap_or(i64::MAX))
+            .max(i64::try_from(shared_messages).unwrap_or(i64::MAX)),
+        tokens_this_month: usage
+            .tokens
+            .saturating_add(i64::try_from(tokens).unwrap_or(i64::MAX))
+            .max(i64::try_from(shared_tokens).unwrap_or(i64::MAX)),
+        messages_per_month: (limits.messages_per_month > 0).then_some(limits.messages_per_month),
+        tokens_per_month: (limits.tokens_per_month > 0).then_some(limits.tokens_per_month),
+        period_start: rfc3339(period.start_ms),
+        resets_at: rfc3339(period.end_ms),
+    };
+    let api_keys = state.store.list_api_keys(auth.user.id).await?;
+    Ok(Reply(MyInstanceReply {
+        instance: MyInstance {
+            instance: InstanceView::new(&state, &inst),
+            usage,
+            api_keys,
+        },
+    }))
 }
 
 /// The body of `PATCH /api/instances/me`: absent fields stay as they are; at least one is needed.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PatchBody {
     #[serde(default)]
     subdomain: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<std::collections::BTreeMap<String, Option<String>>>)]
     api_keys: Option<KeyMap>,
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     soul_md: Option<Option<String>>,
     #[serde(default)]
     timezone: Option<String>,
@@ -518,7 +652,7 @@ pub async fn patch_me(
     auth: AuthUser,
     client: Client,
     body: JsonBody<PatchBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<Patched>, ApiError> {
     let Json(b) = body?;
     let mut inst = my_instance(&state, &auth).await?;
     if b.subdomain.is_none() && b.api_keys.is_none() && b.soul_md.is_none() && b.timezone.is_none()
@@ -627,12 +761,26 @@ pub async fn patch_me(
     } else {
         "Instance updated; no restart needed: the edge injects provider keys into each LLM request."
     };
-    Ok(Json(json!({
-        "message": message,
-        "restartRequired": restart,
-        "changed": changed,
-        "instance": instance_json(&state, &inst),
-    })))
+    Ok(Reply(Patched {
+        message,
+        restart_required: restart,
+        changed,
+        instance: InstanceView::new(&state, &inst),
+    }))
+}
+
+/// What `PATCH /api/instances/me` changed.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Patched {
+    /// For people: whether and why a restart is needed.
+    pub message: &'static str,
+    /// Whether the running instance needs a restart to pick the change up.
+    pub restart_required: bool,
+    /// The fields changed: `subdomain`, `apiKeys`, `soulMd`, `timezone`.
+    pub changed: Vec<&'static str>,
+    /// The instance as it is now.
+    pub instance: InstanceView,
 }
 
 /// `POST /api/instances/me/restart`: restarts the instance in the background and answers 202 at
@@ -642,7 +790,7 @@ pub async fn restart(
     State(state): State<ApiState>,
     auth: AuthUser,
     client: Client,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Reply<InstanceReply>), ApiError> {
     let inst = my_instance(&state, &auth).await?;
     let grace =
         i64::from(state.ctx.config.limits.unverified_grace_days) * clawdeploy_store::time::DAY_MS;
@@ -673,9 +821,7 @@ pub async fn restart(
         // Readiness can take a while: the response says `starting`, the route flips when ready.
         tokio::spawn(async move {
             let result = match pool.restart(&target).await {
-                Err(clawdeploy_pool::PoolError::NotReady(..)) => {
-                    pool.assign(&target).await.map(|_| ())
-                }
+                Err(clawdeploy_pool::Error::NotReady(..)) => pool.assign(&target).await.map(|_| ()),
                 other => other.map(|_| ()),
             };
             if let Err(e) = result {
@@ -691,14 +837,12 @@ pub async fn restart(
         None,
     )
     .await;
-    let mut body = json!({
-        "message": "Restart requested: the instance answers again within seconds.",
-        "instance": instance_json(&state, &inst),
-    });
-    if state.pool.is_none() {
-        body["pending"] = json!(PENDING_RUNTIME);
-    }
-    Ok((StatusCode::ACCEPTED, Json(body)))
+    let body = InstanceReply {
+        instance: InstanceView::new(&state, &inst),
+        message: Some("Restart requested: the instance answers again within seconds."),
+        pending: state.pool.is_none().then_some(PENDING_RUNTIME),
+    };
+    Ok((StatusCode::ACCEPTED, Reply(body)))
 }
 
 /// Cancels the instance (PRD §4.4.3): it stops at once and is kept, with its data, for
@@ -708,7 +852,7 @@ pub async fn delete_me(
     State(state): State<ApiState>,
     auth: AuthUser,
     client: Client,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<Cancelled>, ApiError> {
     let inst = my_instance(&state, &auth).await?;
     let inst = state.store.schedule_instance_deletion(inst.id).await?;
     state.instance_changed(inst.id, &inst.subdomain).await;
@@ -733,17 +877,35 @@ pub async fn delete_me(
     )
     .await;
     tracing::info!(instance = %inst.id, grace_days, "instance cancelled; archived after its grace period");
-    Ok(Json(json!({
-        "deleted": false,
-        "scheduled": true,
-        "subdomain": inst.subdomain,
-        "deletionAt": rfc3339(deletion_at),
-        "message": format!(
+    Ok(Reply(Cancelled {
+        deleted: false,
+        scheduled: true,
+        subdomain: inst.subdomain.clone(),
+        deletion_at: rfc3339(deletion_at),
+        message: format!(
             "Your instance is stopped and kept with its data for {grace_days} days, then exported to the archive and deleted. \
              POST /api/instances/me/restore brings it back until then."
         ),
-        "instance": instance_json(&state, &inst),
-    })))
+        instance: InstanceView::new(&state, &inst),
+    }))
+}
+
+/// A cancelled instance, kept for its grace period.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Cancelled {
+    /// Always `false`: it is kept until `deletionAt`.
+    pub deleted: bool,
+    /// Always `true`.
+    pub scheduled: bool,
+    /// Its label.
+    pub subdomain: String,
+    /// When it is archived and deleted (RFC 3339).
+    pub deletion_at: String,
+    /// For people: how to get it back.
+    pub message: String,
+    /// The instance, stopped.
+    pub instance: InstanceView,
 }
 
 /// Undoes a cancellation within its grace period and starts the instance again.
@@ -751,7 +913,7 @@ pub async fn restore_me(
     State(state): State<ApiState>,
     auth: AuthUser,
     client: Client,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Reply<InstanceReply>), ApiError> {
     let inst = my_instance(&state, &auth).await?;
     let Some(inst) = state.store.cancel_instance_deletion(inst.id).await? else {
         return Err(ApiError::conflict(

@@ -3,7 +3,8 @@
 //! the edge, at the app domain.
 //!
 //! Every endpoint is declared once, in [`openapi::endpoints`]: the router and the OpenAPI document
-//! at `/api/openapi.json` are both built from that list, so they cannot disagree.
+//! at `/api/openapi.json` are both built from that list, and the document's schemas are derived
+//! from the types the handlers take and answer with (see [`openapi`] for how drift is prevented).
 
 #![warn(missing_docs)]
 
@@ -31,7 +32,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::{Json, Router};
+use axum::Router;
 
 use clawdeploy_config::Config;
 use clawdeploy_pool::{routing, PoolManager};
@@ -40,7 +41,17 @@ use clawdeploy_store::changes::{Change, ChangeBus};
 use clawdeploy_store::{Keyring, Store, Zeroizing};
 
 pub use edge_auth::SessionVerifier;
+
+/// `Result` with the API's error: what a handler answers when it fails.
+///
+/// [`ApiError`] is the crate's one error for requests; the other error types are focused
+/// contracts of one API each: [`mail::MailError`] (the mailer, whose failures are logged where a
+/// mail was asked for), [`crypto::JwtError`] and [`crypto::HostTokenError`] (why a token is refused,
+/// mapped to error codes) and [`instances::BadLabel`] (why a subdomain is refused, shown as the
+/// field's error and by the signup page's live check).
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 pub use error::ApiError;
+pub use openapi::{NoBody, Reply};
 
 /// Secrets and settings the handlers share; built once at start.
 pub struct ApiContext {
@@ -221,22 +232,26 @@ async fn edge_only(
     }
 }
 
-pub(crate) async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// The body of `/healthz` and `/readyz`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok` (alive), `ready`, or `draining` (with a 503).
+    pub status: &'static str,
+}
+
+pub(crate) async fn healthz() -> Reply<Health> {
+    Reply(Health { status: "ok" })
 }
 
 /// Ready while serving; 503 once draining, so a load balancer stops sending new work.
-pub(crate) async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<serde_json::Value>) {
+pub(crate) async fn readyz(State(state): State<ApiState>) -> (StatusCode, Reply<Health>) {
     if state.drain.is_draining() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "status": "draining" })),
+            Reply(Health { status: "draining" }),
         )
     } else {
-        (
-            StatusCode::OK,
-            Json(serde_json::json!({ "status": "ready" })),
-        )
+        (StatusCode::OK, Reply(Health { status: "ready" }))
     }
 }
 

@@ -1,11 +1,48 @@
-//! The one list of endpoints. [`crate::router`] serves exactly these, and [`document`] describes
-//! exactly these as OpenAPI 3.1 at `/api/openapi.json`.
+//! The one list of endpoints, and the OpenAPI 3.1 document made from it. [`crate::router`] serves
+//! exactly these, and [`document`] describes exactly these at `/api/openapi.json`.
+//!
+//! # Why the document cannot drift from the code
+//! - **One list.** [`endpoints`] pairs each endpoint's [`Spec`] with its handler; the router and the
+//!   document are both built from it, so an endpoint is served if and only if it is documented.
+//! - **Schemas are derived from the structs the handlers use.** The list names each endpoint's
+//!   request body, query and success body as Rust types. Their schemas come from
+//!   `#[derive(utoipa::ToSchema)]` / `#[derive(utoipa::IntoParams)]` on those very structs, which
+//!   read the same serde attributes (`rename_all`, `skip_serializing_if`, `deny_unknown_fields`,
+//!   `flatten`) the handlers' (de)serialization obeys. Types of other crates that appear in a body
+//!   (tiers, statuses, masked keys, routes, certificates) derive theirs behind those crates'
+//!   `openapi` feature, on the types themselves.
+//! - **The compiler checks that the list names the handler's own types.** `ep!` passes every
+//!   handler through [`check::returns`], which only compiles when the handler's return type
+//!   answers with the success type the list names ([`Reply<T>`], `(StatusCode, Reply<T>)`, with
+//!   headers, or a `Result<_, ApiError>` of those; [`NoBody`] for 204s, redirects and the
+//!   WebSocket), and, when the list names a body, through [`check::takes`], which only compiles
+//!   when the handler's last extractor deserializes that type. A handler answering
+//!   `impl IntoResponse` or a `json!` value does not compile in the list.
+//! - **One error shape.** Every operation's `default` response is the `Error` component, the body
+//!   [`ApiError`] answers with.
+//!
+//! `tests/it/openapi.rs` checks the rest from outside: every documented operation is served, and
+//! real answers of the running binary validate against the schema the document gives for them.
+//!
+//! [`ApiError`]: crate::ApiError
 
+use std::future::Future;
+
+use axum::extract::rejection::JsonRejection;
+use axum::http::{HeaderName, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post, put, MethodRouter};
 use axum::Json;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
+use utoipa::openapi::path::{Parameter, ParameterIn};
+use utoipa::openapi::{Ref, RefOr, Schema};
+use utoipa::{IntoParams, ToSchema};
 
-use crate::{account, admin, auth, chat, domains, host_sessions, instances, skills, ApiState};
+use crate::error::ApiError;
+use crate::{
+    account, admin, auth, chat, domains, host_sessions, instances, skills, usage, ApiState,
+};
 
 /// Who may call an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +54,13 @@ pub enum Access {
     /// `Authorization: Bearer <admin token | operator's access token>`.
     Admin,
 }
+
+/// Schemas named by the document, collected while it is built: `(component name, schema)`.
+pub type Components = Vec<(String, RefOr<Schema>)>;
+/// Adds a type's schema (and those it refers to) to the components; a `$ref` to it.
+pub type SchemaFn = fn(&mut Components) -> RefOr<Schema>;
+/// A query type's parameters.
+pub type ParamsFn = fn() -> Vec<Parameter>;
 
 /// One documented endpoint.
 #[derive(Debug, Clone)]
@@ -31,18 +75,160 @@ pub struct Spec {
     pub summary: &'static str,
     /// Who may call it; the handler's extractors enforce it, this only documents it.
     pub access: Access,
-    /// Success status and what it returns.
+    /// Success status and what it means.
     pub ok: (u16, &'static str),
-    /// Request body fields (name, type, required), when the endpoint takes JSON.
-    pub body: &'static [(&'static str, &'static str, bool)],
-    /// Query parameters.
-    pub query: &'static [&'static str],
+    /// The success body's type (`None`: no JSON body), checked against the handler by `ep!`.
+    pub response: Option<SchemaFn>,
+    /// The JSON request body's type, checked against the handler's last extractor by `ep!`.
+    pub body: Option<SchemaFn>,
+    /// The query's type.
+    pub query: Option<ParamsFn>,
+}
+
+/// A JSON success body of type `T`. Serialized through [`serde_json::Value`], whose objects keep
+/// their keys sorted: the answers are byte for byte those of the `json!` bodies they replaced.
+#[derive(Debug, Clone)]
+pub struct Reply<T>(pub T);
+
+impl<T: Serialize> IntoResponse for Reply<T> {
+    fn into_response(self) -> Response {
+        match serde_json::to_value(&self.0) {
+            Ok(value) => Json(value).into_response(),
+            Err(e) => ApiError::internal("serializing a response", e).into_response(),
+        }
+    }
+}
+
+/// The success body of an endpoint that answers without JSON: a 204, a redirect, a WebSocket.
+#[derive(Debug, Clone, Copy)]
+pub struct NoBody;
+
+fn schema_ref<T: ToSchema>(components: &mut Components) -> RefOr<Schema> {
+    components.push((T::name().into_owned(), T::schema()));
+    T::schemas(components);
+    RefOr::Ref(Ref::from_schema_name(T::name()))
+}
+
+fn query_params<T: IntoParams>() -> Vec<Parameter> {
+    T::into_params(|| Some(ParameterIn::Query))
+}
+
+/// Compile-time checks that an endpoint's [`Spec`] names its handler's own types.
+pub mod check {
+    use super::*;
+
+    /// What a handler answers with, as a success body type.
+    pub trait Answer {
+        /// The success body's type: `T` of [`Reply<T>`], or [`NoBody`].
+        type Body;
+    }
+    impl<T> Answer for Reply<T> {
+        type Body = T;
+    }
+    impl<T> Answer for (StatusCode, Reply<T>) {
+        type Body = T;
+    }
+    impl<T, V, const N: usize> Answer for ([(HeaderName, V); N], Reply<T>) {
+        type Body = T;
+    }
+    impl<T, V, const N: usize> Answer for (StatusCode, [(HeaderName, V); N], Reply<T>) {
+        type Body = T;
+    }
+    impl Answer for StatusCode {
+        type Body = NoBody;
+    }
+    impl<V, const N: usize> Answer for (StatusCode, [(HeaderName, V); N]) {
+        type Body = NoBody;
+    }
+    /// A redirect or a WebSocket upgrade, built by hand.
+    impl Answer for Response {
+        type Body = NoBody;
+    }
+    /// An endpoint that only ever fails (`501` until implemented).
+    impl Answer for ApiError {
+        type Body = NoBody;
+    }
+    impl<A: Answer> Answer for Result<A, ApiError> {
+        type Body = A::Body;
+    }
+
+    /// An async function's arguments (`Args`) and output: a handler's extractors and answer.
+    pub trait HandlerFn<Args> {
+        /// What the handler returns.
+        type Output;
+    }
+    /// The last of a handler's arguments: the one that may read the body.
+    pub trait LastArg {
+        /// Its type.
+        type Last;
+    }
+    macro_rules! handler_fn {
+        ($($arg:ident),*) => {
+            impl<F, Fut, $($arg,)*> HandlerFn<($($arg,)*)> for F
+            where
+                F: FnOnce($($arg),*) -> Fut,
+                Fut: Future,
+            {
+                type Output = Fut::Output;
+            }
+        };
+    }
+    macro_rules! last_arg {
+        ($($arg:ident),* ; $last:ident) => {
+            impl<$($arg,)* $last> LastArg for ($($arg,)* $last,) {
+                type Last = $last;
+            }
+        };
+    }
+    handler_fn!();
+    handler_fn!(A);
+    handler_fn!(A, B);
+    handler_fn!(A, B, C);
+    handler_fn!(A, B, C, D);
+    handler_fn!(A, B, C, D, E);
+    handler_fn!(A, B, C, D, E, G);
+    last_arg!(; A);
+    last_arg!(A; B);
+    last_arg!(A, B; C);
+    last_arg!(A, B, C; D);
+    last_arg!(A, B, C, D; E);
+    last_arg!(A, B, C, D, E; G);
+
+    /// Compiles only when `handler` answers with the success body `R`.
+    pub fn returns<R, Args, H>(_handler: &H)
+    where
+        H: HandlerFn<Args>,
+        H::Output: Answer<Body = R>,
+    {
+    }
+
+    /// Compiles only when `handler`'s last extractor is the JSON body `B`.
+    pub fn takes<B, Args, H>(_handler: &H)
+    where
+        H: HandlerFn<Args>,
+        Args: LastArg<Last = Result<Json<B>, JsonRejection>>,
+    {
+    }
 }
 
 type Handler = MethodRouter<ApiState>;
 
+/// One endpoint of the list: `method "path", handler, "tag", Access, "summary",` then optionally
+/// `body: BodyType,` and `query: QueryType,`, then `ok: status => SuccessType, "what it means"`
+/// (`ok: status, "..."` when the answer has no JSON body). The types are checked against the
+/// handler's signature (see [`check`]).
 macro_rules! ep {
-    ($method:ident $path:literal, $handler:expr, $tag:literal, $access:ident, $ok:literal $ok_text:literal, $summary:literal $(, body: [$(($f:literal, $t:literal, $r:literal)),* $(,)?])? $(, query: [$($q:literal),*])?) => {
+    (@ty) => { NoBody };
+    (@ty $t:ty) => { $t };
+    (@schema) => { None };
+    (@schema $t:ty) => { Some(schema_ref::<$t> as SchemaFn) };
+    (@params) => { None };
+    (@params $t:ty) => { Some(query_params::<$t> as ParamsFn) };
+    ($method:ident $path:literal, $handler:expr, $tag:literal, $access:ident, $summary:literal,
+     $(body: $body:ty,)? $(query: $query:ty,)? ok: $code:literal $(=> $ok:ty)?, $text:literal) => {{
+        let handler = $handler;
+        check::returns::<ep!(@ty $($ok)?), _, _>(&handler);
+        $(check::takes::<$body, _, _>(&handler);)?
         (
             Spec {
                 method: stringify!($method),
@@ -50,156 +236,186 @@ macro_rules! ep {
                 tag: $tag,
                 summary: $summary,
                 access: Access::$access,
-                ok: ($ok, $ok_text),
-                body: &[$($(($f, $t, $r)),*)?],
-                query: &[$($($q),*)?],
+                ok: ($code, $text),
+                response: ep!(@schema $($ok)?),
+                body: ep!(@schema $($body)?),
+                query: ep!(@params $($query)?),
             },
-            $method($handler),
+            $method(handler),
         )
-    };
+    }};
 }
 
 /// Every endpoint the control API serves.
 pub fn endpoints() -> Vec<(Spec, Handler)> {
     vec![
-        ep!(get "/healthz", crate::healthz, "health", Public, 200 "Alive", "Liveness"),
-        ep!(get "/readyz", crate::readyz, "health", Public, 200 "Ready (503 while draining)", "Readiness"),
-        ep!(get "/api/openapi.json", openapi_json, "meta", Public, 200 "This document", "The OpenAPI 3.1 description of this API"),
+        ep!(get "/healthz", crate::healthz, "health", Public, "Liveness", ok: 200 => crate::Health, "Alive"),
+        ep!(get "/readyz", crate::readyz, "health", Public, "Readiness", ok: 200 => crate::Health, "Ready (503 while draining)"),
+        ep!(get "/api/openapi.json", openapi_json, "meta", Public, "The OpenAPI 3.1 description of this API", ok: 200 => Document, "This document"),
         // Authentication
-        ep!(post "/api/auth/register", auth::register, "auth", Public, 201 "The new user, an access token and a refresh token",
+        ep!(post "/api/auth/register", auth::register, "auth", Public,
             "Create an account (a verification mail is sent; the account may deploy at once)",
-            body: [("email", "string", true), ("password", "string", true), ("name", "string", false), ("timezone", "string", false)]),
-        ep!(post "/api/auth/login", auth::login, "auth", Public, 200 "The user, an access token and a refresh token",
+            body: auth::RegisterBody, ok: 201 => auth::Tokens, "The new user, an access token and a refresh token"),
+        ep!(post "/api/auth/login", auth::login, "auth", Public,
             "Log in; throttled per account and per IP; mfaCode needed when MFA is on",
-            body: [("email", "string", true), ("password", "string", true), ("mfaCode", "string", false)]),
-        ep!(post "/api/auth/refresh", auth::refresh, "auth", Public, 200 "A new access token and a new refresh token (the old one stops working)",
+            body: auth::LoginBody, ok: 200 => auth::Tokens, "The user, an access token and a refresh token"),
+        ep!(post "/api/auth/refresh", auth::refresh, "auth", Public,
             "Rotate a refresh token; reusing an old one ends the session",
-            body: [("refreshToken", "string", true)]),
-        ep!(post "/api/auth/logout", auth::logout, "auth", User, 204 "Session ended", "End this session (its access and refresh tokens stop working)"),
+            body: auth::RefreshBody, ok: 200 => auth::Tokens, "A new access token and a new refresh token (the old one stops working)"),
+        ep!(post "/api/auth/logout", auth::logout, "auth", User, "End this session (its access and refresh tokens stop working)",
+            ok: 204, "Session ended"),
         // Browser sessions on instance hosts
-        ep!(get "/api/session/handoff", host_sessions::handoff_redirect, "session", User, 303 "A redirect to <instance host>/_clawdeploy/session?code=... (the code works once, on that host, for sessions.code_ttl_secs)",
-            "Hand this login over to one of your instances: next is the instance URL the dashboard's /login?next= received", query: ["next"]),
-        ep!(post "/api/session/handoff", host_sessions::handoff_json, "session", User, 200 "{redirect, expiresIn}: the URL to navigate to (same as the GET's Location)",
-            "The handoff as JSON, for a page that navigates itself",
-            body: [("next", "string", true)]),
-        ep!(get "/_clawdeploy/session", host_sessions::exchange, "session", Public, 303 "The instance host's session cookie (host-only, HttpOnly, SameSite=Lax, Secure over HTTPS) and a redirect to the next path",
-            "On an instance host only (the edge passes this path to the control plane): redeem a one-time code", query: ["code"]),
-        ep!(get "/api/auth/verify-email", auth::verify_email_link, "auth", Public, 200 "Verified", "The link in the verification mail", query: ["token"]),
-        ep!(post "/api/auth/verify-email", auth::verify_email, "auth", Public, 200 "Verified", "Verify an email address with the mailed token",
-            body: [("token", "string", true)]),
-        ep!(post "/api/auth/resend-verification", auth::resend_verification, "auth", User, 202 "Mail sent", "Send a new verification link"),
-        ep!(post "/api/auth/forgot-password", auth::forgot_password, "auth", Public, 202 "Accepted (the same answer whether or not the account exists)",
-            "Mail a password reset link, valid one hour, single use",
-            body: [("email", "string", true)]),
-        ep!(get "/api/auth/reset-password", auth::reset_password_link, "auth", Public, 200 "Whether the link can still be used",
-            "The link in the reset mail", query: ["token"]),
-        ep!(post "/api/auth/reset-password", auth::reset_password, "auth", Public, 200 "Password changed, every session ended",
-            "Set a new password with the mailed token",
-            body: [("token", "string", true), ("password", "string", true)]),
-        ep!(post "/api/auth/browser-session", auth::browser_session, "auth", User, 200 "The user; Set-Cookie carries the dashboard session (HttpOnly, SameSite=Lax)",
-            "Turn an access token into the dashboard's session cookie; cookie-authenticated calls other than GET must send X-CSRF-Protection"),
-        ep!(post "/api/auth/mfa/setup", auth::mfa_setup, "auth", User, 200 "A TOTP secret and otpauth URL", "Start TOTP setup"),
-        ep!(post "/api/auth/mfa/enable", auth::mfa_enable, "auth", User, 200 "MFA on, with one-time recovery codes",
-            "Turn TOTP on by proving a code", body: [("secret", "string", true), ("code", "string", true)]),
-        ep!(post "/api/auth/mfa/disable", auth::mfa_disable, "auth", User, 200 "MFA off",
-            "Turn TOTP off", body: [("password", "string", true), ("code", "string", true)]),
+        ep!(get "/api/session/handoff", host_sessions::handoff_redirect, "session", User,
+            "Hand this login over to one of your instances: next is the instance URL the dashboard's /login?next= received",
+            query: host_sessions::HandoffQuery,
+            ok: 303, "A redirect to <instance host>/_clawdeploy/session?code=... (the code works once, on that host, for sessions.code_ttl_secs)"),
+        ep!(post "/api/session/handoff", host_sessions::handoff_json, "session", User, "The handoff as JSON, for a page that navigates itself",
+            body: host_sessions::HandoffBody, ok: 200 => host_sessions::Handoff, "The URL to navigate to (same as the GET's Location)"),
+        ep!(get "/_clawdeploy/session", host_sessions::exchange, "session", Public,
+            "On an instance host only (the edge passes this path to the control plane): redeem a one-time code",
+            query: host_sessions::ExchangeQuery,
+            ok: 303, "The instance host's session cookie (host-only, HttpOnly, SameSite=Lax, Secure over HTTPS) and a redirect to the next path"),
+        ep!(get "/api/auth/verify-email", auth::verify_email_link, "auth", Public, "The link in the verification mail",
+            query: auth::TokenQuery, ok: 200 => auth::Verified, "Verified"),
+        ep!(post "/api/auth/verify-email", auth::verify_email, "auth", Public, "Verify an email address with the mailed token",
+            body: auth::TokenQuery, ok: 200 => auth::Verified, "Verified"),
+        ep!(post "/api/auth/resend-verification", auth::resend_verification, "auth", User, "Send a new verification link",
+            ok: 202 => auth::VerificationSent, "Mail sent"),
+        ep!(post "/api/auth/forgot-password", auth::forgot_password, "auth", Public, "Mail a password reset link, valid one hour, single use",
+            body: auth::ForgotBody, ok: 202 => auth::Notice, "Accepted (the same answer whether or not the account exists)"),
+        ep!(get "/api/auth/reset-password", auth::reset_password_link, "auth", Public, "The link in the reset mail",
+            query: auth::TokenQuery, ok: 200 => auth::ResetLink, "Whether the link can still be used"),
+        ep!(post "/api/auth/reset-password", auth::reset_password, "auth", Public, "Set a new password with the mailed token",
+            body: auth::ResetBody, ok: 200 => auth::PasswordChanged, "Password changed, every session ended"),
+        ep!(post "/api/auth/browser-session", auth::browser_session, "auth", User,
+            "Turn an access token into the dashboard's session cookie; cookie-authenticated calls other than GET must send X-CSRF-Protection",
+            ok: 200 => auth::UserReply, "The user; Set-Cookie carries the dashboard session (HttpOnly, SameSite=Lax)"),
+        ep!(post "/api/auth/mfa/setup", auth::mfa_setup, "auth", User, "Start TOTP setup",
+            ok: 200 => auth::MfaSetup, "A TOTP secret and otpauth URL"),
+        ep!(post "/api/auth/mfa/enable", auth::mfa_enable, "auth", User, "Turn TOTP on by proving a code",
+            body: auth::MfaEnableBody, ok: 200 => auth::MfaEnabled, "MFA on, with one-time recovery codes"),
+        ep!(post "/api/auth/mfa/disable", auth::mfa_disable, "auth", User, "Turn TOTP off",
+            body: auth::MfaDisableBody, ok: 200 => auth::MfaDisabled, "MFA off"),
         // Account
-        ep!(get "/api/account", account::me, "account", User, 200 "The user", "Your profile"),
-        ep!(patch "/api/account", account::update_profile, "account", User, 200 "The updated user",
+        ep!(get "/api/account", account::me, "account", User, "Your profile", ok: 200 => auth::UserReply, "The user"),
+        ep!(patch "/api/account", account::update_profile, "account", User,
             "Update name, email (becomes unverified), timezone, language (en, de, es, fr, it, ja, pt, zh), avatar URL",
-            body: [("name", "string|null", false), ("email", "string", false), ("timezone", "string", false), ("language", "string", false), ("avatarUrl", "string|null", false)]),
-        ep!(delete "/api/account", account::request_deletion, "account", User, 202 "Deletion scheduled",
-            "Delete the account after the grace period (30 days by default)"),
-        ep!(post "/api/account/restore", account::restore, "account", User, 200 "Deletion cancelled", "Undo a pending deletion"),
-        ep!(post "/api/account/password", account::change_password, "account", User, 200 "Changed; other sessions ended",
-            "Change the password", body: [("currentPassword", "string", true), ("newPassword", "string", true)]),
-        ep!(get "/api/account/api-keys", account::list_api_keys, "account", User, 200 "Keys, masked", "Your provider API keys (masked)"),
-        ep!(put "/api/account/api-keys/{provider}", account::put_api_key, "account", User, 200 "The key, masked",
+            body: account::ProfileBody, ok: 200 => auth::UserReply, "The updated user"),
+        ep!(delete "/api/account", account::request_deletion, "account", User,
+            "Delete the account after the grace period (30 days by default)",
+            ok: 202 => account::DeletionScheduled, "Deletion scheduled"),
+        ep!(post "/api/account/restore", account::restore, "account", User, "Undo a pending deletion",
+            ok: 200 => account::Restored, "Deletion cancelled"),
+        ep!(post "/api/account/password", account::change_password, "account", User, "Change the password",
+            body: account::PasswordBody, ok: 200 => auth::PasswordChanged, "Changed; other sessions ended"),
+        ep!(get "/api/account/api-keys", account::list_api_keys, "account", User, "Your provider API keys (masked)",
+            ok: 200 => account::ApiKeys, "Keys, masked"),
+        ep!(put "/api/account/api-keys/{provider}", account::put_api_key, "account", User,
             "Set the key of openai, anthropic, google or custom (custom needs baseUrl); stored encrypted",
-            body: [("key", "string", true), ("baseUrl", "string", false)]),
-        ep!(delete "/api/account/api-keys/{provider}", account::delete_api_key, "account", User, 204 "Deleted", "Remove a provider key"),
-        ep!(get "/api/account/security-log", account::security_log, "account", User, 200 "Events, newest first",
-            "Logins (success and failure), IPs, user agents, MFA and key changes", query: ["limit", "before"]),
-        ep!(get "/api/account/export", account::export, "account", User, 200 "Everything stored about you (no secrets)", "Data export (JSON)"),
+            body: account::ApiKeyBody, ok: 200 => account::ApiKeyReply, "The key, masked"),
+        ep!(delete "/api/account/api-keys/{provider}", account::delete_api_key, "account", User, "Remove a provider key",
+            ok: 204, "Deleted"),
+        ep!(get "/api/account/security-log", account::security_log, "account", User,
+            "Logins (success and failure), IPs, user agents, MFA and key changes",
+            query: account::LogQuery, ok: 200 => account::SecurityLog, "Events, newest first"),
+        ep!(get "/api/account/export", account::export, "account", User, "Data export (JSON)",
+            ok: 200 => account::Export, "Everything stored about you (no secrets)"),
         // Instances
-        ep!(post "/api/instances", instances::create, "instances", User, 201 "The instance (provisioning) and what is pending",
+        ep!(post "/api/instances", instances::create, "instances", User,
             "Create your instance; a requested subdomain is used as given when free",
-            body: [("subdomain", "string", false), ("apiKeys", "object", false), ("soulMd", "string", false), ("timezone", "string", false), ("preset", "string", false)]),
-        ep!(get "/api/subdomains/{label}", instances::subdomain_availability, "instances", Public, 200 "available, and when not: reason (invalid, reserved, taken), message and a free suggestion",
-            "Whether a subdomain can be had (the signup page's live check)"),
-        ep!(get "/api/instances/me/chat", chat::chat, "instances", User, 101 "WebSocket: the instance gateway's frames, plus bridge.ready, bridge.error and bridge.closed events",
-            "The dashboard's chat: a WebSocket bridged through the edge to your instance's gateway under your identity (same owner check and metering); cookie or bearer auth, browser Origin must be the app domain"),
-        ep!(get "/api/instances/me", instances::get_me, "instances", User, 200 "Your instance with this month's usage", "Your instance"),
-        ep!(get "/api/usage", crate::usage::series, "instances", User, 200 "Daily messages and tokens of your instance, oldest first",
-            "Usage series for analytics (default: this month to today, UTC days)", query: ["from", "to"]),
-        ep!(patch "/api/instances/me", instances::patch_me, "instances", User, 200 "Updated; says whether a restart is needed",
-            "Update the subdomain, API keys, SOUL.md, timezone",
-            body: [("subdomain", "string", false), ("apiKeys", "object", false), ("soulMd", "string|null", false), ("timezone", "string", false)]),
-        ep!(post "/api/instances/me/restart", instances::restart, "instances", User, 202 "Restart requested", "Restart your instance"),
-        ep!(delete "/api/instances/me", instances::delete_me, "instances", User, 200 "Stopped and scheduled for deletion after the grace period",
-            "Cancel your instance (kept stopped for the grace period, then archived)"),
-        ep!(post "/api/instances/me/restore", instances::restore_me, "instances", User, 202 "Restored and restarting",
-            "Undo a cancellation within its grace period"),
-        // Skills
-        ep!(get "/api/skills", skills::list, "skills", User, 200 "The catalogue with what your instance has installed and enabled, the categories and your tier's cap",
-            "Browse installable skills", query: ["category", "q"]),
-        ep!(post "/api/skills/install", skills::install, "skills", User, 201 "The installed skill",
+            body: instances::CreateBody, ok: 201 => instances::InstanceReply, "The instance (provisioning) and what is pending"),
+        ep!(get "/api/subdomains/{label}", instances::subdomain_availability, "instances", Public,
+            "Whether a subdomain can be had (the signup page's live check)",
+            ok: 200 => instances::Availability, "available, and when not: reason (invalid, reserved, taken), message and a free suggestion"),
+        ep!(get "/api/instances/me/chat", chat::chat, "instances", User,
+            "The dashboard's chat: a WebSocket bridged through the edge to your instance's gateway under your identity (same owner check and metering); cookie or bearer auth, browser Origin must be the app domain",
+            ok: 101, "WebSocket: the instance gateway's frames, plus bridge.ready, bridge.error and bridge.closed events"),
+        ep!(get "/api/instances/me", instances::get_me, "instances", User, "Your instance",
+            ok: 200 => instances::MyInstanceReply, "Your instance with this month's usage"),
+        ep!(get "/api/usage", usage::series, "instances", User,
+            "Usage series for analytics (default: this month to today, UTC days)",
+            query: usage::UsageQuery, ok: 200 => usage::UsageSeries, "Daily messages and tokens of your instance, oldest first"),
+        ep!(patch "/api/instances/me", instances::patch_me, "instances", User, "Update the subdomain, API keys, SOUL.md, timezone",
+            body: instances::PatchBody, ok: 200 => instances::Patched, "Updated; says whether a restart is needed"),
+        ep!(post "/api/instances/me/restart", instances::restart, "instances", User, "Restart your instance",
+            ok: 202 => instances::InstanceReply, "Restart requested"),
+        ep!(delete "/api/instances/me", instances::delete_me, "instances", User,
+            "Cancel your instance (kept stopped for the grace period, then archived)",
+            ok: 200 => instances::Cancelled, "Stopped and scheduled for deletion after the grace period"),
+        ep!(post "/api/instances/me/restore", instances::restore_me, "instances", User, "Undo a cancellation within its grace period",
+            ok: 202 => instances::InstanceReply, "Restored and restarting"),
+        // Skills and agents
+        ep!(get "/api/skills", skills::list, "skills", User, "Browse installable skills",
+            query: skills::CatalogueQuery,
+            ok: 200 => skills::SkillList, "The catalogue with what your instance has installed and enabled, the categories and your tier's cap"),
+        ep!(post "/api/skills/install", skills::install, "skills", User,
             "Install a skill in your instance (no restart); secret config is sealed and never shown again",
-            body: [("skillId", "string", true), ("config", "object", false)]),
-        ep!(patch "/api/skills/{id}", skills::change, "skills", User, 200 "The changed skill",
+            body: skills::InstallBody, ok: 201 => skills::SkillChanged, "The installed skill"),
+        ep!(patch "/api/skills/{id}", skills::change, "skills", User,
             "Change a skill's config (merged; a secret given is replaced) or enable/disable it",
-            body: [("config", "object", false), ("enabled", "boolean", false)]),
-        ep!(delete "/api/skills/{id}", skills::uninstall, "skills", User, 200 "Uninstalled", "Uninstall a skill"),
-        ep!(get "/api/presets", skills::list_presets, "skills", User, 200 "The agent presets and your instance's",
-            "Agent presets: a SOUL.md, an AGENTS.md and starting skills"),
-        ep!(post "/api/instances/me/preset", skills::apply_preset, "skills", User, 200 "Applied: what was installed and skipped",
+            body: skills::ChangeBody, ok: 200 => skills::SkillChanged, "The changed skill"),
+        ep!(delete "/api/skills/{id}", skills::uninstall, "skills", User, "Uninstall a skill",
+            ok: 200 => skills::SkillRemoved, "Uninstalled"),
+        ep!(get "/api/presets", skills::list_presets, "skills", User, "Agent presets: a SOUL.md, an AGENTS.md and starting skills",
+            ok: 200 => skills::PresetList, "The agent presets and your instance's"),
+        ep!(post "/api/instances/me/preset", skills::apply_preset, "skills", User,
             "Apply an agent preset (409 SOUL_EDITED before replacing your own SOUL.md)",
-            body: [("preset", "string", true), ("replaceSoul", "boolean", false)]),
+            body: skills::PresetBody, ok: 200 => skills::PresetApplied, "Applied: what was installed and skipped"),
         // Admin
-        ep!(get "/admin/routes", admin::list_routes, "admin", Admin, 200 "Every route", "The edge's route table"),
-        ep!(get "/admin/routes/{host}", admin::get_route, "admin", Admin, 200 "The route", "One route"),
-        ep!(put "/admin/routes/{host}", admin::upsert_route, "admin", Admin, 200 "Replaced (201 when created)",
-            "Create or replace an operator route", body: [("upstream", "string", true)]),
-        ep!(delete "/admin/routes/{host}", admin::delete_route, "admin", Admin, 204 "Removed", "Remove an operator route"),
-        ep!(get "/admin/nodes", admin::nodes, "admin", Admin, 200 "Edge nodes", "Edge nodes and their health"),
-        ep!(get "/admin/instances", admin::instances, "admin", Admin, 200 "Instances", "Every instance", query: ["status"]),
-        ep!(post "/admin/instances/migrate", admin::migrate_instance, "admin", Admin, 501 "Not implemented yet",
-            "Move an instance to another node (501 until the pool issue)", body: [("instanceId", "string", true), ("targetNode", "string", true)]),
+        ep!(get "/admin/routes", admin::list_routes, "admin", Admin, "The edge's route table", ok: 200 => admin::Routes, "Every route"),
+        ep!(get "/admin/routes/{host}", admin::get_route, "admin", Admin, "One route",
+            ok: 200 => clawdeploy_proxy::routes::RouteEntry, "The route"),
+        ep!(put "/admin/routes/{host}", admin::upsert_route, "admin", Admin, "Create or replace an operator route",
+            body: admin::UpsertRoute, ok: 200 => clawdeploy_proxy::routes::RouteEntry, "Replaced (201 when created)"),
+        ep!(delete "/admin/routes/{host}", admin::delete_route, "admin", Admin, "Remove an operator route", ok: 204, "Removed"),
+        ep!(get "/admin/nodes", admin::nodes, "admin", Admin, "Edge nodes and their health", ok: 200 => admin::Nodes, "Edge nodes"),
+        ep!(get "/admin/instances", admin::instances, "admin", Admin, "Every instance",
+            query: admin::InstancesQuery, ok: 200 => admin::Instances, "Instances"),
+        ep!(post "/admin/instances/migrate", admin::migrate_instance, "admin", Admin,
+            "Move an instance to another node (501 until the pool issue)",
+            body: admin::MigrateBody, ok: 501, "Not implemented yet"),
         // Custom domains (issue #6)
-        ep!(post "/api/domains", domains::create, "domains", User, 201 "The domain and the DNS records to create (CNAME and TXT)",
+        ep!(post "/api/domains", domains::create, "domains", User,
             "Add your own domain (Pro tier and up); it is served once its records are seen and its certificate issued",
-            body: [("hostname", "string", true)]),
-        ep!(get "/api/domains", domains::list, "domains", User, 200 "Your domains with status (pending_dns, verifying, issuing, active, failed), reason and records",
-            "Your custom domains"),
-        ep!(post "/api/domains/{hostname}/verify", domains::verify, "domains", User, 202 "Checking again: the domain, now verifying (200 and unchanged when already active)",
-            "Check a domain again now (after fixing its DNS, or to retry a failed one before its backoff is over)"),
-        ep!(delete "/api/domains/{hostname}", domains::delete, "domains", User, 204 "Removed with its route and certificate", "Remove a custom domain"),
-        ep!(get "/admin/certificates", domains::list_certificates, "admin", Admin, 200 "Certificates (no key material)", "Every certificate the edge serves"),
-        ep!(post "/admin/certificates/{name}/renew", domains::renew_certificate, "admin", Admin, 200 "The renewed certificate", "Renew a certificate now"),
-        ep!(get "/admin/users", admin::users, "admin", Admin, 200 "Users", "Every user", query: ["limit", "offset"]),
-        ep!(put "/admin/users/{id}/tier", admin::set_tier, "admin", Admin, 200 "The user and its instances",
-            "Change a user's tier (billing by hand); an unverified account cannot be upgraded", body: [("tier", "string", true)]),
-        ep!(get "/admin/outbox", admin::outbox, "admin", Admin, 200 "Mails, newest first",
-            "Mail kept when no SMTP relay is configured", query: ["to", "limit"]),
+            body: domains::DomainBody, ok: 201 => domains::DomainReply, "The domain and the DNS records to create (CNAME and TXT)"),
+        ep!(get "/api/domains", domains::list, "domains", User, "Your custom domains",
+            ok: 200 => domains::Domains, "Your domains with status (pending_dns, verifying, issuing, active, failed), reason and records"),
+        ep!(post "/api/domains/{hostname}/verify", domains::verify, "domains", User,
+            "Check a domain again now (after fixing its DNS, or to retry a failed one before its backoff is over)",
+            ok: 202 => domains::DomainReply, "Checking again: the domain, now verifying (200 and unchanged when already active)"),
+        ep!(delete "/api/domains/{hostname}", domains::delete, "domains", User, "Remove a custom domain",
+            ok: 204, "Removed with its route and certificate"),
+        ep!(get "/admin/certificates", domains::list_certificates, "admin", Admin, "Every certificate the edge serves",
+            ok: 200 => domains::Certificates, "Certificates (no key material)"),
+        ep!(post "/admin/certificates/{name}/renew", domains::renew_certificate, "admin", Admin, "Renew a certificate now",
+            ok: 200 => domains::CertificateReply, "The renewed certificate"),
+        ep!(get "/admin/users", admin::users, "admin", Admin, "Every user",
+            query: admin::UsersQuery, ok: 200 => admin::Users, "Users"),
+        ep!(put "/admin/users/{id}/tier", admin::set_tier, "admin", Admin,
+            "Change a user's tier (billing by hand); an unverified account cannot be upgraded",
+            body: admin::TierBody, ok: 200 => admin::TierChanged, "The user and its instances"),
+        ep!(get "/admin/outbox", admin::outbox, "admin", Admin, "Mail kept when no SMTP relay is configured",
+            query: admin::OutboxQuery, ok: 200 => admin::Outbox, "Mails, newest first"),
     ]
 }
 
-async fn openapi_json() -> Json<Value> {
-    Json(document())
+/// The OpenAPI document as served: an object.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(transparent)]
+#[schema(value_type = Object)]
+pub struct Document(pub Value);
+
+async fn openapi_json() -> Reply<Document> {
+    Reply(Document(document()))
 }
 
-fn schema_of(ty: &str) -> Value {
-    match ty {
-        "string|null" => json!({ "type": ["string", "null"] }),
-        "object" => {
-            json!({ "type": "object", "additionalProperties": { "type": ["string", "null"] } })
-        }
-        other => json!({ "type": other }),
-    }
+fn to_json(value: &impl Serialize) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
 }
 
 /// The OpenAPI 3.1 document of [`endpoints`].
 pub fn document() -> Value {
+    let mut components = Components::new();
     let mut paths = Map::new();
     for (spec, _) in endpoints() {
         let mut op = Map::new();
@@ -219,31 +435,25 @@ pub fn document() -> Value {
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
             .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
             .collect();
-        params.extend(spec.query.iter().map(
-            |name| json!({ "name": name, "in": "query", "required": *name == "token", "schema": { "type": "string" } }),
-        ));
+        if let Some(query) = spec.query {
+            params.extend(query().iter().map(to_json));
+        }
         if !params.is_empty() {
             op.insert("parameters".into(), Value::Array(params));
         }
-        if !spec.body.is_empty() {
-            let props: Map<String, Value> = spec
-                .body
-                .iter()
-                .map(|(name, ty, _)| (name.to_string(), schema_of(ty)))
-                .collect();
-            let required: Vec<&str> = spec.body.iter().filter(|f| f.2).map(|f| f.0).collect();
+        if let Some(body) = spec.body {
             op.insert(
                 "requestBody".into(),
-                json!({ "required": true, "content": { "application/json": { "schema": {
-                    "type": "object", "properties": props, "required": required, "additionalProperties": false
-                } } } }),
+                json!({ "required": true, "content": { "application/json": { "schema": to_json(&body(&mut components)) } } }),
             );
         }
         let mut responses = Map::new();
-        let ok = if spec.ok.0 == 204 {
-            json!({ "description": spec.ok.1 })
-        } else {
-            json!({ "description": spec.ok.1, "content": { "application/json": { "schema": { "type": "object" } } } })
+        let ok = match spec.response {
+            Some(schema) => json!({
+                "description": spec.ok.1,
+                "content": { "application/json": { "schema": to_json(&schema(&mut components)) } }
+            }),
+            None => json!({ "description": spec.ok.1 }),
         };
         responses.insert(spec.ok.0.to_string(), ok);
         responses.insert(
@@ -269,6 +479,11 @@ pub fn document() -> Value {
             m.insert(spec.method.to_string(), Value::Object(op));
         }
     }
+    let mut schemas: Map<String, Value> = components
+        .iter()
+        .map(|(name, schema)| (name.clone(), to_json(schema)))
+        .collect();
+    schemas.insert("Error".into(), error_schema());
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -282,23 +497,26 @@ pub fn document() -> Value {
                 "bearerAuth": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "Access token from /api/auth/login (HS256, 7 days)" },
                 "adminToken": { "type": "http", "scheme": "bearer", "description": "The config's admin_token, a named admin token (clawdeploy admin create-token), or an operator's access token" }
             },
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": { "error": {
-                        "type": "object",
-                        "required": ["code", "message"],
-                        "properties": {
-                            "code": { "type": "string", "pattern": "^[A-Z][A-Z0-9_]*$" },
-                            "message": { "type": "string" },
-                            "field": { "type": "string" },
-                            "suggestion": { "type": "string" }
-                        }
-                    } }
-                }
-            }
+            "schemas": schemas,
         }
+    })
+}
+
+/// The body every error answers with: what [`ApiError`]'s `IntoResponse` writes.
+fn error_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["error"],
+        "properties": { "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": { "type": "string", "pattern": "^[A-Z][A-Z0-9_]*$" },
+                "message": { "type": "string" },
+                "field": { "type": "string" },
+                "suggestion": { "type": "string" }
+            }
+        } }
     })
 }
 
@@ -316,6 +534,46 @@ mod tests {
                 spec.method,
                 spec.path
             );
+        }
+    }
+
+    /// Every `$ref` of the document names a schema it carries, and two types never share a name.
+    #[test]
+    fn every_reference_resolves_and_names_are_unique() {
+        let doc = document();
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        fn refs(v: &Value, out: &mut Vec<String>) {
+            match v {
+                Value::Object(m) => {
+                    if let Some(Value::String(r)) = m.get("$ref") {
+                        out.push(r.clone());
+                    }
+                    m.values().for_each(|v| refs(v, out));
+                }
+                Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+                _ => {}
+            }
+        }
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        assert!(!all.is_empty());
+        for r in all {
+            let name = r.strip_prefix("#/components/schemas/").unwrap();
+            assert!(schemas.contains_key(name), "{r} does not resolve");
+        }
+        let mut components = Components::new();
+        for (spec, _) in endpoints() {
+            for f in [spec.body, spec.response].into_iter().flatten() {
+                f(&mut components);
+            }
+        }
+        for (name, schema) in &components {
+            for (other, other_schema) in &components {
+                assert!(
+                    name != other || schema == other_schema,
+                    "two types are named {name}"
+                );
+            }
         }
     }
 }

@@ -14,8 +14,9 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+use utoipa::{IntoParams, ToSchema};
 
 use clawdeploy_config::Tier;
 use clawdeploy_skills::{ConfigError, FieldKind, Origin, RegistryError, Skill};
@@ -24,11 +25,11 @@ use clawdeploy_store::{
 };
 
 use crate::auth::AuthUser;
-use crate::instances::my_instance;
-use crate::{ApiError, ApiState};
+use crate::instances::{my_instance, InstanceView};
+use crate::{ApiError, ApiState, Reply};
 
 /// Query of `GET /api/skills`: `category` and a free-text `q` over names, descriptions, tags.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogueQuery {
     category: Option<String>,
@@ -36,20 +37,136 @@ pub struct CatalogueQuery {
 }
 
 /// Body of `POST /api/skills/install`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InstallBody {
+    /// The catalogue id (`GET /api/skills`).
     skill_id: String,
+    /// The skill's config fields by name (strings); secret ones are sealed and never shown again.
     #[serde(default)]
+    #[schema(value_type = Object)]
     config: Map<String, Value>,
 }
 
 /// Body of `PATCH /api/skills/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangeBody {
+    /// Fields to set (merged); `null` or "" clears one; a secret given replaces the old one.
+    #[schema(value_type = Option<Object>)]
     config: Option<Map<String, Value>>,
+    /// Enable or disable the skill.
     enabled: Option<bool>,
+}
+
+/// One config field a skill asks for.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FieldView {
+    /// The environment variable it becomes in the instance.
+    pub name: String,
+    /// What a person is asked for.
+    pub label: String,
+    /// `secret` (sealed, never shown again) or `string`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Installing without it is refused.
+    pub required: bool,
+}
+
+/// A catalogue skill, with the caller's instance's state of it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SkillView {
+    /// OpenClaw's name for it (a bundled skill's name or a registry slug).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// What it does.
+    pub description: String,
+    /// An emoji for its card.
+    pub emoji: Option<String>,
+    /// `productivity`, `development`, `creative`, `media`, `automation`, `community`, `other`.
+    pub category: String,
+    /// Search tags.
+    pub tags: Vec<String>,
+    /// Its home page.
+    pub homepage: Option<String>,
+    /// The version the catalogue offers.
+    pub version: Option<String>,
+    /// `bundled` (enabled in the instance's config) or `registry` (installed by OpenClaw from the
+    /// platform's registry).
+    pub source: &'static str,
+    /// `bundled`, `curated` or `upstream`; absent when the catalogue no longer offers it.
+    pub origin: Option<&'static str>,
+    /// The cheapest tier that may install it.
+    pub min_tier: Option<Tier>,
+    /// Whether the caller's tier may install it.
+    pub available_on_tier: bool,
+    /// Config fields asked at install.
+    pub fields: Vec<FieldView>,
+    /// Installed in the caller's instance.
+    pub installed: bool,
+    /// Installed and enabled.
+    pub enabled: bool,
+    /// The version installed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub installed_version: Option<String>,
+    /// When it was installed (unix ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub installed_at: Option<i64>,
+    /// Why the platform disabled it (a lower tier's cap).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
+    /// Its plain config fields.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub config: Option<Map<String, Value>>,
+    /// Names of its secret fields that are set (never their values).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_fields: Option<Vec<String>>,
+}
+
+/// The caller's tier's skill cap and use.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SkillLimits {
+    /// The instance's tier.
+    pub tier: Tier,
+    /// Enabled skills allowed; `null`: unlimited.
+    pub skills: Option<u32>,
+    /// Enabled now.
+    pub enabled: usize,
+    /// Where to upgrade.
+    pub upgrade_url: String,
+}
+
+/// `GET /api/skills`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SkillList {
+    /// The catalogue (filtered), then installed skills it no longer offers.
+    pub skills: Vec<SkillView>,
+    /// Every category of the catalogue.
+    pub categories: Vec<String>,
+    /// The tier's cap.
+    pub limits: SkillLimits,
+}
+
+/// A skill installed or changed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SkillChanged {
+    /// The skill, as it is now.
+    pub skill: SkillView,
+    /// What happens next.
+    pub message: String,
+}
+
+/// A skill uninstalled.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SkillRemoved {
+    /// Its id.
+    pub removed: String,
+    /// What happened.
+    pub message: &'static str,
 }
 
 fn cap_of(state: &ApiState, tier: Tier) -> u32 {
@@ -123,55 +240,58 @@ fn registry_error(e: RegistryError) -> ApiError {
     }
 }
 
-fn field_json(skill: &Skill) -> Value {
-    json!(skill
-        .fields
-        .iter()
-        .map(|f| json!({
-            "name": f.name,
-            "label": f.label,
-            "type": match f.kind { FieldKind::Secret => "secret", FieldKind::String => "string" },
-            "required": f.required,
-        }))
-        .collect::<Vec<_>>())
-}
-
-fn skill_json(
+fn skill_view(
     skill: Option<&Skill>,
     installed: Option<&InstalledSkill>,
     tier: Tier,
     id: &str,
-) -> Value {
-    let mut v = match skill {
-        Some(s) => json!({
-            "id": s.id,
-            "name": s.name,
-            "description": s.description,
-            "emoji": s.emoji,
-            "category": s.category,
-            "tags": s.tags,
-            "homepage": s.homepage,
-            "version": s.version,
-            "source": if s.origin.from_registry() { "registry" } else { "bundled" },
-            "origin": s.origin,
-            "minTier": s.min_tier,
-            "availableOnTier": s.min_tier <= tier,
-            "fields": field_json(s),
-        }),
-        // Installed, but no longer offered (the operator removed it from the catalogue).
-        None => json!({"id": id, "name": id, "description": "", "category": "other", "tags": [],
-            "fields": [], "availableOnTier": false, "source": installed.map(|i| i.source)}),
+) -> SkillView {
+    let fields = skill.map_or_else(Vec::new, |s| {
+        s.fields
+            .iter()
+            .map(|f| FieldView {
+                name: f.name.clone(),
+                label: f.label.clone(),
+                kind: match f.kind {
+                    FieldKind::Secret => "secret",
+                    FieldKind::String => "string",
+                },
+                required: f.required,
+            })
+            .collect()
+    });
+    let source = match (skill, installed) {
+        (Some(s), _) if s.origin.from_registry() => "registry",
+        (None, Some(i)) if i.source == SkillSource::Registry => "registry",
+        _ => "bundled",
     };
-    v["installed"] = json!(installed.is_some());
-    v["enabled"] = json!(installed.is_some_and(|i| i.enabled));
-    if let Some(i) = installed {
-        v["installedVersion"] = json!(i.version);
-        v["installedAt"] = json!(i.installed_at);
-        v["disabledReason"] = json!(i.disabled_reason);
-        v["config"] = Value::Object(i.config.clone());
-        v["secretFields"] = json!(i.secret_fields);
+    SkillView {
+        id: id.to_string(),
+        // Installed, but no longer offered (the operator removed it): its id stands for it.
+        name: skill.map_or_else(|| id.to_string(), |s| s.name.clone()),
+        description: skill.map(|s| s.description.clone()).unwrap_or_default(),
+        emoji: skill.and_then(|s| s.emoji.clone()),
+        category: skill.map_or_else(|| "other".to_string(), |s| s.category.clone()),
+        tags: skill.map(|s| s.tags.clone()).unwrap_or_default(),
+        homepage: skill.and_then(|s| s.homepage.clone()),
+        version: skill.map(|s| s.version.clone()),
+        source,
+        origin: skill.map(|s| match s.origin {
+            Origin::Bundled => "bundled",
+            Origin::Curated => "curated",
+            Origin::Upstream => "upstream",
+        }),
+        min_tier: skill.map(|s| s.min_tier),
+        available_on_tier: skill.is_some_and(|s| s.min_tier <= tier),
+        fields,
+        installed: installed.is_some(),
+        enabled: installed.is_some_and(|i| i.enabled),
+        installed_version: installed.map(|i| i.version.clone()),
+        installed_at: installed.map(|i| i.installed_at),
+        disabled_reason: installed.and_then(|i| i.disabled_reason.clone()),
+        config: installed.map(|i| i.config.clone()),
+        secret_fields: installed.map(|i| i.secret_fields.clone()),
     }
-    v
 }
 
 /// `GET /api/skills`: the catalogue with what the caller's instance has installed and enabled,
@@ -180,7 +300,7 @@ pub async fn list(
     State(state): State<ApiState>,
     auth: AuthUser,
     query: Result<Query<CatalogueQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<SkillList>, ApiError> {
     let Query(q) = query?;
     let inst = my_instance(&state, &auth).await?;
     let installed = state.store.skills_of(inst.id, &state.ctx.keyring).await?;
@@ -208,28 +328,28 @@ pub async fn list(
             });
             if in_category && matches {
                 let mine = installed.iter().find(|i| i.skill_id == s.id);
-                skills.push(skill_json(Some(s), mine, inst.tier, &s.id));
+                skills.push(skill_view(Some(s), mine, inst.tier, &s.id));
             }
         }
         for i in installed
             .iter()
             .filter(|i| catalogue.get(&i.skill_id).is_none())
         {
-            skills.push(skill_json(None, Some(i), inst.tier, &i.skill_id));
+            skills.push(skill_view(None, Some(i), inst.tier, &i.skill_id));
         }
     }
     categories.sort();
     let cap = cap_of(&state, inst.tier);
-    Ok(Json(json!({
-        "skills": skills,
-        "categories": categories,
-        "limits": {
-            "tier": inst.tier,
-            "skills": if cap == 0 { Value::Null } else { json!(cap) },
-            "enabled": installed.iter().filter(|i| i.enabled).count(),
-            "upgradeUrl": upgrade_url(&state),
+    Ok(Reply(SkillList {
+        skills,
+        categories,
+        limits: SkillLimits {
+            tier: inst.tier,
+            skills: (cap > 0).then_some(cap),
+            enabled: installed.iter().filter(|i| i.enabled).count(),
+            upgrade_url: upgrade_url(&state),
         },
-    })))
+    }))
 }
 
 fn catalogue_skill(state: &ApiState, id: &str) -> Result<Skill, ApiError> {
@@ -267,7 +387,7 @@ pub async fn install(
     State(state): State<ApiState>,
     auth: AuthUser,
     body: Result<Json<InstallBody>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Reply<SkillChanged>), ApiError> {
     let Json(b) = body?;
     let inst = my_instance(&state, &auth).await?;
     let skill = catalogue_skill(&state, &b.skill_id)?;
@@ -357,10 +477,13 @@ pub async fn install(
     tracing::info!(instance = %inst.id, skill = %skill.id, %version, origin, ms = started.elapsed().as_millis() as u64, "skill installed");
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "skill": skill_json(Some(&skill), Some(&recorded), inst.tier, &skill.id),
-            "message": format!("{} is installed; your assistant can use it from its next message.", skill.name),
-        })),
+        Reply(SkillChanged {
+            skill: skill_view(Some(&skill), Some(&recorded), inst.tier, &skill.id),
+            message: format!(
+                "{} is installed; your assistant can use it from its next message.",
+                skill.name
+            ),
+        }),
     ))
 }
 
@@ -423,7 +546,7 @@ pub async fn change(
     auth: AuthUser,
     Path(id): Path<String>,
     body: Result<Json<ChangeBody>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<SkillChanged>, ApiError> {
     let Json(b) = body?;
     let inst = my_instance(&state, &auth).await?;
     let skill = state
@@ -472,10 +595,10 @@ pub async fn change(
         Err(e) => return Err(e.into()),
     };
     apply(&state, &inst).await?;
-    Ok(Json(json!({
-        "skill": skill_json(skill.as_ref(), Some(&updated), inst.tier, &id),
-        "message": "Saved; your assistant uses the new settings from its next message.",
-    })))
+    Ok(Reply(SkillChanged {
+        skill: skill_view(skill.as_ref(), Some(&updated), inst.tier, &id),
+        message: "Saved; your assistant uses the new settings from its next message.".into(),
+    }))
 }
 
 /// `DELETE /api/skills/{id}`: uninstalls a skill (a registry skill's files are removed from the
@@ -484,7 +607,7 @@ pub async fn uninstall(
     State(state): State<ApiState>,
     auth: AuthUser,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<SkillRemoved>, ApiError> {
     let inst = my_instance(&state, &auth).await?;
     let installed = state.store.skills_of(inst.id, &state.ctx.keyring).await?;
     let Some(skill) = installed.iter().find(|i| i.skill_id == id) else {
@@ -500,7 +623,10 @@ pub async fn uninstall(
     state.store.remove_skill(inst.id, &id).await?;
     apply(&state, &inst).await?;
     tracing::info!(instance = %inst.id, skill = %id, "skill uninstalled");
-    Ok(Json(json!({ "removed": id, "message": "Uninstalled." })))
+    Ok(Reply(SkillRemoved {
+        removed: id,
+        message: "Uninstalled.",
+    }))
 }
 
 /// After a tier change: disables the newest enabled skills past the new tier's cap (they stay
@@ -524,20 +650,22 @@ pub(crate) async fn install_preset_skills(
     state: &ApiState,
     inst: &Instance,
     preset: &clawdeploy_skills::Preset,
-) -> Result<(Vec<String>, Vec<Value>), ApiError> {
+) -> Result<(Vec<String>, Vec<SkippedSkill>), ApiError> {
     let cap = cap_of(state, inst.tier);
     let (mut installed, mut skipped) = (Vec::new(), Vec::new());
+    let skip = |id: &str, reason: String| SkippedSkill {
+        skill_id: id.to_string(),
+        reason,
+    };
     let none = Map::new();
     let no_secrets = std::collections::BTreeMap::new();
     for id in &preset.skills {
         let Ok(skill) = catalogue_skill(state, id) else {
-            skipped.push(json!({"skillId": id, "reason": "not in the catalogue"}));
+            skipped.push(skip(id, "not in the catalogue".into()));
             continue;
         };
         if skill.min_tier > inst.tier {
-            skipped.push(
-                json!({"skillId": id, "reason": format!("needs the {} tier", skill.min_tier)}),
-            );
+            skipped.push(skip(id, format!("needs the {} tier", skill.min_tier)));
             continue;
         }
         let new = NewSkill {
@@ -551,8 +679,10 @@ pub(crate) async fn install_preset_skills(
         };
         match state.store.install_skill(&new, &state.ctx.keyring).await {
             Ok(_) => installed.push(skill.id.clone()),
-            Err(StoreError::LimitReached { cap, .. }) => skipped.push(json!({"skillId": id,
-                "reason": format!("the {} tier allows {cap} enabled skills", inst.tier)})),
+            Err(StoreError::LimitReached { cap, .. }) => skipped.push(skip(
+                id,
+                format!("the {} tier allows {cap} enabled skills", inst.tier),
+            )),
             Err(e) if e.is_conflict(clawdeploy_store::Conflict::Skill) => {}
             Err(e) => return Err(e.into()),
         }
@@ -575,26 +705,86 @@ pub(crate) fn preset_named(id: &str) -> Result<&'static clawdeploy_skills::Prese
     })
 }
 
+/// A preset's skill that was not installed, and why.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SkippedSkill {
+    /// The skill.
+    pub skill_id: String,
+    /// Why (the tier, its cap).
+    pub reason: String,
+}
+
+/// An agent preset.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PresetView {
+    /// `general`, `coder`, `researcher`, `writer`, `analyst`.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// One sentence.
+    pub summary: String,
+    /// The bundled skills it installs.
+    pub skills: Vec<String>,
+    /// Its SOUL.md.
+    pub soul_md: String,
+    /// Its AGENTS.md.
+    pub agents_md: String,
+}
+
+/// `GET /api/presets`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PresetList {
+    /// Every preset.
+    pub presets: Vec<PresetView>,
+    /// The caller's instance's preset, if any.
+    pub current: Option<String>,
+}
+
+/// A preset applied.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PresetApplied {
+    /// The preset.
+    pub preset: String,
+    /// Whether the SOUL.md is now the preset's.
+    pub soul_replaced: bool,
+    /// Skills it installed.
+    pub skills_installed: Vec<String>,
+    /// Skills it did not, and why.
+    pub skills_skipped: Vec<SkippedSkill>,
+    /// The instance, as it is now.
+    pub instance: InstanceView,
+    /// What happens next.
+    pub message: String,
+}
+
 /// `GET /api/presets`: the agent presets, and the one the caller's instance has.
 pub async fn list_presets(
     State(state): State<ApiState>,
     auth: AuthUser,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<PresetList>, ApiError> {
     let current = my_instance(&state, &auth).await.ok().and_then(|i| i.preset);
-    let presets: Vec<Value> = clawdeploy_skills::presets()
+    let presets = clawdeploy_skills::presets()
         .iter()
-        .map(|p| {
-            json!({"id": p.id, "name": p.name, "summary": p.summary, "skills": p.skills,
-            "soulMd": p.soul, "agentsMd": p.agents})
+        .map(|p| PresetView {
+            id: p.id.clone(),
+            name: p.name.clone(),
+            summary: p.summary.clone(),
+            skills: p.skills.clone(),
+            soul_md: p.soul.clone(),
+            agents_md: p.agents.clone(),
         })
         .collect();
-    Ok(Json(json!({ "presets": presets, "current": current })))
+    Ok(Reply(PresetList { presets, current }))
 }
 
 /// Body of `POST /api/instances/me/preset`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PresetBody {
+    /// The preset's id.
     preset: String,
     /// Whether the preset's SOUL.md replaces one the owner wrote: absent asks (409
     /// `SOUL_EDITED` when it would replace the owner's text), false keeps it.
@@ -607,7 +797,7 @@ pub async fn apply_preset(
     State(state): State<ApiState>,
     auth: AuthUser,
     body: Result<Json<PresetBody>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<PresetApplied>, ApiError> {
     let Json(b) = body?;
     let preset = preset_named(&b.preset)?;
     let inst = my_instance(&state, &auth).await?;
@@ -634,12 +824,15 @@ pub async fn apply_preset(
         .await?;
     let (installed, skipped) = install_preset_skills(&state, &inst, preset).await?;
     apply(&state, &inst).await?;
-    Ok(Json(json!({
-        "preset": preset.id,
-        "soulReplaced": replace,
-        "skillsInstalled": installed,
-        "skillsSkipped": skipped,
-        "instance": crate::instances::instance_json(&state, &inst),
-        "message": format!("The {} preset is applied; your assistant uses it from its next message.", preset.name),
-    })))
+    Ok(Reply(PresetApplied {
+        preset: preset.id.clone(),
+        soul_replaced: replace,
+        skills_installed: installed,
+        skills_skipped: skipped,
+        instance: InstanceView::new(&state, &inst),
+        message: format!(
+            "The {} preset is applied; your assistant uses it from its next message.",
+            preset.name
+        ),
+    }))
 }

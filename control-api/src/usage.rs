@@ -1,21 +1,21 @@
 //! `GET /api/usage?from=&to=`: the daily usage series of the caller's instance, for analytics.
 
 use axum::extract::{Query, State};
-use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
 
 use clawdeploy_store::time::{civil_from_days, days_from_civil, now_ms, DAY_MS};
 
 use crate::auth::AuthUser;
 use crate::error::ApiError;
-use crate::ApiState;
+use crate::{ApiState, Reply};
 
 /// The longest series one request returns.
 const MAX_DAYS: i64 = 366;
 
 /// The query of `GET /api/usage`: `from` and `to`, UTC days as `YYYY-MM-DD`, both included.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct UsageQuery {
     #[serde(default)]
@@ -42,6 +42,35 @@ fn day_text(days: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// One UTC day of usage.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageDay {
+    /// `YYYY-MM-DD`.
+    pub day: String,
+    /// Messages counted that day.
+    pub messages: i64,
+    /// LLM tokens counted that day.
+    pub tokens: i64,
+}
+
+/// The daily usage series of the caller's instance.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageSeries {
+    /// The instance counted.
+    pub instance_id: Uuid,
+    /// The first day (`YYYY-MM-DD`).
+    pub from: String,
+    /// The last day (`YYYY-MM-DD`).
+    pub to: String,
+    /// Every day from `from` to `to`, oldest first.
+    pub days: Vec<UsageDay>,
+    /// When the current billing period began (RFC 3339).
+    pub period_start: String,
+    /// When it ends (RFC 3339).
+    pub resets_at: String,
+}
+
 /// `GET /api/usage`: the caller's instance's messages and tokens per UTC day, oldest first, from
 /// `from` (default: the first of this month) to `to` (default: today), at most 366 days; today
 /// includes counts the meter has not flushed yet. Also the current billing period.
@@ -49,7 +78,7 @@ pub async fn series(
     State(state): State<ApiState>,
     auth: AuthUser,
     query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Reply<UsageSeries>, ApiError> {
     let Query(q) = query?;
     let today = now_ms().div_euclid(DAY_MS);
     let (y, m, _) = civil_from_days(today);
@@ -96,16 +125,20 @@ pub async fn series(
             messages += i64::try_from(unflushed_messages).unwrap_or(0);
             tokens += i64::try_from(unflushed_tokens).unwrap_or(0);
         }
-        days.push(json!({ "day": key, "messages": messages, "tokens": tokens }));
+        days.push(UsageDay {
+            day: key,
+            messages,
+            tokens,
+        });
     }
-    Ok(Json(json!({
-        "instanceId": inst.id,
-        "from": day_text(from),
-        "to": day_text(to),
-        "days": days,
-        "periodStart": clawdeploy_store::time::rfc3339(period.start_ms),
-        "resetsAt": clawdeploy_store::time::rfc3339(period.end_ms),
-    })))
+    Ok(Reply(UsageSeries {
+        instance_id: inst.id,
+        from: day_text(from),
+        to: day_text(to),
+        days,
+        period_start: clawdeploy_store::time::rfc3339(period.start_ms),
+        resets_at: clawdeploy_store::time::rfc3339(period.end_ms),
+    }))
 }
 
 #[cfg(test)]

@@ -10,6 +10,12 @@
 //! OpenAI `usage`, Anthropic `usage.input_tokens`/`output_tokens`, Google `usageMetadata`), and the
 //! tier's monthly token budget is enforced before each call. OpenAI streaming requests get
 //! `stream_options.include_usage = true` so their usage is reported.
+//!
+//! # Errors
+//! No crate-wide error enum: each error type is the contract of one API. [`BaseUrlError`] is why
+//! [`custom_base_url`] refuses a provider's `baseUrl` (the control API shows it as that field's
+//! error), and `GuardError` why the guarded connector refused a connection (answered to the
+//! instance as a refused call, and counted).
 
 #![warn(missing_docs)]
 

@@ -11,6 +11,12 @@
 //! - [`shared_limits`]: rate limits shared by several edge nodes through Redis.
 //! - [`flush`]: the usage flush to the store, and the meter's seeding from it.
 //! - [`telemetry`]: the Prometheus recorder and the `/metrics` listener.
+//!
+//! # Errors
+//! No crate-wide error enum: each error type is the contract of one public API. [`FrameError`] is
+//! the frame parser's (guarded by its proptest), [`RelayError`] the relay's reason to stop (each
+//! variant has its own close code), `telemetry::RecorderError` the recorder's one failure; store
+//! calls answer the store's `StoreError` as they are.
 
 #![warn(missing_docs)]
 

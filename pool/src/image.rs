@@ -8,6 +8,8 @@ use std::process::Stdio;
 
 use tokio::process::Command;
 
+use crate::Error;
+
 pub use clawdeploy_config::instances::OPENCLAW_IMAGE;
 
 /// The build script, as shipped in the repository.
@@ -50,25 +52,14 @@ pub const NODE_VERSION: &str = "24.21.0";
 /// meter's gateway method table (`clawdeploy_metering::classify::METHODS`) is that release's.
 pub const OPENCLAW_VERSION: &str = "2026.9.6";
 
-/// Why `clawdeploy image build` failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ImageError {
-    /// The I/O error is part of the message, not a `source()`: shown once by chain printers.
-    #[error("cannot run the image build: {0}")]
-    Io(std::io::Error),
-    /// The build script ran and exited unsuccessfully, with this status.
-    #[error("the image build failed ({0}); its progress above says where")]
-    Failed(std::process::ExitStatus),
-}
-
 /// Builds `tag` (default [`OPENCLAW_IMAGE`]); progress goes to this process's stderr.
-pub async fn build(tag: Option<&str>) -> Result<String, ImageError> {
+pub async fn build(tag: Option<&str>) -> Result<String, Error> {
     let tag = tag.unwrap_or(OPENCLAW_IMAGE).to_string();
-    let dir = tempfile_dir().map_err(ImageError::Io)?;
+    let dir = tempfile_dir().map_err(Error::ImageIo)?;
     let script = dir.join("build-openclaw-image.sh");
     tokio::fs::write(&script, BUILD_SCRIPT)
         .await
-        .map_err(ImageError::Io)?;
+        .map_err(Error::ImageIo)?;
     let status = Command::new("bash")
         .arg(&script)
         .arg(&tag)
@@ -80,11 +71,11 @@ pub async fn build(tag: Option<&str>) -> Result<String, ImageError> {
         .status()
         .await;
     let _ = tokio::fs::remove_dir_all(&dir).await;
-    let status = status.map_err(ImageError::Io)?;
+    let status = status.map_err(Error::ImageIo)?;
     if status.success() {
         Ok(tag)
     } else {
-        Err(ImageError::Failed(status))
+        Err(Error::ImageFailed(status))
     }
 }
 

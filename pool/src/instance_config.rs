@@ -6,7 +6,7 @@ use serde_json::json;
 
 use clawdeploy_store::Instance;
 
-use crate::manager::{InstanceConfig, PoolError};
+use crate::manager::{Error, InstanceConfig};
 use crate::runtime::ConfigFile;
 
 /// Config for the protocol-speaking test fixture (never OpenClaw): the owner the edge's
@@ -18,11 +18,7 @@ pub struct FixtureConfig {
 
 #[async_trait]
 impl InstanceConfig for FixtureConfig {
-    async fn files(
-        &self,
-        instance: &Instance,
-        _member: &str,
-    ) -> Result<Vec<ConfigFile>, PoolError> {
+    async fn files(&self, instance: &Instance, _member: &str) -> Result<Vec<ConfigFile>, Error> {
         let config = json!({
             "owner": instance.user_id.to_string(),
             "soul": instance.soul_md,

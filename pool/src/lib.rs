@@ -23,7 +23,7 @@ pub use docker::{DockerOptions, DockerRuntime};
 pub use egress::{EgressRules, NetworkInfo};
 pub use instance_config::FixtureConfig;
 pub use manager::{
-    Assigned, CrashNotice, InstanceConfig, NodeStatus, PoolError, PoolManager, PoolSettings,
+    Assigned, CrashNotice, Error, InstanceConfig, NodeStatus, PoolManager, PoolSettings, Result,
 };
 pub use openclaw::OpenClawConfig;
 pub use process::ProcessRuntime;

@@ -108,7 +108,7 @@ impl PoolSettings {
 pub trait InstanceConfig: Send + Sync + 'static {
     /// The files written into `instance`'s data directory at assignment to the pool member named
     /// `member`, and whenever its settings change (its gateway config, workspace files).
-    async fn files(&self, instance: &Instance, member: &str) -> Result<Vec<ConfigFile>, PoolError>;
+    async fn files(&self, instance: &Instance, member: &str) -> Result<Vec<ConfigFile>, Error>;
     /// The files a new pool member named `member` boots on, before anyone has it (OpenClaw: the
     /// locked-down idle config).
     fn boot_files(&self, _member: &str) -> Vec<ConfigFile> {
@@ -116,7 +116,7 @@ pub trait InstanceConfig: Send + Sync + 'static {
     }
     /// Prepares a ready, unassigned member at `addr` so its first user finds it warm (OpenClaw: a
     /// first turn, answered by the LLM meter's stub, then removed). Failing costs only speed.
-    async fn warm_up(&self, _addr: SocketAddr, _member: &str) -> Result<(), PoolError> {
+    async fn warm_up(&self, _addr: SocketAddr, _member: &str) -> Result<(), Error> {
         Ok(())
     }
     /// A path that answers 200 to the owner (named in the trusted-proxy user header) only once the
@@ -150,9 +150,13 @@ pub trait CrashNotice: Send + Sync + 'static {
     async fn crashed(&self, instance: &Instance, reason: &str);
 }
 
-/// Why a pool operation failed.
+/// Why a pool operation failed: the crate's error.
+///
+/// Two focused errors stay apart: [`RuntimeError`], the error of the [`crate::Runtime`] trait (a
+/// seam each runtime implements: Docker, local processes, test fakes), and
+/// [`crate::work::WorkError`], the gateway client's; both are sources of a variant here.
 #[derive(Debug, thiserror::Error)]
-pub enum PoolError {
+pub enum Error {
     /// A store query failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -171,7 +175,17 @@ pub enum PoolError {
     /// A sleeping instance the platform had to act on did not wake.
     #[error(transparent)]
     Wake(#[from] clawdeploy_proxy::sleep::WakeError),
+    /// `clawdeploy image build` could not run its build script. The I/O error is part of the
+    /// message, not a `source()`: shown once by chain printers.
+    #[error("cannot run the image build: {0}")]
+    ImageIo(std::io::Error),
+    /// The image build script ran and exited unsuccessfully, with this status.
+    #[error("the image build failed ({0}); its progress above says where")]
+    ImageFailed(std::process::ExitStatus),
 }
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What an assignment achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -348,7 +362,7 @@ impl PoolManager {
     /// instance on this node is rewritten without a restart: until its next start a stale origin
     /// only stays in the list, and the edge no longer routes that host nor accepts its origin.
     async fn domain_changed(&self, hostname: &str) {
-        let rewritten: Result<usize, PoolError> = async {
+        let rewritten: Result<usize, Error> = async {
             let domain = self.store.get_custom_domain_by_hostname(hostname).await?;
             let activated = domain
                 .as_ref()
@@ -391,7 +405,7 @@ impl PoolManager {
     }
 
     /// This node's members by state, from the store, for `/admin/nodes`.
-    pub async fn node_status(&self) -> Result<NodeStatus, PoolError> {
+    pub async fn node_status(&self) -> Result<NodeStatus, Error> {
         let members = self.store.list_pool_members(&self.settings.node_id).await?;
         let count = |state| members.iter().filter(|m| m.state == state).count();
         let queued = self
@@ -412,7 +426,7 @@ impl PoolManager {
     }
 
     /// Gives `instance` a running container: a warm one when there is one.
-    pub async fn assign(self: &Arc<Self>, instance: &Instance) -> Result<Assigned, PoolError> {
+    pub async fn assign(self: &Arc<Self>, instance: &Instance) -> Result<Assigned, Error> {
         while let Some(member) = self
             .store
             .claim_pool_member(&self.settings.node_id, instance.id)
@@ -446,11 +460,11 @@ impl PoolManager {
         &self,
         instance: &Instance,
         member: &PoolMember,
-    ) -> Result<SocketAddr, PoolError> {
+    ) -> Result<SocketAddr, Error> {
         let runtime_id = member
             .runtime_id
             .as_deref()
-            .ok_or_else(|| PoolError::NotReady(member.name.clone(), NotReady::NoRuntimeId))?;
+            .ok_or_else(|| Error::NotReady(member.name.clone(), NotReady::NoRuntimeId))?;
         let files = self.config.files(instance, &member.name).await?;
         let resources = self.settings.resources(instance.tier);
         // Config and resources are independent: both Docker calls at once.
@@ -474,7 +488,7 @@ impl PoolManager {
             let headers = self.config.owner_headers(instance);
             wait_ready_as(addr, path, &owner, &headers, self.settings.ready_timeout)
                 .await
-                .map_err(|e| PoolError::NotReady(instance.subdomain.clone(), e))?;
+                .map_err(|e| Error::NotReady(instance.subdomain.clone(), e))?;
         }
         self.place(instance, runtime_id, addr, InstanceStatus::Running)
             .await?;
@@ -496,7 +510,7 @@ impl PoolManager {
                     return self.hand_over(&instance, &member).await;
                 }
             }
-            Err(PoolError::NotReady(
+            Err(Error::NotReady(
                 instance.subdomain.clone(),
                 NotReady::AllTaken,
             ))
@@ -514,12 +528,12 @@ impl PoolManager {
     }
 
     /// Creates, starts and readies one member; it is `idle` when this returns.
-    async fn create_member(&self) -> Result<PoolMember, PoolError> {
+    async fn create_member(&self) -> Result<PoolMember, Error> {
         let _permit = self
             .creating
             .acquire()
             .await
-            .map_err(|_| PoolError::Config("pool shut down".into()))?;
+            .map_err(|_| Error::Config("pool shut down".into()))?;
         let name = format!("cd-{}-{}", self.settings.node_id, Uuid::new_v4().simple());
         let member = self
             .store
@@ -544,7 +558,7 @@ impl PoolManager {
             let addr = self.address_of(&created.id).await?;
             wait_ready(addr, self.settings.ready_timeout)
                 .await
-                .map_err(|e| PoolError::NotReady(name.clone(), e))?;
+                .map_err(|e| Error::NotReady(name.clone(), e))?;
             let warming = Instant::now();
             match self.config.warm_up(addr, &name).await {
                 Ok(()) => tracing::debug!(member = %name, ms = warming.elapsed().as_millis() as u64, "member warmed up"),
@@ -553,7 +567,7 @@ impl PoolManager {
             self.store
                 .mark_pool_member_idle(member.id, &addr.to_string())
                 .await?;
-            Ok::<_, PoolError>((created.id, addr))
+            Ok::<_, Error>((created.id, addr))
         }
         .await;
         match result {
@@ -578,10 +592,10 @@ impl PoolManager {
         }
     }
 
-    pub(crate) async fn address_of(&self, runtime_id: &str) -> Result<SocketAddr, PoolError> {
+    pub(crate) async fn address_of(&self, runtime_id: &str) -> Result<SocketAddr, Error> {
         let inspection = self.runtime.inspect(runtime_id).await?;
         inspection.address.ok_or_else(|| {
-            PoolError::NotReady(
+            Error::NotReady(
                 runtime_id.to_string(),
                 NotReady::NoAddress(format!("{:?}", inspection.state)),
             )
@@ -591,7 +605,7 @@ impl PoolManager {
     /// Awake instances this node can still take (signups, refills): `capacity` less the awake
     /// members (idle, creating, assigned and awake), the wakes under way, and what sleeping
     /// instances hold.
-    pub(crate) async fn room(&self) -> Result<usize, PoolError> {
+    pub(crate) async fn room(&self) -> Result<usize, Error> {
         let members = self.store.list_pool_members(&self.settings.node_id).await?;
         Ok(self.budget_left_mb(&members, true).await?.max(0) as usize
             / self.settings.reserve_mb.max(1) as usize)
@@ -661,7 +675,7 @@ impl PoolManager {
         runtime_id: &str,
         addr: SocketAddr,
         status: InstanceStatus,
-    ) -> Result<(), PoolError> {
+    ) -> Result<(), Error> {
         let upstream = addr.to_string();
         let ip = addr.ip().to_string();
         self.store
@@ -683,7 +697,7 @@ impl PoolManager {
         &self,
         instance: &Instance,
         status: InstanceStatus,
-    ) -> Result<(), PoolError> {
+    ) -> Result<(), Error> {
         self.store
             .update_instance_status(instance.id, status)
             .await?;
@@ -691,7 +705,7 @@ impl PoolManager {
     }
 
     /// Tells every edge node (this one included) that `instance`'s record changed.
-    pub(crate) async fn announce(&self, instance: &Instance) -> Result<(), PoolError> {
+    pub(crate) async fn announce(&self, instance: &Instance) -> Result<(), Error> {
         self.bus
             .publish(Change::Instance {
                 id: instance.id,
@@ -716,7 +730,7 @@ impl PoolManager {
     }
 
     /// Releases an instance's container (instance deleted or cancelled after its grace).
-    pub async fn release(&self, instance_id: Uuid) -> Result<(), PoolError> {
+    pub async fn release(&self, instance_id: Uuid) -> Result<(), Error> {
         if let Some(member) = self.store.pool_member_for_instance(instance_id).await? {
             self.discard(&member).await;
         }
@@ -731,13 +745,13 @@ impl PoolManager {
         &self,
         instance: &Instance,
         archive_dir: &std::path::Path,
-    ) -> Result<Option<std::path::PathBuf>, PoolError> {
+    ) -> Result<Option<std::path::PathBuf>, Error> {
         tokio::fs::create_dir_all(archive_dir)
             .await
             .map_err(RuntimeError::from)?;
         let base = archive_dir.join(format!("{}-{}", instance.subdomain, instance.id));
         let record =
-            serde_json::to_vec_pretty(instance).map_err(|e| PoolError::Config(e.to_string()))?;
+            serde_json::to_vec_pretty(instance).map_err(|e| Error::Config(e.to_string()))?;
         tokio::fs::write(base.with_extension("json"), record)
             .await
             .map_err(RuntimeError::from)?;
@@ -758,7 +772,7 @@ impl PoolManager {
     }
 
     /// Stops an instance's container, keeping it and its data (the owner can restart it).
-    pub async fn stop(&self, instance: &Instance) -> Result<(), PoolError> {
+    pub async fn stop(&self, instance: &Instance) -> Result<(), Error> {
         if let Some(runtime_id) = self
             .store
             .pool_member_for_instance(instance.id)
@@ -772,7 +786,7 @@ impl PoolManager {
 
     /// Writes an instance's config again (settings changed); its runtime reads it without a restart.
     /// False when the instance has no container yet (it gets the new config when assigned).
-    pub async fn reconfigure(&self, instance: &Instance) -> Result<bool, PoolError> {
+    pub async fn reconfigure(&self, instance: &Instance) -> Result<bool, Error> {
         let Some(member) = self.store.pool_member_for_instance(instance.id).await? else {
             return Ok(false);
         };
@@ -786,21 +800,19 @@ impl PoolManager {
 
     /// Restarts an instance's container (API restart, a newly active domain), re-routing to its
     /// new address; waits for a sleep or wake of the instance in progress.
-    pub async fn restart(&self, instance: &Instance) -> Result<SocketAddr, PoolError> {
+    pub async fn restart(&self, instance: &Instance) -> Result<SocketAddr, Error> {
         let lock = self.lifecycle_lock(instance.id);
         let _held = lock.lock().await;
         self.restart_now(instance).await
     }
 
     /// [`Self::restart`], for a caller holding the instance's lifecycle lock.
-    async fn restart_now(&self, instance: &Instance) -> Result<SocketAddr, PoolError> {
+    async fn restart_now(&self, instance: &Instance) -> Result<SocketAddr, Error> {
         let member = self
             .store
             .pool_member_for_instance(instance.id)
             .await?
-            .ok_or_else(|| {
-                PoolError::NotReady(instance.subdomain.clone(), NotReady::NoContainer)
-            })?;
+            .ok_or_else(|| Error::NotReady(instance.subdomain.clone(), NotReady::NoContainer))?;
         let runtime_id = member.runtime_id.clone().unwrap_or_default();
         self.set_status(instance, InstanceStatus::Starting).await?;
         match self.runtime.inspect(&runtime_id).await?.state {
@@ -812,7 +824,7 @@ impl PoolManager {
                 self.runtime.restart(&runtime_id).await?
             }
             RunState::Missing => {
-                return Err(PoolError::NotReady(
+                return Err(Error::NotReady(
                     instance.subdomain.clone(),
                     NotReady::ContainerGone,
                 ))
@@ -831,10 +843,10 @@ impl PoolManager {
         member: &PoolMember,
         runtime_id: &str,
         addr: SocketAddr,
-    ) -> Result<SocketAddr, PoolError> {
+    ) -> Result<SocketAddr, Error> {
         wait_ready(addr, self.settings.ready_timeout)
             .await
-            .map_err(|e| PoolError::NotReady(instance.subdomain.clone(), e))?;
+            .map_err(|e| Error::NotReady(instance.subdomain.clone(), e))?;
         if member.upstream.as_deref() != Some(addr.to_string().as_str()) {
             self.store
                 .set_pool_member_upstream(member.id, &addr.to_string())
@@ -925,7 +937,7 @@ impl PoolManager {
             for member in idle.iter().skip(self.settings.max_idle) {
                 self.discard(member).await;
             }
-            Ok::<_, PoolError>(())
+            Ok::<_, Error>(())
         }
         .await;
         if let Err(e) = result {
@@ -1112,7 +1124,7 @@ impl PoolManager {
 
     /// After a restart of the edge: members whose container is gone are dropped (their instances
     /// re-provisioned), containers nobody knows are removed.
-    async fn reconcile(self: &Arc<Self>) -> Result<(), PoolError> {
+    async fn reconcile(self: &Arc<Self>) -> Result<(), Error> {
         let members = self.store.list_pool_members(&self.settings.node_id).await?;
         let known: std::collections::HashSet<String> = members
             .iter()

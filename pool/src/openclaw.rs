@@ -33,7 +33,7 @@ use clawdeploy_store::{
     DomainStatus, InstalledSkill, Instance, Keyring, SkillSecrets, SkillSource, Store,
 };
 
-use crate::manager::{InstanceConfig, PoolError};
+use crate::manager::{Error, InstanceConfig};
 use crate::runtime::ConfigFile;
 
 /// The config file, relative to the data directory.
@@ -202,7 +202,7 @@ impl OpenClawConfig {
     /// stub answers its model calls), then the session archived and deleted, so the owner never
     /// sees it. OpenClaw's first turn opens and checks its agent database, loads its tool catalogue
     /// and builds the provider runtime (5-7 s on 2 vCPU, measured); afterwards a turn takes ~1 s.
-    async fn warm_up_turn(&self, addr: std::net::SocketAddr) -> Result<(), PoolError> {
+    async fn warm_up_turn(&self, addr: std::net::SocketAddr) -> Result<(), Error> {
         let headers = vec![(self.user_header.clone(), PLATFORM_USER.to_string())];
         let mut gateway = crate::work::Gateway::connect(addr, &headers).await?;
         gateway
@@ -326,7 +326,7 @@ impl OpenClawConfig {
     /// `<sub>.<base_domain>` and the instance's active custom domains: the hosts the edge routes
     /// to it, so the Control UI loaded from any of them may open the gateway's WebSocket. The pool
     /// writes the config again when a domain becomes active or is removed (`follow_domains`).
-    async fn hostnames(&self, instance: &Instance) -> Result<Vec<String>, PoolError> {
+    async fn hostnames(&self, instance: &Instance) -> Result<Vec<String>, Error> {
         let mut hosts = vec![format!("{}.{}", instance.subdomain, self.base_domain)];
         if let Some((store, _)) = &self.keys {
             hosts.extend(
@@ -345,7 +345,7 @@ impl OpenClawConfig {
         &self,
         instance: &Instance,
         member: &str,
-    ) -> Result<Vec<ProviderKey>, PoolError> {
+    ) -> Result<Vec<ProviderKey>, Error> {
         let Some((store, keyring)) = &self.keys else {
             return Ok(vec![]);
         };
@@ -447,7 +447,7 @@ fn provider_settings(providers: &[ProviderKey]) -> (Map<String, Value>, Option<&
 
 #[async_trait]
 impl InstanceConfig for OpenClawConfig {
-    async fn files(&self, instance: &Instance, member: &str) -> Result<Vec<ConfigFile>, PoolError> {
+    async fn files(&self, instance: &Instance, member: &str) -> Result<Vec<ConfigFile>, Error> {
         let providers = self.provider_keys(instance, member).await?;
         let skills = match &self.keys {
             Some((store, keyring)) => store.skills_with_secrets(instance.id, keyring).await?,
@@ -466,7 +466,7 @@ impl InstanceConfig for OpenClawConfig {
             &extras,
         );
         let contents = serde_json::to_vec_pretty(&config)
-            .map_err(|e| PoolError::Config(format!("openclaw.json: {e}")))?;
+            .map_err(|e| Error::Config(format!("openclaw.json: {e}")))?;
         let mut files = vec![ConfigFile::platform(CONFIG_FILE, contents)];
         if let Some(soul) = &instance.soul_md {
             files.push(ConfigFile::instance(SOUL_FILE, soul.clone().into_bytes()));
@@ -529,7 +529,7 @@ impl InstanceConfig for OpenClawConfig {
 
     /// Only with the LLM meter, whose stub answers the warm-up's model calls (without it the
     /// turn would call a real provider, with no key).
-    async fn warm_up(&self, addr: std::net::SocketAddr, _member: &str) -> Result<(), PoolError> {
+    async fn warm_up(&self, addr: std::net::SocketAddr, _member: &str) -> Result<(), Error> {
         if self.llm_meter.is_none() {
             return Ok(());
         }

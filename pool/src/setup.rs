@@ -12,7 +12,7 @@ use clawdeploy_llm_egress::ListenerHandoff;
 use clawdeploy_store::{Keyring, Store};
 
 use crate::instance_config::FixtureConfig;
-use crate::manager::{InstanceConfig, PoolError, PoolManager, PoolSettings};
+use crate::manager::{Error, InstanceConfig, PoolManager, PoolSettings};
 use crate::openclaw::OpenClawConfig;
 use crate::runtime::{Resources, Runtime, Sleep};
 use crate::{DockerOptions, DockerRuntime, EgressRules, ProcessRuntime};
@@ -28,7 +28,7 @@ pub async fn pool_from_config(
     llm_meter: Option<&ListenerHandoff>,
     keyring: Arc<Keyring>,
     activity: Arc<clawdeploy_proxy::Activity>,
-) -> Result<Option<Arc<PoolManager>>, PoolError> {
+) -> Result<Option<Arc<PoolManager>>, Error> {
     let rt = &config.runtime;
     // The addresses instances see the edge's connections come from.
     let mut trusted_proxies = vec![];
@@ -110,7 +110,7 @@ pub async fn pool_from_config(
                         .iter()
                         .find_map(|g| g.parse::<std::net::Ipv4Addr>().ok())
                         .ok_or_else(|| {
-                            PoolError::Config(format!(
+                            Error::Config(format!(
                                 "llm.listen = \"auto\": the Docker network {:?} has no IPv4 gateway address",
                                 rt.docker_network
                             ))
@@ -119,7 +119,7 @@ pub async fn pool_from_config(
                     None => std::net::Ipv4Addr::LOCALHOST,
                 };
                 let Some(handoff) = llm_meter else {
-                    return Err(PoolError::Config(
+                    return Err(Error::Config(
                         "llm.listen = \"auto\" but this process runs no LLM meter".into(),
                     ));
                 };
@@ -197,7 +197,7 @@ pub async fn pool_from_config(
         InstanceConfigKind::Fixture => Arc::new(FixtureConfig { user_header }),
         InstanceConfigKind::OpenClaw => {
             if trusted_proxies.is_empty() {
-                return Err(PoolError::Config(format!(
+                return Err(Error::Config(format!(
                     "the Docker network {:?} has no gateway address for OpenClaw to trust",
                     rt.docker_network
                 )));
@@ -272,7 +272,7 @@ pub async fn pool_from_config(
 
 /// Binds the LLM meter's listener. The bridge address can lag the network's creation by a moment,
 /// so an address not (yet) on this host is retried for a few seconds; a port in use fails at once.
-async fn bind_meter(address: std::net::SocketAddr) -> Result<std::net::TcpListener, PoolError> {
+async fn bind_meter(address: std::net::SocketAddr) -> Result<std::net::TcpListener, Error> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         match std::net::TcpListener::bind(address) {
@@ -284,7 +284,7 @@ async fn bind_meter(address: std::net::SocketAddr) -> Result<std::net::TcpListen
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => {
-                return Err(PoolError::Config(format!(
+                return Err(Error::Config(format!(
                     "the LLM meter cannot listen on {address} ({e}); set llm.port to a free port, or llm.listen"
                 )))
             }
@@ -294,7 +294,7 @@ async fn bind_meter(address: std::net::SocketAddr) -> Result<std::net::TcpListen
 
 /// The instance network's gateway addresses: where the edge's connections come from, as the
 /// containers see them (directly, or through Docker's loopback port publishing).
-async fn network_gateways(docker: &DockerRuntime) -> Result<Vec<String>, PoolError> {
+async fn network_gateways(docker: &DockerRuntime) -> Result<Vec<String>, Error> {
     let network = docker
         .docker()
         .inspect_network(docker.network(), None)

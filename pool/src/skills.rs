@@ -14,13 +14,13 @@ use serde_json::{json, Value};
 
 use clawdeploy_store::{Instance, InstanceStatus};
 
-use crate::manager::{PoolError, PoolManager};
+use crate::manager::{Error, PoolManager};
 use crate::ready::NotReady;
 use crate::work::Gateway;
 
 impl PoolManager {
     /// The instance's gateway, connected as the platform; a sleeping instance is woken first.
-    async fn platform_gateway(self: &Arc<Self>, instance: &Instance) -> Result<Gateway, PoolError> {
+    async fn platform_gateway(self: &Arc<Self>, instance: &Instance) -> Result<Gateway, Error> {
         let addr: SocketAddr = match instance.status {
             InstanceStatus::Sleeping => self.wake_instance(instance.id).await?,
             _ => instance
@@ -28,12 +28,13 @@ impl PoolManager {
                 .as_deref()
                 .and_then(|u| u.parse().ok())
                 .ok_or_else(|| {
-                    PoolError::NotReady(instance.subdomain.clone(), NotReady::NoContainer)
+                    Error::NotReady(instance.subdomain.clone(), NotReady::NoContainer)
                 })?,
         };
-        let headers = self.config.platform_headers(instance).ok_or_else(|| {
-            PoolError::Config("this instance kind has no platform identity".into())
-        })?;
+        let headers = self
+            .config
+            .platform_headers(instance)
+            .ok_or_else(|| Error::Config("this instance kind has no platform identity".into()))?;
         Ok(Gateway::connect(addr, &headers).await?)
     }
 
@@ -45,7 +46,7 @@ impl PoolManager {
         slug: &str,
         version: &str,
         patience: Duration,
-    ) -> Result<Value, PoolError> {
+    ) -> Result<Value, Error> {
         let mut gateway = self.platform_gateway(instance).await?;
         // `force`: the platform's record decides what is installed; leftovers of an earlier,
         // undone install must not block this one ("already exists").
@@ -61,7 +62,7 @@ impl PoolManager {
         self: &Arc<Self>,
         instance: &Instance,
         slug: &str,
-    ) -> Result<(), PoolError> {
+    ) -> Result<(), Error> {
         if instance.status == InstanceStatus::Sleeping {
             self.wake_instance(instance.id).await?;
         }
@@ -70,9 +71,7 @@ impl PoolManager {
             .pool_member_for_instance(instance.id)
             .await?
             .and_then(|m| m.runtime_id)
-            .ok_or_else(|| {
-                PoolError::NotReady(instance.subdomain.clone(), NotReady::NoContainer)
-            })?;
+            .ok_or_else(|| Error::NotReady(instance.subdomain.clone(), NotReady::NoContainer))?;
         Ok(self
             .runtime
             .remove_path(&member, &format!("workspace/skills/{slug}"))
@@ -80,7 +79,7 @@ impl PoolManager {
     }
 
     /// OpenClaw's `skills.status` of the instance: every skill its agent sees, with eligibility.
-    pub async fn skills_status(self: &Arc<Self>, instance: &Instance) -> Result<Value, PoolError> {
+    pub async fn skills_status(self: &Arc<Self>, instance: &Instance) -> Result<Value, Error> {
         let mut gateway = self.platform_gateway(instance).await?;
         Ok(gateway.call("skills.status", json!({})).await?)
     }

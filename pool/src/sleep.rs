@@ -23,7 +23,7 @@ use uuid::Uuid;
 use clawdeploy_proxy::sleep::{WakeError, Waker};
 use clawdeploy_store::{Instance, InstanceStatus, PoolMemberState};
 
-use crate::manager::{PoolError, PoolManager};
+use crate::manager::{Error, PoolManager};
 use crate::runtime::Sleep;
 use crate::work::{Gateway, Suspension};
 
@@ -112,7 +112,7 @@ impl PoolManager {
     }
 
     /// Sleeps `id` if it is running, idle long enough and has no work; what was decided.
-    async fn sleep_if_idle(&self, id: Uuid, runtime_id: &str) -> Result<Check, PoolError> {
+    async fn sleep_if_idle(&self, id: Uuid, runtime_id: &str) -> Result<Check, Error> {
         let Some(instance) = self.store.get_instance(id).await? else {
             return Ok(Check::NotEligible);
         };
@@ -248,7 +248,7 @@ impl PoolManager {
     async fn wake_locked(&self, id: Uuid) -> Result<SocketAddr, WakeError> {
         let lock = self.lifecycle_lock(id);
         let _held = lock.lock().await;
-        let failed = |e: PoolError| WakeError::Failed(e.to_string());
+        let failed = |e: Error| WakeError::Failed(e.to_string());
         let instance = self
             .store
             .get_instance(id)
@@ -304,13 +304,13 @@ impl PoolManager {
     }
 
     /// Thaws or starts a sleeping instance's container, waits until it serves, routes it.
-    async fn thaw(&self, instance: &Instance) -> Result<SocketAddr, PoolError> {
+    async fn thaw(&self, instance: &Instance) -> Result<SocketAddr, Error> {
         let member = self
             .store
             .pool_member_for_instance(instance.id)
             .await?
             .ok_or_else(|| {
-                PoolError::NotReady(
+                Error::NotReady(
                     instance.subdomain.clone(),
                     crate::ready::NotReady::NoContainer,
                 )

@@ -12,6 +12,14 @@
 //! - [`limits`]: request body limits.
 //! - [`framing`]: request heads with bare-LF line endings are refused.
 //! - [`sleep`]: instances' traffic, for putting idle ones to sleep, and waking them on a request.
+//!
+//! # Errors
+//! No crate-wide error enum: nothing here propagates errors of several kinds. Each error type is
+//! the contract of one public API, and its callers answer each variant differently:
+//! [`EdgeError`](responses::EdgeError) is a refused request (status, code, message, answered in one
+//! place), [`RouteError`] a refused route-table write (the admin API maps it to 422 or 409),
+//! [`WakeError`] the outcome of the [`Waker`] seam the pool implements, `UpgradeError` and
+//! [`Rejection`] refused upgrades and credentials.
 
 #![warn(missing_docs)]
 

@@ -13,6 +13,7 @@ use serde::Serialize;
 use clawdeploy_config::{normalize_host, validate_hostname, Tier};
 
 /// Who serves a route.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RouteKind {
@@ -37,6 +38,7 @@ impl RouteKind {
 }
 
 /// Instance status: one list for the API, the store and routing. Only `Running` is proxied.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InstanceState {
@@ -78,13 +80,16 @@ impl InstanceState {
 }
 
 /// Where one host's traffic goes. Cheap to clone: the per-request copy is an `Arc` increment.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Route {
     /// The instance served (its id, a UUID in text form); `None` for control-plane and operator
     /// routes.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub instance_id: Option<Arc<str>>,
     /// The user an instance belongs to: only they get through.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub owner_id: Option<Arc<str>>,
     /// The owner's tier, for quotas (instances only).
     pub tier: Option<Tier>,
@@ -92,6 +97,7 @@ pub struct Route {
     pub billing_anchor_ms: Option<i64>,
     /// Where requests are proxied: an instance's gateway, the control API, or an operator's server.
     /// A placeholder (`0.0.0.0:0`) for an instance that is not `running`.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub upstream: SocketAddr,
     /// Who serves the route.
     pub kind: RouteKind,
@@ -141,6 +147,7 @@ pub enum RouteError {
 }
 
 /// One row of [`RouteTable::list`].
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct RouteEntry {
     /// The normalised host (for a subdomain, `<label>.<base_domain>`).

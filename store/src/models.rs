@@ -8,6 +8,7 @@ use uuid::Uuid;
 use crate::error::StoreError;
 
 /// A user's role: `operator`s can use the admin pages with a normal login.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -39,6 +40,7 @@ impl std::str::FromStr for Role {
 }
 
 /// Instance status: one list for API, store and routing (see the design brief).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InstanceStatus {
@@ -359,6 +361,7 @@ pub struct NewSecurityEvent<'a> {
 }
 
 /// A provider API key as shown to users: masked, never the key itself.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ApiKey {

@@ -340,8 +340,8 @@ async fn dashboard(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) 
     let usage = state.store.usage_this_month(inst.id).await.ok();
     let (msg_limit, tok_limit) = tier_limits(&state, inst.tier);
     let (messages, tokens) = usage.map_or((0, 0), |u| (u.messages, u.tokens));
-    let view = crate::instances::instance_json(&state, &inst);
-    let url = view["url"].as_str().unwrap_or_default();
+    let view = crate::instances::InstanceView::new(&state, &inst);
+    let url = view.url.as_str();
     // A sleeping instance is woken by the edge when the chat or its host is opened.
     let running = matches!(
         inst.status,
@@ -802,23 +802,25 @@ async fn operator(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -
         );
     }
     let admin = || crate::admin::Admin;
-    let nodes = crate::admin::nodes(admin(), State(state.clone()))
+    // The tables read the rows as the admin API answers them (JSON pointers into each row).
+    fn rows<T: serde::Serialize>(items: &[T]) -> Vec<serde_json::Value> {
+        items
+            .iter()
+            .filter_map(|item| serde_json::to_value(item).ok())
+            .collect()
+    }
+    let node_rows = crate::admin::nodes(admin(), State(state.clone()))
         .await
-        .map(|j| j.0)
+        .map(|r| rows(&r.0.nodes))
         .unwrap_or_default();
-    let instances = crate::admin::instances(
+    let inst_rows = crate::admin::instances(
         admin(),
         State(state.clone()),
         Ok(Query(crate::admin::InstancesQuery::default())),
     )
     .await
-    .map(|j| j.0)
+    .map(|r| rows(&r.0.instances))
     .unwrap_or_default();
-    let node_rows = nodes["nodes"].as_array().cloned().unwrap_or_default();
-    let inst_rows = instances["instances"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
     let body = html! {
         h1 { "Operator" }
         section .card.wide {

@@ -61,6 +61,7 @@ impl CertificateRecord {
 }
 
 /// Where a custom domain is in its lifecycle.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DomainStatus {
