@@ -438,6 +438,45 @@ async fn real_answers_match_their_documented_schemas() {
     )
     .await;
     call_and_check(&edge, &doc, ep("GET", "/api/domains"), t, None, 200).await;
+    // Skills and presets (bundled skills install without a runtime).
+    call_and_check(&edge, &doc, ep("GET", "/api/skills"), t, None, 200).await;
+    call_and_check(&edge, &doc, ep("GET", "/api/presets"), t, None, 200).await;
+    call_and_check(
+        &edge,
+        &doc,
+        ep("POST", "/api/skills/install"),
+        t,
+        Some(serde_json::json!({ "skillId": "notion", "config": { "NOTION_API_TOKEN": "secret_x" } })),
+        201,
+    )
+    .await;
+    call_and_check(
+        &edge,
+        &doc,
+        ("PATCH", "/api/skills/{id}", "/api/skills/notion"),
+        t,
+        Some(serde_json::json!({ "enabled": false })),
+        200,
+    )
+    .await;
+    call_and_check(
+        &edge,
+        &doc,
+        ("DELETE", "/api/skills/{id}", "/api/skills/notion"),
+        t,
+        None,
+        200,
+    )
+    .await;
+    call_and_check(
+        &edge,
+        &doc,
+        ep("POST", "/api/instances/me/preset"),
+        t,
+        Some(serde_json::json!({ "preset": "writer", "replaceSoul": true })),
+        200,
+    )
+    .await;
     call_and_check(
         &edge,
         &doc,
