@@ -1046,3 +1046,125 @@ async fn domain_attempts(edge: &Edge, token: &str) -> Option<i64> {
         .json()["domains"][0]["failedAttempts"]
         .as_i64()
 }
+
+/// The Skills page, as a user meets it: find a skill, install it with its secret (a missing one is
+/// pointed at), hit the plan's cap with a clear message, disable one, and pick an agent preset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skills_are_found_installed_capped_and_presets_applied_in_the_browser() {
+    let edge = EdgeBuilder::new().start().await;
+    let (token, _, _) = edge.register("skills-ui@example.com", PW).await;
+    let resp = edge
+        .api(
+            "POST",
+            "/api/instances",
+            Some(&token),
+            Some(json!({"subdomain":"skillful"})),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    let browser = Browser::start(&edge).await;
+    browser_login(&browser, "skills-ui@example.com", "/dashboard").await;
+    browser.goto("/skills").await;
+    browser.wait_for("#skill-search").await;
+    browser.check_page("07-skills").await;
+    let limit = browser.wait_text("#skills-limit", |t| !t.is_empty()).await;
+    assert!(limit.contains("0 of 3 enabled"), "{limit}");
+
+    // Search narrows the list.
+    browser.type_into("#skill-search", "notion").await;
+    let visible = browser
+        .script("return [...document.querySelectorAll('[data-skill]')].filter(e => !e.hidden).map(e => e.dataset.skill);")
+        .await;
+    assert_eq!(visible, json!(["notion"]));
+
+    // Installing without the token points at the field; with it, the skill is enabled.
+    browser
+        .click("form[data-install=notion] button[type=submit]")
+        .await;
+    let error = browser
+        .wait_text("#cfg-notion-NOTION_API_TOKEN-error", |t| !t.is_empty())
+        .await;
+    assert!(error.contains("NOTION_API_TOKEN is required"), "{error}");
+    browser
+        .type_into("#cfg-notion-NOTION_API_TOKEN", "secret_browser_token")
+        .await;
+    browser
+        .click("form[data-install=notion] button[type=submit]")
+        .await;
+    browser
+        .wait_text("[data-skill=notion] .skill-head", |t| t.contains("enabled"))
+        .await;
+    // The secret is not on the page, nor in the API's answer.
+    let page = browser
+        .script("return document.documentElement.outerHTML;")
+        .await;
+    assert!(!page.as_str().unwrap().contains("secret_browser_token"));
+
+    for id in ["weather", "diagram-maker"] {
+        browser
+            .click(&format!("form[data-install={id}] button[type=submit]"))
+            .await;
+        browser
+            .wait_text(&format!("[data-skill={id}] .skill-head"), |t| {
+                t.contains("enabled")
+            })
+            .await;
+    }
+    let limit = browser.wait_text("#skills-limit", |t| !t.is_empty()).await;
+    assert!(limit.contains("3 of 3 enabled"), "{limit}");
+    // A fourth: the plan's cap, said in the form, with where to upgrade.
+    browser
+        .click("form[data-install=meme-maker] button[type=submit]")
+        .await;
+    let refused = browser
+        .wait_text("form[data-install=meme-maker] .form-error", |t| {
+            !t.is_empty()
+        })
+        .await;
+    assert!(
+        refused.contains("allows 3 enabled skills") && refused.contains("/billing"),
+        "{refused}"
+    );
+
+    // Disable one: it stays installed, marked disabled, and frees a slot.
+    browser
+        .click("[data-skill=weather] [data-skill-enable=false]")
+        .await;
+    browser
+        .wait_text("[data-skill=weather] .skill-head", |t| {
+            t.contains("disabled")
+        })
+        .await;
+    let limit = browser.wait_text("#skills-limit", |t| !t.is_empty()).await;
+    assert!(limit.contains("2 of 3 enabled"), "{limit}");
+
+    // A preset: applied (no own SOUL.md to protect), and selected afterwards.
+    browser
+        .script("document.querySelector('#preset').value = 'writer'; return true;")
+        .await;
+    browser.click("#preset-form button[type=submit]").await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let me = edge
+            .api("GET", "/api/instances/me", Some(&token), None)
+            .await
+            .json();
+        if me["instance"]["preset"] == "writer" {
+            assert!(me["instance"]["soulMd"]
+                .as_str()
+                .unwrap()
+                .contains("editor and writer"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the preset was not applied: {me}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser.goto("/skills").await;
+    let selected = browser
+        .script("return document.querySelector('#preset').value;")
+        .await;
+    assert_eq!(selected, "writer");
+}

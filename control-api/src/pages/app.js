@@ -43,8 +43,9 @@ function clearErrors(form) {
 
 // Shows an API error next to the field it names (error.field), else in the form's alert.
 function showError(form, err, alertEl) {
-  const field = err.field && err.field.split(".")[0];
-  const input = field && form.querySelector(`[data-field="${field}"]`);
+  // The field itself (`config.NOTION_API_TOKEN`), else its top-level part (`apiKeys.openai`).
+  const byName = (name) => form.querySelector(`[data-field="${CSS.escape(name)}"]`);
+  const input = err.field && (byName(err.field) || byName(err.field.split(".")[0]));
   if (input) {
     input.setAttribute("aria-invalid", "true");
     const slot = document.getElementById(input.id + "-error");
@@ -119,7 +120,7 @@ function signupPage() {
       }
       progress.textContent = "Deploying your instance…";
       const keys = {}; keys[form.provider.value] = form.apiKey.value.trim();
-      await api("POST", "/api/instances", { subdomain: form.subdomain.value.trim().toLowerCase(), apiKeys: keys }, token);
+      await api("POST", "/api/instances", { subdomain: form.subdomain.value.trim().toLowerCase(), apiKeys: keys, preset: form.preset.value }, token);
       progress.textContent = "Ready. Opening your dashboard…";
       window.location.assign("/dashboard");
     } catch (err) {
@@ -554,6 +555,58 @@ function domainsPage() {
   }));
 }
 
+// --- skills and presets ---
+function skillsPage() {
+  const error = $("#skills-error");
+  const search = $("#skill-search");
+  if (search) search.addEventListener("input", () => {
+    const q = search.value.trim().toLowerCase();
+    document.querySelectorAll("[data-skill]").forEach((li) => { li.hidden = q !== "" && !li.dataset.search.includes(q); });
+    document.querySelectorAll(".skill-category").forEach((sec) => {
+      sec.hidden = !sec.querySelector("[data-skill]:not([hidden])");
+    });
+  });
+  document.querySelectorAll("form[data-install]").forEach((form) => form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    clearErrors(form);
+    const config = {};
+    form.querySelectorAll("input[name]").forEach((i) => { if (i.value !== "") config[i.name] = i.value; });
+    try {
+      await api("POST", "/api/skills/install", { skillId: form.dataset.install, config });
+      window.location.reload();
+    } catch (err) { showError(form, err); }
+  }));
+  document.querySelectorAll("[data-skill-enable]").forEach((b) => b.addEventListener("click", async () => {
+    try {
+      await api("PATCH", "/api/skills/" + encodeURIComponent(b.dataset.id), { enabled: b.dataset.skillEnable === "true" });
+      window.location.reload();
+    } catch (err) { error.textContent = err.message; }
+  }));
+  document.querySelectorAll("[data-skill-uninstall]").forEach((b) => b.addEventListener("click", async () => {
+    try { await api("DELETE", "/api/skills/" + encodeURIComponent(b.dataset.skillUninstall)); window.location.reload(); }
+    catch (err) { error.textContent = err.message; }
+  }));
+  const presetForm = $("#preset-form");
+  if (presetForm) presetForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const status = $("#preset-status");
+    $("#preset-error").textContent = "";
+    const apply = (replaceSoul) => api("POST", "/api/instances/me/preset",
+      { preset: presetForm.preset.value, replaceSoul });
+    try {
+      let done;
+      try { done = await apply(undefined); }
+      catch (err) {
+        if (err.code !== "SOUL_EDITED") throw err;
+        // The owner wrote their own SOUL.md: ask before replacing it.
+        done = await apply(window.confirm(err.message + "\n\nReplace your SOUL.md with the preset's?"));
+      }
+      status.textContent = done.message;
+      window.location.reload();
+    } catch (err) { $("#preset-error").textContent = err.message; }
+  });
+}
+
 function common() {
   const logout = $("#logout");
   if (logout) logout.addEventListener("click", async () => {
@@ -570,6 +623,7 @@ document.addEventListener("DOMContentLoaded", () => {
   else if (page === "dashboard") dashboardPage();
   else if (page === "settings") settingsPage();
   else if (page === "domains") domainsPage();
+  else if (page === "skills") skillsPage();
   // Every handler is attached: tests (and nothing else) wait for this before they type and click.
   document.documentElement.dataset.ready = "true";
 });

@@ -40,6 +40,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/settings", get(settings))
         .route("/security", get(security))
         .route("/domains", get(domains))
+        .route("/skills", get(skills))
         .route("/operator", get(operator))
         .route("/billing", get(billing))
         .route("/static/app.css", get(css))
@@ -163,6 +164,15 @@ async fn signup(State(state): State<ApiState>, headers: HeaderMap) -> Response {
                     p .field-error #api-key-error {}
                 }
                 (subdomain_field("Your address", state.routes.base_domain(), Some("[a-z0-9-]{3,63}"), None))
+                div .field {
+                    label for="preset" { "Your assistant" }
+                    select #preset name="preset" aria-describedby="preset-hint" {
+                        @for p in clawdeploy_skills::presets() {
+                            option value=(p.id) { (p.name) " — " (p.summary) }
+                        }
+                    }
+                    p .hint #preset-hint { "A starting personality and skills; change it any time on the Skills page." }
+                }
                 p .form-error #form-error role="alert" {}
                 button type="submit" .button.primary.big #deploy { "Deploy" }
                 p .hint #form-progress role="status" aria-live="polite" {}
@@ -727,6 +737,132 @@ async fn domains(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) ->
         }
     };
     Page::new("Custom domains · ClawDeploy", "domains")
+        .user(Some(&auth.user))
+        .html(body)
+}
+
+/// The Skills page: the catalogue by category with what the instance has installed, the tier's
+/// cap, an install form per skill (its config fields; secrets in password inputs), enable,
+/// disable and uninstall, and the agent preset chooser. The actions call `/api/skills` and
+/// `/api/instances/me/preset`.
+async fn skills(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -> Response {
+    let Some(auth) = signed_in(&state, &headers).await else {
+        return to_login(&uri);
+    };
+    let inst = my_instance(&state, &auth).await;
+    let installed = match &inst {
+        Some(i) => state
+            .store
+            .skills_of(i.id, &state.ctx.keyring)
+            .await
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let tier = inst.as_ref().map_or(auth.user.tier, |i| i.tier);
+    let cap = state.ctx.config.tiers.get(tier).skills;
+    let enabled = installed.iter().filter(|i| i.enabled).count();
+    let catalogue: Vec<clawdeploy_skills::Skill> = state
+        .ctx
+        .catalogue
+        .read()
+        .map(|c| c.skills().cloned().collect())
+        .unwrap_or_default();
+    let mut categories: Vec<&str> = catalogue.iter().map(|s| s.category.as_str()).collect();
+    categories.sort_unstable();
+    categories.dedup();
+    let body = html! {
+        h1 { "Skills" }
+        @if inst.is_none() {
+            p .notice role="note" { "Create your instance on the " a href="/dashboard" { "dashboard" } " first: skills are installed into it." }
+        } @else {
+            section .card.wide aria-labelledby="preset-h" {
+                h2 #preset-h { "Your assistant" }
+                p .muted { "A preset sets your assistant's personality (SOUL.md), how it works (AGENTS.md) and installs its starting skills. Your own SOUL.md is never replaced without asking." }
+                form #preset-form novalidate {
+                    div .field {
+                        label for="preset" { "Preset" }
+                        select #preset name="preset" {
+                            @for p in clawdeploy_skills::presets() {
+                                option value=(p.id) selected[inst.as_ref().and_then(|i| i.preset.as_deref()) == Some(p.id.as_str())] { (p.name) " — " (p.summary) }
+                            }
+                        }
+                    }
+                    p .form-error #preset-error role="alert" {}
+                    p .hint #preset-status role="status" aria-live="polite" {}
+                    button type="submit" .button.primary { "Apply preset" }
+                }
+            }
+            section .card.wide aria-labelledby="skills-h" {
+                h2 #skills-h { "Skills" }
+                p #skills-limit {
+                    @if cap == 0 {
+                        (enabled) " enabled · the " (tier) " plan has no limit."
+                    } @else {
+                        (enabled) " of " (cap) " enabled on the " (tier) " plan. "
+                        a href="/billing" { "More skills with a paid plan" } "."
+                    }
+                }
+                div .field {
+                    label for="skill-search" { "Search skills" }
+                    input #skill-search type="search" autocomplete="off" placeholder="notes, weather, diagrams…";
+                }
+                p .form-error #skills-error role="alert" {}
+                @for category in &categories {
+                    section .skill-category data-category=(category) aria-label=(category) {
+                        h3 { (category) }
+                        ul .skill-list {
+                            @for skill in catalogue.iter().filter(|s| s.category == *category) {
+                                @let mine = installed.iter().find(|i| i.skill_id == skill.id);
+                                @let available = skill.min_tier <= tier;
+                                li .skill data-skill=(skill.id) data-search=(format!("{} {} {} {}", skill.id, skill.name, skill.description, skill.tags.join(" ")).to_lowercase()) {
+                                    div .skill-head {
+                                        strong { span aria-hidden="true" { (skill.emoji.as_deref().unwrap_or("")) } " " (skill.name) }
+                                        @match mine {
+                                            Some(m) if m.enabled => { " " span .badge.on { "enabled" } }
+                                            Some(_) => { " " span .badge { "disabled" } }
+                                            None if !available => { " " span .badge { (skill.min_tier) " plan" } }
+                                            None => {}
+                                        }
+                                    }
+                                    p .muted { (skill.description) }
+                                    @if let Some(reason) = mine.and_then(|m| m.disabled_reason.as_deref()) {
+                                        p .hint { "Disabled: " (reason) "." }
+                                    }
+                                    @match mine {
+                                        Some(m) => {
+                                            @if m.enabled {
+                                                button type="button" .button.small data-skill-enable="false" data-id=(skill.id) { "Disable " span .visually-hidden { (skill.name) } }
+                                            } @else {
+                                                button type="button" .button.small data-skill-enable="true" data-id=(skill.id) { "Enable " span .visually-hidden { (skill.name) } }
+                                            }
+                                            " "
+                                            button type="button" .button.danger.small data-skill-uninstall=(skill.id) { "Uninstall " span .visually-hidden { (skill.name) } }
+                                        }
+                                        None if available => {
+                                            form .skill-install data-install=(skill.id) novalidate {
+                                                @for f in &skill.fields {
+                                                    @let id = format!("cfg-{}-{}", skill.id, f.name);
+                                                    div .field {
+                                                        label for=(id) { (f.label) @if f.required { " (required)" } }
+                                                        input id=(id) name=(f.name) type=(if f.kind == clawdeploy_skills::FieldKind::Secret { "password" } else { "text" }) autocomplete="off" data-field=(format!("config.{}", f.name)) aria-describedby=(format!("{id}-error"));
+                                                        p .field-error id=(format!("{id}-error")) {}
+                                                    }
+                                                }
+                                                p .form-error role="alert" {}
+                                                button type="submit" .button.primary.small { "Install " span .visually-hidden { (skill.name) } }
+                                            }
+                                        }
+                                        None => {}
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Page::new("Skills · ClawDeploy", "skills")
         .user(Some(&auth.user))
         .html(body)
 }

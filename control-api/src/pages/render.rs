@@ -42,6 +42,7 @@ impl<'a> Page<'a> {
                         (link("/dashboard", "Dashboard", "dashboard"))
                         (link("/settings", "Settings", "settings"))
                         (link("/security", "Security log", "security"))
+                        (link("/skills", "Skills", "skills"))
                         (link("/domains", "Domains", "domains"))
                         @if user.role == Role::Operator {
                             (link("/operator", "Operator", "operator"))
