@@ -32,6 +32,10 @@ mod openclaw;
 #[path = "../tests/it/webdriver.rs"]
 mod webdriver;
 
+#[allow(dead_code)]
+#[path = "report.rs"]
+mod report;
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -41,103 +45,12 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use openclaw::*;
+use report::*;
 use support::*;
 use webdriver::Browser;
 
 const PW: &str = "correct horse battery staple 9";
 const PATIENCE_LONG: Duration = Duration::from_secs(600);
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(default)
-}
-
-/// `/proc/loadavg`'s three load averages.
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// The node's used memory (MemTotal − MemAvailable), MiB.
-fn used_mib() -> f64 {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let field = |name: &str| -> f64 {
-        meminfo
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    field("MemTotal:") - field("MemAvailable:")
-}
-
-/// zram0's `mm_stat`: (orig_data_size, compr_data_size, mem_used_total), MiB.
-fn zram() -> (f64, f64, f64) {
-    let s = std::fs::read_to_string("/sys/block/zram0/mm_stat").unwrap_or_default();
-    let v: Vec<f64> = s
-        .split_whitespace()
-        .map(|x| x.parse::<f64>().unwrap_or(0.0) / 1048576.0)
-        .collect();
-    (
-        v.first().copied().unwrap_or(0.0),
-        v.get(1).copied().unwrap_or(0.0),
-        v.get(2).copied().unwrap_or(0.0),
-    )
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
-}
-
-/// "| n | median | p99 | max | min |" for a set of durations.
-fn summary_row(label: &str, runs: &[Duration]) -> String {
-    let mut s = runs.to_vec();
-    s.sort();
-    format!(
-        "| {label} | {} | {} | {} | {} | {} |\n",
-        s.len(),
-        ms(pct(&s, 0.5)),
-        ms(pct(&s, 0.99)),
-        ms(*s.last().unwrap_or(&Duration::ZERO)),
-        ms(*s.first().unwrap_or(&Duration::ZERO)),
-    )
-}
-
-const SUMMARY_HEAD: &str =
-    "| figure | runs | median | p99 | max | min |\n|---|---|---|---|---|---|\n";
-
-fn date() -> String {
-    std::process::Command::new("date")
-        .arg("+%Y-%m-%d")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|_| "undated".into())
-}
-
-fn write_result(mode: &str, report: &str) {
-    print!("{report}");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results");
-    std::fs::create_dir_all(&dir).expect("results dir");
-    let path = dir.join(format!("{}-lifecycle-{mode}.md", date()));
-    std::fs::write(&path, report).expect("write results");
-    eprintln!("lifecycle bench: wrote {}", path.display());
-}
 
 async fn wait_state(edge: &Edge, host: &str, state: &str, within: Duration) {
     wait_route_state(edge, host, state, within).await;
@@ -410,7 +323,7 @@ async fn signup(image: &str, node_id: &str, provider: SocketAddr, fake: &FakePro
         s5 = summary_row("second turn: send → rendered reply", &second_turn),
         s6 = summary_row("send → provider called (first turn)", &provider_called),
     );
-    write_result("signup", &report);
+    write_result("lifecycle", "signup", &report);
 }
 
 // --- 2. wake of a frozen instance → first byte of the held request -----------------------------
@@ -558,7 +471,7 @@ async fn wake(image: &str, node_id: &str, provider: SocketAddr) {
         w2 = summary_row("ws wake → connect answered", &hellos),
         w3 = summary_row("ws wake → first chat reply", &replies),
     );
-    write_result("wake", &report);
+    write_result("lifecycle", "wake", &report);
 }
 
 // --- 3. density -----------------------------------------------------------------------------
@@ -868,6 +781,6 @@ async fn density(image: &str, node_id: &str, provider: SocketAddr) {
         pw = warm.iter().sum::<f64>() / warm.len().max(1) as f64,
         per_8g_awake = 8192.0 / per_awake.max(1.0),
     );
-    write_result("density", &report);
+    write_result("lifecycle", "density", &report);
     drop(chatters);
 }
