@@ -110,7 +110,33 @@ pub async fn chat(
         .on_upgrade(move |browser| bridge(state, auth, token, browser)))
 }
 
-type Gateway = WebSocketStream<tokio::net::TcpStream>;
+pub(crate) type Gateway = WebSocketStream<tokio::net::TcpStream>;
+
+/// One request on a gateway opened by [`connect_gateway`]: its `res` frame (`ok` true or false),
+/// events in between skipped; within the handshake's timeout.
+pub(crate) async fn call(
+    gateway: &mut Gateway,
+    id: &str,
+    method: &str,
+    params: Value,
+) -> Result<Value, GatewayError> {
+    let request = json!({"type": "req", "id": id, "method": method, "params": params});
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        gateway.send(Message::text(request.to_string())).await?;
+        while let Some(frame) = gateway.next().await {
+            let Message::Text(text) = frame? else {
+                continue;
+            };
+            let frame: Value = serde_json::from_str(text.as_str()).map_err(GatewayError::Frame)?;
+            if frame["type"] == "res" && frame["id"] == id {
+                return Ok(frame);
+            }
+        }
+        Err(GatewayError::Closed("ended".into()))
+    })
+    .await
+    .map_err(|_| GatewayError::Timeout)?
+}
 
 async fn fail(browser: &mut WebSocket, code: &str, message: &str) {
     let event =
@@ -201,7 +227,7 @@ async fn bridge(state: ApiState, auth: AuthUser, token: String, mut browser: Web
 }
 /// Why the bridge could not open the instance's gateway (shown to the user, so said plainly).
 #[derive(Debug, thiserror::Error)]
-enum GatewayError {
+pub(crate) enum GatewayError {
     #[error("the edge's listen address is not an IP:port")]
     NoEdgeAddress,
     #[error("edge unreachable: {0}")]
@@ -235,7 +261,7 @@ impl From<tokio_tungstenite::tungstenite::Error> for GatewayError {
 
 /// Opens the gateway at `host` through this node's edge with the user's token, and completes the
 /// `connect.challenge` → `connect` → `hello-ok` handshake as a backend client.
-async fn connect_gateway(
+pub(crate) async fn connect_gateway(
     state: &ApiState,
     host: &str,
     token: &str,

@@ -10,6 +10,7 @@
 
 pub mod account;
 pub mod admin;
+pub mod agents;
 pub mod auth;
 pub mod chat;
 pub mod crypto;

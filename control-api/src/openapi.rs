@@ -41,7 +41,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ApiError;
 use crate::{
-    account, admin, auth, chat, domains, host_sessions, instances, skills, usage, ApiState,
+    account, admin, agents, auth, chat, domains, host_sessions, instances, skills, usage, ApiState,
 };
 
 /// Who may call an endpoint.
@@ -356,6 +356,11 @@ pub fn endpoints() -> Vec<(Spec, Handler)> {
             body: skills::ChangeBody, ok: 200 => skills::SkillChanged, "The changed skill"),
         ep!(delete "/api/skills/{id}", skills::uninstall, "skills", User, "Uninstall a skill",
             ok: 200 => skills::SkillRemoved, "Uninstalled"),
+        ep!(get "/api/agents", agents::list, "skills", User, "Your instance's sub-agents and your tier's limit",
+            ok: 200 => agents::AgentList, "Sub-agents as OpenClaw lists them"),
+        ep!(post "/api/agents", agents::spawn, "skills", User,
+            "Start a sub-agent on a task (a child session of the main agent; counted as a message)",
+            body: agents::SpawnBody, ok: 202 => agents::Spawned, "Started"),
         ep!(get "/api/presets", skills::list_presets, "skills", User, "Agent presets: a SOUL.md, an AGENTS.md and starting skills",
             ok: 200 => skills::PresetList, "The agent presets and your instance's"),
         ep!(post "/api/instances/me/preset", skills::apply_preset, "skills", User,

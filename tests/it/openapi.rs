@@ -86,6 +86,8 @@ async fn every_documented_operation_is_served_and_vice_versa() {
         ("PATCH", "/api/skills/{id}"),
         ("DELETE", "/api/skills/{id}"),
         ("GET", "/api/presets"),
+        ("GET", "/api/agents"),
+        ("POST", "/api/agents"),
         ("GET", "/api/session/handoff"),
         ("POST", "/api/session/handoff"),
         ("GET", "/_clawdeploy/session"),

@@ -276,6 +276,66 @@ async fn openclaw_installs_uses_and_removes_bundled_and_registry_skills_without_
     .await;
     assert_eq!(spawn["ok"], false, "{spawn}");
     assert_eq!(spawn["error"]["code"], "SUBAGENT_LIMIT", "{spawn}");
+    let refused = edge
+        .api(
+            "POST",
+            "/api/agents",
+            Some(&token),
+            Some(json!({"task": "look this up"})),
+        )
+        .await;
+    assert_eq!(
+        (refused.status, refused.error_code().as_str()),
+        (403, "SUBAGENT_LIMIT")
+    );
+
+    // On Pro, a sub-agent starts from the API: a child session of the main agent, through the
+    // edge, which OpenClaw then lists.
+    let link = find_link(
+        edge.last_mail("skills@example.com").await["body"]
+            .as_str()
+            .unwrap(),
+    );
+    edge.follow(&link).await;
+    let user_id = edge
+        .api("GET", "/api/account", Some(&token), None)
+        .await
+        .json()["user"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    crate::domains::set_tier(&edge, &user_id, "pro").await;
+    let spawned = edge
+        .api(
+            "POST",
+            "/api/agents",
+            Some(&token),
+            Some(json!({"task": "summarise the notes", "label": "notes helper"})),
+        )
+        .await;
+    assert_eq!(
+        spawned.status,
+        202,
+        "{}\n{}",
+        spawned.text(),
+        edge.log_text()
+    );
+    let key = spawned.json()["agent"]["key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("agent:main:subagent:"), "{key}");
+    let listed = edge.api("GET", "/api/agents", Some(&token), None).await;
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    eprintln!("openclaw-skills: agents {}", listed.text());
+    let agents = listed.json();
+    assert_eq!(agents["limit"], 5);
+    let child = agents["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["key"] == key.as_str());
+    assert!(
+        child.is_some_and(|c| c["label"] == "notes helper"),
+        "{agents}"
+    );
 
     assert!(
         !edge.log_text().contains("SKILLPLAINTEXT"),

@@ -199,6 +199,17 @@ function dashboardPage() {
     $("#progress").hidden = status === "running" || step === 0;
   };
   setStatus(box.dataset.status);
+  const agentForm = $("#agent-form");
+  if (agentForm) agentForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    clearErrors(agentForm);
+    try {
+      const r = await api("POST", "/api/agents", { task: agentForm.task.value, label: agentForm.label.value || undefined });
+      agentForm.reset();
+      $("#agent-error").textContent = r.message;
+      chat.sessionsChanged();
+    } catch (err) { showError(agentForm, err); }
+  });
   if (box.dataset.status === "running") { chat.start(); return; }
   // No blank waits: poll until the instance runs, then connect the chat. Quick at first (a warm
   // handover takes a moment), then backing off to 5 s so a slow boot stays within rate limits.
@@ -340,6 +351,10 @@ class ChatPanel {
       case "bridge.closed":
         this.lastError = p.message;
         break;
+      case "sessions.changed":
+        // Pushed by the gateway (sessions.subscribe): sub-agents' progress, without polling.
+        this.sessionsChanged();
+        break;
       case "chat": {
         if (p.sessionKey && p.sessionKey !== "agent:main:main") return;
         let li = this.runs.get(p.runId);
@@ -384,6 +399,7 @@ class ChatPanel {
       el.append(p, ul);
     });
     this.loadSessions();
+    this.request("sessions.subscribe", {});
   }
 
   loadSessions() {
@@ -397,11 +413,19 @@ class ChatPanel {
       sessions.slice(0, 20).forEach((s) => {
         const li = document.createElement("li");
         const key = s.key || s.sessionKey || "session";
-        li.textContent = key.includes(":subagent:") ? `${key} (sub-agent)` : key;
+        li.textContent = key.includes(":subagent:")
+          ? `Sub-agent ${s.label || key}: ${s.status || "started"}` : key;
+        if (key.includes(":subagent:")) li.dataset.subagent = key;
         ul.append(li);
       });
       el.append(ul);
     });
+  }
+
+  // Many events arrive while a run works: the list is read again once they pause.
+  sessionsChanged() {
+    clearTimeout(this.sessionsTimer);
+    this.sessionsTimer = setTimeout(() => { if (this.ready) this.loadSessions(); }, 300);
   }
 
   // After a turn: the session list and this month's usage may have changed.

@@ -427,10 +427,25 @@ async fn dashboard(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) 
             section .card aria-labelledby="skills-h" {
                 h2 #skills-h { "Skills" }
                 div #skills { p .muted { "Shown once the chat is connected." } }
+                p { a href="/skills" { "Install and manage skills" } }
             }
             section .card aria-labelledby="sessions-h" {
                 h2 #sessions-h { "Sessions and sub-agents" }
                 div #sessions { p .muted { "Shown once the chat is connected." } }
+                form #agent-form novalidate {
+                    div .field {
+                        label for="agent-task" { "Give a sub-agent a task" }
+                        input #agent-task name="task" type="text" autocomplete="off" data-field="task" aria-describedby="agent-task-error" placeholder="Research flights to Lisbon in May";
+                        p .field-error #agent-task-error {}
+                    }
+                    div .field {
+                        label for="agent-label" { "Name (optional)" }
+                        input #agent-label name="label" type="text" autocomplete="off" data-field="label" aria-describedby="agent-label-error";
+                        p .field-error #agent-label-error {}
+                    }
+                    p .form-error #agent-error role="alert" {}
+                    button type="submit" .button.small { "Start sub-agent" }
+                }
             }
         }
     };
