@@ -873,6 +873,11 @@ async fn the_quota_refusal_shows_in_the_chat_with_an_upgrade_link() {
     );
     // The connection stays open for everything else: the panel is still usable.
     assert!(browser.enabled("#chat-send").await);
+    // A sub-agent on the free tier: refused with the reason, beside the form.
+    browser.type_into("#agent-task", "research flights").await;
+    browser.click("#agent-form button[type=submit]").await;
+    let refused = browser.wait_text("#agent-error", |t| !t.is_empty()).await;
+    assert!(refused.contains("main agent only"), "{refused}");
     browser.check_page("12-dashboard-quota").await;
     browser.click("#chat-log li.error a").await;
     browser.wait_path("/billing").await;
