@@ -370,13 +370,19 @@ fn catalogue_skill(state: &ApiState, id: &str) -> Result<Skill, ApiError> {
 /// Writes the instance's config again (skills entries, env); false when it has no container yet
 /// (it gets the config when assigned).
 async fn apply(state: &ApiState, inst: &Instance) -> Result<bool, ApiError> {
-    match &state.pool {
-        Some(pool) => pool
-            .reconfigure(inst)
+    let Some(pool) = &state.pool else {
+        return Ok(false);
+    };
+    // A frozen instance is woken first (tens of ms): it reads its new config at once, and a
+    // paused container is not written into.
+    if inst.status == InstanceStatus::Sleeping {
+        pool.wake_instance(inst.id)
             .await
-            .map_err(|e| ApiError::internal("writing the instance's skills config", e)),
-        None => Ok(false),
+            .map_err(|e| ApiError::internal("waking the instance for its skills config", e))?;
     }
+    pool.reconfigure(inst)
+        .await
+        .map_err(|e| ApiError::internal("writing the instance's skills config", e))
 }
 
 /// `POST /api/skills/install`: installs a catalogue skill with its config. 201 with the skill;
