@@ -130,52 +130,45 @@ impl Store {
         Ok(Some((keyring.open_str(&sealed)?, base_url)))
     }
 
-    /// Re-seals every stored secret (provider keys, MFA secrets, skill secrets) not under the keyring's
-    /// current key; run after [`Keyring::rotate_to`], then the old key can be dropped.
-    /// Returns how many values were re-sealed.
+    /// Re-seals every stored secret (provider keys, MFA secrets, certificate keys, ACME account
+    /// credentials, skill secrets) not under the keyring's current key; run after
+    /// [`Keyring::rotate_to`], then the old key can be dropped. Returns how many values were
+    /// re-sealed.
     pub async fn reseal_secrets(&self, keyring: &Keyring) -> Result<u64> {
+        // (table, key column, sealed column): fixed names, never input.
+        const SEALED: [(&str, &str, &str); 5] = [
+            ("api_keys", "id", "key_encrypted"),
+            ("users", "id", "mfa_secret"),
+            ("certificates", "name", "key_sealed"),
+            ("acme_accounts", "directory_url", "credentials_sealed"),
+            ("skills_installed", "id", "secrets_sealed"),
+        ];
         let prefix = format!("v1:{}:%", keyring.current_id());
         let mut count = 0;
-        let rows =
-            sqlx::query("SELECT id, key_encrypted FROM api_keys WHERE key_encrypted NOT LIKE $1")
-                .bind(&prefix)
-                .fetch_all(&self.pool)
-                .await?;
-        for row in rows {
-            let id: String = row.try_get("id")?;
-            let old: String = row.try_get("key_encrypted")?;
-            let new = keyring.reseal(&old)?;
-            let r = sqlx::query(
-                "UPDATE api_keys SET key_encrypted = $3 WHERE id = $1 AND key_encrypted = $2",
-            )
-            .bind(id)
-            .bind(old)
-            .bind(new)
-            .execute(&self.pool)
+        for (table, id_col, col) in SEALED {
+            // NULLs (no MFA, no skill secrets) are not LIKE anything: left out.
+            let rows = sqlx::query(&format!(
+                "SELECT {id_col} AS id, {col} AS sealed FROM {table} WHERE {col} NOT LIKE $1"
+            ))
+            .bind(&prefix)
+            .fetch_all(&self.pool)
             .await?;
-            count += r.rows_affected();
+            for row in rows {
+                let id: String = row.try_get("id")?;
+                let old: String = row.try_get("sealed")?;
+                let new = keyring.reseal(&old)?;
+                // Only if unchanged meanwhile: a concurrent write under the new key wins.
+                let done = sqlx::query(&format!(
+                    "UPDATE {table} SET {col} = $3 WHERE {id_col} = $1 AND {col} = $2"
+                ))
+                .bind(id)
+                .bind(old)
+                .bind(new)
+                .execute(&self.pool)
+                .await?;
+                count += done.rows_affected();
+            }
         }
-        let rows = sqlx::query(
-            "SELECT id, mfa_secret FROM users WHERE mfa_secret IS NOT NULL AND mfa_secret NOT LIKE $1",
-        )
-        .bind(&prefix)
-        .fetch_all(&self.pool)
-        .await?;
-        for row in rows {
-            let id: String = row.try_get("id")?;
-            let old: String = row.try_get("mfa_secret")?;
-            let new = keyring.reseal(&old)?;
-            let r =
-                sqlx::query("UPDATE users SET mfa_secret = $3 WHERE id = $1 AND mfa_secret = $2")
-                    .bind(id)
-                    .bind(old)
-                    .bind(new)
-                    .execute(&self.pool)
-                    .await?;
-            count += r.rows_affected();
-        }
-        count += self.reseal_cert_secrets(keyring).await?;
-        count += self.reseal_skill_secrets(keyring).await?;
         Ok(count)
     }
 }

@@ -612,39 +612,6 @@ impl Store {
         row.as_ref().map(domain_from_row).transpose()
     }
 
-    /// Re-seals certificate keys and ACME account credentials under the current master key
-    /// (part of [`Store::reseal_secrets`]).
-    pub(crate) async fn reseal_cert_secrets(&self, keyring: &Keyring) -> Result<u64> {
-        let prefix = format!("v1:{}:%", keyring.current_id());
-        let mut count = 0;
-        for (table, id_col, col) in [
-            ("certificates", "name", "key_sealed"),
-            ("acme_accounts", "directory_url", "credentials_sealed"),
-        ] {
-            let rows = sqlx::query(&format!(
-                "SELECT {id_col} AS id, {col} AS sealed FROM {table} WHERE {col} NOT LIKE $1"
-            ))
-            .bind(&prefix)
-            .fetch_all(&self.pool)
-            .await?;
-            for row in rows {
-                let id: String = row.try_get("id")?;
-                let old: String = row.try_get("sealed")?;
-                let new = keyring.reseal(&old)?;
-                let done = sqlx::query(&format!(
-                    "UPDATE {table} SET {col} = $3 WHERE {id_col} = $1 AND {col} = $2"
-                ))
-                .bind(id)
-                .bind(old)
-                .bind(new)
-                .execute(&self.pool)
-                .await?;
-                count += done.rows_affected();
-            }
-        }
-        Ok(count)
-    }
-
     /// Removes a user's domain; returns it when it existed.
     pub async fn delete_custom_domain(
         &self,

@@ -340,33 +340,4 @@ impl Store {
         tx.commit().await?;
         Ok(disabled)
     }
-
-    /// Re-seals skill secrets not under the keyring's current key (part of
-    /// [`Store::reseal_secrets`]); returns how many rows changed.
-    pub(crate) async fn reseal_skill_secrets(&self, keyring: &Keyring) -> Result<u64> {
-        let prefix = format!("v1:{}:%", keyring.current_id());
-        let rows = sqlx::query(
-            "SELECT id, secrets_sealed FROM skills_installed \
-             WHERE secrets_sealed IS NOT NULL AND secrets_sealed NOT LIKE $1",
-        )
-        .bind(&prefix)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut count = 0;
-        for row in rows {
-            let id: String = row.try_get("id")?;
-            let old: String = row.try_get("secrets_sealed")?;
-            let new = keyring.reseal(&old)?;
-            let r = sqlx::query(
-                "UPDATE skills_installed SET secrets_sealed = $3 WHERE id = $1 AND secrets_sealed = $2",
-            )
-            .bind(id)
-            .bind(old)
-            .bind(new)
-            .execute(&self.pool)
-            .await?;
-            count += r.rows_affected();
-        }
-        Ok(count)
-    }
 }
