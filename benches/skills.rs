@@ -197,14 +197,18 @@ async fn openclaw_installs() {
         for k in 0..per {
             let edge = &edge;
             calls.push(move || async move {
-                edge.api(
-                    "POST",
-                    "/api/skills/install",
-                    Some(t),
-                    Some(json!({"skillId": format!("bench-skill-{k}")})),
-                )
-                .await
-                .status
+                let r = edge
+                    .api(
+                        "POST",
+                        "/api/skills/install",
+                        Some(t),
+                        Some(json!({"skillId": format!("bench-skill-{k}")})),
+                    )
+                    .await;
+                if r.status != 201 {
+                    eprintln!("install refused: {}", r.text());
+                }
+                r.status
             });
         }
     }

@@ -249,6 +249,9 @@ pub struct PoolManager {
     /// One lock per instance that sleeps or wakes: a wake waits for a sleep in progress, and
     /// concurrent wakes of one instance run once.
     pub(crate) lifecycle_locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+    /// One skill install or removal per instance at a time: OpenClaw refuses a second package
+    /// change while one runs (`ClawPackageLifecycleBusyError`).
+    pub(crate) skill_locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
     /// Wakes admitted but not yet `running`: counted in capacity so concurrent wakes cannot
     /// overcommit the node.
     pub(crate) waking: AtomicUsize,
@@ -286,6 +289,7 @@ impl PoolManager {
             healing: Mutex::default(),
             activity,
             lifecycle_locks: Mutex::default(),
+            skill_locks: Mutex::default(),
             waking: AtomicUsize::new(0),
             admission: tokio::sync::Mutex::new(()),
             room_freed: Notify::new(),

@@ -18,7 +18,19 @@ use crate::manager::{Error, PoolManager};
 use crate::ready::NotReady;
 use crate::work::Gateway;
 
+/// How long to wait before asking again when OpenClaw is changing another package.
+const BUSY_RETRY: Duration = Duration::from_millis(500);
+
 impl PoolManager {
+    fn skill_lock(&self, id: uuid::Uuid) -> Arc<tokio::sync::Mutex<()>> {
+        self.skill_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id)
+            .or_default()
+            .clone()
+    }
+
     /// The instance's gateway, connected as the platform; a sleeping instance is woken first.
     async fn platform_gateway(self: &Arc<Self>, instance: &Instance) -> Result<Gateway, Error> {
         let addr: SocketAddr = match instance.status {
@@ -47,13 +59,32 @@ impl PoolManager {
         version: &str,
         patience: Duration,
     ) -> Result<Value, Error> {
+        let started = std::time::Instant::now();
+        // One package change per instance at a time: OpenClaw refuses a second while one runs.
+        let lock = self.skill_lock(instance.id);
+        let _one = tokio::time::timeout(patience, lock.lock())
+            .await
+            .map_err(|_| crate::work::WorkError::Timeout(patience))?;
         let mut gateway = self.platform_gateway(instance).await?;
         // `force`: the platform's record decides what is installed; leftovers of an earlier,
         // undone install must not block this one ("already exists").
         let params = json!({"source": "clawhub", "slug": slug, "version": version, "force": true});
-        Ok(gateway
-            .call_within("skills.install", params, patience)
-            .await?)
+        loop {
+            let left = patience.saturating_sub(started.elapsed());
+            match gateway
+                .call_within("skills.install", params.clone(), left)
+                .await
+            {
+                // OpenClaw changing a package on its own (the agent's installer) holds its
+                // lifecycle lock for a moment: asked again, within the same patience.
+                Err(crate::work::WorkError::Refused { answer, .. })
+                    if answer.contains("LifecycleBusy") && left > BUSY_RETRY =>
+                {
+                    tokio::time::sleep(BUSY_RETRY).await;
+                }
+                other => return Ok(other?),
+            }
+        }
     }
 
     /// Removes a registry skill's folder from the instance's workspace (OpenClaw's watcher drops
@@ -63,6 +94,8 @@ impl PoolManager {
         instance: &Instance,
         slug: &str,
     ) -> Result<(), Error> {
+        let lock = self.skill_lock(instance.id);
+        let _one = lock.lock().await;
         if instance.status == InstanceStatus::Sleeping {
             self.wake_instance(instance.id).await?;
         }

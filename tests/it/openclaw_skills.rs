@@ -93,6 +93,13 @@ async fn openclaw_installs_uses_and_removes_bundled_and_registry_skills_without_
         "version = \"1.0.0\"\ncategory = \"productivity\"\n",
     )
     .unwrap();
+    let todo_dir = curated.path().join("team-todo");
+    std::fs::create_dir_all(&todo_dir).unwrap();
+    std::fs::write(
+        todo_dir.join("SKILL.md"),
+        "---\nname: team-todo\ndescription: Keeps the team's to-do list.\n---\nList open items.\n",
+    )
+    .unwrap();
     // A network of its own (each edge's egress rules allow only its own meter and registry).
     let edge = openclaw_edge(&image, &node_id, 1, 2)
         .section("runtime", "docker_network = \"clawdeploy-skills-test\"")
@@ -153,15 +160,23 @@ async fn openclaw_installs_uses_and_removes_bundled_and_registry_skills_without_
     );
 
     // A registry skill: OpenClaw's installer fetched it from the platform's registry.
+    // Two at once into one instance (OpenClaw changes one package at a time: the pool queues).
     let started = Instant::now();
-    let installed = edge
-        .api(
+    let (installed, todo) = tokio::join!(
+        edge.api(
             "POST",
             "/api/skills/install",
             Some(&token),
             Some(json!({"skillId": "team-notes"})),
+        ),
+        edge.api(
+            "POST",
+            "/api/skills/install",
+            Some(&token),
+            Some(json!({"skillId": "team-todo"})),
         )
-        .await;
+    );
+    assert_eq!(todo.status, 201, "{}", todo.text());
     assert_eq!(
         installed.status,
         201,
@@ -174,10 +189,17 @@ async fn openclaw_installs_uses_and_removes_bundled_and_registry_skills_without_
         started.elapsed().as_secs_f64()
     );
     assert_eq!(installed.json()["skill"]["source"], "registry");
-    let (skills, _) =
-        wait_status(&mut ws, "team-notes", |s| named(s, "team-notes").is_some()).await;
+    let (skills, _) = wait_status(&mut ws, "team-notes", |s| {
+        named(s, "team-notes").is_some() && named(s, "team-todo").is_some()
+    })
+    .await;
     let notes = named(&skills, "team-notes").unwrap();
     assert_eq!(notes["eligible"], true, "{notes}");
+    // The free tier's third slot is needed below.
+    let removed = edge
+        .api("DELETE", "/api/skills/team-todo", Some(&token), None)
+        .await;
+    assert_eq!(removed.status, 200, "{}", removed.text());
 
     // A skill with a secret: delivered to the instance (its requirement is met), shown to nobody.
     const SECRET: &str = "secret_notion_SKILLPLAINTEXT";
