@@ -397,6 +397,11 @@ async fn browser_journey_from_landing_to_a_chat_reply_on_docker() {
         .type_into("#api-key", "sk-ant-test-0123456789")
         .await;
     browser.type_into("#subdomain", "journey").await;
+    // The assistant preset: Writer (its SOUL.md reaches the instance; the fixture echoes its
+    // first line).
+    browser
+        .script("document.querySelector('#preset').value = 'writer'; return true;")
+        .await;
     let status = browser
         .wait_text("#subdomain-status", |t| t.contains("available"))
         .await;
@@ -415,7 +420,7 @@ async fn browser_journey_from_landing_to_a_chat_reply_on_docker() {
         .wait_text("#chat-log li.final", |t| !t.is_empty())
         .await;
     let elapsed = clicked.elapsed();
-    assert_eq!(reply, "echo: hello from the browser");
+    assert_eq!(reply, "[# Who you are] echo: hello from the browser");
     eprintln!(
         "journey: click on Deploy to rendered reply: {} ms",
         elapsed.as_millis()
@@ -430,6 +435,7 @@ async fn browser_journey_from_landing_to_a_chat_reply_on_docker() {
         .await
         .json();
     assert_eq!(me["instance"]["subdomain"], "journey");
+    assert_eq!(me["instance"]["preset"], "writer");
     assert_eq!(me["instance"]["status"], "running");
     assert_eq!(me["instance"]["apiKeys"][0]["provider"], "anthropic");
 
