@@ -95,7 +95,7 @@ async fn open(state: &ApiState, inst: &Instance, token: &str) -> Result<Gateway,
         ));
     }
     let host = format!("{}.{}", inst.subdomain, state.routes.base_domain());
-    let (gateway, _) = connect_gateway(state, &host, token)
+    let (gateway, _) = connect_gateway(state, &host, token, true)
         .await
         .map_err(unavailable)?;
     Ok(gateway)

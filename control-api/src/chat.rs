@@ -176,7 +176,7 @@ async fn bridge(state: ApiState, auth: AuthUser, token: String, mut browser: Web
         return fail(&mut browser, "INSTANCE_NOT_RUNNING", &message).await;
     }
     let host = format!("{}.{}", inst.subdomain, state.routes.base_domain());
-    let mut gateway = match connect_gateway(&state, &host, &token).await {
+    let mut gateway = match connect_gateway(&state, &host, &token, false).await {
         Ok((gateway, hello)) => {
             let ready = json!({"type":"event","event":"bridge.ready","payload":{"instance":inst.subdomain,"hello":hello}});
             if browser
@@ -265,6 +265,7 @@ pub(crate) async fn connect_gateway(
     state: &ApiState,
     host: &str,
     token: &str,
+    platform: bool,
 ) -> Result<(Gateway, Value), GatewayError> {
     let addr = edge_addr(state).ok_or(GatewayError::NoEdgeAddress)?;
     tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
@@ -275,6 +276,15 @@ pub(crate) async fn connect_gateway(
         // The token passed the API's own checks, so it is a valid header value.
         if let Ok(bearer) = HeaderValue::from_str(&format!("Bearer {token}")) {
             request.headers_mut().insert(header::AUTHORIZATION, bearer);
+        }
+        // The platform's own connection (sub-agents, `crate::agents`), never the browser's bridge.
+        if platform {
+            if let Ok(secret) = HeaderValue::from_str(&state.ctx.edge_secret) {
+                request.headers_mut().insert(
+                    clawdeploy_proxy::edge::CONTROL_PLANE_SECRET_HEADER,
+                    secret,
+                );
+            }
         }
         let (mut ws, _) = tokio_tungstenite::client_async(request, tcp).await?;
         let connect = json!({"type":"req","id":"bridge-connect","method":"connect","params":{

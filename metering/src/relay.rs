@@ -129,6 +129,11 @@ pub struct RelayTarget {
     pub max_message_bytes: usize,
     /// Where a quota refusal sends the user to upgrade (`details.upgradeUrl` of the refusal).
     pub upgrade_url: Arc<str>,
+    /// Whether this connection may ask for sub-agents: only the platform's own (the control
+    /// API's `/api/agents`, which keeps to the tier's number running), and only on a tier that has
+    /// them. OpenClaw 2026.9.6 caps the model's spawns by config but not a client's child sessions,
+    /// so any other connection's request is answered here.
+    pub spawns_allowed: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -533,18 +538,30 @@ fn decide(
         injections.push(text_frame(&text));
         false
     };
-    // Sub-agents past the tier's cap never reach the gateway. The tenant's config caps them too
-    // (OpenClaw's own limits, and no spawn tool on a tier without sub-agents); this holds
-    // whatever a client asks.
-    if req.spawn && target.meter.tiers().get(target.tier).subagents == 0 {
-        return refuse(
-            injections,
-            "SUBAGENT_LIMIT",
-            &format!(
-                "The {} tier runs the main agent only; sub-agents come with a paid tier: {}",
-                target.tier, target.upgrade_url
-            ),
-        );
+    // A client's sub-agent request never reaches the gateway unless it comes from the platform
+    // (see `RelayTarget::spawns_allowed`): OpenClaw does not cap a client's child sessions.
+    if req.spawn {
+        let cap = target.meter.tiers().get(target.tier).subagents;
+        if cap == 0 {
+            return refuse(
+                injections,
+                "SUBAGENT_LIMIT",
+                &format!(
+                    "The {} tier runs the main agent only; sub-agents come with a paid tier: {}",
+                    target.tier, target.upgrade_url
+                ),
+            );
+        }
+        if !target.spawns_allowed {
+            return refuse(
+                injections,
+                "SUBAGENT_LIMIT",
+                &format!(
+                    "Start sub-agents from the dashboard or POST /api/agents, which keep to the {} tier's {cap} at once.",
+                    target.tier
+                ),
+            );
+        }
     }
     if !req.turn {
         if let Some(id) = id {
@@ -712,11 +729,12 @@ mod tests {
             billing_anchor_ms: None,
             max_message_bytes: 1 << 20,
             upgrade_url: Arc::from("https://x/billing"),
+            spawns_allowed: false,
         })
     }
 
-    /// A client's sub-agent request on a tier without sub-agents is answered by the edge, never
-    /// forwarded; on a tier with them it passes (the tenant's config caps how many).
+    /// A client's sub-agent request is answered by the edge, never forwarded: on a tier without
+    /// sub-agents always, on one with them unless the connection is the platform's.
     #[test]
     fn sub_agents_past_the_tier_cap_never_reach_the_gateway() {
         let spawn = br#"{"type":"req","id":"s1","method":"sessions.create","params":{"key":"agent:main:subagent:x","parentSessionKey":"agent:main:main","task":"research"}}"#;
@@ -736,12 +754,22 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("https://x/billing"), "{text}");
-        let mut pro = relay(meter, Tier::Pro);
+        // On Pro, a client's own connection is refused too (OpenClaw would not cap its child
+        // sessions); the platform's connection passes.
+        let mut pro = relay(meter.clone(), Tier::Pro);
+        assert!(pro
+            .client_chunk(Bytes::from(frame.clone()))
+            .unwrap()
+            .is_empty());
+        let answers = pro.take_injections_if_at_boundary();
+        assert!(String::from_utf8_lossy(&answers[0]).contains("POST /api/agents"));
+        let mut platform = relay(meter, Tier::Pro);
+        platform.target.spawns_allowed = true;
         assert_eq!(
-            &pro.client_chunk(Bytes::from(frame.clone())).unwrap()[..],
+            &platform.client_chunk(Bytes::from(frame.clone())).unwrap()[..],
             &frame[..]
         );
-        assert!(pro.take_injections_if_at_boundary().is_empty());
+        assert!(platform.take_injections_if_at_boundary().is_empty());
     }
 
     proptest! {

@@ -291,7 +291,16 @@ impl ProxyHttp for EdgeProxy {
                         upgrade::strip_extensions(session.req_header_mut());
                     }
                     if let (Some(m), Some(route)) = (&self.metering, &ctx.route) {
-                        ctx.relay = m.relay_for(route);
+                        // The control API's own connection (`/api/agents`) proves itself with the
+                        // per-process secret, which the edge strips before the instance sees it.
+                        let platform = self.control_plane_secret.as_ref().is_some_and(|secret| {
+                            session
+                                .req_header()
+                                .headers
+                                .get(CONTROL_PLANE_SECRET_HEADER)
+                                == Some(secret)
+                        });
+                        ctx.relay = m.relay_for(route, platform);
                     }
                 }
                 Ok(false)

@@ -47,8 +47,10 @@ impl EdgeMetering {
         .retry_after(secs)
     }
 
-    /// The relay for a WebSocket to `route`, when it is an instance's gateway.
-    pub fn relay_for(&self, route: &Route) -> Option<Box<WsRelay>> {
+    /// The relay for a WebSocket to `route`, when it is an instance's gateway; `platform`: the
+    /// connection is the control API's own (it may ask for sub-agents, see
+    /// [`RelayTarget::spawns_allowed`]).
+    pub fn relay_for(&self, route: &Route, platform: bool) -> Option<Box<WsRelay>> {
         if !self.websockets || route.kind != RouteKind::Instance {
             return None;
         }
@@ -62,6 +64,7 @@ impl EdgeMetering {
             billing_anchor_ms: route.billing_anchor_ms,
             max_message_bytes: self.max_message_bytes,
             upgrade_url: self.upgrade_url.clone(),
+            spawns_allowed: platform,
         })))
     }
 }

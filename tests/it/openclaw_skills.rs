@@ -358,6 +358,20 @@ async fn openclaw_installs_uses_and_removes_bundled_and_registry_skills_without_
         child.is_some_and(|c| c["label"] == "notes helper"),
         "{agents}"
     );
+    // The owner's own connection may not start sub-agents, even on Pro: OpenClaw caps the
+    // model's spawns but not a client's child sessions (seen: 8 running past a cap of 5), so
+    // only the platform's connection (the API above, which keeps count) may.
+    let (mut own, _) = connect_owner(&edge, &host, &token).await;
+    let raw = call(
+        &mut own,
+        "raw1",
+        "sessions.create",
+        json!({"key": "agent:main:subagent:raw1", "parentSessionKey": "agent:main:main", "spawnDepth": 1, "task": "raw"}),
+    )
+    .await;
+    assert_eq!(raw["ok"], false, "{raw}");
+    assert_eq!(raw["error"]["code"], "SUBAGENT_LIMIT", "{raw}");
+    assert!(raw.to_string().contains("POST /api/agents"), "{raw}");
 
     assert!(
         !edge.log_text().contains("SKILLPLAINTEXT"),
