@@ -124,6 +124,7 @@ fn meter_alone() -> (f64, f64) {
             billing_anchor_ms: None,
             max_message_bytes: 1 << 20,
             upgrade_url: Arc::from("https://example.com/billing"),
+            spawns_allowed: false,
         });
         // Metering off: the edge parses the gateway's frames for message boundaries only.
         let mut parser = FrameParser::new();
