@@ -823,6 +823,27 @@ impl Config {
             );
         }
         instances::validate(&self.runtime, &self.pool, &mut check);
+        // Two listeners on one address: Pingora would share one socket between them and abort.
+        let listeners = [
+            ("server.http_listen", &self.server.http_listen),
+            ("tls.listen", &self.tls.listen),
+            ("metrics.listen", &self.metrics.listen),
+        ];
+        for (i, (key, addr)) in listeners.iter().enumerate() {
+            let taken = listeners[..i]
+                .iter()
+                .find(|(_, other)| !addr.is_empty() && other == addr);
+            if let Some((other_key, _)) = taken {
+                check(
+                    false,
+                    key,
+                    addr,
+                    &format!(
+                        "an address other than {other_key}'s: each listener needs its own port"
+                    ),
+                );
+            }
+        }
         sessions::validate(&self.sessions, &mut check);
         skills::validate(&self.skills, &mut check);
         metering::validate(
@@ -1008,6 +1029,17 @@ mod tests {
             "a numeric string stays a string"
         );
         assert_eq!(config.server.app_domain(), "app.example.com");
+    }
+
+    #[test]
+    fn two_listeners_on_one_address_are_refused() {
+        let found = issues(load(
+            "[server]\nhttp_listen = \"127.0.0.1:8080\"\n[tls]\nlisten = \"127.0.0.1:8080\"\n",
+            &[],
+        ));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].key, "tls.listen");
+        assert!(found[0].allowed.contains("server.http_listen"), "{found:?}");
     }
 
     #[test]

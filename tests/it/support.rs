@@ -51,10 +51,16 @@ pub fn raise_fd_limit() {
 /// Picked at random below the kernel's ephemeral range (32768–60999): a port from that range can
 /// be taken by any outgoing connection or port-0 listener of a parallel test before the edge
 /// binds it, which made edges fail to start now and then with "Address already in use".
+/// Never the same port twice in one test process: an edge's HTTP, HTTPS and metrics listeners are
+/// picked one after another, and a port that was free for the first pick is free for the next
+/// (two listeners of one edge on one port made Pingora abort at start, seen once in CI).
 pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let port = 10_000 + (uuid::Uuid::new_v4().as_u128() % 22_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return port;
         }
     }
