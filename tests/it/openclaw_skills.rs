@@ -361,7 +361,16 @@ async fn openclaw_installs_uses_and_removes_bundled_and_registry_skills_without_
     // The owner's own connection may not start sub-agents, even on Pro: OpenClaw caps the
     // model's spawns but not a client's child sessions (seen: 8 running past a cap of 5), so
     // only the platform's connection (the API above, which keeps count) may.
-    let (mut own, _) = connect_owner(&edge, &host, &token).await;
+    // A client naming the platform's header with a value of its own is a client like any other.
+    let mut own = crate::openclaw::gateway(
+        &edge,
+        &host,
+        Some(&token),
+        &[("x-clawdeploy-edge", "guessed")],
+    )
+    .await
+    .expect("the owner gets through the edge");
+    crate::openclaw::connect(&mut own).await.expect("connected");
     let raw = call(
         &mut own,
         "raw1",
