@@ -249,9 +249,11 @@ pub struct PoolManager {
     /// One lock per instance that sleeps or wakes: a wake waits for a sleep in progress, and
     /// concurrent wakes of one instance run once.
     pub(crate) lifecycle_locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
-    /// One skill install or removal per instance at a time: OpenClaw refuses a second package
-    /// change while one runs (`ClawPackageLifecycleBusyError`).
-    pub(crate) skill_locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+    /// One change to what an instance runs at a time: its config written (the last write is made
+    /// from the latest settings, and concurrent writes of one file do not collide), a skill
+    /// installed or removed (OpenClaw refuses a second package change while one runs,
+    /// `ClawPackageLifecycleBusyError`).
+    pub(crate) change_locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
     /// Wakes admitted but not yet `running`: counted in capacity so concurrent wakes cannot
     /// overcommit the node.
     pub(crate) waking: AtomicUsize,
@@ -289,7 +291,7 @@ impl PoolManager {
             healing: Mutex::default(),
             activity,
             lifecycle_locks: Mutex::default(),
-            skill_locks: Mutex::default(),
+            change_locks: Mutex::default(),
             waking: AtomicUsize::new(0),
             admission: tokio::sync::Mutex::new(()),
             room_freed: Notify::new(),
@@ -797,6 +799,8 @@ impl PoolManager {
         let Some(runtime_id) = member.runtime_id else {
             return Ok(false);
         };
+        let lock = self.change_lock(instance.id);
+        let _one = lock.lock().await;
         let files = self.config.files(instance, &member.name).await?;
         self.runtime.assign(&runtime_id, &files).await?;
         Ok(true)

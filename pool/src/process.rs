@@ -279,8 +279,9 @@ async fn write_files(data_dir: &std::path::Path, files: &[ConfigFile]) -> Result
         if let Some(parent) = path.parent() {
             tokio::fs::create_dir_all(parent).await?;
         }
-        // Write then rename, so the instance never reads a half-written file.
-        let tmp = path.with_extension("clawdeploy-tmp");
+        // Write then rename, so the instance never reads a half-written file; a name of its own,
+        // so two writes of one file cannot rename each other's.
+        let tmp = path.with_extension(format!("clawdeploy-tmp-{}", uuid::Uuid::new_v4()));
         tokio::fs::write(&tmp, &file.contents).await?;
         tokio::fs::rename(&tmp, &path).await?;
     }

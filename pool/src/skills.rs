@@ -22,8 +22,9 @@ use crate::work::Gateway;
 const BUSY_RETRY: Duration = Duration::from_millis(500);
 
 impl PoolManager {
-    fn skill_lock(&self, id: uuid::Uuid) -> Arc<tokio::sync::Mutex<()>> {
-        self.skill_locks
+    /// The instance's lock for changes to what it runs (see `PoolManager::change_locks`).
+    pub(crate) fn change_lock(&self, id: uuid::Uuid) -> Arc<tokio::sync::Mutex<()>> {
+        self.change_locks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(id)
@@ -61,7 +62,7 @@ impl PoolManager {
     ) -> Result<Value, Error> {
         let started = std::time::Instant::now();
         // One package change per instance at a time: OpenClaw refuses a second while one runs.
-        let lock = self.skill_lock(instance.id);
+        let lock = self.change_lock(instance.id);
         let _one = tokio::time::timeout(patience, lock.lock())
             .await
             .map_err(|_| crate::work::WorkError::Timeout(patience))?;
@@ -94,7 +95,7 @@ impl PoolManager {
         instance: &Instance,
         slug: &str,
     ) -> Result<(), Error> {
-        let lock = self.skill_lock(instance.id);
+        let lock = self.change_lock(instance.id);
         let _one = lock.lock().await;
         if instance.status == InstanceStatus::Sleeping {
             self.wake_instance(instance.id).await?;
