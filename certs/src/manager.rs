@@ -673,8 +673,10 @@ impl CertManager {
         Ok(())
     }
 
+    /// Active domains are served and parked ones wait for their account's tier: neither is checked.
     fn domain_due(domain: &CustomDomain, now: i64) -> bool {
-        domain.status != DomainStatus::Active && domain.next_check_at <= now
+        !matches!(domain.status, DomainStatus::Active | DomainStatus::Parked)
+            && domain.next_check_at <= now
     }
 
     async fn advance_domain(

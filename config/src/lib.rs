@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod addresses;
+pub mod billing;
 pub mod hostname;
 pub mod instances;
 pub mod metering;
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use billing::{BillingConfig, CreditPack};
 pub use hostname::{normalize_host, validate_hostname, HostnameError};
 pub use instances::{PoolConfig, RuntimeConfig, RuntimeKind, SleepMode};
 pub use metering::{
@@ -86,6 +88,10 @@ pub struct Config {
     pub dns: DnsConfig,
     /// `[domains]`: customers' own domains.
     pub domains: DomainsConfig,
+    /// `[billing]`: Stripe subscriptions and AI credits.
+    pub billing: BillingConfig,
+    /// `[[credit_packs]]`: the AI credit packs on sale.
+    pub credit_packs: Vec<CreditPack>,
 }
 
 /// `[server]`: listeners, domains, timeouts and logging of the edge process.
@@ -855,6 +861,8 @@ impl Config {
             &mut check,
         );
         metering::validate_llm(&self.llm, &mut check);
+        billing::validate(&self.billing, &mut check);
+        billing::validate_packs(&self.credit_packs, &mut check);
         tls::validate(&self.tls, &self.acme, &self.dns, &self.domains, &mut check);
         if issues.is_empty() {
             Ok(())
@@ -875,7 +883,14 @@ impl Config {
             &mut shown.acme.eab_hmac_key,
             &mut shown.dns.tsig_secret,
             &mut shown.dns.cloudflare_api_token,
-        ] {
+            &mut shown.billing.stripe_secret_key,
+            &mut shown.billing.openai_key,
+            &mut shown.billing.anthropic_key,
+            &mut shown.billing.google_key,
+        ]
+        .into_iter()
+        .chain(&mut shown.billing.webhook_secrets)
+        {
             if !secret.is_empty() {
                 *secret = MASK.into();
             }

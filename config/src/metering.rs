@@ -83,6 +83,21 @@ pub struct TierConfig {
     /// main agent only). Written into the tenant's config and enforced at the edge (see
     /// [Sub-agents](skills.md#sub-agents)).
     pub subagents: u32,
+    /// The Stripe price (`price_…`) a subscription to this tier is made with; empty: the tier
+    /// cannot be bought by checkout (free, or given by an operator). A subscription's price
+    /// names its tier (see [Billing](billing.md#the-tier-table)).
+    pub price_id: String,
+    /// The monthly price shown on the billing page, in cents of `billing.currency` (Stripe's
+    /// price is what charges; keep the two equal).
+    pub price_cents: u64,
+    /// Storage of an instance's data volume, in MiB, shown with the plan; 0: not limited by
+    /// the platform.
+    pub storage_mb: u64,
+    /// Custom domains an account of this tier may have serving; 0: none. A downgrade parks the
+    /// newest past the limit (kept, not served) and an upgrade serves them again.
+    pub custom_domains: u32,
+    /// People who may use one account of this tier (team seats); shown with the plan.
+    pub seats: u32,
 }
 
 /// `[tiers.free]`, `[tiers.pro]`, `[tiers.team]` (PRD §3.6.1); 0 means unlimited.
@@ -105,16 +120,27 @@ impl Default for TiersConfig {
                 tokens_per_month: 100_000,
                 skills: 3,
                 subagents: 0,
+                storage_mb: 5120,
+                custom_domains: 0,
+                seats: 1,
                 ..TierConfig::default()
             },
             pro: TierConfig {
                 skills: 20,
                 subagents: 5,
+                price_cents: 2900,
+                storage_mb: 10_240,
+                custom_domains: 5,
+                seats: 1,
                 ..TierConfig::default()
             },
             team: TierConfig {
                 skills: 0,
                 subagents: 20,
+                price_cents: 7900,
+                storage_mb: 51_200,
+                custom_domains: 20,
+                seats: 5,
                 ..TierConfig::default()
             },
         }
@@ -129,6 +155,13 @@ impl TiersConfig {
             Tier::Pro => &self.pro,
             Tier::Team => &self.team,
         }
+    }
+
+    /// The tier a Stripe price buys, if any tier is sold at `price_id`.
+    pub fn by_price(&self, price_id: &str) -> Option<Tier> {
+        Tier::ALL
+            .into_iter()
+            .find(|&t| !price_id.is_empty() && self.get(t).price_id == price_id)
     }
 }
 

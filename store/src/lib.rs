@@ -70,6 +70,10 @@ pub use clawdeploy_config::Tier;
 pub use error::{Conflict, Result, SecretError, StoreError};
 pub use models::*;
 pub use repo::accounts::normalize_email;
+pub use repo::billing::{
+    BillingAccount, CreditEntry, CreditKind, NewCredit, Subscription, SubscriptionState,
+    SubscriptionStatus,
+};
 pub use repo::certs::{CertificateRecord, CustomDomain, DomainStatus};
 pub use repo::host_codes::{HostCode, Redemption};
 pub use repo::instances::normalize_subdomain;

@@ -75,6 +75,9 @@ pub enum DomainStatus {
     Active,
     /// Given up; `reason` says what to fix.
     Failed,
+    /// Kept but not served: the account's tier allows fewer custom domains (after a downgrade);
+    /// served again when the tier allows it.
+    Parked,
 }
 
 impl DomainStatus {
@@ -86,6 +89,7 @@ impl DomainStatus {
             Self::Issuing => "issuing",
             Self::Active => "active",
             Self::Failed => "failed",
+            Self::Parked => "parked",
         }
     }
 
@@ -96,6 +100,7 @@ impl DomainStatus {
             "issuing" => Self::Issuing,
             "active" => Self::Active,
             "failed" => Self::Failed,
+            "parked" => Self::Parked,
             other => {
                 return Err(StoreError::Corrupt(format!(
                     "custom_domains.status: {other:?}"
@@ -626,5 +631,72 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(domain_from_row).transpose()
+    }
+
+    /// Parks a user's domains past the first `keep` (oldest kept; failed ones are left as they
+    /// are): they stop being served and checked, and keep their records and certificates. The
+    /// hostnames parked.
+    pub async fn park_custom_domains(
+        &self,
+        user_id: Uuid,
+        keep: u32,
+        reason: &str,
+    ) -> Result<Vec<String>> {
+        let domains = self.list_custom_domains_of(user_id).await?;
+        let mut parked = Vec::new();
+        let live = domains
+            .iter()
+            .filter(|d| !matches!(d.status, DomainStatus::Failed | DomainStatus::Parked));
+        for d in live.skip(keep as usize) {
+            sqlx::query(
+                "UPDATE custom_domains SET status = 'parked', reason = $2, updated_at = $3 \
+                 WHERE id = $1 AND status NOT IN ('failed', 'parked')",
+            )
+            .bind(d.id.to_string())
+            .bind(reason)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+            parked.push(d.hostname.clone());
+        }
+        Ok(parked)
+    }
+
+    /// Serves a user's parked domains again, oldest first, while the account has fewer than
+    /// `allowed` domains in use: a proven one is active at once (its certificate was kept), an
+    /// unproven one waits for its DNS records again. The domains unparked.
+    pub async fn unpark_custom_domains(
+        &self,
+        user_id: Uuid,
+        allowed: u32,
+    ) -> Result<Vec<CustomDomain>> {
+        let domains = self.list_custom_domains_of(user_id).await?;
+        let in_use = domains
+            .iter()
+            .filter(|d| !matches!(d.status, DomainStatus::Failed | DomainStatus::Parked))
+            .count();
+        let room = (allowed as usize).saturating_sub(in_use);
+        let now = now_ms();
+        let mut unparked = Vec::new();
+        for d in domains
+            .iter()
+            .filter(|d| d.status == DomainStatus::Parked)
+            .take(room)
+        {
+            let row = sqlx::query(&format!(
+                "UPDATE custom_domains SET status = CASE WHEN verified_at IS NULL \
+                 THEN 'pending_dns' ELSE 'active' END, reason = NULL, updated_at = $2, \
+                 pending_since = $2, attempts = 0, next_check_at = 0 \
+                 WHERE id = $1 AND status = 'parked' RETURNING {DOMAIN_COLUMNS}"
+            ))
+            .bind(d.id.to_string())
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some(row) = row {
+                unparked.push(domain_from_row(&row)?);
+            }
+        }
+        Ok(unparked)
     }
 }

@@ -4,6 +4,7 @@ pub(crate) mod accounts;
 mod api_keys;
 mod archive;
 mod auth;
+pub(crate) mod billing;
 pub(crate) mod certs;
 mod export;
 pub(crate) mod host_codes;

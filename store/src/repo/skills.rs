@@ -273,8 +273,8 @@ impl Store {
             serde_json::to_string(&skill.config).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let sql = format!(
             "UPDATE skills_installed SET config = $3, secrets_sealed = $4, enabled = $5, \
-             disabled_reason = $6, updated_at = $7 WHERE instance_id = $1 AND skill_id = $2 \
-             RETURNING {SKILL_COLS}"
+             disabled_reason = $6, updated_at = $7, disabled_by_tier = 0 \
+             WHERE instance_id = $1 AND skill_id = $2 RETURNING {SKILL_COLS}"
         );
         let row = sqlx::query(&sql)
             .bind(id_str(instance_id))
@@ -327,8 +327,8 @@ impl Store {
         let now = now_ms();
         for id in &disabled {
             sqlx::query(
-                "UPDATE skills_installed SET enabled = 0, disabled_reason = $3, updated_at = $4 \
-                 WHERE instance_id = $1 AND skill_id = $2",
+                "UPDATE skills_installed SET enabled = 0, disabled_reason = $3, updated_at = $4, \
+                 disabled_by_tier = 1 WHERE instance_id = $1 AND skill_id = $2",
             )
             .bind(id_str(instance_id))
             .bind(id)
@@ -339,5 +339,46 @@ impl Store {
         }
         tx.commit().await?;
         Ok(disabled)
+    }
+
+    /// Enables again the skills a tier's cap disabled ([`Store::cap_skills`]), oldest first,
+    /// while the instance stays within `cap` (0: unlimited); the ids enabled. Skills the owner
+    /// disabled stay disabled.
+    pub async fn restore_capped_skills(&self, instance_id: Uuid, cap: u32) -> Result<Vec<String>> {
+        let mut tx = self.pool.begin().await?;
+        lock_instance(&mut tx, instance_id).await?;
+        let enabled: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM skills_installed WHERE instance_id = $1 AND enabled = 1",
+        )
+        .bind(id_str(instance_id))
+        .fetch_one(&mut *tx)
+        .await?;
+        let capped: Vec<String> = sqlx::query_scalar(
+            "SELECT skill_id FROM skills_installed WHERE instance_id = $1 AND enabled = 0 \
+             AND disabled_by_tier = 1 ORDER BY installed_at, skill_id",
+        )
+        .bind(id_str(instance_id))
+        .fetch_all(&mut *tx)
+        .await?;
+        let room = if cap == 0 {
+            capped.len()
+        } else {
+            (cap as usize).saturating_sub(enabled as usize)
+        };
+        let restored: Vec<String> = capped.into_iter().take(room).collect();
+        let now = now_ms();
+        for id in &restored {
+            sqlx::query(
+                "UPDATE skills_installed SET enabled = 1, disabled_reason = NULL, \
+                 disabled_by_tier = 0, updated_at = $3 WHERE instance_id = $1 AND skill_id = $2",
+            )
+            .bind(id_str(instance_id))
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(restored)
     }
 }
