@@ -630,6 +630,9 @@ impl Background {
             certs: self.certs,
         };
         let sweeper = tokio::spawn(account::sweep_forever(state.clone()));
+        let billing_sweeper = tokio::spawn(clawdeploy_control_api::billing::sweep_forever(
+            state.clone(),
+        ));
         let serve = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
             let _ = shutdown.changed().await;
         });
@@ -637,6 +640,7 @@ impl Background {
             tracing::error!("control API stopped: {e}");
         }
         sweeper.abort();
+        billing_sweeper.abort();
         store.close().await;
     }
 }

@@ -25,7 +25,11 @@ use crate::{ApiState, Reply};
 
 /// Proof that the request carries an operator credential: the config's bootstrap `admin_token`,
 /// a named admin token from the store (by hash), or a user login holding the operator role.
-pub struct Admin;
+pub struct Admin {
+    /// Who: `bootstrap admin token`, `admin token <name>` or the operator's email (for the
+    /// records an operator's change leaves, such as credit adjustments).
+    pub who: String,
+}
 
 impl FromRequestParts<ApiState> for Admin {
     type Rejection = ApiError;
@@ -51,12 +55,16 @@ impl FromRequestParts<ApiState> for Admin {
             ));
         };
         if constant_time_eq(token.as_bytes(), state.ctx.admin_token.as_bytes()) {
-            return Ok(Admin);
+            return Ok(Admin {
+                who: "bootstrap admin token".into(),
+            });
         }
         if token.matches('.').count() == 2 {
             // A user's access token: operators may use their normal login.
             return match crate::auth::authenticate(state, token).await {
-                Ok(auth) if auth.user.role == Role::Operator => Ok(Admin),
+                Ok(auth) if auth.user.role == Role::Operator => Ok(Admin {
+                    who: auth.user.email,
+                }),
                 Ok(_) => Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "FORBIDDEN",
@@ -65,13 +73,14 @@ impl FromRequestParts<ApiState> for Admin {
                 Err(e) => Err(e),
             };
         }
-        if state
+        if let Some(named) = state
             .store
             .find_admin_token_by_hash(&TokenHash::of(token))
             .await?
-            .is_some()
         {
-            return Ok(Admin);
+            return Ok(Admin {
+                who: format!("admin token {}", named.name),
+            });
         }
         tracing::warn!(target: "security", "admin request with an invalid token");
         Err(ApiError::new(
@@ -383,17 +392,7 @@ pub async fn set_tier(
             "An unverified account cannot be upgraded; the user must verify their email first.",
         ));
     }
-    state.store.set_user_tier(id, new).await?;
-    let mut updated = Vec::new();
-    let mut skills_disabled = Vec::new();
-    for inst in state.store.list_instances_by_user(id).await? {
-        let inst = state.store.update_instance_tier(inst.id, new).await?;
-        // Every edge meters by the tier in its route table.
-        state.instance_changed(inst.id, &inst.subdomain).await;
-        // Skills past the new cap are disabled (kept installed); the sub-agent cap follows.
-        skills_disabled.extend(crate::skills::follow_tier(&state, &inst).await?);
-        updated.push(InstanceView::new(&state, &inst));
-    }
+    let applied = crate::billing::change_tier(&state, id, new, "an operator").await?;
     let user = state
         .store
         .get_user(id)
@@ -402,9 +401,7 @@ pub async fn set_tier(
     tracing::info!(user = %id, tier = %new, "tier changed by an operator");
     Ok(Reply(TierChanged {
         user: UserView::new(&user),
-        instances: updated,
-        pending: "Message quotas, token budgets, skill and sub-agent caps follow the new tier at once; container resources when the instance next restarts.",
-        skills_disabled,
+        applied,
     }))
 }
 
@@ -413,13 +410,9 @@ pub async fn set_tier(
 pub struct TierChanged {
     /// The user, on the new tier.
     pub user: UserView,
-    /// The user's instances, on the new tier.
-    pub instances: Vec<InstanceView>,
-    /// What follows the tier when.
-    pub pending: &'static str,
-    /// Skills disabled because the new tier's cap is lower (newest first; they stay installed).
-    #[serde(rename = "skillsDisabled")]
-    pub skills_disabled: Vec<String>,
+    /// What followed the tier, at once.
+    #[serde(flatten)]
+    pub applied: crate::billing::TierApplied,
 }
 
 /// The query of `GET /admin/outbox`: `to`, one recipient, and `limit` (1–500, default 50).

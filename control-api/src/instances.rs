@@ -577,13 +577,9 @@ pub struct MyInstanceReply {
     pub instance: MyInstance,
 }
 
-/// `GET /api/instances/me`: the caller's instance, its provider keys (masked) and this period's
-/// usage against the tier's quotas, including counts the meter has not flushed yet.
-pub async fn get_me(
-    State(state): State<ApiState>,
-    auth: AuthUser,
-) -> Result<Reply<MyInstanceReply>, ApiError> {
-    let inst = my_instance(&state, &auth).await?;
+/// This period's usage of `inst` against its tier's quotas, counts not yet flushed (and, with
+/// Redis, other nodes' counts) included.
+pub(crate) async fn usage_of(state: &ApiState, inst: &Instance) -> Result<Usage, ApiError> {
     // Paid tiers count per billing period from the owner's anchor, free per calendar month.
     let plan = clawdeploy_metering::Plan::new(inst.tier, inst.billing_anchor_at);
     let period = plan.period(clawdeploy_store::time::now_ms());
@@ -619,6 +615,17 @@ pub async fn get_me(
         period_start: rfc3339(period.start_ms),
         resets_at: rfc3339(period.end_ms),
     };
+    Ok(usage)
+}
+
+/// `GET /api/instances/me`: the caller's instance, its provider keys (masked) and this period's
+/// usage against the tier's quotas, including counts the meter has not flushed yet.
+pub async fn get_me(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+) -> Result<Reply<MyInstanceReply>, ApiError> {
+    let inst = my_instance(&state, &auth).await?;
+    let usage = usage_of(&state, &inst).await?;
     let api_keys = state.store.list_api_keys(auth.user.id).await?;
     Ok(Reply(MyInstanceReply {
         instance: MyInstance {

@@ -12,6 +12,7 @@ pub mod account;
 pub mod admin;
 pub mod agents;
 pub mod auth;
+pub mod billing;
 pub mod chat;
 pub mod crypto;
 pub mod domains;
@@ -86,6 +87,8 @@ pub struct ApiContext {
     /// The registry instances install skills from; `None` without the LLM meter (no address
     /// instances reach).
     pub registry: Option<Arc<clawdeploy_skills::Registry>>,
+    /// Stripe, when `billing.stripe_secret_key` is set.
+    pub stripe: Option<Arc<clawdeploy_billing::Stripe>>,
 }
 
 impl ApiContext {
@@ -105,7 +108,24 @@ impl ApiContext {
         };
         let mailer = mail::Mailer::new(&config.smtp, &from)?;
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let billing = &config.billing;
+        let stripe = if billing.enabled() {
+            match clawdeploy_billing::Stripe::new(
+                &billing.stripe_api_url,
+                &billing.stripe_secret_key,
+                Duration::from_secs(billing.stripe_timeout_secs),
+            ) {
+                Ok(s) => Some(Arc::new(s)),
+                Err(e) => {
+                    tracing::error!("billing is off: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Ok(Self {
+            stripe,
             throttle: throttle::Throttle::new(Duration::from_secs(config.limits.login_window_secs)),
             config,
             admin_token: Zeroizing::new(admin_token),

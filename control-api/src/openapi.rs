@@ -41,7 +41,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ApiError;
 use crate::{
-    account, admin, agents, auth, chat, domains, host_sessions, instances, skills, usage, ApiState,
+    account, admin, agents, auth, billing, chat, domains, host_sessions, instances, skills, usage,
+    ApiState,
 };
 
 /// Who may call an endpoint.
@@ -345,6 +346,25 @@ pub fn endpoints() -> Vec<(Spec, Handler)> {
         ep!(post "/api/instances/me/restore", instances::restore_me, "instances", User, "Undo a cancellation within its grace period",
             ok: 202 => instances::InstanceReply, "Restored and restarting"),
         // Skills and agents
+        // Billing
+        ep!(get "/api/billing", billing::overview, "billing", User,
+            "Your plan, subscription, grace period, AI credits and usage against every limit",
+            ok: 200 => billing::BillingView, "Plan and billing"),
+        ep!(post "/api/billing/checkout", billing::checkout, "billing", User,
+            "Subscribe to a tier (a Stripe Checkout URL), or move your subscription to another tier",
+            body: billing::CheckoutBody, ok: 200 => billing::CheckoutReply, "Where to pay, or what changes"),
+        ep!(post "/api/billing/portal", billing::portal, "billing", User, "Open Stripe's Customer Portal",
+            body: billing::PortalBody, ok: 200 => billing::PortalReply, "The portal's URL"),
+        ep!(post "/api/billing/cancel", billing::cancel, "billing", User,
+            "Cancel your subscription at the end of the paid period, or undo that",
+            body: billing::CancelBody, ok: 200 => billing::CancelReply, "When the plan ends"),
+        ep!(get "/api/billing/invoices", billing::invoices, "billing", User, "Your invoices, from Stripe",
+            ok: 200 => billing::Invoices, "Newest first"),
+        ep!(post "/api/billing/credits", billing::buy_credits, "billing", User, "Buy an AI credit pack (a Stripe Checkout URL)",
+            body: billing::CreditsBody, ok: 200 => billing::CheckoutReply, "Where to pay"),
+        ep!(post "/api/billing/webhook", billing::webhook, "billing", Public,
+            "Stripe's events, signed (Stripe-Signature); idempotent per event id",
+            ok: 200 => billing::WebhookReply, "Received"),
         ep!(get "/api/skills", skills::list, "skills", User, "Browse installable skills",
             query: skills::CatalogueQuery,
             ok: 200 => skills::SkillList, "The catalogue with what your instance has installed and enabled, the categories and your tier's cap"),
@@ -399,6 +419,13 @@ pub fn endpoints() -> Vec<(Spec, Handler)> {
         ep!(put "/admin/users/{id}/tier", admin::set_tier, "admin", Admin,
             "Change a user's tier (billing by hand); an unverified account cannot be upgraded",
             body: admin::TierBody, ok: 200 => admin::TierChanged, "The user and its instances"),
+        ep!(get "/admin/billing/subscriptions", billing::admin_subscriptions, "admin", Admin, "Every Stripe subscription",
+            query: billing::SubscriptionsQuery, ok: 200 => billing::SubscriptionList, "Subscriptions, newest first"),
+        ep!(get "/admin/users/{id}/credits", billing::admin_ledger, "admin", Admin, "A user's AI credit balance and ledger",
+            ok: 200 => billing::Ledger, "Balance and entries, newest first"),
+        ep!(post "/admin/users/{id}/credits", billing::admin_adjust, "admin", Admin,
+            "Adjust or refund a user's AI credits (recorded with who and why)",
+            body: billing::AdjustBody, ok: 201 => billing::Ledger, "The new balance and ledger"),
         ep!(get "/admin/outbox", admin::outbox, "admin", Admin, "Mail kept when no SMTP relay is configured",
             query: admin::OutboxQuery, ok: 200 => admin::Outbox, "Mails, newest first"),
     ]

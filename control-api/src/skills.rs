@@ -636,17 +636,22 @@ pub async fn uninstall(
 }
 
 /// After a tier change: disables the newest enabled skills past the new tier's cap (they stay
-/// installed) and rewrites the instance's config (skills and the sub-agent cap). Answers the ids
-/// disabled.
-pub async fn follow_tier(state: &ApiState, inst: &Instance) -> Result<Vec<String>, ApiError> {
+/// installed), enables again those an earlier, lower cap disabled as far as the new cap allows,
+/// and rewrites the instance's config (skills and the sub-agent cap). Answers the ids disabled
+/// and the ids enabled again.
+pub async fn follow_tier(
+    state: &ApiState,
+    inst: &Instance,
+) -> Result<(Vec<String>, Vec<String>), ApiError> {
     let cap = cap_of(state, inst.tier);
     let reason = format!("the {} tier allows {cap} enabled skills", inst.tier);
     let disabled = state.store.cap_skills(inst.id, cap, &reason).await?;
+    let restored = state.store.restore_capped_skills(inst.id, cap).await?;
     apply(state, inst).await?;
-    if !disabled.is_empty() {
-        tracing::info!(instance = %inst.id, ?disabled, "skills disabled past the tier's cap");
+    if !disabled.is_empty() || !restored.is_empty() {
+        tracing::info!(instance = %inst.id, ?disabled, ?restored, "skills follow the tier's cap");
     }
-    Ok(disabled)
+    Ok((disabled, restored))
 }
 
 /// Records a preset's skills for an instance (bundled skills the tier allows, up to its cap;

@@ -28,7 +28,7 @@ use tokio::sync::broadcast;
 use crate::egress::NetworkInfo;
 use crate::runtime::{
     non_root_user, safe_relative_path, ConfigFile, Inspection, InstanceRef, InstanceSpec,
-    Resources, RunState, Runtime, RuntimeError, RuntimeEvent, Sleep,
+    MemoryUse, Resources, RunState, Runtime, RuntimeError, RuntimeEvent, Sleep,
 };
 
 /// Label on everything the platform creates.
@@ -533,6 +533,38 @@ impl Runtime for DockerRuntime {
             .update_container(id, update)
             .await
             .map_err(|e| not_found(e, id))
+    }
+
+    /// Docker's one-shot stats, less inactive file pages (what `docker stats` shows): the
+    /// kernel drops those under a lower limit, anonymous memory it cannot.
+    async fn memory(&self, id: &str) -> Result<Option<MemoryUse>, RuntimeError> {
+        let options = bollard::query_parameters::StatsOptions {
+            stream: false,
+            one_shot: true,
+        };
+        let Some(stats) = self.docker.stats(id, Some(options)).next().await else {
+            return Ok(None);
+        };
+        let memory = stats.map_err(|e| not_found(e, id))?.memory_stats;
+        let Some(memory) = memory else {
+            return Ok(None);
+        };
+        let inactive = memory
+            .stats
+            .as_ref()
+            .and_then(|s| {
+                s.get("total_inactive_file")
+                    .or_else(|| s.get("inactive_file"))
+            })
+            .copied()
+            .unwrap_or(0);
+        Ok(match (memory.usage, memory.limit) {
+            (Some(usage), Some(limit)) => Some(MemoryUse {
+                used_mb: usage.saturating_sub(inactive) >> 20,
+                limit_mb: limit >> 20,
+            }),
+            _ => None,
+        })
     }
 
     /// `Freeze`: the container is paused (cgroup freezer: no CPU, and nothing touches its memory

@@ -23,12 +23,13 @@ pub use docker::{DockerOptions, DockerRuntime};
 pub use egress::{EgressRules, NetworkInfo};
 pub use instance_config::FixtureConfig;
 pub use manager::{
-    Assigned, CrashNotice, Error, InstanceConfig, NodeStatus, PoolManager, PoolSettings, Result,
+    Assigned, CrashNotice, Error, InstanceConfig, NodeStatus, PoolManager, PoolSettings, Resize,
+    Result,
 };
 pub use openclaw::OpenClawConfig;
 pub use process::ProcessRuntime;
 pub use runtime::{
-    ConfigFile, Inspection, InstanceRef, InstanceSpec, Resources, RunState, Runtime, RuntimeError,
-    RuntimeEvent, Sleep,
+    ConfigFile, Inspection, InstanceRef, InstanceSpec, MemoryUse, Resources, RunState, Runtime,
+    RuntimeError, RuntimeEvent, Sleep,
 };
 pub use sleep::PoolWaker;

@@ -226,6 +226,19 @@ struct Restarts {
     recent: Vec<Instant>,
 }
 
+/// A lower memory limit is applied live only while the instance uses less than this share of
+/// it (the kernel would otherwise reclaim hard, or on cgroup v2 kill the instance).
+pub const SHRINK_HEADROOM: f64 = 0.8;
+
+/// What a tier change did to an instance's container.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resize {
+    /// The tier's limits apply now, live.
+    Applied(Resources),
+    /// They apply at the next start, for the reason given.
+    AtNextStart(String),
+}
+
 const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(600);
 const CRASH_LOOP_LIMIT: usize = 5;
 
@@ -806,6 +819,50 @@ impl PoolManager {
         Ok(true)
     }
 
+    /// Applies the tier's CPU and memory limits to an instance's running container without a
+    /// restart (a tier change). A lower memory limit is applied only if the instance uses less
+    /// than [`SHRINK_HEADROOM`] of it now; otherwise it waits for the next start, which applies
+    /// the tier's limits anyway. A sleeping instance gets them when it wakes.
+    pub async fn resize(&self, instance: &Instance) -> Result<Resize, Error> {
+        let Some(runtime_id) = self
+            .store
+            .pool_member_for_instance(instance.id)
+            .await?
+            .and_then(|m| m.runtime_id)
+        else {
+            return Ok(Resize::AtNextStart(
+                "the instance has no container yet".into(),
+            ));
+        };
+        if instance.status == InstanceStatus::Sleeping {
+            return Ok(Resize::AtNextStart(
+                "the instance is asleep; it wakes with the new limits".into(),
+            ));
+        }
+        let lock = self.lifecycle_lock(instance.id);
+        let _held = lock.lock().await;
+        let resources = self.settings.resources(instance.tier);
+        if let Some(memory) = self.runtime.memory(&runtime_id).await? {
+            let shrinking = resources.memory_mb < memory.limit_mb;
+            if shrinking && memory.used_mb as f64 > resources.memory_mb as f64 * SHRINK_HEADROOM {
+                // CPU and process limits need no room: those apply now; memory keeps its limit.
+                let now = Resources {
+                    memory_mb: memory.limit_mb,
+                    ..resources.clone()
+                };
+                self.runtime.update_resources(&runtime_id, &now).await?;
+                return Ok(Resize::AtNextStart(format!(
+                    "the instance uses {} MiB, too much to lower its memory limit to {} MiB live; that applies at its next restart",
+                    memory.used_mb, resources.memory_mb
+                )));
+            }
+        }
+        self.runtime
+            .update_resources(&runtime_id, &resources)
+            .await?;
+        Ok(Resize::Applied(resources))
+    }
+
     /// Restarts an instance's container (API restart, a newly active domain), re-routing to its
     /// new address; waits for a sleep or wake of the instance in progress.
     pub async fn restart(&self, instance: &Instance) -> Result<SocketAddr, Error> {
@@ -839,6 +896,10 @@ impl PoolManager {
             }
             _ => self.runtime.start(&runtime_id).await?,
         }
+        // A fresh start holds little: the tier's limits (a shrink a tier change deferred) fit.
+        self.runtime
+            .update_resources(&runtime_id, &self.settings.resources(instance.tier))
+            .await?;
         let addr = self.address_of(&runtime_id).await?;
         self.serve_again(instance, &member, &runtime_id, addr).await
     }

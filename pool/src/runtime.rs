@@ -18,6 +18,15 @@ pub struct Resources {
     pub pids: i64,
 }
 
+/// An instance's memory, in MiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryUse {
+    /// Held now, without reclaimable file cache.
+    pub used_mb: u64,
+    /// Its current limit.
+    pub limit_mb: u64,
+}
+
 /// What to create.
 #[derive(Debug, Clone)]
 pub struct InstanceSpec {
@@ -225,6 +234,12 @@ pub trait Runtime: Send + Sync + 'static {
     }
     /// Applies new limits to a running instance, without a restart where the runtime can.
     async fn update_resources(&self, id: &str, resources: &Resources) -> Result<(), RuntimeError>;
+    /// The memory the instance holds now and its limit; `None` when the runtime cannot tell
+    /// (then a lower limit waits for the next start).
+    async fn memory(&self, id: &str) -> Result<Option<MemoryUse>, RuntimeError> {
+        let _ = id;
+        Ok(None)
+    }
     /// The instance's data directory as a tar archive (for the archive after a cancellation).
     async fn export_data(&self, id: &str) -> Result<Vec<u8>, RuntimeError>;
     /// Every instance this runtime manages for the platform (for reconciling after a restart).

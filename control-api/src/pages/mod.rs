@@ -952,7 +952,9 @@ async fn operator(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -
             Some(&auth.user),
         );
     }
-    let admin = || crate::admin::Admin;
+    let admin = || crate::admin::Admin {
+        who: auth.user.email.clone(),
+    };
     // The tables read the rows as the admin API answers them (JSON pointers into each row).
     fn rows<T: serde::Serialize>(items: &[T]) -> Vec<serde_json::Value> {
         items
