@@ -469,18 +469,23 @@ fn llm_meter(
         LlmListen::At(address) => MeterListen::Bind(address.to_string()),
         LlmListen::Auto(_) => MeterListen::Handoff(handoff.clone()),
     };
-    Some(LlmMeterService::new(
-        listen,
-        meter.clone(),
-        keyring.clone(),
-        config.secrets.jwt_key.as_bytes().to_vec(),
-        Upstreams {
-            openai: config.llm.openai_url.clone(),
-            anthropic: config.llm.anthropic_url.clone(),
-            google: config.llm.google_url.clone(),
-        },
-        config.llm.allowed_private_networks(),
-    ))
+    Some(
+        LlmMeterService::new(
+            listen,
+            meter.clone(),
+            keyring.clone(),
+            config.secrets.jwt_key.as_bytes().to_vec(),
+            Upstreams {
+                openai: config.llm.openai_url.clone(),
+                anthropic: config.llm.anthropic_url.clone(),
+                google: config.llm.google_url.clone(),
+            },
+            config.llm.allowed_private_networks(),
+        )
+        .with_credits(clawdeploy_llm_egress::credits::Credits::new(
+            &config.billing,
+        )),
+    )
 }
 
 /// The usage flush the config asks for (with Redis, it also syncs the shared counters).

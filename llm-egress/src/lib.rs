@@ -38,8 +38,10 @@ use clawdeploy_config::addresses::{is_public_unicast, IpNet};
 use clawdeploy_metering::Meter;
 use clawdeploy_store::{Keyring, Store};
 
+pub mod credits;
 pub mod guarded_connect;
 
+use crate::credits::{Credits, Refusal};
 use crate::guarded_connect::{guard_error, EgressPolicy, GuardError, GuardedConnector};
 
 /// Largest request body the meter reads (to add `include_usage`); larger ones are refused.
@@ -288,6 +290,8 @@ pub struct LlmMeter {
     client: HttpsClient,
     /// For users' custom endpoints.
     custom_client: GuardedClient,
+    /// AI credits: the platform's keys and the calls in flight.
+    credits: Arc<Credits>,
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -518,9 +522,35 @@ async fn forward(
             ),
         );
     }
+    let mut credit_hold = None;
     let key = match state.store.open_api_key(instance.user_id, &provider, &state.keyring).await {
         Ok(Some(k)) => k,
-        Ok(None) => return error(StatusCode::FAILED_DEPENDENCY, "NO_PROVIDER_KEY", format!("No active {provider} key: add one in the dashboard (PUT /api/account/api-keys/{provider}).")),
+        Ok(None) => match state.credits.platform_key(&provider) {
+            // No key of the owner's own: the platform's, paid from the owner's credits.
+            Some(platform_key) => {
+                let balance = match state.store.credit_balance(instance.user_id).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!("LLM meter cannot read the credit balance: {e}");
+                        return error(StatusCode::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE", "Retry in a few seconds.");
+                    }
+                };
+                match state.credits.admit(instance.user_id, balance) {
+                    Ok(hold) => credit_hold = Some(hold),
+                    Err(Refusal::Exhausted) => {
+                        metrics::counter!("clawdeploy_credit_refusals_total", "reason" => "exhausted").increment(1);
+                        return error(StatusCode::PAYMENT_REQUIRED, "CREDITS_EXHAUSTED", format!("Your AI credits are used up ({balance} tokens left): buy a credit pack on the billing page, or add your own {provider} key."));
+                    }
+                    Err(Refusal::Busy) => {
+                        let mut busy = error(StatusCode::TOO_MANY_REQUESTS, "CREDITS_BUSY", format!("Your other requests in flight may use the {balance} tokens left; retry when they finish."));
+                        busy.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                        return busy;
+                    }
+                }
+                (clawdeploy_store::Zeroizing::new(platform_key.to_string()), None)
+            }
+            None => return error(StatusCode::FAILED_DEPENDENCY, "NO_PROVIDER_KEY", format!("No active {provider} key: add one in the dashboard (PUT /api/account/api-keys/{provider}).")),
+        },
         Err(e) => {
             tracing::error!("LLM meter cannot open the provider key: {e}");
             return error(StatusCode::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE", "Retry in a few seconds.");
@@ -658,6 +688,7 @@ async fn forward(
         instance_id,
         provider: provider_label(&provider),
         done: false,
+        credit: credit_hold.map(|hold| (hold, state.store.clone())),
     };
     let body = body.map_frame(move |frame| frame).boxed_unsync();
     let tapped = TappedBody {
@@ -704,6 +735,8 @@ struct UsageTap {
     instance_id: String,
     provider: &'static str,
     done: bool,
+    /// A call paid from credits: debited from the owner's ledger when it ends.
+    credit: Option<(credits::Hold, Store)>,
 }
 
 impl UsageTap {
@@ -714,6 +747,9 @@ impl UsageTap {
         self.done = true;
         let usage = self.scanner.finish();
         self.meter.add_tokens(&self.instance_id, usage.total());
+        if let Some((hold, store)) = self.credit.take() {
+            credits::debit(store, hold, self.instance_id.clone(), usage.total());
+        }
         metrics::counter!("clawdeploy_llm_tokens_total", "provider" => self.provider, "kind" => "input").increment(usage.input);
         metrics::counter!("clawdeploy_llm_tokens_total", "provider" => self.provider, "kind" => "output").increment(usage.output);
     }
@@ -812,6 +848,7 @@ pub struct LlmMeterService {
     upstreams: Upstreams,
     allowed_private: Vec<IpNet>,
     routes: Option<axum::Router>,
+    credits: Arc<Credits>,
 }
 
 impl LlmMeterService {
@@ -835,7 +872,15 @@ impl LlmMeterService {
             upstreams,
             allowed_private,
             routes: None,
+            credits: Arc::default(),
         }
+    }
+
+    /// Serves owners without a key of their own from their AI credits, with the platform's keys
+    /// in `credits` (none by default: such owners get 424 `NO_PROVIDER_KEY`).
+    pub fn with_credits(mut self, credits: Credits) -> Self {
+        self.credits = Arc::new(credits);
+        self
     }
 
     /// Also serves `routes` on the meter's listener, which instances reach and the egress rules
@@ -915,6 +960,7 @@ impl LlmMeterService {
             allowed_private: self.allowed_private.clone(),
             client,
             custom_client,
+            credits: self.credits.clone(),
         });
         let mut app = axum::Router::new()
             .route("/{provider}/{*rest}", axum::routing::any(forward))

@@ -123,6 +123,10 @@ pub struct OpenClawConfig {
     pub gateway_proof_key: Vec<u8>,
     /// The tier table: each instance's sub-agent cap.
     pub tiers: TiersConfig,
+    /// Providers the platform sells AI credits for (`billing.<provider>_key` set): every
+    /// instance gets them through the LLM meter, which serves owners without a key of their own
+    /// from their credit balance.
+    pub credit_providers: Vec<String>,
 }
 
 /// The `skills` section of an instance's config: only the bundled skills the owner installed and
@@ -361,12 +365,7 @@ impl OpenClawConfig {
                 keys.push(match &self.llm_meter {
                     Some((endpoint, token_key)) => {
                         // The real key stays on the edge, which injects it upstream.
-                        let path = match key.provider.as_str() {
-                            "openai" => "openai/v1",
-                            "anthropic" => "anthropic",
-                            "google" => "google/v1beta",
-                            _ => "custom",
-                        };
+                        let path = meter_path(&key.provider);
                         let usable =
                             key.provider != "custom" || base_url.is_some_and(|u| !u.is_empty());
                         ProviderKey {
@@ -383,7 +382,31 @@ impl OpenClawConfig {
                 });
             }
         }
+        // Credits: a provider the owner has no key for is still configured, through the meter,
+        // which pays for its calls from the owner's credit balance (402 when it is empty).
+        if let Some((endpoint, token_key)) = &self.llm_meter {
+            for provider in &self.credit_providers {
+                if keys.iter().any(|k| &k.provider == provider) {
+                    continue;
+                }
+                keys.push(ProviderKey {
+                    base_url: Some(format!("http://{endpoint}/{}", meter_path(provider))),
+                    key: clawdeploy_llm_egress::member_token(token_key, member),
+                    provider: provider.clone(),
+                });
+            }
+        }
         Ok(keys)
+    }
+}
+
+/// The meter's path prefix for a provider (its API base as OpenClaw expects it).
+fn meter_path(provider: &str) -> &'static str {
+    match provider {
+        "openai" => "openai/v1",
+        "anthropic" => "anthropic",
+        "google" => "google/v1beta",
+        _ => "custom",
     }
 }
 
@@ -690,6 +713,7 @@ mod tests {
             keys: None,
             llm_meter: None,
             tiers: TiersConfig::default(),
+            credit_providers: Vec::new(),
         }
     }
 

@@ -233,6 +233,11 @@ pub async fn pool_from_config(
                 // The edge derives the same headers from the same key (main.rs).
                 gateway_proof_key: config.secrets.jwt_key.as_bytes().to_vec(),
                 tiers: config.tiers.clone(),
+                credit_providers: ["openai", "anthropic", "google"]
+                    .into_iter()
+                    .filter(|p| config.billing.platform_key(p).is_some())
+                    .map(str::to_string)
+                    .collect(),
             };
             // OpenClaw's own skill installer fetches from the platform's registry, served
             // beside the LLM meter (clawdeploy_skills::registry); no meter, no registry.

@@ -193,11 +193,11 @@ pub struct CreditEntry {
     pub tokens: i64,
     /// What was paid or refunded, in cents, when money moved.
     pub amount_cents: Option<i64>,
-    /// The Checkout Session of a purchase, the instance of a usage.
+    /// The Checkout Session of a purchase.
     pub reference: Option<String>,
     /// Who made an adjustment (an operator's email or token name).
     pub actor: Option<String>,
-    /// Why (adjustments), or the pack bought.
+    /// Why (adjustments), the pack bought, or the instance whose call was paid.
     pub reason: Option<String>,
     /// When (unix ms).
     pub created_at: i64,
