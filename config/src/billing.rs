@@ -245,4 +245,27 @@ mod tests {
         };
         assert_eq!(billing.pack_price_cents(&tiny), 50);
     }
+
+    /// A tier's table sets only the keys it names: the rest keep that tier's defaults.
+    #[test]
+    fn a_tier_table_overrides_only_its_keys() {
+        let config = crate::Config::from_toml_with_env(
+            "[tiers.pro]\nprice_id = \"price_123\"\nmemory_mb = 4096\n",
+            std::path::Path::new("t.toml"),
+            Vec::new(),
+        )
+        .unwrap();
+        let pro = &config.tiers.pro;
+        assert_eq!((pro.price_id.as_str(), pro.memory_mb), ("price_123", 4096));
+        assert_eq!((pro.skills, pro.subagents, pro.price_cents), (20, 5, 2900));
+        assert_eq!(config.tiers.by_price("price_123"), Some(crate::Tier::Pro));
+        assert_eq!(config.tiers.by_price(""), None);
+        assert_eq!(config.tiers.free.skills, 3);
+        let unknown = crate::Config::from_toml_with_env(
+            "[tiers.pro]\nprise_id = \"x\"\n",
+            std::path::Path::new("t.toml"),
+            Vec::new(),
+        );
+        assert!(unknown.unwrap_err().to_string().contains("prise_id"));
+    }
 }

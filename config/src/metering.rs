@@ -100,9 +100,10 @@ pub struct TierConfig {
     pub seats: u32,
 }
 
-/// `[tiers.free]`, `[tiers.pro]`, `[tiers.team]` (PRD §3.6.1); 0 means unlimited.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+/// `[tiers.free]`, `[tiers.pro]`, `[tiers.team]` (PRD §3.6.1); 0 means unlimited. A key left
+/// out of a tier's table keeps that tier's default (setting `[tiers.pro] price_id` leaves Pro's
+/// skill cap as it was).
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TiersConfig {
     /// `[tiers.free]`: quotas of the free tier.
     pub free: TierConfig,
@@ -144,6 +145,43 @@ impl Default for TiersConfig {
                 ..TierConfig::default()
             },
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for TiersConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Given {
+            #[serde(default)]
+            free: Option<toml::Table>,
+            #[serde(default)]
+            pro: Option<toml::Table>,
+            #[serde(default)]
+            team: Option<toml::Table>,
+        }
+        // Each tier's keys over that tier's own defaults (a derived `default` would start every
+        // table from zeros, i.e. unlimited).
+        fn over<E: serde::de::Error>(
+            base: TierConfig,
+            given: Option<toml::Table>,
+        ) -> Result<TierConfig, E> {
+            let Some(given) = given else {
+                return Ok(base);
+            };
+            let mut table = toml::Table::try_from(&base).map_err(E::custom)?;
+            table.extend(given);
+            table
+                .try_into()
+                .map_err(|e: toml::de::Error| E::custom(e.message()))
+        }
+        let given = Given::deserialize(d)?;
+        let defaults = TiersConfig::default();
+        Ok(TiersConfig {
+            free: over::<D::Error>(defaults.free, given.free)?,
+            pro: over::<D::Error>(defaults.pro, given.pro)?,
+            team: over::<D::Error>(defaults.team, given.team)?,
+        })
     }
 }
 

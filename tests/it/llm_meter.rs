@@ -57,7 +57,7 @@ async fn completions(
     }
 }
 
-async fn fake_provider() -> (SocketAddr, Seen) {
+pub async fn fake_provider() -> (SocketAddr, Seen) {
     let seen: Seen = Arc::default();
     let app = axum::Router::new()
         .route("/v1/chat/completions", axum::routing::post(completions))
@@ -290,7 +290,7 @@ pub fn public_custom_key() -> Value {
 }
 
 /// Waits for the meter's listener (a background service).
-async fn wait_listening(meter: SocketAddr) {
+pub async fn wait_listening(meter: SocketAddr) {
     let deadline = std::time::Instant::now() + PATIENCE;
     while tokio::net::TcpStream::connect(meter).await.is_err() {
         assert!(
