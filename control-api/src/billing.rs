@@ -200,7 +200,11 @@ pub async fn overview(
     State(state): State<ApiState>,
     auth: AuthUser,
 ) -> Result<Reply<BillingView>, ApiError> {
-    let user = &auth.user;
+    Ok(Reply(view_of(&state, &auth.user).await?))
+}
+
+/// What `GET /api/billing` answers (and the billing page shows) for `user`.
+pub(crate) async fn view_of(state: &ApiState, user: &User) -> Result<BillingView, ApiError> {
     let account = state.store.billing_account(user.id).await?;
     let subscription = state
         .store
@@ -227,7 +231,7 @@ pub async fn overview(
         packs,
         ledger: state.store.credit_ledger(user.id, 20).await?,
     };
-    Ok(Reply(BillingView {
+    Ok(BillingView {
         enabled: config.billing.enabled(),
         tier: user.tier,
         subscription,
@@ -235,10 +239,10 @@ pub async fn overview(
             .grace_until
             .filter(|_| user.tier.is_paid())
             .map(rfc3339),
-        tiers: offers(&state),
+        tiers: offers(state),
         credits,
-        limits: limits(&state, user).await?,
-    }))
+        limits: limits(state, user).await?,
+    })
 }
 
 async fn limits(state: &ApiState, user: &User) -> Result<Vec<LimitUse>, ApiError> {
@@ -628,33 +632,39 @@ pub async fn invoices(
     State(state): State<ApiState>,
     auth: AuthUser,
 ) -> Result<Reply<Invoices>, ApiError> {
-    let stripe = stripe(&state)?;
+    Ok(Reply(Invoices {
+        invoices: invoices_of(&state, &auth.user).await?,
+    }))
+}
+
+/// The latest invoices of `user`, from Stripe (none before the first checkout).
+pub(crate) async fn invoices_of(
+    state: &ApiState,
+    user: &User,
+) -> Result<Vec<InvoiceView>, ApiError> {
+    let stripe = stripe(state)?;
     let Some(customer) = state
         .store
-        .billing_account(auth.user.id)
+        .billing_account(user.id)
         .await?
         .stripe_customer_id
     else {
-        return Ok(Reply(Invoices {
-            invoices: Vec::new(),
-        }));
+        return Ok(Vec::new());
     };
     let list = stripe.invoices(&customer, 24).await.map_err(stripe_error)?;
-    Ok(Reply(Invoices {
-        invoices: list
-            .into_iter()
-            .map(|i| InvoiceView {
-                id: i.id,
-                number: i.number,
-                status: i.status,
-                amount_due: i.amount_due,
-                amount_paid: i.amount_paid,
-                currency: i.currency,
-                created: rfc3339(i.created.saturating_mul(1000)),
-                url: i.hosted_invoice_url,
-            })
-            .collect(),
-    }))
+    Ok(list
+        .into_iter()
+        .map(|i| InvoiceView {
+            id: i.id,
+            number: i.number,
+            status: i.status,
+            amount_due: i.amount_due,
+            amount_paid: i.amount_paid,
+            currency: i.currency,
+            created: rfc3339(i.created.saturating_mul(1000)),
+            url: i.hosted_invoice_url,
+        })
+        .collect())
 }
 
 /// Body of `POST /api/billing/credits`.

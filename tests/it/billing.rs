@@ -620,6 +620,91 @@ async fn credits_pay_for_a_keyless_owner_until_exhausted(db: Db) {
     assert_eq!(ledger["entries"][0]["reason"], "support ticket 42");
 }
 
+/// The billing page in Chromium: upgrade through (the fake's) Checkout, back on the page with
+/// the new plan; a credit pack the same way; a failed payment shows the grace banner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_billing_page_upgrades_buys_credits_and_warns_in_the_browser() {
+    use crate::webdriver::Browser;
+    let fake = FakeStripe::start().await;
+    let edge = with_fake(EdgeBuilder::new(), &fake)
+        .section("billing", "openai_key = \"sk-platform-key\"")
+        .start()
+        .await;
+    fake.deliver_to(edge.addr);
+    let (token, _) = verified_user(&edge, "browser-payer@example.com").await;
+    let browser = Browser::start(&edge).await;
+    browser.goto("/login").await;
+    browser
+        .type_into("#email", "browser-payer@example.com")
+        .await;
+    browser.type_into("#password", PW).await;
+    browser.click("#login-submit").await;
+    browser.wait_path("/dashboard").await;
+    browser.click("nav a[href='/billing']").await;
+    browser.wait_path("/billing").await;
+    assert_eq!(
+        browser.wait_text("#current-plan", |t| !t.is_empty()).await,
+        "free"
+    );
+    let plans = browser.wait_text("#plans", |t| !t.is_empty()).await;
+    assert!(
+        plans.contains("$29.00") && plans.contains("$79.00"),
+        "{plans}"
+    );
+
+    browser.click("[data-checkout='pro']").await;
+    browser
+        .wait_text("h1", |t| t == "Fake Stripe Checkout")
+        .await;
+    browser.click("#pay").await;
+    browser.wait_path("/billing").await;
+    assert_eq!(
+        browser.wait_text("#current-plan", |t| !t.is_empty()).await,
+        "pro"
+    );
+    let status = browser
+        .wait_text("#subscription-status", |t| !t.is_empty())
+        .await;
+    assert!(
+        status.contains("active") && status.contains("renews on"),
+        "{status}"
+    );
+    assert!(browser.find("#checkout-result").await.is_some());
+    let invoices = browser.wait_text("#invoices", |t| !t.is_empty()).await;
+    assert!(
+        invoices.contains("$29.00") && invoices.contains("paid"),
+        "{invoices}"
+    );
+    browser.check_page("14-billing-pro").await;
+
+    browser.click("[data-credits='1m']").await;
+    browser
+        .wait_text("h1", |t| t == "Fake Stripe Checkout")
+        .await;
+    browser.click("#pay").await;
+    browser.wait_path("/billing").await;
+    assert_eq!(
+        browser
+            .wait_text("#credit-balance", |t| !t.is_empty())
+            .await,
+        "1000000"
+    );
+
+    // A failed renewal: the banner says until when the plan holds and where to fix it.
+    let view = billing(&edge, &token).await;
+    let sub = fake
+        .subscription_of(view["subscription"]["stripeCustomerId"].as_str().unwrap())
+        .unwrap();
+    fake.fail_payment(&sub).await;
+    browser.goto("/billing").await;
+    let banner = browser.wait_text("#grace-banner", |t| !t.is_empty()).await;
+    assert!(
+        banner.contains("payment failed") && banner.contains("pro"),
+        "{banner}"
+    );
+    browser.check_page("15-billing-grace").await;
+}
+
 crate::both_dbs!(
     the_whole_tier_lifecycle_follows_stripe,
     webhooks_are_verified_idempotent_and_ordered,

@@ -631,6 +631,36 @@ function skillsPage() {
   });
 }
 
+// --- plan and billing ---
+function billingPage() {
+  const error = $("#billing-error");
+  const go = async (call) => {
+    error.textContent = "";
+    try {
+      const res = await call();
+      const url = res.checkoutUrl || res.portalUrl;
+      if (url) window.location.assign(url);
+      else window.location.reload();
+    } catch (err) { error.textContent = err.message; }
+  };
+  document.querySelectorAll("[data-checkout]").forEach((b) => b.addEventListener("click", () => {
+    b.disabled = true;
+    go(() => api("POST", "/api/billing/checkout", { tier: b.dataset.checkout })).finally(() => { b.disabled = false; });
+  }));
+  document.querySelectorAll("[data-credits]").forEach((b) => b.addEventListener("click", () =>
+    go(() => api("POST", "/api/billing/credits", { pack: b.dataset.credits }))));
+  const portal = $("#portal");
+  if (portal) portal.addEventListener("click", () => go(() => api("POST", "/api/billing/portal", {})));
+  const cancel = $("#cancel");
+  if (cancel) cancel.addEventListener("click", () => {
+    if (window.confirm("Cancel your plan at the end of the paid period?")) {
+      go(() => api("POST", "/api/billing/cancel", { atPeriodEnd: true }));
+    }
+  });
+  const resume = $("#resume");
+  if (resume) resume.addEventListener("click", () => go(() => api("POST", "/api/billing/cancel", { atPeriodEnd: false })));
+}
+
 function common() {
   const logout = $("#logout");
   if (logout) logout.addEventListener("click", async () => {
@@ -648,6 +678,7 @@ document.addEventListener("DOMContentLoaded", () => {
   else if (page === "settings") settingsPage();
   else if (page === "domains") domainsPage();
   else if (page === "skills") skillsPage();
+  else if (page === "billing") billingPage();
   // Every handler is attached: tests (and nothing else) wait for this before they type and click.
   document.documentElement.dataset.ready = "true";
 });

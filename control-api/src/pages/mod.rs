@@ -348,6 +348,7 @@ async fn dashboard(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) 
             .html(body);
     };
     let usage = state.store.usage_this_month(inst.id).await.ok();
+    let grace = grace_banner(&state, &auth.user).await;
     let (msg_limit, tok_limit) = tier_limits(&state, inst.tier);
     let (messages, tokens) = usage.map_or((0, 0), |u| (u.messages, u.tokens));
     let view = crate::instances::InstanceView::new(&state, &inst);
@@ -373,6 +374,7 @@ async fn dashboard(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) 
     );
     let body = html! {
         h1 { "Dashboard" }
+        @if let Some(banner) = grace { (banner) }
         @if !auth.user.email_verified() {
             p .notice role="note" {
                 "Confirm your email address: we sent a link to " (auth.user.email)
@@ -882,39 +884,216 @@ async fn skills(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -> 
         .html(body)
 }
 
-/// Plans and limits; where the chat's quota refusal links to (`metering.upgrade_url` defaults to
-/// `<app>/billing`). Payment is later work: upgrades are made by an operator.
+/// Plan and billing (issue 19): the plan with its subscription, upgrade buttons (Stripe
+/// Checkout), the Customer Portal, cancellation, usage against every limit, AI credits and
+/// invoices. The chat's quota refusal links here (`metering.upgrade_url` defaults to
+/// `<app>/billing`). The buttons call the billing API (app.js `billingPage`).
 async fn billing(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -> Response {
     let Some(auth) = signed_in(&state, &headers).await else {
         return to_login(&uri);
     };
-    let show = |v: Option<i64>| v.map_or("unlimited".to_string(), |v| v.to_string());
+    let view = match crate::billing::view_of(&state, &auth.user).await {
+        Ok(v) => v,
+        Err(e) => {
+            e.log_cause();
+            return error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Billing is unavailable",
+                "Your plan could not be read just now; reload the page in a moment.",
+                Some(&auth.user),
+            );
+        }
+    };
+    // Invoices come from Stripe: the rest of the page works without them.
+    let invoices = if view.enabled {
+        crate::billing::invoices_of(&state, &auth.user).await.ok()
+    } else {
+        Some(Vec::new())
+    };
+    let query = uri.query().unwrap_or_default();
+    let money = |cents: u64| format!("${}.{:02}", cents / 100, cents % 100);
+    let count = |v: Option<u64>| v.map_or("unlimited".to_string(), |v| v.to_string());
+    let live = view
+        .subscription
+        .as_ref()
+        .filter(|s| s.status.grants_tier());
     let body = html! {
         h1 { "Plan and billing" }
+        @if let Some(until) = &view.grace_until {
+            p .notice #grace-banner role="alert" {
+                "Your last payment failed. You keep the " (view.tier) " plan until " (until)
+                " while the card is tried again; update it in the billing portal to keep your plan."
+            }
+        }
+        @if query.contains("checkout=success") {
+            p .notice #checkout-result role="status" { "Thank you: your payment went through. Your plan is below." }
+        }
+        @if query.contains("credits=success") {
+            p .notice #checkout-result role="status" { "Thank you: your credits are added below." }
+        }
+        p .form-error #billing-error role="alert" {}
+        section .card aria-labelledby="current-h" {
+            h2 #current-h { "Your plan" }
+            p { "Plan: " strong #current-plan { (view.tier) } }
+            @if let Some(sub) = live {
+                p #subscription-status {
+                    "Subscription " (sub.status.as_str())
+                    @if let Some(end) = sub.current_period_end {
+                        @if sub.cancel_at_period_end { ", ends on " } @else { ", renews on " }
+                        (clawdeploy_store::time::rfc3339(end))
+                    }
+                }
+                @if sub.cancel_at_period_end {
+                    button type="button" .button #resume { "Keep my plan" }
+                } @else {
+                    button type="button" .button.danger #cancel { "Cancel at the end of the period" }
+                }
+            }
+            @if view.enabled && (live.is_some() || !view.credits.ledger.is_empty()) {
+                " " button type="button" .button #portal { "Manage payment and invoices" }
+            }
+            @if !view.enabled {
+                p .notice role="note" { "Online payment is not set up on this server: ask its operator to change your plan. Your instance keeps its data and address when the plan changes." }
+            }
+        }
+        section .card aria-labelledby="usage-h" {
+            h2 #usage-h { "Usage against your plan" }
+            ul #limits {
+                @for limit in &view.limits {
+                    li data-limit=(limit.name) {
+                        (limit_label(limit.name)) ": "
+                        @match limit.used { Some(u) => { (u) " of " } None => {} }
+                        (count(limit.limit))
+                    }
+                }
+            }
+        }
         section .card.wide aria-labelledby="plans-h" {
             h2 #plans-h { "Plans" }
             div .table-wrap {
-                table .table {
-                    caption .visually-hidden { "Monthly limits per plan" }
-                    thead { tr { th scope="col" { "Plan" } th scope="col" { "Messages a month" } th scope="col" { "AI tokens a month" } } }
+                table .table #plans {
+                    caption .visually-hidden { "Price and limits per plan" }
+                    thead { tr {
+                        th scope="col" { "Plan" } th scope="col" { "Price a month" } th scope="col" { "Messages a month" }
+                        th scope="col" { "AI tokens a month" } th scope="col" { "Skills" } th scope="col" { "Sub-agents" }
+                        th scope="col" { "Storage" } th scope="col" { "Custom domains" } th scope="col" { "Seats" }
+                        th scope="col" { "CPU, memory" } th scope="col" { span .visually-hidden { "Change" } }
+                    } }
                     tbody {
-                        @for tier in Tier::ALL {
-                            @let (messages, tokens) = tier_limits(&state, tier);
-                            tr {
-                                th scope="row" { (tier) @if tier == auth.user.tier { " (your plan)" } }
-                                td { (show(messages)) }
-                                td { (show(tokens)) }
+                        @for offer in &view.tiers {
+                            tr data-tier=(offer.tier) {
+                                th scope="row" { (offer.tier) @if offer.tier == view.tier { " (your plan)" } }
+                                td { @if offer.price_cents == 0 { "free" } @else { (money(offer.price_cents)) } }
+                                td { (count(offer.messages_per_month)) }
+                                td { (count(offer.tokens_per_month)) }
+                                td { (count(offer.skills.map(u64::from))) }
+                                td { (offer.subagents) }
+                                td { (offer.storage_mb.map_or("not limited".to_string(), |mb| format!("{} GB", mb / 1024))) }
+                                td { (offer.custom_domains) }
+                                td { (offer.seats) }
+                                td { (offer.cpus) " CPU, " (offer.memory_mb) " MiB" }
+                                td {
+                                    @if offer.purchasable && offer.tier != view.tier {
+                                        button type="button" .button.primary.small data-checkout=(offer.tier) {
+                                            @if offer.tier > view.tier { "Upgrade to " } @else { "Switch to " } (offer.tier)
+                                        }
+                                    }
+                                }
                             }
                         }
                     }
                 }
             }
-            p .notice role="note" { "Online payment is not available yet. To upgrade, ask the operator of this ClawDeploy server; your instance keeps its data and address when the plan changes. Message counts reset on the first of each month (UTC)." }
+            @if live.is_some() && view.tier.is_paid() {
+                p { "To move to the free plan, cancel: you keep your plan until the end of the paid period, then skills past the free limit are disabled and custom domains paused (nothing is deleted)." }
+            }
+        }
+        section .card aria-labelledby="credits-h" {
+            h2 #credits-h { "AI credits" }
+            p { "Balance: " strong #credit-balance { (view.credits.balance_tokens) } " tokens" }
+            @if view.credits.providers.is_empty() {
+                p { "This server sells no AI credits: add your own provider key in settings." }
+            } @else {
+                p { "Credits pay for " (view.credits.providers.join(", ")) " when you have not added your own key (your own key is never charged by us)." }
+                @if view.enabled {
+                    ul .packs {
+                        @for pack in &view.credits.packs {
+                            li { button type="button" .button.small data-credits=(pack.id) {
+                                "Buy " (pack.tokens) " tokens for " (money(pack.price_cents))
+                            } }
+                        }
+                    }
+                }
+            }
+            @if !view.credits.ledger.is_empty() {
+                div .table-wrap {
+                    table .table #ledger {
+                        caption { "Latest credit entries" }
+                        thead { tr { th scope="col" { "When" } th scope="col" { "What" } th scope="col" { "Tokens" } } }
+                        tbody {
+                            @for entry in &view.credits.ledger {
+                                tr {
+                                    td { (clawdeploy_store::time::rfc3339(entry.created_at)) }
+                                    td { (serde_json::to_value(entry.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()) }
+                                    td { (entry.tokens) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        section .card aria-labelledby="invoices-h" {
+            h2 #invoices-h { "Invoices" }
+            @match &invoices {
+                None => p { "Invoices cannot be loaded from the payment provider right now." },
+                Some(list) if list.is_empty() => p { "No invoices yet." },
+                Some(list) => {
+                    ul #invoices {
+                        @for inv in list {
+                            li {
+                                (inv.created) " · " (money(inv.amount_due.max(0) as u64)) " · " (inv.status.as_deref().unwrap_or(""))
+                                @if let Some(url) = &inv.url { " · " a href=(url) rel="noopener" { "view" } }
+                            }
+                        }
+                    }
+                }
+            }
         }
     };
     Page::new("Plan and billing · ClawDeploy", "billing")
         .user(Some(&auth.user))
         .html(body)
+}
+
+/// After a failed payment, while the paid plan holds: where to fix it.
+async fn grace_banner(state: &ApiState, user: &clawdeploy_store::User) -> Option<Markup> {
+    let until = state
+        .store
+        .billing_account(user.id)
+        .await
+        .ok()?
+        .grace_until?;
+    user.tier.is_paid().then(|| {
+        html! {
+            p .notice #grace-banner role="alert" {
+                "Your last payment failed. You keep the " (user.tier) " plan until "
+                (clawdeploy_store::time::rfc3339(until)) ": "
+                a href="/billing" { "update your payment details" } "."
+            }
+        }
+    })
+}
+
+fn limit_label(name: &str) -> &'static str {
+    match name {
+        "messages" => "Messages this month",
+        "tokens" => "AI tokens this month",
+        "skills" => "Skills enabled",
+        "subagents" => "Sub-agents at once",
+        "customDomains" => "Custom domains",
+        _ => "Storage (MiB)",
+    }
 }
 
 /// A table of JSON rows: one column per (JSON pointer, title); strings as they are, null empty,

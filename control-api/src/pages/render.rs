@@ -44,6 +44,7 @@ impl<'a> Page<'a> {
                         (link("/security", "Security log", "security"))
                         (link("/skills", "Skills", "skills"))
                         (link("/domains", "Domains", "domains"))
+                        (link("/billing", "Billing", "billing"))
                         @if user.role == Role::Operator {
                             (link("/operator", "Operator", "operator"))
                         }
