@@ -921,7 +921,7 @@ async fn billing(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) ->
         h1 { "Plan and billing" }
         @if let Some(until) = &view.grace_until {
             p .notice #grace-banner role="alert" {
-                "Your last payment failed. You keep the " (view.tier) " plan until " (until)
+                "Your last payment failed. You keep the " (view.tier) " plan until " (until.replacen('T', " ", 1).get(..16).unwrap_or(until)) " UTC"
                 " while the card is tried again; update it in the billing portal to keep your plan."
             }
         }
@@ -937,10 +937,10 @@ async fn billing(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) ->
             p { "Plan: " strong #current-plan { (view.tier) } }
             @if let Some(sub) = live {
                 p #subscription-status {
-                    "Subscription " (sub.status.as_str())
+                    "Subscription " (sub.status.as_str().replace('_', " "))
                     @if let Some(end) = sub.current_period_end {
                         @if sub.cancel_at_period_end { ", ends on " } @else { ", renews on " }
-                        (clawdeploy_store::time::rfc3339(end))
+                        (when(end))
                     }
                 }
                 @if sub.cancel_at_period_end {
@@ -1033,7 +1033,7 @@ async fn billing(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) ->
                         tbody {
                             @for entry in &view.credits.ledger {
                                 tr {
-                                    td { (clawdeploy_store::time::rfc3339(entry.created_at)) }
+                                    td { (when(entry.created_at)) }
                                     td { (serde_json::to_value(entry.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()) }
                                     td { (entry.tokens) }
                                 }
@@ -1052,7 +1052,7 @@ async fn billing(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) ->
                     ul #invoices {
                         @for inv in list {
                             li {
-                                (inv.created) " · " (money(inv.amount_due.max(0) as u64)) " · " (inv.status.as_deref().unwrap_or(""))
+                                (inv.created.get(..10).unwrap_or(&inv.created)) " · " (money(inv.amount_due.max(0) as u64)) " · " (inv.status.as_deref().unwrap_or(""))
                                 @if let Some(url) = &inv.url { " · " a href=(url) rel="noopener" { "view" } }
                             }
                         }
@@ -1078,11 +1078,17 @@ async fn grace_banner(state: &ApiState, user: &clawdeploy_store::User) -> Option
         html! {
             p .notice #grace-banner role="alert" {
                 "Your last payment failed. You keep the " (user.tier) " plan until "
-                (clawdeploy_store::time::rfc3339(until)) ": "
+                (when(until)) ": "
                 a href="/billing" { "update your payment details" } "."
             }
         }
     })
+}
+
+/// A time for people: `2026-12-14 21:15 UTC`.
+fn when(ms: i64) -> String {
+    let stamp = clawdeploy_store::time::rfc3339(ms).replacen('T', " ", 1);
+    format!("{} UTC", stamp.get(..16).unwrap_or(&stamp))
 }
 
 fn limit_label(name: &str) -> &'static str {
