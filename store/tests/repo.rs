@@ -118,6 +118,7 @@ macro_rules! both {
 }
 
 both!(
+    billing_state_ledger_and_parked_domains,
     migrate_is_idempotent,
     users_crud,
     duplicate_email_conflicts,
@@ -1844,4 +1845,192 @@ async fn skills_installed_capped_and_sealed(db: &Db) {
         .find(|(sk, _)| sk.skill_id == "notion")
         .unwrap();
     assert_eq!(secrets["NOTION_API_KEY"].as_str(), "secret_rotated");
+}
+
+/// Issue #19: subscriptions apply in the order of their own state (canceled is final), a
+/// purchase is credited once, the balance is the ledger's sum, grace periods keep their first
+/// end, domains park past a limit and come back, tier-disabled skills are restored.
+async fn billing_state_ledger_and_parked_domains(db: &Db) {
+    let s = &db.store;
+    let (u, i) = domain_user(s, "payer").await;
+    assert_eq!(s.set_stripe_customer(u.id, "cus_1").await.unwrap(), "cus_1");
+    // A second customer made by a concurrent checkout does not replace the first.
+    assert_eq!(s.set_stripe_customer(u.id, "cus_2").await.unwrap(), "cus_1");
+    assert_eq!(
+        s.user_by_stripe_customer("cus_1")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        u.id
+    );
+    assert!(s.user_by_stripe_customer("cus_2").await.unwrap().is_none());
+
+    let state = |status, at| SubscriptionState {
+        user_id: u.id,
+        stripe_subscription_id: "sub_1",
+        stripe_customer_id: "cus_1",
+        tier: Tier::Pro,
+        status,
+        current_period_end: Some(1_000),
+        cancel_at_period_end: false,
+        state_at: at,
+    };
+    assert!(s
+        .apply_subscription(&state(SubscriptionStatus::Active, 10))
+        .await
+        .unwrap()
+        .is_some());
+    // Older: ignored. Same time: applied (arrival order within a second).
+    assert!(s
+        .apply_subscription(&state(SubscriptionStatus::PastDue, 9))
+        .await
+        .unwrap()
+        .is_none());
+    let same = s
+        .apply_subscription(&state(SubscriptionStatus::PastDue, 10))
+        .await
+        .unwrap();
+    assert_eq!(same.unwrap().status, SubscriptionStatus::PastDue);
+    assert!(s
+        .apply_subscription(&state(SubscriptionStatus::Canceled, 11))
+        .await
+        .unwrap()
+        .is_some());
+    // Canceled is final, even for a later state.
+    assert!(s
+        .apply_subscription(&state(SubscriptionStatus::Active, 12))
+        .await
+        .unwrap()
+        .is_none());
+    let subs = s.subscriptions_of(u.id).await.unwrap();
+    assert_eq!(
+        (subs.len(), subs[0].status),
+        (1, SubscriptionStatus::Canceled)
+    );
+
+    // Events: seen once recorded.
+    assert!(!s.billing_event_seen("evt_1").await.unwrap());
+    s.record_billing_event("evt_1", "invoice.paid", "ok")
+        .await
+        .unwrap();
+    s.record_billing_event("evt_1", "invoice.paid", "again")
+        .await
+        .unwrap();
+    assert!(s.billing_event_seen("evt_1").await.unwrap());
+
+    // Grace: the first end holds until cleared.
+    assert_eq!(s.start_grace(u.id, 500).await.unwrap(), 500);
+    assert_eq!(s.start_grace(u.id, 900).await.unwrap(), 500);
+    assert_eq!(s.users_past_grace(499).await.unwrap(), Vec::<Uuid>::new());
+    assert_eq!(s.users_past_grace(500).await.unwrap(), vec![u.id]);
+    s.clear_grace(u.id).await.unwrap();
+    assert!(s.billing_account(u.id).await.unwrap().grace_until.is_none());
+
+    // The ledger: a purchase once per session, usage below zero allowed, the sum is the balance.
+    let purchase = NewCredit {
+        user_id: u.id,
+        kind: CreditKind::Purchase,
+        tokens: 1_000,
+        amount_cents: Some(1_000),
+        reference: Some("cs_1"),
+        actor: None,
+        reason: Some("1m"),
+    };
+    assert_eq!(s.add_credit(&purchase).await.unwrap(), Some(1_000));
+    assert_eq!(s.add_credit(&purchase).await.unwrap(), None);
+    let usage = |tokens| NewCredit {
+        user_id: u.id,
+        kind: CreditKind::Usage,
+        tokens,
+        amount_cents: None,
+        reference: None,
+        actor: None,
+        reason: Some("instance x"),
+    };
+    let debit = vec![usage(-150); 10];
+    let debits = futures_util::future::join_all(debit.iter().map(|d| s.add_credit(d))).await;
+    assert!(debits.iter().all(|d| d.is_ok()), "{debits:?}");
+    assert_eq!(s.credit_balance(u.id).await.unwrap(), -500);
+    let ledger = s.credit_ledger(u.id, 100).await.unwrap();
+    assert_eq!(ledger.len(), 11);
+    assert_eq!(ledger.iter().map(|e| e.tokens).sum::<i64>(), -500);
+
+    // Domains: two proven and one pending; a limit of 1 parks the newer two; back at 5.
+    let mut ids = Vec::new();
+    for (n, host) in ["a.example.org", "b.example.org", "c.example.org"]
+        .iter()
+        .enumerate()
+    {
+        let d = s
+            .create_custom_domain(u.id, i.id, host, &format!("t{n}"))
+            .await
+            .unwrap();
+        ids.push(d.id);
+    }
+    s.set_custom_domain_status(ids[0], DomainStatus::Active, None)
+        .await
+        .unwrap();
+    s.set_custom_domain_status(ids[1], DomainStatus::Active, None)
+        .await
+        .unwrap();
+    let parked = s
+        .park_custom_domains(u.id, 1, "the free tier")
+        .await
+        .unwrap();
+    assert_eq!(parked, ["b.example.org", "c.example.org"]);
+    assert!(s
+        .park_custom_domains(u.id, 1, "again")
+        .await
+        .unwrap()
+        .is_empty());
+    let back = s.unpark_custom_domains(u.id, 5).await.unwrap();
+    let states: Vec<(String, DomainStatus)> =
+        back.into_iter().map(|d| (d.hostname, d.status)).collect();
+    assert_eq!(
+        states,
+        [
+            ("b.example.org".to_string(), DomainStatus::Active),
+            ("c.example.org".to_string(), DomainStatus::PendingDns),
+        ]
+    );
+
+    // Skills: a cap of 1 disables the newer; the owner's own disable is not undone by a restore.
+    let none = std::collections::BTreeMap::new();
+    let plain = serde_json::Map::new();
+    for id in ["first", "second", "third"] {
+        s.install_skill(
+            &NewSkill {
+                instance_id: i.id,
+                skill_id: id,
+                version: "1",
+                source: SkillSource::Bundled,
+                config: &plain,
+                secrets: &none,
+                cap: 0,
+            },
+            &keyring(),
+        )
+        .await
+        .unwrap();
+    }
+    let change = SkillChange {
+        enabled: Some(false),
+        ..SkillChange::default()
+    };
+    s.update_skill(i.id, "first", &change, &keyring())
+        .await
+        .unwrap();
+    assert_eq!(s.cap_skills(i.id, 1, "free").await.unwrap(), ["third"]);
+    assert!(s.restore_capped_skills(i.id, 1).await.unwrap().is_empty());
+    assert_eq!(s.restore_capped_skills(i.id, 0).await.unwrap(), ["third"]);
+    let enabled: Vec<String> = s
+        .skills_of(i.id, &keyring())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|k| k.enabled)
+        .map(|k| k.skill_id)
+        .collect();
+    assert_eq!(enabled, ["second", "third"]);
 }

@@ -158,7 +158,13 @@ async fn nodes_instances_tiers_and_migrate(db: Db) {
     assert_eq!(pro.status, 200, "{}", pro.text());
     assert_eq!(pro.json()["user"]["tier"], "pro");
     assert_eq!(pro.json()["instances"][0]["tier"], "pro");
-    assert!(pro.json()["pending"].is_string());
+    // Applied at once: the answer says what happened to the container's limits.
+    assert_eq!(
+        pro.json()["resources"].as_array().unwrap().len(),
+        1,
+        "{}",
+        pro.text()
+    );
     let me = edge
         .api("GET", "/api/instances/me", Some(&token), None)
         .await;
