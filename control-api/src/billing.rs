@@ -802,19 +802,23 @@ pub async fn webhook(
             format!("The body is not a Stripe event: {e}"),
         )
     })?;
-    if state.store.billing_event_seen(&event.id).await? {
-        return Ok(Reply(WebhookReply {
-            received: true,
-            outcome: "already handled".into(),
-        }));
-    }
-    // Deliveries of one customer's events are handled one at a time on this node; the store's
-    // ordered upsert decides between nodes.
-    let outcome = handle(&state, &event).await?;
-    state
-        .store
-        .record_billing_event(&event.id, &event.kind, &outcome)
-        .await?;
+    // One delivery at a time on this node (a tier worked out from an older state must not land
+    // after a newer one); between nodes the store's ordered upsert decides.
+    let outcome = {
+        let _one = state.ctx.billing_lock.lock().await;
+        if state.store.billing_event_seen(&event.id).await? {
+            return Ok(Reply(WebhookReply {
+                received: true,
+                outcome: "already handled".into(),
+            }));
+        }
+        let outcome = handle(&state, &event).await?;
+        state
+            .store
+            .record_billing_event(&event.id, &event.kind, &outcome)
+            .await?;
+        outcome
+    };
     metrics::counter!("clawdeploy_billing_webhooks_total", "outcome" => "handled").increment(1);
     metrics::histogram!("clawdeploy_billing_webhook_seconds")
         .record(started.elapsed().as_secs_f64());
@@ -1179,6 +1183,7 @@ pub async fn sweep_forever(state: ApiState) {
 
 /// One pass of [`sweep_forever`].
 pub async fn sweep(state: &ApiState) -> Result<(), ApiError> {
+    let _one = state.ctx.billing_lock.lock().await;
     for id in state.store.users_past_grace(now_ms()).await? {
         let Some(user) = state.store.get_user(id).await? else {
             continue;

@@ -89,6 +89,9 @@ pub struct ApiContext {
     pub registry: Option<Arc<clawdeploy_skills::Registry>>,
     /// Stripe, when `billing.stripe_secret_key` is set.
     pub stripe: Option<Arc<clawdeploy_billing::Stripe>>,
+    /// Billing changes on this node one at a time (webhook deliveries, the grace sweep), so a
+    /// tier worked out from an older state is never applied after a newer one.
+    pub billing_lock: tokio::sync::Mutex<()>,
 }
 
 impl ApiContext {
@@ -126,6 +129,7 @@ impl ApiContext {
         };
         Ok(Self {
             stripe,
+            billing_lock: tokio::sync::Mutex::new(()),
             throttle: throttle::Throttle::new(Duration::from_secs(config.limits.login_window_secs)),
             config,
             admin_token: Zeroizing::new(admin_token),
