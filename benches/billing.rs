@@ -116,6 +116,15 @@ async fn webhooks() {
     let edge = builder.start().await;
     fake.deliver_to(edge.addr);
     let token = verified(&edge, "bench@example.com").await;
+    let created = edge
+        .api(
+            "POST",
+            "/api/instances",
+            Some(&token),
+            Some(json!({"subdomain": "payer"})),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
     let checkout = edge
         .api(
             "POST",
@@ -162,6 +171,23 @@ async fn webhooks() {
         }
     }
     let sequential = started.elapsed();
+    // The last event moved the account (an odd index changes the tier): it applied.
+    let last = if ((n - 1) / 2) % 2 == 0 {
+        "team"
+    } else {
+        "pro"
+    };
+    let view = edge
+        .api("GET", "/api/billing", Some(&token), None)
+        .await
+        .json();
+    assert_eq!(view["tier"], last, "{view}");
+    assert_eq!(
+        edge.api("GET", "/api/instances/me", Some(&token), None)
+            .await
+            .json()["instance"]["tier"],
+        last
+    );
     let (edge_mean, edge_count) = mean_ms(&edge, "clawdeploy_billing_webhook_seconds").await;
     // Bursts: 50 deliveries at once (Stripe retries a backlog after an outage).
     let mut burst = Vec::new();
@@ -184,7 +210,7 @@ async fn webhooks() {
     }
     let mut report = format!(
         "# Stripe webhook handling ({})\n\n`BILLING_BENCH=webhook cargo bench --bench billing` (release build): the real edge on SQLite \
-         (embedded default store), no instance runtime (a tier change rewrites the account, its caps and routes; no container to resize), \
+         (embedded default store), one instance but no instance runtime (a tier change rewrites the account, the instance's tier, route and skill caps; no container to resize: `runtime.kind = \"none\"`), \
          signed `customer.subscription.updated` events from the tests' Stripe fake over loopback HTTP/1.1, a new connection each. \
          2 CPUs, load before: {load_before}, after: {}.\n\n{HEAD}",
         date(),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::openclaw::Cleanup;
-use crate::stripe_fake::{FakeStripe, PRO_PRICE, WEBHOOK_SECRET};
+use crate::stripe_fake::{FakeStripe, WEBHOOK_SECRET};
 use crate::support::*;
 
 const PW: &str = "correct horse battery staple 9";
@@ -151,7 +151,7 @@ async fn the_whole_tier_lifecycle_follows_stripe(db: Db) {
         .start()
         .await;
     fake.deliver_to(edge.addr);
-    let (token, user_id) = verified_user(&edge, "payer@example.com").await;
+    let (token, _) = verified_user(&edge, "payer@example.com").await;
     let created = edge
         .api(
             "POST",
@@ -304,7 +304,6 @@ async fn the_whole_tier_lifecycle_follows_stripe(db: Db) {
     })
     .await;
     assert_eq!(view["tier"], "team");
-    assert_eq!(user_id.len(), 36);
 }
 
 /// Bad and replayed deliveries change nothing; events apply in the subscription's own order;
@@ -456,7 +455,6 @@ async fn webhooks_are_verified_idempotent_and_ordered(db: Db) {
     assert_eq!(subs.status, 200, "{}", subs.text());
     assert_eq!(subs.json()["subscriptions"][0]["userId"], user_id.as_str());
     assert_eq!(subs.json()["subscriptions"][0]["status"], "canceled");
-    assert_eq!(PRO_PRICE, "price_fake_pro");
 }
 
 fn now_s() -> i64 {

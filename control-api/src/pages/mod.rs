@@ -1159,6 +1159,14 @@ async fn operator(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -
     .await
     .map(|r| rows(&r.0.instances))
     .unwrap_or_default();
+    let sub_rows = crate::billing::admin_subscriptions(
+        admin(),
+        State(state.clone()),
+        Ok(Query(crate::billing::SubscriptionsQuery::default())),
+    )
+    .await
+    .map(|r| rows(&r.0.subscriptions))
+    .unwrap_or_default();
     let body = html! {
         h1 { "Operator" }
         section .card.wide {
@@ -1183,6 +1191,14 @@ async fn operator(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -
                 "Every instance",
                 &inst_rows,
                 &[("/subdomain", "Subdomain"), ("/status", "Status"), ("/tier", "Tier"), ("/nodeId", "Node"), ("/upstream", "Upstream"), ("/userId", "User"), ("/createdAt", "Created")]
+            ))
+        }
+        section .card.wide {
+            h2 { "Subscriptions (" (sub_rows.len()) ")" }
+            (json_table(
+                "Stripe subscriptions, newest first (a user's credit ledger: GET /admin/users/{id}/credits)",
+                &sub_rows,
+                &[("/userId", "User"), ("/tier", "Tier"), ("/status", "Status"), ("/cancelAtPeriodEnd", "Cancelling"), ("/currentPeriodEnd", "Period end"), ("/stripeSubscriptionId", "Stripe id")]
             ))
         }
     };
