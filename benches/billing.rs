@@ -152,7 +152,7 @@ async fn webhooks() {
         let mut sub = base.clone();
         let changing = i % 2 == 1;
         if changing {
-            let price = if (i / 2) % 2 == 0 {
+            let price = if (i / 2).is_multiple_of(2) {
                 stripe_fake::TEAM_PRICE
             } else {
                 stripe_fake::PRO_PRICE
@@ -172,7 +172,7 @@ async fn webhooks() {
     }
     let sequential = started.elapsed();
     // The last event moved the account (an odd index changes the tier): it applied.
-    let last = if ((n - 1) / 2) % 2 == 0 {
+    let last = if ((n - 1) / 2).is_multiple_of(2) {
         "team"
     } else {
         "pro"
