@@ -903,21 +903,21 @@ async fn start_grace(state: &ApiState, user: &User) -> Result<i64, ApiError> {
             end = rfc3339(until),
             origin = state.ctx.app_origin(),
         );
-        if let Err(e) = state
-            .ctx
-            .mailer
-            .send(
-                &state.store,
-                &user.email,
-                "Your ClawDeploy payment failed",
-                &body,
-            )
-            .await
-        {
-            tracing::warn!(user = %user.id, "cannot mail the failed-payment notice: {e}");
-        }
+        notify(state, user, "Your ClawDeploy payment failed", &body).await;
     }
     Ok(until)
+}
+
+/// Mails the account's owner (a failure is logged: the change it tells of has been made).
+async fn notify(state: &ApiState, user: &User, subject: &str, body: &str) {
+    if let Err(e) = state
+        .ctx
+        .mailer
+        .send(&state.store, &user.email, subject, body)
+        .await
+    {
+        tracing::warn!(user = %user.id, subject, "cannot mail a billing notice: {e}");
+    }
 }
 
 async fn checkout_completed(
@@ -1198,19 +1198,7 @@ pub async fn sweep(state: &ApiState) -> Result<(), ApiError> {
                 tier = user.tier,
                 origin = state.ctx.app_origin(),
             );
-            if let Err(e) = state
-                .ctx
-                .mailer
-                .send(
-                    &state.store,
-                    &user.email,
-                    "Your ClawDeploy plan moved to free",
-                    &body,
-                )
-                .await
-            {
-                tracing::warn!(user = %user.id, "cannot mail the downgrade notice: {e}");
-            }
+            notify(state, &user, "Your ClawDeploy plan moved to free", &body).await;
         }
     }
     Ok(())
