@@ -433,7 +433,8 @@ pub(crate) async fn send_link(
         ),
         EmailTokenPurpose::Reset => (
             RESET_TTL_MS,
-            "/api/auth/reset-password",
+            // A page for people; `GET /api/auth/reset-password?token=` stays for API clients.
+            "/reset-password",
             "Reset your ClawDeploy password",
             "Someone (hopefully you) asked to reset your password. Open this link within one hour \
              to choose a new one; it works once. If it was not you, ignore this mail.",

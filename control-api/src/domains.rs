@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 
 use clawdeploy_certs::manager::{CertSummary, DOMAIN_TXT_PREFIX};
 use clawdeploy_config::hostname::is_valid_label;
-use clawdeploy_store::{Conflict, CustomDomain, DomainStatus, StoreError, Tier};
+use clawdeploy_store::{Conflict, CustomDomain, DomainStatus, StoreError};
 
 use crate::admin::Admin;
 use crate::auth::AuthUser;
@@ -318,11 +318,17 @@ pub async fn create(
             "Custom domains are turned off on this platform.",
         ));
     }
-    if auth.user.tier == Tier::Free {
+    let allowed = config.tiers.get(auth.user.tier).custom_domains;
+    if allowed == 0 {
+        let billing = format!("{}/billing", state.ctx.app_origin());
         return Err(ApiError::forbidden(
             "TIER_REQUIRED",
-            "Custom domains come with the Pro tier and up; upgrade to add one.",
-        ));
+            format!(
+                "The {} plan has no custom domains; upgrade on {billing} to add one.",
+                auth.user.tier
+            ),
+        )
+        .with("upgradeUrl", serde_json::Value::String(billing)));
     }
     let hostname = check_hostname(&b.hostname, &config.server.base_domain)?;
     let exists = || {
@@ -355,12 +361,20 @@ pub async fn create(
         ));
     };
     let existing = state.store.list_custom_domains_of(auth.user.id).await?;
-    if existing.len() >= config.domains.max_per_user as usize {
+    // The tier's limit counts domains in use (parked ones wait for the plan to allow them);
+    // `domains.max_per_user` bounds every claim an account keeps.
+    let in_use = existing
+        .iter()
+        .filter(|d| !matches!(d.status, DomainStatus::Failed | DomainStatus::Parked))
+        .count();
+    if in_use >= allowed as usize || existing.len() >= config.domains.max_per_user as usize {
         return Err(ApiError::conflict(
             "DOMAIN_LIMIT",
             format!(
-                "You have {} domains, the most allowed; delete one first.",
-                existing.len()
+                "You have {} domains, the most your {} plan allows; delete one first, or upgrade on {}/billing.",
+                existing.len(),
+                auth.user.tier,
+                state.ctx.app_origin()
             ),
         ));
     }

@@ -1179,3 +1179,62 @@ async fn skills_are_found_installed_capped_and_presets_applied_in_the_browser() 
         .await;
     assert_eq!(selected, "writer");
 }
+
+/// Issue #23, item 1: a forgotten password, walked as a person does: the login page's link, the
+/// request page, the mailed link's page (a weak password refused beside its field), the new
+/// password, the login page saying what happened; the used link opened again says so and offers a
+/// new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_password_is_reset_on_pages_made_for_people() {
+    let edge = EdgeBuilder::new().start().await;
+    edge.register("forgetful@example.com", PW).await;
+    let browser = Browser::start(&edge).await;
+    browser.goto("/login").await;
+    browser.click("#forgot-link").await;
+    browser.wait_path("/forgot-password").await;
+    browser.type_into("#email", "forgetful@example.com").await;
+    browser.click("#forgot-submit").await;
+    let status = browser.wait_text("#forgot-status", |t| !t.is_empty()).await;
+    assert!(status.contains("reset link"), "{status}");
+    browser.check_page("16-forgot-password").await;
+
+    let mail = edge.last_mail("forgetful@example.com").await;
+    let link = find_link(mail["body"].as_str().unwrap());
+    let path = link
+        .split_once("/reset-password")
+        .map(|(_, rest)| format!("/reset-password{rest}"))
+        .expect("the mail links to the reset page");
+    browser.goto(&path).await;
+    let heading = browser.wait_text("h1", |t| !t.is_empty()).await;
+    assert_eq!(heading, "Choose a new password");
+    browser.type_into("#password", "short").await;
+    browser.click("#reset-submit").await;
+    let weak = browser
+        .wait_text("#password-error", |t| !t.is_empty())
+        .await;
+    assert!(weak.contains("10"), "{weak}");
+    browser.check_page("17-reset-password").await;
+    browser
+        .type_into("#password", "a brand new passphrase 7")
+        .await;
+    browser.click("#reset-submit").await;
+    browser.wait_path("/login").await;
+    let done = browser.wait_text("#reset-done", |t| !t.is_empty()).await;
+    assert!(done.contains("password is changed"), "{done}");
+    assert_eq!(edge.login("forgetful@example.com", PW).await.status, 401);
+    browser.type_into("#email", "forgetful@example.com").await;
+    browser
+        .type_into("#password", "a brand new passphrase 7")
+        .await;
+    browser.click("#login-submit").await;
+    browser.wait_path("/dashboard").await;
+
+    // The same link again: a page that says what happened, never JSON.
+    browser.goto(&path).await;
+    let heading = browser.wait_text("h1", |t| !t.is_empty()).await;
+    assert_eq!(heading, "This link was already used");
+    let source = browser.script("return document.body.innerText;").await;
+    assert!(!source.to_string().contains("TOKEN_USED"), "{source}");
+    assert!(browser.find("a[href='/forgot-password']").await.is_some());
+    browser.check_page("18-reset-link-used").await;
+}

@@ -631,6 +631,37 @@ function skillsPage() {
   });
 }
 
+// --- forgotten password ---
+function forgotPage() {
+  const form = $("#forgot-form");
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    clearErrors(form);
+    $("#forgot-status").textContent = "";
+    try {
+      const res = await api("POST", "/api/auth/forgot-password", { email: form.email.value.trim() });
+      $("#forgot-status").textContent = res.message + " Check your inbox (and the spam folder).";
+    } catch (err) { showError(form, err); }
+  });
+}
+
+function resetPage() {
+  const form = $("#reset-form");
+  if (!form) return; // an unusable link: the page says what to do
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    clearErrors(form);
+    try {
+      await api("POST", "/api/auth/reset-password", { token: form.dataset.token, password: form.password.value });
+      window.location.assign("/login?reset=done");
+    } catch (err) {
+      if (err.code === "TOKEN_USED" || err.code === "TOKEN_EXPIRED" || err.code === "INVALID_TOKEN") {
+        window.location.reload(); // the page explains and offers a new link
+      } else { showError(form, err); }
+    }
+  });
+}
+
 // --- plan and billing ---
 function billingPage() {
   const error = $("#billing-error");
@@ -679,6 +710,8 @@ document.addEventListener("DOMContentLoaded", () => {
   else if (page === "domains") domainsPage();
   else if (page === "skills") skillsPage();
   else if (page === "billing") billingPage();
+  else if (page === "forgot") forgotPage();
+  else if (page === "reset") resetPage();
   // Every handler is attached: tests (and nothing else) wait for this before they type and click.
   document.documentElement.dataset.ready = "true";
 });

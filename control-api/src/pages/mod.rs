@@ -35,6 +35,8 @@ pub fn routes() -> Router<ApiState> {
         .route("/", get(landing))
         .route("/signup", get(signup))
         .route("/login", get(login))
+        .route("/forgot-password", get(forgot_password))
+        .route("/reset-password", get(reset_password))
         .route("/login/continue", get(login_continue))
         .route("/dashboard", get(dashboard))
         .route("/settings", get(settings))
@@ -186,6 +188,9 @@ async fn signup(State(state): State<ApiState>, headers: HeaderMap) -> Response {
 struct NextQuery {
     #[serde(default)]
     next: Option<String>,
+    /// `done` after a password reset: the login page says so.
+    #[serde(default)]
+    reset: Option<String>,
 }
 
 async fn login(
@@ -201,6 +206,9 @@ async fn login(
     let body = html! {
         section .card.narrow {
             h1 { "Log in" }
+            @if q.reset.as_deref() == Some("done") {
+                p .notice #reset-done role="status" { "Your password is changed and every session was logged out. Log in with the new password." }
+            }
             p .muted { "New here? " a href="/signup" { "Deploy free" } "." }
             form #login-form method="post" data-next=(next) novalidate {
                 div .field {
@@ -219,9 +227,113 @@ async fn login(
                 p .form-error #form-error role="alert" {}
                 button type="submit" .button.primary #login-submit { "Log in" }
             }
+            p .muted { a #forgot-link href="/forgot-password" { "Forgot your password?" } }
         }
     };
     Page::new("Log in · ClawDeploy", "login").html(body)
+}
+
+/// Asks for a password reset link by mail (the same answer whether or not the account exists).
+async fn forgot_password() -> Response {
+    let body = html! {
+        section .card.narrow {
+            h1 { "Reset your password" }
+            p { "Enter your account's email address. We send it a link to choose a new password; the link works once, within one hour." }
+            form #forgot-form method="post" novalidate {
+                div .field {
+                    label for="email" { "Email" }
+                    input #email name="email" type="email" autocomplete="username" required data-field="email" aria-describedby="email-error";
+                    p .field-error #email-error {}
+                }
+                p .form-error #form-error role="alert" {}
+                button type="submit" .button.primary #forgot-submit { "Send the link" }
+            }
+            p #forgot-status role="status" {}
+            p .muted { a href="/login" { "Back to log in" } }
+        }
+    };
+    Page::new("Reset your password · ClawDeploy", "forgot").html(body)
+}
+
+#[derive(Deserialize)]
+struct ResetQuery {
+    #[serde(default)]
+    token: String,
+}
+
+/// Where the reset mail's link lands: a form for the new password, or, for a link that is
+/// unknown, used or expired, what happened and a way to ask for a new one.
+async fn reset_password(State(state): State<ApiState>, Query(q): Query<ResetQuery>) -> Response {
+    use clawdeploy_store::{secrets::TokenHash, EmailTokenPurpose};
+    let token = q.token.trim();
+    let found = if token.is_empty() {
+        Ok(None)
+    } else {
+        state
+            .store
+            .peek_email_token(&TokenHash::of(token), EmailTokenPurpose::Reset)
+            .await
+    };
+    let unusable = |status: StatusCode, title: &str, why: &str| {
+        let body = html! {
+            section .card.narrow {
+                h1 { (title) }
+                p #reset-problem { (why) }
+                p { a .button.primary href="/forgot-password" { "Ask for a new link" } " " a .button href="/login" { "Log in" } }
+            }
+        };
+        let mut response = Page::new(&format!("{title} · ClawDeploy"), "reset").html(body);
+        *response.status_mut() = status;
+        response
+    };
+    let link = match found {
+        Ok(Some(t)) => t,
+        Ok(None) => return unusable(
+            StatusCode::NOT_FOUND,
+            "This link does not work",
+            "This reset link is not one we sent, or it was copied only in part. Ask for a new one.",
+        ),
+        Err(e) => {
+            tracing::error!("reading a reset link: {e}");
+            return error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again in a moment",
+                "Your reset link could not be checked just now; open it again in a minute.",
+                None,
+            );
+        }
+    };
+    if link.used_at.is_some() {
+        return unusable(
+            StatusCode::GONE,
+            "This link was already used",
+            "Each reset link works once, and this one has set a password already. If that was not you, ask for a new link now.",
+        );
+    }
+    if link.expires_at <= clawdeploy_store::time::now_ms() {
+        return unusable(
+            StatusCode::GONE,
+            "This link has expired",
+            "Reset links work for one hour. Ask for a new one; it arrives within a minute.",
+        );
+    }
+    let body = html! {
+        section .card.narrow {
+            h1 { "Choose a new password" }
+            p { "For " strong { (link.email) } ". Every session of this account is logged out when it changes." }
+            form #reset-form method="post" data-token=(token) novalidate {
+                div .field {
+                    label for="password" { "New password" }
+                    input #password name="password" type="password" autocomplete="new-password" required minlength="10" data-field="password" aria-describedby="password-hint password-error";
+                    p .hint #password-hint { "At least 10 characters, letters and something else; a passphrase works well." }
+                    p .field-error #password-error {}
+                }
+                p .form-error #form-error role="alert" {}
+                button type="submit" .button.primary #reset-submit { "Set the new password" }
+            }
+        }
+    };
+    Page::new("Choose a new password · ClawDeploy", "reset").html(body)
 }
 /// After login: a path on this host is followed; an absolute URL to an instance host goes
 /// through the instance host's one-time sign-in (browser sessions for instance hosts); anything
@@ -707,8 +819,14 @@ async fn domains(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) ->
                     tbody { tr { td { "CNAME" } td { "your domain (e.g. " code { "claw.example.com" } ")" } td { code { (target) } } } }
                 }
             }
+            @let allowed = state.ctx.config.tiers.get(auth.user.tier).custom_domains;
             p .notice role="note" {
-                "Custom domains come with the Pro tier and up. A domain is served over HTTPS, with its own certificate, once its CNAME and TXT records are seen. The TXT value is yours alone: whoever's records are seen first owns the domain, and a domain whose records are not seen within "
+                @if allowed == 0 {
+                    "Your " (auth.user.tier) " plan has no custom domains: " a #domains-upgrade href="/billing" { "see the plans" } ". "
+                } @else {
+                    "Your " (auth.user.tier) " plan serves up to " (allowed) " custom domains. "
+                }
+                "A domain is served over HTTPS, with its own certificate, once its CNAME and TXT records are seen. The TXT value is yours alone: whoever's records are seen first owns the domain, and a domain whose records are not seen within "
                 (ttl) " is removed. Your instance is reachable at " strong { (target) } "."
             }
             form #domain-form method="post" novalidate {
