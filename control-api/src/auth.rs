@@ -427,7 +427,8 @@ pub(crate) async fn send_link(
     let (ttl, path, subject, text) = match purpose {
         EmailTokenPurpose::Verify => (
             VERIFY_TTL_MS,
-            "/api/auth/verify-email",
+            // A page for people; `GET /api/auth/verify-email?token=` stays for API clients.
+            "/verify-email",
             "Confirm your ClawDeploy email address",
             "Confirm your email address by opening this link (valid 48 hours):",
         ),
@@ -797,7 +798,7 @@ pub struct Verified {
     pub email: String,
 }
 
-async fn do_verify(
+pub(crate) async fn do_verify(
     state: &ApiState,
     token: &str,
     client: &Client,

@@ -1180,7 +1180,8 @@ async fn skills_are_found_installed_capped_and_presets_applied_in_the_browser() 
     assert_eq!(selected, "writer");
 }
 
-/// Issue #23, item 1: a forgotten password, walked as a person does: the login page's link, the
+/// Issue #23, items 1 and 2: the verification link lands on a page, and a forgotten password is
+/// walked as a person does: the login page's link, the
 /// request page, the mailed link's page (a weak password refused beside its field), the new
 /// password, the login page saying what happened; the used link opened again says so and offers a
 /// new one.
@@ -1189,6 +1190,16 @@ async fn a_forgotten_password_is_reset_on_pages_made_for_people() {
     let edge = EdgeBuilder::new().start().await;
     edge.register("forgetful@example.com", PW).await;
     let browser = Browser::start(&edge).await;
+    // The verification mail's link: a page that says the address is confirmed (never JSON).
+    let mail = edge.last_mail("forgetful@example.com").await;
+    let link = find_link(mail["body"].as_str().unwrap());
+    let (_, query) = link
+        .split_once("/verify-email")
+        .expect("a verification link");
+    browser.goto(&format!("/verify-email{query}")).await;
+    let heading = browser.wait_text("h1", |t| !t.is_empty()).await;
+    assert_eq!(heading, "Your email address is confirmed");
+    browser.check_page("19-email-confirmed").await;
     browser.goto("/login").await;
     browser.click("#forgot-link").await;
     browser.wait_path("/forgot-password").await;

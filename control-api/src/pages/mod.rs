@@ -37,6 +37,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/login", get(login))
         .route("/forgot-password", get(forgot_password))
         .route("/reset-password", get(reset_password))
+        .route("/verify-email", get(verify_email))
         .route("/login/continue", get(login_continue))
         .route("/dashboard", get(dashboard))
         .route("/settings", get(settings))
@@ -231,6 +232,61 @@ async fn login(
         }
     };
     Page::new("Log in · ClawDeploy", "login").html(body)
+}
+
+/// Where the verification mail's link lands: confirms the address (the link works once) and
+/// says so, or says why the link does not work and what to do.
+async fn verify_email(
+    State(state): State<ApiState>,
+    client: crate::auth::Client,
+    headers: HeaderMap,
+    Query(q): Query<ResetQuery>,
+) -> Response {
+    let user = signed_in(&state, &headers).await.map(|a| a.user);
+    let (status, title, message) = match crate::auth::do_verify(&state, &q.token, &client).await {
+        Ok(done) => (
+            StatusCode::OK,
+            "Your email address is confirmed",
+            format!("Thank you: {} is confirmed. You can upgrade your plan and your instance keeps running.", done.0.email),
+        ),
+        Err(e) => match e.code {
+            "TOKEN_USED" => (
+                StatusCode::GONE,
+                "This link was already used",
+                "Each confirmation link works once, and this one has confirmed the address already. Nothing more to do.".to_string(),
+            ),
+            "TOKEN_EXPIRED" => (
+                StatusCode::GONE,
+                "This link has expired",
+                "Confirmation links work for 48 hours, and only for the address they were sent to. Log in and send a new one from your dashboard.".to_string(),
+            ),
+            "INVALID_TOKEN" => (
+                StatusCode::NOT_FOUND,
+                "This link does not work",
+                "This confirmation link is not one we sent, or it was copied only in part. Log in and send a new one from your dashboard.".to_string(),
+            ),
+            _ => {
+                e.log_cause();
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Try again in a moment",
+                    "Your address could not be confirmed just now; open the link again in a minute.".to_string(),
+                )
+            }
+        },
+    };
+    let body = html! {
+        section .card.narrow {
+            h1 { (title) }
+            p #verify-result { (message) }
+            p { a .button.primary href="/dashboard" { "Go to your dashboard" } }
+        }
+    };
+    let mut response = Page::new(&format!("{title} · ClawDeploy"), "verify")
+        .user(user.as_ref())
+        .html(body);
+    *response.status_mut() = status;
+    response
 }
 
 /// Asks for a password reset link by mail (the same answer whether or not the account exists).
