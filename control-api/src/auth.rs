@@ -1058,6 +1058,8 @@ pub struct MfaSetup {
     pub secret: String,
     /// The `otpauth://` URL of a QR code.
     pub otpauth_url: String,
+    /// That URL as a QR code, an SVG document, for an authenticator app to scan.
+    pub qr_svg: String,
     /// What to do next.
     pub next: &'static str,
 }
@@ -1077,9 +1079,16 @@ pub async fn mfa_setup(auth: AuthUser) -> Result<Reply<MfaSetup>, ApiError> {
         "otpauth://totp/{issuer}:{}?secret={secret}&issuer={issuer}&algorithm=SHA1&digits=6&period=30",
         percent_encode(&auth.user.email)
     );
+    let qr_svg = qrcode::QrCode::new(uri.as_bytes())
+        .map_err(|e| ApiError::internal("the 2FA QR code", e))?
+        .render::<qrcode::render::svg::Color>()
+        .min_dimensions(200, 200)
+        .quiet_zone(true)
+        .build();
     Ok(Reply(MfaSetup {
         secret,
         otpauth_url: uri,
+        qr_svg,
         next: "POST /api/auth/mfa/enable with {\"secret\": ..., \"code\": ...} using a code from the app",
     }))
 }

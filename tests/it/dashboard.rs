@@ -1249,3 +1249,66 @@ async fn a_forgotten_password_is_reset_on_pages_made_for_people() {
     assert!(browser.find("a[href='/forgot-password']").await.is_some());
     browser.check_page("18-reset-link-used").await;
 }
+
+/// Issue #23, item 3: 2FA set up in the browser: a QR code of the `otpauth://` URI to scan, a
+/// wrong code refused, then the card says "on" alone (no stale "off", error or set-up button),
+/// and the recovery codes are shown once with a download.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_factor_setup_shows_a_qr_code_and_one_clear_state() {
+    let edge = EdgeBuilder::new().start().await;
+    edge.register("qr@example.com", PW).await;
+    let browser = Browser::start(&edge).await;
+    browser_login(&browser, "qr@example.com", "/dashboard").await;
+    browser.goto("/settings").await;
+    browser.wait_path("/settings").await;
+    browser.click("#mfa-setup").await;
+    let secret = browser.wait_text("#mfa-secret", |t| !t.is_empty()).await;
+    // A real QR code, drawn as SVG, of the URI the link opens (label percent-encoded).
+    let qr = browser
+        .script("const s = document.querySelector('#mfa-qr svg'); return s ? [s.getBoundingClientRect().width, s.innerHTML.length] : null;")
+        .await;
+    assert!(
+        qr[0].as_f64().unwrap() >= 150.0 && qr[1].as_u64().unwrap() > 1000,
+        "{qr}"
+    );
+    let uri = browser
+        .script("return document.getElementById('mfa-uri').href;")
+        .await;
+    assert_eq!(
+        uri,
+        json!(format!("otpauth://totp/ClawDeploy:qr%40example.com?secret={secret}&issuer=ClawDeploy&algorithm=SHA1&digits=6&period=30"))
+    );
+    let visible = |id: &'static str| {
+        let browser = &browser;
+        async move {
+            browser
+                .script(&format!("const e = document.getElementById('{id}'); return !!e && getComputedStyle(e).display !== 'none';"))
+                .await
+        }
+    };
+    assert_eq!(
+        visible("mfa-setup").await,
+        json!(false),
+        "the set-up button hides"
+    );
+    browser.check_page("20-mfa-setup").await;
+    browser.type_into("#mfa-enable-code", "000000").await;
+    browser.click("#mfa-enable-form button[type=submit]").await;
+    browser.wait_text("#mfa-error", |t| !t.is_empty()).await;
+    browser
+        .type_into("#mfa-enable-code", &totp_now(&secret))
+        .await;
+    browser.click("#mfa-enable-form button[type=submit]").await;
+    let codes = browser.wait_text("#mfa-codes", |t| !t.is_empty()).await;
+    assert_eq!(codes.lines().count(), 10, "{codes}");
+    let state = browser.wait_text("#mfa-state", |t| !t.is_empty()).await;
+    assert_eq!(state, "Two-factor authentication is on.");
+    assert_eq!(browser.wait_text("#mfa-error", |_| true).await, "");
+    assert_eq!(visible("mfa-setup").await, json!(false));
+    assert_eq!(visible("mfa-enroll").await, json!(false));
+    let download = browser
+        .script("const a = document.getElementById('mfa-download'); return [a.getAttribute('download'), a.href.startsWith('blob:')];")
+        .await;
+    assert_eq!(download, json!(["clawdeploy-recovery-codes.txt", true]));
+    browser.check_page("21-mfa-on").await;
+}

@@ -518,6 +518,9 @@ function settingsPage() {
       secret = r.secret;
       $("#mfa-secret").textContent = r.secret;
       $("#mfa-uri").href = r.otpauthUrl;
+      // Our own server's SVG (a QR code of the otpauth URI): no script, no external reference.
+      $("#mfa-qr").innerHTML = r.qrSvg;
+      $("#mfa-error").textContent = "";
       $("#mfa-enroll").hidden = false;
       setup.hidden = true;
       $("#mfa-enable-code").focus();
@@ -530,8 +533,12 @@ function settingsPage() {
     try {
       const r = await api("POST", "/api/auth/mfa/enable", { secret, code: enable.code.value.trim() });
       $("#mfa-enroll").hidden = true;
+      $("#mfa-error").textContent = "";
+      $("#mfa-state").replaceChildren("Two-factor authentication is ", Object.assign(document.createElement("strong"), { textContent: "on" }), ".");
       const ul = $("#mfa-codes");
       r.recoveryCodes.forEach((c) => { const li = document.createElement("li"); li.textContent = c; ul.append(li); });
+      const text = "ClawDeploy recovery codes (each works once):\n" + r.recoveryCodes.join("\n") + "\n";
+      $("#mfa-download").href = URL.createObjectURL(new Blob([text], { type: "text/plain" }));
       $("#mfa-done").hidden = false;
     } catch (err) { showError(enable, err, $("#mfa-error")); }
   });

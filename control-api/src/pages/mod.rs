@@ -750,12 +750,13 @@ async fn settings(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -
                         button type="submit" .button.danger { "Turn off two-factor authentication" }
                     }
                 } @else {
-                    p { "Two-factor authentication is " strong { "off" } "." }
+                    p #mfa-state { "Two-factor authentication is " strong { "off" } "." }
                     button type="button" .button #mfa-setup { "Set up an authenticator app" }
                     div #mfa-enroll hidden {
-                        p { "Add this secret to your authenticator app (or open the link on your phone), then enter the code it shows." }
+                        p { "Scan this code with your authenticator app, then enter the code it shows. On a phone, open the link instead; or type the secret." }
+                        div #mfa-qr .qr role="img" aria-label="QR code of your authenticator secret" {}
                         p { "Secret: " code #mfa-secret {} }
-                        p { a #mfa-uri { "otpauth link" } }
+                        p { a #mfa-uri { "Open in an authenticator app" } }
                         form #mfa-enable-form method="post" {
                             div .field { label for="mfa-enable-code" { "Code from the app" } input #mfa-enable-code name="code" type="text" inputmode="numeric" autocomplete="one-time-code" required data-field="code"; }
                             button type="submit" .button.primary { "Turn on" }
@@ -763,8 +764,9 @@ async fn settings(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -
                     }
                     p .form-error #mfa-error role="alert" {}
                     div #mfa-done hidden {
-                        p role="status" { "Two-factor authentication is on. Keep these recovery codes somewhere safe; each works once:" }
+                        p role="status" { "Keep these recovery codes somewhere safe; each works once, and they are shown only now:" }
                         ul #mfa-codes .codes {}
+                        a .button #mfa-download download="clawdeploy-recovery-codes.txt" { "Download the codes" }
                     }
                 }
             }
