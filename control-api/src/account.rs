@@ -46,6 +46,18 @@ pub fn check_timezone(field: &str, tz: &str) -> Result<(), ApiError> {
     }
 }
 
+/// The shape every provider key has: 8 to 512 characters without spaces. `field` names it.
+pub(crate) fn check_key_format(field: &str, key: &str) -> Result<(), ApiError> {
+    if key.len() < 8 || key.len() > 512 || key.contains(char::is_whitespace) {
+        return Err(ApiError::invalid(
+            field,
+            "INVALID_API_KEY",
+            "an API key is 8 to 512 characters without spaces",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a provider key and stores it sealed. `field` names it in errors.
 pub(crate) async fn set_provider_key(
     state: &ApiState,
@@ -66,13 +78,7 @@ pub(crate) async fn set_provider_key(
         ));
     }
     let key = key.trim();
-    if key.len() < 8 || key.len() > 512 || key.contains(char::is_whitespace) {
-        return Err(ApiError::invalid(
-            field,
-            "INVALID_API_KEY",
-            "an API key is 8 to 512 characters without spaces",
-        ));
-    }
+    check_key_format(field, key)?;
     match (provider, base_url) {
         ("custom", None) => return Err(ApiError::invalid(
             "baseUrl",

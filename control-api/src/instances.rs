@@ -255,16 +255,89 @@ fn check_soul(soul: &str) -> Result<(), ApiError> {
 }
 
 fn check_key_map(keys: &KeyMap) -> Result<(), ApiError> {
-    for provider in keys.keys() {
+    for (provider, key) in keys {
+        let field = format!("apiKeys.{provider}");
         if !["openai", "anthropic", "google"].contains(&provider.as_str()) {
             return Err(ApiError::invalid(
-                &format!("apiKeys.{provider}"),
+                &field,
                 "INVALID_PROVIDER",
                 "use openai, anthropic or google here; a custom endpoint is set with PUT /api/account/api-keys/custom",
             ));
         }
+        if let Some(key) = key {
+            account::check_key_format(&field, key.trim())?;
+        }
     }
     Ok(())
+}
+
+/// Checks everything of a new instance that does not depend on who asks: the keys' shape, the
+/// SOUL.md, the time zone, the preset, and a requested subdomain (its form, reserved names, and
+/// whether it is free now). Answers the preset and the requested label.
+async fn check_new(
+    state: &ApiState,
+    b: &CreateBody,
+) -> Result<(Option<&'static clawdeploy_skills::Preset>, Option<String>), ApiError> {
+    if let Some(keys) = &b.api_keys {
+        check_key_map(keys)?;
+    }
+    if let Some(soul) = &b.soul_md {
+        check_soul(soul)?;
+    }
+    if let Some(tz) = &b.timezone {
+        account::check_timezone("timezone", tz)?;
+    }
+    let preset = b
+        .preset
+        .as_deref()
+        .map(crate::skills::preset_named)
+        .transpose()?;
+    let Some(label) = b
+        .subdomain
+        .as_deref()
+        .map(|s| s.trim().to_ascii_lowercase())
+    else {
+        return Ok((preset, None));
+    };
+    if let Err(why) = check_label(&label) {
+        return Err(ApiError::invalid(
+            "subdomain",
+            "INVALID_SUBDOMAIN",
+            why.to_string(),
+        ));
+    }
+    if is_reserved(state, &label) {
+        let suggestion = free_suggestion(state, &label).await?;
+        return Err(ApiError::invalid(
+            "subdomain",
+            "SUBDOMAIN_RESERVED",
+            format!("{label:?} is reserved; {suggestion:?} is free"),
+        )
+        .with("suggestion", json!(suggestion)));
+    }
+    if state.store.subdomain_taken(&label).await? {
+        return Err(taken_error(state, &label).await);
+    }
+    Ok((preset, Some(label)))
+}
+
+/// What `POST /api/instances/check` answers when everything would be accepted.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CheckReply {
+    /// Always true (a problem is an error naming its field).
+    pub ok: bool,
+}
+
+/// `POST /api/instances/check`: the checks of `POST /api/instances` that need no account, so the
+/// signup page finds a taken subdomain or a malformed key before it creates the account (no
+/// account is left behind by a form that fails). The subdomain is free now, not reserved.
+pub async fn check(
+    State(state): State<ApiState>,
+    body: JsonBody<CreateBody>,
+) -> Result<Reply<CheckReply>, ApiError> {
+    let Json(b) = body?;
+    check_new(&state, &b).await?;
+    Ok(Reply(CheckReply { ok: true }))
 }
 
 async fn apply_keys(
@@ -326,47 +399,9 @@ pub async fn create(
     {
         return Err(instance_exists(user.tier));
     }
-    if let Some(keys) = &b.api_keys {
-        check_key_map(keys)?;
-    }
-    if let Some(soul) = &b.soul_md {
-        check_soul(soul)?;
-    }
-    if let Some(tz) = &b.timezone {
-        account::check_timezone("timezone", tz)?;
-    }
-    let preset = b
-        .preset
-        .as_deref()
-        .map(crate::skills::preset_named)
-        .transpose()?;
-    let requested = b
-        .subdomain
-        .as_deref()
-        .map(|s| s.trim().to_ascii_lowercase());
-    let label = match &requested {
-        Some(label) => {
-            if let Err(why) = check_label(label) {
-                return Err(ApiError::invalid(
-                    "subdomain",
-                    "INVALID_SUBDOMAIN",
-                    why.to_string(),
-                ));
-            }
-            if is_reserved(&state, label) {
-                let suggestion = free_suggestion(&state, label).await?;
-                return Err(ApiError::invalid(
-                    "subdomain",
-                    "SUBDOMAIN_RESERVED",
-                    format!("{label:?} is reserved; {suggestion:?} is free"),
-                )
-                .with("suggestion", json!(suggestion)));
-            }
-            if state.store.subdomain_taken(label).await? {
-                return Err(taken_error(&state, label).await);
-            }
-            label.clone()
-        }
+    let (preset, requested) = check_new(&state, &b).await?;
+    let label = match requested {
+        Some(label) => label,
         None => {
             let source = user
                 .name

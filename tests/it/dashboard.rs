@@ -1312,3 +1312,54 @@ async fn two_factor_setup_shows_a_qr_code_and_one_clear_state() {
     assert_eq!(download, json!(["clawdeploy-recovery-codes.txt", true]));
     browser.check_page("21-mfa-on").await;
 }
+
+/// Issue #23, item 4: the signup form checks the instance (subdomain, key) before it creates the
+/// account: a malformed key or a taken subdomain is shown beside its field and leaves no account,
+/// and the corrected form then deploys at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signup_that_fails_its_checks_leaves_no_account() {
+    let edge = EdgeBuilder::new().start().await;
+    let (other, _, _) = edge.register("first@example.com", PW).await;
+    let taken = edge
+        .api(
+            "POST",
+            "/api/instances",
+            Some(&other),
+            Some(json!({"subdomain": "taken"})),
+        )
+        .await;
+    assert_eq!(taken.status, 201, "{}", taken.text());
+    let browser = Browser::start(&edge).await;
+    browser.goto("/signup").await;
+    browser.wait_path("/signup").await;
+    browser.type_into("#email", "careful@example.com").await;
+    browser.type_into("#password", PW).await;
+    browser.type_into("#api-key", "not a key").await;
+    browser.type_into("#subdomain", "careful").await;
+    browser.click("#deploy").await;
+    let key_error = browser.wait_text("#api-key-error", |t| !t.is_empty()).await;
+    assert!(key_error.contains("8 to 512 characters"), "{key_error}");
+    assert_eq!(
+        edge.login("careful@example.com", PW).await.status,
+        401,
+        "no account was made"
+    );
+
+    browser.type_into("#api-key", "sk-test-0123456789").await;
+    browser.type_into("#subdomain", "taken").await;
+    browser.click("#deploy").await;
+    let sub_error = browser
+        .wait_text("#subdomain-error", |t| t.contains("taken"))
+        .await;
+    assert!(!sub_error.is_empty());
+    assert_eq!(
+        edge.login("careful@example.com", PW).await.status,
+        401,
+        "still no account"
+    );
+
+    browser.type_into("#subdomain", "careful").await;
+    browser.click("#deploy").await;
+    browser.wait_path("/dashboard").await;
+    assert_eq!(edge.login("careful@example.com", PW).await.status, 200);
+}

@@ -63,6 +63,7 @@ async fn every_documented_operation_is_served_and_vice_versa() {
         ("POST", "/api/auth/mfa/disable"),
         ("POST", "/api/auth/browser-session"),
         ("GET", "/api/subdomains/{label}"),
+        ("POST", "/api/instances/check"),
         ("GET", "/api/instances/me/chat"),
         ("GET", "/api/account"),
         ("GET", "/api/billing"),

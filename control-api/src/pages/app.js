@@ -108,8 +108,13 @@ function signupPage() {
     ev.preventDefault();
     clearErrors(form);
     button.disabled = true;
+    const keys = {}; keys[form.provider.value] = form.apiKey.value.trim();
+    const instance = { subdomain: form.subdomain.value.trim().toLowerCase(), apiKeys: keys, preset: form.preset.value };
     try {
       if (!token) {
+        // Everything the instance needs is checked first: a form that fails leaves no account.
+        progress.textContent = "Checking…";
+        await api("POST", "/api/instances/check", instance);
         progress.textContent = "Creating your account…";
         const reg = await api("POST", "/api/auth/register", {
           email: form.email.value.trim(), password: form.password.value,
@@ -119,8 +124,7 @@ function signupPage() {
         await api("POST", "/api/auth/browser-session", undefined, token);
       }
       progress.textContent = "Deploying your instance…";
-      const keys = {}; keys[form.provider.value] = form.apiKey.value.trim();
-      await api("POST", "/api/instances", { subdomain: form.subdomain.value.trim().toLowerCase(), apiKeys: keys, preset: form.preset.value }, token);
+      await api("POST", "/api/instances", instance, token);
       progress.textContent = "Ready. Opening your dashboard…";
       window.location.assign("/dashboard");
     } catch (err) {
