@@ -1363,3 +1363,40 @@ async fn a_signup_that_fails_its_checks_leaves_no_account() {
     browser.wait_path("/dashboard").await;
     assert_eq!(edge.login("careful@example.com", PW).await.status, 200);
 }
+
+/// Issue #23, item 5: an instance without a provider key cannot answer; the dashboard says so
+/// before the first message and links to where the key goes; with a key, the warning is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_without_a_provider_key_says_where_to_add_one() {
+    let edge = EdgeBuilder::new().start().await;
+    let (token, _, _) = edge.register("keyless@example.com", PW).await;
+    let created = edge
+        .api(
+            "POST",
+            "/api/instances",
+            Some(&token),
+            Some(json!({"subdomain": "keyless"})),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let browser = Browser::start(&edge).await;
+    browser_login(&browser, "keyless@example.com", "/dashboard").await;
+    let warning = browser.wait_text("#no-provider", |t| !t.is_empty()).await;
+    assert!(warning.contains("no AI provider"), "{warning}");
+    browser
+        .click("#no-provider a[href='/settings#keys-h']")
+        .await;
+    browser.wait_path("/settings#keys-h").await;
+    let key = edge
+        .api(
+            "PUT",
+            "/api/account/api-keys/openai",
+            Some(&token),
+            Some(json!({"key": "sk-test-0123456789"})),
+        )
+        .await;
+    assert_eq!(key.status, 200, "{}", key.text());
+    browser.goto("/dashboard").await;
+    browser.wait_path("/dashboard").await;
+    assert!(browser.find("#no-provider").await.is_none());
+}

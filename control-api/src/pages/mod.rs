@@ -517,6 +517,7 @@ async fn dashboard(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) 
     };
     let usage = state.store.usage_this_month(inst.id).await.ok();
     let grace = grace_banner(&state, &auth.user).await;
+    let no_provider = !has_provider(&state, &auth.user).await;
     let (msg_limit, tok_limit) = tier_limits(&state, inst.tier);
     let (messages, tokens) = usage.map_or((0, 0), |u| (u.messages, u.tokens));
     let view = crate::instances::InstanceView::new(&state, &inst);
@@ -543,6 +544,16 @@ async fn dashboard(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) 
     let body = html! {
         h1 { "Dashboard" }
         @if let Some(banner) = grace { (banner) }
+        @if no_provider {
+            p .notice #no-provider role="alert" {
+                "Your assistant has no AI provider yet, so it cannot answer: add your API key in "
+                a href="/settings#keys-h" { "Settings → AI providers" }
+                @if state.ctx.config.billing.enabled() && ["openai", "anthropic", "google"].iter().any(|p| state.ctx.config.billing.platform_key(p).is_some()) {
+                    ", or buy AI credits on the " a href="/billing" { "billing page" }
+                }
+                "."
+            }
+        }
         @if !auth.user.email_verified() {
             p .notice role="note" {
                 "Confirm your email address: we sent a link to " (auth.user.email)
@@ -1240,6 +1251,25 @@ async fn billing(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) ->
     Page::new("Plan and billing · ClawDeploy", "billing")
         .user(Some(&auth.user))
         .html(body)
+}
+
+/// Whether the owner's instance can reach a model: a provider key of their own, or AI credits the
+/// platform sells with a positive balance.
+async fn has_provider(state: &ApiState, user: &clawdeploy_store::User) -> bool {
+    let keys = state.store.list_api_keys(user.id).await.unwrap_or_default();
+    if keys.iter().any(|k| k.is_active) {
+        return true;
+    }
+    let billing = &state.ctx.config.billing;
+    let credits_sold = ["openai", "anthropic", "google"]
+        .iter()
+        .any(|p| billing.platform_key(p).is_some());
+    credits_sold
+        && state
+            .store
+            .credit_balance(user.id)
+            .await
+            .is_ok_and(|balance| balance > 0)
 }
 
 /// After a failed payment, while the paid plan holds: where to fix it.
