@@ -568,8 +568,8 @@ async fn dashboard(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) 
                 p { "Status: " strong #status-text class={ "status status-" (status) } { (status_text(inst.status)) } }
                 @if running {
                     p {
-                        "Up for at least " span #uptime { (duration_text(now_ms() - inst.updated_at)) }
-                        " (last started or reconfigured at " (rfc3339(inst.updated_at)) ")."
+                        "Running since " span #uptime { (when(inst.updated_at)) }
+                        " (" (duration_text(now_ms() - inst.updated_at)) " ago; last started or reconfigured)."
                     }
                 }
                 div #progress hidden[running || step == 0] {
