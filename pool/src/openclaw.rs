@@ -52,8 +52,9 @@ pub const UNASSIGNED_ORIGIN: &str = "https://unassigned.invalid";
 const DEFAULT_PRIMARY: &str = "openai/gpt-5-mini";
 /// The only entry of `skills.allowBundled` when the owner installed no bundled skill.
 pub const NO_BUNDLED_SKILL: &str = "clawdeploy-none";
-/// The session a warm member's warm-up turn runs in, removed afterwards.
-const WARM_UP_SESSION: &str = "agent:main:clawdeploy-warm-up";
+/// The owner's main session (the dashboard's chat): a warm member's warm-up turn runs in it, then
+/// it is reset.
+const MAIN_SESSION: &str = "agent:main:main";
 /// Scopes an owner's devices are auto-approved with, and the edge caps HTTP calls to: never
 /// `operator.admin`.
 pub use clawdeploy_proxy::gateway_trust::OWNER_SCOPES;
@@ -202,34 +203,39 @@ impl OpenClawConfig {
         )
     }
 
-    /// The warm-up turn: as the platform, one chat turn in [`WARM_UP_SESSION`] (the LLM meter's
-    /// stub answers its model calls), then the session archived and deleted, so the owner never
+    /// The warm-up turn: as the platform, one chat turn in the owner's main session
+    /// ([`MAIN_SESSION`], the dashboard's chat) — the LLM meter's stub answers its model calls —
+    /// then that session reset to an empty transcript and the old one deleted, so the owner never
     /// sees it. OpenClaw's first turn opens and checks its agent database, loads its tool catalogue
-    /// and builds the provider runtime (5-7 s on 2 vCPU, measured); afterwards a turn takes ~1 s.
+    /// and builds the provider runtime (5-7 s on 2 vCPU, measured); the main session's own first
+    /// turn also creates the session, so warming that one leaves the owner a warm turn.
     async fn warm_up_turn(&self, addr: std::net::SocketAddr) -> Result<(), Error> {
         let headers = vec![(self.user_header.clone(), PLATFORM_USER.to_string())];
         let mut gateway = crate::work::Gateway::connect(addr, &headers).await?;
         gateway
-            .chat(WARM_UP_SESSION, "Warm-up: reply with one word.")
+            .chat(MAIN_SESSION, "Warm-up: reply with one word.")
             .await?;
-        let sessions = gateway.call("sessions.list", json!({})).await?;
-        let session_id = sessions["sessions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|s| s["key"] == WARM_UP_SESSION)
-            .and_then(|s| s["sessionId"].as_str().map(str::to_string));
-        let mut patch = json!({"key": WARM_UP_SESSION, "archived": true});
-        if let Some(id) = session_id {
-            patch["expectedSessionId"] = json!(id);
-        }
-        gateway.call("sessions.patch", patch).await?;
         gateway
-            .call(
-                "sessions.delete",
-                json!({"key": WARM_UP_SESSION, "archivedOnly": true, "deleteTranscript": true}),
-            )
+            .call("sessions.reset", json!({"key": MAIN_SESSION, "reason": "reset"}))
             .await?;
+        // Whatever the reset archived (the warm-up's transcript) goes too.
+        let sessions = gateway
+            .call("sessions.list", json!({"includeArchived": true}))
+            .await
+            .or_else(|_| Ok::<_, crate::work::WorkError>(json!({})))?;
+        for s in sessions["sessions"].as_array().into_iter().flatten() {
+            if s["key"] != MAIN_SESSION && s["archived"] == true {
+                if let Some(key) = s["key"].as_str() {
+                    gateway
+                        .call(
+                            "sessions.delete",
+                            json!({"key": key, "archivedOnly": true, "deleteTranscript": true}),
+                        )
+                        .await
+                        .ok();
+                }
+            }
+        }
         Ok(())
     }
 
