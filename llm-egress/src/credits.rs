@@ -90,6 +90,18 @@ impl Credits {
     }
 }
 
+/// The tokens a credit call is charged: what the provider reported, or, when it reported nothing
+/// (a stream the instance closed before the usage chunk, an answer without usage), one token per
+/// 4 bytes sent and received: never nothing, or an instance could take answers for free by
+/// hanging up early.
+pub fn billable_tokens(reported: u64, request_bytes: u64, answer_bytes: u64) -> u64 {
+    if reported > 0 {
+        reported
+    } else {
+        request_bytes.saturating_add(answer_bytes).div_ceil(4)
+    }
+}
+
 /// Debits `tokens` of a call by `instance` from its owner's ledger, then releases the hold.
 /// Runs on its own task: the answer has already been streamed.
 pub fn debit(store: Store, hold: Hold, instance: String, tokens: u64) {
@@ -124,6 +136,14 @@ pub fn debit(store: Store, hold: Hold, instance: String, tokens: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// From the tenant's side: closing the stream before the provider's usage chunk still pays.
+    #[test]
+    fn a_call_without_reported_usage_is_charged_by_its_bytes() {
+        assert_eq!(billable_tokens(10, 4_000, 8_000), 10);
+        assert_eq!(billable_tokens(0, 4_000, 8_001), 3_001);
+        assert_eq!(billable_tokens(0, 0, 0), 0);
+    }
 
     #[test]
     fn calls_are_admitted_while_the_balance_covers_those_in_flight() {

@@ -615,6 +615,7 @@ async fn forward(
     } else {
         bytes
     };
+    let request_bytes = bytes.len() as u64;
     let mut upstream = http::Request::builder()
         .method(parts.method.clone())
         .uri(uri);
@@ -688,7 +689,13 @@ async fn forward(
         instance_id,
         provider: provider_label(&provider),
         done: false,
-        credit: credit_hold.map(|hold| (hold, state.store.clone())),
+        credit: credit_hold.map(|hold| CreditCall {
+            hold,
+            store: state.store.clone(),
+            answered: parts.status.is_success(),
+            request_bytes,
+            answer_bytes: 0,
+        }),
     };
     let body = body.map_frame(move |frame| frame).boxed_unsync();
     let tapped = TappedBody {
@@ -736,7 +743,18 @@ struct UsageTap {
     provider: &'static str,
     done: bool,
     /// A call paid from credits: debited from the owner's ledger when it ends.
-    credit: Option<(credits::Hold, Store)>,
+    credit: Option<CreditCall>,
+}
+
+/// What a credit call's debit needs: its hold, the store, and the bytes sent and received (the
+/// charge when the provider reports no usage, [`credits::billable_tokens`]).
+struct CreditCall {
+    hold: credits::Hold,
+    store: Store,
+    /// The provider answered 2xx: an answer worth paying for (an error costs nothing).
+    answered: bool,
+    request_bytes: u64,
+    answer_bytes: u64,
 }
 
 impl UsageTap {
@@ -747,8 +765,13 @@ impl UsageTap {
         self.done = true;
         let usage = self.scanner.finish();
         self.meter.add_tokens(&self.instance_id, usage.total());
-        if let Some((hold, store)) = self.credit.take() {
-            credits::debit(store, hold, self.instance_id.clone(), usage.total());
+        if let Some(call) = self.credit.take() {
+            let tokens = if call.answered {
+                credits::billable_tokens(usage.total(), call.request_bytes, call.answer_bytes)
+            } else {
+                usage.total()
+            };
+            credits::debit(call.store, call.hold, self.instance_id.clone(), tokens);
         }
         metrics::counter!("clawdeploy_llm_tokens_total", "provider" => self.provider, "kind" => "input").increment(usage.input);
         metrics::counter!("clawdeploy_llm_tokens_total", "provider" => self.provider, "kind" => "output").increment(usage.output);
@@ -782,6 +805,9 @@ impl http_body::Body for TappedBody {
             std::task::Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     tap.scanner.feed(data);
+                    if let Some(call) = &mut tap.credit {
+                        call.answer_bytes += data.len() as u64;
+                    }
                 }
             }
             std::task::Poll::Ready(None) => tap.finish(),
