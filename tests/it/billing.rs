@@ -22,17 +22,7 @@ fn with_fake(mut builder: EdgeBuilder, fake: &FakeStripe) -> EdgeBuilder {
 
 /// A registered, verified user: (token, user id).
 async fn verified_user(edge: &Edge, email: &str) -> (String, String) {
-    let (token, _, id) = edge.register(email, PW).await;
-    let mail = edge.last_mail(email).await;
-    let link = find_link(mail["body"].as_str().unwrap());
-    let verified = edge
-        .get(
-            APP_DOMAIN,
-            &format!("/api/auth/verify-email?token={}", link_token(&link)),
-        )
-        .await;
-    assert_eq!(verified.status, 200, "{}", verified.text());
-    (token, id)
+    edge.register_verified(email, PW).await
 }
 
 async fn billing(edge: &Edge, token: &str) -> Value {

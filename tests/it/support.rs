@@ -454,6 +454,22 @@ impl Edge {
         )
     }
 
+    /// Registers a user and follows the verification mail's token at the API; (access token,
+    /// user id).
+    pub async fn register_verified(&self, email: &str, password: &str) -> (String, String) {
+        let (token, _, id) = self.register(email, password).await;
+        let mail = self.last_mail(email).await;
+        let link = find_link(mail["body"].as_str().expect("mail body"));
+        let verified = self
+            .get(
+                APP_DOMAIN,
+                &format!("/api/auth/verify-email?token={}", link_token(&link)),
+            )
+            .await;
+        assert_eq!(verified.status, 200, "{}", verified.text());
+        (token, id)
+    }
+
     /// Logs in; the response.
     pub async fn login(&self, email: &str, password: &str) -> Response {
         self.api(
