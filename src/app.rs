@@ -23,7 +23,7 @@ use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::BackgroundService;
 
 use clawdeploy_certs::CertManager;
-use clawdeploy_config::{mask_url_password, Config, LlmListen, LogFormat};
+use clawdeploy_config::{mask_url_password, Config, LlmListen};
 use clawdeploy_control_api::{account, router, ApiContext, ApiState, SessionVerifier};
 use clawdeploy_llm_egress::{ListenerHandoff, LlmMeterService, MeterListen, Upstreams};
 use clawdeploy_metering::{Meter, UsageFlush};
@@ -61,7 +61,7 @@ impl App {
     /// starts its own.
     pub fn build(path: Option<&Path>) -> anyhow::Result<Self> {
         let mut config = Config::load(path)?;
-        init_logging(config.server.log_format);
+        crate::logging::init(config.server.log_format);
         // Before anything records: every crate records through the `metrics` facade.
         let metrics_handle = clawdeploy_metering::install_recorder()?;
         load_secrets(&mut config)?;
@@ -117,6 +117,11 @@ impl App {
             Some(manager) => edge.with_tls(certs::edge_tls(&config, manager)),
             None => edge,
         };
+        // Pingora retries a busy address forever, after the node said it serves: fail here instead.
+        ensure_free("server.http_listen", &server_config.http_listen)?;
+        if cert_manager.is_some() {
+            ensure_free("tls.listen", &config.tls.listen)?;
+        }
         let listeners = Listeners {
             http: vec![server_config.http_listen.clone()],
             https: cert_manager
@@ -278,6 +283,8 @@ fn prepare(
         let prepared = async {
             let instances = prepare_store(&store, keyring, meter).await?;
             let routes = route_table(config, meter, &instances)?;
+            let operator = routing::load_operator_routes(&store, &routes).await?;
+            tracing::info!(operator, "operator routes loaded from the store");
             let certs = certs::start(config, keyring.clone(), routes.clone(), &store).await?;
             anyhow::Ok((routes, certs))
         }
@@ -315,7 +322,8 @@ async fn prepare_store(
     Ok(instances)
 }
 
-/// The route table: the config's operator routes and every instance in the store.
+/// The route table: the config's operator routes and every instance in the store (the
+/// operator routes set through the admin API follow from the store).
 fn route_table(
     config: &Config,
     meter: &Arc<Meter>,
@@ -327,7 +335,7 @@ fn route_table(
     ));
     for route in &config.routes {
         let upstream = route.upstream.parse().context("validated upstream")?;
-        routes.upsert_operator(&route.host, upstream)?;
+        routes.upsert_configured(&route.host, upstream)?;
     }
     routes.inform_meter(meter.clone());
     for inst in instances {
@@ -408,18 +416,18 @@ fn build_keyring(config: &Config) -> anyhow::Result<Keyring> {
     Ok(keyring)
 }
 
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+/// Fails when `addr` (the value of config key `key`) cannot be bound, naming the key to change.
+/// The probe socket is closed at once; Pingora binds the address again moments later.
+fn ensure_free(key: &str, addr: &str) -> anyhow::Result<()> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => anyhow::bail!(
+            "{key} = {addr}: the address is already in use by another process; stop it or set {key} \
+             (or CLAWDEPLOY_{}) to a free address",
+            key.to_uppercase().replace('.', "__")
+        ),
+        Err(e) => anyhow::bail!("{key} = {addr}: cannot listen there ({e}); set {key} to an address of this machine"),
+    }
 }
 
 /// What the background side needs to start; built by [`App::build`] before Pingora starts (the

@@ -7,6 +7,7 @@
 
 mod app;
 mod certs;
+mod logging;
 mod secrets;
 
 use std::path::PathBuf;

@@ -347,7 +347,7 @@ impl CertManager {
                         Ok(())
                     }
                 }
-                Change::SessionRevoked { .. } => Ok(()),
+                Change::SessionRevoked { .. } | Change::OperatorRoute { .. } => Ok(()),
             };
             if let Err(e) = result {
                 tracing::warn!(?change, "cannot apply a certificate change: {e}");

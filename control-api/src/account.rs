@@ -338,6 +338,7 @@ pub async fn put_api_key(
         b.base_url.as_deref(),
     )
     .await?;
+    keys_changed(&state, auth.user.id).await?;
     auth::log_event(
         &state,
         Some(auth.user.id),
@@ -347,6 +348,20 @@ pub async fn put_api_key(
     )
     .await;
     Ok(Reply(ApiKeyReply { api_key: key }))
+}
+
+/// The owner's running instance lists its providers in its config: rewritten now (OpenClaw
+/// reloads it, no restart), so a new key answers the next message and a removed one is gone.
+async fn keys_changed(state: &ApiState, user_id: uuid::Uuid) -> Result<(), ApiError> {
+    let Some(pool) = &state.pool else {
+        return Ok(());
+    };
+    for inst in state.store.list_instances_by_user(user_id).await? {
+        pool.reconfigure(&inst)
+            .await
+            .map_err(|e| ApiError::internal("updating the instance's providers", e))?;
+    }
+    Ok(())
 }
 
 /// `DELETE /api/account/api-keys/{provider}`: removes the key; 204, or 404 when there is none.
@@ -360,6 +375,7 @@ pub async fn delete_api_key(
     if !state.store.delete_api_key(auth.user.id, &provider).await? {
         return Err(ApiError::not_found(format!("There is no {provider} key.")));
     }
+    keys_changed(&state, auth.user.id).await?;
     auth::log_event(
         &state,
         Some(auth.user.id),
@@ -469,7 +485,7 @@ impl DeletionScheduled {
         Self {
             deletion_requested_at: rfc3339(requested_at),
             deletion_scheduled_at: rfc3339(requested_at + days * DAY_MS),
-            message: format!("The account and its instance will be deleted after {days} days; POST /api/account/restore before then to keep it."),
+            message: format!("The account and its instance will be deleted after {days} days; to keep it, click \"Keep my account\" on any dashboard page (or POST /api/account/restore) before then."),
         }
     }
 }

@@ -500,8 +500,9 @@ pub struct UpsertRoute {
     upstream: String,
 }
 
-/// `PUT /admin/routes/{host}`: creates (201) or replaces (200) an operator route in this node's
-/// table. Hosts of instances and of the platform itself are refused.
+/// `PUT /admin/routes/{host}`: creates (201) or replaces (200) an operator route, kept in the
+/// store and sent to every edge sharing it (the same change path as instance routes). Hosts of
+/// instances, of the platform itself and of the config file's `[[routes]]` are refused.
 pub async fn upsert_route(
     _: Admin,
     State(state): State<ApiState>,
@@ -516,10 +517,12 @@ pub async fn upsert_route(
             format!("upstream {:?} must be an IP address and port such as 127.0.0.1:9001; host names are not resolved.", body.upstream),
         )
     })?;
-    let (host, created) = state
-        .routes
-        .upsert_operator(&host, upstream)
-        .map_err(route_error)?;
+    let host = state.routes.check_operator(&host).map_err(route_error)?;
+    let created = state
+        .store
+        .upsert_operator_route(&host, &upstream.to_string())
+        .await?;
+    operator_route_changed(&state, &host).await?;
     tracing::info!(%host, %upstream, created, "operator route set");
     let status = if created {
         StatusCode::CREATED
@@ -533,21 +536,33 @@ pub async fn upsert_route(
     Ok((status, Reply(entry)))
 }
 
-/// `DELETE /admin/routes/{host}`: removes an operator route from this node's table; 204.
+/// `DELETE /admin/routes/{host}`: removes an operator route from the store and from every edge;
+/// 204.
 pub async fn delete_route(
     _: Admin,
     State(state): State<ApiState>,
     Path(host): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    match state.routes.remove_operator(&host).map_err(route_error)? {
-        Some(_) => {
-            tracing::info!(%host, "operator route deleted");
-            Ok(StatusCode::NO_CONTENT)
-        }
-        None => Err(ApiError::not_found(format!(
+    let host = state.routes.check_operator(&host).map_err(route_error)?;
+    if !state.store.delete_operator_route(&host).await? {
+        return Err(ApiError::not_found(format!(
             "There is no operator route for {host}."
-        ))),
+        )));
     }
+    operator_route_changed(&state, &host).await?;
+    tracing::info!(%host, "operator route deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Routes `host` as the store now says, here before answering and on the other edges through the
+/// change broadcast.
+async fn operator_route_changed(state: &ApiState, host: &str) -> Result<(), ApiError> {
+    let change = clawdeploy_store::changes::Change::OperatorRoute {
+        host: host.to_string(),
+    };
+    clawdeploy_pool::routing::publish(&state.store, &state.routes, &state.bus, change)
+        .await
+        .map_err(ApiError::from)
 }
 
 fn route_error(e: RouteError) -> ApiError {
@@ -555,6 +570,7 @@ fn route_error(e: RouteError) -> ApiError {
         RouteError::InvalidHost(_) => (StatusCode::UNPROCESSABLE_ENTITY, "INVALID_HOST"),
         RouteError::ReservedHost(_) => (StatusCode::CONFLICT, "RESERVED_HOST"),
         RouteError::NotOperatorRoute(_) => (StatusCode::CONFLICT, "NOT_OPERATOR_ROUTE"),
+        RouteError::ConfiguredRoute(_) => (StatusCode::CONFLICT, "CONFIGURED_ROUTE"),
     };
     ApiError::new(status, code, e.to_string())
 }

@@ -180,10 +180,15 @@ pub async fn handoff_redirect(
     headers: HeaderMap,
     auth: AuthUser,
     query: Result<Query<HandoffQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    let Query(query) = query?;
-    let location = issue(&state, &auth, &headers, query.next.as_deref()).await?;
-    no_store_redirect(StatusCode::SEE_OTHER, &location)
+) -> Response {
+    let redirect = async {
+        let Query(query) = query?;
+        let location = issue(&state, &auth, &headers, query.next.as_deref()).await?;
+        no_store_redirect(StatusCode::SEE_OTHER, &location)
+    };
+    redirect
+        .await
+        .unwrap_or_else(|e| crate::pages::error_for(&headers, e))
 }
 
 /// Where to navigate to hand the login over.
@@ -229,10 +234,50 @@ fn code_error(code: &'static str, what: &str) -> ApiError {
     )
 }
 
-/// `GET /_clawdeploy/session?code=...` on an instance host: the host's session cookie.
+/// `GET /_clawdeploy/session?code=...` on an instance host: the host's session cookie. A browser
+/// whose link does not work (used by going back, expired, of an ended session, for an instance no
+/// longer its own) is sent through the dashboard's login again, which signs it in afresh or
+/// says on a page why it cannot; API clients get the JSON error.
 pub async fn exchange(
     State(state): State<ApiState>,
     headers: HeaderMap,
+    client: Client,
+    query: Result<Query<ExchangeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let result = exchange_code(&state, &headers, client, query).await;
+    let browser = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"));
+    let raw_host = headers
+        .get("x-forwarded-host")
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| normalize_host(h).is_some());
+    match (result, raw_host) {
+        (Ok(response), _) => response,
+        (Err(e), Some(raw_host)) if browser && e.status.is_client_error() => {
+            tracing::debug!(
+                code = e.code,
+                "an instance sign-in link did not work; through the login again"
+            );
+            let https = headers
+                .get("x-forwarded-proto")
+                .is_some_and(|v| v.as_bytes() == b"https");
+            let login = clawdeploy_proxy::browser_session::login_url(
+                https,
+                state.routes.app_domain(),
+                raw_host,
+                "/",
+            );
+            no_store_redirect(StatusCode::SEE_OTHER, &login).unwrap_or_else(|e| e.into_response())
+        }
+        (Err(e), _) => e.into_response(),
+    }
+}
+
+async fn exchange_code(
+    state: &ApiState,
+    headers: &HeaderMap,
     client: Client,
     query: Result<Query<ExchangeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -319,7 +364,7 @@ pub async fn exchange(
         cookie.push_str("; Secure");
     }
     log_event(
-        &state,
+        state,
         Some(claimed.user_id),
         "instance_sign_in",
         &client,

@@ -881,7 +881,7 @@ pub async fn restart(
     .await;
     let body = InstanceReply {
         instance: InstanceView::new(&state, &inst),
-        message: Some("Restart requested: the instance answers again within seconds."),
+        message: Some("Restart requested: the instance answers again once its status is running again (OpenClaw takes about 30 s to start)."),
         pending: state.pool.is_none().then_some(PENDING_RUNTIME),
     };
     Ok((StatusCode::ACCEPTED, Reply(body)))

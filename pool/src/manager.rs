@@ -1096,8 +1096,9 @@ impl PoolManager {
         };
         match (member.state, member.instance_id) {
             (PoolMemberState::Claimed, Some(instance_id)) => {
-                // Stopped on purpose (a sleep, a cancellation, an unverified account): its own
-                // `die` event, nothing to heal (heal checks again, under the instance's lock).
+                // Stopped or restarted on purpose (a sleep, a cancellation, an unverified
+                // account, a restart its owner asked for): its own `die` event, nothing to heal
+                // (heal checks again, under the instance's lock).
                 let status = self
                     .store
                     .get_instance(instance_id)
@@ -1112,9 +1113,19 @@ impl PoolManager {
                             | InstanceStatus::Deleting
                             | InstanceStatus::Sleeping
                             | InstanceStatus::Crashed
+                            | InstanceStatus::Starting
                     )
                 ) {
                     return tracing::debug!(instance = %instance_id, ?exit_code, "instance stopped on purpose");
+                }
+                // A restart that finished before this event was read: the container runs again.
+                if self
+                    .runtime
+                    .inspect(&runtime_id)
+                    .await
+                    .is_ok_and(|i| i.state == RunState::Running)
+                {
+                    return tracing::debug!(instance = %instance_id, ?exit_code, "instance restarted");
                 }
                 tracing::warn!(instance = %instance_id, ?exit_code, "instance died; restarting it");
                 tokio::spawn(self.heal(instance_id));

@@ -74,12 +74,56 @@ pub async fn apply(store: &Store, routes: &RouteTable, change: &Change) -> Resul
                 routes.remove_subdomain(subdomain);
             }
         },
+        Change::OperatorRoute { host } => match store.operator_route(host).await? {
+            Some(upstream) => set_operator(routes, host, &upstream),
+            None => {
+                if let Err(e) = routes.remove_operator(host) {
+                    tracing::warn!(%host, "cannot remove an operator route: {e}");
+                }
+            }
+        },
         Change::Resync => {
             load_all(store, routes).await?;
+            load_operator_routes(store, routes).await?;
         }
         Change::SessionRevoked { .. } | Change::Certificate { .. } | Change::Domain { .. } => {}
     }
     Ok(())
+}
+
+/// Loads the operator routes set through `/admin/routes` (kept in the store), dropping those no
+/// longer stored; the config file's `[[routes]]` (marked configured in the table) stay as they
+/// are. Returns the count.
+pub async fn load_operator_routes(store: &Store, routes: &RouteTable) -> Result<usize, StoreError> {
+    let stored = store.operator_routes().await?;
+    let live: HashSet<&str> = stored.iter().map(|(host, _)| host.as_str()).collect();
+    for host in routes.operator_hosts() {
+        if !live.contains(host.as_str()) && !routes.is_configured(&host) {
+            let _ = routes.remove_operator(&host);
+        }
+    }
+    for (host, upstream) in &stored {
+        set_operator(routes, host, upstream);
+    }
+    Ok(stored.len())
+}
+
+/// Routes a stored operator route, unless the config file routes that host (the file wins).
+fn set_operator(routes: &RouteTable, host: &str, upstream: &str) {
+    if routes.is_configured(host) {
+        return tracing::warn!(%host, "an operator route in the store is shadowed by [[routes]] in the config file");
+    }
+    let result = upstream
+        .parse::<SocketAddr>()
+        .map_err(|e| e.to_string())
+        .and_then(|addr| {
+            routes
+                .upsert_operator(host, addr)
+                .map_err(|e| e.to_string())
+        });
+    if let Err(e) = result {
+        tracing::warn!(%host, %upstream, "cannot route a stored operator route: {e}");
+    }
 }
 
 /// The one path by which a node changes routes: applies `change` here with the same [`apply`]

@@ -144,6 +144,11 @@ pub enum RouteError {
     /// The host is routed to an instance or the control plane, which operators cannot change.
     #[error("{0} is not an operator route; instance routes are managed through the instance API")]
     NotOperatorRoute(String),
+    /// The host is routed by the config file's `[[routes]]`, which the admin API does not change.
+    #[error(
+        "{0} is routed by [[routes]] in the config file; change it there and restart the edge"
+    )]
+    ConfiguredRoute(String),
 }
 
 /// One row of [`RouteTable::list`].
@@ -170,6 +175,8 @@ pub struct RouteTable {
     /// Customers' own domains → the subdomain label of their instance: the domain follows the
     /// instance's route (state, upstream, owner) with no second copy to keep in step.
     aliases: DashMap<String, String>,
+    /// Operator hosts routed by the config file's `[[routes]]` (the admin API leaves them alone).
+    configured: dashmap::DashSet<String>,
     /// Told each instance route's tier, so gateway WebSockets already open meter by the new tier.
     meter: std::sync::OnceLock<Arc<clawdeploy_metering::Meter>>,
 }
@@ -185,6 +192,7 @@ impl RouteTable {
             hosts: DashMap::new(),
             subdomains: DashMap::new(),
             aliases: DashMap::new(),
+            configured: dashmap::DashSet::new(),
             meter: std::sync::OnceLock::new(),
         }
     }
@@ -267,6 +275,46 @@ impl RouteTable {
             return Err(RouteError::ReservedHost(host));
         }
         Ok(host)
+    }
+
+    /// Checks that an operator may route `raw` through the admin API: a valid host, not the
+    /// edge's own, not an instance's, not one of the config file's; the normalised host.
+    pub fn check_operator(&self, raw: &str) -> Result<String, RouteError> {
+        let host = self.operator_host(raw)?;
+        if self.configured.contains(&host) {
+            return Err(RouteError::ConfiguredRoute(host));
+        }
+        if let Some(existing) = self.hosts.get(&host) {
+            if existing.kind != RouteKind::Operator {
+                return Err(RouteError::NotOperatorRoute(host));
+            }
+        }
+        Ok(host)
+    }
+
+    /// Routes an operator host of the config file's `[[routes]]` (see [`Self::is_configured`]).
+    pub fn upsert_configured(
+        &self,
+        raw_host: &str,
+        upstream: SocketAddr,
+    ) -> Result<String, RouteError> {
+        let (host, _) = self.upsert_operator(raw_host, upstream)?;
+        self.configured.insert(host.clone());
+        Ok(host)
+    }
+
+    /// Whether the config file's `[[routes]]` route this (normalised) host.
+    pub fn is_configured(&self, host: &str) -> bool {
+        self.configured.contains(host)
+    }
+
+    /// The hosts of every operator route, configured or not.
+    pub fn operator_hosts(&self) -> Vec<String> {
+        self.hosts
+            .iter()
+            .filter(|e| e.value().kind == RouteKind::Operator)
+            .map(|e| e.key().clone())
+            .collect()
     }
 
     /// Inserts or replaces an operator route; returns whether it was new.

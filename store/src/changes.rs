@@ -43,6 +43,11 @@ pub enum Change {
         /// The custom domain, lower case.
         hostname: String,
     },
+    /// An operator route (`/admin/routes`) was set or removed: reload it from the store.
+    OperatorRoute {
+        /// The route's host, normalised.
+        host: String,
+    },
     /// The channel had a gap: reload everything.
     Resync,
 }

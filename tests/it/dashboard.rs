@@ -450,10 +450,10 @@ async fn browser_journey_from_landing_to_a_chat_reply_on_docker() {
         browser.check_page(name).await;
     }
     let log = browser
-        .wait_text("#security-log", |t| t.contains("login success"))
+        .wait_text("#security-log", |t| t.contains("Logged in"))
         .await;
     assert!(
-        log.contains("account created") && log.contains("instance created"),
+        log.contains("Account created") && log.contains("Assistant created"),
         "{log}"
     );
 }
@@ -493,12 +493,16 @@ async fn login_with_mfa_in_the_browser_returns_to_the_page_asked_for() {
     let wrong = browser
         .wait_text("#form-error", |t| t.contains("wrong"))
         .await;
-    assert!(wrong.contains("mfaCode"), "{wrong}");
+    // The field's label, not the API's field name.
+    assert!(
+        wrong.starts_with("Authentication code:") && !wrong.contains("mfaCode"),
+        "{wrong}"
+    );
     browser.type_into("#mfa-code", &totp_now(&secret)).await;
     browser.click("#login-submit").await;
     browser.wait_path("/security").await;
     let log = browser
-        .wait_text("#security-log", |t| t.contains("login success"))
+        .wait_text("#security-log", |t| t.contains("Logged in"))
         .await;
     assert!(log.contains("wrong MFA code"), "{log}");
 }
@@ -589,14 +593,26 @@ async fn a_soul_md_change_in_settings_reaches_the_instance() {
         .await;
     // The fixture prefixes replies with its SOUL.md's first line, read from the instance's config.
     assert_eq!(reply, "[You are a pirate.] echo: ahoy");
+    // A reload keeps the conversation: the dashboard reads it back from the gateway.
+    browser.goto("/dashboard").await;
+    let history = browser
+        .wait_text("#chat-log", |t| t.contains("echo: ahoy"))
+        .await;
+    assert!(history.starts_with("ahoy"), "{history}");
 
-    // Restart, export and account deletion from settings.
+    // Restart (with its progress), export and account deletion from settings.
     browser.goto("/settings").await;
     browser.click("#restart").await;
     let restarted = browser
-        .wait_text("#instance-result", |t| !t.is_empty())
+        .wait_text("#instance-result", |t| t.contains("Running again after"))
         .await;
-    assert!(restarted.contains("Restart requested"), "{restarted}");
+    assert!(restarted.ends_with(" s."), "{restarted}");
+    assert_eq!(
+        browser
+            .wait_text("#instance-status", |t| !t.is_empty())
+            .await,
+        "Running"
+    );
     let export = browser
         .script("return document.querySelector('a[href=\"/api/account/export\"]').href;")
         .await;
@@ -610,14 +626,42 @@ async fn a_soul_md_change_in_settings_reaches_the_instance() {
     assert!(refused.contains("DELETE"), "{refused}");
     browser.type_into("#delete-confirm", "DELETE").await;
     browser.click("#delete-form button[type=submit]").await;
-    let scheduled = browser.wait_text("#delete-result", |t| !t.is_empty()).await;
-    assert!(scheduled.contains("deleted after"), "{scheduled}");
+    // A banner on every page, and Settings says when, each with the button that keeps it.
+    let banner = browser
+        .wait_text("#deletion-banner", |t| !t.is_empty())
+        .await;
+    assert!(banner.contains("scheduled for deletion"), "{banner}");
+    let data = browser
+        .wait_text("#deletion-when", |t| t.contains("You asked to delete"))
+        .await;
+    assert!(data.contains("days after that"), "{data}");
     let account = edge
         .api("GET", "/api/account", Some(&token), None)
         .await
         .json();
     assert!(
         account["user"]["deletionRequestedAt"].is_string(),
+        "{account}"
+    );
+    browser.goto("/dashboard").await;
+    browser
+        .click("#deletion-banner [data-restore-account]")
+        .await;
+    browser.wait_path("/dashboard").await;
+    let deadline = Instant::now() + PATIENCE;
+    while browser.find("#deletion-banner").await.is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the banner stayed after keeping the account"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let account = edge
+        .api("GET", "/api/account", Some(&token), None)
+        .await
+        .json();
+    assert!(
+        account["user"]["deletionRequestedAt"].is_null(),
         "{account}"
     );
 }
@@ -1399,4 +1443,178 @@ async fn a_dashboard_without_a_provider_key_says_where_to_add_one() {
     browser.goto("/dashboard").await;
     browser.wait_path("/dashboard").await;
     assert!(browser.find("#no-provider").await.is_none());
+}
+
+/// Every page at 375 px and on the desktop, with data in each table (security log, provider keys,
+/// domains, plans, the operator's lists): nothing wider than the screen or cut off; and what
+/// people read is words and local times, not stored names (`pending_dns`, `login_success`) or
+/// raw timestamps and user agents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_fits_a_phone_with_data_in_its_tables() {
+    let node = node_id();
+    let edge = fixture_pool_edge(false, 0, &node).start().await;
+    let browser = Browser::start(&edge).await;
+    for (path, name) in [
+        ("/", "20-landing"),
+        ("/signup", "21-signup"),
+        ("/login", "22-login"),
+        ("/forgot-password", "23-forgot-password"),
+    ] {
+        browser.goto(path).await;
+        browser.wait_for("html[data-ready]").await;
+        browser.check_page(name).await;
+    }
+
+    let email = "someone-with-a-long-address@example.com";
+    let (token, _) = crate::domains::pro_user(&edge, email).await;
+    crate::instance_access::running_instance(&edge, &token, "a-rather-long-assistant-name").await;
+    let key = edge
+        .api(
+            "PUT",
+            "/api/account/api-keys/openai",
+            Some(&token),
+            Some(json!({"key": "sk-test-0123456789abcdef"})),
+        )
+        .await;
+    assert_eq!(key.status, 200, "{}", key.text());
+    let domain = edge
+        .api(
+            "POST",
+            "/api/domains",
+            Some(&token),
+            Some(json!({"hostname": "assistant.a-rather-long-domain-name-of-ours.example.com"})),
+        )
+        .await;
+    assert_eq!(domain.status, 201, "{}", domain.text());
+    let (code, _, stderr) = edge.cli(&["admin", "grant", email]).await;
+    assert_eq!(code, 0, "{stderr}");
+    // A failed login first: the security log gets a second kind of row.
+    browser.goto("/login").await;
+    browser.type_into("#email", email).await;
+    browser
+        .type_into("#password", "not the password at all")
+        .await;
+    browser.click("#login-submit").await;
+    browser.wait_text("#form-error", |t| !t.is_empty()).await;
+    browser_login(&browser, email, "/dashboard").await;
+
+    for (path, name) in [
+        ("/dashboard", "24-dashboard"),
+        ("/settings", "25-settings"),
+        ("/security", "26-security"),
+        ("/skills", "27-skills"),
+        ("/domains", "28-domains"),
+        ("/billing", "29-billing"),
+        ("/operator", "30-operator"),
+    ] {
+        browser.goto(path).await;
+        browser.wait_path(path).await;
+        browser.wait_for("html[data-ready]").await;
+        browser.check_page(name).await;
+    }
+
+    browser.goto("/security").await;
+    let log = browser
+        .wait_text("#security-log", |t| t.contains("Failed login"))
+        .await;
+    assert!(
+        log.contains("Logged in") && log.contains("Chrome on Linux"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("login_") && !log.contains("Mozilla/"),
+        "{log}"
+    );
+    let raw_times = browser
+        .script("return [...document.querySelectorAll('#security-log td')].filter(td => /\\d{4}-\\d\\d-\\d\\dT/.test(td.textContent)).length;")
+        .await;
+    assert_eq!(raw_times, json!(0), "{log}");
+    browser.goto("/domains").await;
+    let domains = browser
+        .wait_text("main", |t| t.contains("a-rather-long-domain-name-of-ours"))
+        .await;
+    assert!(
+        domains.contains("Waiting for your DNS records") && !domains.contains("pending_dns"),
+        "{domains}"
+    );
+}
+
+/// Opening another tenant's address while logged in ends on a page that says whose it is and
+/// what to do, not on the API's `INVALID_NEXT`; a sign-in link that no longer works (used by going
+/// back) signs the owner in afresh instead of showing JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenants_address_ends_on_a_page_that_says_so() {
+    let edge = fixture_pool_edge(false, 0, &node_id()).start().await;
+    let (alice, _, alice_id) = edge.register("alice-page@example.com", PW).await;
+    let (bob, _, _) = edge.register("bob-page@example.com", PW).await;
+    crate::instance_access::running_instance(&edge, &alice, "alicepage").await;
+    crate::instance_access::running_instance(&edge, &bob, "bobpage").await;
+    let browser = Browser::start(&edge).await;
+    browser_login(&browser, "alice-page@example.com", "/dashboard").await;
+
+    let port = edge.addr.port();
+    browser
+        .goto(&format!("http://bobpage.{BASE_DOMAIN}:{port}/whoami"))
+        .await;
+    let heading = browser
+        .wait_text("h1", |t| t.contains("another account"))
+        .await;
+    assert_eq!(heading, "This assistant belongs to another account");
+    let text = browser.wait_text("main", |t| !t.is_empty()).await;
+    assert!(
+        text.contains("alice-page@example.com") && text.contains(&format!("bobpage.{BASE_DOMAIN}")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("INVALID_NEXT") && !text.contains("{\""),
+        "{text}"
+    );
+    browser.check_page("31-not-your-assistant").await;
+
+    // A used or made-up sign-in code on her own host: through the login again, and in.
+    let own = format!("http://alicepage.{BASE_DOMAIN}:{port}");
+    browser
+        .goto(&format!("{own}/_clawdeploy/session?code=no-such-code"))
+        .await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let url = browser.url().await;
+        if url.starts_with(&own) && !url.contains("/_clawdeploy/") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never back on her host: {url}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    browser.goto(&format!("{own}/whoami")).await;
+    let page = browser
+        .wait_text_within("body", PATIENCE, |t| t.contains(&alice_id))
+        .await;
+    assert!(page.contains("x-forwarded-user"), "{page}");
+}
+
+/// A chat turn that fails because no model provider is set says so in the chat, with the way to
+/// Settings → AI providers, instead of OpenClaw's hint for its terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_without_a_provider_says_where_to_add_one() {
+    let edge = fixture_pool_edge(false, 0, &node_id()).start().await;
+    let (token, _, _) = edge.register("nokey@example.com", PW).await;
+    crate::instance_access::running_instance(&edge, &token, "nokey").await;
+    let browser = Browser::start(&edge).await;
+    browser_login(&browser, "nokey@example.com", "/dashboard").await;
+    browser.wait_enabled("#chat-send").await;
+    // The fixture fails this turn the way OpenClaw does without a provider.
+    browser.type_into("#chat-input", "/fail hello").await;
+    browser.click("#chat-send").await;
+    let failed = browser
+        .wait_text("#chat-log li.error", |t| !t.is_empty())
+        .await;
+    assert!(
+        failed.starts_with("Your assistant has no AI provider key"),
+        "{failed}"
+    );
+    assert!(!failed.contains("openclaw logs"), "{failed}");
+    browser
+        .click("#chat-log li.error a[href='/settings#keys-h']")
+        .await;
+    browser.wait_path("/settings#keys-h").await;
 }

@@ -423,6 +423,40 @@ async fn an_unverified_account_past_its_grace_is_stopped_until_verified() {
     );
 }
 
+/// A restart its owner asked for is no crash: the container's `die` event is read as the restart's
+/// own (logged at debug), with no "instance died" warning and no healing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requested_restart_is_not_logged_as_a_death() {
+    let edge = edge_with_pool(true, 0)
+        .env("RUST_LOG", "info,clawdeploy_pool=debug")
+        .start()
+        .await;
+    let (token, _, _) = edge.register("restart@example.com", PW).await;
+    let (host, _) = running_instance(&edge, &token, "restarted").await;
+    let restart = edge
+        .api("POST", "/api/instances/me/restart", Some(&token), None)
+        .await;
+    assert_eq!(restart.status, 202, "{}", restart.text());
+    edge.wait_running(&token, Duration::from_secs(60)).await;
+    assert_eq!(edge.get_as(&host, "/healthz", &token).await.status, 200);
+    // The die event has been read once either debug line is there.
+    let deadline = Instant::now() + PATIENCE;
+    while !["instance stopped on purpose", "instance restarted"]
+        .iter()
+        .any(|line| edge.log_text().contains(line))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the restart's die event was never read:\n{}",
+            edge.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = edge.log_text();
+    assert!(!log.contains("instance died"), "{log}");
+    assert!(!log.contains("WARN"), "{log}");
+}
+
 /// Cancellation (PRD §4.4.3): kept stopped with its data through the grace period, restorable;
 /// afterwards its data volume is exported to the archive and container, route and record go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -208,3 +208,124 @@ async fn json_logs_carry_one_access_line_per_request() {
         "query strings are not logged: {line}"
     );
 }
+
+/// A listener address another process holds stops `serve` at once with the key to change, instead
+/// of a "serving" line followed by Pingora retrying the bind forever.
+#[tokio::test]
+async fn serve_on_a_busy_port_fails_fast_naming_the_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::time::timeout(
+        PATIENCE,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_clawdeploy"))
+            .arg("serve")
+            .current_dir(dir.path())
+            .env("CLAWDEPLOY_SERVER__HTTP_LISTEN", &addr)
+            .env("CLAWDEPLOY_RUNTIME__KIND", "none")
+            .env(
+                "CLAWDEPLOY_TLS__LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            )
+            .env(
+                "CLAWDEPLOY_METRICS__LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            )
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("serve kept running on a busy port")
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("server.http_listen = {addr}"))
+            && err.contains("already in use")
+            && err.contains("CLAWDEPLOY_SERVER__HTTP_LISTEN"),
+        "{err}"
+    );
+    assert!(!err.contains("clawdeploy serving"), "{err}");
+}
+
+/// The first steps of docs/operations.md (an operator route, a signup and an instance through the
+/// API), run as written with bash and curl against a fresh edge on its embedded default: only the
+/// ports are moved, so parallel tests do not collide.
+#[tokio::test]
+async fn the_documented_first_steps_run_as_written() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .unwrap();
+    let running = &doc[doc.find("## Running it").unwrap()..doc.find("## Metrics").unwrap()];
+    let blocks: Vec<&str> = running
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| &b[..b.find("```").unwrap()])
+        .collect();
+    assert_eq!(blocks.len(), 2, "the two examples of 'Running it'");
+    let (port, upstream_port) = (free_port(), free_port());
+    let script = blocks
+        .concat()
+        .replace(":8080", &format!(":{port}"))
+        .replace("9001", &upstream_port.to_string());
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::fs::File::create(dir.path().join("edge.log")).unwrap();
+    let _edge = tokio::process::Command::new(env!("CARGO_BIN_EXE_clawdeploy"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env(
+            "CLAWDEPLOY_SERVER__HTTP_LISTEN",
+            format!("127.0.0.1:{port}"),
+        )
+        .env("CLAWDEPLOY_RUNTIME__KIND", "none")
+        .env(
+            "CLAWDEPLOY_TLS__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env(
+            "CLAWDEPLOY_METRICS__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("CLAWDEPLOY_LLM__PORT", "0")
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while try_send(addr, get_request("app.localhost", "/healthz").as_bytes())
+        .await
+        .map_or(true, |r| r.status != 200)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edge never answered: {}",
+            std::fs::read_to_string(dir.path().join("edge.log")).unwrap()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let run = tokio::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(dir.path())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(PATIENCE, run).await;
+    // The example's web server runs in the background: stopped here, whatever happened.
+    let _ = std::process::Command::new("pkill")
+        .args(["-f", &format!("http.server {upstream_port}")])
+        .status();
+    let out = out.expect("the first steps hung").unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{script}\n{stdout}\n{stderr}");
+    assert!(stdout.contains("\"upstream\":\"127.0.0.1:"), "{stdout}");
+    assert!(stdout.contains("proxied"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("you.localhost:{port}")),
+        "the instance's URL: {stdout}"
+    );
+    assert!(stdout.contains("you@example.com"), "the outbox: {stdout}");
+}

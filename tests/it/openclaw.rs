@@ -686,6 +686,24 @@ async fn openclaw_behind_the_edge_chats_refuses_strangers_and_reloads_its_soul()
         !prompt.contains("SOUL-MARKER-ONE"),
         "old SOUL.md still used"
     );
+    // A key added in Settings is in the running instance's providers when the API answers.
+    let added = edge
+        .api(
+            "PUT",
+            "/api/account/api-keys/anthropic",
+            Some(&token),
+            Some(json!({"key":"sk-ant-test-olivia-0123456789"})),
+        )
+        .await;
+    assert_eq!(added.status, 200, "{}", added.text());
+    let container = container_of(&node_id).await;
+    let path = format!("/data/{}", clawdeploy_pool::openclaw::CONFIG_FILE);
+    let config: Value = serde_json::from_str(&exec_output(&container, &["cat", &path]).await)
+        .expect("the instance's openclaw.json");
+    assert!(
+        config["models"]["providers"]["anthropic"].is_object(),
+        "{config}"
+    );
     ws.close(None).await.ok();
 
     // A forged identity header never reaches the gateway: the edge overwrites it with the

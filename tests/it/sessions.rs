@@ -62,9 +62,12 @@ fn code_of(resp: &Response, host: &str) -> String {
 }
 
 /// Exchanges `code` on `host`; the response.
+/// `GET /_clawdeploy/session?code=...` as a client that reads the API's errors (a browser is sent
+/// through the login again instead: see the replay in `sign_in_flow`).
 async fn exchange(edge: &Edge, host: &str, code: &str) -> Response {
-    edge.send(browser_get(host, &format!("/_clawdeploy/session?code={code}"), None).as_bytes())
-        .await
+    let raw = browser_get(host, &format!("/_clawdeploy/session?code={code}"), None)
+        .replace("Accept: text/html,application/xhtml+xml", "Accept: */*");
+    edge.send(raw.as_bytes()).await
 }
 
 /// The session cookie (`name=value`) an exchange set.
@@ -160,6 +163,19 @@ async fn sign_in_flow(db: Db) {
         (400, "CODE_USED")
     );
     assert!(replay.header("set-cookie").is_none());
+    // A browser going back to the used link is sent through the dashboard's login again (which
+    // signs its owner in afresh), never shown the JSON.
+    let back = edge
+        .send(browser_get(&host, &format!("/_clawdeploy/session?code={code}"), None).as_bytes())
+        .await;
+    assert_eq!(back.status, 303, "{}", back.text());
+    let login = back.header("location").unwrap_or_default().to_string();
+    assert!(
+        login.starts_with(&format!("http://{APP_DOMAIN}"))
+            && login.contains("/login?next=http%3A%2F%2F"),
+        "{login}"
+    );
+    assert!(back.header("set-cookie").is_none());
 
     // 5. The cookie admits the owner; the container sees the edge's identity header and the
     //    instance's own cookie, never the platform cookie nor a forged identity header.

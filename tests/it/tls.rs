@@ -552,3 +552,74 @@ async fn local_ca_certificates_verify_for_the_dashboard_and_instance_hosts_under
         "{names:?}"
     );
 }
+
+/// What a client does to its own connection is not the server's error: plain HTTP sent to the TLS
+/// port, an HTTP/2 connection that never sends its preface and a request header cut off are logged
+/// at DEBUG (Pingora prints them at ERROR), and the edge goes on serving.
+#[tokio::test]
+async fn a_clients_broken_handshake_is_not_logged_as_an_error() {
+    let edge = EdgeBuilder::new()
+        .env(
+            "RUST_LOG",
+            "info,pingora_core::services::listening=debug,pingora_core::apps=debug,pingora_proxy=debug",
+        )
+        .start()
+        .await;
+    let ca = local_ca(&edge);
+    drop(wait_for_certificate(&edge, APP_DOMAIN, &ca).await);
+
+    // Plain HTTP to the TLS port.
+    let mut plain = TcpStream::connect(edge.tls_addr).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let _ = plain.read_to_end(&mut Vec::new()).await;
+    // HTTP/2 negotiated, then no preface.
+    let mut h2 = connect(edge.tls_addr, APP_DOMAIN, client_config(&ca, &["h2"]))
+        .await
+        .unwrap();
+    h2.write_all(b"this is not an HTTP/2 preface\r\n\r\n")
+        .await
+        .unwrap();
+    let _ = h2.read_to_end(&mut Vec::new()).await;
+    // A request header cut off mid-line.
+    let mut cut = TcpStream::connect(edge.addr).await.unwrap();
+    cut.write_all(b"GET /healthz HTTP/1.1\r\nHost: app.clawd")
+        .await
+        .unwrap();
+    cut.shutdown().await.unwrap();
+    let _ = cut.read_to_end(&mut Vec::new()).await;
+
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let lowered = [
+        "Downstream handshake error",
+        "H2 handshake error",
+        "Fail to proxy",
+    ];
+    while !lowered.iter().all(|m| edge.log_text().contains(m)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not all three were logged: {}",
+            edge.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let log = edge.log_text();
+    for line in log
+        .lines()
+        .filter(|l| lowered.iter().any(|m| l.contains(m)))
+    {
+        assert!(line.contains("DEBUG"), "{line}");
+    }
+    assert!(!log.contains("ERROR"), "{log}");
+    let resp = https_get(
+        edge.tls_addr,
+        APP_DOMAIN,
+        APP_DOMAIN,
+        "/healthz",
+        client_config(&ca, &["http/1.1"]),
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+}

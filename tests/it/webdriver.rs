@@ -346,8 +346,9 @@ impl Browser {
         path
     }
 
-    /// Checks the page at 375 px and on the desktop: nothing overflows sideways, every form
-    /// control has a label; saves both screenshots.
+    /// Checks the page at 375 px and on the desktop: nothing overflows sideways (neither the page
+    /// nor a table, card or field suffix cut off inside it), every form control has a label;
+    /// saves both screenshots.
     pub async fn check_page(&self, name: &str) {
         let unlabelled = self
             .script(
@@ -366,12 +367,19 @@ impl Browser {
         let overflow = self
             .script("return document.documentElement.scrollWidth - window.innerWidth;")
             .await;
+        const CLIPPED: &str = "return [...document.querySelectorAll('.table-wrap, .card, .suffix, .notice')]\
+             .filter(e => e.scrollWidth > e.clientWidth + 1)\
+             .map(e => e.className + (e.id ? '#' + e.id : '') + ': ' + e.textContent.trim().slice(0, 40));";
+        let clipped_phone = self.script(CLIPPED).await;
         self.screenshot(&format!("{name}-375px")).await;
         self.viewport(None).await;
+        let clipped_desktop = self.script(CLIPPED).await;
         assert!(
             overflow.as_i64().unwrap_or(1) <= 0,
             "{name}: the page is {overflow} px wider than a 375 px screen"
         );
+        assert_eq!(clipped_phone, json!([]), "{name}: cut off at 375 px");
+        assert_eq!(clipped_desktop, json!([]), "{name}: cut off on the desktop");
     }
 }
 

@@ -46,14 +46,27 @@ function showError(form, err, alertEl) {
   // The field itself (`config.NOTION_API_TOKEN`), else its top-level part (`apiKeys.openai`).
   const byName = (name) => form.querySelector(`[data-field="${CSS.escape(name)}"]`);
   const input = err.field && (byName(err.field) || byName(err.field.split(".")[0]));
+  // The API names the field for programs (`apiKeys.openai: ...`); people see its label instead.
+  let message = err.message;
+  if (err.field && message.startsWith(err.field + ": ")) message = message.slice(err.field.length + 2);
   if (input) {
     input.setAttribute("aria-invalid", "true");
     const slot = document.getElementById(input.id + "-error");
-    if (slot) { slot.textContent = err.message; input.focus(); return; }
+    if (slot) { slot.textContent = message; input.focus(); return; }
     input.focus();
+    const label = input.id && document.querySelector(`label[for="${CSS.escape(input.id)}"]`);
+    if (label) message = `${label.textContent.trim()}: ${message}`;
   }
   const target = alertEl || form.querySelector(".form-error");
-  if (target) target.textContent = err.message;
+  if (target) target.textContent = message;
+}
+
+// Times in the reader's own zone and language (the page says UTC until this runs).
+function localTimes() {
+  document.querySelectorAll("time[data-local]").forEach((t) => {
+    const d = new Date(t.getAttribute("datetime"));
+    if (!isNaN(d)) t.textContent = d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+  });
 }
 
 function randomId() {
@@ -169,6 +182,12 @@ const STATUS_TEXT = {
   stopped: "Stopped. Restart it from Settings to chat again.",
   crashed: "Crashed. Restart it from Settings.", deleting: "Cancelled: restore it from Settings.",
 };
+const STATUS_WORD = {
+  queued: "Waiting for room", provisioning: "Preparing", starting: "Starting", running: "Running",
+  sleeping: "Asleep", stopped: "Stopped", crashed: "Crashed", deleting: "Cancelled",
+};
+// What the chat says when the assistant cannot reach a model (the dashboard's warning says it too).
+const NO_PROVIDER = "Your assistant has no AI provider key yet, so it cannot answer.";
 
 function dashboardPage() {
   const create = $("#create-form");
@@ -326,6 +345,32 @@ class ChatPanel {
     }
   }
 
+  // OpenClaw without a model provider answers with a hint for its terminal (`openclaw logs`);
+  // people are told where to add a key instead.
+  showFailure(li, message) {
+    li.className = "error";
+    const noKey = document.getElementById("no-provider") || /api key|no provider|provider.*not configured|openclaw logs/i.test(message);
+    if (!noKey) { li.textContent = message; return; }
+    li.textContent = NO_PROVIDER + " ";
+    const a = document.createElement("a");
+    a.href = "/settings#keys-h";
+    a.textContent = "Add one in Settings → AI providers";
+    li.append(a, ", then send your message again.");
+  }
+
+  // The conversation so far (a reload keeps it): the main session's transcript from the gateway.
+  loadHistory() {
+    if (this.log.children.length) return;
+    this.request("chat.history", { sessionKey: "agent:main:main", limit: 100 }, (res) => {
+      if (!res.ok || this.log.children.length) return;
+      const messages = (res.payload && res.payload.messages) || [];
+      messages.forEach((m) => {
+        const text = this.textOf(m);
+        if (text && (m.role === "user" || m.role === "assistant")) this.add(m.role === "user" ? "user" : "assistant final", text);
+      });
+    });
+  }
+
   textOf(message) {
     if (!message) return "";
     if (typeof message.content === "string") return message.content;
@@ -346,6 +391,7 @@ class ChatPanel {
         this.delay = 500;
         this.status.textContent = `Connected to ${p.instance}.`;
         this.setReady(true);
+        this.loadHistory();
         this.loadPanels();
         break;
       case "bridge.error":
@@ -373,8 +419,7 @@ class ChatPanel {
           if (text) li.textContent = text;
           if (p.state === "final") { li.className = "assistant final"; this.runs.delete(p.runId); this.afterTurn(); }
         } else if (p.state === "error" || p.state === "aborted") {
-          li.className = "error";
-          li.textContent = p.errorMessage || "The assistant could not answer.";
+          this.showFailure(li, p.errorMessage || "The assistant could not answer.");
         }
         this.log.scrollTop = this.log.scrollHeight;
         break;
@@ -418,7 +463,8 @@ class ChatPanel {
         const li = document.createElement("li");
         const key = s.key || s.sessionKey || "session";
         li.textContent = key.includes(":subagent:")
-          ? `Sub-agent ${s.label || key}: ${s.status || "started"}` : key;
+          ? `Sub-agent ${s.label || key}: ${s.status || "started"}`
+          : key === "agent:main:main" ? "Main chat (this one)" : s.label || s.displayName || key;
         if (key.includes(":subagent:")) li.dataset.subagent = key;
         ul.append(li);
       });
@@ -495,8 +541,21 @@ function settingsPage() {
   const restart = $("#restart");
   if (restart) restart.addEventListener("click", async () => {
     restart.disabled = true;
-    try { result("#instance-result", (await api("POST", "/api/instances/me/restart")).message); }
-    catch (err) { result("#instance-error", err.message); }
+    result("#instance-error", "");
+    const started = Date.now();
+    const seconds = () => Math.round((Date.now() - started) / 1000);
+    try {
+      await api("POST", "/api/instances/me/restart");
+      // The restart runs in the background: say what is happening until it runs again.
+      for (;;) {
+        result("#instance-result", `Restarting… ${seconds()} s`);
+        await new Promise((r) => setTimeout(r, 1000));
+        const status = (await api("GET", "/api/instances/me")).instance.status;
+        $("#instance-status").textContent = STATUS_WORD[status] || status;
+        if (status === "running" && seconds() >= 1) { result("#instance-result", `Running again after ${seconds()} s.`); break; }
+        if (status === "crashed" || status === "stopped") { result("#instance-error", "It did not come back: " + STATUS_TEXT[status]); break; }
+      }
+    } catch (err) { result("#instance-error", err.message); }
     restart.disabled = false;
   });
   const keyForm = $("#key-form");
@@ -559,12 +618,8 @@ function settingsPage() {
   if (del) del.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     if (del.confirm.value.trim() !== "DELETE") { $("#delete-error").textContent = "Type DELETE (in capitals) to confirm."; del.confirm.focus(); return; }
-    try { result("#delete-result", (await api("DELETE", "/api/account")).message); del.hidden = true; }
-    catch (err) { $("#delete-error").textContent = err.message; }
-  });
-  const restore = $("#restore-account");
-  if (restore) restore.addEventListener("click", async () => {
-    try { await api("POST", "/api/account/restore"); window.location.reload(); }
+    // The page then says when it happens, with the button that keeps the account.
+    try { await api("DELETE", "/api/account"); window.location.reload(); }
     catch (err) { $("#delete-error").textContent = err.message; }
   });
 }
@@ -703,7 +758,26 @@ function billingPage() {
   if (resume) resume.addEventListener("click", () => go(() => api("POST", "/api/billing/cancel", { atPeriodEnd: false })));
 }
 
+// Each cell knows its column's name, which a phone shows beside it (app.css stacks the rows).
+function labelTableCells() {
+  document.querySelectorAll("table.table").forEach((table) => {
+    // A column named only for screen readers ("Actions") gets no visible label either.
+    const names = [...table.querySelectorAll("thead th")]
+      .map((th) => (th.querySelector(":scope > .visually-hidden:only-child") ? "" : th.textContent.trim()));
+    table.querySelectorAll("tbody tr").forEach((tr) => {
+      [...tr.children].forEach((cell, i) => { if (names[i] && !cell.hasAttribute("colspan")) cell.dataset.label = names[i]; });
+    });
+  });
+}
+
 function common() {
+  localTimes();
+  labelTableCells();
+  document.querySelectorAll("[data-restore-account]").forEach((b) => b.addEventListener("click", async () => {
+    b.disabled = true;
+    try { await api("POST", "/api/account/restore"); window.location.reload(); }
+    catch (err) { b.disabled = false; b.after(" " + err.message); }
+  }));
   const logout = $("#logout");
   if (logout) logout.addEventListener("click", async () => {
     try { await api("POST", "/api/auth/logout"); } catch (e) { /* the session may already be over */ }

@@ -400,14 +400,26 @@ async fn login_continue(
     uri: Uri,
     Query(q): Query<NextQuery>,
 ) -> Response {
-    if signed_in(&state, &headers).await.is_none() {
+    let Some(auth) = signed_in(&state, &headers).await else {
         return to_login(&uri);
-    }
+    };
     let next = q.next.unwrap_or_default();
     if is_local_path(&next) {
         return Redirect::to(&next).into_response();
     }
-    if instance_target(&state, &next).is_some() {
+    if let Some((host, owner)) = instance_target(&state, &next) {
+        if owner.as_deref() != Some(auth.user.id.to_string().as_str()) {
+            return error_page(
+                StatusCode::FORBIDDEN,
+                "This assistant belongs to another account",
+                &format!(
+                    "You are logged in as {}, and {host} is not one of your assistants. Open yours \
+                     from your dashboard, or log out and log in with the account it belongs to.",
+                    auth.user.email
+                ),
+                Some(&auth.user),
+            );
+        }
         // The instance host's own sign-in: a one-time code for that host, exchanged there for the
         // host's session cookie (`GET /api/session/handoff` checks the caller owns it).
         return Redirect::to(&format!(
@@ -429,8 +441,8 @@ fn is_local_path(next: &str) -> bool {
 }
 
 /// The host of an absolute `http(s)://` URL when it is routed to an instance (a subdomain or a
-/// custom domain).
-fn instance_target(state: &ApiState, next: &str) -> Option<String> {
+/// custom domain), and the instance owner's id.
+fn instance_target(state: &ApiState, next: &str) -> Option<(String, Option<std::sync::Arc<str>>)> {
     let rest = next
         .strip_prefix("https://")
         .or_else(|| next.strip_prefix("http://"))?;
@@ -440,7 +452,7 @@ fn instance_target(state: &ApiState, next: &str) -> Option<String> {
         clawdeploy_proxy::Resolution::Route(route)
             if route.kind == clawdeploy_proxy::RouteKind::Instance =>
         {
-            Some(host)
+            Some((host, route.owner_id))
         }
         _ => None,
     }
@@ -668,7 +680,7 @@ async fn settings(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -
                             (subdomain_field("Address", state.routes.base_domain(), None, Some(&inst.subdomain)))
                             button type="submit" .button { "Change address" }
                         }
-                        p { "Status: " strong { (inst.status.as_str()) } }
+                        p { "Status: " strong #instance-status { (status_word(inst.status)) } }
                         p .form-error #instance-error role="alert" {}
                         p .hint #instance-result role="status" aria-live="polite" {}
                         p { button type="button" .button #restart { "Restart instance" } }
@@ -786,9 +798,10 @@ async fn settings(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -
                 p { a .button href="/api/account/export" download="clawdeploy-export.json" { "Export my data (JSON)" } }
                 h3 { "Delete account" }
                 @match user.deletion_requested_at {
-                    Some(at) => p {
-                        "Deletion requested on " (rfc3339(at)) ". "
-                        button type="button" .button #restore-account { "Keep my account" }
+                    Some(at) => p #deletion-when {
+                        "You asked to delete your account on " (local_time(at)) "; it is deleted "
+                        (state.ctx.config.limits.deletion_grace_days) " days after that. "
+                        button type="button" .button data-restore-account { "Keep my account" }
                     },
                     None => {
                         p {
@@ -827,15 +840,15 @@ async fn security(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -
         div .table-wrap {
             table .table #security-log {
                 caption .visually-hidden { "Security events" }
-                thead { tr { th scope="col" { "When (UTC)" } th scope="col" { "Event" } th scope="col" { "IP address" } th scope="col" { "Browser" } th scope="col" { "Detail" } } }
+                thead { tr { th scope="col" { "When" } th scope="col" { "Event" } th scope="col" { "IP address" } th scope="col" { "Browser" } th scope="col" { "Detail" } } }
                 tbody {
                     @for e in &events {
-                        @let at = rfc3339(e.created_at);
+                        @let ua = e.user_agent.as_deref().unwrap_or("");
                         tr {
-                            td { time datetime=(at) { (at) } }
-                            td { (e.event.replace('_', " ")) }
+                            td { (local_time(e.created_at)) }
+                            td { (event_text(&e.event)) }
                             td { (e.ip.as_deref().unwrap_or("")) }
-                            td .ua { (e.user_agent.as_deref().unwrap_or("")) }
+                            td title=(ua) { (browser_text(ua)) }
                             td { (e.detail.as_deref().unwrap_or("")) }
                         }
                     }
@@ -917,7 +930,7 @@ async fn domains(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) ->
                                 @let host = &d.hostname;
                                 tr {
                                     td { code { (host) } }
-                                    td { (d.status.as_str()) }
+                                    td { (domain_status_text(d.status)) }
                                     td {
                                         "CNAME " code { (host) } " → " code { (target) } br;
                                         "TXT " code { "_clawdeploy-challenge." (host) } " = " code { (d.token) }
@@ -1297,6 +1310,112 @@ fn when(ms: i64) -> String {
     format!("{} UTC", stamp.get(..16).unwrap_or(&stamp))
 }
 
+/// A `<time>` that `app.js` shows in the reader's own time zone (UTC until it runs).
+fn local_time(ms: i64) -> Markup {
+    html! { time datetime=(rfc3339(ms)) data-local { (when(ms)) } }
+}
+
+/// An instance status as one word for people.
+fn status_word(status: InstanceStatus) -> &'static str {
+    match status {
+        InstanceStatus::Queued => "Waiting for room",
+        InstanceStatus::Provisioning => "Preparing",
+        InstanceStatus::Starting => "Starting",
+        InstanceStatus::Running => "Running",
+        InstanceStatus::Sleeping => "Asleep",
+        InstanceStatus::Stopped => "Stopped",
+        InstanceStatus::Crashed => "Crashed",
+        InstanceStatus::Deleting => "Cancelled",
+    }
+}
+
+fn domain_status_text(status: clawdeploy_store::DomainStatus) -> &'static str {
+    use clawdeploy_store::DomainStatus as D;
+    match status {
+        D::PendingDns => "Waiting for your DNS records",
+        D::Verifying => "Checking your DNS records",
+        D::Issuing => "Getting its certificate",
+        D::Active => "Active",
+        D::Failed => "Failed: see what to fix",
+        D::Parked => "Paused: your plan allows fewer domains",
+    }
+}
+
+/// A security event's stored name (`login_failed`) for people.
+fn event_text(event: &str) -> String {
+    let known = match event {
+        "account_created" => "Account created",
+        "login_success" => "Logged in",
+        "login_failure" => "Failed login",
+        "login_throttled" => "Login attempts paused (too many failures)",
+        "logout" => "Logged out",
+        "refresh_token_reuse" => "A stolen sign-in was blocked (all sessions ended)",
+        "password_changed" => "Password changed",
+        "password_reset_requested" => "Password reset requested",
+        "password_reset" => "Password reset",
+        "email_changed" => "Email address changed",
+        "email_verified" => "Email address confirmed",
+        "mfa_enabled" => "Two-factor authentication turned on",
+        "mfa_disabled" => "Two-factor authentication turned off",
+        "api_key_set" => "AI provider key saved",
+        "api_key_deleted" => "AI provider key removed",
+        "instance_created" => "Assistant created",
+        "instance_restart" => "Assistant restarted",
+        "instance_deleted" => "Assistant cancelled",
+        "instance_restored" => "Assistant restored",
+        "instance_sign_in" => "Opened your assistant",
+        "subdomain_changed" => "Address changed",
+        "data_exported" => "Data exported",
+        "deletion_requested" => "Account deletion requested",
+        "deletion_cancelled" => "Account deletion cancelled",
+        _ => "",
+    };
+    if !known.is_empty() {
+        return known.to_string();
+    }
+    let words = event.replace('_', " ");
+    let mut chars = words.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
+/// A browser's `User-Agent` as "Firefox on Linux" (the whole string is the cell's tooltip).
+fn browser_text(ua: &str) -> String {
+    if ua.is_empty() {
+        return String::new();
+    }
+    let has = |s: &str| ua.contains(s);
+    let browser = if has("Edg/") {
+        "Edge"
+    } else if has("Firefox/") {
+        "Firefox"
+    } else if has("Chrome/") || has("Chromium/") {
+        "Chrome"
+    } else if has("Safari/") {
+        "Safari"
+    } else if ua.starts_with("curl/") {
+        return "curl".to_string();
+    } else {
+        "A program"
+    };
+    let os = if has("Android") {
+        "Android"
+    } else if has("iPhone") || has("iPad") {
+        "iOS"
+    } else if has("Windows") {
+        "Windows"
+    } else if has("Mac OS X") {
+        "macOS"
+    } else if has("Linux") || has("X11") {
+        "Linux"
+    } else {
+        return browser.to_string();
+    };
+    format!("{browser} on {os}")
+}
+
 fn limit_label(name: &str) -> &'static str {
     match name {
         "messages" => "Messages this month",
@@ -1434,6 +1553,28 @@ pub fn error_page(
     response
 }
 
+/// An error answered to a browser that navigated here (it accepts HTML) as a page saying what
+/// happened; to anything else as the API's JSON.
+pub fn error_for(headers: &HeaderMap, e: crate::error::ApiError) -> Response {
+    let html = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"));
+    if !html {
+        return e.into_response();
+    }
+    e.log_cause();
+    let title = match e.status {
+        StatusCode::BAD_REQUEST => "This link does not work",
+        StatusCode::UNAUTHORIZED => "Please log in again",
+        StatusCode::FORBIDDEN => "Not allowed",
+        StatusCode::NOT_FOUND => "Not found",
+        s if s.is_server_error() => "Something went wrong on our side",
+        _ => "That did not work",
+    };
+    error_page(e.status, title, &e.message, None)
+}
+
 /// Whether a request prefers HTML (a browser navigating), for the fallback's error page.
 pub fn wants_html(headers: &HeaderMap, uri: &Uri) -> bool {
     let path = uri.path();
@@ -1472,5 +1613,17 @@ mod tests {
     fn durations() {
         assert_eq!(duration_text(5_000), "less than a minute");
         assert_eq!(duration_text(90 * 60_000), "1 h 30 min");
+    }
+
+    #[test]
+    fn people_read_words_not_stored_names() {
+        let chrome = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36";
+        assert_eq!(browser_text(chrome), "Chrome on Linux");
+        let iphone = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1";
+        assert_eq!(browser_text(iphone), "Safari on iOS");
+        assert_eq!(browser_text("curl/7.88.1"), "curl");
+        assert_eq!(browser_text(""), "");
+        assert_eq!(event_text("login_failure"), "Failed login");
+        assert_eq!(event_text("something_new"), "Something new");
     }
 }

@@ -69,7 +69,16 @@ impl<'a> Page<'a> {
                 body data-page=(self.id) {
                     a .skip href="#main" { "Skip to content" }
                     header .top { a .brand href="/" { "ClawDeploy" } (nav) }
-                    main #main tabindex="-1" { (main) }
+                    main #main tabindex="-1" {
+                        // On every page while a deletion is pending: the way back is one click.
+                        @if self.user.is_some_and(|u| u.deletion_requested_at.is_some()) {
+                            p .notice #deletion-banner role="status" {
+                                "Your account is scheduled for deletion. "
+                                button type="button" .button.small data-restore-account { "Keep my account" }
+                            }
+                        }
+                        (main)
+                    }
                     footer .foot { p { "ClawDeploy · managed OpenClaw hosting" } }
                 }
             }

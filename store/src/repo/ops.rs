@@ -1,4 +1,4 @@
-//! Admin tokens and usage counters.
+//! Admin tokens, operator routes and usage counters.
 
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -169,6 +169,63 @@ impl Store {
                     tokens: r.try_get("tokens")?,
                 })
             })
+            .collect()
+    }
+
+    /// Creates or replaces the stored operator route of `host` (normalised by the caller); true
+    /// when it is new.
+    pub async fn upsert_operator_route(&self, host: &str, upstream: &str) -> Result<bool> {
+        let now = now_ms();
+        let inserted = sqlx::query(
+            "INSERT INTO operator_routes (host, upstream, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (host) DO NOTHING",
+        )
+        .bind(host)
+        .bind(upstream)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1;
+        if !inserted {
+            sqlx::query(
+                "UPDATE operator_routes SET upstream = $2, updated_at = $3 WHERE host = $1",
+            )
+            .bind(host)
+            .bind(upstream)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(inserted)
+    }
+
+    /// Removes the stored operator route of `host`; false when there was none.
+    pub async fn delete_operator_route(&self, host: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM operator_routes WHERE host = $1")
+            .bind(host)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The stored operator route of `host`: its upstream, as stored.
+    pub async fn operator_route(&self, host: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT upstream FROM operator_routes WHERE host = $1")
+                .bind(host)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Every stored operator route, `(host, upstream)`, by host.
+    pub async fn operator_routes(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT host, upstream FROM operator_routes ORDER BY host")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("host")?, r.try_get("upstream")?)))
             .collect()
     }
 }
