@@ -160,7 +160,7 @@ pub async fn update_profile(
             return Err(ApiError::invalid(
                 "email",
                 "INVALID_EMAIL",
-                format!("{email:?} is not a valid email address"),
+                crypto::email_problem(email),
             ));
         }
     }

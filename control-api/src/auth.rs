@@ -19,7 +19,7 @@ use clawdeploy_store::{
 
 use crate::crypto::{self, Claims, JwtError, ACCESS_TTL_SECS};
 use crate::error::ApiError;
-use crate::{ApiState, Reply};
+use crate::{ApiState, Reply, ReplyOrPage};
 
 /// A refresh token (and its session) lives 30 days; each use rotates it and extends the session.
 pub const REFRESH_TTL_MS: i64 = 30 * DAY_MS;
@@ -492,7 +492,7 @@ pub async fn register(
         return Err(ApiError::invalid(
             "email",
             "INVALID_EMAIL",
-            format!("{email:?} is not a valid email address, such as you@example.com"),
+            crypto::email_problem(email),
         ));
     }
     if let Err(why) = crypto::check_password(&body.password, email) {
@@ -830,10 +830,16 @@ pub(crate) async fn do_verify(
 pub async fn verify_email_link(
     State(state): State<ApiState>,
     client: Client,
+    headers: HeaderMap,
     query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Reply<Verified>, ApiError> {
+) -> Result<ReplyOrPage<Verified>, ApiError> {
     let Query(q) = query?;
-    do_verify(&state, &q.token, &client).await
+    if let Some(page) = crate::pages::link_page(&headers, "/verify-email", &q.token) {
+        return Ok(ReplyOrPage::Page(page));
+    }
+    Ok(ReplyOrPage::Reply(
+        do_verify(&state, &q.token, &client).await?,
+    ))
 }
 
 /// `POST /api/auth/verify-email`: marks the address verified with the mailed token (once, and
@@ -956,9 +962,13 @@ pub struct ResetLink {
 /// The link in the reset mail: says whether the token can still be used (without using it).
 pub async fn reset_password_link(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Reply<ResetLink>, ApiError> {
+) -> Result<ReplyOrPage<ResetLink>, ApiError> {
     let Query(q) = query?;
+    if let Some(page) = crate::pages::link_page(&headers, "/reset-password", &q.token) {
+        return Ok(ReplyOrPage::Page(page));
+    }
     let t = state
         .store
         .peek_email_token(&TokenHash::of(q.token.trim()), EmailTokenPurpose::Reset)
@@ -971,12 +981,12 @@ pub async fn reset_password_link(
     if t.expires_at <= now_ms() {
         return Err(token_error(StoreError::TokenExpired));
     }
-    Ok(Reply(ResetLink {
+    Ok(ReplyOrPage::Reply(Reply(ResetLink {
         valid: true,
         email: t.email,
         expires_at: rfc3339(t.expires_at),
         next: "POST this path with {\"token\": ..., \"password\": ...} to set the new password",
-    }))
+    })))
 }
 
 /// The body of `POST /api/auth/reset-password`.

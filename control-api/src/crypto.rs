@@ -285,6 +285,15 @@ pub fn check_password(password: &str, email: &str) -> Result<(), WeakPassword> {
 }
 
 /// A loose but useful email check: one `@`, a local part, a dotted domain, no spaces.
+/// What is wrong with an address that fails [`check_email`], for people: it names what they typed.
+pub fn email_problem(email: &str) -> String {
+    if email.is_empty() {
+        "enter your email address, such as you@example.com".to_string()
+    } else {
+        format!("{email:?} is not a valid email address, such as you@example.com")
+    }
+}
+
 pub fn check_email(email: &str) -> bool {
     let email = email.trim();
     if email.len() > 254 || email.contains(char::is_whitespace) {

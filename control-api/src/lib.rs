@@ -53,7 +53,7 @@ pub use edge_auth::SessionVerifier;
 /// field's error and by the signup page's live check).
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 pub use error::ApiError;
-pub use openapi::{NoBody, Reply};
+pub use openapi::{NoBody, Reply, ReplyOrPage};
 
 /// Secrets and settings the handlers share; built once at start.
 pub struct ApiContext {

@@ -100,6 +100,24 @@ impl<T: Serialize> IntoResponse for Reply<T> {
     }
 }
 
+/// A JSON body of type `T` for programs, or, for a browser that navigated to a mailed link, a
+/// redirect to the page made for people (content negotiation).
+pub enum ReplyOrPage<T> {
+    /// The API's answer.
+    Reply(Reply<T>),
+    /// Where a browser goes instead.
+    Page(Response),
+}
+
+impl<T: Serialize> IntoResponse for ReplyOrPage<T> {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Reply(reply) => reply.into_response(),
+            Self::Page(page) => page,
+        }
+    }
+}
+
 /// The success body of an endpoint that answers without JSON: a 204, a redirect, a WebSocket.
 #[derive(Debug, Clone, Copy)]
 pub struct NoBody;
@@ -127,6 +145,9 @@ pub mod check {
         type Body = T;
     }
     impl<T> Answer for (StatusCode, Reply<T>) {
+        type Body = T;
+    }
+    impl<T> Answer for super::ReplyOrPage<T> {
         type Body = T;
     }
     impl<T, V, const N: usize> Answer for ([(HeaderName, V); N], Reply<T>) {

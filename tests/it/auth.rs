@@ -492,6 +492,16 @@ async fn email_verification_link_works_once(db: Db) {
         .await;
     assert_eq!(bogus.status, 400);
     assert_eq!(bogus.error_code(), "INVALID_TOKEN");
+    // A browser opening the API's link (an older mail's) lands on the page instead of JSON.
+    let raw = format!(
+        "GET /api/auth/verify-email?token=bogus HTTP/1.1\r\nHost: {APP_DOMAIN}\r\nAccept: text/html\r\nConnection: close\r\n\r\n"
+    );
+    let browser = edge.send(raw.as_bytes()).await;
+    assert_eq!(browser.status, 303, "{}", browser.text());
+    assert_eq!(
+        browser.header("location"),
+        Some("/verify-email?token=bogus")
+    );
     let resend = edge
         .api("POST", "/api/auth/resend-verification", Some(&token), None)
         .await;

@@ -1395,7 +1395,19 @@ async fn a_signup_that_fails_its_checks_leaves_no_account() {
     let sub_error = browser
         .wait_text("#subdomain-error", |t| t.contains("taken"))
         .await;
-    assert!(!sub_error.is_empty());
+    // One suggestion on the page: the live check's button, not also in the error's text.
+    let offer = browser
+        .wait_text("#subdomain-status", |t| t.contains("Use taken-"))
+        .await;
+    let suggested = offer
+        .split("Use ")
+        .nth(1)
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let main = browser.wait_text("main", |t| !t.is_empty()).await;
+    assert_eq!(main.matches(&suggested).count(), 1, "{main}");
+    assert!(!sub_error.contains(&suggested), "{sub_error}");
     assert_eq!(
         edge.login("careful@example.com", PW).await.status,
         401,

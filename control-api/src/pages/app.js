@@ -49,6 +49,12 @@ function showError(form, err, alertEl) {
   // The API names the field for programs (`apiKeys.openai: ...`); people see its label instead.
   let message = err.message;
   if (err.field && message.startsWith(err.field + ": ")) message = message.slice(err.field.length + 2);
+  // A taken address: the live check beside the field offers the one suggestion.
+  const live = $("#subdomain-status");
+  if (err.suggestion && live) {
+    message = message.split(";")[0] + ".";
+    $("#subdomain").dispatchEvent(new Event("input"));
+  }
   if (input) {
     input.setAttribute("aria-invalid", "true");
     const slot = document.getElementById(input.id + "-error");
@@ -94,7 +100,8 @@ function subdomainCheck() {
     try {
       const r = await api("GET", "/api/subdomains/" + encodeURIComponent(label));
       if (mine !== seq) return;
-      status.textContent = r.message;
+      // One suggestion, as a button (the message would name it a second time).
+      status.textContent = r.suggestion ? `${r.subdomain} is ${r.reason === "reserved" ? "reserved" : "already taken"}.` : r.message;
       status.className = "hint " + (r.available ? "ok" : "bad");
       if (r.suggestion) {
         const b = document.createElement("button");

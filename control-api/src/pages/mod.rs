@@ -1553,6 +1553,16 @@ pub fn error_page(
     response
 }
 
+/// A mailed link of the API (`/api/auth/verify-email?token=`, as mails sent before the pages
+/// existed carry) opened by a browser: its page, where the token is used and the outcome said.
+pub fn link_page(headers: &HeaderMap, page: &str, token: &str) -> Option<Response> {
+    let html = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"));
+    html.then(|| Redirect::to(&format!("{page}?token={}", percent_encode(token))).into_response())
+}
+
 /// An error answered to a browser that navigated here (it accepts HTML) as a page saying what
 /// happened; to anything else as the API's JSON.
 pub fn error_for(headers: &HeaderMap, e: crate::error::ApiError) -> Response {
