@@ -284,7 +284,6 @@ pub fn check_password(password: &str, email: &str) -> Result<(), WeakPassword> {
     Ok(())
 }
 
-/// A loose but useful email check: one `@`, a local part, a dotted domain, no spaces.
 /// What is wrong with an address that fails [`check_email`], for people: it names what they typed.
 pub fn email_problem(email: &str) -> String {
     if email.is_empty() {
@@ -294,6 +293,7 @@ pub fn email_problem(email: &str) -> String {
     }
 }
 
+/// A loose but useful email check: one `@`, a local part, a dotted domain, no spaces.
 pub fn check_email(email: &str) -> bool {
     let email = email.trim();
     if email.len() > 254 || email.contains(char::is_whitespace) {
