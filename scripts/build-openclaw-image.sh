@@ -34,6 +34,10 @@ START=$SECONDS
 step() { printf '[image %3ds] %s\n' "$((SECONDS - START))" "$*" >&2; }
 
 mkdir -p "$CACHE"
+# One build at a time: two at once (parallel test shells) raced on the cache and the context, and
+# one of them tagged an image whose /opt/openclaw was half copied ("openclaw: not found").
+exec 9>"$CACHE/.lock"
+flock 9
 if [ -z "$HOST_ONLY" ] && ! docker info >/dev/null 2>&1; then
     step "no Docker engine answers: installing OpenClaw for the process runtime only"
     HOST_ONLY=1
@@ -108,9 +112,7 @@ fi
 
 
 # 3. The image. The context is hard links into the cache (no copy), so Docker's layer cache hits.
-ctx="$CACHE/context"
-rm -rf "$ctx"
-mkdir -p "$ctx"
+ctx="$(mktemp -d "$CACHE/context.XXXXXX")"
 cp -al "$node_dir" "$ctx/node"
 cp -al "$oc_dir" "$ctx/openclaw"
 cat >"$ctx/entrypoint.sh" <<'ENTRYPOINT'

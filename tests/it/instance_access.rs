@@ -427,7 +427,9 @@ async fn an_unverified_account_past_its_grace_is_stopped_until_verified() {
 /// own (logged at debug), with no "instance died" warning and no healing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_requested_restart_is_not_logged_as_a_death() {
-    let edge = edge_with_pool(true, 0)
+    let node = node_id();
+    let _cleanup = Cleanup(node.clone());
+    let edge = fixture_pool_edge(true, 0, &node)
         .env("RUST_LOG", "info,clawdeploy_pool=debug")
         .start()
         .await;
