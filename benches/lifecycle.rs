@@ -208,6 +208,7 @@ async fn signup(image: &str, node_id: &str, provider: SocketAddr, fake: &FakePro
             .await;
         let (load_before, used_before) = (load(), used_mib());
 
+        let log_mark = edge.log_text().len();
         let clicked = Instant::now();
         browser.click("#deploy").await;
         browser.wait_path("/dashboard").await;
@@ -240,6 +241,36 @@ async fn signup(image: &str, node_id: &str, provider: SocketAddr, fake: &FakePro
             .await
             .map_or(Duration::ZERO, |at| at.saturating_duration_since(sent));
         assert_eq!(reply, ANSWER, "{}", tail(&edge.log_text(), 40));
+        // Where the platform's part went: every request of this signup, as the edge timed it.
+        for line in edge.log_text()[log_mark..]
+            .lines()
+            .filter(|l| l.contains("instance handed over"))
+        {
+            eprintln!(
+                "    {}",
+                line.split(" clawdeploy_pool").nth(1).unwrap_or(line)
+            );
+        }
+        for line in edge.log_text()[log_mark..]
+            .lines()
+            .filter(|l| l.contains(" access:"))
+        {
+            let field = |name: &str| {
+                line.split(&format!(" {name}="))
+                    .nth(1)
+                    .and_then(|rest| rest.split(' ').next())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            eprintln!(
+                "    {} {} {} {} {} ms",
+                line.split(' ').next().unwrap_or(""),
+                field("method"),
+                field("path"),
+                field("status"),
+                field("duration_ms")
+            );
+        }
         // A second turn in the same page: the first turn's own cost, against a warm one.
         browser.type_into("#chat-input", "again").await;
         let again = Instant::now();

@@ -484,6 +484,7 @@ impl PoolManager {
             .runtime_id
             .as_deref()
             .ok_or_else(|| Error::NotReady(member.name.clone(), NotReady::NoRuntimeId))?;
+        let started = std::time::Instant::now();
         let files = self.config.files(instance, &member.name).await?;
         let resources = self.settings.resources(instance.tier);
         // Config and resources are independent: both Docker calls at once.
@@ -493,6 +494,7 @@ impl PoolManager {
         );
         assigned?;
         resized?;
+        let written = started.elapsed();
         let addr = match member
             .upstream
             .as_deref()
@@ -511,6 +513,14 @@ impl PoolManager {
         }
         self.place(instance, runtime_id, addr, InstanceStatus::Running)
             .await?;
+        // What a signup waits for: writing the config, then the instance applying it.
+        tracing::info!(
+            instance = %instance.id,
+            member = %member.name,
+            config_written_ms = written.as_millis() as u64,
+            handed_over_ms = started.elapsed().as_millis() as u64,
+            "instance handed over"
+        );
         Ok(addr)
     }
 

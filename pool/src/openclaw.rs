@@ -284,6 +284,13 @@ impl OpenClawConfig {
         // owner here (channels are off), would spend their tokens, and would wake every sleeping
         // instance twice an hour.
         defaults["heartbeat"] = json!({ "every": "0m" });
+        // No utility model: OpenClaw otherwise makes a second LLM call beside the owner's turns
+        // (an "Activity recap" after each turn and at a fresh session's first one, on the owner's
+        // key or credits) and, in a fresh session, prepares it on the turn's critical path: the
+        // owner's first turn after the pool's warm-up and reset took 1.3-2.1 s with it and
+        // 0.8-0.9 s without (measured on 2026.9.6, /work/lab-turn). Chat, tools, skills and memory
+        // do not use it; the Control UI's Activity recaps go.
+        defaults["utilityModel"] = json!("");
         let mut config = json!({
             "gateway": {
                 "mode": "local",
@@ -818,6 +825,7 @@ mod tests {
         // Without the LLM meter a warm member has no provider (and no warm-up).
         assert!(c.get("models").is_none());
         assert_eq!(c["agents"]["defaults"]["heartbeat"]["every"], "0m");
+        assert_eq!(c["agents"]["defaults"]["utilityModel"], "");
     }
 
     /// The idle config already holds what the owner's config will (the meter's OpenAI provider

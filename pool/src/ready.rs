@@ -127,6 +127,8 @@ pub async fn wait_ready_as(
             });
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(250));
+        // A signup waits on this (OpenClaw applies a new config 0.7-1 s after it is written):
+        // probes stay 50 ms apart, not 250, so the owner is let in within 50 ms of the reload.
+        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }

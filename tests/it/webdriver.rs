@@ -115,13 +115,20 @@ impl Browser {
                 ]
             }
         }}});
-        let resp = http(addr, "POST", "/session", Some(caps))
-            .await
-            .expect("new WebDriver session");
-        let session = resp["value"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no session: {resp}"))
-            .to_string();
+        // Chromium sometimes exits while starting on a loaded machine ("session not created:
+        // Chrome instance exited"): a new one is asked for, up to three times.
+        let mut attempts = 0;
+        let session = loop {
+            attempts += 1;
+            let resp = http(addr, "POST", "/session", Some(caps.clone()))
+                .await
+                .expect("new WebDriver session");
+            match resp["value"]["sessionId"].as_str() {
+                Some(id) => break id.to_string(),
+                None if attempts < 3 => eprintln!("webdriver: no session, asking again: {resp}"),
+                None => panic!("no session after {attempts} attempts: {resp}"),
+            }
+        };
         Browser {
             driver,
             addr,
