@@ -209,6 +209,28 @@ async fn json_logs_carry_one_access_line_per_request() {
     );
 }
 
+/// `clawdeploy serve` on its embedded default (no config file) in `dir`, listening at `http_listen`,
+/// with no instances and free ports for its other listeners (tests run in parallel).
+fn serve_embedded(dir: &std::path::Path, http_listen: &str) -> tokio::process::Command {
+    let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_clawdeploy"));
+    serve
+        .arg("serve")
+        .current_dir(dir)
+        .env("CLAWDEPLOY_SERVER__HTTP_LISTEN", http_listen)
+        .env("CLAWDEPLOY_RUNTIME__KIND", "none")
+        .env(
+            "CLAWDEPLOY_TLS__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env(
+            "CLAWDEPLOY_METRICS__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("CLAWDEPLOY_LLM__PORT", "0")
+        .kill_on_drop(true);
+    serve
+}
+
 /// A listener address another process holds stops `serve` at once with the key to change, instead
 /// of a "serving" line followed by Pingora retrying the bind forever.
 #[tokio::test]
@@ -216,27 +238,10 @@ async fn serve_on_a_busy_port_fails_fast_naming_the_key() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
-    let out = tokio::time::timeout(
-        PATIENCE,
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_clawdeploy"))
-            .arg("serve")
-            .current_dir(dir.path())
-            .env("CLAWDEPLOY_SERVER__HTTP_LISTEN", &addr)
-            .env("CLAWDEPLOY_RUNTIME__KIND", "none")
-            .env(
-                "CLAWDEPLOY_TLS__LISTEN",
-                format!("127.0.0.1:{}", free_port()),
-            )
-            .env(
-                "CLAWDEPLOY_METRICS__LISTEN",
-                format!("127.0.0.1:{}", free_port()),
-            )
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("serve kept running on a busy port")
-    .unwrap();
+    let out = tokio::time::timeout(PATIENCE, serve_embedded(dir.path(), &addr).output())
+        .await
+        .expect("serve kept running on a busy port")
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
@@ -270,25 +275,8 @@ async fn the_documented_first_steps_run_as_written() {
 
     let dir = tempfile::tempdir().unwrap();
     let log = std::fs::File::create(dir.path().join("edge.log")).unwrap();
-    let _edge = tokio::process::Command::new(env!("CARGO_BIN_EXE_clawdeploy"))
-        .arg("serve")
-        .current_dir(dir.path())
-        .env(
-            "CLAWDEPLOY_SERVER__HTTP_LISTEN",
-            format!("127.0.0.1:{port}"),
-        )
-        .env("CLAWDEPLOY_RUNTIME__KIND", "none")
-        .env(
-            "CLAWDEPLOY_TLS__LISTEN",
-            format!("127.0.0.1:{}", free_port()),
-        )
-        .env(
-            "CLAWDEPLOY_METRICS__LISTEN",
-            format!("127.0.0.1:{}", free_port()),
-        )
-        .env("CLAWDEPLOY_LLM__PORT", "0")
+    let _edge = serve_embedded(dir.path(), &format!("127.0.0.1:{port}"))
         .stderr(log)
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
