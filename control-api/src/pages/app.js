@@ -50,8 +50,7 @@ function showError(form, err, alertEl) {
   let message = err.message;
   if (err.field && message.startsWith(err.field + ": ")) message = message.slice(err.field.length + 2);
   // A taken address: the live check beside the field offers the one suggestion.
-  const live = $("#subdomain-status");
-  if (err.suggestion && live) {
+  if (err.suggestion && $("#subdomain-status")) {
     message = message.split(";")[0] + ".";
     $("#subdomain").dispatchEvent(new Event("input"));
   }
@@ -559,7 +558,7 @@ function settingsPage() {
         await new Promise((r) => setTimeout(r, 1000));
         const status = (await api("GET", "/api/instances/me")).instance.status;
         $("#instance-status").textContent = STATUS_WORD[status] || status;
-        if (status === "running" && seconds() >= 1) { result("#instance-result", `Running again after ${seconds()} s.`); break; }
+        if (status === "running") { result("#instance-result", `Running again after ${seconds()} s.`); break; }
         if (status === "crashed" || status === "stopped") { result("#instance-error", "It did not come back: " + STATUS_TEXT[status]); break; }
       }
     } catch (err) { result("#instance-error", err.message); }
