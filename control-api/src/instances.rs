@@ -299,15 +299,22 @@ async fn check_new(
     else {
         return Ok((preset, None));
     };
-    if let Err(why) = check_label(&label) {
+    check_available(state, &label).await?;
+    Ok((preset, Some(label)))
+}
+
+/// A subdomain someone may take now: well-formed, not reserved, not taken (the last two with a
+/// free suggestion).
+async fn check_available(state: &ApiState, label: &str) -> Result<(), ApiError> {
+    if let Err(why) = check_label(label) {
         return Err(ApiError::invalid(
             "subdomain",
             "INVALID_SUBDOMAIN",
             why.to_string(),
         ));
     }
-    if is_reserved(state, &label) {
-        let suggestion = free_suggestion(state, &label).await?;
+    if is_reserved(state, label) {
+        let suggestion = free_suggestion(state, label).await?;
         return Err(ApiError::invalid(
             "subdomain",
             "SUBDOMAIN_RESERVED",
@@ -315,10 +322,10 @@ async fn check_new(
         )
         .with("suggestion", json!(suggestion)));
     }
-    if state.store.subdomain_taken(&label).await? {
-        return Err(taken_error(state, &label).await);
+    if state.store.subdomain_taken(label).await? {
+        return Err(taken_error(state, label).await);
     }
-    Ok((preset, Some(label)))
+    Ok(())
 }
 
 /// What `POST /api/instances/check` answers when everything would be accepted.
@@ -711,25 +718,7 @@ pub async fn patch_me(
         .map(|s| s.trim().to_ascii_lowercase())
     {
         Some(label) if label != inst.subdomain => {
-            if let Err(why) = check_label(&label) {
-                return Err(ApiError::invalid(
-                    "subdomain",
-                    "INVALID_SUBDOMAIN",
-                    why.to_string(),
-                ));
-            }
-            if is_reserved(&state, &label) {
-                let suggestion = free_suggestion(&state, &label).await?;
-                return Err(ApiError::invalid(
-                    "subdomain",
-                    "SUBDOMAIN_RESERVED",
-                    format!("{label:?} is reserved; {suggestion:?} is free"),
-                )
-                .with("suggestion", json!(suggestion)));
-            }
-            if state.store.subdomain_taken(&label).await? {
-                return Err(taken_error(&state, &label).await);
-            }
+            check_available(&state, &label).await?;
             Some(label)
         }
         _ => None,
