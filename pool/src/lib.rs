@@ -23,8 +23,8 @@ pub use docker::{DockerOptions, DockerRuntime};
 pub use egress::{EgressRules, NetworkInfo};
 pub use instance_config::FixtureConfig;
 pub use manager::{
-    Assigned, CrashNotice, Error, InstanceConfig, NodeStatus, PoolManager, PoolSettings, Resize,
-    Result,
+    AppliedProbe, Assigned, CrashNotice, Error, InstanceConfig, NodeStatus, PoolManager,
+    PoolSettings, Resize, Result,
 };
 pub use openclaw::OpenClawConfig;
 pub use process::ProcessRuntime;

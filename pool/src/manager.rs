@@ -26,7 +26,7 @@ use clawdeploy_store::{
     Instance, InstanceStatus, Placement, PoolMember, PoolMemberState, Store, StoreError, Tier,
 };
 
-use crate::ready::{wait_ready, wait_ready_as, NotReady};
+use crate::ready::{wait_applied, wait_ready, NotReady};
 use crate::runtime::{
     ConfigFile, InstanceSpec, Resources, RunState, Runtime, RuntimeError, RuntimeEvent, Sleep,
 };
@@ -119,15 +119,22 @@ pub trait InstanceConfig: Send + Sync + 'static {
     async fn warm_up(&self, _addr: SocketAddr, _member: &str) -> Result<(), Error> {
         Ok(())
     }
-    /// A path that answers 200 to the owner (named in the trusted-proxy user header) only once the
-    /// instance has applied the owner's config; `None` when the config applies at once.
-    fn owner_ready_path(&self) -> Option<&'static str> {
+    /// The identity a gateway booted as pool member `member` knows whoever is handed it by,
+    /// fixed at boot ([`Instance::gateway_id`]); `None`: the owner's user id (the runtime's config
+    /// names the owner at assignment).
+    fn gateway_identity(&self, _member: &str) -> Option<String> {
         None
     }
-    /// Headers the edge adds to the owner's requests besides the user header (sent with the
-    /// owner readiness probe too).
-    fn owner_headers(&self, _instance: &Instance) -> Vec<(String, String)> {
-        Vec::new()
+    /// How to tell that a member handed `instance` with `files` has applied them, when the owner's
+    /// first request must wait for that; `None`: it may be served at once (the config applies at
+    /// once, or nothing the owner's first turn uses changed).
+    fn applied_probe(
+        &self,
+        _instance: &Instance,
+        _member: &str,
+        _files: &[ConfigFile],
+    ) -> Option<AppliedProbe> {
+        None
     }
     /// Whether the instance must restart to serve a newly active custom domain (its origins are
     /// part of the config the runtime read at start).
@@ -140,6 +147,18 @@ pub trait InstanceConfig: Send + Sync + 'static {
     fn platform_headers(&self, _instance: &Instance) -> Option<Vec<(String, String)>> {
         None
     }
+}
+
+/// How the pool tells that an instance has applied its new config
+/// ([`InstanceConfig::applied_probe`]): `GET path` with `headers` answers 200 without `gone` in
+/// its body.
+pub struct AppliedProbe {
+    /// The path asked for.
+    pub path: &'static str,
+    /// The headers sent (the identity the gateway admits, the edge's proof).
+    pub headers: Vec<(String, String)>,
+    /// Text the answer holds until the new config is applied.
+    pub gone: &'static str,
 }
 
 /// Told when an instance ends `crashed` (a failed wake, a crash loop), so its owner hears of
@@ -485,6 +504,16 @@ impl PoolManager {
             .as_deref()
             .ok_or_else(|| Error::NotReady(member.name.clone(), NotReady::NoRuntimeId))?;
         let started = std::time::Instant::now();
+        // The gateway knows its owner by the identity the member booted with, so the owner is let
+        // in before the config below is applied.
+        let handed;
+        let instance = match self.config.gateway_identity(&member.name) {
+            Some(id) => {
+                handed = self.store.set_instance_gateway_id(instance.id, &id).await?;
+                &handed
+            }
+            None => instance,
+        };
         let files = self.config.files(instance, &member.name).await?;
         let resources = self.settings.resources(instance.tier);
         // Config and resources are independent: both Docker calls at once.
@@ -503,21 +532,22 @@ impl PoolManager {
             Some(addr) => addr,
             None => self.address_of(runtime_id).await?,
         };
-        // Routed as running only once the instance admits its owner, so the first connect works.
-        if let Some(path) = self.config.owner_ready_path() {
-            let owner = instance.user_id.to_string();
-            let headers = self.config.owner_headers(instance);
-            wait_ready_as(addr, path, &owner, &headers, self.settings.ready_timeout)
+        // Routed as running once the owner's first turn gets the owner's config: at once when it
+        // is the warm one (the rest applies within a second), else after the reload.
+        let probe = self.config.applied_probe(instance, &member.name, &files);
+        if let Some(probe) = &probe {
+            wait_applied(addr, probe, self.settings.ready_timeout)
                 .await
                 .map_err(|e| Error::NotReady(instance.subdomain.clone(), e))?;
         }
         self.place(instance, runtime_id, addr, InstanceStatus::Running)
             .await?;
-        // What a signup waits for: writing the config, then the instance applying it.
+        // What a signup waits for: writing the config, then (if it must) the instance applying it.
         tracing::info!(
             instance = %instance.id,
             member = %member.name,
             config_written_ms = written.as_millis() as u64,
+            waited_for_reload = probe.is_some(),
             handed_over_ms = started.elapsed().as_millis() as u64,
             "instance handed over"
         );

@@ -3,23 +3,26 @@
 //!
 //! Every instance gets a gateway locked down for a hosted tenant:
 //! - `trusted-proxy` auth trusting only the edge's address (the Docker network's gateway, as the
-//!   container sees the edge), the user header the edge sets, `allowUsers` = the owner's id and
-//!   device auto-approval for that owner only (no `operator.admin`), plus the platform's own
-//!   identity ([`PLATFORM_USER`]), which the pool asks about work as before the instance sleeps;
+//!   container sees the edge), the user header the edge sets, the edge's proof header
+//!   ([`clawdeploy_proxy::gateway_trust`]), `allowUsers` = the instance's gateway identity (the
+//!   name of the pool member it was handed, [`Instance::gateway_id`]) and device auto-approval for
+//!   it only (no `operator.admin`), plus the platform's own identity ([`PLATFORM_USER`]), which
+//!   the pool asks about work as before the instance sleeps;
 //! - `controlUi.allowedOrigins` = the instance's own origins;
 //! - the admin terminal and the OpenAI-compatible HTTP endpoints off, no channels, OpenClaw's own
 //!   update checks off (the image also sets `OPENCLAW_CONFIG_READONLY=1`,
 //!   `OPENCLAW_NO_AUTO_UPDATE=1` and `OPENCLAW_SKIP_CHANNELS=1`);
 //! - the providers the user configured (`PUT /api/account/api-keys/...`), the model, the time zone.
 //!
-//! Before assignment a warm instance boots on [`OpenClawConfig::idle_config`]: the same lockdown
-//! with an `allowUsers` entry no user id can match, so an unassigned gateway admits nobody but the
-//! platform. Assignment overwrites the file, changing only what OpenClaw applies live (measured on
-//! 2026.9.6: the trusted-proxy users and headers, the origins, the model; `env.vars` would restart
-//! the gateway, about 7 s, so keys are never passed that way). The provider block is the same
-//! before and after (the LLM meter's address and the member's token, [`member_token`]), so the
-//! provider runtime OpenClaw built for the warm-up turn ([`OpenClawConfig::warm_up`]) serves the
-//! owner's first turn too (1.1 s instead of about 3 s with a changed key).
+//! Before assignment a warm instance boots on [`OpenClawConfig::idle_config`]: the same lockdown,
+//! already naming the identity and proof it will be handed under, so the owner is let in before
+//! the config written at assignment is applied (OpenClaw applies a rewritten file 0.5-1.3 s later).
+//! Assignment overwrites the file, changing only what OpenClaw applies live (measured on
+//! 2026.9.6: the trusted-proxy users, the origins, the model; `env.vars` would restart the
+//! gateway, about 7 s, so keys are never passed that way). The provider block is the same before
+//! and after (the LLM meter's address and the member's token, [`member_token`]), so the provider
+//! runtime OpenClaw built for the warm-up turn ([`OpenClawConfig::warm_up`]) serves the owner's
+//! first turn too (1.1 s instead of about 3 s with a changed key).
 //!
 //! [`member_token`]: clawdeploy_llm_egress::member_token
 
@@ -33,7 +36,7 @@ use clawdeploy_store::{
     DomainStatus, InstalledSkill, Instance, Keyring, SkillSecrets, SkillSource, Store,
 };
 
-use crate::manager::{Error, InstanceConfig};
+use crate::manager::{AppliedProbe, Error, InstanceConfig};
 use crate::runtime::ConfigFile;
 
 /// The config file, relative to the data directory.
@@ -42,9 +45,13 @@ pub const CONFIG_FILE: &str = "openclaw.json";
 pub const SOUL_FILE: &str = "workspace/SOUL.md";
 /// AGENTS.md, written from the instance's agent preset.
 pub const AGENTS_FILE: &str = "workspace/AGENTS.md";
-/// Never a user id (those are UUIDs): the only user an unassigned gateway "allows" besides the
-/// platform.
-pub const UNASSIGNED_USER: &str = "clawdeploy-unassigned";
+/// A warm member's `ui.seamColor`, which no assigned config sets: the Control UI's config
+/// (`/control-ui-config.json`) names it until the gateway has applied its owner's config
+/// ([`InstanceConfig::applied_probe`]). The gateway's auth policy cannot carry that signal:
+/// OpenClaw closes every open connection (4001 "gateway policy changed") when it changes.
+const WARM_SEAM_COLOR: &str = "#0c0d0e";
+/// Served behind the gateway's HTTP auth: the probe's path.
+const APPLIED_PROBE_PATH: &str = "/control-ui-config.json";
 /// An unassigned gateway's only allowed origin: never a real one (`.invalid`), but not empty, since
 /// OpenClaw refuses to hot-reload a non-loopback Control UI with no allowed origin.
 pub const UNASSIGNED_ORIGIN: &str = "https://unassigned.invalid";
@@ -193,14 +200,16 @@ impl OpenClawConfig {
             })
             .into_iter()
             .collect();
-        self.gateway_config(
-            UNASSIGNED_USER,
-            None,
+        let mut config = self.gateway_config(
+            member,
+            Some(&self.proof_for(member)),
             &[UNASSIGNED_ORIGIN.to_string()],
             &providers,
             None,
             &TenantExtras::default(),
-        )
+        );
+        config["ui"] = json!({ "seamColor": WARM_SEAM_COLOR });
+        config
     }
 
     /// The warm-up turn: as the platform, one chat turn in the owner's main session
@@ -209,8 +218,11 @@ impl OpenClawConfig {
     /// sees it. OpenClaw's first turn opens and checks its agent database, loads its tool catalogue
     /// and builds the provider runtime (5-7 s on 2 vCPU, measured); the main session's own first
     /// turn also creates the session, so warming that one leaves the owner a warm turn.
-    async fn warm_up_turn(&self, addr: std::net::SocketAddr) -> Result<(), Error> {
-        let headers = vec![(self.user_header.clone(), PLATFORM_USER.to_string())];
+    async fn warm_up_turn(&self, addr: std::net::SocketAddr, member: &str) -> Result<(), Error> {
+        let headers = vec![
+            (self.user_header.clone(), PLATFORM_USER.to_string()),
+            (self.proof_for(member), "1".into()),
+        ];
         let mut gateway = crate::work::Gateway::connect(addr, &headers).await?;
         gateway
             .chat(MAIN_SESSION, "Warm-up: reply with one word.")
@@ -242,16 +254,25 @@ impl OpenClawConfig {
         Ok(())
     }
 
-    /// The header the edge proves itself to `instance`'s gateway with.
-    pub fn proof_header(&self, instance: &Instance) -> String {
-        clawdeploy_proxy::gateway_trust::proof_header(
-            &self.gateway_proof_key,
-            &instance.id.to_string(),
-        )
+    /// Who `instance`'s gateway knows its owner as, and the header the edge proves itself to
+    /// that gateway with: its gateway identity and the proof keyed with it, or (handed over before
+    /// gateway identities) the owner's id and the proof keyed with the instance id.
+    pub fn owner_identity(&self, instance: &Instance) -> (String, String) {
+        match &instance.gateway_id {
+            Some(id) => (id.clone(), self.proof_for(id)),
+            None => (
+                instance.user_id.to_string(),
+                self.proof_for(&instance.id.to_string()),
+            ),
+        }
+    }
+
+    fn proof_for(&self, key_id: &str) -> String {
+        clawdeploy_proxy::gateway_trust::proof_header(&self.gateway_proof_key, key_id)
     }
 
     /// The full config for `owner` with `origins`, `providers` and `timezone`; the gateway admits
-    /// proxied requests only with the `proof` header ([`Self::proof_header`]).
+    /// proxied requests only with the `proof` header ([`Self::owner_identity`]).
     pub fn gateway_config(
         &self,
         owner: &str,
@@ -496,9 +517,10 @@ impl InstanceConfig for OpenClawConfig {
             skills,
             subagents: self.tiers.get(instance.tier).subagents,
         };
+        let (owner, proof) = self.owner_identity(instance);
         let config = self.gateway_config(
-            &instance.user_id.to_string(),
-            Some(&self.proof_header(instance)),
+            &owner,
+            Some(&proof),
             &self.origins(&self.hostnames(instance).await?),
             &providers,
             instance.timezone.as_deref(),
@@ -528,7 +550,7 @@ impl InstanceConfig for OpenClawConfig {
     fn platform_headers(&self, instance: &Instance) -> Option<Vec<(String, String)>> {
         Some(vec![
             (self.user_header.clone(), PLATFORM_USER.to_string()),
-            (self.proof_header(instance), "1".into()),
+            (self.owner_identity(instance).1, "1".into()),
             (
                 clawdeploy_proxy::gateway_trust::SCOPES_HEADER.into(),
                 PLATFORM_SCOPES.join(","),
@@ -536,21 +558,44 @@ impl InstanceConfig for OpenClawConfig {
         ])
     }
 
-    /// Served behind the gateway's HTTP auth: 200 for the owner once the hot reload has applied
-    /// the owner's config (the idle config admits nobody).
-    fn owner_ready_path(&self) -> Option<&'static str> {
-        Some("/control-ui-config.json")
+    /// The member's gateway knows whoever is handed it by the member's name from boot: the warm
+    /// config already admits the owner.
+    fn gateway_identity(&self, member: &str) -> Option<String> {
+        Some(member.to_string())
     }
 
-    /// The proof and scopes the edge sends with the owner's requests.
-    fn owner_headers(&self, instance: &Instance) -> Vec<(String, String)> {
-        vec![
-            (self.proof_header(instance), "1".into()),
-            (
-                clawdeploy_proxy::gateway_trust::SCOPES_HEADER.into(),
-                clawdeploy_proxy::gateway_trust::owner_scopes_value(),
-            ),
-        ]
+    /// None when what the owner's first turn uses is the warm config's (the provider, model,
+    /// skills and limits): the instance is served at once and the origins and time zone apply
+    /// with the reload, within about a second. Otherwise the owner waits for the reload (0.5-1.3 s
+    /// on 2026.9.6: chokidar's 200 ms write-stability wait, a fixed 300 ms debounce, then the
+    /// apply), until the Control UI's config no longer names [`WARM_SEAM_COLOR`].
+    fn applied_probe(
+        &self,
+        instance: &Instance,
+        member: &str,
+        files: &[ConfigFile],
+    ) -> Option<AppliedProbe> {
+        let assigned = files
+            .iter()
+            .find(|f| f.path == CONFIG_FILE)
+            .and_then(|f| serde_json::from_slice::<Value>(&f.contents).ok());
+        if assigned.map(first_turn_settings) == Some(first_turn_settings(self.idle_config(member)))
+        {
+            return None;
+        }
+        let (owner, proof) = self.owner_identity(instance);
+        Some(AppliedProbe {
+            path: APPLIED_PROBE_PATH,
+            headers: vec![
+                (self.user_header.clone(), owner),
+                (proof, "1".into()),
+                (
+                    clawdeploy_proxy::gateway_trust::SCOPES_HEADER.into(),
+                    clawdeploy_proxy::gateway_trust::owner_scopes_value(),
+                ),
+            ],
+            gone: WARM_SEAM_COLOR,
+        })
     }
 
     /// OpenClaw's live reload of a rewritten config was missed or deferred in some runs; a
@@ -568,12 +613,25 @@ impl InstanceConfig for OpenClawConfig {
 
     /// Only with the LLM meter, whose stub answers the warm-up's model calls (without it the
     /// turn would call a real provider, with no key).
-    async fn warm_up(&self, addr: std::net::SocketAddr, _member: &str) -> Result<(), Error> {
+    async fn warm_up(&self, addr: std::net::SocketAddr, member: &str) -> Result<(), Error> {
         if self.llm_meter.is_none() {
             return Ok(());
         }
-        self.warm_up_turn(addr).await
+        self.warm_up_turn(addr, member).await
     }
+}
+
+/// A config without what the owner's first turn does not need at once: the origins (the Control
+/// UI's, opened later), the warm marker and the time zone.
+fn first_turn_settings(mut config: Value) -> Value {
+    config["gateway"]["controlUi"]["allowedOrigins"] = Value::Null;
+    if let Some(c) = config.as_object_mut() {
+        c.remove("ui");
+    }
+    if let Some(defaults) = config["agents"]["defaults"].as_object_mut() {
+        defaults.remove("userTimezone");
+    }
+    config
 }
 
 #[cfg(test)]
@@ -754,13 +812,15 @@ mod tests {
             wake_at: None,
             sleep_lease: None,
             preset: None,
+            gateway_id: None,
         }
     }
 
     #[tokio::test]
     async fn an_instance_gets_a_locked_down_trusted_proxy_gateway() {
         let gen = generator();
-        let inst = instance();
+        let mut inst = instance();
+        inst.gateway_id = Some(MEMBER.into());
         let files = gen.files(&inst, MEMBER).await.unwrap();
         assert_eq!(files[0].path, "openclaw.json");
         let c: Value = serde_json::from_slice(&files[0].contents).unwrap();
@@ -771,16 +831,20 @@ mod tests {
         assert_eq!(g["auth"]["mode"], "trusted-proxy");
         let tp = &g["auth"]["trustedProxy"];
         assert_eq!(tp["userHeader"], "x-forwarded-user");
-        // The owner, and the platform identity the pool asks about work as.
+        // The owner by the gateway identity, and the platform identity the pool asks about work
+        // as: the warm config's, so the handover changes no auth policy (OpenClaw would close
+        // every open connection).
+        assert_eq!(tp["allowUsers"], json!([MEMBER, PLATFORM_USER]));
         assert_eq!(
-            tp["allowUsers"],
-            json!([inst.user_id.to_string(), PLATFORM_USER])
+            c["gateway"]["auth"],
+            gen.idle_config(MEMBER)["gateway"]["auth"]
+        );
+        assert!(c.get("ui").is_none());
+        assert_eq!(
+            g["auth"]["identityScopes"],
+            json!({ MEMBER: OWNER_SCOPES, PLATFORM_USER: PLATFORM_SCOPES })
         );
         assert_eq!(tp["deviceAutoApprove"]["enabled"], true);
-        assert_eq!(
-            g["auth"]["identityScopes"][inst.user_id.to_string()],
-            json!(OWNER_SCOPES)
-        );
         assert!(!tp["deviceAutoApprove"]["scopes"]
             .as_array()
             .unwrap()
@@ -790,7 +854,7 @@ mod tests {
             tp["requiredHeaders"],
             json!([clawdeploy_proxy::gateway_trust::proof_header(
                 b"proof key",
-                &inst.id.to_string()
+                MEMBER
             )])
         );
         assert_eq!(
@@ -809,14 +873,26 @@ mod tests {
         assert_eq!(c["agents"]["defaults"]["userTimezone"], "Europe/Paris");
         assert_eq!(files[1].path, "workspace/SOUL.md");
         assert_eq!(files[1].contents, b"Be brief.");
+
+        // Handed over before gateway identities: the owner's id, the proof of the instance id.
+        inst.gateway_id = None;
+        let c: Value =
+            serde_json::from_slice(&gen.files(&inst, MEMBER).await.unwrap()[0].contents).unwrap();
+        let tp = &c["gateway"]["auth"]["trustedProxy"];
+        assert_eq!(tp["allowUsers"][0], inst.user_id.to_string());
+        assert_eq!(
+            tp["requiredHeaders"],
+            json!([gen.proof_for(&inst.id.to_string())])
+        );
     }
 
     #[test]
-    fn an_idle_gateway_admits_nobody_but_the_platform() {
-        let c = generator().idle_config(MEMBER);
-        let users = &c["gateway"]["auth"]["trustedProxy"]["allowUsers"];
-        assert_eq!(users, &json!([UNASSIGNED_USER, PLATFORM_USER]));
-        assert!(uuid::Uuid::parse_str(UNASSIGNED_USER).is_err());
+    fn an_idle_gateway_admits_only_its_own_identity_and_the_platform_with_its_proof() {
+        let gen = generator();
+        let c = gen.idle_config(MEMBER);
+        let tp = &c["gateway"]["auth"]["trustedProxy"];
+        assert_eq!(tp["allowUsers"], json!([MEMBER, PLATFORM_USER]));
+        assert_eq!(tp["requiredHeaders"], json!([gen.proof_for(MEMBER)]));
         assert!(uuid::Uuid::parse_str(PLATFORM_USER).is_err());
         assert_eq!(
             c["gateway"]["controlUi"]["allowedOrigins"],
@@ -849,28 +925,49 @@ mod tests {
             key: token.clone(),
             base_url: Some("http://172.18.0.1:9480/openai/v1".into()),
         };
-        let assigned = generator.gateway_config(
-            "6d1f0a4e-0000-4000-8000-000000000000",
-            Some("x-clawdeploy-proof-ab"),
-            &["https://alice.example.test".into()],
-            &[owner],
-            None,
-            &TenantExtras::default(),
-        );
-        assert_eq!(assigned["models"], idle["models"]);
+        let assigned = |owner: ProviderKey| {
+            let config = generator.gateway_config(
+                MEMBER,
+                Some(&generator.proof_for(MEMBER)),
+                &["https://alice.example.test".into()],
+                &[owner],
+                Some("Europe/Paris"),
+                &TenantExtras::default(),
+            );
+            vec![ConfigFile::platform(
+                CONFIG_FILE,
+                serde_json::to_vec(&config).unwrap(),
+            )]
+        };
+        let mut inst = instance();
+        inst.gateway_id = Some(MEMBER.into());
+        let files = assigned(owner.clone());
+        let config: Value = serde_json::from_slice(&files[0].contents).unwrap();
+        assert_eq!(config["models"], idle["models"]);
         assert_eq!(
-            assigned["agents"]["defaults"]["model"],
+            config["agents"]["defaults"]["model"],
             idle["agents"]["defaults"]["model"]
         );
-        assert!(assigned.get("env").is_none() && idle.get("env").is_none());
-        // What differs is only the gateway's trusted users, proof header and origins.
-        let mut a = assigned.clone();
-        let mut i = idle.clone();
-        for c in [&mut a, &mut i] {
-            c["gateway"]["auth"] = Value::Null;
-            c["gateway"]["controlUi"] = Value::Null;
-        }
-        assert_eq!(a, i);
+        assert!(config.get("env").is_none() && idle.get("env").is_none());
+        // Only the origins and the time zone differ: the owner is served without waiting.
+        assert!(generator.applied_probe(&inst, MEMBER, &files).is_none());
+        // Another provider is what the first turn uses: the owner waits until the warm marker is
+        // gone from the Control UI's config, asked as the owner with the instance's proof.
+        let other = assigned(ProviderKey {
+            provider: "anthropic".into(),
+            ..owner
+        });
+        let probe = generator
+            .applied_probe(&inst, MEMBER, &other)
+            .expect("a changed provider is waited for");
+        assert_eq!(idle["ui"]["seamColor"], probe.gone);
+        assert_eq!(
+            probe.headers[..2],
+            [
+                ("x-forwarded-user".to_string(), MEMBER.to_string()),
+                (generator.proof_for(MEMBER), "1".into())
+            ]
+        );
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::manager::AppliedProbe;
+
 /// The client the probe names in `X-Forwarded-For`: a documentation address (RFC 5737). OpenClaw
 /// in trusted-proxy mode refuses every request from the proxy's address (the probe comes from
 /// there too) unless it names a non-loopback client (`proxy_attribution_required`), `/readyz`
@@ -14,38 +16,30 @@ const PROBE_CLIENT: &str = "192.0.2.1";
 
 /// One `GET /readyz`; true on a 200.
 pub async fn probe(addr: SocketAddr) -> bool {
-    probe_path(addr, "/readyz", None, &[]).await
+    get(addr, "/readyz", &[]).await.is_some()
 }
 
-/// One `GET path`, naming `user` in the trusted-proxy user header when given, with `headers`;
-/// true on a 200.
-async fn probe_path(
-    addr: SocketAddr,
-    path: &str,
-    user: Option<&str>,
-    headers: &[(String, String)],
-) -> bool {
+/// One `GET path` with `headers`: the body of a 200, `None` for anything else.
+async fn get(addr: SocketAddr, path: &str, headers: &[(String, String)]) -> Option<Vec<u8>> {
     let attempt = async {
         let mut tcp = TcpStream::connect(addr).await.ok()?;
-        let mut user_line = user
-            .map(|u| format!("x-forwarded-user: {u}\r\n"))
-            .unwrap_or_default();
+        let mut lines = String::new();
         for (name, value) in headers {
-            user_line.push_str(&format!("{name}: {value}\r\n"));
+            lines.push_str(&format!("{name}: {value}\r\n"));
         }
         let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: instance\r\nX-Forwarded-For: {PROBE_CLIENT}\r\n{user_line}Connection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: instance\r\nX-Forwarded-For: {PROBE_CLIENT}\r\n{lines}Connection: close\r\n\r\n"
         );
         tcp.write_all(request.as_bytes()).await.ok()?;
-        let mut head = [0u8; 12];
-        tcp.read_exact(&mut head).await.ok()?;
-        Some(head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"))
+        let mut response = Vec::new();
+        tcp.read_to_end(&mut response).await.ok()?;
+        let ok = response.starts_with(b"HTTP/1.1 200") || response.starts_with(b"HTTP/1.0 200");
+        ok.then_some(response)
     };
     tokio::time::timeout(Duration::from_secs(2), attempt)
         .await
         .ok()
         .flatten()
-        .unwrap_or(false)
 }
 
 /// An instance that did not become ready in time.
@@ -59,12 +53,12 @@ pub enum NotReady {
         /// How long it was tried.
         waited: Duration,
     },
-    /// It never admitted its owner on the owner's readiness path.
-    #[error("{addr}{path} did not admit the owner within {} ms", .waited.as_millis())]
-    Owner {
+    /// It never applied its new config ([`crate::manager::AppliedProbe`]).
+    #[error("{addr}{path} did not show the new config applied within {} ms", .waited.as_millis())]
+    NotApplied {
         /// The instance's address.
         addr: SocketAddr,
-        /// The owner readiness path ([`crate::InstanceConfig::owner_ready_path`]).
+        /// The probe's path.
         path: String,
         /// How long it was tried.
         waited: Duration,
@@ -105,29 +99,30 @@ pub async fn wait_ready(addr: SocketAddr, timeout: Duration) -> Result<(), NotRe
     }
 }
 
-/// Polls `path` as `user` (with `headers`) until it answers 200 or `timeout` passes.
-pub async fn wait_ready_as(
+/// Polls until the instance shows its new config applied ([`AppliedProbe`]) or `timeout` passes.
+pub async fn wait_applied(
     addr: SocketAddr,
-    path: &str,
-    user: &str,
-    headers: &[(String, String)],
+    probe: &AppliedProbe,
     timeout: Duration,
 ) -> Result<(), NotReady> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(10);
     loop {
-        if probe_path(addr, path, Some(user), headers).await {
-            return Ok(());
+        if let Some(body) = get(addr, probe.path, &probe.headers).await {
+            let marker = probe.gone.as_bytes();
+            if !body.windows(marker.len()).any(|w| w == marker) {
+                return Ok(());
+            }
         }
         if started.elapsed() >= timeout {
-            return Err(NotReady::Owner {
+            return Err(NotReady::NotApplied {
                 addr,
-                path: path.to_string(),
+                path: probe.path.to_string(),
                 waited: timeout,
             });
         }
         tokio::time::sleep(pause).await;
-        // A signup waits on this (OpenClaw applies a new config 0.7-1 s after it is written):
+        // A signup waits on this (OpenClaw applies a new config 0.5-1.3 s after it is written):
         // probes stay 50 ms apart, not 250, so the owner is let in within 50 ms of the reload.
         pause = (pause * 2).min(Duration::from_millis(50));
     }

@@ -37,6 +37,7 @@ pub fn route_for(instance: &Instance) -> Route {
     Route {
         instance_id: Some(Arc::from(instance.id.to_string())),
         owner_id: Some(Arc::from(instance.user_id.to_string())),
+        gateway_id: instance.gateway_id.as_deref().map(Arc::from),
         tier: Some(instance.tier),
         billing_anchor_ms: instance.billing_anchor_at,
         upstream: upstream.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),

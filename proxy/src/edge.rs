@@ -414,17 +414,20 @@ impl ProxyHttp for EdgeProxy {
             // The container sees who the owner is, never the platform's credentials.
             upstream.remove_header(&header::AUTHORIZATION);
             browser_session::strip_platform_cookies(upstream);
-            upstream.insert_header(USER_HEADER, &*identity.user_id)?;
+            // The gateway knows the owner by the instance's gateway identity where it has one
+            // (the owner check above let only the owner this far).
+            let gateway_id = ctx.route.as_ref().and_then(|r| r.gateway_id.as_deref());
+            upstream.insert_header(USER_HEADER, gateway_id.unwrap_or(&identity.user_id))?;
             upstream.insert_header(
                 gateway_trust::SCOPES_HEADER,
                 HeaderValue::from_static(OWNER_SCOPES_VALUE),
             )?;
-            if let (Some(key), Some(instance_id)) = (
+            if let (Some(key), Some(proof_id)) = (
                 &self.gateway_proof_key,
-                ctx.route.as_ref().and_then(|r| r.instance_id.as_deref()),
+                gateway_id.or(ctx.route.as_ref().and_then(|r| r.instance_id.as_deref())),
             ) {
                 upstream.insert_header(
-                    gateway_trust::proof_header(key, instance_id),
+                    gateway_trust::proof_header(key, proof_id),
                     HeaderValue::from_static("1"),
                 )?;
             }

@@ -91,6 +91,10 @@ pub struct Route {
     /// The user an instance belongs to: only they get through.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub owner_id: Option<Arc<str>>,
+    /// The identity the instance's gateway knows its owner by, and the proof header is keyed
+    /// with ([`crate::gateway_trust`]); `None`: the owner's id and the instance id.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub gateway_id: Option<Arc<str>>,
     /// The owner's tier, for quotas (instances only).
     pub tier: Option<Tier>,
     /// The owner's billing anchor (unix ms): paid tiers count per period from it.
@@ -112,6 +116,7 @@ impl Route {
         Self {
             instance_id: None,
             owner_id: None,
+            gateway_id: None,
             tier: None,
             billing_anchor_ms: None,
             upstream,
@@ -257,6 +262,7 @@ impl RouteTable {
         let route = Route {
             instance_id: None,
             owner_id: None,
+            gateway_id: None,
             tier: None,
             billing_anchor_ms: None,
             upstream,
@@ -404,6 +410,7 @@ mod tests {
         let instance = Route {
             instance_id: Some("i1".into()),
             owner_id: None,
+            gateway_id: None,
             tier: None,
             billing_anchor_ms: None,
             upstream: addr(1),

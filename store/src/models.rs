@@ -428,6 +428,11 @@ pub struct Instance {
     pub sleep_lease: Option<String>,
     /// The agent preset last applied (`coder`, `writer`…); `None`: none.
     pub preset: Option<String>,
+    /// The identity the instance's gateway knows its owner by, and keys the edge's proof header
+    /// with (`clawdeploy_proxy::gateway_trust`): the name of the pool member it was handed,
+    /// fixed when that member booted. `None`: the owner's user id and the instance id (instances
+    /// handed over before this existed, and runtimes that take no identity).
+    pub gateway_id: Option<String>,
 }
 
 /// Where an installed skill came from.

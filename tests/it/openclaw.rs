@@ -586,10 +586,6 @@ async fn openclaw_behind_the_edge_chats_refuses_strangers_and_reloads_its_soul()
         "{}",
         resp.text()
     );
-    let instance_id = resp.json()["instance"]["id"]
-        .as_str()
-        .expect("instance id")
-        .to_string();
     let host = format!("olivia.{BASE_DOMAIN}");
     let (mut ws, hello) = connect_owner(&edge, &host, &token).await;
     assert_eq!(
@@ -707,7 +703,7 @@ async fn openclaw_behind_the_edge_chats_refuses_strangers_and_reloads_its_soul()
     ws.close(None).await.ok();
 
     // A forged identity header never reaches the gateway: the edge overwrites it with the
-    // owner's id (had Bob's id reached it, allowUsers would refuse the connection).
+    // gateway identity (had Bob's id reached it, allowUsers would refuse the connection).
     let mut ws = gateway(
         &edge,
         &host,
@@ -735,8 +731,19 @@ async fn openclaw_behind_the_edge_chats_refuses_strangers_and_reloads_its_soul()
         .await
         .json();
     let upstream = upstream_of(&edge, &routes, &host);
+    // The gateway knows the owner by the instance's gateway identity, fixed when its pool member
+    // booted; the edge keys the proof with it.
+    let gateway_id = routes["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["host"] == host)
+        .and_then(|r| r["gatewayId"].as_str())
+        .expect("the route's gateway identity")
+        .to_string();
     let xff = ("x-forwarded-for", "192.0.2.1");
     let owner_id = jwt_claims(&token)["sub"].as_str().unwrap().to_string();
+    let proof = clawdeploy_proxy::gateway_trust::proof_header(JWT_KEY.as_bytes(), &gateway_id);
     // Naming the owner is not enough (any host process could, from the trusted address): the
     // gateway also wants the per-instance proof only the edge can name.
     for headers in [
@@ -744,10 +751,22 @@ async fn openclaw_behind_the_edge_chats_refuses_strangers_and_reloads_its_soul()
         vec![xff],
         vec![xff, ("x-forwarded-user", bob_id.as_str())],
         vec![xff, ("x-forwarded-user", owner_id.as_str())],
+        vec![xff, ("x-forwarded-user", gateway_id.as_str())],
+        vec![
+            xff,
+            ("x-forwarded-user", gateway_id.as_str()),
+            ("x-clawdeploy-proof-00000000000000000000000000000000", "1"),
+        ],
+        // The right proof with another identity than the gateway's, the owner's user id included.
         vec![
             xff,
             ("x-forwarded-user", owner_id.as_str()),
-            ("x-clawdeploy-proof-00000000000000000000000000000000", "1"),
+            (proof.as_str(), "1"),
+        ],
+        vec![
+            xff,
+            ("x-forwarded-user", bob_id.as_str()),
+            (proof.as_str(), "1"),
         ],
         // The platform's own identity (operator.admin) needs the proof like any other.
         vec![
@@ -764,10 +783,9 @@ async fn openclaw_behind_the_edge_chats_refuses_strangers_and_reloads_its_soul()
             "gateway admitted {headers:?}: {answer:?}"
         );
     }
-    let proof = clawdeploy_proxy::gateway_trust::proof_header(JWT_KEY.as_bytes(), &instance_id);
     let with_proof = [
         xff,
-        ("x-forwarded-user", owner_id.as_str()),
+        ("x-forwarded-user", gateway_id.as_str()),
         (proof.as_str(), "1"),
     ];
     assert_eq!(
@@ -781,7 +799,7 @@ async fn openclaw_behind_the_edge_chats_refuses_strangers_and_reloads_its_soul()
     let invoke = |extra: &str| {
         format!(
             "POST /tools/invoke HTTP/1.1\r\nHost: {upstream}\r\nX-Forwarded-For: 192.0.2.1\r\n\
-             X-Forwarded-User: {owner_id}\r\n{extra}Content-Type: application/json\r\n\
+             X-Forwarded-User: {gateway_id}\r\n{extra}Content-Type: application/json\r\n\
              Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )

@@ -81,6 +81,15 @@ async fn openclaw_handover_without_restart_then_sleep_wake_and_a_due_job() {
     assert_eq!(created.status, 201, "{}", created.text());
     assert_eq!(created.json()["instance"]["status"], "running");
     let host = format!("lena.{BASE_DOMAIN}");
+    // The warm gateway already knew its owner (the member's identity): the handover did not wait
+    // for OpenClaw to reload the config it wrote.
+    assert!(
+        edge.log_text()
+            .lines()
+            .any(|l| l.contains("instance handed over") && l.contains("waited_for_reload=false")),
+        "{}",
+        edge.log_text()
+    );
 
     // No restart after the handover: the first connection stays up through the first turn (a
     // restarting gateway closed it with 1013 "gateway starting" before).
@@ -138,15 +147,13 @@ async fn openclaw_handover_without_restart_then_sleep_wake_and_a_due_job() {
     // its cron tool): the test adds it as the platform, the way the pool connects.
     ws.close(None).await.ok();
     drop(ws);
-    let instance_id = created.json()["instance"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let upstream: std::net::SocketAddr = route_of(&edge, &host).await["upstream"]
+    let route = route_of(&edge, &host).await;
+    let upstream: std::net::SocketAddr = route["upstream"]
         .as_str()
         .and_then(|u| u.parse().ok())
         .expect("the instance's upstream");
-    let mut ws = as_platform(upstream, &instance_id).await;
+    let gateway_id = route["gatewayId"].as_str().expect("a gateway identity");
+    let mut ws = as_platform(upstream, gateway_id).await;
     let due_ms = clawdeploy_store::time::now_ms() + 45_000;
     let due = Instant::now() + Duration::from_secs(45);
     let at = clawdeploy_store::time::rfc3339(due_ms);
@@ -178,11 +185,11 @@ async fn openclaw_handover_without_restart_then_sleep_wake_and_a_due_job() {
 }
 
 /// A gateway connection straight to the container as the platform's identity (the edge's proof
-/// header, `operator.admin`), as the pool makes it.
-async fn as_platform(upstream: std::net::SocketAddr, instance_id: &str) -> WebSocket {
+/// header for the instance's gateway identity, `operator.admin`), as the pool makes it.
+async fn as_platform(upstream: std::net::SocketAddr, gateway_id: &str) -> WebSocket {
     use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let proof = clawdeploy_proxy::gateway_trust::proof_header(JWT_KEY.as_bytes(), instance_id);
+    let proof = clawdeploy_proxy::gateway_trust::proof_header(JWT_KEY.as_bytes(), gateway_id);
     let mut request = format!("ws://{upstream}/").into_client_request().unwrap();
     for (name, value) in [
         ("x-forwarded-for", "192.0.2.1"),

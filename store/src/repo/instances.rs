@@ -11,7 +11,7 @@ use crate::{id_str, parse_col, uuid_col, Backend, Store, Tier};
 
 pub(crate) const INSTANCE_COLS: &str = "id, user_id, subdomain, status, tier, node_id, node_ip, \
     container_id, container_ip, upstream, soul_md, timezone, created_at, updated_at, last_active_at, \
-    billing_anchor_at, wake_at, sleep_lease, preset";
+    billing_anchor_at, wake_at, sleep_lease, preset, gateway_id";
 
 pub(crate) fn instance_from_row(row: &AnyRow) -> Result<Instance> {
     Ok(Instance {
@@ -34,6 +34,7 @@ pub(crate) fn instance_from_row(row: &AnyRow) -> Result<Instance> {
         wake_at: row.try_get("wake_at")?,
         sleep_lease: row.try_get("sleep_lease")?,
         preset: row.try_get("preset")?,
+        gateway_id: row.try_get("gateway_id")?,
     })
 }
 
@@ -239,6 +240,12 @@ impl Store {
             ],
         )
         .await
+    }
+
+    /// Sets the identity the instance's gateway knows its owner by ([`Instance::gateway_id`]).
+    pub async fn set_instance_gateway_id(&self, id: Uuid, gateway_id: &str) -> Result<Instance> {
+        self.update_instance(id, "gateway_id = $3", vec![Some(gateway_id.to_owned())])
+            .await
     }
 
     /// Sets only the upstream address (`host:port`), or clears it.
