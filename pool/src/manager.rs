@@ -26,7 +26,7 @@ use clawdeploy_store::{
     Instance, InstanceStatus, Placement, PoolMember, PoolMemberState, Store, StoreError, Tier,
 };
 
-use crate::ready::{wait_applied, wait_ready, NotReady};
+use crate::ready::{admits, wait_applied, wait_ready, NotReady};
 use crate::runtime::{
     ConfigFile, InstanceSpec, Resources, RunState, Runtime, RuntimeError, RuntimeEvent, Sleep,
 };
@@ -125,9 +125,8 @@ pub trait InstanceConfig: Send + Sync + 'static {
     fn gateway_identity(&self, _member: &str) -> Option<String> {
         None
     }
-    /// How to tell that a member handed `instance` with `files` has applied them, when the owner's
-    /// first request must wait for that; `None`: it may be served at once (the config applies at
-    /// once, or nothing the owner's first turn uses changed).
+    /// How to tell that a member handed `instance` with `files` has applied them; `None`: the
+    /// config applies at once.
     fn applied_probe(
         &self,
         _instance: &Instance,
@@ -159,6 +158,9 @@ pub struct AppliedProbe {
     pub headers: Vec<(String, String)>,
     /// Text the answer holds until the new config is applied.
     pub gone: &'static str,
+    /// Whether the config the member booted on serves the owner's first turn as well as the new
+    /// one: the owner need not wait for the new one once the member admits them.
+    pub warm_config_serves: bool,
 }
 
 /// Told when an instance ends `crashed` (a failed wake, a crash loop), so its owner hears of
@@ -534,12 +536,16 @@ impl PoolManager {
         };
         // Routed as running once the owner's first turn gets the owner's config: at once when it
         // is the warm one (the rest applies within a second), else after the reload.
-        let probe = self.config.applied_probe(instance, &member.name, &files);
-        if let Some(probe) = &probe {
-            wait_applied(addr, probe, self.settings.ready_timeout)
-                .await
-                .map_err(|e| Error::NotReady(instance.subdomain.clone(), e))?;
-        }
+        // (A member that does not admit the owner yet, booted by an older edge say, is waited for.)
+        let waited = match self.config.applied_probe(instance, &member.name, &files) {
+            Some(probe) if !(probe.warm_config_serves && admits(addr, &probe).await) => {
+                wait_applied(addr, &probe, self.settings.ready_timeout)
+                    .await
+                    .map_err(|e| Error::NotReady(instance.subdomain.clone(), e))?;
+                true
+            }
+            _ => false,
+        };
         self.place(instance, runtime_id, addr, InstanceStatus::Running)
             .await?;
         // What a signup waits for: writing the config, then (if it must) the instance applying it.
@@ -547,7 +553,7 @@ impl PoolManager {
             instance = %instance.id,
             member = %member.name,
             config_written_ms = written.as_millis() as u64,
-            waited_for_reload = probe.is_some(),
+            waited_for_reload = waited,
             handed_over_ms = started.elapsed().as_millis() as u64,
             "instance handed over"
         );

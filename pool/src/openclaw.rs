@@ -564,11 +564,11 @@ impl InstanceConfig for OpenClawConfig {
         Some(member.to_string())
     }
 
-    /// None when what the owner's first turn uses is the warm config's (the provider, model,
-    /// skills and limits): the instance is served at once and the origins and time zone apply
-    /// with the reload, within about a second. Otherwise the owner waits for the reload (0.5-1.3 s
-    /// on 2026.9.6: chokidar's 200 ms write-stability wait, a fixed 300 ms debounce, then the
-    /// apply), until the Control UI's config no longer names [`WARM_SEAM_COLOR`].
+    /// The new config is applied once the Control UI's config no longer names
+    /// [`WARM_SEAM_COLOR`] (0.5-1.3 s after the write on 2026.9.6: chokidar's 200 ms
+    /// write-stability wait, a fixed 300 ms debounce, then the apply). The owner need not wait
+    /// for it when what their first turn uses is the warm config's (the provider, model, skills
+    /// and limits): the origins and the time zone follow within about a second.
     fn applied_probe(
         &self,
         instance: &Instance,
@@ -579,10 +579,8 @@ impl InstanceConfig for OpenClawConfig {
             .iter()
             .find(|f| f.path == CONFIG_FILE)
             .and_then(|f| serde_json::from_slice::<Value>(&f.contents).ok());
-        if assigned.map(first_turn_settings) == Some(first_turn_settings(self.idle_config(member)))
-        {
-            return None;
-        }
+        let warm_config_serves = assigned.map(first_turn_settings)
+            == Some(first_turn_settings(self.idle_config(member)));
         let (owner, proof) = self.owner_identity(instance);
         Some(AppliedProbe {
             path: APPLIED_PROBE_PATH,
@@ -595,6 +593,7 @@ impl InstanceConfig for OpenClawConfig {
                 ),
             ],
             gone: WARM_SEAM_COLOR,
+            warm_config_serves,
         })
     }
 
@@ -950,7 +949,12 @@ mod tests {
         );
         assert!(config.get("env").is_none() && idle.get("env").is_none());
         // Only the origins and the time zone differ: the owner is served without waiting.
-        assert!(generator.applied_probe(&inst, MEMBER, &files).is_none());
+        assert!(
+            generator
+                .applied_probe(&inst, MEMBER, &files)
+                .expect("a probe")
+                .warm_config_serves
+        );
         // Another provider is what the first turn uses: the owner waits until the warm marker is
         // gone from the Control UI's config, asked as the owner with the instance's proof.
         let other = assigned(ProviderKey {
@@ -959,7 +963,11 @@ mod tests {
         });
         let probe = generator
             .applied_probe(&inst, MEMBER, &other)
-            .expect("a changed provider is waited for");
+            .expect("a probe");
+        assert!(
+            !probe.warm_config_serves,
+            "a changed provider is waited for"
+        );
         assert_eq!(idle["ui"]["seamColor"], probe.gone);
         assert_eq!(
             probe.headers[..2],
