@@ -567,8 +567,8 @@ impl InstanceConfig for OpenClawConfig {
     /// The new config is applied once the Control UI's config no longer names
     /// [`WARM_SEAM_COLOR`] (0.5-1.3 s after the write on 2026.9.6: chokidar's 200 ms
     /// write-stability wait, a fixed 300 ms debounce, then the apply). The owner need not wait
-    /// for it when what their first turn uses is the warm config's (the provider, model, skills
-    /// and limits): the origins and the time zone follow within about a second.
+    /// for it when what their first turn uses is the warm config's (the provider, model and
+    /// limits): the origins, the time zone and the skills follow within about a second.
     fn applied_probe(
         &self,
         instance: &Instance,
@@ -621,11 +621,13 @@ impl InstanceConfig for OpenClawConfig {
 }
 
 /// A config without what the owner's first turn does not need at once: the origins (the Control
-/// UI's, opened later), the warm marker and the time zone.
+/// UI's, opened later), the warm marker, the time zone and the skills (every preset brings some;
+/// a first message sent within the second before the reload is answered without them).
 fn first_turn_settings(mut config: Value) -> Value {
     config["gateway"]["controlUi"]["allowedOrigins"] = Value::Null;
     if let Some(c) = config.as_object_mut() {
         c.remove("ui");
+        c.remove("skills");
     }
     if let Some(defaults) = config["agents"]["defaults"].as_object_mut() {
         defaults.remove("userTimezone");
