@@ -23,6 +23,7 @@ use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::BackgroundService;
 
 use clawdeploy_certs::CertManager;
+use clawdeploy_channels::telegram::TelegramRelay;
 use clawdeploy_config::{mask_url_password, Config, LlmListen};
 use clawdeploy_control_api::{account, router, ApiContext, ApiState, SessionVerifier};
 use clawdeploy_llm_egress::{ListenerHandoff, LlmMeterService, MeterListen, Upstreams};
@@ -156,9 +157,25 @@ impl App {
         // instances reach it.
         let llm_handoff = ListenerHandoff::new();
         let (catalogue, registry) = skills(&config)?;
-        // The skill registry is served beside the meter, where instances reach it.
-        let llm_meter = llm_meter(&config, &meter, &keyring, &llm_handoff)
-            .map(|m| m.with_routes(registry.clone().router()));
+        // The skill registry and the channels' relay are served beside the meter, where
+        // instances reach them.
+        let llm_meter = llm_meter(&config, &meter, &keyring, &llm_handoff).map(|m| {
+            let registry = registry.clone();
+            let (config, meter, keyring) = (config.clone(), meter.clone(), keyring.clone());
+            m.with_routes(move |_| registry.router())
+                .with_routes(move |store| {
+                    Arc::new(TelegramRelay::new(
+                        store.clone(),
+                        keyring,
+                        meter,
+                        config.secrets.jwt_key.as_bytes().to_vec(),
+                        &config.channels.telegram_api_root,
+                        Duration::from_secs(config.channels.telegram_timeout_secs),
+                        upgrade_url(&config),
+                    ))
+                    .router()
+                })
+        });
         let usage_flush = usage_flush(&config, &meter);
         let database_url = config.database_url();
         let store_options = store_options(&config);
@@ -355,14 +372,6 @@ fn edge_metering(
     meter: &Arc<Meter>,
     server: &mut Server,
 ) -> clawdeploy_proxy::EdgeMetering {
-    let upgrade_url = if config.metering.upgrade_url.is_empty() {
-        format!(
-            "{}/billing",
-            config.public_origin(&config.server.app_domain())
-        )
-    } else {
-        config.metering.upgrade_url.clone()
-    };
     let (limiter, shared_limits) =
         clawdeploy_metering::shared_limits::build(&config.rate_limits, &config.redis);
     if let Some(service) = shared_limits {
@@ -376,7 +385,19 @@ fn edge_metering(
         limiter: Arc::new(limiter),
         websockets: config.metering.enabled,
         max_message_bytes: config.metering.max_message_bytes,
-        upgrade_url: upgrade_url.into(),
+        upgrade_url: upgrade_url(config).into(),
+    }
+}
+
+/// Where a user refused by a quota is sent: `metering.upgrade_url`, else the billing page.
+fn upgrade_url(config: &Config) -> String {
+    if config.metering.upgrade_url.is_empty() {
+        format!(
+            "{}/billing",
+            config.public_origin(&config.server.app_domain())
+        )
+    } else {
+        config.metering.upgrade_url.clone()
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub mod addresses;
 pub mod billing;
+pub mod channels;
 pub mod hostname;
 pub mod instances;
 pub mod metering;
@@ -26,6 +27,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use billing::{BillingConfig, CreditPack};
+pub use channels::ChannelsConfig;
 pub use hostname::{normalize_host, validate_hostname, HostnameError};
 pub use instances::{PoolConfig, RuntimeConfig, RuntimeKind, SleepMode};
 pub use metering::{
@@ -77,6 +79,8 @@ pub struct Config {
     pub llm: LlmConfig,
     /// `[skills]`: the skill catalogue and the registry instances install from.
     pub skills: SkillsConfig,
+    /// `[channels]`: the messaging apps owners connect their assistants to.
+    pub channels: ChannelsConfig,
     /// Static operator routes: public hosts proxied to fixed upstreams.
     pub routes: Vec<RouteConfig>,
     /// `[tls]`, `[acme]`, `[dns]`, `[domains]`: HTTPS and its certificates (see tls.rs).
@@ -852,6 +856,7 @@ impl Config {
         }
         sessions::validate(&self.sessions, &mut check);
         skills::validate(&self.skills, &mut check);
+        channels::validate(&self.channels, &mut check);
         metering::validate(
             &self.metrics,
             &self.metering,

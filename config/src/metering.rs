@@ -98,6 +98,9 @@ pub struct TierConfig {
     pub custom_domains: u32,
     /// People who may use one account of this tier (team seats); shown with the plan.
     pub seats: u32,
+    /// Messaging channels (Telegram…) an instance of this tier may have connected; 0: none (see
+    /// [Channels](channels.md)).
+    pub channels: u32,
 }
 
 /// `[tiers.free]`, `[tiers.pro]`, `[tiers.team]` (PRD §3.6.1); 0 means unlimited. A key left
@@ -124,6 +127,7 @@ impl Default for TiersConfig {
                 storage_mb: 5120,
                 custom_domains: 0,
                 seats: 1,
+                channels: 1,
                 ..TierConfig::default()
             },
             pro: TierConfig {
@@ -133,6 +137,7 @@ impl Default for TiersConfig {
                 storage_mb: 10_240,
                 custom_domains: 5,
                 seats: 1,
+                channels: 3,
                 ..TierConfig::default()
             },
             team: TierConfig {
@@ -142,6 +147,7 @@ impl Default for TiersConfig {
                 storage_mb: 51_200,
                 custom_domains: 20,
                 seats: 5,
+                channels: 5,
                 ..TierConfig::default()
             },
         }

@@ -41,8 +41,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ApiError;
 use crate::{
-    account, admin, agents, auth, billing, chat, domains, host_sessions, instances, skills, usage,
-    ApiState,
+    account, admin, agents, auth, billing, channels, chat, domains, host_sessions, instances,
+    skills, usage, ApiState,
 };
 
 /// Who may call an endpoint.
@@ -410,6 +410,16 @@ pub fn endpoints() -> Vec<(Spec, Handler)> {
         ep!(post "/api/instances/me/preset", skills::apply_preset, "skills", User,
             "Apply an agent preset (409 SOUL_EDITED before replacing your own SOUL.md)",
             body: skills::PresetBody, ok: 200 => skills::PresetApplied, "Applied: what was installed and skipped"),
+        // Channels
+        ep!(get "/api/instances/me/channels", channels::list, "channels", User,
+            "The messaging channels your assistant can be reached through, connected or not, and your plan's limit",
+            ok: 200 => channels::ChannelList, "Every channel kind"),
+        ep!(put "/api/instances/me/channels/{kind}", channels::connect, "channels", User,
+            "Connect a Telegram bot (or replace its token and the people it answers); the token is sealed and never shown again",
+            body: channels::TelegramBody, ok: 200 => channels::ChannelChanged, "Connected"),
+        ep!(delete "/api/instances/me/channels/{kind}", channels::disconnect, "channels", User,
+            "Disconnect a channel and delete its token",
+            ok: 200 => channels::ChannelChanged, "Disconnected"),
         // Admin
         ep!(get "/admin/routes", admin::list_routes, "admin", Admin, "The edge's route table", ok: 200 => admin::Routes, "Every route"),
         ep!(get "/admin/routes/{host}", admin::get_route, "admin", Admin, "One route",

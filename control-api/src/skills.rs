@@ -173,7 +173,7 @@ fn cap_of(state: &ApiState, tier: Tier) -> u32 {
     state.ctx.config.tiers.get(tier).skills
 }
 
-fn upgrade_url(state: &ApiState) -> String {
+pub(crate) fn upgrade_url(state: &ApiState) -> String {
     let url = &state.ctx.config.metering.upgrade_url;
     if url.is_empty() {
         format!("{}/billing", state.ctx.app_origin())
@@ -367,9 +367,9 @@ fn catalogue_skill(state: &ApiState, id: &str) -> Result<Skill, ApiError> {
     })
 }
 
-/// Writes the instance's config again (skills entries, env); false when it has no container yet
-/// (it gets the config when assigned).
-async fn apply(state: &ApiState, inst: &Instance) -> Result<bool, ApiError> {
+/// Writes the instance's config again (skills, channels); false when it has no container yet (it
+/// gets the config when assigned).
+pub(crate) async fn reconfigure(state: &ApiState, inst: &Instance) -> Result<bool, ApiError> {
     let Some(pool) = &state.pool else {
         return Ok(false);
     };
@@ -378,11 +378,11 @@ async fn apply(state: &ApiState, inst: &Instance) -> Result<bool, ApiError> {
     if inst.status == InstanceStatus::Sleeping {
         pool.wake_instance(inst.id)
             .await
-            .map_err(|e| ApiError::internal("waking the instance for its skills config", e))?;
+            .map_err(|e| ApiError::internal("waking the instance for its new config", e))?;
     }
     pool.reconfigure(inst)
         .await
-        .map_err(|e| ApiError::internal("writing the instance's skills config", e))
+        .map_err(|e| ApiError::internal("writing the instance's config", e))
 }
 
 /// `POST /api/skills/install`: installs a catalogue skill with its config. 201 with the skill;
@@ -466,7 +466,7 @@ pub async fn install(
             });
         }
     };
-    if let Err(e) = apply(&state, &inst).await {
+    if let Err(e) = reconfigure(&state, &inst).await {
         let _ = state.store.remove_skill(inst.id, &skill.id).await;
         if source == SkillSource::Registry {
             remove_files(&state, &inst, &skill.id).await;
@@ -600,7 +600,7 @@ pub async fn change(
         }
         Err(e) => return Err(e.into()),
     };
-    apply(&state, &inst).await?;
+    reconfigure(&state, &inst).await?;
     Ok(Reply(SkillChanged {
         skill: skill_view(skill.as_ref(), Some(&updated), inst.tier, &id),
         message: "Saved; your assistant uses the new settings from its next message.".into(),
@@ -627,7 +627,7 @@ pub async fn uninstall(
         }
     }
     state.store.remove_skill(inst.id, &id).await?;
-    apply(&state, &inst).await?;
+    reconfigure(&state, &inst).await?;
     tracing::info!(instance = %inst.id, skill = %id, "skill uninstalled");
     Ok(Reply(SkillRemoved {
         removed: id,
@@ -647,7 +647,7 @@ pub async fn follow_tier(
     let reason = format!("the {} tier allows {cap} enabled skills", inst.tier);
     let disabled = state.store.cap_skills(inst.id, cap, &reason).await?;
     let restored = state.store.restore_capped_skills(inst.id, cap).await?;
-    apply(state, inst).await?;
+    reconfigure(state, inst).await?;
     if !disabled.is_empty() || !restored.is_empty() {
         tracing::info!(instance = %inst.id, ?disabled, ?restored, "skills follow the tier's cap");
     }
@@ -834,7 +834,7 @@ pub async fn apply_preset(
         .set_instance_preset(inst.id, &preset.id, replace.then_some(preset.soul.as_str()))
         .await?;
     let (installed, skipped) = install_preset_skills(&state, &inst, preset).await?;
-    apply(&state, &inst).await?;
+    reconfigure(&state, &inst).await?;
     Ok(Reply(PresetApplied {
         preset: preset.id.clone(),
         soul_replaced: replace,

@@ -873,9 +873,12 @@ pub struct LlmMeterService {
     token_key: Vec<u8>,
     upstreams: Upstreams,
     allowed_private: Vec<IpNet>,
-    routes: Option<axum::Router>,
+    routes: Vec<ExtraRoutes>,
     credits: Arc<Credits>,
 }
+
+/// Routes served beside the meter, built with the app's store when the meter runs.
+type ExtraRoutes = Box<dyn FnOnce(&Store) -> axum::Router + Send>;
 
 impl LlmMeterService {
     /// Serves on `listen`: verifies instance tokens against `token_key` (HMACs by
@@ -897,7 +900,7 @@ impl LlmMeterService {
             token_key,
             upstreams,
             allowed_private,
-            routes: None,
+            routes: Vec::new(),
             credits: Arc::default(),
         }
     }
@@ -909,10 +912,14 @@ impl LlmMeterService {
         self
     }
 
-    /// Also serves `routes` on the meter's listener, which instances reach and the egress rules
-    /// open (the skill registry); the meter's own paths start with a provider name.
-    pub fn with_routes(mut self, routes: axum::Router) -> Self {
-        self.routes = Some(routes);
+    /// Also serves the routes `build` makes with the app's store on the meter's listener, which
+    /// instances reach and the egress rules open (the skill registry, the channels' relay); the
+    /// meter's own paths start with a provider name.
+    pub fn with_routes(
+        mut self,
+        build: impl FnOnce(&Store) -> axum::Router + Send + 'static,
+    ) -> Self {
+        self.routes.push(Box::new(build));
         self
     }
 }
@@ -977,6 +984,7 @@ impl LlmMeterService {
                 instance_side,
             }));
         let custom_client = Client::builder(TokioExecutor::new()).build(custom_connector);
+        let extra: Vec<axum::Router> = self.routes.into_iter().map(|build| build(&store)).collect();
         let state = Arc::new(LlmMeter {
             meter: self.meter.clone(),
             store,
@@ -991,7 +999,7 @@ impl LlmMeterService {
         let mut app = axum::Router::new()
             .route("/{provider}/{*rest}", axum::routing::any(forward))
             .with_state(state);
-        if let Some(routes) = self.routes {
+        for routes in extra {
             app = app.merge(routes);
         }
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {

@@ -158,9 +158,10 @@ pub struct AppliedProbe {
     pub headers: Vec<(String, String)>,
     /// Text the answer holds until the new config is applied.
     pub gone: &'static str,
-    /// Whether the config the member booted on serves the owner's first turn as well as the new
-    /// one: the owner need not wait for the new one once the member admits them.
-    pub warm_config_serves: bool,
+    /// What of the new config the owner's first turn uses and the config the member booted on
+    /// lacks (`models`, `agents.defaults`…); empty: the owner need not wait for the new one once
+    /// the member admits them.
+    pub first_turn_changes: Vec<String>,
 }
 
 /// Told when an instance ends `crashed` (a failed wake, a crash loop), so its owner hears of
@@ -538,13 +539,22 @@ impl PoolManager {
         // is the warm one (the rest applies within a second), else after the reload.
         // (A member that does not admit the owner yet, booted by an older edge say, is waited for.)
         let waited = match self.config.applied_probe(instance, &member.name, &files) {
-            Some(probe) if !(probe.warm_config_serves && admits(addr, &probe).await) => {
-                wait_applied(addr, &probe, self.settings.ready_timeout)
-                    .await
-                    .map_err(|e| Error::NotReady(instance.subdomain.clone(), e))?;
-                true
+            Some(probe) => {
+                let why = if !probe.first_turn_changes.is_empty() {
+                    format!("changed {}", probe.first_turn_changes.join(", "))
+                } else if !admits(addr, &probe).await {
+                    "not admitted yet".to_string()
+                } else {
+                    String::new()
+                };
+                if !why.is_empty() {
+                    wait_applied(addr, &probe, self.settings.ready_timeout)
+                        .await
+                        .map_err(|e| Error::NotReady(instance.subdomain.clone(), e))?;
+                }
+                why
             }
-            _ => false,
+            None => String::new(),
         };
         self.place(instance, runtime_id, addr, InstanceStatus::Running)
             .await?;
@@ -553,7 +563,8 @@ impl PoolManager {
             instance = %instance.id,
             member = %member.name,
             config_written_ms = written.as_millis() as u64,
-            waited_for_reload = waited,
+            waited_for_reload = !waited.is_empty(),
+            reload_wait = %waited,
             handed_over_ms = started.elapsed().as_millis() as u64,
             "instance handed over"
         );

@@ -33,7 +33,7 @@ use serde_json::{json, Map, Value};
 
 use clawdeploy_config::TiersConfig;
 use clawdeploy_store::{
-    DomainStatus, InstalledSkill, Instance, Keyring, SkillSecrets, SkillSource, Store,
+    ChannelKind, DomainStatus, InstalledSkill, Instance, Keyring, SkillSecrets, SkillSource, Store,
 };
 
 use crate::manager::{AppliedProbe, Error, InstanceConfig};
@@ -382,6 +382,40 @@ impl OpenClawConfig {
         Ok(hosts)
     }
 
+    /// The `channels` section for the channels the owner connected (none without the LLM meter,
+    /// whose address serves the relay): OpenClaw's Telegram channel calls the edge's Bot API
+    /// relay with a placeholder token naming the member, which the relay swaps for the owner's
+    /// bot token; only the listed senders are answered, and groups are off.
+    async fn channels_section(
+        &self,
+        instance: &Instance,
+        member: &str,
+    ) -> Result<Option<Value>, Error> {
+        let (Some((store, _)), Some((endpoint, token_key))) = (&self.keys, &self.llm_meter) else {
+            return Ok(None);
+        };
+        let mut section = Map::new();
+        for channel in store.channels_of(instance.id).await? {
+            match channel.kind {
+                ChannelKind::Telegram => {
+                    let token = clawdeploy_llm_egress::member_token(token_key, member);
+                    section.insert(
+                        "telegram".into(),
+                        json!({
+                            "enabled": true,
+                            "botToken": clawdeploy_channels::container_bot_token(&token),
+                            "apiRoot": format!("http://{endpoint}/telegram"),
+                            "dmPolicy": "allowlist",
+                            "allowFrom": channel.allow_from,
+                            "groupPolicy": "disabled",
+                        }),
+                    );
+                }
+            }
+        }
+        Ok((!section.is_empty()).then_some(Value::Object(section)))
+    }
+
     async fn provider_keys(
         &self,
         instance: &Instance,
@@ -518,7 +552,7 @@ impl InstanceConfig for OpenClawConfig {
             subagents: self.tiers.get(instance.tier).subagents,
         };
         let (owner, proof) = self.owner_identity(instance);
-        let config = self.gateway_config(
+        let mut config = self.gateway_config(
             &owner,
             Some(&proof),
             &self.origins(&self.hostnames(instance).await?),
@@ -526,6 +560,9 @@ impl InstanceConfig for OpenClawConfig {
             instance.timezone.as_deref(),
             &extras,
         );
+        if let Some(channels) = self.channels_section(instance, member).await? {
+            config["channels"] = channels;
+        }
         let contents = serde_json::to_vec_pretty(&config)
             .map_err(|e| Error::Config(format!("openclaw.json: {e}")))?;
         let mut files = vec![ConfigFile::platform(CONFIG_FILE, contents)];
@@ -579,8 +616,11 @@ impl InstanceConfig for OpenClawConfig {
             .iter()
             .find(|f| f.path == CONFIG_FILE)
             .and_then(|f| serde_json::from_slice::<Value>(&f.contents).ok());
-        let warm_config_serves = assigned.map(first_turn_settings)
-            == Some(first_turn_settings(self.idle_config(member)));
+        let warm = first_turn_settings(self.idle_config(member));
+        let first_turn_changes = match assigned.map(first_turn_settings) {
+            Some(new) => changed_paths(&warm, &new, ""),
+            None => vec![CONFIG_FILE.to_string()],
+        };
         let (owner, proof) = self.owner_identity(instance);
         Some(AppliedProbe {
             path: APPLIED_PROBE_PATH,
@@ -593,7 +633,7 @@ impl InstanceConfig for OpenClawConfig {
                 ),
             ],
             gone: WARM_SEAM_COLOR,
-            warm_config_serves,
+            first_turn_changes,
         })
     }
 
@@ -617,6 +657,33 @@ impl InstanceConfig for OpenClawConfig {
             return Ok(());
         }
         self.warm_up_turn(addr, member).await
+    }
+}
+
+/// The dotted paths at which `new` differs from `old`, down to the first key that differs.
+fn changed_paths(old: &Value, new: &Value, at: &str) -> Vec<String> {
+    match (old, new) {
+        (Value::Object(a), Value::Object(b)) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter()
+                .flat_map(|k| {
+                    let path = if at.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{at}.{k}")
+                    };
+                    changed_paths(
+                        a.get(k).unwrap_or(&Value::Null),
+                        b.get(k).unwrap_or(&Value::Null),
+                        &path,
+                    )
+                })
+                .collect()
+        }
+        _ if old == new => Vec::new(),
+        _ => vec![at.to_string()],
     }
 }
 
@@ -951,11 +1018,12 @@ mod tests {
         );
         assert!(config.get("env").is_none() && idle.get("env").is_none());
         // Only the origins and the time zone differ: the owner is served without waiting.
-        assert!(
+        assert_eq!(
             generator
                 .applied_probe(&inst, MEMBER, &files)
                 .expect("a probe")
-                .warm_config_serves
+                .first_turn_changes,
+            Vec::<String>::new()
         );
         // Another provider is what the first turn uses: the owner waits until the warm marker is
         // gone from the Control UI's config, asked as the owner with the instance's proof.
@@ -967,8 +1035,11 @@ mod tests {
             .applied_probe(&inst, MEMBER, &other)
             .expect("a probe");
         assert!(
-            !probe.warm_config_serves,
-            "a changed provider is waited for"
+            probe
+                .first_turn_changes
+                .contains(&"models.providers.anthropic".to_string()),
+            "a changed provider is waited for: {:?}",
+            probe.first_turn_changes
         );
         assert_eq!(idle["ui"]["seamColor"], probe.gone);
         assert_eq!(

@@ -245,6 +245,12 @@ pub async fn pool_from_config(
                 settings
                     .env
                     .push(("CLAWHUB_URL".into(), format!("http://{address}")));
+                // Channels run when the owner connects one (a `channels` section in the config,
+                // which OpenClaw applies live); the image turns them off for instances without
+                // the meter, whose address serves the relay they reach the apps through.
+                settings
+                    .env
+                    .push(("OPENCLAW_SKIP_CHANNELS".into(), "0".into()));
             }
             // The pool rewrites openclaw.json through Docker's archive upload, which replaces the
             // file (a new inode). OpenClaw's file watcher (chokidar, inotify) missed such a second

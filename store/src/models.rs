@@ -635,3 +635,93 @@ pub struct OutboxMail {
     /// When the mail was kept (unix ms).
     pub created_at: i64,
 }
+
+/// A messaging app an instance can be reached through.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelKind {
+    /// A Telegram bot (OpenClaw's built-in channel), through the edge's Bot API relay.
+    Telegram,
+}
+
+impl ChannelKind {
+    /// Every kind, in the order the API lists them.
+    pub const ALL: [ChannelKind; 1] = [ChannelKind::Telegram];
+
+    /// The lower-case name (`telegram`), as in the API's paths.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelKind::Telegram => "telegram",
+        }
+    }
+}
+
+impl std::str::FromStr for ChannelKind {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "telegram" => Ok(ChannelKind::Telegram),
+            _ => Err(StoreError::Invalid(format!("channel kind {s:?}"))),
+        }
+    }
+}
+
+/// What the edge's relay last saw of a channel.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelStatus {
+    /// Connected by the owner; the instance has not reached the app through it yet.
+    Pending,
+    /// The app accepted the credential on the instance's last call.
+    Connected,
+    /// The app refused the credential or failed; `status_detail` says how.
+    Error,
+}
+
+impl ChannelStatus {
+    /// The lower-case name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelStatus::Pending => "pending",
+            ChannelStatus::Connected => "connected",
+            ChannelStatus::Error => "error",
+        }
+    }
+}
+
+impl std::str::FromStr for ChannelStatus {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "pending" => Ok(ChannelStatus::Pending),
+            "connected" => Ok(ChannelStatus::Connected),
+            "error" => Ok(ChannelStatus::Error),
+            _ => Err(StoreError::Invalid(format!("channel status {s:?}"))),
+        }
+    }
+}
+
+/// A channel connected to an instance (`channels`); its credential is sealed apart.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Channel {
+    /// The instance it reaches.
+    pub instance_id: Uuid,
+    /// Which app.
+    pub kind: ChannelKind,
+    /// The senders allowed to talk to the assistant (Telegram: numeric user ids); nobody else.
+    pub allow_from: Vec<String>,
+    /// What the relay last saw.
+    pub status: ChannelStatus,
+    /// The app's reason for an error status.
+    pub status_detail: Option<String>,
+    /// When a message from an allowed sender last arrived (unix ms).
+    pub last_message_at: Option<i64>,
+    /// When it was connected (unix ms).
+    pub created_at: i64,
+    /// When it last changed (unix ms).
+    pub updated_at: i64,
+}

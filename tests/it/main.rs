@@ -8,6 +8,7 @@ mod auth;
 mod bad_input;
 mod billing;
 mod bodies;
+mod channels;
 mod control_ui;
 mod dashboard;
 mod domains;

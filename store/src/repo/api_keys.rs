@@ -131,17 +131,19 @@ impl Store {
     }
 
     /// Re-seals every stored secret (provider keys, MFA secrets, certificate keys, ACME account
-    /// credentials, skill secrets) not under the keyring's current key; run after
+    /// credentials, skill secrets, channel credentials) not under the keyring's current key; run after
     /// [`Keyring::rotate_to`], then the old key can be dropped. Returns how many values were
     /// re-sealed.
     pub async fn reseal_secrets(&self, keyring: &Keyring) -> Result<u64> {
         // (table, key column, sealed column): fixed names, never input.
-        const SEALED: [(&str, &str, &str); 5] = [
+        const SEALED: [(&str, &str, &str); 6] = [
             ("api_keys", "id", "key_encrypted"),
             ("users", "id", "mfa_secret"),
             ("certificates", "name", "key_sealed"),
             ("acme_accounts", "directory_url", "credentials_sealed"),
             ("skills_installed", "id", "secrets_sealed"),
+            // Keyed by (instance, kind): the row's own credential is unique enough to find it.
+            ("channels", "token_sealed", "token_sealed"),
         ];
         let prefix = format!("v1:{}:%", keyring.current_id());
         let mut count = 0;

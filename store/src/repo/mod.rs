@@ -6,6 +6,7 @@ mod archive;
 mod auth;
 pub(crate) mod billing;
 pub(crate) mod certs;
+mod channels;
 mod export;
 pub(crate) mod host_codes;
 pub(crate) mod instances;
