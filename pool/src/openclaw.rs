@@ -15,11 +15,11 @@
 //! - the providers the user configured (`PUT /api/account/api-keys/...`), the model, the time zone.
 //!
 //! Before assignment a warm instance boots on [`OpenClawConfig::idle_config`]: the same lockdown,
-//! already naming the identity and proof it will be handed under, so the owner is let in before
-//! the config written at assignment is applied (OpenClaw applies a rewritten file 0.5-1.3 s later).
-//! Assignment overwrites the file, changing only what OpenClaw applies live (measured on
-//! 2026.9.6: the trusted-proxy users, the origins, the model; `env.vars` would restart the
-//! gateway, about 7 s, so keys are never passed that way). The provider block is the same before
+//! already naming the identity and proof it will be handed under, so assignment never changes the
+//! gateway's auth policy (OpenClaw closes every open connection when it changes). Assignment
+//! overwrites the file, changing only what OpenClaw applies live, 0.5-1.3 s later (measured on
+//! 2026.9.6: the origins, the model, skills; `env.vars` would restart the gateway, about 7 s, so
+//! keys are never passed that way). The provider block is the same before
 //! and after (the LLM meter's address and the member's token, [`member_token`]), so the provider
 //! runtime OpenClaw built for the warm-up turn ([`OpenClawConfig::warm_up`]) serves the owner's
 //! first turn too (1.1 s instead of about 3 s with a changed key).
@@ -595,32 +595,17 @@ impl InstanceConfig for OpenClawConfig {
         ])
     }
 
-    /// The member's gateway knows whoever is handed it by the member's name from boot: the warm
-    /// config already admits the owner.
+    /// The member's gateway knows whoever is handed it by the member's name from boot, so the
+    /// handover never changes its auth policy (OpenClaw closes every open connection when that
+    /// changes).
     fn gateway_identity(&self, member: &str) -> Option<String> {
         Some(member.to_string())
     }
 
     /// The new config is applied once the Control UI's config no longer names
     /// [`WARM_SEAM_COLOR`] (0.5-1.3 s after the write on 2026.9.6: chokidar's 200 ms
-    /// write-stability wait, a fixed 300 ms debounce, then the apply). The owner need not wait
-    /// for it when what their first turn uses is the warm config's (the provider, model and
-    /// limits): the origins, the time zone and the skills follow within about a second.
-    fn applied_probe(
-        &self,
-        instance: &Instance,
-        member: &str,
-        files: &[ConfigFile],
-    ) -> Option<AppliedProbe> {
-        let assigned = files
-            .iter()
-            .find(|f| f.path == CONFIG_FILE)
-            .and_then(|f| serde_json::from_slice::<Value>(&f.contents).ok());
-        let warm = first_turn_settings(self.idle_config(member));
-        let first_turn_changes = match assigned.map(first_turn_settings) {
-            Some(new) => changed_paths(&warm, &new, ""),
-            None => vec![CONFIG_FILE.to_string()],
-        };
+    /// write-stability wait, a fixed 300 ms debounce, then the apply).
+    fn applied_probe(&self, instance: &Instance) -> Option<AppliedProbe> {
         let (owner, proof) = self.owner_identity(instance);
         Some(AppliedProbe {
             path: APPLIED_PROBE_PATH,
@@ -633,7 +618,6 @@ impl InstanceConfig for OpenClawConfig {
                 ),
             ],
             gone: WARM_SEAM_COLOR,
-            first_turn_changes,
         })
     }
 
@@ -658,48 +642,6 @@ impl InstanceConfig for OpenClawConfig {
         }
         self.warm_up_turn(addr, member).await
     }
-}
-
-/// The dotted paths at which `new` differs from `old`, down to the first key that differs.
-fn changed_paths(old: &Value, new: &Value, at: &str) -> Vec<String> {
-    match (old, new) {
-        (Value::Object(a), Value::Object(b)) => {
-            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
-            keys.sort();
-            keys.dedup();
-            keys.into_iter()
-                .flat_map(|k| {
-                    let path = if at.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{at}.{k}")
-                    };
-                    changed_paths(
-                        a.get(k).unwrap_or(&Value::Null),
-                        b.get(k).unwrap_or(&Value::Null),
-                        &path,
-                    )
-                })
-                .collect()
-        }
-        _ if old == new => Vec::new(),
-        _ => vec![at.to_string()],
-    }
-}
-
-/// A config without what the owner's first turn does not need at once: the origins (the Control
-/// UI's, opened later), the warm marker, the time zone and the skills (every preset brings some;
-/// a first message sent within the second before the reload is answered without them).
-fn first_turn_settings(mut config: Value) -> Value {
-    config["gateway"]["controlUi"]["allowedOrigins"] = Value::Null;
-    if let Some(c) = config.as_object_mut() {
-        c.remove("ui");
-        c.remove("skills");
-    }
-    if let Some(defaults) = config["agents"]["defaults"].as_object_mut() {
-        defaults.remove("userTimezone");
-    }
-    config
 }
 
 #[cfg(test)]
@@ -993,55 +935,29 @@ mod tests {
             key: token.clone(),
             base_url: Some("http://172.18.0.1:9480/openai/v1".into()),
         };
-        let assigned = |owner: ProviderKey| {
-            let config = generator.gateway_config(
-                MEMBER,
-                Some(&generator.proof_for(MEMBER)),
-                &["https://alice.example.test".into()],
-                &[owner],
-                Some("Europe/Paris"),
-                &TenantExtras::default(),
-            );
-            vec![ConfigFile::platform(
-                CONFIG_FILE,
-                serde_json::to_vec(&config).unwrap(),
-            )]
-        };
-        let mut inst = instance();
-        inst.gateway_id = Some(MEMBER.into());
-        let files = assigned(owner.clone());
-        let config: Value = serde_json::from_slice(&files[0].contents).unwrap();
+        let config = generator.gateway_config(
+            MEMBER,
+            Some(&generator.proof_for(MEMBER)),
+            &["https://alice.example.test".into()],
+            &[owner],
+            Some("Europe/Paris"),
+            &TenantExtras::default(),
+        );
         assert_eq!(config["models"], idle["models"]);
         assert_eq!(
             config["agents"]["defaults"]["model"],
             idle["agents"]["defaults"]["model"]
         );
         assert!(config.get("env").is_none() && idle.get("env").is_none());
-        // Only the origins and the time zone differ: the owner is served without waiting.
-        assert_eq!(
-            generator
-                .applied_probe(&inst, MEMBER, &files)
-                .expect("a probe")
-                .first_turn_changes,
-            Vec::<String>::new()
-        );
-        // Another provider is what the first turn uses: the owner waits until the warm marker is
-        // gone from the Control UI's config, asked as the owner with the instance's proof.
-        let other = assigned(ProviderKey {
-            provider: "anthropic".into(),
-            ..owner
-        });
-        let probe = generator
-            .applied_probe(&inst, MEMBER, &other)
-            .expect("a probe");
-        assert!(
-            probe
-                .first_turn_changes
-                .contains(&"models.providers.anthropic".to_string()),
-            "a changed provider is waited for: {:?}",
-            probe.first_turn_changes
-        );
+        // The gateway's auth policy is the warm one's: open connections stay open.
+        assert_eq!(config["gateway"]["auth"], idle["gateway"]["auth"]);
+        // Applied once the warm marker is gone from the Control UI's config, asked as the owner
+        // with the instance's proof.
+        let mut inst = instance();
+        inst.gateway_id = Some(MEMBER.into());
+        let probe = generator.applied_probe(&inst).expect("a probe");
         assert_eq!(idle["ui"]["seamColor"], probe.gone);
+        assert!(config.get("ui").is_none());
         assert_eq!(
             probe.headers[..2],
             [

@@ -99,11 +99,6 @@ pub async fn wait_ready(addr: SocketAddr, timeout: Duration) -> Result<(), NotRe
     }
 }
 
-/// Whether the instance lets the probe's identity in now (one request).
-pub async fn admits(addr: SocketAddr, probe: &AppliedProbe) -> bool {
-    get(addr, probe.path, &probe.headers).await.is_some()
-}
-
 /// Polls until the instance shows its new config applied ([`AppliedProbe`]) or `timeout` passes.
 pub async fn wait_applied(
     addr: SocketAddr,

@@ -81,15 +81,6 @@ async fn openclaw_handover_without_restart_then_sleep_wake_and_a_due_job() {
     assert_eq!(created.status, 201, "{}", created.text());
     assert_eq!(created.json()["instance"]["status"], "running");
     let host = format!("lena.{BASE_DOMAIN}");
-    // The warm gateway already knew its owner (the member's identity): the handover did not wait
-    // for OpenClaw to reload the config it wrote.
-    assert!(
-        edge.log_text()
-            .lines()
-            .any(|l| l.contains("instance handed over") && l.contains("waited_for_reload=false")),
-        "{}",
-        edge.log_text()
-    );
 
     // No restart after the handover: the first connection stays up through the first turn (a
     // restarting gateway closed it with 1013 "gateway starting" before).
