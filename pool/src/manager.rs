@@ -498,8 +498,8 @@ impl PoolManager {
             .as_deref()
             .ok_or_else(|| Error::NotReady(member.name.clone(), NotReady::NoRuntimeId))?;
         let started = std::time::Instant::now();
-        // The gateway knows its owner by the identity the member booted with, so the owner is let
-        // in before the config below is applied.
+        // The gateway knows its owner by the identity the member booted with, so the config below
+        // leaves its auth policy as it was (a change would close its open connections).
         let handed;
         let instance = match self.config.gateway_identity(&member.name) {
             Some(id) => {

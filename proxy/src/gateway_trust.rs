@@ -7,9 +7,10 @@
 //! could name another tenant's owner. Two headers close that:
 //! - a per-instance **proof header** that only the edge can name: OpenClaw's
 //!   `gateway.auth.trustedProxy.requiredHeaders` checks presence only (openclaw 2026.9.6 has no
-//!   secret or value check), so the secret is the header's *name*, an HMAC of the instance id
-//!   under the edge's key. Each instance's config requires its own; knowing one's own (a tenant
-//!   can read its config) names no other instance's.
+//!   secret or value check), so the secret is the header's *name*, an HMAC of the instance's
+//!   gateway identity (the pool member it was handed; the instance id for instances handed over
+//!   before those) under the edge's key. Each instance's config requires its own; knowing one's
+//!   own (a tenant can read its config) names no other instance's.
 //! - `x-openclaw-scopes`: OpenClaw gives an HTTP call from a trusted proxy that sends none the
 //!   CLI's default scopes, `operator.admin` included; the edge always sends the owner's scopes.
 //!
@@ -44,11 +45,11 @@ pub const SCOPES_HEADER: &str = "x-openclaw-scopes";
 pub const PROOF_PREFIX: &str = "x-clawdeploy-proof-";
 
 /// The proof header's name for one instance: [`PROOF_PREFIX`] and 32 hex digits of
-/// HMAC-SHA256(`key`, instance id).
-pub fn proof_header(key: &[u8], instance_id: &str) -> String {
+/// HMAC-SHA256(`key`, its gateway identity or, before those, its id).
+pub fn proof_header(key: &[u8], key_id: &str) -> String {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(b"clawdeploy gateway proof\0");
-    mac.update(instance_id.as_bytes());
+    mac.update(key_id.as_bytes());
     let digest = mac.finalize().into_bytes();
     let mut name = String::with_capacity(PROOF_PREFIX.len() + 32);
     name.push_str(PROOF_PREFIX);

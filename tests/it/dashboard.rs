@@ -1518,6 +1518,7 @@ async fn every_page_fits_a_phone_with_data_in_its_tables() {
         ("/domains", "28-domains"),
         ("/billing", "29-billing"),
         ("/operator", "30-operator"),
+        ("/channels", "31-channels"),
     ] {
         browser.goto(path).await;
         browser.wait_path(path).await;
@@ -1629,4 +1630,58 @@ async fn a_chat_without_a_provider_says_where_to_add_one() {
         .click("#chat-log li.error a[href='/settings#keys-h']")
         .await;
     browser.wait_path("/settings#keys-h").await;
+}
+
+/// The Channels page, as an owner meets it: a malformed token is pointed at under its field, a
+/// good one connects (the page says it waits for the assistant, and never shows the token), and
+/// Disconnect removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_telegram_bot_is_connected_and_disconnected_in_the_browser() {
+    let meter = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let edge = EdgeBuilder::new()
+        .section("llm", &format!("listen = \"{meter}\""))
+        .start()
+        .await;
+    let (token, _, _) = edge.register("channels@example.com", PW).await;
+    let created = edge
+        .api(
+            "POST",
+            "/api/instances",
+            Some(&token),
+            Some(json!({"subdomain": "chanpage"})),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let browser = Browser::start(&edge).await;
+    browser_login(&browser, "channels@example.com", "/dashboard").await;
+    browser.goto("/channels").await;
+    browser.wait_for("html[data-ready]").await;
+    browser
+        .wait_text("#telegram-status", |t| t == "Not connected.")
+        .await;
+    browser.type_into("#bot-token", "not-a-token").await;
+    browser.type_into("#allow-from", "111").await;
+    browser.click("#telegram-form button[type=submit]").await;
+    let why = browser
+        .wait_text("#bot-token-error", |t| !t.is_empty())
+        .await;
+    assert!(why.contains("@BotFather"), "{why}");
+    browser
+        .type_into("#bot-token", "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw")
+        .await;
+    browser.click("#telegram-form button[type=submit]").await;
+    let status = browser
+        .wait_text("#telegram-status", |t| t.starts_with("Connected"))
+        .await;
+    assert!(status.contains("waiting for your assistant"), "{status}");
+    let page = browser.wait_text("main", |t| !t.is_empty()).await;
+    assert!(!page.contains("AAHdqTcv"), "the token is shown: {page}");
+    browser.click("#telegram-disconnect").await;
+    browser
+        .wait_text("#telegram-status", |t| t == "Not connected.")
+        .await;
+    let listed = edge
+        .api("GET", "/api/instances/me/channels", Some(&token), None)
+        .await;
+    assert_eq!(listed.json()["channels"][0]["connected"], false);
 }

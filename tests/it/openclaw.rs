@@ -74,6 +74,8 @@ pub const TOKENS_PER_CALL: u64 = 15;
 pub struct FakeProvider {
     requests: Arc<Mutex<Vec<Value>>>,
     authorizations: Arc<Mutex<Vec<String>>>,
+    /// How long each completion takes before it answers (ms; 0: at once).
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl FakeProvider {
@@ -89,6 +91,14 @@ impl FakeProvider {
             .with_state(provider.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
         (provider, addr)
+    }
+
+    /// Makes every later completion take `delay` before it answers.
+    pub fn answer_after(&self, delay: std::time::Duration) {
+        self.delay_ms.store(
+            delay.as_millis() as u64,
+            std::sync::atomic::Ordering::SeqCst,
+        );
     }
 
     pub fn requests(&self) -> Vec<Value> {
@@ -134,6 +144,10 @@ async fn completions(
     Json(body): Json<Value>,
 ) -> impl IntoResponse {
     authorization(&p, &headers);
+    let delay = p.delay_ms.load(std::sync::atomic::Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     let stream = body["stream"] == true;
     let include_usage = body["stream_options"]["include_usage"] == true;
     p.requests.lock().expect("requests").push(body);

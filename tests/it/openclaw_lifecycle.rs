@@ -219,3 +219,54 @@ async fn as_platform(upstream: std::net::SocketAddr, gateway_id: &str) -> WebSoc
         }
     }
 }
+
+/// A settings change while the owner's turn runs (OpenClaw reloads its config 0.5-1.3 s after the
+/// pool rewrites it, here in the middle of a 4 s model call) does not lose the turn's reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_change_during_a_turn_keeps_its_reply() {
+    let image = openclaw_image().await;
+    let (provider, provider_addr) = FakeProvider::start(IpAddr::from([127, 0, 0, 1])).await;
+    let node_id = format!("ocmid{}", std::process::id());
+    let _cleanup = Cleanup(node_id.clone());
+    let edge = openclaw_edge(&image, &node_id, 1, 2)
+        .section("runtime", "docker_network = \"clawdeploy-midturn-test\"")
+        .section("llm", &format!("openai_url = \"http://{provider_addr}\""))
+        .start()
+        .await;
+    wait_idle(&edge, 1, PATIENCE).await;
+    let (token, _, _) = edge.register("mid@example.com", PW).await;
+    let key = edge
+        .api(
+            "PUT",
+            "/api/account/api-keys/openai",
+            Some(&token),
+            Some(json!({"key": "sk-test-mid"})),
+        )
+        .await;
+    assert_eq!(key.status, 200, "{}", key.text());
+    let created = edge
+        .api(
+            "POST",
+            "/api/instances",
+            Some(&token),
+            Some(json!({"subdomain": "midturn"})),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let host = format!("midturn.{BASE_DOMAIN}");
+    let (mut ws, _) = connect_owner(&edge, &host, &token).await;
+    assert_eq!(chat(&mut ws, "first").await, ANSWER);
+    provider.answer_after(Duration::from_secs(4));
+    let (turn, change) = tokio::join!(chat(&mut ws, "second"), async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        edge.api(
+            "PATCH",
+            "/api/instances/me",
+            Some(&token),
+            Some(json!({"timezone": "Europe/Paris"})),
+        )
+        .await
+    });
+    assert_eq!(change.status, 200, "{}", change.text());
+    assert_eq!(turn, ANSWER);
+}

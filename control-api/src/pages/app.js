@@ -651,6 +651,25 @@ function domainsPage() {
   }));
 }
 
+// --- channels ---
+function channelsPage() {
+  const form = $("#telegram-form");
+  if (form) form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    clearErrors(form);
+    const allowFrom = form.allowFrom.value.split(/[\s,]+/).filter((id) => id !== "");
+    try {
+      await api("PUT", "/api/instances/me/channels/telegram", { botToken: form.botToken.value.trim(), allowFrom });
+      window.location.reload();
+    } catch (err) { showError(form, err, $("#telegram-error")); }
+  });
+  const disconnect = $("#telegram-disconnect");
+  if (disconnect) disconnect.addEventListener("click", async () => {
+    try { await api("DELETE", "/api/instances/me/channels/telegram"); window.location.reload(); }
+    catch (err) { $("#telegram-error").textContent = err.message; }
+  });
+}
+
 // --- skills and presets ---
 function skillsPage() {
   const error = $("#skills-error");
@@ -799,6 +818,7 @@ document.addEventListener("DOMContentLoaded", () => {
   else if (page === "dashboard") dashboardPage();
   else if (page === "settings") settingsPage();
   else if (page === "domains") domainsPage();
+  else if (page === "channels") channelsPage();
   else if (page === "skills") skillsPage();
   else if (page === "billing") billingPage();
   else if (page === "forgot") forgotPage();

@@ -43,6 +43,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/settings", get(settings))
         .route("/security", get(security))
         .route("/domains", get(domains))
+        .route("/channels", get(channels))
         .route("/skills", get(skills))
         .route("/operator", get(operator))
         .route("/billing", get(billing))
@@ -954,6 +955,84 @@ async fn domains(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) ->
         }
     };
     Page::new("Custom domains · ClawDeploy", "domains")
+        .user(Some(&auth.user))
+        .html(body)
+}
+
+/// The Channels page: Telegram's status, the steps to connect a bot, the form (`PUT
+/// /api/instances/me/channels/telegram`) and disconnecting it.
+async fn channels(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -> Response {
+    let Some(auth) = signed_in(&state, &headers).await else {
+        return to_login(&uri);
+    };
+    let inst = my_instance(&state, &auth).await;
+    let telegram = match &inst {
+        Some(i) => state
+            .store
+            .channels_of(i.id)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.kind == clawdeploy_store::ChannelKind::Telegram),
+        None => None,
+    };
+    let allowed = state.ctx.config.tiers.get(auth.user.tier).channels;
+    let body = html! {
+        h1 { "Channels" }
+        section .card.wide aria-labelledby="telegram-h" {
+            h2 #telegram-h { "Telegram" }
+            p #telegram-status role="status" {
+                @match &telegram {
+                    None => "Not connected.",
+                    Some(c) => @match c.status {
+                        clawdeploy_store::ChannelStatus::Pending => "Connected; waiting for your assistant to reach Telegram.",
+                        clawdeploy_store::ChannelStatus::Connected => {
+                            "Connected. "
+                            @if let Some(at) = c.last_message_at { "Last message " (local_time(at)) "." }
+                        }
+                        clawdeploy_store::ChannelStatus::Error => {
+                            "Not working: " (c.status_detail.as_deref().unwrap_or("Telegram refused the bot."))
+                        }
+                    },
+                }
+            }
+            @if inst.is_none() {
+                p .notice role="note" { "Create your assistant first: " a href="/dashboard" { "Dashboard" } "." }
+            } @else if allowed == 0 {
+                p .notice role="note" {
+                    "Your " (auth.user.tier) " plan has no messaging channels: " a #channels-upgrade href="/billing" { "see the plans" } "."
+                }
+            } @else {
+                ol .steps {
+                    li { "In Telegram, send " code { "/newbot" } " to " a href="https://t.me/BotFather" { "@BotFather" } " and copy the token it gives you." }
+                    li { "Find your own Telegram user id (a number): " a href="https://t.me/userinfobot" { "@userinfobot" } " tells you." }
+                    li { "Connect below, then write to your bot. It answers only the people you list; each message counts like a chat message." }
+                }
+                form #telegram-form method="post" novalidate {
+                    div .field {
+                        label for="bot-token" { "Bot token" }
+                        input #bot-token name="botToken" type="password" autocomplete="off" required data-field="botToken" aria-describedby="bot-token-hint bot-token-error";
+                        p .hint #bot-token-hint { "Stored encrypted; never shown again, and your instance never sees it." }
+                        p .field-error #bot-token-error {}
+                    }
+                    div .field {
+                        label for="allow-from" { "Telegram user ids it answers" }
+                        input #allow-from name="allowFrom" type="text" inputmode="numeric" autocomplete="off" required data-field="allowFrom" aria-describedby="allow-from-hint allow-from-error"
+                            value=(telegram.as_ref().map(|c| c.allow_from.join(", ")).unwrap_or_default());
+                        p .hint #allow-from-hint { "Numbers, separated by commas." }
+                        p .field-error #allow-from-error {}
+                    }
+                    p .form-error #telegram-error role="alert" {}
+                    button type="submit" .button.primary { @if telegram.is_some() { "Save" } @else { "Connect" } }
+                    @if telegram.is_some() {
+                        " "
+                        button type="button" .button.danger #telegram-disconnect { "Disconnect" }
+                    }
+                }
+            }
+        }
+    };
+    Page::new("Channels · ClawDeploy", "channels")
         .user(Some(&auth.user))
         .html(body)
 }

@@ -43,6 +43,7 @@ impl<'a> Page<'a> {
                         (link("/settings", "Settings", "settings"))
                         (link("/security", "Security log", "security"))
                         (link("/skills", "Skills", "skills"))
+                        (link("/channels", "Channels", "channels"))
                         (link("/domains", "Domains", "domains"))
                         (link("/billing", "Billing", "billing"))
                         @if user.role == Role::Operator {
