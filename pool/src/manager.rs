@@ -528,8 +528,9 @@ impl PoolManager {
         };
         // Routed as running only once the instance has applied the owner's config. Routing
         // before (the warm gateway already admits the owner) took the handover from about 1 s to
-        // 0.2 s, but OpenClaw's reload then landed during the owner's first turn, whose reply
-        // never came in 2 of 2 release-build signup benches; so the owner waits for it.
+        // 0.07 s, but OpenClaw 2026.9.6 aborts a turn whose model catalogue is being prepared when
+        // a reload lands (`PreparedModelCatalogConfigReplacedError`, and the client never gets a
+        // reply): that hit the owner's first turn in 2 of 4 release-build signups.
         let probe = self.config.applied_probe(instance);
         if let Some(probe) = &probe {
             wait_applied(addr, probe, self.settings.ready_timeout)
