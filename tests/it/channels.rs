@@ -123,14 +123,7 @@ async fn bot_method(
 
 /// One Bot API call through the edge's relay as an instance makes it: the answer.
 async fn relay(meter: SocketAddr, token: &str, method: &str, body: &Value) -> Response {
-    let body = body.to_string();
-    let raw = format!(
-        "POST /telegram/bot{token}/{method} HTTP/1.1\r\nHost: meter\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    try_send(meter, raw.as_bytes())
-        .await
-        .expect("the relay answers")
+    crate::llm_meter::post(meter, &format!("/telegram/bot{token}/{method}"), None, body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
