@@ -79,7 +79,7 @@ async fn bot_method(
     State(fake): State<FakeTelegram>,
     Path((bot, method)): Path<(String, String)>,
     body: Option<Json<Value>>,
-) -> Json<Value> {
+) -> (axum::http::StatusCode, Json<Value>) {
     let body = body.map(|Json(b)| b).unwrap_or(Value::Null);
     let token = bot.strip_prefix("bot").unwrap_or_default().to_string();
     fake.calls
@@ -87,7 +87,11 @@ async fn bot_method(
         .unwrap()
         .push((token.clone(), method.clone(), body.clone()));
     if token != BOT_TOKEN {
-        return Json(json!({"ok": false, "error_code": 401, "description": "Unauthorized"}));
+        // As Telegram answers a revoked or unknown token: HTTP 401 with the error object.
+        return (
+            axum::http::StatusCode::UNAUTHORIZED,
+            Json(json!({"ok": false, "error_code": 401, "description": "Unauthorized"})),
+        );
     }
     let result = match method.as_str() {
         "getMe" => {
@@ -118,7 +122,10 @@ async fn bot_method(
             "chat": {"id": body["chat_id"], "type": "private"}, "text": body["text"]}),
         _ => json!(true),
     };
-    Json(json!({"ok": true, "result": result}))
+    (
+        axum::http::StatusCode::OK,
+        Json(json!({"ok": true, "result": result})),
+    )
 }
 
 /// One Bot API call through the edge's relay as an instance makes it: the answer.
@@ -236,6 +243,45 @@ async fn telegram_through_the_relay_keeps_the_token_and_counts_every_allowed_mes
         "{}",
         listed.text()
     );
+    // A token Telegram refuses (revoked at @BotFather): the channel says so and what to do.
+    let revoked = edge
+        .api(
+            "PUT",
+            path,
+            Some(&token),
+            Some(json!({"botToken": "987654321:AAHrevokedrevokedrevokedrevoked00", "allowFrom": [OWNER.to_string()]})),
+        )
+        .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    assert_eq!(
+        relay(meter, &container, "getMe", &json!({})).await.status,
+        401
+    );
+    let listed = edge
+        .api("GET", "/api/instances/me/channels", Some(&token), None)
+        .await;
+    assert_eq!(
+        listed.json()["channels"][0]["status"],
+        "error",
+        "{}",
+        listed.text()
+    );
+    let detail = listed.json()["channels"][0]["statusDetail"].to_string();
+    assert!(
+        detail.contains("Telegram refused the bot token") && detail.contains("@BotFather"),
+        "{detail}"
+    );
+    let again = edge
+        .api(
+            "PUT",
+            path,
+            Some(&token),
+            Some(json!({"botToken": BOT_TOKEN, "allowFrom": [OWNER.to_string()]})),
+        )
+        .await;
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(again.json()["channel"]["status"], "pending");
+
     // Nobody else's token, and nothing that would take the bot's updates away from the relay.
     assert_eq!(
         relay(meter, "0:cdi.forged.00", "getMe", &json!({}))
