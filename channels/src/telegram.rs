@@ -194,19 +194,8 @@ impl TelegramRelay {
             .increment(refused.len() as u64);
         if counted > 0 {
             let now = clawdeploy_store::time::now_ms();
-            if let Err(e) = self
-                .store
-                .set_channel_status(
-                    instance.id,
-                    ChannelKind::Telegram,
-                    ChannelStatus::Connected,
-                    None,
-                    Some(now),
-                )
-                .await
-            {
-                tracing::warn!(instance = %instance.id, "channel status not recorded: {e}");
-            }
+            self.record_status(instance, ChannelStatus::Connected, None, Some(now))
+                .await;
         }
         for (chat_id, text) in refused {
             let url = format!("{}/bot{bot_token}/sendMessage", self.api_root);
@@ -219,6 +208,29 @@ impl TelegramRelay {
             }
         }
         Bytes::from(body.to_string())
+    }
+
+    /// Records what the relay saw of the instance's channel; a store failure only loses that.
+    async fn record_status(
+        &self,
+        instance: &Instance,
+        status: ChannelStatus,
+        detail: Option<&str>,
+        message_at: Option<i64>,
+    ) {
+        if let Err(e) = self
+            .store
+            .set_channel_status(
+                instance.id,
+                ChannelKind::Telegram,
+                status,
+                detail,
+                message_at,
+            )
+            .await
+        {
+            tracing::warn!(instance = %instance.id, "channel status not recorded: {e}");
+        }
     }
 
     /// One call to the Bot API: its status, content type and body.
@@ -396,36 +408,16 @@ async fn relay(
             .and_then(|v| v["description"].as_str().map(str::to_string))
             .unwrap_or_else(|| status.to_string());
         let detail = format!("Telegram refused the bot token ({reason}): check it with @BotFather and connect the bot again");
-        if let Err(e) = relay
-            .store
-            .set_channel_status(
-                instance.id,
-                ChannelKind::Telegram,
-                ChannelStatus::Error,
-                Some(&detail),
-                None,
-            )
-            .await
-        {
-            tracing::warn!(instance = %instance.id, "channel status not recorded: {e}");
-        }
+        relay
+            .record_status(&instance, ChannelStatus::Error, Some(&detail), None)
+            .await;
     } else if status.is_success()
         && method.eq_ignore_ascii_case("getMe")
         && channel.status != ChannelStatus::Connected
     {
-        if let Err(e) = relay
-            .store
-            .set_channel_status(
-                instance.id,
-                ChannelKind::Telegram,
-                ChannelStatus::Connected,
-                None,
-                None,
-            )
-            .await
-        {
-            tracing::warn!(instance = %instance.id, "channel status not recorded: {e}");
-        }
+        relay
+            .record_status(&instance, ChannelStatus::Connected, None, None)
+            .await;
     }
     let answer = if status.is_success() && method.eq_ignore_ascii_case("getUpdates") {
         relay

@@ -128,6 +128,26 @@ async fn bot_method(
     )
 }
 
+/// `PUT /api/instances/me/channels/telegram` with `bot_token`, answering only the owner.
+async fn connect_bot(edge: &Edge, token: &str, bot_token: &str) -> Response {
+    let body = json!({"botToken": bot_token, "allowFrom": [OWNER.to_string()]});
+    edge.api(
+        "PUT",
+        "/api/instances/me/channels/telegram",
+        Some(token),
+        Some(body),
+    )
+    .await
+}
+
+/// The caller's Telegram channel as `GET /api/instances/me/channels` lists it.
+async fn telegram_channel(edge: &Edge, token: &str) -> Value {
+    edge.api("GET", "/api/instances/me/channels", Some(token), None)
+        .await
+        .json()["channels"][0]
+        .clone()
+}
+
 /// One Bot API call through the edge's relay as an instance makes it: the answer.
 async fn relay(meter: SocketAddr, token: &str, method: &str, body: &Value) -> Response {
     crate::llm_meter::post(meter, &format!("/telegram/bot{token}/{method}"), None, body).await
@@ -195,34 +215,17 @@ async fn telegram_through_the_relay_keeps_the_token_and_counts_every_allowed_mes
         )
         .await;
     assert_eq!(unknown.status, 404, "{}", unknown.text());
-    let listed = edge
-        .api("GET", "/api/instances/me/channels", Some(&token), None)
-        .await;
-    assert_eq!(
-        listed.json()["channels"][0]["connected"],
-        false,
-        "{}",
-        listed.text()
-    );
+    let listed = telegram_channel(&edge, &token).await;
+    assert_eq!(listed["connected"], false, "{listed}");
 
-    let connected = edge
-        .api(
-            "PUT",
-            path,
-            Some(&token),
-            Some(json!({"botToken": BOT_TOKEN, "allowFrom": [OWNER.to_string()]})),
-        )
-        .await;
+    let connected = connect_bot(&edge, &token, BOT_TOKEN).await;
     assert_eq!(connected.status, 200, "{}", connected.text());
     assert_eq!(connected.json()["channel"]["status"], "pending");
-    let listed = edge
-        .api("GET", "/api/instances/me/channels", Some(&token), None)
-        .await;
-    assert_eq!(listed.json()["channels"][0]["connected"], true);
+    let listed = telegram_channel(&edge, &token).await;
+    assert_eq!(listed["connected"], true);
     assert!(
-        !listed.text().contains("AAHdqTcv"),
-        "the token came back: {}",
-        listed.text()
+        !listed.to_string().contains("AAHdqTcv"),
+        "the token came back: {listed}"
     );
 
     // The instance's side: its placeholder token, never the bot's.
@@ -234,51 +237,23 @@ async fn telegram_through_the_relay_keeps_the_token_and_counts_every_allowed_mes
     assert_eq!(me.status, 200, "{}", me.text());
     assert_eq!(me.json()["result"]["username"], "test_bot");
     assert!(telegram.calls().iter().all(|(t, _, _)| t == BOT_TOKEN));
-    let listed = edge
-        .api("GET", "/api/instances/me/channels", Some(&token), None)
-        .await;
-    assert_eq!(
-        listed.json()["channels"][0]["status"],
-        "connected",
-        "{}",
-        listed.text()
-    );
+    let listed = telegram_channel(&edge, &token).await;
+    assert_eq!(listed["status"], "connected", "{listed}");
     // A token Telegram refuses (revoked at @BotFather): the channel says so and what to do.
-    let revoked = edge
-        .api(
-            "PUT",
-            path,
-            Some(&token),
-            Some(json!({"botToken": "987654321:AAHrevokedrevokedrevokedrevoked00", "allowFrom": [OWNER.to_string()]})),
-        )
-        .await;
+    let revoked = connect_bot(&edge, &token, "987654321:AAHrevokedrevokedrevokedrevoked00").await;
     assert_eq!(revoked.status, 200, "{}", revoked.text());
     assert_eq!(
         relay(meter, &container, "getMe", &json!({})).await.status,
         401
     );
-    let listed = edge
-        .api("GET", "/api/instances/me/channels", Some(&token), None)
-        .await;
-    assert_eq!(
-        listed.json()["channels"][0]["status"],
-        "error",
-        "{}",
-        listed.text()
-    );
-    let detail = listed.json()["channels"][0]["statusDetail"].to_string();
+    let listed = telegram_channel(&edge, &token).await;
+    assert_eq!(listed["status"], "error", "{listed}");
+    let detail = listed["statusDetail"].to_string();
     assert!(
         detail.contains("Telegram refused the bot token") && detail.contains("@BotFather"),
         "{detail}"
     );
-    let again = edge
-        .api(
-            "PUT",
-            path,
-            Some(&token),
-            Some(json!({"botToken": BOT_TOKEN, "allowFrom": [OWNER.to_string()]})),
-        )
-        .await;
+    let again = connect_bot(&edge, &token, BOT_TOKEN).await;
     assert_eq!(again.status, 200, "{}", again.text());
     assert_eq!(again.json()["channel"]["status"], "pending");
 
@@ -390,14 +365,7 @@ async fn a_plan_without_channels_is_told_where_to_upgrade() {
         )
         .await;
     assert_eq!(created.status, 201, "{}", created.text());
-    let refused = edge
-        .api(
-            "PUT",
-            "/api/instances/me/channels/telegram",
-            Some(&token),
-            Some(json!({"botToken": BOT_TOKEN, "allowFrom": ["111"]})),
-        )
-        .await;
+    let refused = connect_bot(&edge, &token, BOT_TOKEN).await;
     assert_eq!(refused.status, 403, "{}", refused.text());
     assert_eq!(refused.json()["error"]["code"], "CHANNEL_TIER");
     assert!(
@@ -444,14 +412,7 @@ async fn openclaw_answers_its_owner_on_telegram_and_ignores_strangers() {
         )
         .await;
     assert_eq!(created.status, 201, "{}", created.text());
-    let connected = edge
-        .api(
-            "PUT",
-            "/api/instances/me/channels/telegram",
-            Some(&token),
-            Some(json!({"botToken": BOT_TOKEN, "allowFrom": [OWNER.to_string()]})),
-        )
-        .await;
+    let connected = connect_bot(&edge, &token, BOT_TOKEN).await;
     assert_eq!(connected.status, 200, "{}", connected.text());
 
     telegram.message(STRANGER, "hello from a stranger");
@@ -492,14 +453,7 @@ async fn openclaw_answers_its_owner_on_telegram_and_ignores_strangers() {
         "{}",
         me.text()
     );
-    let listed = edge
-        .api("GET", "/api/instances/me/channels", Some(&token), None)
-        .await;
-    assert_eq!(
-        listed.json()["channels"][0]["status"],
-        "connected",
-        "{}",
-        listed.text()
-    );
-    assert!(listed.json()["channels"][0]["lastMessageAt"].is_i64());
+    let listed = telegram_channel(&edge, &token).await;
+    assert_eq!(listed["status"], "connected", "{listed}");
+    assert!(listed["lastMessageAt"].is_i64());
 }
